@@ -1,0 +1,66 @@
+//! The admin side port (`TALLY_ADMIN_LISTEN`): `/health` (liveness),
+//! `/ready` (readiness: store reachable and not shutting down) and `/metrics`.
+//! Kept off the gRPC port so probes and scrapes never queue behind traffic.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+
+use crate::metrics::Metrics;
+
+/// Readiness as last observed by the health loop.
+#[derive(Default)]
+pub struct Readiness {
+    store_up: AtomicBool,
+    shutting_down: AtomicBool,
+}
+
+impl Readiness {
+    pub fn set_store_up(&self, up: bool) {
+        self.store_up.store(up, Ordering::Relaxed);
+    }
+
+    pub fn set_shutting_down(&self) {
+        self.shutting_down.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.store_up.load(Ordering::Relaxed) && !self.shutting_down.load(Ordering::Relaxed)
+    }
+}
+
+#[derive(Clone)]
+struct AdminState {
+    readiness: Arc<Readiness>,
+    metrics: Arc<Metrics>,
+}
+
+pub fn router(readiness: Arc<Readiness>, metrics: Arc<Metrics>) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .route("/metrics", get(metrics_text))
+        .with_state(AdminState { readiness, metrics })
+}
+
+async fn health() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], r#"{"status":"healthy"}"#)
+}
+
+async fn ready(State(state): State<AdminState>) -> impl IntoResponse {
+    let (status, body) = if state.readiness.is_ready() {
+        (StatusCode::OK, r#"{"status":"ready"}"#)
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, r#"{"status":"not_ready"}"#)
+    };
+    (status, [(header::CONTENT_TYPE, "application/json")], body)
+}
+
+async fn metrics_text(State(state): State<AdminState>) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], state.metrics.encode())
+}

@@ -1,0 +1,183 @@
+//! The group committer: the one path by which increments reach the store.
+//!
+//! Callers submit operations and wait. A single loop takes whatever is queued
+//! (up to `max_ops`), and flushes it as one store round trip while the next
+//! callers queue up behind it; up to `max_inflight` flushes overlap. When the
+//! service is idle a lone request is flushed at once, so latency at low load
+//! is one store round trip; under load, batches grow by themselves.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tally_proto::CounterKey;
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+use crate::coalesce::{plan, values_after};
+use crate::metrics::Metrics;
+use crate::store::{IncrOutcome, Store, StoreError};
+
+/// What happened to one submitted operation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OpResult {
+    /// Applied; the counter's value right after this operation.
+    Applied(i64),
+    /// Not applied: the counter would leave the i64 range.
+    Overflow,
+    /// Not applied, or not known to be (see [`StoreError`]).
+    Failed(StoreError),
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct CommitSettings {
+    /// Operations collected into one flush at most.
+    pub max_ops: usize,
+    /// Flushes allowed in flight at once.
+    pub max_inflight: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("the committer has shut down")]
+pub struct Closed;
+
+struct Job {
+    ops: Vec<(CounterKey, i64)>,
+    reply: oneshot::Sender<Vec<OpResult>>,
+}
+
+/// Handle to the committer loop; cheap to clone.
+#[derive(Clone)]
+pub struct GroupCommitter {
+    tx: mpsc::UnboundedSender<Job>,
+}
+
+impl GroupCommitter {
+    /// Starts the committer loop on the current runtime. It ends when every
+    /// handle is dropped, after its in-flight flushes finished.
+    pub fn start(store: Arc<Store>, settings: CommitSettings, metrics: Arc<Metrics>) -> GroupCommitter {
+        // Unbounded on purpose: every queued job has a caller awaiting it, so
+        // the queue never holds more jobs than there are requests in flight
+        // (which the gRPC server limits per connection) plus one buffer flush.
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(run(rx, store, settings, metrics));
+        GroupCommitter { tx }
+    }
+
+    /// Applies `ops` and returns one result per operation, in order.
+    pub async fn submit(&self, ops: Vec<(CounterKey, i64)>) -> Result<Vec<OpResult>, Closed> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Job { ops, reply }).map_err(|_| Closed)?;
+        rx.await.map_err(|_| Closed)
+    }
+}
+
+async fn run(mut rx: mpsc::UnboundedReceiver<Job>, store: Arc<Store>, settings: CommitSettings, metrics: Arc<Metrics>) {
+    let slots = Arc::new(Semaphore::new(settings.max_inflight.max(1)));
+    loop {
+        // Wait for a free flush slot first: while all are busy, callers queue
+        // in the channel and the next flush takes them together.
+        let Ok(slot) = slots.clone().acquire_owned().await else { return };
+        let Some(first) = rx.recv().await else { return };
+        let mut ops = first.ops.len();
+        let mut jobs = vec![first];
+        while ops < settings.max_ops {
+            match rx.try_recv() {
+                Ok(job) => {
+                    ops += job.ops.len();
+                    jobs.push(job);
+                }
+                Err(_) => break,
+            }
+        }
+        let (store, metrics) = (store.clone(), metrics.clone());
+        tokio::spawn(async move {
+            flush(&store, jobs, &metrics).await;
+            drop(slot);
+        });
+    }
+}
+
+/// One group commit: sum per counter, one store round trip (plus one more
+/// only if a summed command overflowed), then answer every caller.
+async fn flush(store: &Store, jobs: Vec<Job>, metrics: &Metrics) {
+    let ops: Vec<(&CounterKey, i64)> = jobs.iter().flat_map(|job| job.ops.iter().map(|(k, d)| (k, *d))).collect();
+    let results = apply(store, &ops, metrics).await;
+    drop(ops);
+    let mut results = results.into_iter();
+    for job in jobs {
+        let mine: Vec<OpResult> = results.by_ref().take(job.ops.len()).collect();
+        // A caller that gave up (cancelled request) no longer listens; its
+        // operations were applied all the same, as for any cancelled write.
+        let _ = job.reply.send(mine);
+    }
+}
+
+/// Applies `ops` with per-counter summing; one result per op, in order.
+pub async fn apply(store: &Store, ops: &[(&CounterKey, i64)], metrics: &Metrics) -> Vec<OpResult> {
+    let groups = plan(ops.iter().copied());
+    let cmds: Vec<(&CounterKey, i64)> = groups.iter().map(|g| (g.key, g.total)).collect();
+    metrics.commit_ops.observe(ops.len() as f64);
+    metrics.commit_commands.observe(cmds.len() as f64);
+    let outcomes = timed_incr(store, &cmds, metrics).await;
+
+    let mut results: Vec<Option<OpResult>> = vec![None; ops.len()];
+    // Members of a summed command that overflowed: retried one by one, so only
+    // the operations that really overflow are refused.
+    let mut one_by_one: Vec<usize> = Vec::new();
+    for (group, outcome) in groups.iter().zip(outcomes) {
+        match outcome {
+            IncrOutcome::Applied(after) => {
+                let before = after.wrapping_sub(group.total); // exact: both ends fit in i64
+                for (index, value) in values_after(before, &group.members) {
+                    results[index] = Some(OpResult::Applied(value));
+                }
+            }
+            IncrOutcome::Overflow if group.members.len() > 1 => {
+                one_by_one.extend(group.members.iter().map(|&(index, _)| index));
+            }
+            IncrOutcome::Overflow => results[group.members[0].0] = Some(OpResult::Overflow),
+            IncrOutcome::Failed(err) => {
+                for &(index, _) in &group.members {
+                    results[index] = Some(OpResult::Failed(err.clone()));
+                }
+            }
+        }
+    }
+    if !one_by_one.is_empty() {
+        one_by_one.sort_unstable(); // arrival order
+        let cmds: Vec<(&CounterKey, i64)> = one_by_one.iter().map(|&i| ops[i]).collect();
+        for (&index, outcome) in one_by_one.iter().zip(timed_incr(store, &cmds, metrics).await) {
+            results[index] = Some(match outcome {
+                IncrOutcome::Applied(value) => OpResult::Applied(value),
+                IncrOutcome::Overflow => OpResult::Overflow,
+                IncrOutcome::Failed(err) => OpResult::Failed(err),
+            });
+        }
+    }
+    results
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|| OpResult::Failed(StoreError::Unknown("operation lost track of".into()))))
+        .collect()
+}
+
+async fn timed_incr(store: &Store, cmds: &[(&CounterKey, i64)], metrics: &Metrics) -> Vec<IncrOutcome> {
+    let started = Instant::now();
+    let outcomes = store.incr(cmds).await;
+    metrics.store_duration.get_or_create(&[("op", "incr")]).observe(started.elapsed().as_secs_f64());
+    if let Some(err) = outcomes.iter().find_map(|o| match o {
+        IncrOutcome::Failed(err) => Some(err),
+        _ => None,
+    }) {
+        metrics.store_errors.get_or_create(&[("kind", error_kind(err))]).inc();
+    }
+    outcomes
+}
+
+/// The `kind` label of `tally_counter_store_errors_total`.
+pub fn error_kind(err: &StoreError) -> &'static str {
+    match err {
+        StoreError::NotApplied(_) => "not_applied",
+        StoreError::Unknown(_) => "unknown",
+        StoreError::Rejected(_) => "rejected",
+        StoreError::Config(_) => "config",
+    }
+}

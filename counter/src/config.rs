@@ -1,0 +1,132 @@
+//! Every setting of `tally-counter`: a flag with a `TALLY_*` environment
+//! variable of the same name (12-factor; the operator sets these). The README
+//! configuration table lists them all.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::buffer::BufferSettings;
+use crate::commit::CommitSettings;
+use crate::service::BufferFullPolicy;
+use crate::store::StoreTimeouts;
+use crate::telemetry::LogFormat;
+
+#[derive(Debug, Clone, Parser)]
+#[command(name = "tally-counter", version, about = "tally's gRPC counter service")]
+pub struct Config {
+    /// gRPC listen address (CounterService, grpc.health.v1, reflection).
+    #[arg(long, env = "TALLY_LISTEN", default_value = "0.0.0.0:9001")]
+    pub listen: SocketAddr,
+
+    /// HTTP side port for /health, /ready and /metrics.
+    #[arg(long, env = "TALLY_ADMIN_LISTEN", default_value = "0.0.0.0:8081")]
+    pub admin_listen: SocketAddr,
+
+    /// `memory`, `redis://[:password@]host:port[/db]`, or `redis+cluster://[:password@]h1:p1,h2:p2,…`.
+    #[arg(long, env = "TALLY_STORE", default_value = "memory", hide_env_values = true)]
+    pub store: String,
+
+    /// Limit on establishing one store connection, in milliseconds.
+    #[arg(long, env = "TALLY_STORE_CONNECT_TIMEOUT_MS", default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    pub store_connect_timeout_ms: u64,
+
+    /// Limit on one store round trip, in milliseconds; a hung store fails requests after this.
+    #[arg(long, env = "TALLY_STORE_TIMEOUT_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    pub store_timeout_ms: u64,
+
+    /// Most operations one group-commit flush carries.
+    #[arg(long, env = "TALLY_COMMIT_MAX_OPS", default_value_t = 2048, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub commit_max_ops: u64,
+
+    /// Group-commit flushes in flight at once (pipelined on the store connection).
+    #[arg(long, env = "TALLY_COMMIT_MAX_INFLIGHT", default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=256))]
+    pub commit_max_inflight: u64,
+
+    /// Async writes: flush the write-behind buffer once this many operations are buffered.
+    #[arg(long, env = "TALLY_BATCH_SIZE", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub batch_size: u64,
+
+    /// Async writes: flush the write-behind buffer at least this often, in milliseconds.
+    #[arg(long, env = "TALLY_FLUSH_INTERVAL_MS", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    pub flush_interval_ms: u64,
+
+    /// Async writes: most distinct counters held in the write-behind buffer.
+    #[arg(long, env = "TALLY_BUFFER_CAPACITY", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pub buffer_capacity: u64,
+
+    /// Async writes when the buffer is full: `sync` applies them synchronously, `reject` answers RESOURCE_EXHAUSTED.
+    #[arg(long, env = "TALLY_BUFFER_FULL_POLICY", value_enum, default_value_t = BufferFullPolicy::Sync)]
+    pub buffer_full_policy: BufferFullPolicy,
+
+    /// StreamIncrements: requests of one stream applied concurrently.
+    #[arg(long, env = "TALLY_STREAM_WINDOW", default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=65_536))]
+    pub stream_window: u64,
+
+    /// Concurrent gRPC calls accepted per HTTP/2 connection.
+    #[arg(long, env = "TALLY_MAX_CONCURRENT_STREAMS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_concurrent_streams: u32,
+
+    /// HTTP/2 PING interval towards clients, in milliseconds (0 turns it off).
+    #[arg(long, env = "TALLY_HTTP2_KEEPALIVE_MS", default_value_t = 30_000)]
+    pub http2_keepalive_ms: u64,
+
+    /// How often the store is probed for readiness and grpc.health.v1, in milliseconds.
+    #[arg(long, env = "TALLY_HEALTH_INTERVAL_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..=60_000))]
+    pub health_interval_ms: u64,
+
+    /// On SIGTERM/SIGINT: time allowed to finish requests and drain the write-behind buffer, in milliseconds.
+    #[arg(long, env = "TALLY_SHUTDOWN_TIMEOUT_MS", default_value_t = 25_000)]
+    pub shutdown_timeout_ms: u64,
+
+    /// Log format: `text` or `json`. Level comes from RUST_LOG.
+    #[arg(long, env = "TALLY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+impl Config {
+    pub fn store_timeouts(&self) -> StoreTimeouts {
+        StoreTimeouts {
+            connect: Duration::from_millis(self.store_connect_timeout_ms),
+            response: Duration::from_millis(self.store_timeout_ms),
+        }
+    }
+
+    pub fn commit(&self) -> CommitSettings {
+        CommitSettings { max_ops: self.commit_max_ops as usize, max_inflight: self.commit_max_inflight as usize }
+    }
+
+    pub fn buffer(&self) -> BufferSettings {
+        BufferSettings {
+            batch_size: self.batch_size as usize,
+            flush_interval: Duration::from_millis(self.flush_interval_ms),
+            capacity: self.buffer_capacity as usize,
+        }
+    }
+
+    pub fn http2_keepalive(&self) -> Option<Duration> {
+        (self.http2_keepalive_ms > 0).then(|| Duration::from_millis(self.http2_keepalive_ms))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_follow_the_plan() {
+        let config = Config::try_parse_from(["tally-counter"]).expect("defaults parse");
+        assert_eq!(config.listen.port(), 9001);
+        assert_eq!(config.admin_listen.port(), 8081);
+        assert_eq!(config.store, "memory");
+        assert_eq!(config.buffer().batch_size, 100);
+        assert_eq!(config.buffer().flush_interval, Duration::from_millis(100));
+    }
+
+    #[test]
+    fn rejects_out_of_range_tunables() {
+        assert!(Config::try_parse_from(["tally-counter", "--batch-size", "0"]).is_err());
+        assert!(Config::try_parse_from(["tally-counter", "--commit-max-inflight", "1000"]).is_err());
+    }
+}

@@ -1,0 +1,15 @@
+//! tally's counter service: the gRPC API over a store, with group commit for
+//! synchronous increments and a bounded write-behind buffer for async ones.
+//! `main.rs` only wires; the parts live here so they can be tested alone.
+
+pub mod admin;
+pub mod buffer;
+pub mod coalesce;
+pub mod commit;
+pub mod config;
+pub mod metrics;
+pub mod server;
+pub mod service;
+pub mod status;
+pub mod store;
+pub mod telemetry;

@@ -1,0 +1,278 @@
+//! The `tally.counter.v1.CounterService` gRPC handlers: validate, hand the
+//! operations to the group committer or the write-behind buffer, and map the
+//! outcome to a response or status. No store logic lives here.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures_util::stream::{FuturesOrdered, StreamExt};
+use tally_proto::v1::counter_service_server::CounterService;
+use tally_proto::v1::{
+    BatchGetRequest, BatchGetResponse, BatchIncrementRequest, BatchIncrementResponse, GetRequest, GetResponse,
+    IncrementOperation, IncrementRequest, IncrementResponse, OperationResult,
+};
+use tally_proto::{CounterKey, validate};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::buffer::{Offer, WriteBuffer};
+use crate::commit::{GroupCommitter, OpResult};
+use crate::metrics::Metrics;
+use crate::status;
+use crate::store::Store;
+
+/// What to do with an async batch when the write-behind buffer is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BufferFullPolicy {
+    /// Apply it synchronously (slower, never refused).
+    Sync,
+    /// Refuse it with RESOURCE_EXHAUSTED (HTTP 429) so the client backs off.
+    Reject,
+}
+
+pub struct CounterApi {
+    pub committer: GroupCommitter,
+    pub buffer: Arc<WriteBuffer>,
+    pub store: Arc<Store>,
+    pub metrics: Arc<Metrics>,
+    pub buffer_full: BufferFullPolicy,
+    /// Requests of one stream being applied at once.
+    pub stream_window: usize,
+    /// Fires when the service shuts down: open streams stop reading.
+    pub shutdown: watch::Receiver<bool>,
+}
+
+type ResponseStream = Pin<Box<dyn Stream<Item = Result<IncrementResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl CounterService for CounterApi {
+    async fn increment(&self, request: Request<IncrementRequest>) -> Result<Response<IncrementResponse>, Status> {
+        let started = Instant::now();
+        let result = increment_one(&self.committer, request.into_inner()).await;
+        self.observe("Increment", started, result.as_ref().err());
+        result.map(Response::new)
+    }
+
+    async fn batch_increment(
+        &self,
+        request: Request<BatchIncrementRequest>,
+    ) -> Result<Response<BatchIncrementResponse>, Status> {
+        let started = Instant::now();
+        let result = self.batch_increment_inner(request.into_inner()).await;
+        self.observe("BatchIncrement", started, result.as_ref().err());
+        result.map(Response::new)
+    }
+
+    async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
+        let started = Instant::now();
+        let GetRequest { resource_id, counter_type } = request.into_inner();
+        let result = async {
+            let key = CounterKey::new(resource_id, counter_type).map_err(status::invalid)?;
+            let value = self.read(std::slice::from_ref(&key)).await?[0];
+            Ok(GetResponse { resource_id: key.resource_id().into(), counter_type: key.counter_type().into(), current_value: value })
+        }
+        .await;
+        self.observe("Get", started, result.as_ref().err());
+        result.map(Response::new)
+    }
+
+    async fn batch_get(&self, request: Request<BatchGetRequest>) -> Result<Response<BatchGetResponse>, Status> {
+        let started = Instant::now();
+        let items = request.into_inner().items;
+        let result = async {
+            validate::batch_len("items", items.len()).map_err(status::invalid)?;
+            let keys = items
+                .into_iter()
+                .enumerate()
+                .map(|(i, item)| CounterKey::new(item.resource_id, item.counter_type).map_err(|e| e.in_batch("items", i)))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(status::invalid)?;
+            let values = self.read(&keys).await?;
+            let results = keys
+                .iter()
+                .zip(values)
+                .map(|(key, value)| GetResponse {
+                    resource_id: key.resource_id().into(),
+                    counter_type: key.counter_type().into(),
+                    current_value: value,
+                })
+                .collect();
+            Ok(BatchGetResponse { results })
+        }
+        .await;
+        self.observe("BatchGet", started, result.as_ref().err());
+        result.map(Response::new)
+    }
+
+    type StreamIncrementsStream = ResponseStream;
+
+    async fn stream_increments(
+        &self,
+        request: Request<Streaming<IncrementRequest>>,
+    ) -> Result<Response<Self::StreamIncrementsStream>, Status> {
+        let (tx, rx) = mpsc::channel(self.stream_window);
+        tokio::spawn(pump_stream(
+            request.into_inner(),
+            tx,
+            self.committer.clone(),
+            self.stream_window,
+            self.shutdown.clone(),
+            self.metrics.clone(),
+        ));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+impl CounterApi {
+    async fn batch_increment_inner(&self, request: BatchIncrementRequest) -> Result<BatchIncrementResponse, Status> {
+        let ops = parse_operations(request.operations)?;
+        if request.r#async {
+            if self.buffer.offer(&ops) == Offer::Accepted {
+                self.count_async("buffered", ops.len());
+                return Ok(BatchIncrementResponse { results: Vec::new(), accepted: true });
+            }
+            if self.buffer_full == BufferFullPolicy::Reject {
+                self.count_async("rejected", ops.len());
+                return Err(Status::resource_exhausted(
+                    "write-behind buffer is full; retry later or send the batch synchronously",
+                ));
+            }
+            self.count_async("applied_sync", ops.len());
+        }
+        let results = self.committer.submit(ops.clone()).await.map_err(|e| Status::unavailable(e.to_string()))?;
+        // A batch whose every operation failed for the same store reason is
+        // reported as that status, so clients need not dig into results.
+        if let Some(OpResult::Failed(err)) = results.first()
+            && results.iter().all(|r| matches!(r, OpResult::Failed(_)))
+        {
+            return Err(status::store(err));
+        }
+        let results = ops
+            .into_iter()
+            .zip(results)
+            .map(|((key, delta), result)| OperationResult {
+                current_value: match result {
+                    OpResult::Applied(value) => value,
+                    _ => 0,
+                },
+                error: status::op_status(&result, &key, delta).map(|s| status::to_operation_error(&s)),
+                resource_id: key.resource_id().into(),
+                counter_type: key.counter_type().into(),
+            })
+            .collect();
+        Ok(BatchIncrementResponse { results, accepted: request.r#async })
+    }
+
+    async fn read(&self, keys: &[CounterKey]) -> Result<Vec<i64>, Status> {
+        let started = Instant::now();
+        let values = self.store.get(keys).await;
+        self.metrics.store_duration.get_or_create(&[("op", "get")]).observe(started.elapsed().as_secs_f64());
+        values.map_err(|err| {
+            self.metrics.store_errors.get_or_create(&[("kind", crate::commit::error_kind(&err))]).inc();
+            status::store(&err)
+        })
+    }
+
+    fn count_async(&self, outcome: &'static str, ops: usize) {
+        self.metrics.async_ops.get_or_create(&[("outcome", outcome)]).inc_by(ops as u64);
+    }
+
+    fn observe(&self, method: &'static str, started: Instant, error: Option<&Status>) {
+        let code = error.map_or(tonic::Code::Ok, Status::code);
+        self.metrics.requests.get_or_create(&[("method", method), ("code", status::code_label(code))]).inc();
+        self.metrics.request_duration.get_or_create(&[("method", method)]).observe(started.elapsed().as_secs_f64());
+    }
+}
+
+fn parse_operations(operations: Vec<IncrementOperation>) -> Result<Vec<(CounterKey, i64)>, Status> {
+    validate::batch_len("operations", operations.len()).map_err(status::invalid)?;
+    operations
+        .into_iter()
+        .enumerate()
+        .map(|(i, op)| {
+            let key = CounterKey::new(op.resource_id, op.counter_type).map_err(|e| e.in_batch("operations", i))?;
+            let delta = validate::delta_or_default(op.delta).map_err(|e| e.in_batch("operations", i))?;
+            Ok((key, delta))
+        })
+        .collect::<Result<Vec<_>, tally_proto::InvalidInput>>()
+        .map_err(status::invalid)
+}
+
+/// One increment through the group committer (unary and streamed alike).
+async fn increment_one(committer: &GroupCommitter, request: IncrementRequest) -> Result<IncrementResponse, Status> {
+    let key = CounterKey::new(request.resource_id, request.counter_type).map_err(status::invalid)?;
+    let delta = validate::delta_or_default(request.delta).map_err(status::invalid)?;
+    let results = committer.submit(vec![(key.clone(), delta)]).await.map_err(|e| Status::unavailable(e.to_string()))?;
+    match results.into_iter().next() {
+        Some(OpResult::Applied(current_value)) => Ok(IncrementResponse {
+            resource_id: key.resource_id().into(),
+            counter_type: key.counter_type().into(),
+            current_value,
+            error: None,
+        }),
+        Some(OpResult::Overflow) => Err(status::overflow(&key, delta)),
+        Some(OpResult::Failed(err)) => Err(status::store(&err)),
+        None => Err(Status::unavailable("the committer returned no result")),
+    }
+}
+
+/// Drives one `StreamIncrements` call: up to `window` requests are applied
+/// concurrently (so a stream batches like many unary calls would), and the
+/// responses go back in request order. A failed request yields a response
+/// with `error` set; the stream ends when the client closes its side, when
+/// the client goes away, or on shutdown (after answering what it read).
+async fn pump_stream(
+    mut inbound: Streaming<IncrementRequest>,
+    tx: mpsc::Sender<Result<IncrementResponse, Status>>,
+    committer: GroupCommitter,
+    window: usize,
+    mut shutdown: watch::Receiver<bool>,
+    metrics: Arc<Metrics>,
+) {
+    let mut in_flight = FuturesOrdered::new();
+    let mut reading = true;
+    let mut failure: Option<Status> = None;
+    loop {
+        tokio::select! {
+            Some(response) = in_flight.next(), if !in_flight.is_empty() => {
+                if tx.send(Ok(response)).await.is_err() {
+                    return; // client went away
+                }
+            }
+            message = inbound.message(), if reading && in_flight.len() < window => match message {
+                Ok(Some(request)) => {
+                    let committer = committer.clone();
+                    let metrics = metrics.clone();
+                    in_flight.push_back(async move {
+                        let started = Instant::now();
+                        let (resource_id, counter_type) = (request.resource_id.clone(), request.counter_type.clone());
+                        let result = increment_one(&committer, request).await;
+                        let code = result.as_ref().map_or_else(Status::code, |_| tonic::Code::Ok);
+                        metrics.requests.get_or_create(&[("method", "StreamIncrements"), ("code", status::code_label(code))]).inc();
+                        metrics.request_duration.get_or_create(&[("method", "StreamIncrements")]).observe(started.elapsed().as_secs_f64());
+                        result.unwrap_or_else(|status| IncrementResponse {
+                            resource_id,
+                            counter_type,
+                            current_value: 0,
+                            error: Some(status::to_operation_error(&status)),
+                        })
+                    });
+                }
+                Ok(None) => reading = false,
+                Err(status) => {
+                    // Answer what was read, then end with the transport error.
+                    failure = Some(status);
+                    reading = false;
+                }
+            },
+            _ = shutdown.changed(), if reading => reading = false,
+            else => break,
+        }
+    }
+    if let Some(status) = failure {
+        let _ = tx.send(Err(status)).await;
+    }
+}

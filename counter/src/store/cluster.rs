@@ -1,0 +1,142 @@
+//! Redis Cluster. A batch is split by slot into single-slot pipelines that run
+//! concurrently; redis-rs routes each to the slot's master and follows
+//! topology changes.
+
+use std::collections::BTreeMap;
+
+use futures_util::future::join_all;
+use redis::RedisResult;
+use redis::cluster::{ClusterClient, ClusterClientBuilder};
+use redis::cluster_async::ClusterConnection;
+use tally_proto::CounterKey;
+use tokio::sync::OnceCell;
+
+use super::redis::{get_pipeline, incr_pipeline, outcomes};
+use super::slot::slot_of_resource;
+use super::{Cmd, IncrOutcome, StoreError, StoreTimeouts};
+
+pub struct ClusterStore {
+    client: ClusterClient,
+    conn: OnceCell<ClusterConnection>,
+}
+
+impl ClusterStore {
+    /// `seeds` is `[:password@]h1:p1,h2:p2,…` (the part after `redis+cluster://`).
+    pub fn new(seeds: &str, timeouts: StoreTimeouts) -> Result<ClusterStore, StoreError> {
+        let nodes = seed_urls(seeds)?;
+        // No library-level retries: a resend after a broken connection could
+        // apply an increment twice. Failures are classified and surfaced instead.
+        let client = ClusterClientBuilder::new(nodes)
+            .connection_timeout(timeouts.connect)
+            .response_timeout(timeouts.response)
+            .retries(0)
+            .build()
+            .map_err(|e| StoreError::Config(e.to_string()))?;
+        Ok(ClusterStore { client, conn: OnceCell::new() })
+    }
+
+    /// The shared connection, created on first use so the counter can start
+    /// before the cluster is reachable.
+    async fn conn(&self) -> Result<ClusterConnection, StoreError> {
+        self.conn
+            .get_or_try_init(|| self.client.get_async_connection())
+            .await
+            .cloned()
+            .map_err(|e| StoreError::NotApplied(format!("connecting to the cluster: {e}")))
+    }
+
+    pub async fn incr(&self, cmds: &[Cmd<'_>]) -> Vec<IncrOutcome> {
+        let conn = match self.conn().await {
+            Ok(conn) => conn,
+            Err(err) => return vec![IncrOutcome::Failed(err); cmds.len()],
+        };
+        let groups = by_slot(cmds.iter().map(|(key, _)| *key));
+        let replies = join_all(groups.values().map(|indices| {
+            let mut conn = conn.clone();
+            let pipe = incr_pipeline(indices.iter().map(|&i| &cmds[i]));
+            async move {
+                match pipe.query_async::<Vec<RedisResult<i64>>>(&mut conn).await {
+                    Ok(replies) => outcomes(replies, indices.len()),
+                    Err(err) => vec![IncrOutcome::Failed(StoreError::from_redis(&err)); indices.len()],
+                }
+            }
+        }))
+        .await;
+        let mut result = vec![IncrOutcome::Failed(StoreError::Unknown("no reply".into())); cmds.len()];
+        for (indices, group) in groups.values().zip(replies) {
+            for (&i, outcome) in indices.iter().zip(group) {
+                result[i] = outcome;
+            }
+        }
+        result
+    }
+
+    pub async fn get(&self, keys: &[CounterKey]) -> Result<Vec<i64>, StoreError> {
+        let conn = self.conn().await?;
+        let groups = by_slot(keys.iter());
+        let replies = join_all(groups.values().map(|indices| {
+            let mut conn = conn.clone();
+            let pipe = get_pipeline(indices.iter().map(|&i| &keys[i]));
+            async move { pipe.query_async::<Vec<Option<i64>>>(&mut conn).await }
+        }))
+        .await;
+        let mut result = vec![0; keys.len()];
+        for (indices, group) in groups.values().zip(replies) {
+            let group = group.map_err(|e| StoreError::from_redis(&e))?;
+            for (&i, value) in indices.iter().zip(group) {
+                result[i] = value.unwrap_or(0);
+            }
+        }
+        Ok(result)
+    }
+
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let mut conn = self.conn().await?;
+        redis::cmd("PING").query_async::<()>(&mut conn).await.map_err(|e| StoreError::from_redis(&e))
+    }
+}
+
+/// Indices of `keys` grouped by cluster slot, order kept within each slot
+/// (so commands on one key still apply in order).
+fn by_slot<'a>(keys: impl Iterator<Item = &'a CounterKey>) -> BTreeMap<u16, Vec<usize>> {
+    let mut groups: BTreeMap<u16, Vec<usize>> = BTreeMap::new();
+    for (i, key) in keys.enumerate() {
+        groups.entry(slot_of_resource(key.resource_id())).or_default().push(i);
+    }
+    groups
+}
+
+/// `[:password@]h1:p1,h2:p2` → one `redis://` URL per seed node.
+fn seed_urls(seeds: &str) -> Result<Vec<String>, StoreError> {
+    let (auth, hosts) = match seeds.rsplit_once('@') {
+        Some((auth, hosts)) => (format!("{auth}@"), hosts),
+        None => (String::new(), seeds),
+    };
+    let nodes: Vec<String> =
+        hosts.split(',').map(str::trim).filter(|h| !h.is_empty()).map(|h| format!("redis://{auth}{h}")).collect();
+    if nodes.is_empty() {
+        return Err(StoreError::Config("redis+cluster:// needs at least one host:port".into()));
+    }
+    Ok(nodes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seed_list_with_and_without_password() {
+        assert_eq!(seed_urls("a:1, b:2").unwrap(), vec!["redis://a:1", "redis://b:2"]);
+        assert_eq!(seed_urls(":s3cret@a:1,b:2").unwrap(), vec!["redis://:s3cret@a:1", "redis://:s3cret@b:2"]);
+        assert!(seed_urls(" , ").is_err());
+    }
+
+    #[test]
+    fn grouping_keeps_order_within_a_slot() {
+        let k = |r: &str| CounterKey::new(r, "likes").unwrap();
+        let keys = [k("foo"), k("bar"), k("foo"), k("foo")];
+        let groups = by_slot(keys.iter());
+        assert_eq!(groups[&12182], vec![0, 2, 3]);
+        assert_eq!(groups[&5061], vec![1]);
+    }
+}

@@ -1,0 +1,60 @@
+//! Store failures, classified by what they mean for the caller's write.
+
+use ::redis::{ErrorKind, RedisError, ServerErrorKind};
+
+/// Why a store call failed. The distinction between [`StoreError::NotApplied`]
+/// and [`StoreError::Unknown`] is what makes retries safe: only the first may
+/// be retried without an idempotency key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// The command provably did not reach the store or was refused before
+    /// running (connection refused, cluster down, redirection, loading).
+    #[error("store unavailable, nothing applied: {0}")]
+    NotApplied(String),
+    /// The command may have been applied: the connection broke or timed out
+    /// after it was sent.
+    #[error("store did not answer, the write may or may not have been applied: {0}")]
+    Unknown(String),
+    /// The store answered with an error for this command (e.g. a hash field
+    /// that is not an integer); nothing was applied.
+    #[error("store rejected the command: {0}")]
+    Rejected(String),
+    /// The store URL or options are unusable.
+    #[error("store configuration: {0}")]
+    Config(String),
+}
+
+impl StoreError {
+    /// Maps a redis-rs error onto the classification above.
+    pub fn from_redis(err: &RedisError) -> StoreError {
+        let text = err.to_string();
+        match err.kind() {
+            ErrorKind::Server(
+                ServerErrorKind::Moved
+                | ServerErrorKind::Ask
+                | ServerErrorKind::TryAgain
+                | ServerErrorKind::ClusterDown
+                | ServerErrorKind::MasterDown
+                | ServerErrorKind::BusyLoading
+                | ServerErrorKind::ReadOnly,
+            )
+            | ErrorKind::ClusterConnectionNotFound
+            | ErrorKind::AuthenticationFailed => StoreError::NotApplied(text),
+            ErrorKind::Server(_) | ErrorKind::Extension => StoreError::Rejected(text),
+            ErrorKind::InvalidClientConfig => StoreError::Config(text),
+            _ if err.is_connection_refusal() => StoreError::NotApplied(text),
+            _ => StoreError::Unknown(text),
+        }
+    }
+
+    /// True when the write provably did not happen, so retrying it is safe.
+    pub fn is_not_applied(&self) -> bool {
+        matches!(self, StoreError::NotApplied(_) | StoreError::Rejected(_) | StoreError::Config(_))
+    }
+}
+
+/// True when a Redis error reply means "increment would overflow": the only
+/// per-command error tally expects, reported to the caller as OUT_OF_RANGE.
+pub fn is_overflow(err: &RedisError) -> bool {
+    matches!(err.kind(), ErrorKind::Server(_)) && err.to_string().contains("would overflow")
+}

@@ -1,0 +1,115 @@
+//! Where counters live. Three backends behind one small interface:
+//! in-memory (the embedded default), standalone Redis, and Redis Cluster.
+//!
+//! The interface is deliberately batch-shaped: the group committer hands a
+//! store every increment collected during one round trip, and the store sends
+//! them in as few round trips as its topology allows.
+//!
+//! Redis layout (README "Redis layout"): one hash per resource,
+//! `tally:{<resource_id>}`, with one field per counter type. The braces are a
+//! Redis Cluster hash tag, so every counter of a resource lives in one slot
+//! and a batch touching one resource is a single-slot pipeline.
+
+mod cluster;
+mod error;
+mod memory;
+mod redis;
+mod slot;
+
+use std::time::Duration;
+
+use tally_proto::CounterKey;
+
+pub use error::StoreError;
+
+/// One increment command for a store: add the delta to the counter.
+pub type Cmd<'a> = (&'a CounterKey, i64);
+
+/// The result of one `HINCRBY`-like command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IncrOutcome {
+    /// Applied; the value right after this command.
+    Applied(i64),
+    /// Not applied: the result would not fit in an i64.
+    Overflow,
+    /// Not applied, or not known to be applied (see [`StoreError`]).
+    Failed(StoreError),
+}
+
+/// Connection settings shared by the Redis backends.
+#[derive(Debug, Clone, Copy)]
+pub struct StoreTimeouts {
+    /// Limit on establishing one connection.
+    pub connect: Duration,
+    /// Limit on waiting for one answer; a hung Redis fails requests after this.
+    pub response: Duration,
+}
+
+/// A configured store. An enum rather than a trait object: the set is closed
+/// and the hot path stays free of boxing.
+pub enum Store {
+    Memory(memory::MemoryStore),
+    Redis(redis::RedisStore),
+    Cluster(cluster::ClusterStore),
+}
+
+/// The Redis key of the hash holding every counter of `resource_id`.
+pub fn hash_key(resource_id: &str) -> String {
+    format!("tally:{{{resource_id}}}")
+}
+
+impl Store {
+    /// Builds the store named by `TALLY_STORE`: `memory`, `redis://…`, or
+    /// `redis+cluster://h1:p1,h2:p2,…`. Connections are made lazily, so the
+    /// counter starts (and reports not-ready) while Redis is still down.
+    pub fn from_url(url: &str, timeouts: StoreTimeouts) -> Result<Store, StoreError> {
+        if url == "memory" {
+            Ok(Store::Memory(memory::MemoryStore::default()))
+        } else if url.starts_with("redis://") || url.starts_with("rediss://") {
+            Ok(Store::Redis(redis::RedisStore::new(url, timeouts)?))
+        } else if let Some(seeds) = url.strip_prefix("redis+cluster://") {
+            Ok(Store::Cluster(cluster::ClusterStore::new(seeds, timeouts)?))
+        } else {
+            Err(StoreError::Config(format!(
+                "unsupported store {url:?}: use `memory`, `redis://host:port[/db]` or `redis+cluster://h1:p1,h2:p2`"
+            )))
+        }
+    }
+
+    /// A short name for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Store::Memory(_) => "memory",
+            Store::Redis(_) => "redis",
+            Store::Cluster(_) => "redis-cluster",
+        }
+    }
+
+    /// Applies `cmds` (key, delta) and returns one outcome per command, in
+    /// order. Commands on the same key are applied in the given order.
+    pub async fn incr(&self, cmds: &[Cmd<'_>]) -> Vec<IncrOutcome> {
+        match self {
+            Store::Memory(s) => s.incr(cmds),
+            Store::Redis(s) => s.incr(cmds).await,
+            Store::Cluster(s) => s.incr(cmds).await,
+        }
+    }
+
+    /// Reads `keys`; a counter never written reads 0.
+    pub async fn get(&self, keys: &[CounterKey]) -> Result<Vec<i64>, StoreError> {
+        match self {
+            Store::Memory(s) => Ok(s.get(keys)),
+            Store::Redis(s) => s.get(keys).await,
+            Store::Cluster(s) => s.get(keys).await,
+        }
+    }
+
+    /// Checks that the store answers (readiness).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        match self {
+            Store::Memory(_) => Ok(()),
+            Store::Redis(s) => s.ping().await,
+            Store::Cluster(s) => s.ping().await,
+        }
+    }
+}

@@ -1,0 +1,90 @@
+//! Standalone Redis over one multiplexed connection (redis-rs
+//! `ConnectionManager`): every concurrent flush is pipelined on it, and it
+//! reconnects by itself after Redis comes back.
+
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{Pipeline, RedisResult};
+use tally_proto::CounterKey;
+
+use super::error::is_overflow;
+use super::{Cmd, IncrOutcome, StoreError, StoreTimeouts, hash_key};
+
+pub struct RedisStore {
+    conn: ConnectionManager,
+}
+
+impl RedisStore {
+    pub fn new(url: &str, timeouts: StoreTimeouts) -> Result<RedisStore, StoreError> {
+        let client = redis::Client::open(url).map_err(|e| StoreError::Config(format!("{url}: {e}")))?;
+        // One reconnect attempt per failed request keeps "Redis is down" fast
+        // (connection refused → UNAVAILABLE) instead of queueing callers
+        // behind a long backoff; the next request tries again.
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeouts.connect))
+            .set_response_timeout(Some(timeouts.response))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(100));
+        let conn = ConnectionManager::new_lazy_with_config(client, config)
+            .map_err(|e| StoreError::Config(format!("{url}: {e}")))?;
+        Ok(RedisStore { conn })
+    }
+
+    pub async fn incr(&self, cmds: &[Cmd<'_>]) -> Vec<IncrOutcome> {
+        let mut conn = self.conn.clone();
+        let pipe = incr_pipeline(cmds.iter());
+        match pipe.query_async::<Vec<RedisResult<i64>>>(&mut conn).await {
+            Ok(replies) => outcomes(replies, cmds.len()),
+            Err(err) => vec![IncrOutcome::Failed(StoreError::from_redis(&err)); cmds.len()],
+        }
+    }
+
+    pub async fn get(&self, keys: &[CounterKey]) -> Result<Vec<i64>, StoreError> {
+        let mut conn = self.conn.clone();
+        let replies: Vec<Option<i64>> =
+            get_pipeline(keys.iter()).query_async(&mut conn).await.map_err(|e| StoreError::from_redis(&e))?;
+        Ok(replies.into_iter().map(|v| v.unwrap_or(0)).collect())
+    }
+
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        redis::cmd("PING").query_async::<()>(&mut conn).await.map_err(|e| StoreError::from_redis(&e))
+    }
+}
+
+/// One `HINCRBY` per command, in order, with per-command errors kept (so one
+/// overflowing counter does not fail its neighbours).
+pub(super) fn incr_pipeline<'a, 'k: 'a>(cmds: impl Iterator<Item = &'a Cmd<'k>>) -> Pipeline {
+    let mut pipe = redis::pipe();
+    pipe.ignore_errors();
+    for (key, delta) in cmds {
+        pipe.cmd("HINCRBY").arg(hash_key(key.resource_id())).arg(key.counter_type()).arg(*delta);
+    }
+    pipe
+}
+
+pub(super) fn get_pipeline<'a>(keys: impl Iterator<Item = &'a CounterKey>) -> Pipeline {
+    let mut pipe = redis::pipe();
+    for key in keys {
+        pipe.cmd("HGET").arg(hash_key(key.resource_id())).arg(key.counter_type());
+    }
+    pipe
+}
+
+/// Turns pipeline replies into outcomes. A reply count that does not match is
+/// a protocol surprise: report every command as unknown rather than guess.
+pub(super) fn outcomes(replies: Vec<RedisResult<i64>>, expected: usize) -> Vec<IncrOutcome> {
+    if replies.len() != expected {
+        let err = StoreError::Unknown(format!("expected {expected} replies, got {}", replies.len()));
+        return vec![IncrOutcome::Failed(err); expected];
+    }
+    replies
+        .into_iter()
+        .map(|reply| match reply {
+            Ok(value) => IncrOutcome::Applied(value),
+            Err(err) if is_overflow(&err) => IncrOutcome::Overflow,
+            Err(err) => IncrOutcome::Failed(StoreError::from_redis(&err)),
+        })
+        .collect()
+}
