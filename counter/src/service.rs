@@ -72,7 +72,11 @@ impl CounterService for CounterApi {
         let result = async {
             let key = CounterKey::new(resource_id, counter_type).map_err(status::invalid)?;
             let value = self.read(std::slice::from_ref(&key)).await?[0];
-            Ok(GetResponse { resource_id: key.resource_id().into(), counter_type: key.counter_type().into(), current_value: value })
+            Ok(GetResponse {
+                resource_id: key.resource_id().into(),
+                counter_type: key.counter_type().into(),
+                current_value: value,
+            })
         }
         .await;
         self.observe("Get", started, result.as_ref().err());
@@ -87,7 +91,9 @@ impl CounterService for CounterApi {
             let keys = items
                 .into_iter()
                 .enumerate()
-                .map(|(i, item)| CounterKey::new(item.resource_id, item.counter_type).map_err(|e| e.in_batch("items", i)))
+                .map(|(i, item)| {
+                    CounterKey::new(item.resource_id, item.counter_type).map_err(|e| e.in_batch("items", i))
+                })
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(status::invalid)?;
             let values = self.read(&keys).await?;

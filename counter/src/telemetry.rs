@@ -19,6 +19,8 @@ pub fn init(format: LogFormat) {
         LogFormat::Text => builder.with_ansi(std::io::stdout().is_terminal()).init(),
     }
     if std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").is_some() {
-        tracing::warn!("OTEL_EXPORTER_OTLP_ENDPOINT is set, but OTLP trace export is not implemented yet; no spans are exported");
+        tracing::warn!(
+            "OTEL_EXPORTER_OTLP_ENDPOINT is set, but OTLP trace export is not implemented yet; no spans are exported"
+        );
     }
 }

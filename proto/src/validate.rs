@@ -59,7 +59,13 @@ impl CounterKey {
     pub fn new(resource_id: impl Into<String>, counter_type: impl Into<String>) -> Result<Self, InvalidInput> {
         let resource_id = resource_id.into();
         let counter_type = counter_type.into();
-        check_field("resource_id", &resource_id, limits::MAX_RESOURCE_ID_LEN, is_resource_id_char, "[A-Za-z0-9_.:@/-]")?;
+        check_field(
+            "resource_id",
+            &resource_id,
+            limits::MAX_RESOURCE_ID_LEN,
+            is_resource_id_char,
+            "[A-Za-z0-9_.:@/-]",
+        )?;
         check_field("counter_type", &counter_type, limits::MAX_COUNTER_TYPE_LEN, is_counter_type_char, "[a-z0-9_]")?;
         Ok(CounterKey { resource_id, counter_type })
     }
@@ -149,10 +155,26 @@ mod tests {
             ("p", "", InvalidInput::Empty { field: "counter_type" }),
             (&long_id, "likes", InvalidInput::TooLong { field: "resource_id", len: 129, max: 128 }),
             ("p", &long_type, InvalidInput::TooLong { field: "counter_type", len: 65, max: 64 }),
-            ("a b", "likes", InvalidInput::BadCharacter { field: "resource_id", found: ' ', at: 1, allowed: "[A-Za-z0-9_.:@/-]" }),
-            ("p{1}", "likes", InvalidInput::BadCharacter { field: "resource_id", found: '{', at: 1, allowed: "[A-Za-z0-9_.:@/-]" }),
-            ("p", "Likes", InvalidInput::BadCharacter { field: "counter_type", found: 'L', at: 0, allowed: "[a-z0-9_]" }),
-            ("é", "likes", InvalidInput::BadCharacter { field: "resource_id", found: 'é', at: 0, allowed: "[A-Za-z0-9_.:@/-]" }),
+            (
+                "a b",
+                "likes",
+                InvalidInput::BadCharacter { field: "resource_id", found: ' ', at: 1, allowed: "[A-Za-z0-9_.:@/-]" },
+            ),
+            (
+                "p{1}",
+                "likes",
+                InvalidInput::BadCharacter { field: "resource_id", found: '{', at: 1, allowed: "[A-Za-z0-9_.:@/-]" },
+            ),
+            (
+                "p",
+                "Likes",
+                InvalidInput::BadCharacter { field: "counter_type", found: 'L', at: 0, allowed: "[a-z0-9_]" },
+            ),
+            (
+                "é",
+                "likes",
+                InvalidInput::BadCharacter { field: "resource_id", found: 'é', at: 0, allowed: "[A-Za-z0-9_.:@/-]" },
+            ),
         ];
         for (id, ty, want) in cases {
             assert_eq!(CounterKey::new(id, ty), Err(want), "({id:?}, {ty:?})");

@@ -1,0 +1,254 @@
+//! Real processes for the tests: `redis-server` (standalone or a 3-master
+//! cluster on loopback ports) and the `tally-counter` binary.
+//!
+//! Readiness is awaited on the processes' own log lines, not with sleeps.
+//! Redis runs under a small `sh` watchdog that kills it when the test binary
+//! exits (its stdin closes), so no server outlives the tests, even the shared
+//! cluster that lives in a static.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{self, Receiver};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread;
+use std::time::{Duration, Instant};
+
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A free loopback port (bound then released; the OS does not hand it out again at once).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+}
+
+/// Reads a child's stdout on a thread, keeping every line for assertions.
+struct LogTail {
+    lines: Arc<Mutex<Vec<String>>>,
+    rx: Mutex<Receiver<String>>,
+    reader: Option<thread::JoinHandle<()>>,
+}
+
+impl LogTail {
+    fn follow(stdout: impl std::io::Read + Send + 'static) -> LogTail {
+        let (tx, rx) = mpsc::channel();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let keep = lines.clone();
+        let reader = thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                keep.lock().unwrap().push(line.clone());
+                let _ = tx.send(line);
+            }
+        });
+        LogTail { lines, rx: Mutex::new(rx), reader: Some(reader) }
+    }
+
+    /// Waits for the first new line matching `pred` and returns it.
+    fn wait_for(&self, what: &str, pred: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rx.lock().unwrap().recv_timeout(left) {
+                Ok(line) if pred(&line) => return line,
+                Ok(_) => {}
+                Err(_) => {
+                    panic!("timed out waiting for {what}; log so far:\n{}", self.lines.lock().unwrap().join("\n"))
+                }
+            }
+        }
+    }
+}
+
+/// One `redis-server` on a loopback port.
+pub struct RedisServer {
+    pub port: u16,
+    pid: u32,
+    child: Child,
+    /// Closing it tells the watchdog to kill redis-server.
+    watchdog: Option<ChildStdin>,
+    _log: LogTail,
+}
+
+impl RedisServer {
+    pub fn start() -> RedisServer {
+        Self::start_on(free_port(), &[])
+    }
+
+    pub fn start_on(port: u16, extra: &[&str]) -> RedisServer {
+        let mut args = vec!["--port".to_string(), port.to_string(), "--bind".into(), "127.0.0.1".into()];
+        args.extend(["--save", "", "--appendonly", "no", "--logfile", ""].map(String::from));
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut child = Command::new("sh")
+            .arg("-c")
+            .arg(r#"redis-server "$@" & pid=$!; exec 2>/dev/null; echo "watchdog pid=$pid"; read _; kill -9 $pid; wait $pid"#)
+            .arg("redis-server")
+            .args(&args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("redis-server must be installed (apt-get install redis-server)");
+        let stdin = child.stdin.take().expect("stdin");
+        let log = LogTail::follow(child.stdout.take().expect("stdout"));
+        let pid_line = log.wait_for("redis watchdog", |l| l.starts_with("watchdog pid="));
+        let pid = pid_line.trim_start_matches("watchdog pid=").trim().parse().expect("pid");
+        log.wait_for(&format!("redis-server on {port}"), |l| l.contains("Ready to accept connections"));
+        RedisServer { port, pid, child, watchdog: Some(stdin), _log: log }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Sends a signal (`-KILL`, `-STOP`, `-CONT`, …) to redis-server itself.
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill").arg(sig).arg(self.pid.to_string()).status().expect("kill").success();
+        assert!(ok, "kill {sig} {}", self.pid);
+    }
+
+    /// Kills redis-server and waits until it is gone (its port is free again).
+    pub fn kill(self) {
+        drop(self);
+    }
+
+    pub fn cli(&self, args: &[&str]) -> String {
+        redis_cli(self.port, args)
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        // Resume it first in case a test left it stopped, then let the
+        // watchdog kill it and wait until it is gone.
+        let _ = Command::new("kill").arg("-CONT").arg(self.pid.to_string()).status();
+        drop(self.watchdog.take());
+        let _ = self.child.wait();
+    }
+}
+
+pub fn redis_cli(port: u16, args: &[&str]) -> String {
+    let out = Command::new("redis-cli").arg("-p").arg(port.to_string()).args(args).output().expect("redis-cli");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A real Redis Cluster: three masters, no replicas, on loopback ports.
+pub struct RedisCluster {
+    pub nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    pub fn start() -> RedisCluster {
+        let nodes: Vec<RedisServer> = (0..3)
+            .map(|_| {
+                let port = free_port();
+                let conf = std::env::temp_dir().join(format!("tally-test-cluster-{port}-{}.conf", std::process::id()));
+                let conf = conf.to_string_lossy().to_string();
+                RedisServer::start_on(port, &["--cluster-enabled", "yes", "--cluster-config-file", &conf])
+            })
+            .collect();
+        let addrs: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
+        let out = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("redis-cli --cluster create");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("All 16384 slots covered"), "cluster create failed:\n{text}");
+        // `--cluster create` returns once the nodes agree on the configuration;
+        // each node flips cluster_state to ok shortly after. There is no event
+        // to wait on for that, so poll it (bounded).
+        let deadline = Instant::now() + START_TIMEOUT;
+        for node in &nodes {
+            while !node.cli(&["cluster", "info"]).contains("cluster_state:ok") {
+                assert!(Instant::now() < deadline, "cluster did not reach state ok");
+                thread::sleep(Duration::from_millis(50));
+            }
+        }
+        RedisCluster { nodes }
+    }
+
+    pub fn url(&self) -> String {
+        let seeds: Vec<String> = self.nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
+        format!("redis+cluster://{}", seeds.join(","))
+    }
+
+    /// One cluster for the whole test binary (keys are unique per test).
+    pub fn shared() -> &'static RedisCluster {
+        static CLUSTER: OnceLock<RedisCluster> = OnceLock::new();
+        CLUSTER.get_or_init(RedisCluster::start)
+    }
+}
+
+/// A running `tally-counter` binary.
+pub struct CounterProcess {
+    pub grpc: SocketAddr,
+    pub admin: SocketAddr,
+    child: Child,
+    log: LogTail,
+}
+
+impl CounterProcess {
+    pub fn start(store: &str, env: &[(&str, &str)]) -> CounterProcess {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tally-counter"));
+        cmd.env("TALLY_STORE", store)
+            .env("TALLY_LISTEN", "127.0.0.1:0")
+            .env("TALLY_ADMIN_LISTEN", "127.0.0.1:0")
+            .env("TALLY_LOG_FORMAT", "text")
+            .env("RUST_LOG", "info")
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn tally-counter");
+        let log = LogTail::follow(child.stdout.take().expect("stdout"));
+        let line = log.wait_for("tally-counter listening", |l| l.contains("tally-counter listening"));
+        let fields = fields(&line);
+        let grpc = fields["grpc"].parse().expect("grpc addr");
+        let admin = fields["admin"].parse().expect("admin addr");
+        CounterProcess { grpc, admin, child, log }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.grpc)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGTERM, then wait for the process to exit (bounded by its shutdown timeout).
+    pub fn terminate(mut self) -> (ExitStatus, Vec<String>) {
+        let ok = Command::new("kill").arg("-TERM").arg(self.pid().to_string()).status().expect("kill").success();
+        assert!(ok, "kill -TERM");
+        let status = self.child.wait().expect("wait");
+        // The pipe is closed now: let the reader take the last lines.
+        if let Some(reader) = self.log.reader.take() {
+            let _ = reader.join();
+        }
+        let lines = self.log.lines.lock().unwrap().clone();
+        (status, lines)
+    }
+
+    pub fn log_lines(&self) -> Vec<String> {
+        self.log.lines.lock().unwrap().clone()
+    }
+}
+
+impl Drop for CounterProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `key=value` fields of a tracing text log line.
+fn fields(line: &str) -> HashMap<String, String> {
+    line.split_whitespace()
+        .filter_map(|token| token.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.trim_matches('"').to_string()))
+        .collect()
+}
