@@ -5,11 +5,16 @@
 //! the group committer every `flush_interval`, or as soon as `batch_size`
 //! operations arrived, whichever comes first.
 //!
-//! Bounded: at most `capacity` distinct counters wait here; an offer that
-//! does not fit is refused ([`Offer::Full`]) and the caller applies it
-//! synchronously or rejects it, never drops it. On shutdown the flusher
-//! drains everything, retrying while the store is unreachable, until the
-//! shutdown deadline.
+//! Bounded: at most `capacity` distinct counters wait here (including a batch
+//! awaiting a resend); an offer that does not fit is refused
+//! ([`Offer::Full`]) and the caller applies it synchronously or rejects it,
+//! never drops it.
+//!
+//! A flush that fails is resent unchanged under the same batch id until it
+//! succeeds; the store applies a batch at most once per id
+//! ([`crate::store::batch`]), so a resend after an ambiguous failure cannot
+//! count twice. On shutdown the flusher drains everything, retrying while the
+//! store is unreachable, until the shutdown deadline.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -19,9 +24,9 @@ use tally_proto::CounterKey;
 use tokio::sync::{Notify, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 
-use crate::commit::{GroupCommitter, OpResult};
 use crate::metrics::Metrics;
-use crate::store::StoreError;
+use crate::store::Store;
+use crate::store::batch::{self, BatchOutcome};
 
 #[derive(Debug, Clone, Copy)]
 pub struct BufferSettings {
@@ -48,19 +53,33 @@ struct Pending {
     deltas: HashMap<CounterKey, i64>,
     ops_since_flush: usize,
     closed: bool,
+    /// A flushed batch the store did not confirm; resent before anything else.
+    in_doubt: Option<Batch>,
+}
+
+impl Pending {
+    /// Counters held: buffered plus awaiting a resend.
+    fn held(&self) -> usize {
+        self.deltas.len() + self.in_doubt.as_ref().map_or(0, |b| b.cmds.len())
+    }
+}
+
+struct Batch {
+    id: String,
+    cmds: Vec<(CounterKey, i64)>,
 }
 
 pub struct WriteBuffer {
     pending: Mutex<Pending>,
     batch_ready: Notify,
     settings: BufferSettings,
-    committer: GroupCommitter,
+    store: Arc<Store>,
     metrics: Arc<Metrics>,
 }
 
 impl WriteBuffer {
-    pub fn new(settings: BufferSettings, committer: GroupCommitter, metrics: Arc<Metrics>) -> WriteBuffer {
-        WriteBuffer { pending: Mutex::default(), batch_ready: Notify::new(), settings, committer, metrics }
+    pub fn new(settings: BufferSettings, store: Arc<Store>, metrics: Arc<Metrics>) -> WriteBuffer {
+        WriteBuffer { pending: Mutex::default(), batch_ready: Notify::new(), settings, store, metrics }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Pending> {
@@ -70,7 +89,8 @@ impl WriteBuffer {
     /// Buffers all of `ops` or none of them.
     pub fn offer(&self, ops: &[(CounterKey, i64)]) -> Offer {
         let mut pending = self.lock();
-        if pending.closed || !fits(&pending.deltas, ops, self.settings.capacity) {
+        let room = self.settings.capacity.saturating_sub(pending.in_doubt.as_ref().map_or(0, |b| b.cmds.len()));
+        if pending.closed || !fits(&pending.deltas, ops, room) {
             return Offer::Full;
         }
         for (key, delta) in ops {
@@ -89,9 +109,9 @@ impl WriteBuffer {
         Offer::Accepted
     }
 
-    /// Counters currently buffered.
+    /// Counters currently held (buffered or awaiting a resend).
     pub fn len(&self) -> usize {
-        self.lock().deltas.len()
+        self.lock().held()
     }
 
     /// Flushes until `shutdown` fires, then drains everything (see module doc),
@@ -122,57 +142,61 @@ impl WriteBuffer {
             if Instant::now() >= deadline {
                 break;
             }
+            tracing::warn!(counters = self.len(), "store refused the flush; retrying drain of the write-behind buffer");
             // The store refused the flush; retry at the flush cadence.
             tokio::time::sleep(self.settings.flush_interval.min(Duration::from_millis(200))).await;
         }
-        let left = std::mem::take(&mut self.lock().deltas);
+        let left: Vec<(CounterKey, i64)> = {
+            let mut pending = self.lock();
+            let mut left: Vec<_> = std::mem::take(&mut pending.deltas).into_iter().collect();
+            left.extend(pending.in_doubt.take().map(|b| b.cmds).unwrap_or_default());
+            left
+        };
         for (key, delta) in &left {
-            tracing::error!(%key, delta, "shutdown deadline passed: acknowledged async increment NOT applied");
+            tracing::error!(%key, delta, "shutdown deadline passed: acknowledged async increment not confirmed applied");
         }
         self.metrics.async_lost.get_or_create(&[("reason", "shutdown_timeout")]).inc_by(left.len() as u64);
         self.metrics.buffer_keys.set(0);
     }
 
-    /// Sends everything buffered to the store once. Operations the store
-    /// provably did not apply go back into the buffer for the next flush;
-    /// operations whose outcome is unknown are not resent (that could count
-    /// them twice) and are logged, with their amounts, as possibly lost.
+    /// Sends one batch to the store: the batch left over from a failed
+    /// attempt if there is one (resent unchanged, under the same id, so the
+    /// store applies it at most once), otherwise everything buffered.
     async fn flush_once(&self) {
-        let batch: Vec<(CounterKey, i64)> = {
+        let batch = {
             let mut pending = self.lock();
-            pending.ops_since_flush = 0;
-            std::mem::take(&mut pending.deltas).into_iter().collect()
+            match pending.in_doubt.take() {
+                Some(batch) => batch,
+                None => {
+                    pending.ops_since_flush = 0;
+                    let cmds: Vec<(CounterKey, i64)> = std::mem::take(&mut pending.deltas).into_iter().collect();
+                    if cmds.is_empty() {
+                        return;
+                    }
+                    Batch { id: batch::new_batch_id(), cmds }
+                }
+            }
         };
-        if batch.is_empty() {
-            return;
-        }
-        let results = match self.committer.submit(batch.clone()).await {
-            Ok(results) => results,
-            Err(closed) => vec![OpResult::Failed(StoreError::NotApplied(closed.to_string())); batch.len()],
-        };
-        let mut retry = Vec::new();
-        for ((key, delta), result) in batch.into_iter().zip(results) {
-            match result {
-                OpResult::Applied(_) => {}
-                OpResult::Failed(err) if err.is_not_applied() => retry.push((key, delta)),
-                OpResult::Overflow => self.lost(&key, delta, "overflow", "the counter would overflow i64"),
-                OpResult::Failed(err) => self.lost(&key, delta, "outcome_unknown", &err.to_string()),
+        let refs: Vec<(&CounterKey, i64)> = batch.cmds.iter().map(|(k, d)| (k, *d)).collect();
+        let started = std::time::Instant::now();
+        let outcomes = self.store.incr_batch_once(&batch.id, &refs).await;
+        self.metrics.store_duration.get_or_create(&[("op", "flush")]).observe(started.elapsed().as_secs_f64());
+        let mut failure = None;
+        for ((key, delta), outcome) in refs.iter().zip(outcomes) {
+            match outcome {
+                BatchOutcome::Applied => {}
+                BatchOutcome::Overflow => self.lost(key, *delta, "overflow", "the counter would overflow i64"),
+                BatchOutcome::Rejected(why) => self.lost(key, *delta, "rejected", &why),
+                BatchOutcome::Failed(err) => failure = Some(err),
             }
         }
         let mut pending = self.lock();
-        for (key, delta) in retry {
-            let merged = match pending.deltas.get(&key) {
-                Some(newer) => newer.checked_add(delta),
-                None => Some(delta),
-            };
-            match merged {
-                Some(sum) => {
-                    pending.deltas.insert(key, sum);
-                }
-                None => self.lost(&key, delta, "overflow", "re-buffered sum would overflow i64"),
-            }
+        if let Some(err) = failure {
+            tracing::warn!(%err, batch_id = %batch.id, counters = batch.cmds.len(), "flush failed; the batch will be resent");
+            self.metrics.store_errors.get_or_create(&[("kind", crate::commit::error_kind(&err))]).inc();
+            pending.in_doubt = Some(batch);
         }
-        self.metrics.buffer_keys.set(pending.deltas.len() as i64);
+        self.metrics.buffer_keys.set(pending.held() as i64);
     }
 
     fn lost(&self, key: &CounterKey, delta: i64, reason: &'static str, why: &str) {

@@ -45,7 +45,7 @@ pub struct Metrics {
     /// Async operations by what happened to them (`buffered`, `applied_sync`, `rejected`).
     pub async_ops: Family<Labels, Counter>,
     /// Buffered (acknowledged) increments that could not be applied, by reason
-    /// (`overflow`, `outcome_unknown`, `shutdown_timeout`). Each is also logged
+    /// (`overflow`, `rejected`, `shutdown_timeout`). Each is also logged
     /// at ERROR with its counter and delta.
     pub async_lost: Family<Labels, Counter>,
 }

@@ -50,7 +50,7 @@ pub async fn run(config: Config) -> Result<(), StartupError> {
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let committer = GroupCommitter::start(store.clone(), config.commit(), metrics.clone());
-    let buffer = Arc::new(WriteBuffer::new(config.buffer(), committer.clone(), metrics.clone()));
+    let buffer = Arc::new(WriteBuffer::new(config.buffer(), store.clone(), metrics.clone()));
     let drain_timeout = Duration::from_millis(config.shutdown_timeout_ms);
     let flusher = tokio::spawn(buffer.clone().run(shutdown_rx.clone(), drain_timeout));
 
@@ -76,6 +76,7 @@ pub async fn run(config: Config) -> Result<(), StartupError> {
 
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(tally_proto::v1::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
     let api = CounterApi {
         committer,

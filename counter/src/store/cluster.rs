@@ -11,6 +11,7 @@ use redis::cluster_async::ClusterConnection;
 use tally_proto::CounterKey;
 use tokio::sync::OnceCell;
 
+use super::batch::{self, BatchOutcome};
 use super::redis::{get_pipeline, incr_pipeline, outcomes};
 use super::slot::slot_of_resource;
 use super::{Cmd, IncrOutcome, StoreError, StoreTimeouts};
@@ -65,6 +66,28 @@ impl ClusterStore {
         let mut result = vec![IncrOutcome::Failed(StoreError::Unknown("no reply".into())); cmds.len()];
         for (indices, group) in groups.values().zip(replies) {
             for (&i, outcome) in indices.iter().zip(group) {
+                result[i] = outcome;
+            }
+        }
+        result
+    }
+
+    pub async fn incr_batch_once(&self, batch_id: &str, cmds: &[Cmd<'_>]) -> Vec<BatchOutcome> {
+        let conn = match self.conn().await {
+            Ok(conn) => conn,
+            Err(err) => return vec![BatchOutcome::Failed(err); cmds.len()],
+        };
+        let groups = by_slot(cmds.iter().map(|(key, _)| *key));
+        let chunks: Vec<&[usize]> = groups.values().flat_map(|indices| batch::chunks(indices)).collect();
+        let runs = join_all(chunks.iter().enumerate().map(|(chunk_no, chunk)| {
+            let mut conn = conn.clone();
+            let chunk_cmds: Vec<&Cmd<'_>> = chunk.iter().map(|&i| &cmds[i]).collect();
+            async move { batch::apply_chunk(&mut conn, batch_id, chunk_no, &chunk_cmds).await }
+        }))
+        .await;
+        let mut result = vec![BatchOutcome::Failed(StoreError::Unknown("no reply".into())); cmds.len()];
+        for (chunk, outcomes) in chunks.iter().zip(runs) {
+            for (&i, outcome) in chunk.iter().zip(outcomes) {
                 result[i] = outcome;
             }
         }

@@ -10,6 +10,7 @@
 //! Redis Cluster hash tag, so every counter of a resource lives in one slot
 //! and a batch touching one resource is a single-slot pipeline.
 
+pub mod batch;
 mod cluster;
 mod error;
 mod memory;
@@ -92,6 +93,16 @@ impl Store {
             Store::Memory(s) => s.incr(cmds),
             Store::Redis(s) => s.incr(cmds).await,
             Store::Cluster(s) => s.incr(cmds).await,
+        }
+    }
+
+    /// Applies `cmds` at most once for `batch_id`, however often it is called
+    /// with the same id and commands (see [`batch`]). One outcome per command.
+    pub async fn incr_batch_once(&self, batch_id: &str, cmds: &[Cmd<'_>]) -> Vec<batch::BatchOutcome> {
+        match self {
+            Store::Memory(s) => s.incr(cmds).into_iter().map(batch::from_incr).collect(),
+            Store::Redis(s) => s.incr_batch_once(batch_id, cmds).await,
+            Store::Cluster(s) => s.incr_batch_once(batch_id, cmds).await,
         }
     }
 

@@ -8,6 +8,9 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Pipeline, RedisResult};
 use tally_proto::CounterKey;
 
+use futures_util::future::join_all;
+
+use super::batch::{self, BatchOutcome};
 use super::error::is_overflow;
 use super::{Cmd, IncrOutcome, StoreError, StoreTimeouts, hash_key};
 
@@ -38,6 +41,17 @@ impl RedisStore {
             Ok(replies) => outcomes(replies, cmds.len()),
             Err(err) => vec![IncrOutcome::Failed(StoreError::from_redis(&err)); cmds.len()],
         }
+    }
+
+    pub async fn incr_batch_once(&self, batch_id: &str, cmds: &[Cmd<'_>]) -> Vec<BatchOutcome> {
+        let indices: Vec<usize> = (0..cmds.len()).collect();
+        let runs = join_all(batch::chunks(&indices).enumerate().map(|(chunk_no, chunk)| {
+            let mut conn = self.conn.clone();
+            let chunk_cmds: Vec<&Cmd<'_>> = chunk.iter().map(|&i| &cmds[i]).collect();
+            async move { batch::apply_chunk(&mut conn, batch_id, chunk_no, &chunk_cmds).await }
+        }))
+        .await;
+        runs.into_iter().flatten().collect()
     }
 
     pub async fn get(&self, keys: &[CounterKey]) -> Result<Vec<i64>, StoreError> {

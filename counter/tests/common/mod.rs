@@ -24,17 +24,22 @@ pub struct Stack {
     pub backend: Backend,
 }
 
+/// A store URL for `backend`, with the standalone Redis it needs (if any).
+pub fn store_url(backend: Backend) -> (Option<RedisServer>, String) {
+    match backend {
+        Backend::Memory => (None, "memory".to_string()),
+        Backend::Redis => {
+            let redis = RedisServer::start();
+            let url = redis.url();
+            (Some(redis), url)
+        }
+        Backend::Cluster => (None, RedisCluster::shared().url()),
+    }
+}
+
 impl Stack {
     pub fn start(backend: Backend, env: &[(&str, &str)]) -> Stack {
-        let (redis, url) = match backend {
-            Backend::Memory => (None, "memory".to_string()),
-            Backend::Redis => {
-                let redis = RedisServer::start();
-                let url = redis.url();
-                (Some(redis), url)
-            }
-            Backend::Cluster => (None, RedisCluster::shared().url()),
-        };
+        let (redis, url) = store_url(backend);
         let counter = CounterProcess::start(&url, env);
         Stack { counter, redis, backend }
     }

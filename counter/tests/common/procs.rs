@@ -220,10 +220,25 @@ impl CounterProcess {
         self.child.id()
     }
 
+    /// Sends a signal (`-TERM`, `-STOP`, …) to the process.
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill").arg(sig).arg(self.pid().to_string()).status().expect("kill").success();
+        assert!(ok, "kill {sig}");
+    }
+
+    /// Waits for a log line (after those already waited for) matching `pred`.
+    pub fn wait_for_log(&self, what: &str, pred: impl Fn(&str) -> bool) -> String {
+        self.log.wait_for(what, pred)
+    }
+
     /// SIGTERM, then wait for the process to exit (bounded by its shutdown timeout).
-    pub fn terminate(mut self) -> (ExitStatus, Vec<String>) {
-        let ok = Command::new("kill").arg("-TERM").arg(self.pid().to_string()).status().expect("kill").success();
-        assert!(ok, "kill -TERM");
+    pub fn terminate(self) -> (ExitStatus, Vec<String>) {
+        self.signal("-TERM");
+        self.wait()
+    }
+
+    /// Waits for the process to exit; returns its status and whole log.
+    pub fn wait(mut self) -> (ExitStatus, Vec<String>) {
         let status = self.child.wait().expect("wait");
         // The pipe is closed now: let the reader take the last lines.
         if let Some(reader) = self.log.reader.take() {

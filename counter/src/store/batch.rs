@@ -1,0 +1,136 @@
+//! Idempotent batch application for the write-behind buffer.
+//!
+//! A flush of buffered increments must survive an ambiguous failure (the
+//! connection broke after sending: applied or not?) without losing or
+//! doubling anything. So each flush gets an id, and is applied in chunks by a
+//! Lua script that first claims a marker key `tally:batch:{<resource>}:<id>:<n>`
+//! with `SET NX EX`: a resend of the same chunk finds the marker and applies
+//! nothing, returning the first attempt's per-command failures (stored in the
+//! marker). The flusher can therefore resend a failed flush until it succeeds.
+//!
+//! The marker carries the hash tag of the chunk's first resource, and in a
+//! cluster a chunk never spans slots, so each script touches one slot.
+
+use std::time::Duration;
+
+use redis::Script;
+use redis::aio::ConnectionLike;
+
+use super::{Cmd, StoreError, hash_key};
+
+/// Commands per script call: bounds how long one call holds Redis.
+pub const CHUNK: usize = 512;
+
+/// How long a batch marker lives: the window in which a resend is recognised.
+/// A flush is resent only while the store is failing, so this is generous.
+pub const MARKER_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// The outcome of one command of an idempotent batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BatchOutcome {
+    Applied,
+    Overflow,
+    Rejected(String),
+    Failed(StoreError),
+}
+
+const APPLY_ONCE: &str = r#"
+-- KEYS[1] marker; KEYS[2..] hashes; ARGV[1] ttl; then (field, delta) per hash.
+if not redis.call('SET', KEYS[1], '', 'NX', 'EX', ARGV[1]) then
+  return {0, redis.call('GET', KEYS[1]) or ''}
+end
+local failed = {}
+for i = 2, #KEYS do
+  local r = redis.pcall('HINCRBY', KEYS[i], ARGV[2 * i - 2], ARGV[2 * i - 1])
+  if type(r) == 'table' and r.err then
+    local kind = string.find(r.err, 'overflow', 1, true) and 'o' or 'e'
+    failed[#failed + 1] = kind .. tostring(i - 2)
+  end
+end
+local list = table.concat(failed, ',')
+if #failed > 0 then redis.call('SET', KEYS[1], list, 'KEEPTTL') end
+return {1, list}
+"#;
+
+/// Applies one chunk (all commands on one cluster slot) at most once for `batch_id`.
+pub async fn apply_chunk<C: ConnectionLike>(
+    conn: &mut C,
+    batch_id: &str,
+    chunk_no: usize,
+    cmds: &[&Cmd<'_>],
+) -> Vec<BatchOutcome> {
+    let Some(first) = cmds.first() else { return Vec::new() };
+    let script = Script::new(APPLY_ONCE);
+    let mut call = script.prepare_invoke();
+    call.key(format!("tally:batch:{{{}}}:{batch_id}:{chunk_no}", first.0.resource_id()));
+    call.arg(MARKER_TTL.as_secs());
+    for (key, delta) in cmds.iter().copied() {
+        call.key(hash_key(key.resource_id())).arg(key.counter_type()).arg(*delta);
+    }
+    match call.invoke_async::<(i64, String)>(conn).await {
+        Ok((fresh, failures)) => {
+            if fresh == 0 {
+                tracing::info!(batch_id, chunk_no, "batch chunk was already applied by an earlier attempt");
+            }
+            outcomes(cmds.len(), &failures)
+        }
+        Err(err) => vec![BatchOutcome::Failed(StoreError::from_redis(&err)); cmds.len()],
+    }
+}
+
+/// Decodes the script's failure list (`o3,e7`: command 3 overflowed, 7 was refused).
+fn outcomes(len: usize, failures: &str) -> Vec<BatchOutcome> {
+    let mut result = vec![BatchOutcome::Applied; len];
+    for entry in failures.split(',').filter(|e| !e.is_empty()) {
+        let (kind, index) = entry.split_at(1);
+        if let Some(slot) = index.parse::<usize>().ok().and_then(|i| result.get_mut(i)) {
+            *slot = if kind == "o" {
+                BatchOutcome::Overflow
+            } else {
+                BatchOutcome::Rejected("hash field is not an integer".into())
+            };
+        }
+    }
+    result
+}
+
+/// A fresh, unique batch id.
+pub fn new_batch_id() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+/// Splits command indices into chunks of at most [`CHUNK`]; deterministic,
+/// so a resend of the same commands maps to the same markers.
+pub fn chunks(indices: &[usize]) -> impl Iterator<Item = &[usize]> {
+    indices.chunks(CHUNK)
+}
+
+/// For the in-memory store, which cannot fail ambiguously.
+pub fn from_incr(outcome: super::IncrOutcome) -> BatchOutcome {
+    match outcome {
+        super::IncrOutcome::Applied(_) => BatchOutcome::Applied,
+        super::IncrOutcome::Overflow => BatchOutcome::Overflow,
+        super::IncrOutcome::Failed(err) => BatchOutcome::Failed(err),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_failure_lists() {
+        assert_eq!(outcomes(2, ""), vec![BatchOutcome::Applied, BatchOutcome::Applied]);
+        let decoded = outcomes(4, "o1,e3,o9");
+        assert_eq!(decoded[0], BatchOutcome::Applied);
+        assert_eq!(decoded[1], BatchOutcome::Overflow);
+        assert!(matches!(decoded[3], BatchOutcome::Rejected(_)));
+    }
+
+    #[test]
+    fn chunking_is_deterministic() {
+        let indices: Vec<usize> = (0..1100).collect();
+        let sizes: Vec<usize> = chunks(&indices).map(<[usize]>::len).collect();
+        assert_eq!(sizes, vec![512, 512, 76]);
+    }
+}

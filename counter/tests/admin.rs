@@ -1,0 +1,91 @@
+//! The operational surface: grpc.health.v1, server reflection (grpcurl), and
+//! the admin port's /health, /ready and /metrics.
+
+mod common;
+
+use std::net::SocketAddr;
+
+use common::{Backend, Stack, unique};
+use tally_proto::v1::IncrementRequest;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_stream::StreamExt;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_reflection::pb::v1::ServerReflectionRequest;
+use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+/// A plain HTTP/1.0 GET, returning (status code, body).
+async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect admin port");
+    stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: test\r\n\r\n").as_bytes()).await.expect("write");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.expect("read");
+    let status = response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).expect("status line");
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_reflection_and_admin_endpoints() {
+    let stack = Stack::start(Backend::Memory, &[]);
+    let channel = tonic::transport::Endpoint::from_shared(stack.counter.endpoint()).expect("endpoint");
+    let channel = channel.connect().await.expect("connect");
+
+    // grpc.health.v1: the server as a whole and the counter service.
+    let mut health = HealthClient::new(channel.clone());
+    for service in ["", "tally.counter.v1.CounterService"] {
+        let mut watch = health.watch(HealthCheckRequest { service: service.into() }).await.expect("watch").into_inner();
+        let mut status = None;
+        while let Some(update) = watch.next().await {
+            status = Some(update.expect("update").status);
+            if status == Some(ServingStatus::Serving as i32) {
+                break;
+            }
+        }
+        assert_eq!(status, Some(ServingStatus::Serving as i32), "service {service:?}");
+    }
+
+    // Reflection lists the API, so `grpcurl list` works.
+    let mut reflection = ServerReflectionClient::new(channel.clone());
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses =
+        reflection.server_reflection_info(tokio_stream::iter([request])).await.expect("reflection").into_inner();
+    let Some(Ok(response)) = responses.next().await else { panic!("no reflection response") };
+    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+        panic!("unexpected reflection response")
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    assert!(names.contains(&"tally.counter.v1.CounterService".to_string()), "{names:?}");
+    assert!(names.contains(&"grpc.health.v1.Health".to_string()), "{names:?}");
+
+    // Some traffic, then the admin port.
+    let mut client = stack.client().await;
+    let resource = unique("admin");
+    for _ in 0..5 {
+        let request = IncrementRequest { resource_id: resource.clone(), counter_type: "likes".into(), delta: None };
+        client.increment(request).await.expect("increment");
+    }
+    let bad = IncrementRequest { resource_id: String::new(), counter_type: "likes".into(), delta: None };
+    assert!(client.increment(bad).await.is_err());
+
+    assert_eq!(http_get(stack.counter.admin, "/health").await, (200, r#"{"status":"healthy"}"#.to_string()));
+    assert_eq!(http_get(stack.counter.admin, "/ready").await.0, 200);
+    let (status, metrics) = http_get(stack.counter.admin, "/metrics").await;
+    assert_eq!(status, 200);
+    for expected in [
+        r#"tally_counter_grpc_requests_total{method="Increment",code="OK"} 5"#,
+        r#"tally_counter_grpc_requests_total{method="Increment",code="InvalidArgument"} 1"#,
+        "tally_counter_grpc_request_duration_seconds_bucket",
+        "tally_counter_commit_batch_operations_count",
+        "tally_counter_store_up 1",
+        "tally_counter_buffer_keys 0",
+    ] {
+        assert!(metrics.contains(expected), "missing {expected:?} in\n{metrics}");
+    }
+}

@@ -1,0 +1,196 @@
+//! What happens around failures and shutdown, against real processes:
+//! SIGTERM drains the write-behind buffer; a dead or hung Redis fails requests
+//! fast with UNAVAILABLE and the service recovers without a restart; a full
+//! buffer never drops an async write.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use common::{Backend, CounterProcess, RedisServer, Stack, unique};
+use tally_proto::v1::{BatchIncrementRequest, GetRequest, IncrementOperation, IncrementRequest};
+use tokio_stream::StreamExt;
+use tonic::Code;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+/// A buffer that never flushes by itself: only shutdown (or a full buffer) empties it.
+const HOLD_BUFFER: &[(&str, &str)] = &[("TALLY_FLUSH_INTERVAL_MS", "60000"), ("TALLY_BATCH_SIZE", "100000")];
+
+fn op(resource_id: &str, counter_type: &str, delta: i64) -> IncrementOperation {
+    IncrementOperation { resource_id: resource_id.into(), counter_type: counter_type.into(), delta: Some(delta) }
+}
+
+/// Sends 100 async batches of 40 operations over 300 counters; returns the
+/// expected total per resource id (counter type `views`).
+async fn send_async_load(counter: &CounterProcess, prefix: &str) -> HashMap<String, i64> {
+    let mut client = common::client(counter).await;
+    let mut expected: HashMap<String, i64> = HashMap::new();
+    for b in 0..100i64 {
+        let operations: Vec<IncrementOperation> = (0..40i64)
+            .map(|i| {
+                let resource = format!("{prefix}-{}", (b * 40 + i) % 300);
+                let delta = 1 + (b + i) % 9;
+                *expected.entry(resource.clone()).or_default() += delta;
+                op(&resource, "views", delta)
+            })
+            .collect();
+        let response = client.batch_increment(BatchIncrementRequest { operations, r#async: true }).await;
+        assert!(response.expect("async batch").into_inner().accepted);
+    }
+    expected
+}
+
+fn stored(redis: &RedisServer, resource: &str) -> Option<i64> {
+    redis.cli(&["HGET", &format!("tally:{{{resource}}}"), "views"]).parse().ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_flushes_every_acknowledged_async_write() {
+    let redis = RedisServer::start();
+    let counter = CounterProcess::start(&redis.url(), HOLD_BUFFER);
+    let prefix = unique("drain");
+    let expected = send_async_load(&counter, &prefix).await;
+
+    // Still buffered: nothing in Redis yet.
+    assert!(expected.keys().all(|r| stored(&redis, r).is_none()), "the buffer flushed before shutdown");
+
+    let (status, log) = tokio::task::spawn_blocking(move || counter.terminate()).await.expect("terminate");
+    assert!(status.success(), "exit status {status:?}");
+    assert!(log.iter().any(|l| l.contains("write-behind buffer drained")), "log:\n{}", log.join("\n"));
+    for (resource, want) in &expected {
+        assert_eq!(stored(&redis, resource), Some(*want), "{resource}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_waits_for_a_store_that_comes_back() {
+    let redis = RedisServer::start();
+    let port = redis.port;
+    let counter = CounterProcess::start(&redis.url(), HOLD_BUFFER);
+    let prefix = unique("late");
+    let expected = send_async_load(&counter, &prefix).await;
+
+    // Redis goes away, then the counter is told to stop: it must keep the
+    // acknowledged writes and retry until Redis is back.
+    redis.kill();
+    counter.signal("-TERM");
+    counter.wait_for_log("a failed drain attempt", |l| l.contains("retrying drain"));
+    let redis = RedisServer::start_on(port, &[]);
+    let (status, log) = tokio::task::spawn_blocking(move || counter.wait()).await.expect("wait");
+    assert!(status.success(), "exit status {status:?}\n{}", log.join("\n"));
+    for (resource, want) in &expected {
+        assert_eq!(stored(&redis, resource), Some(*want), "{resource}");
+    }
+}
+
+async fn health_status(counter: &CounterProcess) -> tonic::Streaming<tonic_health::pb::HealthCheckResponse> {
+    let channel = tonic::transport::Endpoint::from_shared(counter.endpoint()).expect("endpoint").connect().await;
+    let mut health = HealthClient::new(channel.expect("connect"));
+    health
+        .watch(HealthCheckRequest { service: "tally.counter.v1.CounterService".into() })
+        .await
+        .expect("watch")
+        .into_inner()
+}
+
+async fn wait_for_health(watch: &mut tonic::Streaming<tonic_health::pb::HealthCheckResponse>, want: ServingStatus) {
+    let deadline = Duration::from_secs(20);
+    tokio::time::timeout(deadline, async {
+        while let Some(update) = watch.next().await {
+            if update.expect("health update").status == want as i32 {
+                return;
+            }
+        }
+        panic!("health watch ended");
+    })
+    .await
+    .unwrap_or_else(|_| panic!("health did not become {want:?}"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_outage_fails_fast_and_recovers_without_restart() {
+    let redis = RedisServer::start();
+    let port = redis.port;
+    let counter =
+        CounterProcess::start(&redis.url(), &[("TALLY_STORE_TIMEOUT_MS", "300"), ("TALLY_HEALTH_INTERVAL_MS", "50")]);
+    let mut client = common::client(&counter).await;
+    let mut watch = health_status(&counter).await;
+    wait_for_health(&mut watch, ServingStatus::Serving).await;
+    let post = unique("outage");
+    let inc = |delta| IncrementRequest { resource_id: post.clone(), counter_type: "likes".into(), delta: Some(delta) };
+    assert_eq!(client.increment(inc(1)).await.expect("before").into_inner().current_value, 1);
+
+    // Dead Redis. The first request may still go out on the old connection
+    // and fail with an unknown outcome (the client library cannot tell which
+    // in-flight request a broken pipe hit); after that, connection refused →
+    // UNAVAILABLE, marked as not applied, quickly.
+    redis.kill();
+    let first = client.increment(inc(1)).await.expect_err("redis is down");
+    assert_eq!(first.code(), Code::Unavailable, "{first:?}");
+    let started = Instant::now();
+    let status = client.increment(inc(1)).await.expect_err("redis is down");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert_eq!(status.metadata().get("tally-write-outcome").and_then(|v| v.to_str().ok()), Some("not-applied"));
+    assert!(started.elapsed() < Duration::from_secs(2), "took {:?}", started.elapsed());
+    let get = client.get(GetRequest { resource_id: post.clone(), counter_type: "likes".into() }).await;
+    assert_eq!(get.expect_err("read while down").code(), Code::Unavailable);
+    wait_for_health(&mut watch, ServingStatus::NotServing).await;
+
+    // Back on the same port: the same counter process serves again.
+    let redis = RedisServer::start_on(port, &[]);
+    wait_for_health(&mut watch, ServingStatus::Serving).await;
+    assert_eq!(client.increment(inc(5)).await.expect("after restart").into_inner().current_value, 5);
+
+    // Hung Redis (SIGSTOP): requests fail after the store timeout instead of hanging.
+    redis.signal("-STOP");
+    let started = Instant::now();
+    let status = client.increment(inc(1)).await.expect_err("redis is hung");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(started.elapsed() < Duration::from_secs(3), "took {:?}", started.elapsed());
+    wait_for_health(&mut watch, ServingStatus::NotServing).await;
+    redis.signal("-CONT");
+    wait_for_health(&mut watch, ServingStatus::Serving).await;
+    // The hung increment's outcome was unknown; it may have applied once Redis resumed.
+    let value = client.increment(inc(10)).await.expect("after SIGCONT").into_inner().current_value;
+    assert!(value == 15 || value == 16, "value {value}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_buffer_applies_synchronously_by_default() {
+    let env = [("TALLY_BUFFER_CAPACITY", "10"), ("TALLY_FLUSH_INTERVAL_MS", "60000"), ("TALLY_BATCH_SIZE", "100000")];
+    let stack = Stack::start(Backend::Memory, &env);
+    let mut client = stack.client().await;
+    let prefix = unique("full");
+    let operations: Vec<IncrementOperation> = (0..20).map(|i| op(&format!("{prefix}-{i}"), "views", 3)).collect();
+    let response = client.batch_increment(BatchIncrementRequest { operations, r#async: true }).await;
+    let response = response.expect("accepted").into_inner();
+    assert!(response.accepted);
+    assert_eq!(response.results.len(), 20, "applied synchronously, so results are known");
+    // Applied before the answer, although the buffer never flushes here.
+    let value = client.get(GetRequest { resource_id: format!("{prefix}-7"), counter_type: "views".into() }).await;
+    assert_eq!(value.expect("get").into_inner().current_value, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_buffer_rejects_with_the_reject_policy() {
+    let env = [
+        ("TALLY_BUFFER_CAPACITY", "10"),
+        ("TALLY_BUFFER_FULL_POLICY", "reject"),
+        ("TALLY_FLUSH_INTERVAL_MS", "60000"),
+        ("TALLY_BATCH_SIZE", "100000"),
+    ];
+    let stack = Stack::start(Backend::Memory, &env);
+    let mut client = stack.client().await;
+    let prefix = unique("reject");
+    let operations: Vec<IncrementOperation> = (0..20).map(|i| op(&format!("{prefix}-{i}"), "views", 3)).collect();
+    let status = client.batch_increment(BatchIncrementRequest { operations, r#async: true }).await.expect_err("full");
+    assert_eq!(status.code(), Code::ResourceExhausted);
+    let value = client.get(GetRequest { resource_id: format!("{prefix}-7"), counter_type: "views".into() }).await;
+    assert_eq!(value.expect("get").into_inner().current_value, 0, "a refused batch wrote nothing");
+    // A batch that fits is still buffered.
+    let fits = vec![op(&prefix, "views", 1)];
+    assert!(client.batch_increment(BatchIncrementRequest { operations: fits, r#async: true }).await.is_ok());
+}

@@ -1,0 +1,67 @@
+//! The store layer on its own, against every backend: idempotent batches
+//! (what makes the write-behind buffer's resends safe) and slot-aware
+//! pipelines in the cluster.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Backend, store_url, unique};
+use tally_counter::store::batch::{BatchOutcome, new_batch_id};
+use tally_counter::store::{IncrOutcome, Store, StoreTimeouts};
+use tally_proto::CounterKey;
+
+const TIMEOUTS: StoreTimeouts = StoreTimeouts { connect: Duration::from_secs(1), response: Duration::from_secs(2) };
+
+fn key(resource: &str, counter_type: &str) -> CounterKey {
+    CounterKey::new(resource, counter_type).expect("valid key")
+}
+
+on_every_store!(a_batch_resent_under_its_id_applies_once, many_resources_in_one_call);
+
+async fn a_batch_resent_under_its_id_applies_once(backend: Backend) {
+    let (_redis, url) = store_url(backend);
+    let store = Store::from_url(&url, TIMEOUTS).expect("store");
+    let prefix = unique("once");
+    // 1200 commands over many resources: several chunks and, in a cluster, many slots.
+    let keys: Vec<CounterKey> =
+        (0..1200).map(|i| key(&format!("{prefix}-{}", i % 400), &format!("c{}", i / 400))).collect();
+    let big = key(&prefix, "big");
+    let mut cmds: Vec<(&CounterKey, i64)> = keys.iter().map(|k| (k, 2)).collect();
+    assert_eq!(store.incr(&[(&big, i64::MAX)]).await, vec![IncrOutcome::Applied(i64::MAX)]);
+    cmds.push((&big, 1)); // overflows: refused alone
+
+    let id = new_batch_id();
+    let first = store.incr_batch_once(&id, &cmds).await;
+    let resent = store.incr_batch_once(&id, &cmds).await;
+    let mut want = vec![BatchOutcome::Applied; 1200];
+    want.push(BatchOutcome::Overflow);
+    if !matches!(backend, Backend::Memory) {
+        // The in-memory store cannot fail ambiguously and keeps no markers;
+        // for Redis the resend must report exactly what the first attempt did.
+        assert_eq!(resent, want, "resend");
+    }
+    assert_eq!(first, want, "first attempt");
+
+    let values = store.get(&keys).await.expect("get");
+    let expected = if matches!(backend, Backend::Memory) { 4 } else { 2 };
+    assert!(values.iter().all(|&v| v == expected), "values {:?}", &values[..5]);
+
+    // A new id is a new batch.
+    store.incr_batch_once(&new_batch_id(), &cmds[..1]).await;
+    assert_eq!(store.get(&keys[..1]).await.expect("get"), vec![expected + 2]);
+}
+
+async fn many_resources_in_one_call(backend: Backend) {
+    let (_redis, url) = store_url(backend);
+    let store = Store::from_url(&url, TIMEOUTS).expect("store");
+    let prefix = unique("many");
+    let keys: Vec<CounterKey> = (0..500).map(|i| key(&format!("{prefix}-{i}"), "views")).collect();
+    // Each key twice: commands on one key apply in order.
+    let cmds: Vec<(&CounterKey, i64)> = keys.iter().map(|k| (k, 1)).chain(keys.iter().map(|k| (k, 10))).collect();
+    let outcomes = store.incr(&cmds).await;
+    assert!(outcomes[..500].iter().all(|o| *o == IncrOutcome::Applied(1)));
+    assert!(outcomes[500..].iter().all(|o| *o == IncrOutcome::Applied(11)));
+    assert!(store.get(&keys).await.expect("get").iter().all(|&v| v == 11));
+    store.ping().await.expect("ping");
+}
