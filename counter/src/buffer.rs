@@ -110,7 +110,7 @@ impl WriteBuffer {
     }
 
     /// Counters currently held (buffered or awaiting a resend).
-    pub fn len(&self) -> usize {
+    pub fn held(&self) -> usize {
         self.lock().held()
     }
 
@@ -135,14 +135,14 @@ impl WriteBuffer {
         let deadline = Instant::now() + timeout;
         loop {
             self.flush_once().await;
-            if self.len() == 0 {
+            if self.held() == 0 {
                 tracing::info!("write-behind buffer drained");
                 return;
             }
             if Instant::now() >= deadline {
                 break;
             }
-            tracing::warn!(counters = self.len(), "store refused the flush; retrying drain of the write-behind buffer");
+            tracing::warn!(counters = self.held(), "store refused the flush; retrying drain of the write-behind buffer");
             // The store refused the flush; retry at the flush cadence.
             tokio::time::sleep(self.settings.flush_interval.min(Duration::from_millis(200))).await;
         }

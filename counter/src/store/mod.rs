@@ -51,7 +51,8 @@ pub struct StoreTimeouts {
 pub enum Store {
     Memory(memory::MemoryStore),
     Redis(redis::RedisStore),
-    Cluster(cluster::ClusterStore),
+    // Boxed: the cluster client is large and the enum is built once.
+    Cluster(Box<cluster::ClusterStore>),
 }
 
 /// The Redis key of the hash holding every counter of `resource_id`.
@@ -69,7 +70,7 @@ impl Store {
         } else if url.starts_with("redis://") || url.starts_with("rediss://") {
             Ok(Store::Redis(redis::RedisStore::new(url, timeouts)?))
         } else if let Some(seeds) = url.strip_prefix("redis+cluster://") {
-            Ok(Store::Cluster(cluster::ClusterStore::new(seeds, timeouts)?))
+            Ok(Store::Cluster(Box::new(cluster::ClusterStore::new(seeds, timeouts)?)))
         } else {
             Err(StoreError::Config(format!(
                 "unsupported store {url:?}: use `memory`, `redis://host:port[/db]` or `redis+cluster://h1:p1,h2:p2`"

@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# The counter service alone, over gRPC, next to redis-benchmark against the
+# same Redis in the same run (BRIEF §10). Starts its own redis-server and
+# tally-counter on free loopback ports, writes a Markdown report under
+# bench-results/ and prints it.
+#
+#   SECONDS_PER_RUN=10 CONCURRENCY=100 scripts/bench-counter.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/lib.sh
+
+SECONDS_PER_RUN=${SECONDS_PER_RUN:-10}
+CONCURRENCY=${CONCURRENCY:-100}
+command -v redis-server >/dev/null || { echo "redis-server missing: apt-get install -y redis-server redis-tools" >&2; exit 1; }
+command -v redis-benchmark >/dev/null || { echo "redis-benchmark missing: apt-get install -y redis-tools" >&2; exit 1; }
+
+cargo build --release -q -p tally-counter -p tally-bench
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT
+
+redis_port=$(free_port)
+redis_pid=$(start_redis "$redis_port" "$work/redis.log")
+pids+=("$redis_pid")
+grpc_port=$(free_port); admin_port=$(free_port)
+TALLY_STORE="redis://127.0.0.1:$redis_port" TALLY_LISTEN="127.0.0.1:$grpc_port" TALLY_ADMIN_LISTEN="127.0.0.1:$admin_port" \
+  target/release/tally-counter >"$work/counter.log" 2>&1 &
+counter_pid=$!
+pids+=("$counter_pid")
+wait_for_log "$work/counter.log" "tally-counter listening"
+
+requests=$((SECONDS_PER_RUN * 150000))
+rb() { redis-benchmark -p "$redis_port" -t incr -c 100 -n "$requests" --csv "$@" 2>/dev/null | tail -1 | tr -d '"'; }
+IFS=, read -r _ rb_rps _ _ rb_p50 _ rb_p99 _ <<<"$(rb)"
+IFS=, read -r _ rb16_rps _ _ rb16_p50 _ rb16_p99 _ <<<"$(rb -P 16 -n $((requests * 8)))"
+
+rows=""
+for scenario in unary-hot unary-keys batch batch-async stream; do
+  line=$(target/release/tally-bench --scenario "$scenario" --endpoint "http://127.0.0.1:$grpc_port" \
+    --concurrency "$CONCURRENCY" --seconds "$SECONDS_PER_RUN" --prefix "bench-$$-$scenario")
+  IFS=, read -r name reqs ops errors secs ops_s p50 p99 max <<<"$line"
+  case $scenario in batch|batch-async|stream) ref=$rb16_rps; ref_name="-P 16" ;; *) ref=$rb_rps; ref_name="-c 100" ;; esac
+  ratio=$(python3 -c "print(f'{$ops_s / $ref:.2f}')")
+  rows+="| $scenario | $ops_s | $p50 | $p99 | $max | $errors | $ratio × redis-benchmark $ref_name |"$'\n'
+done
+counter_rss=$(peak_rss_mib "$counter_pid")
+redis_rss=$(peak_rss_mib "$redis_pid")
+
+mkdir -p bench-results
+report="bench-results/counter-$(date -u +%Y%m%d-%H%M%S).md"
+cat >"$report" <<MD
+# tally-counter benchmark — $(date -u '+%Y-%m-%d %H:%M UTC')
+
+Machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo); load generator, counter and Redis on the same machine.
+Each scenario: $CONCURRENCY concurrent callers for ${SECONDS_PER_RUN}s over 4 HTTP/2 connections; delta 1.
+Latency is per request (a batch request carries 100 operations). Redis $(redis-server --version | awk '{print $3}' | tr -d v=).
+
+## Redis ceiling (same Redis, same run)
+
+| redis-benchmark | ops/s | p50 ms | p99 ms |
+|---|---|---|---|
+| \`-t incr -c 100\` | $rb_rps | $rb_p50 | $rb_p99 |
+| \`-t incr -c 100 -P 16\` | $rb16_rps | $rb16_p50 | $rb16_p99 |
+
+## tally-counter over gRPC → Redis
+
+| scenario | ops/s | p50 ms | p99 ms | max ms | errors | vs Redis |
+|---|---|---|---|---|---|---|
+$rows
+Keys: \`unary-hot\` one counter; the others 100,000 counters. \`batch-async\` is acknowledged once buffered.
+
+## Memory
+
+| process | peak RSS |
+|---|---|
+| tally-counter | $counter_rss MiB |
+| redis-server | $redis_rss MiB |
+MD
+cat "$report"
+echo "report: $report"

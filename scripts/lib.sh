@@ -1,0 +1,38 @@
+# Helpers shared by tally's scripts (sourced, not run).
+
+# A free TCP port on loopback.
+free_port() {
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# Waits (up to 30 s) until a log file contains a pattern; the services print
+# a "listening" line once they accept connections.
+wait_for_log() {
+  local file=$1 pattern=$2
+  for _ in $(seq 300); do
+    grep -q "$pattern" "$file" 2>/dev/null && return 0
+    sleep 0.1
+  done
+  echo "timed out waiting for '$pattern' in $file:" >&2
+  cat "$file" >&2
+  return 1
+}
+
+# Peak resident memory (VmHWM) of a process, in MiB.
+peak_rss_mib() {
+  awk '/VmHWM/ { printf "%.1f", $2 / 1024 }' "/proc/$1/status" 2>/dev/null || echo "?"
+}
+
+# Current resident memory (VmRSS) of a process, in MiB.
+rss_mib() {
+  awk '/VmRSS/ { printf "%.1f", $2 / 1024 }' "/proc/$1/status" 2>/dev/null || echo "?"
+}
+
+# Starts a throwaway redis-server on $1; prints its pid.
+start_redis() {
+  local port=$1 log=$2
+  redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no --logfile "$log" --daemonize no >/dev/null 2>&1 &
+  local pid=$!
+  wait_for_log "$log" "Ready to accept connections" >&2
+  echo "$pid"
+}
