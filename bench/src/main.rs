@@ -119,8 +119,12 @@ async fn worker(args: Arc<Args>, mut client: CounterServiceClient<Channel>, id: 
                         IncrementOperation { resource_id, counter_type, delta: Some(1) }
                     })
                     .collect();
-                let request = BatchIncrementRequest { operations, r#async: matches!(args.scenario, Scenario::BatchAsync) };
-                let ok = client.batch_increment(request).await.is_ok_and(|r| r.get_ref().results.iter().all(|o| o.error.is_none()));
+                let request =
+                    BatchIncrementRequest { operations, r#async: matches!(args.scenario, Scenario::BatchAsync) };
+                let ok = client
+                    .batch_increment(request)
+                    .await
+                    .is_ok_and(|r| r.get_ref().results.iter().all(|o| o.error.is_none()));
                 tally.record(started, args.batch as u64, ok);
             }
             Scenario::Stream => unreachable!("streams use stream_worker"),
@@ -130,7 +134,12 @@ async fn worker(args: Arc<Args>, mut client: CounterServiceClient<Channel>, id: 
 }
 
 /// One stream with up to `window` messages in flight; latency per message.
-async fn stream_worker(args: Arc<Args>, mut client: CounterServiceClient<Channel>, id: usize, deadline: Instant) -> Tally {
+async fn stream_worker(
+    args: Arc<Args>,
+    mut client: CounterServiceClient<Channel>,
+    id: usize,
+    deadline: Instant,
+) -> Tally {
     let window = Arc::new(Semaphore::new(args.window));
     let sent_at: Arc<Mutex<VecDeque<Instant>>> = Arc::default();
     let (tx, rx) = tokio::sync::mpsc::channel::<IncrementRequest>(args.window);
@@ -170,7 +179,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Arc::new(Args::parse());
     let mut channels = Vec::new();
     for _ in 0..args.connections.max(1) {
-        let endpoint = Endpoint::from_shared(args.endpoint.clone())?.tcp_nodelay(true).connect_timeout(Duration::from_secs(5));
+        let endpoint =
+            Endpoint::from_shared(args.endpoint.clone())?.tcp_nodelay(true).connect_timeout(Duration::from_secs(5));
         channels.push(endpoint.connect().await?);
     }
     let deadline = Instant::now() + Duration::from_secs_f64(args.seconds);

@@ -142,7 +142,10 @@ impl WriteBuffer {
             if Instant::now() >= deadline {
                 break;
             }
-            tracing::warn!(counters = self.held(), "store refused the flush; retrying drain of the write-behind buffer");
+            tracing::warn!(
+                counters = self.held(),
+                "store refused the flush; retrying drain of the write-behind buffer"
+            );
             // The store refused the flush; retry at the flush cadence.
             tokio::time::sleep(self.settings.flush_interval.min(Duration::from_millis(200))).await;
         }
