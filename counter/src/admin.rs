@@ -62,5 +62,5 @@ async fn ready(State(state): State<AdminState>) -> impl IntoResponse {
 }
 
 async fn metrics_text(State(state): State<AdminState>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], state.metrics.encode())
+    ([(header::CONTENT_TYPE, tally_runtime::metrics::CONTENT_TYPE)], state.metrics.encode())
 }

@@ -11,7 +11,7 @@ use crate::buffer::BufferSettings;
 use crate::commit::CommitSettings;
 use crate::service::BufferFullPolicy;
 use crate::store::StoreTimeouts;
-use crate::telemetry::LogFormat;
+use tally_runtime::logging::LogFormat;
 
 #[derive(Debug, Clone, Parser)]
 #[command(name = "tally-counter", version, about = "tally's gRPC counter service")]

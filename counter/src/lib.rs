@@ -12,4 +12,3 @@ pub mod server;
 pub mod service;
 pub mod status;
 pub mod store;
-pub mod telemetry;

@@ -1,12 +1,12 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use tally_counter::{config::Config, server, telemetry};
+use tally_counter::{config::Config, server};
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let config = Config::parse();
-    telemetry::init(config.log_format);
+    tally_runtime::logging::init(config.log_format);
     match server::run(config).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

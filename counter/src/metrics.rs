@@ -3,26 +3,16 @@
 //! One registry, created at startup and shared; every metric a request path
 //! touches is a field here so recording is a field access, not a lookup by name.
 
-use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+use tally_runtime::metrics::{latency_histogram, render, size_histogram};
 
 type Labels = [(&'static str, &'static str); 1];
 type Labels2 = [(&'static str, &'static str); 2];
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
-
-fn latency_histogram() -> Histogram {
-    // 50 µs … ~6.5 s
-    Histogram::new(exponential_buckets(0.00005, 2.0, 18))
-}
-
-fn size_histogram() -> Histogram {
-    // 1 … 4096 operations
-    Histogram::new(exponential_buckets(1.0, 2.0, 13))
-}
 
 pub struct Metrics {
     registry: Registry,
@@ -90,10 +80,7 @@ impl Metrics {
 
     /// The Prometheus text exposition of every metric.
     pub fn encode(&self) -> String {
-        let mut out = String::new();
-        // Writing into a String cannot fail.
-        let _ = encode(&mut out, &self.registry);
-        out
+        render(&self.registry)
     }
 }
 

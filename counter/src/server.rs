@@ -90,7 +90,7 @@ pub async fn run(config: Config) -> Result<(), StartupError> {
 
     tracing::info!(grpc = %grpc_addr, admin = %admin_addr, store = store.kind(), "tally-counter listening");
     let stop_signal = async move {
-        wait_for_signal().await;
+        tally_runtime::signal::shutdown().await;
         tracing::info!("shutting down: finishing in-flight requests, then draining the write-behind buffer");
         readiness.set_shutting_down();
         let _ = shutdown_tx.send(true);
@@ -146,25 +146,4 @@ async fn health_loop(
             return;
         }
     }
-}
-
-async fn wait_for_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = ctrl_c => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(err) => {
-                tracing::warn!(%err, "cannot watch SIGTERM; only Ctrl-C stops the service");
-                let _ = ctrl_c.await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }

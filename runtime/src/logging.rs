@@ -1,4 +1,4 @@
-//! Logging setup: human-readable by default, JSON with `TALLY_LOG_FORMAT=json`,
+//! Logging setup for both services: human-readable by default, JSON with `TALLY_LOG_FORMAT=json`,
 //! level from `RUST_LOG` (default `info`).
 
 use std::io::IsTerminal;

@@ -1,0 +1,116 @@
+//! The JSON error envelope and the HTTP status of every failure (BRIEF §3):
+//! `{"status":"error","error":{"code":"…","message":"…"}}`.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use tally_proto::InvalidInput;
+use tonic::Code;
+
+use crate::client::CallError;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError { status, code, message: message.into() }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid_argument", message)
+    }
+
+    pub fn too_large(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", message)
+    }
+
+    pub fn not_found(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
+    pub fn method_not_allowed(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", message)
+    }
+}
+
+impl From<InvalidInput> for ApiError {
+    fn from(err: InvalidInput) -> Self {
+        if err.is_too_large() { ApiError::too_large(err.to_string()) } else { ApiError::bad_request(err.to_string()) }
+    }
+}
+
+/// How a counter-side failure reaches the HTTP client.
+impl From<CallError> for ApiError {
+    fn from(err: CallError) -> Self {
+        let message = err.to_string();
+        match err {
+            CallError::NoBackend | CallError::ShuttingDown => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+            }
+            CallError::Protocol(_) => ApiError::new(StatusCode::BAD_GATEWAY, "bad_gateway", message),
+            CallError::Status { code, message } => from_grpc(code, message),
+        }
+    }
+}
+
+fn from_grpc(code: Code, message: String) -> ApiError {
+    match code {
+        Code::InvalidArgument => ApiError::bad_request(message),
+        Code::OutOfRange => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "out_of_range", message),
+        Code::ResourceExhausted => ApiError::new(StatusCode::TOO_MANY_REQUESTS, "resource_exhausted", message),
+        Code::FailedPrecondition => ApiError::new(StatusCode::CONFLICT, "failed_precondition", message),
+        Code::DeadlineExceeded => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "deadline_exceeded", message),
+        Code::Unavailable | Code::Unknown | Code::Cancelled | Code::Aborted => {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+        }
+        _ => ApiError::new(StatusCode::BAD_GATEWAY, "bad_gateway", message),
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct ErrorBody<'a> {
+    pub code: &'a str,
+    pub message: &'a str,
+}
+
+#[derive(Serialize)]
+struct Envelope<'a> {
+    status: &'static str,
+    error: ErrorBody<'a>,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = Envelope { status: "error", error: ErrorBody { code: self.code, message: &self.message } };
+        (self.status, Json(body)).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_codes_map_to_documented_http_statuses() {
+        let status = |code| ApiError::from(CallError::Status { code, message: "m".into() }).status;
+        assert_eq!(status(Code::InvalidArgument), StatusCode::BAD_REQUEST);
+        assert_eq!(status(Code::OutOfRange), StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(status(Code::ResourceExhausted), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(status(Code::Unavailable), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(status(Code::DeadlineExceeded), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(ApiError::from(CallError::NoBackend).status, StatusCode::SERVICE_UNAVAILABLE);
+    }
+
+    #[test]
+    fn oversized_batches_are_413() {
+        let err = tally_proto::validate::batch_len("operations", 1001).unwrap_err();
+        assert_eq!(ApiError::from(err).status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(ApiError::from(tally_proto::InvalidInput::ZeroDelta).status, StatusCode::BAD_REQUEST);
+    }
+}

@@ -1,0 +1,286 @@
+//! HTTP handlers: parse and validate (shared rules from `tally-proto`), call
+//! the counter service through the client, keep the read cache in step, and
+//! answer in the original project's JSON shapes.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::de::DeserializeOwned;
+use serde_json::json;
+use tally_proto::v1::{BatchGetRequest, BatchIncrementRequest, CounterRef, GetRequest, IncrementOperation};
+use tally_proto::{CounterKey, validate};
+
+use super::error::{ApiError, ErrorBody};
+use super::json::*;
+use crate::cache::ReadCache;
+use crate::client::{Counter, Incrementer, operation_error};
+use crate::metrics::Metrics;
+
+/// Largest accepted request body (BRIEF §3).
+pub const MAX_BODY_BYTES: usize = 1 << 20;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub counter: Counter,
+    pub incrementer: Incrementer,
+    pub cache: Arc<ReadCache>,
+    pub metrics: Arc<Metrics>,
+}
+
+fn parse<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
+    let bytes = body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::too_large(format!("request body exceeds {MAX_BODY_BYTES} bytes"))
+        } else {
+            ApiError::bad_request(rejection.body_text())
+        }
+    })?;
+    serde_json::from_slice(&bytes).map_err(|err| ApiError::bad_request(format!("invalid JSON body: {err}")))
+}
+
+fn operation(key: &CounterKey, delta: i64) -> IncrementOperation {
+    IncrementOperation {
+        resource_id: key.resource_id().to_string(),
+        counter_type: key.counter_type().to_string(),
+        delta: Some(delta),
+    }
+}
+
+pub async fn increment(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Success<Incremented>>, ApiError> {
+    let body: IncrementBody = parse(body)?;
+    let key = CounterKey::new(body.resource_id, body.counter_type)?;
+    let delta = validate::delta_or_default(body.delta)?;
+    state.cache.write_started([&key]);
+    let result = state.incrementer.increment(operation(&key, delta)).await;
+    state.cache.write_finished([(&key, result.as_ref().ok().copied())]);
+    let current_value = result?;
+    Ok(Json(success(Incremented {
+        resource_id: key.resource_id().to_string(),
+        counter_type: key.counter_type().to_string(),
+        delta,
+        current_value,
+    })))
+}
+
+pub async fn batch_increment(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body: BatchIncrementBody = parse(body)?;
+    validate::batch_len("operations", body.operations.len())?;
+    let ops: Vec<(CounterKey, i64)> = body
+        .operations
+        .into_iter()
+        .enumerate()
+        .map(|(i, op)| {
+            let key = CounterKey::new(op.resource_id, op.counter_type).map_err(|e| e.in_batch("operations", i))?;
+            let delta = validate::delta_or_default(op.delta).map_err(|e| e.in_batch("operations", i))?;
+            Ok((key, delta))
+        })
+        .collect::<Result<_, tally_proto::InvalidInput>>()?;
+    let request = BatchIncrementRequest {
+        operations: ops.iter().map(|(key, delta)| operation(key, *delta)).collect(),
+        r#async: body.is_async,
+    };
+
+    state.cache.write_started(ops.iter().map(|(key, _)| key));
+    let response = state.counter.batch_increment(request).await;
+    let results = match (&response, body.is_async) {
+        (Ok(response), false) => response.results.as_slice(),
+        _ => &[],
+    };
+    let value_of = |i: usize| results.get(i).filter(|r| r.error.is_none()).map(|r| r.current_value);
+    state.cache.write_finished(ops.iter().enumerate().map(|(i, (key, _))| (key, value_of(i))));
+    let response = response?;
+
+    if body.is_async {
+        let data = Accepted { accepted: ops.len(), is_async: true };
+        return Ok((StatusCode::ACCEPTED, Json(success(data))).into_response());
+    }
+    if response.results.len() != ops.len() {
+        let message = format!("counter returned {} results for {} operations", response.results.len(), ops.len());
+        return Err(ApiError::new(StatusCode::BAD_GATEWAY, "bad_gateway", message));
+    }
+    let errors: Vec<Option<ApiError>> =
+        response.results.iter().map(|r| operation_error(r).map(ApiError::from)).collect();
+    let outcomes: Vec<OperationOutcome> = ops
+        .iter()
+        .zip(&response.results)
+        .zip(&errors)
+        .map(|(((key, delta), result), error)| OperationOutcome {
+            resource_id: key.resource_id().to_string(),
+            counter_type: key.counter_type().to_string(),
+            delta: *delta,
+            status: if error.is_none() { "success" } else { "error" },
+            current_value: error.is_none().then_some(result.current_value),
+            error: error.as_ref().map(|e| ErrorBody { code: e.code, message: &e.message }),
+        })
+        .collect();
+    let failed = errors.iter().flatten().count();
+    let data = BatchResults { processed: ops.len() - failed, results: outcomes, is_async: false };
+    match errors.iter().flatten().next() {
+        None => Ok(Json(success(data)).into_response()),
+        // Never a partial write reported as success: the status of the first
+        // failure, with every operation's outcome so the client knows exactly
+        // which were applied.
+        Some(first) => {
+            let message = format!("{failed} of {} operations failed; see data.results", ops.len());
+            let body = json!({
+                "status": "error",
+                "error": { "code": first.code, "message": message },
+                "data": data,
+            });
+            Ok((first.status, Json(body)).into_response())
+        }
+    }
+}
+
+/// `GET /api/v1/counter/{resource_id}/{counter_type}`. The resource id may
+/// itself contain `/` (allowed by the limits): the counter type is the last
+/// segment.
+pub async fn get_counter(
+    State(state): State<AppState>,
+    Path(path): Path<String>,
+) -> Result<Json<Success<CounterValue>>, ApiError> {
+    let (resource_id, counter_type) = path
+        .rsplit_once('/')
+        .ok_or_else(|| ApiError::not_found("expected /api/v1/counter/{resource_id}/{counter_type}"))?;
+    let key = CounterKey::new(resource_id, counter_type)?;
+    let current_value = read_one(&state, &key).await?;
+    Ok(Json(success(CounterValue {
+        resource_id: key.resource_id().to_string(),
+        counter_type: key.counter_type().to_string(),
+        current_value,
+    })))
+}
+
+async fn read_one(state: &AppState, key: &CounterKey) -> Result<i64, ApiError> {
+    if let Some(value) = state.cache.get(key) {
+        state.metrics.cache_lookup(true);
+        return Ok(value);
+    }
+    state.metrics.cache_lookup(false);
+    let stamp = state.cache.read_stamp();
+    let request =
+        GetRequest { resource_id: key.resource_id().to_string(), counter_type: key.counter_type().to_string() };
+    let value = state.counter.get(request).await?.current_value;
+    state.cache.fill(key, value, &stamp);
+    Ok(value)
+}
+
+pub async fn batch_get(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Success<Values>>, ApiError> {
+    let body: BatchGetBody = parse(body)?;
+    validate::batch_len("items", body.items.len())?;
+    let keys: Vec<CounterKey> = body
+        .items
+        .into_iter()
+        .enumerate()
+        .map(|(i, item)| CounterKey::new(item.resource_id, item.counter_type).map_err(|e| e.in_batch("items", i)))
+        .collect::<Result<_, _>>()?;
+    let mut values: Vec<Option<i64>> = keys.iter().map(|k| state.cache.get(k)).collect();
+    let missing: Vec<usize> = (0..keys.len()).filter(|&i| values[i].is_none()).collect();
+    for hit in [true, false] {
+        let n = if hit { keys.len() - missing.len() } else { missing.len() };
+        for _ in 0..n {
+            state.metrics.cache_lookup(hit);
+        }
+    }
+    if !missing.is_empty() {
+        let stamp = state.cache.read_stamp();
+        let items = missing
+            .iter()
+            .map(|&i| CounterRef {
+                resource_id: keys[i].resource_id().to_string(),
+                counter_type: keys[i].counter_type().to_string(),
+            })
+            .collect();
+        let fetched = state.counter.batch_get(BatchGetRequest { items }).await?.results;
+        if fetched.len() != missing.len() {
+            return Err(ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "bad_gateway",
+                "counter returned the wrong number of results",
+            ));
+        }
+        for (&i, result) in missing.iter().zip(fetched) {
+            state.cache.fill(&keys[i], result.current_value, &stamp);
+            values[i] = Some(result.current_value);
+        }
+    }
+    let results = keys
+        .into_iter()
+        .zip(values)
+        .map(|(key, value)| CounterValue {
+            resource_id: key.resource_id().to_string(),
+            counter_type: key.counter_type().to_string(),
+            current_value: value.unwrap_or(0),
+        })
+        .collect();
+    Ok(Json(success(Values { results })))
+}
+
+pub async fn health() -> impl IntoResponse {
+    Json(json!({ "status": "healthy", "service": "tally-gateway", "version": env!("CARGO_PKG_VERSION") }))
+}
+
+/// Ready while at least one counter endpoint is warm and healthy.
+pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
+    let backends = state.counter.backends();
+    let healthy = backends.healthy_count();
+    let status = if healthy > 0 { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let body = json!({
+        "status": if healthy > 0 { "ready" } else { "not_ready" },
+        "healthy_endpoints": healthy,
+        "endpoints": backends.all().len(),
+    });
+    (status, Json(body))
+}
+
+pub async fn backends(State(state): State<AppState>) -> impl IntoResponse {
+    let endpoints: Vec<_> = state
+        .counter
+        .backends()
+        .all()
+        .iter()
+        .map(|b| {
+            json!({
+                "address": b.uri,
+                "healthy": b.is_healthy(),
+                "pool_size": b.pool_size(),
+                "in_flight": b.in_flight(),
+                // The per-endpoint circuit breaker is not implemented yet.
+                "breaker": "disabled",
+            })
+        })
+        .collect();
+    Json(success(json!({ "discovery": "static", "load_balancing": "round_robin", "endpoints": endpoints })))
+}
+
+pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    for b in state.counter.backends().all() {
+        let label = [("endpoint", b.uri.clone())];
+        state.metrics.endpoint_healthy.get_or_create(&label).set(i64::from(b.is_healthy()));
+        state.metrics.endpoint_in_flight.get_or_create(&label).set(b.in_flight() as i64);
+        state.metrics.endpoint_pool_size.get_or_create(&label).set(b.pool_size() as i64);
+    }
+    ([(axum::http::header::CONTENT_TYPE, tally_runtime::metrics::CONTENT_TYPE)], state.metrics.render())
+}
+
+pub async fn not_found() -> ApiError {
+    ApiError::not_found("no such route; see the API reference in the README")
+}
+
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::method_not_allowed("method not allowed on this route")
+}

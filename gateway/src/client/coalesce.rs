@@ -1,0 +1,88 @@
+//! Coalescing of concurrent single increments into `BatchIncrement` calls
+//! (plan item 3), so a busy gateway does not pay one gRPC round trip per
+//! HTTP request.
+//!
+//! Same shape as the counter's group committer: one loop takes every queued
+//! increment (up to `max_ops`) as soon as a call slot is free and sends them
+//! as one batch; up to `max_inflight` batches are in flight. An idle gateway
+//! sends a lone increment at once, so nothing waits for a timer. Each caller
+//! gets the result of its own operation; the counter's own group commit
+//! keeps the values consistent.
+
+use std::sync::Arc;
+
+use tally_proto::v1::{BatchIncrementRequest, IncrementOperation, OperationResult};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+use super::{CallError, Counter};
+
+struct Job {
+    op: IncrementOperation,
+    reply: oneshot::Sender<Result<OperationResult, CallError>>,
+}
+
+#[derive(Clone)]
+pub struct Coalescer {
+    tx: mpsc::UnboundedSender<Job>,
+}
+
+impl Coalescer {
+    /// Starts the loop. Unbounded queue: each job has an HTTP request waiting
+    /// on it, so the queue is bounded by in-flight requests.
+    pub fn start(counter: Counter, max_ops: usize, max_inflight: usize) -> Coalescer {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(run(rx, counter, max_ops.max(1), max_inflight.max(1)));
+        Coalescer { tx }
+    }
+
+    pub async fn increment(&self, op: IncrementOperation) -> Result<OperationResult, CallError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Job { op, reply }).map_err(|_| CallError::ShuttingDown)?;
+        rx.await.map_err(|_| CallError::ShuttingDown)?
+    }
+}
+
+async fn run(mut rx: mpsc::UnboundedReceiver<Job>, counter: Counter, max_ops: usize, max_inflight: usize) {
+    let slots = Arc::new(Semaphore::new(max_inflight));
+    loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else { return };
+        let Some(first) = rx.recv().await else { return };
+        let mut jobs = vec![first];
+        while jobs.len() < max_ops {
+            match rx.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
+            }
+        }
+        let counter = counter.clone();
+        tokio::spawn(async move {
+            send(&counter, jobs).await;
+            drop(slot);
+        });
+    }
+}
+
+async fn send(counter: &Counter, jobs: Vec<Job>) {
+    counter.metrics().coalesced_operations.observe(jobs.len() as f64);
+    let (ops, replies): (Vec<_>, Vec<_>) = jobs.into_iter().map(|job| (job.op, job.reply)).unzip();
+    let expected = ops.len();
+    let request = BatchIncrementRequest { operations: ops, r#async: false };
+    match counter.batch_increment(request).await {
+        Ok(response) if response.results.len() == expected => {
+            for (reply, result) in replies.into_iter().zip(response.results) {
+                let _ = reply.send(Ok(result));
+            }
+        }
+        Ok(response) => {
+            let err = CallError::Protocol(format!("expected {expected} results, got {}", response.results.len()));
+            for reply in replies {
+                let _ = reply.send(Err(err.clone()));
+            }
+        }
+        Err(err) => {
+            for reply in replies {
+                let _ = reply.send(Err(err.clone()));
+            }
+        }
+    }
+}

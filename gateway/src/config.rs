@@ -1,0 +1,134 @@
+//! Every setting of `tally-gateway`: a flag with a `TALLY_*` environment
+//! variable of the same name. The README configuration table lists them all.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Parser;
+use tally_runtime::logging::LogFormat;
+
+use crate::client::ClientSettings;
+
+/// Where the counter endpoints come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Discovery {
+    /// `TALLY_COUNTER_ENDPOINTS`, fixed at startup.
+    Static,
+    /// Periodic resolution of a headless Service name (not implemented yet).
+    Dns,
+    /// EndpointSlices of the counter Service (not implemented yet).
+    Kubernetes,
+    /// Consul health API (not implemented yet).
+    Consul,
+}
+
+#[derive(Debug, Clone, Parser)]
+#[command(name = "tally-gateway", version, about = "tally's HTTP/JSON gateway")]
+pub struct Config {
+    /// HTTP listen address.
+    #[arg(long, env = "TALLY_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+
+    /// Discovery source of counter endpoints. Only `static` is implemented so far.
+    #[arg(long, env = "TALLY_DISCOVERY", value_enum, default_value_t = Discovery::Static)]
+    pub discovery: Discovery,
+
+    /// Counter gRPC endpoints, comma separated.
+    #[arg(long, env = "TALLY_COUNTER_ENDPOINTS", value_delimiter = ',', default_value = "http://127.0.0.1:9001")]
+    pub counter_endpoints: Vec<String>,
+
+    /// HTTP/2 connections kept to each counter endpoint.
+    #[arg(long, env = "TALLY_POOL_SIZE", default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=256))]
+    pub pool_size: u64,
+
+    /// HTTP/2 PING interval on idle and busy connections, in milliseconds.
+    #[arg(long, env = "TALLY_KEEPALIVE_MS", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1000..=3_600_000))]
+    pub keepalive_ms: u64,
+
+    /// Limit on establishing a connection to a counter, in milliseconds.
+    #[arg(long, env = "TALLY_CONNECT_TIMEOUT_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    pub connect_timeout_ms: u64,
+
+    /// Limit on one call to a counter, in milliseconds.
+    #[arg(long, env = "TALLY_REQUEST_TIMEOUT_MS", default_value_t = 3000, value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    pub request_timeout_ms: u64,
+
+    /// How often each endpoint's grpc.health.v1 status is checked, in milliseconds.
+    #[arg(long, env = "TALLY_HEALTH_INTERVAL_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..=60_000))]
+    pub health_interval_ms: u64,
+
+    /// Coalesce concurrent single increments into BatchIncrement calls.
+    #[arg(long, env = "TALLY_COALESCE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub coalesce: bool,
+
+    /// Most increments coalesced into one call.
+    #[arg(long, env = "TALLY_COALESCE_MAX_OPS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub coalesce_max_ops: u64,
+
+    /// Coalesced calls in flight at once.
+    #[arg(long, env = "TALLY_COALESCE_MAX_INFLIGHT", default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pub coalesce_max_inflight: u64,
+
+    /// Read cache time-to-live, in milliseconds (0 turns the cache off).
+    #[arg(long, env = "TALLY_CACHE_TTL_MS", default_value_t = 5000)]
+    pub cache_ttl_ms: u64,
+
+    /// Read cache size, in counters.
+    #[arg(long, env = "TALLY_CACHE_MAX_ENTRIES", default_value_t = 10_000)]
+    pub cache_max_entries: u64,
+
+    /// On SIGTERM/SIGINT: time allowed for in-flight requests, in milliseconds.
+    #[arg(long, env = "TALLY_SHUTDOWN_TIMEOUT_MS", default_value_t = 10_000)]
+    pub shutdown_timeout_ms: u64,
+
+    /// Log format: `text` or `json`. Level comes from RUST_LOG.
+    #[arg(long, env = "TALLY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+impl Config {
+    pub fn client(&self) -> ClientSettings {
+        ClientSettings {
+            pool_size: self.pool_size as usize,
+            keepalive: Duration::from_millis(self.keepalive_ms),
+            connect_timeout: Duration::from_millis(self.connect_timeout_ms),
+            request_timeout: Duration::from_millis(self.request_timeout_ms),
+            health_interval: Duration::from_millis(self.health_interval_ms),
+            coalesce: self.coalesce,
+            coalesce_max_ops: self.coalesce_max_ops as usize,
+            coalesce_max_inflight: self.coalesce_max_inflight as usize,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_follow_the_plan() {
+        let config = Config::try_parse_from(["tally-gateway"]).expect("defaults parse");
+        assert_eq!(config.listen.port(), 8080);
+        assert_eq!(config.counter_endpoints, vec!["http://127.0.0.1:9001"]);
+        assert_eq!(config.pool_size, 20);
+        assert_eq!(config.keepalive_ms, 30_000);
+        assert_eq!(config.cache_ttl_ms, 5000);
+        assert_eq!(config.cache_max_entries, 10_000);
+        assert!(config.coalesce);
+    }
+
+    #[test]
+    fn endpoint_list_and_switches() {
+        let config = Config::try_parse_from([
+            "tally-gateway",
+            "--counter-endpoints",
+            "http://a:1,http://b:2",
+            "--coalesce",
+            "false",
+        ])
+        .expect("parse");
+        assert_eq!(config.counter_endpoints, vec!["http://a:1", "http://b:2"]);
+        assert!(!config.coalesce);
+        assert!(Config::try_parse_from(["tally-gateway", "--pool-size", "0"]).is_err());
+    }
+}

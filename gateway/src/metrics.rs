@@ -1,0 +1,90 @@
+//! Prometheus metrics of the gateway (README "Metrics").
+
+use std::time::Duration;
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use tally_runtime::metrics::{latency_histogram, render, size_histogram};
+
+type Labels<const N: usize> = [(&'static str, String); N];
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+pub struct Metrics {
+    registry: Registry,
+    /// HTTP requests by route, method and status.
+    pub http_requests: Family<Labels<3>, Counter>,
+    /// HTTP latency by route.
+    pub http_duration: HistogramFamily<Labels<1>>,
+    /// Calls to counters by gRPC method and status code.
+    pub upstream_requests: Family<Labels<2>, Counter>,
+    /// Latency of calls to counters by gRPC method.
+    pub upstream_duration: HistogramFamily<Labels<1>>,
+    /// Increments per coalesced BatchIncrement call.
+    pub coalesced_operations: Histogram,
+    /// Read cache lookups by result (`hit`, `miss`).
+    pub cache_lookups: Family<Labels<1>, Counter>,
+    /// 1 while an endpoint passes its health check.
+    pub endpoint_healthy: Family<Labels<1>, Gauge>,
+    /// Calls in flight per endpoint.
+    pub endpoint_in_flight: Family<Labels<1>, Gauge>,
+    /// Connections in each endpoint's pool.
+    pub endpoint_pool_size: Family<Labels<1>, Gauge>,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("tally_gateway");
+        let http_requests = Family::default();
+        registry.register("http_requests", "HTTP requests by route, method and status", http_requests.clone());
+        let http_duration: HistogramFamily<Labels<1>> = Family::new_with_constructor(latency_histogram);
+        registry.register("http_request_duration_seconds", "HTTP request latency", http_duration.clone());
+        let upstream_requests = Family::default();
+        registry.register("upstream_requests", "gRPC calls to counters by method and code", upstream_requests.clone());
+        let upstream_duration: HistogramFamily<Labels<1>> = Family::new_with_constructor(latency_histogram);
+        registry.register("upstream_request_duration_seconds", "gRPC call latency", upstream_duration.clone());
+        let coalesced_operations = size_histogram();
+        registry.register("coalesced_operations", "Increments per coalesced call", coalesced_operations.clone());
+        let cache_lookups = Family::default();
+        registry.register("cache_lookups", "Read cache lookups by result", cache_lookups.clone());
+        let endpoint_healthy = Family::default();
+        registry.register("endpoint_healthy", "1 while the endpoint passes health checks", endpoint_healthy.clone());
+        let endpoint_in_flight = Family::default();
+        registry.register("endpoint_in_flight", "Calls in flight per endpoint", endpoint_in_flight.clone());
+        let endpoint_pool_size = Family::default();
+        registry.register("endpoint_pool_connections", "Connections per endpoint pool", endpoint_pool_size.clone());
+        Metrics {
+            registry,
+            http_requests,
+            http_duration,
+            upstream_requests,
+            upstream_duration,
+            coalesced_operations,
+            cache_lookups,
+            endpoint_healthy,
+            endpoint_in_flight,
+            endpoint_pool_size,
+        }
+    }
+
+    pub fn observe_upstream(&self, method: &'static str, code: tonic::Code, elapsed: Duration) {
+        self.upstream_requests.get_or_create(&[("method", method.into()), ("code", format!("{code:?}"))]).inc();
+        self.upstream_duration.get_or_create(&[("method", method.into())]).observe(elapsed.as_secs_f64());
+    }
+
+    pub fn cache_lookup(&self, hit: bool) {
+        self.cache_lookups.get_or_create(&[("result", if hit { "hit" } else { "miss" }.into())]).inc();
+    }
+
+    pub fn render(&self) -> String {
+        render(&self.registry)
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}

@@ -1,0 +1,77 @@
+//! Startup and shutdown of the gateway.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+
+use crate::api::{self, AppState};
+use crate::cache::ReadCache;
+use crate::client::backends::{BackendError, Backends};
+use crate::client::{Counter, Incrementer};
+use crate::config::{Config, Discovery};
+use crate::metrics::Metrics;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error(transparent)]
+    Backends(#[from] BackendError),
+    #[error("TALLY_DISCOVERY={0:?} is not implemented yet; use `static` with TALLY_COUNTER_ENDPOINTS")]
+    DiscoveryNotImplemented(Discovery),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("HTTP server: {0}")]
+    Serve(std::io::Error),
+}
+
+pub async fn run(config: Config) -> Result<(), StartupError> {
+    if config.discovery != Discovery::Static {
+        return Err(StartupError::DiscoveryNotImplemented(config.discovery));
+    }
+    let settings = config.client();
+    let metrics = Arc::new(Metrics::new());
+    let backends = Arc::new(Backends::new(&config.counter_endpoints, &settings)?);
+    let health = tokio::spawn(backends.clone().health_loop(settings.health_interval, settings.connect_timeout));
+    let counter = Counter::new(backends, metrics.clone());
+    let state = AppState {
+        incrementer: Incrementer::new(&counter, &settings),
+        counter,
+        cache: Arc::new(ReadCache::new(Duration::from_millis(config.cache_ttl_ms), config.cache_max_entries)),
+        metrics,
+    };
+
+    let listener =
+        TcpListener::bind(config.listen).await.map_err(|source| StartupError::Bind { addr: config.listen, source })?;
+    let addr = listener.local_addr().map_err(|source| StartupError::Bind { addr: config.listen, source })?;
+    tracing::info!(http = %addr, endpoints = ?config.counter_endpoints, "tally-gateway listening");
+
+    let shutdown_timeout = Duration::from_millis(config.shutdown_timeout_ms);
+    let (stopping_tx, mut stopping_rx) = tokio::sync::watch::channel(false);
+    let server = axum::serve(listener, api::router(state)).with_graceful_shutdown(async move {
+        tally_runtime::signal::shutdown().await;
+        tracing::info!("shutting down: finishing in-flight requests");
+        let _ = stopping_tx.send(true);
+    });
+    let server = tokio::spawn(async move { server.await });
+    // Bound the graceful phase: connections that stay busy past the timeout are cut.
+    let result = tokio::select! {
+        result = server => result,
+        _ = async {
+            let _ = stopping_rx.wait_for(|stopping| *stopping).await;
+            tokio::time::sleep(shutdown_timeout).await;
+        } => {
+            tracing::warn!("shutdown timeout passed with requests still open");
+            Ok(Ok(()))
+        }
+    };
+    health.abort();
+    match result {
+        Ok(Ok(())) => {
+            tracing::info!("tally-gateway stopped");
+            Ok(())
+        }
+        Ok(Err(err)) => Err(StartupError::Serve(err)),
+        Err(join) => Err(StartupError::Serve(std::io::Error::other(join))),
+    }
+}

@@ -1,0 +1,6 @@
+//! Process glue shared by `tally-counter` and `tally-gateway`, so both start,
+//! log, stop and expose metrics the same way.
+
+pub mod logging;
+pub mod metrics;
+pub mod signal;
