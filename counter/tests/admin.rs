@@ -31,7 +31,7 @@ async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_reflection_and_admin_endpoints() {
     let stack = Stack::start(Backend::Memory, &[]);
-    let channel = tonic::transport::Endpoint::from_shared(stack.counter.endpoint()).expect("endpoint");
+    let channel = tonic::transport::Endpoint::from_shared(stack.counter.grpc_endpoint()).expect("endpoint");
     let channel = channel.connect().await.expect("connect");
 
     // grpc.health.v1: the server as a whole and the counter service.
@@ -74,9 +74,9 @@ async fn health_reflection_and_admin_endpoints() {
     let bad = IncrementRequest { resource_id: String::new(), counter_type: "likes".into(), delta: None };
     assert!(client.increment(bad).await.is_err());
 
-    assert_eq!(http_get(stack.counter.admin, "/health").await, (200, r#"{"status":"healthy"}"#.to_string()));
-    assert_eq!(http_get(stack.counter.admin, "/ready").await.0, 200);
-    let (status, metrics) = http_get(stack.counter.admin, "/metrics").await;
+    assert_eq!(http_get(stack.counter.addr("admin"), "/health").await, (200, r#"{"status":"healthy"}"#.to_string()));
+    assert_eq!(http_get(stack.counter.addr("admin"), "/ready").await.0, 200);
+    let (status, metrics) = http_get(stack.counter.addr("admin"), "/metrics").await;
     assert_eq!(status, 200);
     for expected in [
         r#"tally_counter_grpc_requests_total{method="Increment",code="OK"} 5"#,

@@ -50,7 +50,7 @@ fn stored(redis: &RedisServer, resource: &str) -> Option<i64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_flushes_every_acknowledged_async_write() {
     let redis = RedisServer::start();
-    let counter = CounterProcess::start(&redis.url(), HOLD_BUFFER);
+    let counter = common::start_counter(&redis.url(), HOLD_BUFFER);
     let prefix = unique("drain");
     let expected = send_async_load(&counter, &prefix).await;
 
@@ -69,7 +69,7 @@ async fn sigterm_flushes_every_acknowledged_async_write() {
 async fn sigterm_waits_for_a_store_that_comes_back() {
     let redis = RedisServer::start();
     let port = redis.port;
-    let counter = CounterProcess::start(&redis.url(), HOLD_BUFFER);
+    let counter = common::start_counter(&redis.url(), HOLD_BUFFER);
     let prefix = unique("late");
     let expected = send_async_load(&counter, &prefix).await;
 
@@ -87,7 +87,7 @@ async fn sigterm_waits_for_a_store_that_comes_back() {
 }
 
 async fn health_status(counter: &CounterProcess) -> tonic::Streaming<tonic_health::pb::HealthCheckResponse> {
-    let channel = tonic::transport::Endpoint::from_shared(counter.endpoint()).expect("endpoint").connect().await;
+    let channel = tonic::transport::Endpoint::from_shared(counter.grpc_endpoint()).expect("endpoint").connect().await;
     let mut health = HealthClient::new(channel.expect("connect"));
     health
         .watch(HealthCheckRequest { service: "tally.counter.v1.CounterService".into() })
@@ -115,7 +115,7 @@ async fn redis_outage_fails_fast_and_recovers_without_restart() {
     let redis = RedisServer::start();
     let port = redis.port;
     let counter =
-        CounterProcess::start(&redis.url(), &[("TALLY_STORE_TIMEOUT_MS", "300"), ("TALLY_HEALTH_INTERVAL_MS", "50")]);
+        common::start_counter(&redis.url(), &[("TALLY_STORE_TIMEOUT_MS", "300"), ("TALLY_HEALTH_INTERVAL_MS", "50")]);
     let mut client = common::client(&counter).await;
     let mut watch = health_status(&counter).await;
     wait_for_health(&mut watch, ServingStatus::Serving).await;

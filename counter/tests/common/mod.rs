@@ -2,12 +2,17 @@
 //! backends every semantic test runs against.
 #![allow(dead_code)] // each test binary uses a different part
 
-pub mod procs;
-
 use tally_proto::v1::counter_service_client::CounterServiceClient;
 use tonic::transport::Channel;
 
-pub use procs::{CounterProcess, RedisCluster, RedisServer};
+pub use tally_testkit::{RedisCluster, RedisServer, Service as CounterProcess, unique};
+
+/// Starts the `tally-counter` binary of this crate on `store`.
+pub fn start_counter(store: &str, env: &[(&str, &str)]) -> CounterProcess {
+    let mut all = vec![("TALLY_STORE", store)];
+    all.extend_from_slice(env);
+    CounterProcess::start(std::path::Path::new(env!("CARGO_BIN_EXE_tally-counter")), &all)
+}
 
 /// The stores the shared suite runs on.
 #[derive(Debug, Clone, Copy)]
@@ -40,7 +45,7 @@ pub fn store_url(backend: Backend) -> (Option<RedisServer>, String) {
 impl Stack {
     pub fn start(backend: Backend, env: &[(&str, &str)]) -> Stack {
         let (redis, url) = store_url(backend);
-        let counter = CounterProcess::start(&url, env);
+        let counter = start_counter(&url, env);
         Stack { counter, redis, backend }
     }
 
@@ -52,12 +57,7 @@ impl Stack {
 pub type Client = CounterServiceClient<Channel>;
 
 pub async fn client(counter: &CounterProcess) -> Client {
-    CounterServiceClient::connect(counter.endpoint()).await.expect("connect to tally-counter")
-}
-
-/// A resource id no other test (or earlier run against the shared cluster) uses.
-pub fn unique(prefix: &str) -> String {
-    format!("{prefix}-{}-{:x}", std::process::id(), rand::random::<u64>())
+    CounterServiceClient::connect(counter.grpc_endpoint()).await.expect("connect to tally-counter")
 }
 
 /// Runs an `async fn(Backend)` suite function once per store, as three tests

@@ -1,5 +1,5 @@
 //! Real processes for the tests: `redis-server` (standalone or a 3-master
-//! cluster on loopback ports) and the `tally-counter` binary.
+//! cluster on loopback ports) and tally's own binaries.
 //!
 //! Readiness is awaited on the processes' own log lines, not with sleeps.
 //! Redis runs under a small `sh` watchdog that kills it when the test binary
@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{self, Receiver};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -180,19 +181,37 @@ impl RedisCluster {
     }
 }
 
-/// A running `tally-counter` binary.
-pub struct CounterProcess {
-    pub grpc: SocketAddr,
-    pub admin: SocketAddr,
+/// A running tally binary (`tally-counter` or `tally-gateway`).
+pub struct Service {
+    /// The `key=value` fields of its "listening" log line (`grpc`, `admin`, `http`).
+    pub addrs: HashMap<String, SocketAddr>,
     child: Child,
     log: LogTail,
 }
 
-impl CounterProcess {
-    pub fn start(store: &str, env: &[(&str, &str)]) -> CounterProcess {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tally-counter"));
-        cmd.env("TALLY_STORE", store)
-            .env("TALLY_LISTEN", "127.0.0.1:0")
+/// Path of a workspace binary, built (or brought up to date) on first use,
+/// so a test of one crate can start another crate's binary.
+pub fn workspace_binary(name: &str) -> PathBuf {
+    static BUILT: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    let mut built = BUILT.lock().unwrap();
+    if !built.iter().any(|b| b == name) {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo).args(["build", "--quiet", "--bin", name]).status().expect("run cargo build");
+        assert!(status.success(), "cargo build --bin {name} failed");
+        built.push(name.to_string());
+    }
+    // <target>/debug/deps/<test binary> → <target>/debug/<name>
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().and_then(|deps| deps.parent()).expect("target dir");
+    dir.join(name)
+}
+
+impl Service {
+    /// Starts `binary` with loopback listen addresses on free ports and waits
+    /// for its "listening" log line.
+    pub fn start(binary: &Path, env: &[(&str, &str)]) -> Service {
+        let mut cmd = Command::new(binary);
+        cmd.env("TALLY_LISTEN", "127.0.0.1:0")
             .env("TALLY_ADMIN_LISTEN", "127.0.0.1:0")
             .env("TALLY_LOG_FORMAT", "text")
             .env("RUST_LOG", "info")
@@ -203,17 +222,26 @@ impl CounterProcess {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let mut child = cmd.spawn().expect("spawn tally-counter");
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {}: {e}", binary.display()));
         let log = LogTail::follow(child.stdout.take().expect("stdout"));
-        let line = log.wait_for("tally-counter listening", |l| l.contains("tally-counter listening"));
-        let fields = fields(&line);
-        let grpc = fields["grpc"].parse().expect("grpc addr");
-        let admin = fields["admin"].parse().expect("admin addr");
-        CounterProcess { grpc, admin, child, log }
+        let line = log.wait_for("the listening line", |l| l.contains(" listening"));
+        let addrs = fields(&line).into_iter().filter_map(|(k, v)| Some((k, v.parse().ok()?))).collect();
+        Service { addrs, child, log }
     }
 
-    pub fn endpoint(&self) -> String {
-        format!("http://{}", self.grpc)
+    /// The address logged as `name=…` (`grpc`, `admin`, `http`).
+    pub fn addr(&self, name: &str) -> SocketAddr {
+        *self.addrs.get(name).unwrap_or_else(|| panic!("no {name}= address in {:?}", self.addrs))
+    }
+
+    /// `http://<grpc address>`, for gRPC clients of a counter.
+    pub fn grpc_endpoint(&self) -> String {
+        format!("http://{}", self.addr("grpc"))
+    }
+
+    /// `http://<http address>`, for HTTP clients of a gateway.
+    pub fn http_base(&self) -> String {
+        format!("http://{}", self.addr("http"))
     }
 
     pub fn pid(&self) -> u32 {
@@ -253,7 +281,7 @@ impl CounterProcess {
     }
 }
 
-impl Drop for CounterProcess {
+impl Drop for Service {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
