@@ -189,14 +189,18 @@ pub struct Service {
     log: LogTail,
 }
 
-/// Path of a workspace binary, built (or brought up to date) on first use,
+/// Path of a workspace binary (package and binary share the name), built (or
+/// brought up to date) on first use,
 /// so a test of one crate can start another crate's binary.
 pub fn workspace_binary(name: &str) -> PathBuf {
     static BUILT: Mutex<Vec<String>> = Mutex::new(Vec::new());
-    let mut built = BUILT.lock().unwrap();
+    let mut built = BUILT.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     if !built.iter().any(|b| b == name) {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo).args(["build", "--quiet", "--bin", name]).status().expect("run cargo build");
+        let status = Command::new(cargo)
+            .args(["build", "--quiet", "-p", name, "--bin", name])
+            .status()
+            .expect("run cargo build");
         assert!(status.success(), "cargo build --bin {name} failed");
         built.push(name.to_string());
     }

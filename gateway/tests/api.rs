@@ -1,0 +1,218 @@
+//! The HTTP API end to end: real redis-server → tally-counter → tally-gateway.
+
+mod common;
+
+use std::collections::HashSet;
+
+use common::{Http, Stack, start_gateway, unique};
+use serde_json::{Value, json};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_endpoint_answers_in_the_documented_shape() {
+    let stack = Stack::start(&[]);
+    let http = &stack.http;
+    let post = unique("post");
+
+    // Increment: delta omitted → 1; the fields the original clients read.
+    let (status, body) =
+        http.post("/api/v1/counter/increment", json!({"resource_id": post, "counter_type": "likes"})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"], "success");
+    assert_eq!(body["data"]["resource_id"], post.as_str());
+    assert_eq!(body["data"]["counter_type"], "likes");
+    assert_eq!(body["data"]["current_value"], 1);
+    let (_, body) = http
+        .post("/api/v1/counter/increment", json!({"resource_id": post, "counter_type": "likes", "delta": -3}))
+        .await;
+    assert_eq!(body["data"]["current_value"], -2);
+
+    // GET, including a resource id with '/' and a counter never written.
+    assert_eq!(http.value(&post, "likes").await, -2);
+    let (status, body) = http.get(&format!("/api/v1/counter/{post}/never")).await;
+    assert_eq!(
+        (status, body["status"].clone(), body["data"]["current_value"].clone()),
+        (200, json!("success"), json!(0))
+    );
+
+    // Sync batch: per-operation results in order.
+    let nested = format!("{post}/comments/7");
+    let ops = json!({"operations": [
+        {"resource_id": post, "counter_type": "views", "delta": 10},
+        {"resource_id": nested, "counter_type": "likes", "delta": 2},
+        {"resource_id": post, "counter_type": "views", "delta": 5},
+    ]});
+    let (status, body) = http.post("/api/v1/counter/batch-increment", ops).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"], "success");
+    let values: Vec<i64> =
+        body["data"]["results"].as_array().unwrap().iter().map(|r| r["current_value"].as_i64().unwrap()).collect();
+    assert_eq!(values, vec![10, 2, 15]);
+    assert!(body["data"]["results"].as_array().unwrap().iter().all(|r| r["status"] == "success"));
+    assert_eq!(http.value(&nested, "likes").await, 2);
+
+    // Async batch: 202 once accepted.
+    let ops = json!({"operations": [{"resource_id": post, "counter_type": "shares", "delta": 4}], "async": true});
+    let (status, body) = http.post("/api/v1/counter/batch-increment", ops).await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["data"]["accepted"], 1);
+
+    // Batch get: one result per item, in order.
+    let items = json!({"items": [
+        {"resource_id": post, "counter_type": "views"},
+        {"resource_id": post, "counter_type": "likes"},
+        {"resource_id": unique("nobody"), "counter_type": "likes"},
+    ]});
+    let (status, body) = http.post("/api/v1/counter/batch", items).await;
+    assert_eq!(status, 200, "{body}");
+    let values: Vec<i64> =
+        body["data"]["results"].as_array().unwrap().iter().map(|r| r["current_value"].as_i64().unwrap()).collect();
+    assert_eq!(values, vec![15, -2, 0]);
+
+    // Operational endpoints.
+    let (status, body) = http.get("/api/v1/health").await;
+    assert_eq!((status, body["status"].clone()), (200, json!("healthy")));
+    let (status, body) = http.get("/api/v1/ready").await;
+    assert_eq!((status, body["status"].clone(), body["healthy_endpoints"].clone()), (200, json!("ready"), json!(1)));
+    let (status, body) = http.get("/api/v1/system/backends").await;
+    assert_eq!(status, 200);
+    let endpoint = &body["data"]["endpoints"][0];
+    assert_eq!(endpoint["address"], stack.counter.grpc_endpoint().as_str());
+    assert_eq!((endpoint["healthy"].clone(), endpoint["pool_size"].clone()), (json!(true), json!(20)));
+    let metrics = reqwest::get(format!("{}/metrics", http.base)).await.unwrap().text().await.unwrap();
+    for name in [
+        r#"tally_gateway_http_requests_total{route="/api/v1/counter/increment",method="POST",status="200"} 2"#,
+        "tally_gateway_upstream_requests_total",
+        "tally_gateway_coalesced_operations_count",
+        r#"tally_gateway_cache_lookups_total{result="miss"}"#,
+        "tally_gateway_endpoint_healthy{endpoint=",
+    ] {
+        assert!(metrics.contains(name), "missing {name} in\n{metrics}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_concurrent_increments_count_exactly() {
+    // The seed's `hey -n 10000 -c 100` of delta 1 on one key, as a test.
+    let stack = Stack::start(&[]);
+    let post = unique("hey");
+    let mut tasks = Vec::new();
+    for _ in 0..100 {
+        let http = stack.http.clone();
+        let post = post.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut values = Vec::new();
+            for _ in 0..100 {
+                let body = json!({"resource_id": post, "counter_type": "likes", "delta": 1});
+                let (status, body) = http.post("/api/v1/counter/increment", body).await;
+                assert_eq!(status, 200, "{body}");
+                values.push(body["data"]["current_value"].as_i64().expect("value"));
+            }
+            values
+        }));
+    }
+    let mut seen = HashSet::new();
+    for task in tasks {
+        for value in task.await.expect("task") {
+            assert!(seen.insert(value), "value {value} returned twice");
+        }
+    }
+    // Every response had its own value: exactly 1..=10000, no gaps.
+    assert_eq!(seen, (1..=10_000).collect::<HashSet<i64>>());
+    assert_eq!(stack.http.value(&post, "likes").await, 10_000);
+    let stored = stack.redis.cli(&["HGET", &format!("tally:{{{post}}}"), "likes"]);
+    assert_eq!(stored, "10000");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_your_writes_and_sees_other_gateways_within_the_ttl() {
+    let stack = Stack::start(&[("TALLY_CACHE_TTL_MS", "1500")]);
+    let other = start_gateway(&stack.counter.grpc_endpoint(), &[("TALLY_CACHE_TTL_MS", "1500")]);
+    let other = Http::new(other_base(&other));
+    let (a, b) = (&stack.http, &other);
+    let post = unique("ryw");
+
+    assert_eq!(a.value(&post, "likes").await, 0); // A caches 0
+    for expected in 1..=5 {
+        // B reads its own writes at once.
+        let body = json!({"resource_id": post, "counter_type": "likes", "delta": 1});
+        assert_eq!(b.post("/api/v1/counter/increment", body).await.1["data"]["current_value"], expected);
+        assert_eq!(b.value(&post, "likes").await, expected);
+    }
+    // A still serves its cached value, and sees B's writes once it expires.
+    assert_eq!(a.value(&post, "likes").await, 0, "A's cache should still hold its earlier read");
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    while a.value(&post, "likes").await != 5 {
+        assert!(tokio::time::Instant::now() < deadline, "A never saw B's writes");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // A's own write is visible to A immediately.
+    let body = json!({"resource_id": post, "counter_type": "likes", "delta": 10});
+    assert_eq!(a.post("/api/v1/counter/increment", body).await.1["data"]["current_value"], 15);
+    assert_eq!(a.value(&post, "likes").await, 15);
+}
+
+fn other_base(gateway: &common::Service) -> String {
+    gateway.http_base()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_the_documented_error_and_writes_nothing() {
+    let stack = Stack::start(&[]);
+    let http = &stack.http;
+    let good = unique("good");
+    let long_id = "r".repeat(129);
+    let too_many: Vec<Value> =
+        (0..1001).map(|i| json!({"resource_id": good, "counter_type": format!("c{i}"), "delta": 1})).collect();
+    let mut big = br#"{"resource_id":""#.to_vec();
+    big.extend(std::iter::repeat_n(b'a', 2 << 20));
+    big.extend(br#"","counter_type":"likes"}"#);
+
+    let inc = "/api/v1/counter/increment";
+    let batch = "/api/v1/counter/batch-increment";
+    let cases: Vec<(&str, &str, &str, Option<Vec<u8>>, u16, &str)> = vec![
+        ("malformed JSON", "POST", inc, Some(b"{\"resource_id\": ".to_vec()), 400, "invalid_argument"),
+        ("not an object", "POST", inc, Some(b"[1,2]".to_vec()), 400, "invalid_argument"),
+        ("empty body", "POST", inc, Some(Vec::new()), 400, "invalid_argument"),
+        ("wrong type", "POST", inc, Some(json!({"resource_id": 5, "counter_type": "likes"}).to_string().into()), 400, "invalid_argument"),
+        ("delta as string", "POST", inc, Some(json!({"resource_id": good, "counter_type": "likes", "delta": "1"}).to_string().into()), 400, "invalid_argument"),
+        ("fractional delta", "POST", inc, Some(br#"{"resource_id":"x","counter_type":"likes","delta":1.5}"#.to_vec()), 400, "invalid_argument"),
+        ("delta beyond i64", "POST", inc, Some(br#"{"resource_id":"x","counter_type":"likes","delta":9223372036854775808}"#.to_vec()), 400, "invalid_argument"),
+        ("missing counter_type", "POST", inc, Some(json!({"resource_id": good}).to_string().into()), 400, "invalid_argument"),
+        ("empty resource_id", "POST", inc, Some(json!({"resource_id": "", "counter_type": "likes"}).to_string().into()), 400, "invalid_argument"),
+        ("resource_id too long", "POST", inc, Some(json!({"resource_id": long_id, "counter_type": "likes"}).to_string().into()), 400, "invalid_argument"),
+        ("bad characters", "POST", inc, Some(json!({"resource_id": "a b", "counter_type": "likes"}).to_string().into()), 400, "invalid_argument"),
+        ("upper-case type", "POST", inc, Some(json!({"resource_id": good, "counter_type": "Likes"}).to_string().into()), 400, "invalid_argument"),
+        ("zero delta", "POST", inc, Some(json!({"resource_id": good, "counter_type": "likes", "delta": 0}).to_string().into()), 400, "invalid_argument"),
+        ("2 MiB body", "POST", inc, Some(big), 413, "payload_too_large"),
+        ("1001 operations", "POST", batch, Some(json!({"operations": too_many}).to_string().into()), 413, "payload_too_large"),
+        ("empty batch", "POST", batch, Some(json!({"operations": []}).to_string().into()), 400, "invalid_argument"),
+        ("one bad operation", "POST", batch, Some(json!({"operations": [{"resource_id": good, "counter_type": "likes", "delta": 1}, {"resource_id": good, "counter_type": "likes", "delta": 0}]}).to_string().into()), 400, "invalid_argument"),
+        ("bad async batch", "POST", batch, Some(json!({"operations": [{"resource_id": "", "counter_type": "likes"}], "async": true}).to_string().into()), 400, "invalid_argument"),
+        ("bad batch get", "POST", "/api/v1/counter/batch", Some(json!({"items": [{"resource_id": good}]}).to_string().into()), 400, "invalid_argument"),
+        ("bad GET key", "GET", "/api/v1/counter/a%20b/likes", None, 400, "invalid_argument"),
+        ("GET without type", "GET", "/api/v1/counter/onlyone", None, 404, "not_found"),
+        ("unknown path", "GET", "/api/v2/nothing", None, 404, "not_found"),
+        ("wrong method", "DELETE", inc, None, 405, "method_not_allowed"),
+        ("GET on a POST route", "GET", batch, None, 405, "method_not_allowed"),
+    ];
+    for (case, method, path, body, want_status, want_code) in cases {
+        let (status, body) = http.send(method, path, body).await;
+        assert_eq!(status, want_status, "{case}: {body}");
+        assert_eq!(body["status"], "error", "{case}: {body}");
+        assert_eq!(body["error"]["code"], want_code, "{case}: {body}");
+        assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{case}: {body}");
+    }
+
+    // Overflow: 422, nothing applied.
+    let max = json!({"resource_id": good, "counter_type": "big", "delta": i64::MAX});
+    assert_eq!(http.post(inc, max.clone()).await.0, 200);
+    let (status, body) = http.post(inc, json!({"resource_id": good, "counter_type": "big", "delta": 1})).await;
+    assert_eq!((status, body["error"]["code"].clone()), (422, json!("out_of_range")), "{body}");
+    assert_eq!(http.value(&good, "big").await, i64::MAX);
+
+    // Nothing else was written by any rejected request.
+    assert_eq!(http.value(&good, "likes").await, 0);
+    assert_eq!(http.value(&good, "c0").await, 0);
+    let keys = stack.redis.cli(&["HKEYS", &format!("tally:{{{good}}}")]);
+    assert_eq!(keys, "big", "only the overflow test counter exists");
+}

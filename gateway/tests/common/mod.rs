@@ -1,0 +1,87 @@
+//! Gateway test harness: real redis-server, tally-counter and tally-gateway
+//! processes on loopback ports, and a small JSON-over-HTTP client.
+#![allow(dead_code)] // each test binary uses a different part
+
+use std::path::Path;
+
+use serde_json::Value;
+#[allow(unused_imports)]
+pub use tally_testkit::free_port;
+pub use tally_testkit::{RedisServer, Service, unique, workspace_binary};
+
+pub fn start_counter(store: &str, env: &[(&str, &str)]) -> Service {
+    let mut all = vec![("TALLY_STORE", store)];
+    all.extend_from_slice(env);
+    Service::start(&workspace_binary("tally-counter"), &all)
+}
+
+pub fn start_gateway(endpoints: &str, env: &[(&str, &str)]) -> Service {
+    let mut all = vec![("TALLY_COUNTER_ENDPOINTS", endpoints), ("TALLY_HEALTH_INTERVAL_MS", "100")];
+    all.extend_from_slice(env);
+    let gateway = Service::start(Path::new(env!("CARGO_BIN_EXE_tally-gateway")), &all);
+    // Warm-up: the gateway takes traffic once an endpoint passed its health check.
+    gateway.wait_for_log("a healthy counter endpoint", |l| l.contains("health changed") && l.contains("healthy=true"));
+    gateway
+}
+
+/// redis-server + tally-counter on it + tally-gateway in front.
+pub struct Stack {
+    pub redis: RedisServer,
+    pub counter: Service,
+    pub gateway: Service,
+    pub http: Http,
+}
+
+impl Stack {
+    pub fn start(gateway_env: &[(&str, &str)]) -> Stack {
+        let redis = RedisServer::start();
+        let counter = start_counter(&redis.url(), &[]);
+        let gateway = start_gateway(&counter.grpc_endpoint(), gateway_env);
+        let http = Http::new(gateway.http_base());
+        Stack { redis, counter, gateway, http }
+    }
+}
+
+/// A JSON HTTP client bound to one gateway.
+#[derive(Clone)]
+pub struct Http {
+    pub base: String,
+    client: reqwest::Client,
+}
+
+impl Http {
+    pub fn new(base: String) -> Http {
+        let client = reqwest::Client::builder().pool_max_idle_per_host(200).build().expect("http client");
+        Http { base, client }
+    }
+
+    /// Sends a request with a raw body; returns the status and the body parsed as JSON.
+    pub async fn send(&self, method: &str, path: &str, body: Option<Vec<u8>>) -> (u16, Value) {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let mut request = self.client.request(method, format!("{}{path}", self.base));
+        if let Some(body) = body {
+            request = request.header("content-type", "application/json").body(body);
+        }
+        let response = request.send().await.expect("send");
+        let status = response.status().as_u16();
+        let bytes = response.bytes().await.expect("body");
+        let json = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| panic!("{path}: non-JSON body ({status}): {}", String::from_utf8_lossy(&bytes)));
+        (status, json)
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        self.send("POST", path, Some(body.to_string().into_bytes())).await
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        self.send("GET", path, None).await
+    }
+
+    /// `current_value` of a counter read through the gateway.
+    pub async fn value(&self, resource_id: &str, counter_type: &str) -> i64 {
+        let (status, body) = self.get(&format!("/api/v1/counter/{resource_id}/{counter_type}")).await;
+        assert_eq!(status, 200, "{body}");
+        body["data"]["current_value"].as_i64().expect("current_value")
+    }
+}
