@@ -3,16 +3,17 @@
 
 CARGO ?= cargo
 
-.PHONY: build release run test lint fmt bench bench-counter clean-bench
+.PHONY: build release run test lint fmt bench bench-counter bench-gateway
 
 build:
 	$(CARGO) build --workspace --all-targets
 
 release:
-	$(CARGO) build --release -p tally-counter -p tally-bench
+	$(CARGO) build --release -p tally-counter -p tally-gateway -p tally-bench
 
 ## Starts the local stack: a redis-server if one is installed (else the
-## in-memory store), and the counter. Ctrl-C stops everything.
+## in-memory store), the counter on :9001 and the gateway on :8080.
+## Ctrl-C stops everything.
 run:
 	scripts/run.sh
 
@@ -28,7 +29,10 @@ fmt:
 	$(CARGO) fmt --all
 
 ## Benchmarks (BRIEF §10); reports go to bench-results/.
-bench: bench-counter
+bench: bench-gateway bench-counter
+
+bench-gateway:
+	scripts/bench-gateway.sh
 
 bench-counter:
 	scripts/bench-counter.sh

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# `make run`: the local stack on one machine. Uses a real redis-server when
-# one is installed, otherwise the counter's in-memory store (said plainly).
-# Ctrl-C stops everything.
+# `make run`: the local stack on one machine — Redis (when a redis-server is
+# installed; otherwise the counter's in-memory store, said plainly), the
+# counter on :9001 and the gateway on :8080. Ctrl-C stops everything.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
 
-cargo build --release -q -p tally-counter
+cargo build --release -q -p tally-counter -p tally-gateway
 work=$(mktemp -d)
 pids=()
 cleanup() {
@@ -17,28 +17,38 @@ cleanup() {
 }
 trap cleanup INT TERM EXIT
 
-if command -v redis-server >/dev/null; then
+store=memory
+if [ -n "${TALLY_STORE:-}" ]; then
+  echo "store: $TALLY_STORE (from TALLY_STORE)"
+elif command -v redis-server >/dev/null; then
   redis_port=${TALLY_RUN_REDIS_PORT:-$(free_port)}
   pids+=("$(start_redis "$redis_port" "$work/redis.log")")
   store="redis://127.0.0.1:$redis_port"
   echo "store: redis-server on 127.0.0.1:$redis_port (throwaway, no persistence)"
 else
-  store=memory
   echo "store: IN-MEMORY (no redis-server found; counts vanish on exit — apt-get install redis-server for the real thing)"
 fi
 
-export TALLY_STORE=${TALLY_STORE:-$store}
-export TALLY_LISTEN=${TALLY_LISTEN:-127.0.0.1:9001}
-export TALLY_ADMIN_LISTEN=${TALLY_ADMIN_LISTEN:-127.0.0.1:8081}
-target/release/tally-counter > >(tee "$work/counter.log") 2>&1 &
+counter_grpc=${COUNTER_LISTEN:-127.0.0.1:9001}
+counter_admin=${COUNTER_ADMIN_LISTEN:-127.0.0.1:8081}
+gateway_http=${GATEWAY_LISTEN:-127.0.0.1:8080}
+TALLY_STORE=${TALLY_STORE:-$store} TALLY_LISTEN=$counter_grpc TALLY_ADMIN_LISTEN=$counter_admin \
+  target/release/tally-counter > >(tee "$work/counter.log") 2>&1 &
 pids+=("$!")
 wait_for_log "$work/counter.log" "tally-counter listening"
+TALLY_LISTEN=$gateway_http TALLY_COUNTER_ENDPOINTS=http://$counter_grpc \
+  target/release/tally-gateway > >(tee "$work/gateway.log") 2>&1 &
+pids+=("$!")
+wait_for_log "$work/gateway.log" "healthy=true"
 cat <<MSG
 
-tally-counter gRPC on $TALLY_LISTEN, admin on http://$TALLY_ADMIN_LISTEN (/health /ready /metrics)
-Try it (grpcurl uses server reflection):
-  grpcurl -plaintext -d '{"resource_id":"post:1","counter_type":"likes","delta":1}' $TALLY_LISTEN tally.counter.v1.CounterService/Increment
-  curl -s http://$TALLY_ADMIN_LISTEN/metrics | grep tally_counter_grpc_requests_total
+tally is up: gateway http://$gateway_http → counter $counter_grpc (admin http://$counter_admin) → ${TALLY_STORE:-$store}
+Try it:
+  curl -s -X POST http://$gateway_http/api/v1/counter/increment -H 'Content-Type: application/json' \
+       -d '{"resource_id":"post:1","counter_type":"likes","delta":1}'
+  curl -s http://$gateway_http/api/v1/counter/post:1/likes
+  curl -s http://$gateway_http/api/v1/system/backends
+  grpcurl -plaintext $counter_grpc list        # the counter's gRPC API, via reflection
 Ctrl-C stops everything.
 MSG
 wait

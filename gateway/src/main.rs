@@ -3,11 +3,18 @@ use std::process::ExitCode;
 use clap::Parser;
 use tally_gateway::{config::Config, server};
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let config = Config::parse();
+    let runtime = match tally_runtime::rt::build(config.worker_threads.map(|n| n as usize)) {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let _guard = runtime.enter();
     tally_runtime::logging::init(config.log_format);
-    match server::run(config).await {
+    match runtime.block_on(server::run(config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!(%err, "tally-gateway failed");
