@@ -127,7 +127,7 @@ async fn ten_thousand_concurrent_increments_count_exactly() {
 async fn reads_your_writes_and_sees_other_gateways_within_the_ttl() {
     let stack = Stack::start(&[("TALLY_CACHE_TTL_MS", "1500")]);
     let other = start_gateway(&stack.counter.grpc_endpoint(), &[("TALLY_CACHE_TTL_MS", "1500")]);
-    let other = Http::new(other_base(&other));
+    let other = Http::new(other.http_base());
     let (a, b) = (&stack.http, &other);
     let post = unique("ryw");
 
@@ -151,10 +151,6 @@ async fn reads_your_writes_and_sees_other_gateways_within_the_ttl() {
     assert_eq!(a.value(&post, "likes").await, 15);
 }
 
-fn other_base(gateway: &common::Service) -> String {
-    gateway.http_base()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_gets_the_documented_error_and_writes_nothing() {
     let stack = Stack::start(&[]);
@@ -169,7 +165,9 @@ async fn bad_input_gets_the_documented_error_and_writes_nothing() {
 
     let inc = "/api/v1/counter/increment";
     let batch = "/api/v1/counter/batch-increment";
-    let cases: Vec<(&str, &str, &str, Option<Vec<u8>>, u16, &str)> = vec![
+    // (case, method, path, body, expected status, expected error code)
+    type Case<'a> = (&'a str, &'a str, &'a str, Option<Vec<u8>>, u16, &'a str);
+    let cases: Vec<Case> = vec![
         ("malformed JSON", "POST", inc, Some(b"{\"resource_id\": ".to_vec()), 400, "invalid_argument"),
         ("not an object", "POST", inc, Some(b"[1,2]".to_vec()), 400, "invalid_argument"),
         ("empty body", "POST", inc, Some(Vec::new()), 400, "invalid_argument"),
