@@ -24,11 +24,8 @@ redis_port=$(free_port)
 redis_pid=$(start_redis "$redis_port" "$work/redis.log")
 pids+=("$redis_pid")
 grpc_port=$(free_port); admin_port=$(free_port)
-TALLY_STORE="redis://127.0.0.1:$redis_port" TALLY_LISTEN="127.0.0.1:$grpc_port" TALLY_ADMIN_LISTEN="127.0.0.1:$admin_port" \
-  target/release/tally-counter >"$work/counter.log" 2>&1 &
-counter_pid=$!
+counter_pid=$(start_counter "$redis_port" "$grpc_port" "$admin_port" "$work/counter.log")
 pids+=("$counter_pid")
-wait_for_log "$work/counter.log" "tally-counter listening"
 
 requests=$((SECONDS_PER_RUN * 150000))
 rb() { redis-benchmark -p "$redis_port" -t incr -c 100 -n "$requests" --csv "$@" 2>/dev/null | tail -1 | tr -d '"'; }

@@ -29,10 +29,8 @@ redis_port=$(free_port)
 redis_pid=$(start_redis "$redis_port" "$work/redis.log")
 pids+=("$redis_pid")
 grpc_port=$(free_port); admin_port=$(free_port); http_port=$(free_port)
-TALLY_STORE="redis://127.0.0.1:$redis_port" TALLY_LISTEN="127.0.0.1:$grpc_port" TALLY_ADMIN_LISTEN="127.0.0.1:$admin_port" \
-  TALLY_WORKER_THREADS=$COUNTER_THREADS target/release/tally-counter >"$work/counter.log" 2>&1 &
-counter_pid=$!; pids+=("$counter_pid")
-wait_for_log "$work/counter.log" "tally-counter listening"
+counter_pid=$(TALLY_WORKER_THREADS=$COUNTER_THREADS start_counter "$redis_port" "$grpc_port" "$admin_port" "$work/counter.log")
+pids+=("$counter_pid")
 TALLY_LISTEN="127.0.0.1:$http_port" TALLY_COUNTER_ENDPOINTS="http://127.0.0.1:$grpc_port" \
   TALLY_WORKER_THREADS=$GATEWAY_THREADS target/release/tally-gateway >"$work/gateway.log" 2>&1 &
 gateway_pid=$!; pids+=("$gateway_pid")

@@ -36,3 +36,14 @@ start_redis() {
   wait_for_log "$log" "Ready to accept connections" >&2
   echo "$pid"
 }
+
+# Starts the release tally-counter on Redis port $1, gRPC port $2, admin
+# port $3, logging to $4 (extra settings come from the environment); waits
+# until it listens and prints its pid.
+start_counter() {
+  TALLY_STORE="redis://127.0.0.1:$1" TALLY_LISTEN="127.0.0.1:$2" TALLY_ADMIN_LISTEN="127.0.0.1:$3" \
+    target/release/tally-counter >"$4" 2>&1 &
+  local pid=$!
+  wait_for_log "$4" "tally-counter listening" >&2
+  echo "$pid"
+}

@@ -11,7 +11,7 @@ use crate::buffer::BufferSettings;
 use crate::commit::CommitSettings;
 use crate::service::BufferFullPolicy;
 use crate::store::StoreTimeouts;
-use tally_runtime::logging::LogFormat;
+use tally_runtime::rt::RuntimeArgs;
 
 #[derive(Debug, Clone, Parser)]
 #[command(name = "tally-counter", version, about = "tally's gRPC counter service")]
@@ -80,13 +80,9 @@ pub struct Config {
     #[arg(long, env = "TALLY_SHUTDOWN_TIMEOUT_MS", default_value_t = 25_000)]
     pub shutdown_timeout_ms: u64,
 
-    /// Async runtime worker threads (default: one per core). Match the pod's CPU limit.
-    #[arg(long, env = "TALLY_WORKER_THREADS", value_parser = clap::value_parser!(u64).range(1..=1024))]
-    pub worker_threads: Option<u64>,
-
-    /// Log format: `text` or `json`. Level comes from RUST_LOG.
-    #[arg(long, env = "TALLY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
-    pub log_format: LogFormat,
+    /// Worker threads and log format (`TALLY_WORKER_THREADS`, `TALLY_LOG_FORMAT`).
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
 }
 
 impl Config {

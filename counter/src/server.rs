@@ -23,6 +23,9 @@ use crate::metrics::Metrics;
 use crate::service::CounterApi;
 use crate::store::{Store, StoreError};
 
+/// The grpc.health.v1 service name that reports whether counters can be served.
+pub const HEALTH_SERVICE: &str = "tally.counter.v1.CounterService";
+
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
     #[error(transparent)]
@@ -56,6 +59,11 @@ pub async fn run(config: Config) -> Result<(), StartupError> {
 
     let readiness = Arc::new(Readiness::default());
     let (reporter, health_service) = tonic_health::server::health_reporter();
+    // Known but NOT_SERVING until the first store probe, so an early
+    // health check or watch gets an answer rather than NOT_FOUND.
+    for service in ["", HEALTH_SERVICE] {
+        reporter.set_service_status(service, ServingStatus::NotServing).await;
+    }
     tokio::spawn(health_loop(
         store.clone(),
         readiness.clone(),
@@ -125,7 +133,6 @@ async fn health_loop(
     interval: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    const SERVICE: &str = "tally.counter.v1.CounterService";
     let mut last: Option<bool> = None;
     loop {
         let up = !*shutdown.borrow() && store.ping().await.is_ok();
@@ -134,7 +141,7 @@ async fn health_loop(
         if last != Some(up) {
             let status = if up { ServingStatus::Serving } else { ServingStatus::NotServing };
             reporter.set_service_status("", status).await;
-            reporter.set_service_status(SERVICE, status).await;
+            reporter.set_service_status(HEALTH_SERVICE, status).await;
             tracing::info!(store = store.kind(), up, "store readiness changed");
             last = Some(up);
         }

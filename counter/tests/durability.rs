@@ -82,7 +82,7 @@ async fn sigterm_waits_for_a_store_that_comes_back() {
     let (status, log) = tokio::task::spawn_blocking(move || counter.wait()).await.expect("wait");
     assert!(status.success(), "exit status {status:?}\n{}", log.join("\n"));
     for (resource, want) in &expected {
-        assert_eq!(stored(&redis, resource), Some(*want), "{resource}");
+        assert_eq!(stored(&redis, resource), Some(*want), "{resource}; counter log:\n{}", log.join("\n"));
     }
 }
 

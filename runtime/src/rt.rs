@@ -1,18 +1,56 @@
-//! The tokio runtime of both services, with a tunable worker count.
+//! How both services start: the runtime settings every binary has, and the
+//! one `main` they share.
 //!
-//! On a machine where the service shares few cores with its neighbours (a
-//! small pod, or the 2-core benchmark box running Redis, counter, gateway
-//! and the load generator), fewer worker threads mean fewer cross-thread
-//! wake-ups; set `TALLY_WORKER_THREADS` to the pod's CPU limit.
+//! Worker threads are tunable because on a machine where the service shares
+//! few cores with its neighbours (a small pod, or the 2-core benchmark box
+//! running Redis, counter, gateway and the load generator), fewer workers
+//! mean fewer cross-thread wake-ups; set `TALLY_WORKER_THREADS` to the pod's
+//! CPU limit.
 
-use std::io;
+use std::fmt::Display;
+use std::future::Future;
+use std::process::ExitCode;
 
-/// A multi-threaded runtime with `worker_threads` workers (default: one per core).
-pub fn build(worker_threads: Option<usize>) -> io::Result<tokio::runtime::Runtime> {
+use crate::logging::{self, LogFormat};
+
+/// Settings shared by every tally binary (flattened into each one's config).
+#[derive(Debug, Clone, clap::Args)]
+pub struct RuntimeArgs {
+    /// Async runtime worker threads (default: one per core). Match the pod's CPU limit.
+    #[arg(long, env = "TALLY_WORKER_THREADS", value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pub worker_threads: Option<u64>,
+
+    /// Log format: `text` or `json`. Level comes from RUST_LOG.
+    #[arg(long, env = "TALLY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// Builds the runtime, sets up logging and runs `service` to completion;
+/// the process exit code says whether it failed.
+pub fn run<F, E>(args: &RuntimeArgs, name: &str, service: F) -> ExitCode
+where
+    F: Future<Output = Result<(), E>>,
+    E: Display,
+{
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.enable_all();
-    if let Some(n) = worker_threads {
-        builder.worker_threads(n.max(1));
+    if let Some(n) = args.worker_threads {
+        builder.worker_threads(n as usize);
     }
-    builder.build()
+    let runtime = match builder.build() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("{name}: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let _guard = runtime.enter();
+    logging::init(args.log_format);
+    match runtime.block_on(service) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!(%err, "{name} failed");
+            ExitCode::FAILURE
+        }
+    }
 }
