@@ -117,7 +117,10 @@ impl WriteBuffer {
     /// Flushes until `shutdown` fires, then drains everything (see module doc),
     /// giving up on what is left after `drain_timeout`.
     pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>, drain_timeout: Duration) {
-        let mut tick = tokio::time::interval(self.settings.flush_interval);
+        // First tick one interval from now (a plain `interval` fires at once,
+        // which would flush whatever arrived first early).
+        let period = self.settings.flush_interval;
+        let mut tick = tokio::time::interval_at(Instant::now() + period, period);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         while !*shutdown.borrow() {
             tokio::select! {

@@ -55,7 +55,13 @@ async fn sigterm_flushes_every_acknowledged_async_write() {
     let expected = send_async_load(&counter, &prefix).await;
 
     // Still buffered: nothing in Redis yet.
-    assert!(expected.keys().all(|r| stored(&redis, r).is_none()), "the buffer flushed before shutdown");
+    let early: Vec<(&String, Option<i64>)> =
+        expected.keys().map(|r| (r, stored(&redis, r))).filter(|(_, v)| v.is_some()).collect();
+    assert!(
+        early.is_empty(),
+        "the buffer flushed before shutdown: {early:?}; log:\n{}",
+        counter.log_lines().join("\n")
+    );
 
     let (status, log) = tokio::task::spawn_blocking(move || counter.terminate()).await.expect("terminate");
     assert!(status.success(), "exit status {status:?}");
