@@ -66,7 +66,7 @@ pub struct Config {
     pub coalesce_max_ops: u64,
 
     /// Coalesced calls in flight at once.
-    #[arg(long, env = "TALLY_COALESCE_MAX_INFLIGHT", default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    #[arg(long, env = "TALLY_COALESCE_MAX_INFLIGHT", default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=1024))]
     pub coalesce_max_inflight: u64,
 
     /// Read cache time-to-live, in milliseconds (0 turns the cache off).

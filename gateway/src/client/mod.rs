@@ -46,7 +46,7 @@ impl Default for ClientSettings {
             health_interval: Duration::from_secs(1),
             coalesce: true,
             coalesce_max_ops: 1000,
-            coalesce_max_inflight: 8,
+            coalesce_max_inflight: 4,
         }
     }
 }
