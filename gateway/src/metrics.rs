@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -12,12 +13,26 @@ use tally_runtime::metrics::{latency_histogram, render, size_histogram};
 type Labels<const N: usize> = [(&'static str, String); N];
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
+/// Labels of the per-request HTTP metrics: static strings and a number, so
+/// recording allocates nothing.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabels {
+    pub route: &'static str,
+    pub method: &'static str,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabel {
+    pub route: &'static str,
+}
+
 pub struct Metrics {
     registry: Registry,
     /// HTTP requests by route, method and status.
-    pub http_requests: Family<Labels<3>, Counter>,
+    pub http_requests: Family<HttpLabels, Counter>,
     /// HTTP latency by route.
-    pub http_duration: HistogramFamily<Labels<1>>,
+    pub http_duration: HistogramFamily<RouteLabel>,
     /// Calls to counters by gRPC method and status code.
     pub upstream_requests: Family<Labels<2>, Counter>,
     /// Latency of calls to counters by gRPC method.
@@ -39,7 +54,7 @@ impl Metrics {
         let mut registry = Registry::with_prefix("tally_gateway");
         let http_requests = Family::default();
         registry.register("http_requests", "HTTP requests by route, method and status", http_requests.clone());
-        let http_duration: HistogramFamily<Labels<1>> = Family::new_with_constructor(latency_histogram);
+        let http_duration: HistogramFamily<RouteLabel> = Family::new_with_constructor(latency_histogram);
         registry.register("http_request_duration_seconds", "HTTP request latency", http_duration.clone());
         let upstream_requests = Family::default();
         registry.register("upstream_requests", "gRPC calls to counters by method and code", upstream_requests.clone());
@@ -67,6 +82,11 @@ impl Metrics {
             endpoint_in_flight,
             endpoint_pool_size,
         }
+    }
+
+    pub fn record_http(&self, route: &'static str, method: &'static str, status: u16, elapsed: Duration) {
+        self.http_requests.get_or_create(&HttpLabels { route, method, status }).inc();
+        self.http_duration.get_or_create(&RouteLabel { route }).observe(elapsed.as_secs_f64());
     }
 
     pub fn observe_upstream(&self, method: &'static str, code: tonic::Code, elapsed: Duration) {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 
-use crate::api::{self, AppState};
+use crate::api::{self, App};
 use crate::cache::ReadCache;
 use crate::client::backends::{BackendError, Backends};
 use crate::client::{Counter, Incrementer};
@@ -34,12 +34,12 @@ pub async fn run(config: Config) -> Result<(), StartupError> {
     let backends = Arc::new(Backends::new(&config.counter_endpoints, &settings)?);
     let health = tokio::spawn(backends.clone().health_loop(settings.health_interval, settings.connect_timeout));
     let counter = Counter::new(backends, metrics.clone());
-    let state = AppState {
+    let state = Arc::new(App {
         incrementer: Incrementer::new(&counter, &settings),
         counter,
-        cache: Arc::new(ReadCache::new(Duration::from_millis(config.cache_ttl_ms), config.cache_max_entries)),
+        cache: ReadCache::new(Duration::from_millis(config.cache_ttl_ms), config.cache_max_entries),
         metrics,
-    };
+    });
 
     let listener =
         TcpListener::bind(config.listen).await.map_err(|source| StartupError::Bind { addr: config.listen, source })?;

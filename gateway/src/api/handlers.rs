@@ -24,13 +24,16 @@ use crate::metrics::Metrics;
 /// Largest accepted request body (BRIEF §3).
 pub const MAX_BODY_BYTES: usize = 1 << 20;
 
-#[derive(Clone)]
-pub struct AppState {
+/// Everything a handler needs; shared behind one `Arc` so the per-request
+/// clone axum makes is a single reference-count increment.
+pub struct App {
     pub counter: Counter,
     pub incrementer: Incrementer,
-    pub cache: Arc<ReadCache>,
+    pub cache: ReadCache,
     pub metrics: Arc<Metrics>,
 }
+
+pub type AppState = Arc<App>;
 
 fn parse<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
     let bytes = body.map_err(|rejection| {
@@ -162,7 +165,7 @@ pub async fn get_counter(
     })))
 }
 
-async fn read_one(state: &AppState, key: &CounterKey) -> Result<i64, ApiError> {
+async fn read_one(state: &App, key: &CounterKey) -> Result<i64, ApiError> {
     if let Some(value) = state.cache.get(key) {
         state.metrics.cache_lookup(true);
         return Ok(value);

@@ -15,19 +15,19 @@ use axum::response::Response;
 use axum::routing::{get, post};
 
 pub use error::ApiError;
-pub use handlers::{AppState, MAX_BODY_BYTES};
+pub use handlers::{App, AppState, MAX_BODY_BYTES};
 
 pub fn router(state: AppState) -> Router {
     let metrics_state = state.clone();
     Router::new()
-        .route("/api/v1/counter/increment", post(handlers::increment))
-        .route("/api/v1/counter/batch-increment", post(handlers::batch_increment))
-        .route("/api/v1/counter/batch", post(handlers::batch_get))
-        .route("/api/v1/counter/{*path}", get(handlers::get_counter))
-        .route("/api/v1/health", get(handlers::health))
-        .route("/api/v1/ready", get(handlers::ready))
-        .route("/api/v1/system/backends", get(handlers::backends))
-        .route("/metrics", get(handlers::metrics))
+        .route(ROUTES[0], post(handlers::increment))
+        .route(ROUTES[1], post(handlers::batch_increment))
+        .route(ROUTES[2], post(handlers::batch_get))
+        .route(ROUTES[3], get(handlers::get_counter))
+        .route(ROUTES[4], get(handlers::health))
+        .route(ROUTES[5], get(handlers::ready))
+        .route(ROUTES[6], get(handlers::backends))
+        .route(ROUTES[7], get(handlers::metrics))
         .fallback(handlers::not_found)
         .method_not_allowed_fallback(handlers::method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -35,18 +35,34 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// Every route, in the order [`router`] registers them; also the `route`
+/// label of the HTTP metrics (static strings: no allocation per request).
+const ROUTES: [&str; 8] = [
+    "/api/v1/counter/increment",
+    "/api/v1/counter/batch-increment",
+    "/api/v1/counter/batch",
+    "/api/v1/counter/{*path}",
+    "/api/v1/health",
+    "/api/v1/ready",
+    "/api/v1/system/backends",
+    "/metrics",
+];
+
 /// Counts every request by route template (not raw path: bounded labels).
 async fn record(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let route = request.extensions().get::<MatchedPath>().map_or("unmatched", |p| p.as_str()).to_string();
-    let method = request.method().as_str().to_string();
+    let matched = request.extensions().get::<MatchedPath>().map(MatchedPath::as_str);
+    let route = matched.and_then(|m| ROUTES.iter().find(|r| **r == m)).copied().unwrap_or("unmatched");
+    let method = match request.method().as_str() {
+        "GET" => "GET",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "DELETE" => "DELETE",
+        "HEAD" => "HEAD",
+        "PATCH" => "PATCH",
+        _ => "OTHER",
+    };
     let started = Instant::now();
     let response = next.run(request).await;
-    let status = response.status().as_u16().to_string();
-    state
-        .metrics
-        .http_requests
-        .get_or_create(&[("route", route.clone()), ("method", method), ("status", status)])
-        .inc();
-    state.metrics.http_duration.get_or_create(&[("route", route)]).observe(started.elapsed().as_secs_f64());
+    state.metrics.record_http(route, method, response.status().as_u16(), started.elapsed());
     response
 }
