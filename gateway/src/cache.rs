@@ -5,42 +5,44 @@
 //! The hazard is ordering: a read that started before a write may finish
 //! after it and cache the older value, and two concurrent writes to one
 //! counter may finish in the opposite order of how the store applied them.
-//! So every cache update carries a stamp from one gateway-wide clock:
-//! - a finished write stores its value, unless another write to the same
-//!   counter overlapped it, in which case it stores "unknown, fetch" (the
-//!   order of the two values is not known here);
-//! - a read stores what it fetched only if no write to that counter is in
-//!   flight and no newer update (a write finished after the read started)
-//!   is there.
+//! So writes are tracked (per stripe of counters) with a gateway-wide clock:
+//! - a finished write updates a cached counter with its value, unless
+//!   another write overlapped it (the order of the two values is not known
+//!   here), in which case the entry is dropped and the next read fetches;
+//! - a read stores what it fetched only if no write on that stripe is in
+//!   flight and none finished since the read started.
 //!
 //! Values written by *other* gateways become visible when the entry expires
 //! (TTL, 5 s by default).
 
-use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use moka::ops::compute::Op;
 use moka::sync::Cache;
 use tally_proto::CounterKey;
 
-#[derive(Debug, Clone, Copy)]
-struct Entry {
-    /// `None`: the latest value is not known here; fetch it.
-    value: Option<i64>,
-    stamp: u64,
-}
+/// Write bookkeeping is kept per stripe of counters (hash of the key), not
+/// per counter: no allocation or map update per write, at the price of
+/// treating two writes to different counters of one stripe as related
+/// (which only ever means "do not cache", never a stale value).
+const STRIPES: usize = 4096;
 
 #[derive(Default)]
-struct WritesInFlight {
-    count: u32,
+struct Stripe {
+    /// Writes in flight on this stripe.
+    in_flight: u32,
+    /// A write started while another was in flight on this stripe.
     overlapped: bool,
+    /// Clock value of the last write that finished on this stripe.
+    last_write: u64,
 }
 
 pub struct ReadCache {
-    entries: Option<Cache<CounterKey, Entry>>,
-    writes: Mutex<HashMap<CounterKey, WritesInFlight>>,
+    entries: Option<Cache<CounterKey, i64>>,
+    stripes: Vec<Mutex<Stripe>>,
+    hasher: RandomState,
     clock: AtomicU64,
 }
 
@@ -53,16 +55,22 @@ impl ReadCache {
     pub fn new(ttl: Duration, max_entries: u64) -> ReadCache {
         let entries = (!ttl.is_zero() && max_entries > 0)
             .then(|| Cache::builder().max_capacity(max_entries).time_to_live(ttl).build());
-        ReadCache { entries, writes: Mutex::default(), clock: AtomicU64::new(0) }
+        ReadCache {
+            entries,
+            stripes: (0..STRIPES).map(|_| Mutex::default()).collect(),
+            hasher: RandomState::new(),
+            clock: AtomicU64::new(0),
+        }
     }
 
-    fn writes(&self) -> std::sync::MutexGuard<'_, HashMap<CounterKey, WritesInFlight>> {
-        self.writes.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    fn stripe(&self, key: &CounterKey) -> std::sync::MutexGuard<'_, Stripe> {
+        let index = (self.hasher.hash_one(key) as usize) % STRIPES;
+        self.stripes[index].lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// The cached value, if known.
     pub fn get(&self, key: &CounterKey) -> Option<i64> {
-        self.entries.as_ref()?.get(key)?.value
+        self.entries.as_ref()?.get(key)
     }
 
     /// Call before fetching a value that missed.
@@ -70,52 +78,50 @@ impl ReadCache {
         ReadStamp(self.clock.load(Ordering::SeqCst))
     }
 
-    /// Stores a fetched value unless a write to the counter is in flight or
-    /// finished since the read started.
+    /// Stores a fetched value unless a write on the counter's stripe is in
+    /// flight or finished since the read started (the value may be older).
     pub fn fill(&self, key: &CounterKey, value: i64, stamp: &ReadStamp) {
         let Some(entries) = &self.entries else { return };
-        let writes = self.writes();
-        if writes.contains_key(key) {
-            return;
+        let stripe = self.stripe(key);
+        if stripe.in_flight == 0 && stripe.last_write <= stamp.0 {
+            entries.insert(key.clone(), value);
         }
-        // Holding the writes lock: no write can finish (and stamp) meanwhile.
-        entries.entry(key.clone()).and_compute_with(|existing| match existing {
-            Some(e) if e.value().stamp > stamp.0 => Op::Nop,
-            _ => Op::Put(Entry { value: Some(value), stamp: stamp.0 }),
-        });
     }
 
     /// Call before sending writes; pair with [`ReadCache::write_finished`].
     pub fn write_started<'a>(&self, keys: impl IntoIterator<Item = &'a CounterKey>) {
-        let mut writes = self.writes();
+        if self.entries.is_none() {
+            return;
+        }
         for key in keys {
-            let w = writes.entry(key.clone()).or_default();
-            w.overlapped |= w.count > 0;
-            w.count += 1;
+            let mut stripe = self.stripe(key);
+            stripe.overlapped |= stripe.in_flight > 0;
+            stripe.in_flight += 1;
         }
     }
 
     /// Records the outcome of writes started with [`ReadCache::write_started`]:
     /// `Some(value)` the value right after the write, `None` unknown (failed
-    /// or not reported, e.g. async).
+    /// or not reported, e.g. async). A cached counter takes the new value, or
+    /// is dropped when the value is unknown or another write overlapped (the
+    /// store's order of the two is not known here). An uncached counter stays
+    /// uncached: its next read fetches the current value anyway.
     pub fn write_finished<'a>(&self, outcomes: impl IntoIterator<Item = (&'a CounterKey, Option<i64>)>) {
-        let mut writes = self.writes();
+        let Some(entries) = &self.entries else { return };
         for (key, value) in outcomes {
-            let overlapped = match writes.get_mut(key) {
-                Some(w) => {
-                    w.count = w.count.saturating_sub(1);
-                    let overlapped = w.overlapped;
-                    if w.count == 0 {
-                        writes.remove(key);
-                    }
-                    overlapped
+            let mut stripe = self.stripe(key);
+            stripe.in_flight = stripe.in_flight.saturating_sub(1);
+            let overlapped = stripe.overlapped;
+            if stripe.in_flight == 0 {
+                stripe.overlapped = false;
+            }
+            stripe.last_write = self.clock.fetch_add(1, Ordering::SeqCst) + 1;
+            // Still holding the stripe: no fill or other write can interleave.
+            if entries.contains_key(key) {
+                match value.filter(|_| !overlapped) {
+                    Some(value) => entries.insert(key.clone(), value),
+                    None => entries.invalidate(key),
                 }
-                None => true,
-            };
-            if let Some(entries) = &self.entries {
-                let stamp = self.clock.fetch_add(1, Ordering::SeqCst) + 1;
-                let value = if overlapped { None } else { value };
-                entries.insert(key.clone(), Entry { value, stamp });
             }
         }
     }
@@ -134,23 +140,41 @@ mod tests {
     }
 
     #[test]
-    fn a_write_is_read_back() {
+    fn a_write_updates_a_cached_value() {
         let c = cache();
         let k = key("a");
+        c.fill(&k, 3, &c.read_stamp());
         c.write_started([&k]);
         c.write_finished([(&k, Some(7))]);
         assert_eq!(c.get(&k), Some(7));
     }
 
     #[test]
+    fn a_write_to_an_uncached_counter_leaves_it_uncached() {
+        let c = cache();
+        let k = key("a");
+        c.write_started([&k]);
+        c.write_finished([(&k, Some(7))]);
+        assert_eq!(c.get(&k), None, "the next read fetches it");
+    }
+
+    #[test]
     fn a_read_that_started_before_a_write_does_not_overwrite_it() {
         let c = cache();
         let k = key("a");
-        let stamp = c.read_stamp(); // read starts, fetches 5 …
+        c.fill(&k, 4, &c.read_stamp());
+        let stamp = c.read_stamp(); // a read starts, fetches 5 …
         c.write_started([&k]);
         c.write_finished([(&k, Some(6))]); // … a write finishes with 6 …
         c.fill(&k, 5, &stamp); // … and the read's 5 arrives late.
         assert_eq!(c.get(&k), Some(6));
+
+        let fresh = key("b"); // the same when the counter was not cached
+        let stamp = c.read_stamp();
+        c.write_started([&fresh]);
+        c.write_finished([(&fresh, Some(1))]);
+        c.fill(&fresh, 0, &stamp);
+        assert_eq!(c.get(&fresh), None);
     }
 
     #[test]
@@ -162,6 +186,7 @@ mod tests {
         c.fill(&k, 5, &stamp);
         assert_eq!(c.get(&k), None);
         c.write_finished([(&k, Some(6))]);
+        c.fill(&k, 6, &c.read_stamp());
         assert_eq!(c.get(&k), Some(6));
     }
 
@@ -169,6 +194,7 @@ mod tests {
     fn overlapping_writes_leave_the_value_unknown() {
         let c = cache();
         let k = key("a");
+        c.fill(&k, 0, &c.read_stamp());
         c.write_started([&k]);
         c.write_started([&k]);
         c.write_finished([(&k, Some(2))]); // the store may have applied this one last …
