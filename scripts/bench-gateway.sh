@@ -21,9 +21,7 @@ done
 
 cargo build --release -q -p tally-counter -p tally-gateway
 work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
-trap cleanup EXIT
+trap kill_started EXIT
 
 redis_port=$(free_port)
 redis_pid=$(start_redis "$redis_port" "$work/redis.log")

@@ -1,5 +1,13 @@
 # Helpers shared by tally's scripts (sourced, not run).
 
+# Pids of the processes a script started; `kill_started` (the scripts' EXIT
+# trap) stops them all.
+pids=()
+kill_started() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+}
+
 # A free TCP port on loopback.
 free_port() {
   python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'

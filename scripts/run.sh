@@ -8,11 +8,9 @@ cd "$(dirname "$0")/.."
 
 cargo build --release -q -p tally-counter -p tally-gateway
 work=$(mktemp -d)
-pids=()
 cleanup() {
   trap - INT TERM EXIT
-  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
+  kill_started
   echo "stopped."
 }
 trap cleanup INT TERM EXIT
