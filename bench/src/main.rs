@@ -109,14 +109,17 @@ async fn worker(args: Arc<Args>, mut client: CounterServiceClient<Channel>, id: 
         match args.scenario {
             Scenario::UnaryHot | Scenario::UnaryKeys => {
                 let (resource_id, counter_type) = key_for(&args, n >> 16);
-                let ok = client.increment(IncrementRequest { resource_id, counter_type, delta: Some(1) }).await.is_ok();
+                let ok = client
+                    .increment(IncrementRequest { resource_id, counter_type, delta: Some(1), ..Default::default() })
+                    .await
+                    .is_ok();
                 tally.record(started, 1, ok);
             }
             Scenario::Batch | Scenario::BatchAsync => {
                 let operations = (0..args.batch as u64)
                     .map(|i| {
                         let (resource_id, counter_type) = key_for(&args, (n >> 16).wrapping_add(i * 104_729));
-                        IncrementOperation { resource_id, counter_type, delta: Some(1) }
+                        IncrementOperation { resource_id, counter_type, delta: Some(1), ..Default::default() }
                     })
                     .collect();
                 let request =
@@ -153,7 +156,11 @@ async fn stream_worker(
                 n = n.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
                 let (resource_id, counter_type) = key_for(&args, n >> 16);
                 sent_at.lock().expect("lock").push_back(Instant::now());
-                if tx.send(IncrementRequest { resource_id, counter_type, delta: Some(1) }).await.is_err() {
+                if tx
+                    .send(IncrementRequest { resource_id, counter_type, delta: Some(1), ..Default::default() })
+                    .await
+                    .is_err()
+                {
                     break;
                 }
             }

@@ -7,20 +7,38 @@
 //! is one store round trip; under load, batches grow by themselves.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tally_proto::CounterKey;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use crate::coalesce::{plan, values_after};
 use crate::metrics::Metrics;
-use crate::store::{IncrOutcome, Store, StoreError};
+use crate::store::{IdempotentOutcome, IncrOutcome, KeyedCmd, Store, StoreError};
+
+/// One validated increment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Op {
+    pub key: CounterKey,
+    pub delta: i64,
+    /// Applied at most once per counter within the retention window.
+    pub idempotency_key: Option<String>,
+}
+
+impl Op {
+    pub fn new(key: CounterKey, delta: i64) -> Op {
+        Op { key, delta, idempotency_key: None }
+    }
+}
 
 /// What happened to one submitted operation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OpResult {
     /// Applied; the counter's value right after this operation.
     Applied(i64),
+    /// Its idempotency key was applied before: nothing applied now; the
+    /// value the first application returned.
+    Replayed(i64),
     /// Not applied: the counter would leave the i64 range.
     Overflow,
     /// Not applied, or not known to be (see [`StoreError`]).
@@ -33,6 +51,8 @@ pub struct CommitSettings {
     pub max_ops: usize,
     /// Flushes allowed in flight at once.
     pub max_inflight: usize,
+    /// How long an idempotency key is remembered.
+    pub idempotency_retention: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -40,7 +60,7 @@ pub struct CommitSettings {
 pub struct Closed;
 
 struct Job {
-    ops: Vec<(CounterKey, i64)>,
+    ops: Vec<Op>,
     reply: oneshot::Sender<Vec<OpResult>>,
 }
 
@@ -63,7 +83,7 @@ impl GroupCommitter {
     }
 
     /// Applies `ops` and returns one result per operation, in order.
-    pub async fn submit(&self, ops: Vec<(CounterKey, i64)>) -> Result<Vec<OpResult>, Closed> {
+    pub async fn submit(&self, ops: Vec<Op>) -> Result<Vec<OpResult>, Closed> {
         let (reply, rx) = oneshot::channel();
         self.tx.send(Job { ops, reply }).map_err(|_| Closed)?;
         rx.await.map_err(|_| Closed)
@@ -89,8 +109,9 @@ async fn run(mut rx: mpsc::UnboundedReceiver<Job>, store: Arc<Store>, settings: 
             }
         }
         let (store, metrics) = (store.clone(), metrics.clone());
+        let retention = settings.idempotency_retention;
         tokio::spawn(async move {
-            flush(&store, jobs, &metrics).await;
+            flush(&store, jobs, retention, &metrics).await;
             drop(slot);
         });
     }
@@ -98,9 +119,28 @@ async fn run(mut rx: mpsc::UnboundedReceiver<Job>, store: Arc<Store>, settings: 
 
 /// One group commit: sum per counter, one store round trip (plus one more
 /// only if a summed command overflowed), then answer every caller.
-async fn flush(store: &Store, jobs: Vec<Job>, metrics: &Metrics) {
-    let ops: Vec<(&CounterKey, i64)> = jobs.iter().flat_map(|job| job.ops.iter().map(|(k, d)| (k, *d))).collect();
-    let results = apply(store, &ops, metrics).await;
+/// Requests carrying idempotency keys go, concurrently, through the store's
+/// ordered path instead (each operation its own command, keyed ones checked
+/// and applied atomically), whole, so a batch's operations on one counter
+/// still apply in the batch's order.
+async fn flush(store: &Store, jobs: Vec<Job>, retention: Duration, metrics: &Metrics) {
+    let ops: Vec<(&Op, bool)> = jobs
+        .iter()
+        .flat_map(|job| {
+            let ordered = job.ops.iter().any(|op| op.idempotency_key.is_some());
+            job.ops.iter().map(move |op| (op, ordered))
+        })
+        .collect();
+    let (keyed_at, plain_at): (Vec<usize>, Vec<usize>) = (0..ops.len()).partition(|&i| ops[i].1);
+    let plain: Vec<(&CounterKey, i64)> = plain_at.iter().map(|&i| (&ops[i].0.key, ops[i].0.delta)).collect();
+    let keyed: Vec<KeyedCmd<'_>> =
+        keyed_at.iter().map(|&i| (&ops[i].0.key, ops[i].0.delta, ops[i].0.idempotency_key.as_deref())).collect();
+    let (plain_results, keyed_results) =
+        tokio::join!(apply(store, &plain, metrics), apply_keyed(store, &keyed, retention));
+    let mut results = vec![OpResult::Failed(StoreError::Unknown("operation lost track of".into())); ops.len()];
+    for (i, result) in plain_at.into_iter().zip(plain_results).chain(keyed_at.into_iter().zip(keyed_results)) {
+        results[i] = result;
+    }
     drop(ops);
     let mut results = results.into_iter();
     for job in jobs {
@@ -111,8 +151,28 @@ async fn flush(store: &Store, jobs: Vec<Job>, metrics: &Metrics) {
     }
 }
 
+async fn apply_keyed(store: &Store, cmds: &[KeyedCmd<'_>], retention: Duration) -> Vec<OpResult> {
+    if cmds.is_empty() {
+        return Vec::new();
+    }
+    store
+        .incr_each(cmds, retention)
+        .await
+        .into_iter()
+        .map(|outcome| match outcome {
+            IdempotentOutcome::Applied(value) => OpResult::Applied(value),
+            IdempotentOutcome::Replayed(value) => OpResult::Replayed(value),
+            IdempotentOutcome::Overflow => OpResult::Overflow,
+            IdempotentOutcome::Failed(err) => OpResult::Failed(err),
+        })
+        .collect()
+}
+
 /// Applies `ops` with per-counter summing; one result per op, in order.
 pub async fn apply(store: &Store, ops: &[(&CounterKey, i64)], metrics: &Metrics) -> Vec<OpResult> {
+    if ops.is_empty() {
+        return Vec::new();
+    }
     let groups = plan(ops.iter().copied());
     let cmds: Vec<(&CounterKey, i64)> = groups.iter().map(|g| (g.key, g.total)).collect();
     metrics.commit_ops.observe(ops.len() as f64);

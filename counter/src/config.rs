@@ -44,6 +44,10 @@ pub struct Config {
     #[arg(long, env = "TALLY_COMMIT_MAX_INFLIGHT", default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=256))]
     pub commit_max_inflight: u64,
 
+    /// How long an idempotency key is remembered per counter, in seconds (Redis keeps one small key per idempotent write for this long).
+    #[arg(long, env = "TALLY_IDEMPOTENCY_RETENTION_S", default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..=604_800))]
+    pub idempotency_retention_s: u64,
+
     /// Async writes: flush the write-behind buffer once this many operations are buffered.
     #[arg(long, env = "TALLY_BATCH_SIZE", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     pub batch_size: u64,
@@ -94,7 +98,11 @@ impl Config {
     }
 
     pub fn commit(&self) -> CommitSettings {
-        CommitSettings { max_ops: self.commit_max_ops as usize, max_inflight: self.commit_max_inflight as usize }
+        CommitSettings {
+            max_ops: self.commit_max_ops as usize,
+            max_inflight: self.commit_max_inflight as usize,
+            idempotency_retention: Duration::from_secs(self.idempotency_retention_s),
+        }
     }
 
     pub fn buffer(&self) -> BufferSettings {

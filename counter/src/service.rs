@@ -19,7 +19,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::buffer::{Offer, WriteBuffer};
-use crate::commit::{GroupCommitter, OpResult};
+use crate::commit::{GroupCommitter, Op, OpResult};
 use crate::metrics::Metrics;
 use crate::status;
 use crate::store::Store;
@@ -135,8 +135,12 @@ impl CounterService for CounterApi {
 impl CounterApi {
     async fn batch_increment_inner(&self, request: BatchIncrementRequest) -> Result<BatchIncrementResponse, Status> {
         let ops = parse_operations(request.operations)?;
-        if request.r#async {
-            if self.buffer.offer(&ops) == Offer::Accepted {
+        // Operations with idempotency keys need the store's check-and-apply,
+        // so an async batch carrying any is applied synchronously.
+        let bufferable = ops.iter().all(|op| op.idempotency_key.is_none());
+        if request.r#async && bufferable {
+            let plain: Vec<(CounterKey, i64)> = ops.iter().map(|op| (op.key.clone(), op.delta)).collect();
+            if self.buffer.offer(&plain) == Offer::Accepted {
                 self.count_async("buffered", ops.len());
                 return Ok(BatchIncrementResponse { results: Vec::new(), accepted: true });
             }
@@ -146,6 +150,8 @@ impl CounterApi {
                     "write-behind buffer is full; retry later or send the batch synchronously",
                 ));
             }
+            self.count_async("applied_sync", ops.len());
+        } else if request.r#async {
             self.count_async("applied_sync", ops.len());
         }
         let results = self.committer.submit(ops.clone()).await.map_err(|e| Status::unavailable(e.to_string()))?;
@@ -159,14 +165,15 @@ impl CounterApi {
         let results = ops
             .into_iter()
             .zip(results)
-            .map(|((key, delta), result)| OperationResult {
+            .map(|(op, result)| OperationResult {
                 current_value: match result {
-                    OpResult::Applied(value) => value,
+                    OpResult::Applied(value) | OpResult::Replayed(value) => value,
                     _ => 0,
                 },
-                error: status::op_status(&result, &key, delta).map(|s| status::to_operation_error(&s)),
-                resource_id: key.resource_id().into(),
-                counter_type: key.counter_type().into(),
+                replayed: matches!(result, OpResult::Replayed(_)),
+                error: status::op_status(&result, &op.key, op.delta).map(|s| status::to_operation_error(&s)),
+                resource_id: op.key.resource_id().into(),
+                counter_type: op.key.counter_type().into(),
             })
             .collect();
         Ok(BatchIncrementResponse { results, accepted: request.r#async })
@@ -193,30 +200,47 @@ impl CounterApi {
     }
 }
 
-fn parse_operations(operations: Vec<IncrementOperation>) -> Result<Vec<(CounterKey, i64)>, Status> {
+fn parse_operations(operations: Vec<IncrementOperation>) -> Result<Vec<Op>, Status> {
     validate::batch_len("operations", operations.len()).map_err(status::invalid)?;
     operations
         .into_iter()
         .enumerate()
         .map(|(i, op)| {
-            let key = CounterKey::new(op.resource_id, op.counter_type).map_err(|e| e.in_batch("operations", i))?;
-            let delta = validate::delta_or_default(op.delta).map_err(|e| e.in_batch("operations", i))?;
-            Ok((key, delta))
+            parse_op(op.resource_id, op.counter_type, op.delta, &op.idempotency_key)
+                .map_err(|e| e.in_batch("operations", i))
         })
-        .collect::<Result<Vec<_>, tally_proto::InvalidInput>>()
+        .collect::<Result<Vec<_>, _>>()
         .map_err(status::invalid)
+}
+
+fn parse_op(
+    resource_id: String,
+    counter_type: String,
+    delta: Option<i64>,
+    idempotency_key: &str,
+) -> Result<Op, tally_proto::InvalidInput> {
+    Ok(Op {
+        key: CounterKey::new(resource_id, counter_type)?,
+        delta: validate::delta_or_default(delta)?,
+        idempotency_key: validate::idempotency_key(idempotency_key)?.map(str::to_string),
+    })
 }
 
 /// One increment through the group committer (unary and streamed alike).
 async fn increment_one(committer: &GroupCommitter, request: IncrementRequest) -> Result<IncrementResponse, Status> {
-    let key = CounterKey::new(request.resource_id, request.counter_type).map_err(status::invalid)?;
-    let delta = validate::delta_or_default(request.delta).map_err(status::invalid)?;
-    let results = committer.submit(vec![(key.clone(), delta)]).await.map_err(|e| Status::unavailable(e.to_string()))?;
+    let op = parse_op(request.resource_id, request.counter_type, request.delta, &request.idempotency_key)
+        .map_err(status::invalid)?;
+    let (key, delta) = (op.key.clone(), op.delta);
+    let results = committer.submit(vec![op]).await.map_err(|e| Status::unavailable(e.to_string()))?;
     match results.into_iter().next() {
-        Some(OpResult::Applied(current_value)) => Ok(IncrementResponse {
+        Some(result @ (OpResult::Applied(_) | OpResult::Replayed(_))) => Ok(IncrementResponse {
             resource_id: key.resource_id().into(),
             counter_type: key.counter_type().into(),
-            current_value,
+            current_value: match result {
+                OpResult::Applied(value) | OpResult::Replayed(value) => value,
+                _ => 0,
+            },
+            replayed: matches!(result, OpResult::Replayed(_)),
             error: None,
         }),
         Some(OpResult::Overflow) => Err(status::overflow(&key, delta)),
@@ -263,6 +287,7 @@ async fn pump_stream(
                             resource_id,
                             counter_type,
                             current_value: 0,
+                            replayed: false,
                             error: Some(status::to_operation_error(&status)),
                         })
                     });

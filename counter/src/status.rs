@@ -33,7 +33,7 @@ pub fn overflow(what: &dyn std::fmt::Display, delta: i64) -> Status {
 /// The status for an operation that did not succeed.
 pub fn op_status(result: &OpResult, what: &dyn std::fmt::Display, delta: i64) -> Option<Status> {
     match result {
-        OpResult::Applied(_) => None,
+        OpResult::Applied(_) | OpResult::Replayed(_) => None,
         OpResult::Overflow => Some(overflow(what, delta)),
         OpResult::Failed(err) => Some(store(err)),
     }

@@ -68,10 +68,20 @@ async fn health_reflection_and_admin_endpoints() {
     let mut client = stack.client().await;
     let resource = unique("admin");
     for _ in 0..5 {
-        let request = IncrementRequest { resource_id: resource.clone(), counter_type: "likes".into(), delta: None };
+        let request = IncrementRequest {
+            resource_id: resource.clone(),
+            counter_type: "likes".into(),
+            delta: None,
+            ..Default::default()
+        };
         client.increment(request).await.expect("increment");
     }
-    let bad = IncrementRequest { resource_id: String::new(), counter_type: "likes".into(), delta: None };
+    let bad = IncrementRequest {
+        resource_id: String::new(),
+        counter_type: "likes".into(),
+        delta: None,
+        ..Default::default()
+    };
     assert!(client.increment(bad).await.is_err());
 
     assert_eq!(http_get(stack.counter.addr("admin"), "/health").await, (200, r#"{"status":"healthy"}"#.to_string()));

@@ -13,11 +13,16 @@ use tally_proto::v1::{
 use tonic::Code;
 
 fn inc(resource_id: &str, counter_type: &str, delta: Option<i64>) -> IncrementRequest {
-    IncrementRequest { resource_id: resource_id.into(), counter_type: counter_type.into(), delta }
+    IncrementRequest { resource_id: resource_id.into(), counter_type: counter_type.into(), delta, ..Default::default() }
 }
 
 fn op(resource_id: &str, counter_type: &str, delta: i64) -> IncrementOperation {
-    IncrementOperation { resource_id: resource_id.into(), counter_type: counter_type.into(), delta: Some(delta) }
+    IncrementOperation {
+        resource_id: resource_id.into(),
+        counter_type: counter_type.into(),
+        delta: Some(delta),
+        ..Default::default()
+    }
 }
 
 async fn get(client: &mut common::Client, resource_id: &str, counter_type: &str) -> i64 {
@@ -282,4 +287,74 @@ async fn overflow_is_refused_alone(backend: Backend) {
     }
     assert_eq!(applied, 100 / 7);
     assert_eq!(get(&mut client, &edge, "views").await, i64::MAX - 100 + 7 * applied);
+}
+
+on_every_store!(idempotency_keys_apply_once);
+
+fn keyed(resource_id: &str, delta: i64, key: &str) -> IncrementRequest {
+    IncrementRequest {
+        resource_id: resource_id.into(),
+        counter_type: "likes".into(),
+        delta: Some(delta),
+        idempotency_key: key.into(),
+    }
+}
+
+async fn idempotency_keys_apply_once(backend: Backend) {
+    let stack = Stack::start(backend, &[]);
+    let mut client = stack.client().await;
+    let post = unique("idem");
+    let key = unique("key");
+
+    let first = client.increment(keyed(&post, 5, &key)).await.expect("first").into_inner();
+    assert_eq!((first.current_value, first.replayed), (5, false));
+    client.increment(inc(&post, "likes", Some(1))).await.expect("unkeyed");
+    let again = client.increment(keyed(&post, 5, &key)).await.expect("again").into_inner();
+    assert_eq!((again.current_value, again.replayed), (5, true), "the first result, applied once");
+    assert_eq!(get(&mut client, &post, "likes").await, 6);
+
+    // The same key on another counter is another operation.
+    let other = unique("idem-other");
+    assert_eq!(client.increment(keyed(&other, 2, &key)).await.expect("other").into_inner().current_value, 2);
+
+    // Concurrent duplicates (separate connections) count once and all see the first result.
+    let racy = unique("idem-race");
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let mut client = stack.client().await;
+        let racy = racy.clone();
+        tasks.push(tokio::spawn(
+            async move { client.increment(keyed(&racy, 3, "same-key")).await.map(|r| r.into_inner()) },
+        ));
+    }
+    let mut fresh = 0;
+    for task in tasks {
+        let response = task.await.expect("task").expect("increment");
+        assert_eq!(response.current_value, 3);
+        fresh += usize::from(!response.replayed);
+    }
+    assert_eq!(fresh, 1, "exactly one caller applied it");
+    assert_eq!(get(&mut client, &racy, "likes").await, 3);
+
+    // Batches: per-operation keys, a duplicate inside one batch, and async
+    // batches with keys (applied synchronously, so results are returned).
+    let batch_key = unique("bk");
+    let keyed_op = |delta| IncrementOperation {
+        resource_id: post.clone(),
+        counter_type: "views".into(),
+        delta: Some(delta),
+        idempotency_key: batch_key.clone(),
+    };
+    for r#async in [false, true] {
+        let request =
+            BatchIncrementRequest { operations: vec![keyed_op(10), keyed_op(10), op(&post, "views", 1)], r#async };
+        let results = client.batch_increment(request).await.expect("batch").into_inner().results;
+        let seen: Vec<(i64, bool)> = results.iter().map(|r| (r.current_value, r.replayed)).collect();
+        let plain = if r#async { 12 } else { 11 };
+        assert_eq!(seen, vec![(10, r#async), (10, true), (plain, false)], "async={async}");
+    }
+    assert_eq!(get(&mut client, &post, "views").await, 12);
+
+    let bad = client.increment(keyed(&post, 1, "has space")).await.expect_err("bad key");
+    assert_eq!(bad.code(), Code::InvalidArgument);
 }

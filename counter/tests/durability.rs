@@ -20,7 +20,12 @@ use tonic_health::pb::health_client::HealthClient;
 const HOLD_BUFFER: &[(&str, &str)] = &[("TALLY_FLUSH_INTERVAL_MS", "60000"), ("TALLY_BATCH_SIZE", "100000")];
 
 fn op(resource_id: &str, counter_type: &str, delta: i64) -> IncrementOperation {
-    IncrementOperation { resource_id: resource_id.into(), counter_type: counter_type.into(), delta: Some(delta) }
+    IncrementOperation {
+        resource_id: resource_id.into(),
+        counter_type: counter_type.into(),
+        delta: Some(delta),
+        ..Default::default()
+    }
 }
 
 /// Sends 100 async batches of 40 operations over 300 counters; returns the
@@ -126,7 +131,12 @@ async fn redis_outage_fails_fast_and_recovers_without_restart() {
     let mut watch = health_status(&counter).await;
     wait_for_health(&mut watch, ServingStatus::Serving).await;
     let post = unique("outage");
-    let inc = |delta| IncrementRequest { resource_id: post.clone(), counter_type: "likes".into(), delta: Some(delta) };
+    let inc = |delta| IncrementRequest {
+        resource_id: post.clone(),
+        counter_type: "likes".into(),
+        delta: Some(delta),
+        ..Default::default()
+    };
     assert_eq!(client.increment(inc(1)).await.expect("before").into_inner().current_value, 1);
 
     // Dead Redis. The first request may still go out on the old connection

@@ -32,8 +32,7 @@ pub async fn run(config: Config) -> Result<(), StartupError> {
     let settings = config.client();
     let metrics = Arc::new(Metrics::new());
     let backends = Arc::new(Backends::new(&config.counter_endpoints, &settings)?);
-    let health = tokio::spawn(backends.clone().health_loop(settings.health_interval, settings.connect_timeout));
-    let counter = Counter::new(backends, metrics.clone());
+    let counter = Counter::new(backends.clone(), metrics.clone());
     let state = Arc::new(App {
         incrementer: Incrementer::new(&counter, &settings),
         counter,
@@ -45,6 +44,8 @@ pub async fn run(config: Config) -> Result<(), StartupError> {
         TcpListener::bind(config.listen).await.map_err(|source| StartupError::Bind { addr: config.listen, source })?;
     let addr = listener.local_addr().map_err(|source| StartupError::Bind { addr: config.listen, source })?;
     tracing::info!(http = %addr, endpoints = ?config.counter_endpoints, "tally-gateway listening");
+    // Warm-up starts now; endpoints take traffic once their first check passed.
+    let health = tokio::spawn(backends.health_loop(settings.health_interval, settings.connect_timeout));
 
     let shutdown_timeout = Duration::from_millis(config.shutdown_timeout_ms);
     let (stopping_tx, mut stopping_rx) = tokio::sync::watch::channel(false);

@@ -13,6 +13,8 @@ pub mod limits {
     pub const MAX_COUNTER_TYPE_LEN: usize = 64;
     /// Most operations in one batch increment, or items in one batch get.
     pub const MAX_BATCH_LEN: usize = 1000;
+    /// Longest idempotency key, in bytes.
+    pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 128;
 }
 
 /// Why a request was rejected. Every variant is the client's fault
@@ -93,6 +95,22 @@ pub fn delta_or_default(delta: Option<i64>) -> Result<i64, InvalidInput> {
         Some(0) => Err(InvalidInput::ZeroDelta),
         Some(d) => Ok(d),
     }
+}
+
+/// An idempotency key: empty means none; otherwise 1..=128 bytes of
+/// `[A-Za-z0-9_.:@/+=-]` (UUIDs, ULIDs, base64url all fit).
+pub fn idempotency_key(key: &str) -> Result<Option<&str>, InvalidInput> {
+    if key.is_empty() {
+        return Ok(None);
+    }
+    check_field(
+        "idempotency_key",
+        key,
+        limits::MAX_IDEMPOTENCY_KEY_LEN,
+        |b| is_resource_id_char(b) || b == b'+' || b == b'=',
+        "[A-Za-z0-9_.:@/+=-]",
+    )?;
+    Ok(Some(key))
 }
 
 /// Checks the number of entries of a batch against [`limits::MAX_BATCH_LEN`].
@@ -191,6 +209,14 @@ mod tests {
         assert_eq!(delta_or_default(None), Ok(1));
         assert_eq!(delta_or_default(Some(-7)), Ok(-7));
         assert_eq!(delta_or_default(Some(0)), Err(InvalidInput::ZeroDelta));
+    }
+
+    #[test]
+    fn idempotency_keys() {
+        assert_eq!(idempotency_key(""), Ok(None));
+        assert_eq!(idempotency_key("3f2b-Aa_9+/="), Ok(Some("3f2b-Aa_9+/=")));
+        assert!(matches!(idempotency_key("a b"), Err(InvalidInput::BadCharacter { field: "idempotency_key", .. })));
+        assert!(matches!(idempotency_key(&"k".repeat(129)), Err(InvalidInput::TooLong { max: 128, .. })));
     }
 
     #[test]

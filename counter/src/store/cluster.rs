@@ -3,18 +3,19 @@
 //! topology changes.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use futures_util::future::join_all;
-use redis::RedisResult;
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
+use redis::{RedisResult, Value};
 use tally_proto::CounterKey;
 use tokio::sync::OnceCell;
 
 use super::batch::{self, BatchOutcome};
-use super::redis::{get_pipeline, incr_pipeline, outcomes};
+use super::redis::{each_outcomes, each_pipeline, get_pipeline, incr_pipeline, outcomes};
 use super::slot::slot_of_resource;
-use super::{Cmd, IncrOutcome, StoreError, StoreTimeouts};
+use super::{Cmd, IdempotentOutcome, IncrOutcome, KeyedCmd, StoreError, StoreTimeouts};
 
 pub struct ClusterStore {
     client: ClusterClient,
@@ -88,6 +89,32 @@ impl ClusterStore {
         let mut result = vec![BatchOutcome::Failed(StoreError::Unknown("no reply".into())); cmds.len()];
         for (chunk, outcomes) in chunks.iter().zip(runs) {
             for (&i, outcome) in chunk.iter().zip(outcomes) {
+                result[i] = outcome;
+            }
+        }
+        result
+    }
+
+    pub async fn incr_each(&self, cmds: &[KeyedCmd<'_>], retention: Duration) -> Vec<IdempotentOutcome> {
+        let conn = match self.conn().await {
+            Ok(conn) => conn,
+            Err(err) => return vec![IdempotentOutcome::Failed(err); cmds.len()],
+        };
+        let groups = by_slot(cmds.iter().map(|(key, _, _)| *key));
+        let replies = join_all(groups.values().map(|indices| {
+            let mut conn = conn.clone();
+            let pipe = each_pipeline(indices.iter().map(|&i| &cmds[i]), retention);
+            async move {
+                match pipe.query_async::<Vec<RedisResult<Value>>>(&mut conn).await {
+                    Ok(replies) => each_outcomes(indices.iter().map(|&i| &cmds[i]), replies, indices.len()),
+                    Err(err) => vec![IdempotentOutcome::Failed(StoreError::from_redis(&err)); indices.len()],
+                }
+            }
+        }))
+        .await;
+        let mut result = vec![IdempotentOutcome::Failed(StoreError::Unknown("no reply".into())); cmds.len()];
+        for (indices, group) in groups.values().zip(replies) {
+            for (&i, outcome) in indices.iter().zip(group) {
                 result[i] = outcome;
             }
         }

@@ -37,6 +37,29 @@ pub enum IncrOutcome {
     Failed(StoreError),
 }
 
+/// The result of one increment carrying an idempotency key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdempotentOutcome {
+    /// Applied now; the value right after it.
+    Applied(i64),
+    /// The key was seen within the retention window: nothing applied now;
+    /// the value the first application returned.
+    Replayed(i64),
+    /// Not applied: the result would not fit in an i64.
+    Overflow,
+    /// Not applied, or not known to be (see [`StoreError`]).
+    Failed(StoreError),
+}
+
+/// One increment of an ordered batch: (counter, delta, idempotency key).
+pub type KeyedCmd<'a> = (&'a CounterKey, i64, Option<&'a str>);
+
+/// The Redis key remembering an idempotency key of one counter; it shares
+/// the resource's hash tag, so it lives in the counter's cluster slot.
+pub fn idempotency_marker(key: &CounterKey, idempotency_key: &str) -> String {
+    format!("tally:idem:{{{}}}:{}:{idempotency_key}", key.resource_id(), key.counter_type())
+}
+
 /// Connection settings shared by the Redis backends.
 #[derive(Debug, Clone, Copy)]
 pub struct StoreTimeouts {
@@ -104,6 +127,19 @@ impl Store {
             Store::Memory(s) => s.incr(cmds).into_iter().map(batch::from_incr).collect(),
             Store::Redis(s) => s.incr_batch_once(batch_id, cmds).await,
             Store::Cluster(s) => s.incr_batch_once(batch_id, cmds).await,
+        }
+    }
+
+    /// Applies each command on its own, in order (no summing). A command
+    /// with an idempotency key is skipped when that key was applied to the
+    /// same counter within `retention`; check and apply are one atomic step
+    /// in the store, so concurrent duplicates (from any number of gateways)
+    /// count once. One outcome per command, in order.
+    pub async fn incr_each(&self, cmds: &[KeyedCmd<'_>], retention: Duration) -> Vec<IdempotentOutcome> {
+        match self {
+            Store::Memory(s) => s.incr_each(cmds, retention),
+            Store::Redis(s) => s.incr_each(cmds, retention).await,
+            Store::Cluster(s) => s.incr_each(cmds, retention).await,
         }
     }
 

@@ -8,7 +8,7 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
 use serde_json::json;
@@ -46,31 +46,48 @@ fn parse<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, 
     serde_json::from_slice(&bytes).map_err(|err| ApiError::bad_request(format!("invalid JSON body: {err}")))
 }
 
-fn operation(key: &CounterKey, delta: i64) -> IncrementOperation {
+fn operation(key: &CounterKey, delta: i64, idempotency_key: Option<&str>) -> IncrementOperation {
     IncrementOperation {
         resource_id: key.resource_id().to_string(),
         counter_type: key.counter_type().to_string(),
         delta: Some(delta),
+        idempotency_key: idempotency_key.unwrap_or_default().to_string(),
     }
+}
+
+/// The `Idempotency-Key` request header, validated like every other input.
+fn idempotency_header(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
+    let Some(value) = headers.get("idempotency-key") else { return Ok(None) };
+    let text = value.to_str().map_err(|_| ApiError::bad_request("Idempotency-Key must be ASCII"))?;
+    Ok(validate::idempotency_key(text)?)
 }
 
 pub async fn increment(
     State(state): State<AppState>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Json<Success<Incremented>>, ApiError> {
+) -> Result<Response, ApiError> {
     let body: IncrementBody = parse(body)?;
     let key = CounterKey::new(body.resource_id, body.counter_type)?;
     let delta = validate::delta_or_default(body.delta)?;
+    let idempotency_key = idempotency_header(&headers)?;
     state.cache.write_started([&key]);
-    let result = state.incrementer.increment(operation(&key, delta)).await;
-    state.cache.write_finished([(&key, result.as_ref().ok().copied())]);
-    let current_value = result?;
-    Ok(Json(success(Incremented {
+    let result = state.incrementer.increment(operation(&key, delta, idempotency_key)).await;
+    // A replay answers with the first (older) value: not a fresh value to cache.
+    let fresh = result.as_ref().ok().filter(|a| !a.replayed).map(|a| a.value);
+    state.cache.write_finished([(&key, fresh)]);
+    let applied = result?;
+    let body = Json(success(Incremented {
         resource_id: key.resource_id().to_string(),
         counter_type: key.counter_type().to_string(),
         delta,
-        current_value,
-    })))
+        current_value: applied.value,
+        replayed: applied.replayed,
+    }));
+    if applied.replayed {
+        return Ok(([("idempotent-replayed", "true")], body).into_response());
+    }
+    Ok(body.into_response())
 }
 
 pub async fn batch_increment(
@@ -79,29 +96,31 @@ pub async fn batch_increment(
 ) -> Result<Response, ApiError> {
     let body: BatchIncrementBody = parse(body)?;
     validate::batch_len("operations", body.operations.len())?;
-    let ops: Vec<(CounterKey, i64)> = body
+    let ops: Vec<(CounterKey, i64, Option<String>)> = body
         .operations
         .into_iter()
         .enumerate()
         .map(|(i, op)| {
             let key = CounterKey::new(op.resource_id, op.counter_type).map_err(|e| e.in_batch("operations", i))?;
             let delta = validate::delta_or_default(op.delta).map_err(|e| e.in_batch("operations", i))?;
-            Ok((key, delta))
+            let idempotency_key = op.idempotency_key.unwrap_or_default();
+            validate::idempotency_key(&idempotency_key).map_err(|e| e.in_batch("operations", i))?;
+            Ok((key, delta, (!idempotency_key.is_empty()).then_some(idempotency_key)))
         })
         .collect::<Result<_, tally_proto::InvalidInput>>()?;
     let request = BatchIncrementRequest {
-        operations: ops.iter().map(|(key, delta)| operation(key, *delta)).collect(),
+        operations: ops.iter().map(|(key, delta, idem)| operation(key, *delta, idem.as_deref())).collect(),
         r#async: body.is_async,
     };
 
-    state.cache.write_started(ops.iter().map(|(key, _)| key));
+    state.cache.write_started(ops.iter().map(|(key, _, _)| key));
     let response = state.counter.batch_increment(request).await;
     let results = match (&response, body.is_async) {
         (Ok(response), false) => response.results.as_slice(),
         _ => &[],
     };
-    let value_of = |i: usize| results.get(i).filter(|r| r.error.is_none()).map(|r| r.current_value);
-    state.cache.write_finished(ops.iter().enumerate().map(|(i, (key, _))| (key, value_of(i))));
+    let value_of = |i: usize| results.get(i).filter(|r| r.error.is_none() && !r.replayed).map(|r| r.current_value);
+    state.cache.write_finished(ops.iter().enumerate().map(|(i, (key, _, _))| (key, value_of(i))));
     let response = response?;
 
     if body.is_async {
@@ -118,12 +137,13 @@ pub async fn batch_increment(
         .iter()
         .zip(&response.results)
         .zip(&errors)
-        .map(|(((key, delta), result), error)| OperationOutcome {
+        .map(|(((key, delta, _), result), error)| OperationOutcome {
             resource_id: key.resource_id().to_string(),
             counter_type: key.counter_type().to_string(),
             delta: *delta,
             status: if error.is_none() { "success" } else { "error" },
             current_value: error.is_none().then_some(result.current_value),
+            replayed: result.replayed,
             error: error.as_ref().map(|e| ErrorBody { code: e.code, message: &e.message }),
         })
         .collect();

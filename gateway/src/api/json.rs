@@ -12,6 +12,10 @@ pub struct IncrementBody {
     /// Omitted (or null) means 1.
     #[serde(default)]
     pub delta: Option<i64>,
+    /// Per-operation idempotency key in batches (single increments use the
+    /// `Idempotency-Key` header).
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -56,6 +60,9 @@ pub struct Incremented {
     pub counter_type: String,
     pub delta: i64,
     pub current_value: i64,
+    /// Present (true) when the idempotency key was seen before.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub replayed: bool,
 }
 
 /// One operation of a sync batch: applied (with its value) or not (with why).
@@ -67,6 +74,8 @@ pub struct OperationOutcome<'a> {
     pub status: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub current_value: Option<i64>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub replayed: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<ErrorBody<'a>>,
 }

@@ -11,8 +11,9 @@ use std::time::Instant;
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use futures_util::StreamExt;
 
 pub use error::ApiError;
 pub use handlers::{App, AppState, MAX_BODY_BYTES};
@@ -31,6 +32,7 @@ pub fn router(state: AppState) -> Router {
         .fallback(handlers::not_found)
         .method_not_allowed_fallback(handlers::method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn(reject_oversized))
         .layer(middleware::from_fn_with_state(metrics_state, record))
         .with_state(state)
 }
@@ -47,6 +49,34 @@ const ROUTES: [&str; 8] = [
     "/api/v1/system/backends",
     "/metrics",
 ];
+
+/// How much of an oversized body is read (and discarded) before answering 413.
+const DRAIN_LIMIT: usize = 16 << 20;
+
+/// Answers a body announced larger than [`MAX_BODY_BYTES`] with 413 — after
+/// reading and discarding what the client sends (up to [`DRAIN_LIMIT`]): a
+/// server that closes the connection on unread data makes the client's
+/// kernel reset it, and the client sees a broken connection instead of the
+/// 413. Bodies without a length are cut by the body limit as they stream.
+async fn reject_oversized(request: Request, next: Next) -> Response {
+    let announced = request
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if !announced.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+        return next.run(request).await;
+    }
+    let mut body = request.into_body().into_data_stream();
+    let mut drained = 0;
+    while drained < DRAIN_LIMIT {
+        match body.next().await {
+            Some(Ok(chunk)) => drained += chunk.len(),
+            _ => break,
+        }
+    }
+    ApiError::too_large(format!("request body exceeds {MAX_BODY_BYTES} bytes")).into_response()
+}
 
 /// Counts every request by route template (not raw path: bounded labels).
 async fn record(State(state): State<AppState>, request: Request, next: Next) -> Response {

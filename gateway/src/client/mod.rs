@@ -105,9 +105,9 @@ impl Counter {
         result.map(tonic::Response::into_inner).map_err(CallError::from)
     }
 
-    pub async fn increment(&self, request: IncrementRequest) -> Result<i64, CallError> {
+    pub async fn increment(&self, request: IncrementRequest) -> Result<Applied, CallError> {
         let response = self.call("Increment", |mut c| async move { c.increment(request).await }).await?;
-        Ok(response.current_value)
+        Ok(Applied { value: response.current_value, replayed: response.replayed })
     }
 
     pub async fn batch_increment(&self, request: BatchIncrementRequest) -> Result<BatchIncrementResponse, CallError> {
@@ -121,6 +121,16 @@ impl Counter {
     pub async fn batch_get(&self, request: BatchGetRequest) -> Result<BatchGetResponse, CallError> {
         self.call("BatchGet", |mut c| async move { c.batch_get(request).await }).await
     }
+}
+
+/// An increment the counter accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Applied {
+    /// The counter's value right after the increment.
+    pub value: i64,
+    /// The idempotency key was seen before: `value` is the first result and
+    /// nothing was applied now.
+    pub replayed: bool,
 }
 
 /// Single increments: coalesced into batches, or one call each.
@@ -144,18 +154,18 @@ impl Incrementer {
     }
 
     /// Applies one validated increment; the value right after it.
-    pub async fn increment(&self, op: IncrementOperation) -> Result<i64, CallError> {
+    pub async fn increment(&self, op: IncrementOperation) -> Result<Applied, CallError> {
         match self {
             Incrementer::Coalesced(coalescer) => {
                 let result = coalescer.increment(op).await?;
                 match result.error {
-                    None => Ok(result.current_value),
+                    None => Ok(Applied { value: result.current_value, replayed: result.replayed }),
                     Some(err) => Err(CallError::Status { code: Code::from(err.code), message: err.message }),
                 }
             }
             Incrementer::Direct(counter) => {
-                let IncrementOperation { resource_id, counter_type, delta } = op;
-                counter.increment(IncrementRequest { resource_id, counter_type, delta }).await
+                let IncrementOperation { resource_id, counter_type, delta, idempotency_key } = op;
+                counter.increment(IncrementRequest { resource_id, counter_type, delta, idempotency_key }).await
             }
         }
     }
