@@ -64,7 +64,7 @@ async fn reject_oversized(request: Request, next: Next) -> Response {
         .get(axum::http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if !announced.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+    if announced.is_none_or(|n| n <= MAX_BODY_BYTES as u64) {
         return next.run(request).await;
     }
     let mut body = request.into_body().into_data_stream();
