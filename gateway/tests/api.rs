@@ -214,3 +214,56 @@ async fn bad_input_gets_the_documented_error_and_writes_nothing() {
     let keys = stack.redis.cli(&["HKEYS", &format!("tally:{{{good}}}")]);
     assert_eq!(keys, "big", "only the overflow test counter exists");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotency_key_counts_once_across_gateways() {
+    let stack = Stack::start(&[]);
+    let other = start_gateway(&stack.counter.grpc_endpoint(), &[]);
+    let gateways = [stack.http.clone(), Http::new(other.http_base())];
+    let post = unique("idem");
+    let key = unique("key");
+
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let http = gateways[i % 2].clone();
+        let (post, key) = (post.clone(), key.clone());
+        tasks.push(tokio::spawn(async move {
+            let body = json!({"resource_id": post, "counter_type": "likes", "delta": 7}).to_string();
+            let client = reqwest::Client::new();
+            let response = client
+                .post(format!("{}/api/v1/counter/increment", http.base))
+                .header("content-type", "application/json")
+                .header("Idempotency-Key", key)
+                .body(body)
+                .send()
+                .await
+                .expect("send");
+            let replay_header = response.headers().get("idempotent-replayed").is_some();
+            let status = response.status().as_u16();
+            let body: Value = response.json().await.expect("json");
+            (status, body, replay_header)
+        }));
+    }
+    let mut fresh = 0;
+    for task in tasks {
+        let (status, body, replay_header) = task.await.expect("task");
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["data"]["current_value"], 7, "every caller sees the first result: {body}");
+        let replayed = body["data"]["replayed"] == true;
+        assert_eq!(replayed, replay_header, "{body}");
+        fresh += usize::from(!replayed);
+    }
+    assert_eq!(fresh, 1, "applied exactly once");
+    assert_eq!(stack.redis.cli(&["HGET", &format!("tally:{{{post}}}"), "likes"]), "7");
+
+    // A malformed key is refused before anything is written.
+    let response = reqwest::Client::new()
+        .post(format!("{}/api/v1/counter/increment", stack.http.base))
+        .header("Idempotency-Key", "not valid")
+        .body(json!({"resource_id": post, "counter_type": "likes"}).to_string())
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status().as_u16(), 400);
+    assert_eq!(stack.redis.cli(&["HGET", &format!("tally:{{{post}}}"), "likes"]), "7");
+}
