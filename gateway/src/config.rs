@@ -69,6 +69,19 @@ pub struct Config {
     #[arg(long, env = "TALLY_COALESCE_MAX_INFLIGHT", default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=1024))]
     pub coalesce_max_inflight: u64,
 
+    /// Attempts per call to the counters, the first included (1 = no retries). Writes are
+    /// resent only when provably not applied, or when they carry idempotency keys.
+    #[arg(long, env = "TALLY_RETRY_ATTEMPTS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=10))]
+    pub retry_attempts: u32,
+
+    /// Retry budget: retries allowed as a percentage of recent calls.
+    #[arg(long, env = "TALLY_RETRY_BUDGET_PERCENT", default_value_t = 20.0)]
+    pub retry_budget_percent: f32,
+
+    /// Retry budget: retries always allowed per second.
+    #[arg(long, env = "TALLY_RETRY_MIN_PER_SECOND", default_value_t = 10)]
+    pub retry_min_per_second: u32,
+
     /// Read cache time-to-live, in milliseconds (0 turns the cache off).
     #[arg(long, env = "TALLY_CACHE_TTL_MS", default_value_t = 5000)]
     pub cache_ttl_ms: u64,
@@ -97,6 +110,9 @@ impl Config {
             coalesce: self.coalesce,
             coalesce_max_ops: self.coalesce_max_ops as usize,
             coalesce_max_inflight: self.coalesce_max_inflight as usize,
+            retry_attempts: self.retry_attempts,
+            retry_budget_percent: self.retry_budget_percent.clamp(0.0, 1000.0),
+            retry_min_per_second: self.retry_min_per_second,
         }
     }
 }

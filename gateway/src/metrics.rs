@@ -39,6 +39,10 @@ pub struct Metrics {
     pub upstream_duration: HistogramFamily<Labels<1>>,
     /// Increments per coalesced BatchIncrement call.
     pub coalesced_operations: Histogram,
+    /// Calls sent again, by gRPC method and why (`not_sent`, `unknown`).
+    pub retries: Family<Labels<2>, Counter>,
+    /// Retries the budget did not allow.
+    pub retries_refused: Counter,
     /// Read cache lookups by result (`hit`, `miss`).
     pub cache_lookups: Family<Labels<1>, Counter>,
     /// 1 while an endpoint passes its health check.
@@ -62,6 +66,10 @@ impl Metrics {
         registry.register("upstream_request_duration_seconds", "gRPC call latency", upstream_duration.clone());
         let coalesced_operations = size_histogram();
         registry.register("coalesced_operations", "Increments per coalesced call", coalesced_operations.clone());
+        let retries = Family::default();
+        registry.register("retries", "Calls sent again, by method and reason", retries.clone());
+        let retries_refused = Counter::default();
+        registry.register("retries_refused", "Retries refused by the retry budget", retries_refused.clone());
         let cache_lookups = Family::default();
         registry.register("cache_lookups", "Read cache lookups by result", cache_lookups.clone());
         let endpoint_healthy = Family::default();
@@ -77,6 +85,8 @@ impl Metrics {
             upstream_requests,
             upstream_duration,
             coalesced_operations,
+            retries,
+            retries_refused,
             cache_lookups,
             endpoint_healthy,
             endpoint_in_flight,
@@ -92,6 +102,15 @@ impl Metrics {
     pub fn observe_upstream(&self, method: &'static str, code: tonic::Code, elapsed: Duration) {
         self.upstream_requests.get_or_create(&[("method", method.into()), ("code", format!("{code:?}"))]).inc();
         self.upstream_duration.get_or_create(&[("method", method.into())]).observe(elapsed.as_secs_f64());
+    }
+
+    pub fn retry(&self, method: &'static str, failure: crate::client::retry::Failure) {
+        let reason = match failure {
+            crate::client::retry::Failure::NotSent => "not_sent",
+            crate::client::retry::Failure::Unknown => "unknown",
+            crate::client::retry::Failure::Refused => "refused",
+        };
+        self.retries.get_or_create(&[("method", method.into()), ("reason", reason.into())]).inc();
     }
 
     pub fn cache_lookup(&self, hit: bool) {

@@ -32,7 +32,7 @@ pub async fn run(config: Config) -> Result<(), StartupError> {
     let settings = config.client();
     let metrics = Arc::new(Metrics::new());
     let backends = Arc::new(Backends::new(&config.counter_endpoints, &settings)?);
-    let counter = Counter::new(backends.clone(), metrics.clone());
+    let counter = Counter::new(backends.clone(), metrics.clone(), &settings);
     let state = Arc::new(App {
         incrementer: Incrementer::new(&counter, &settings),
         counter,

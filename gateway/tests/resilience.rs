@@ -41,3 +41,32 @@ async fn counter_down_gives_a_fast_503_and_recovers_without_restart() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(http.get("/api/v1/ready").await.0, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_that_never_reached_a_dead_counter_are_retried_on_another() {
+    let redis = common::RedisServer::start();
+    let first = start_counter(&redis.url(), &[]);
+    let second = start_counter(&redis.url(), &[]);
+    let endpoints = format!("{},{}", first.grpc_endpoint(), second.grpc_endpoint());
+    // A long health interval keeps the dead endpoint in rotation, so every
+    // other call really meets a refused connection.
+    let gateway = start_gateway(&endpoints, &[("TALLY_HEALTH_INTERVAL_MS", "60000"), ("TALLY_COALESCE", "false")]);
+    gateway.wait_for_log("the second endpoint warm", |l| l.contains("healthy=true"));
+    let http = Http::new(gateway.http_base());
+    let post = unique("retry");
+
+    drop(first); // SIGKILL: connections to it are refused from now on
+    for i in 1..=100 {
+        let body = json!({"resource_id": post, "counter_type": "likes", "delta": 1});
+        let (status, body) = http.post("/api/v1/counter/increment", body).await;
+        assert_eq!(status, 200, "request {i}: {body}");
+    }
+    assert_eq!(redis.cli(&["HGET", &format!("tally:{{{post}}}"), "likes"]), "100", "each counted exactly once");
+    let metrics = reqwest::get(format!("{}/metrics", http.base)).await.unwrap().text().await.unwrap();
+    let retried = metrics
+        .lines()
+        .find(|l| l.starts_with("tally_gateway_retries_total") && l.contains("not_sent"))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    assert!(retried >= 1.0, "the dead endpoint was never hit:\n{metrics}");
+}

@@ -137,8 +137,18 @@ impl Backends {
 
     /// Round-robin over the healthy endpoints; `None` when none is.
     pub fn pick(&self) -> Option<Arc<Backend>> {
+        self.pick_avoiding(None)
+    }
+
+    /// Like [`Backends::pick`], but not `avoid` (the endpoint a retry just
+    /// failed on) while another healthy endpoint exists.
+    pub fn pick_avoiding(&self, avoid: Option<&Arc<Backend>>) -> Option<Arc<Backend>> {
         let start = self.next.fetch_add(1, Ordering::Relaxed);
-        pick_round_robin(self.list.len(), start, |i| self.list[i].is_healthy()).map(|i| self.list[i].clone())
+        let healthy = |i: usize| self.list[i].is_healthy();
+        let other = |i: usize| healthy(i) && avoid.is_none_or(|a| !Arc::ptr_eq(a, &self.list[i]));
+        pick_round_robin(self.list.len(), start, other)
+            .or_else(|| pick_round_robin(self.list.len(), start, healthy))
+            .map(|i| self.list[i].clone())
     }
 
     /// Checks every endpoint now, then every `interval`, until the process ends.

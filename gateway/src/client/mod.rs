@@ -7,6 +7,7 @@
 
 pub mod backends;
 pub mod coalesce;
+pub mod retry;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -23,6 +24,7 @@ use tonic::transport::Channel;
 use crate::metrics::Metrics;
 use backends::Backends;
 use coalesce::Coalescer;
+use retry::{CallKind, RetryBudget};
 
 #[derive(Debug, Clone)]
 pub struct ClientSettings {
@@ -34,6 +36,12 @@ pub struct ClientSettings {
     pub coalesce: bool,
     pub coalesce_max_ops: usize,
     pub coalesce_max_inflight: usize,
+    /// Attempts per call, the first included (1 = no retries).
+    pub retry_attempts: u32,
+    /// Retries allowed as a percentage of recent calls.
+    pub retry_budget_percent: f32,
+    /// Retries always allowed per second, whatever the traffic.
+    pub retry_min_per_second: u32,
 }
 
 impl Default for ClientSettings {
@@ -47,6 +55,9 @@ impl Default for ClientSettings {
             coalesce: true,
             coalesce_max_ops: 1000,
             coalesce_max_inflight: 4,
+            retry_attempts: 3,
+            retry_budget_percent: 20.0,
+            retry_min_per_second: 10,
         }
     }
 }
@@ -75,11 +86,14 @@ impl From<tonic::Status> for CallError {
 pub struct Counter {
     backends: Arc<Backends>,
     metrics: Arc<Metrics>,
+    budget: Arc<RetryBudget>,
+    max_attempts: u32,
 }
 
 impl Counter {
-    pub fn new(backends: Arc<Backends>, metrics: Arc<Metrics>) -> Counter {
-        Counter { backends, metrics }
+    pub fn new(backends: Arc<Backends>, metrics: Arc<Metrics>, settings: &ClientSettings) -> Counter {
+        let budget = Arc::new(RetryBudget::new(settings.retry_budget_percent, settings.retry_min_per_second));
+        Counter { backends, metrics, budget, max_attempts: settings.retry_attempts.max(1) }
     }
 
     pub fn backends(&self) -> &Backends {
@@ -90,36 +104,77 @@ impl Counter {
         &self.metrics
     }
 
-    /// Runs one call on a healthy endpoint, counting it in flight and in metrics.
-    async fn call<T, F, Fut>(&self, method: &'static str, f: F) -> Result<T, CallError>
+    /// Runs one call on a healthy endpoint, counting it in flight and in
+    /// metrics, and sends it again (to another endpoint where there is one)
+    /// when [`retry::may_retry`] allows and the retry budget has room.
+    async fn call<T, F, Fut>(&self, method: &'static str, kind: CallKind, f: F) -> Result<T, CallError>
     where
-        F: FnOnce(CounterServiceClient<Channel>) -> Fut,
+        F: Fn(CounterServiceClient<Channel>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
-        let backend = self.backends.pick().ok_or(CallError::NoBackend)?;
-        let _in_flight = backend.start_call();
-        let started = Instant::now();
-        let result = f(backend.client()).await;
-        let code = result.as_ref().map_or_else(|s| s.code(), |_| Code::Ok);
-        self.metrics.observe_upstream(method, code, started.elapsed());
-        result.map(tonic::Response::into_inner).map_err(CallError::from)
+        self.budget.deposit();
+        let mut previous = None;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let backend = self.backends.pick_avoiding(previous.as_ref()).ok_or(CallError::NoBackend)?;
+            let in_flight = backend.start_call();
+            let started = Instant::now();
+            let result = f(backend.client()).await;
+            drop(in_flight);
+            let code = result.as_ref().map_or_else(|s| s.code(), |_| Code::Ok);
+            self.metrics.observe_upstream(method, code, started.elapsed());
+            let status = match result {
+                Ok(response) => return Ok(response.into_inner()),
+                Err(status) => status,
+            };
+            let failure = retry::classify(&status);
+            if !retry::may_retry(kind, failure, attempt, self.max_attempts) {
+                return Err(status.into());
+            }
+            if !self.budget.withdraw() {
+                self.metrics.retries_refused.inc();
+                return Err(status.into());
+            }
+            self.metrics.retry(method, failure);
+            previous = Some(backend);
+        }
     }
 
     pub async fn increment(&self, request: IncrementRequest) -> Result<Applied, CallError> {
-        let response = self.call("Increment", |mut c| async move { c.increment(request).await }).await?;
+        let kind = CallKind::Write { idempotent: !request.idempotency_key.is_empty() };
+        let response = self
+            .call("Increment", kind, |mut c| {
+                let request = request.clone();
+                async move { c.increment(request).await }
+            })
+            .await?;
         Ok(Applied { value: response.current_value, replayed: response.replayed })
     }
 
     pub async fn batch_increment(&self, request: BatchIncrementRequest) -> Result<BatchIncrementResponse, CallError> {
-        self.call("BatchIncrement", |mut c| async move { c.batch_increment(request).await }).await
+        let idempotent = request.operations.iter().all(|op| !op.idempotency_key.is_empty());
+        self.call("BatchIncrement", CallKind::Write { idempotent }, |mut c| {
+            let request = request.clone();
+            async move { c.batch_increment(request).await }
+        })
+        .await
     }
 
     pub async fn get(&self, request: GetRequest) -> Result<GetResponse, CallError> {
-        self.call("Get", |mut c| async move { c.get(request).await }).await
+        self.call("Get", CallKind::Read, |mut c| {
+            let request = request.clone();
+            async move { c.get(request).await }
+        })
+        .await
     }
 
     pub async fn batch_get(&self, request: BatchGetRequest) -> Result<BatchGetResponse, CallError> {
-        self.call("BatchGet", |mut c| async move { c.batch_get(request).await }).await
+        self.call("BatchGet", CallKind::Read, |mut c| {
+            let request = request.clone();
+            async move { c.batch_get(request).await }
+        })
+        .await
     }
 }
 

@@ -1,0 +1,136 @@
+//! When a failed call to a counter may be sent again (plan item 2), as pure
+//! decisions, plus the retry budget that bounds how much extra load retries
+//! may add.
+//!
+//! The rule that keeps counts exact: a write is resent only when it provably
+//! never reached the counter's store, or when it carries an idempotency key
+//! (then the store applies it at most once). Reads are resent freely.
+
+use std::time::Duration;
+
+use tonic::{Code, Status};
+use tower::retry::budget::{Budget, TpsBudget};
+
+/// What a failure says about whether the request took effect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// Provably not applied: the connection was refused before anything was
+    /// sent, or the counter says so (`tally-write-outcome: not-applied`).
+    NotSent,
+    /// The counter refused it for what it is (bad input, overflow, full
+    /// buffer): resending changes nothing.
+    Refused,
+    /// It may or may not have been applied (timeout, reset after sending).
+    Unknown,
+}
+
+/// What kind of call is being retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallKind {
+    Read,
+    /// A write; `idempotent` when every operation carries an idempotency key.
+    Write {
+        idempotent: bool,
+    },
+}
+
+pub fn classify(status: &Status) -> Failure {
+    match status.code() {
+        Code::InvalidArgument | Code::OutOfRange | Code::ResourceExhausted | Code::FailedPrecondition => {
+            return Failure::Refused;
+        }
+        _ => {}
+    }
+    let counter_says = status.metadata().get("tally-write-outcome").and_then(|v| v.to_str().ok());
+    if counter_says == Some("not-applied") || connection_refused(status) { Failure::NotSent } else { Failure::Unknown }
+}
+
+/// True when the error chain ends in "connection refused": nothing was sent.
+fn connection_refused(status: &Status) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
+    while let Some(err) = source {
+        if let Some(io) = err.downcast_ref::<std::io::Error>()
+            && io.kind() == std::io::ErrorKind::ConnectionRefused
+        {
+            return true;
+        }
+        source = err.source();
+    }
+    false
+}
+
+/// Whether attempt number `attempt` (1-based) that failed with `failure` may
+/// be followed by another, ignoring the budget.
+pub fn may_retry(kind: CallKind, failure: Failure, attempt: u32, max_attempts: u32) -> bool {
+    if attempt >= max_attempts {
+        return false;
+    }
+    match (failure, kind) {
+        (Failure::Refused, _) => false,
+        (Failure::NotSent, _) => true,
+        (Failure::Unknown, CallKind::Read) => true,
+        (Failure::Unknown, CallKind::Write { idempotent }) => idempotent,
+    }
+}
+
+/// Retries allowed on top of the traffic: each call deposits, each retry
+/// withdraws (tower's TPS budget: `percent` of recent calls, plus a floor of
+/// `min_per_second`).
+pub struct RetryBudget {
+    budget: TpsBudget,
+}
+
+impl RetryBudget {
+    pub fn new(percent: f32, min_per_second: u32) -> RetryBudget {
+        RetryBudget { budget: TpsBudget::new(Duration::from_secs(10), min_per_second, percent / 100.0) }
+    }
+
+    pub fn deposit(&self) {
+        self.budget.deposit();
+    }
+
+    pub fn withdraw(&self) -> bool {
+        self.budget.withdraw()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_outcome(code: Code, outcome: &'static str) -> Status {
+        let mut status = Status::new(code, "x");
+        status.metadata_mut().insert("tally-write-outcome", tonic::metadata::MetadataValue::from_static(outcome));
+        status
+    }
+
+    #[test]
+    fn classification() {
+        assert_eq!(classify(&Status::invalid_argument("bad")), Failure::Refused);
+        assert_eq!(classify(&Status::out_of_range("overflow")), Failure::Refused);
+        assert_eq!(classify(&with_outcome(Code::Unavailable, "not-applied")), Failure::NotSent);
+        assert_eq!(classify(&with_outcome(Code::Unavailable, "unknown")), Failure::Unknown);
+        assert_eq!(classify(&Status::deadline_exceeded("timeout")), Failure::Unknown);
+        let refused = Status::from_error(Box::new(std::io::Error::from(std::io::ErrorKind::ConnectionRefused)));
+        assert_eq!(classify(&refused), Failure::NotSent);
+    }
+
+    #[test]
+    fn writes_with_unknown_outcome_are_retried_only_with_a_key() {
+        let plain = CallKind::Write { idempotent: false };
+        let keyed = CallKind::Write { idempotent: true };
+        assert!(!may_retry(plain, Failure::Unknown, 1, 3));
+        assert!(may_retry(keyed, Failure::Unknown, 1, 3));
+        assert!(may_retry(plain, Failure::NotSent, 1, 3));
+        assert!(may_retry(CallKind::Read, Failure::Unknown, 2, 3));
+        assert!(!may_retry(CallKind::Read, Failure::Unknown, 3, 3), "attempts are capped");
+        assert!(!may_retry(keyed, Failure::Refused, 1, 3));
+    }
+
+    #[test]
+    fn the_budget_runs_out() {
+        let budget = RetryBudget::new(0.0, 1);
+        let allowed = (0..100).filter(|_| budget.withdraw()).count();
+        assert!(allowed < 100, "a budget with no deposits must refuse eventually");
+    }
+}
