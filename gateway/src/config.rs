@@ -8,6 +8,8 @@ use clap::Parser;
 use tally_runtime::rt::RuntimeArgs;
 
 use crate::client::ClientSettings;
+use crate::client::balance::Policy;
+use crate::client::breaker::BreakerSettings;
 
 /// Where the counter endpoints come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -69,6 +71,31 @@ pub struct Config {
     #[arg(long, env = "TALLY_COALESCE_MAX_INFLIGHT", default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=1024))]
     pub coalesce_max_inflight: u64,
 
+    /// Balancing policy: `round_robin`, `least_request` (power of two choices over calls in
+    /// flight) or `weighted` (endpoint weights, `http://h:p;weight=N`).
+    #[arg(long, env = "TALLY_LB_POLICY", value_enum, default_value_t = Policy::RoundRobin)]
+    pub lb_policy: Policy,
+
+    /// Circuit breaker: consecutive failures that open an endpoint's breaker.
+    #[arg(long, env = "TALLY_BREAKER_FAILURES", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub breaker_failures: u32,
+
+    /// Circuit breaker: first recovery time, in milliseconds; doubles with each reopening.
+    #[arg(long, env = "TALLY_BREAKER_RECOVERY_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    pub breaker_recovery_ms: u64,
+
+    /// Circuit breaker: longest recovery time, in milliseconds.
+    #[arg(long, env = "TALLY_BREAKER_MAX_RECOVERY_MS", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    pub breaker_max_recovery_ms: u64,
+
+    /// Circuit breaker: calls let through while half-open.
+    #[arg(long, env = "TALLY_BREAKER_HALF_OPEN_PROBES", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub breaker_half_open_probes: u32,
+
+    /// Circuit breaker: most endpoints (percent) ejected at once.
+    #[arg(long, env = "TALLY_BREAKER_MAX_EJECTION_PERCENT", default_value_t = 50, value_parser = clap::value_parser!(u32).range(0..=100))]
+    pub breaker_max_ejection_percent: u32,
+
     /// Attempts per call to the counters, the first included (1 = no retries). Writes are
     /// resent only when provably not applied, or when they carry idempotency keys.
     #[arg(long, env = "TALLY_RETRY_ATTEMPTS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=10))]
@@ -113,6 +140,14 @@ impl Config {
             retry_attempts: self.retry_attempts,
             retry_budget_percent: self.retry_budget_percent.clamp(0.0, 1000.0),
             retry_min_per_second: self.retry_min_per_second,
+            policy: self.lb_policy,
+            breaker: BreakerSettings {
+                failure_threshold: self.breaker_failures,
+                recovery: Duration::from_millis(self.breaker_recovery_ms),
+                max_recovery: Duration::from_millis(self.breaker_max_recovery_ms.max(self.breaker_recovery_ms)),
+                half_open_probes: self.breaker_half_open_probes,
+            },
+            max_ejection_percent: self.breaker_max_ejection_percent,
         }
     }
 }

@@ -51,6 +51,8 @@ pub struct Metrics {
     pub endpoint_in_flight: Family<Labels<1>, Gauge>,
     /// Connections in each endpoint's pool.
     pub endpoint_pool_size: Family<Labels<1>, Gauge>,
+    /// Breaker state per endpoint: 0 closed, 1 half-open, 2 open.
+    pub endpoint_breaker: Family<Labels<1>, Gauge>,
 }
 
 impl Metrics {
@@ -78,8 +80,11 @@ impl Metrics {
         registry.register("endpoint_in_flight", "Calls in flight per endpoint", endpoint_in_flight.clone());
         let endpoint_pool_size = Family::default();
         registry.register("endpoint_pool_connections", "Connections per endpoint pool", endpoint_pool_size.clone());
+        let endpoint_breaker = Family::default();
+        registry.register("endpoint_breaker_state", "Breaker: 0 closed, 1 half-open, 2 open", endpoint_breaker.clone());
         Metrics {
             registry,
+            endpoint_breaker,
             http_requests,
             http_duration,
             upstream_requests,

@@ -282,12 +282,13 @@ pub async fn backends(State(state): State<AppState>) -> impl IntoResponse {
                 "healthy": b.is_healthy(),
                 "pool_size": b.pool_size(),
                 "in_flight": b.in_flight(),
-                // The per-endpoint circuit breaker is not implemented yet.
-                "breaker": "disabled",
+                "weight": b.weight,
+                "breaker": b.breaker.state().name(),
             })
         })
         .collect();
-    Json(success(json!({ "discovery": "static", "load_balancing": "round_robin", "endpoints": endpoints })))
+    let policy = state.counter.backends().policy.name();
+    Json(success(json!({ "discovery": "static", "load_balancing": policy, "endpoints": endpoints })))
 }
 
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
@@ -296,6 +297,12 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         state.metrics.endpoint_healthy.get_or_create(&label).set(i64::from(b.is_healthy()));
         state.metrics.endpoint_in_flight.get_or_create(&label).set(b.in_flight() as i64);
         state.metrics.endpoint_pool_size.get_or_create(&label).set(b.pool_size() as i64);
+        let breaker = match b.breaker.state().name() {
+            "closed" => 0,
+            "half_open" => 1,
+            _ => 2,
+        };
+        state.metrics.endpoint_breaker.get_or_create(&label).set(breaker);
     }
     ([(axum::http::header::CONTENT_TYPE, tally_runtime::metrics::CONTENT_TYPE)], state.metrics.render())
 }

@@ -8,8 +8,8 @@
 //! (warm-up: none does before its first successful check).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use tally_proto::v1::counter_service_client::CounterServiceClient;
 use tonic::transport::{Channel, Endpoint};
@@ -18,6 +18,8 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
 use super::ClientSettings;
+use super::balance::{self, Candidate, Policy};
+use super::breaker::Breaker;
 
 /// The gRPC service name whose health decides whether an endpoint takes traffic.
 pub const HEALTH_SERVICE: &str = "tally.counter.v1.CounterService";
@@ -33,14 +35,17 @@ pub enum BackendError {
 /// One counter endpoint and its connection pool.
 pub struct Backend {
     pub uri: String,
+    /// Share of traffic under the `weighted` policy.
+    pub weight: u32,
     channels: Vec<Channel>,
     next_channel: AtomicUsize,
     healthy: AtomicBool,
     in_flight: AtomicUsize,
+    pub breaker: Breaker,
 }
 
 impl Backend {
-    fn new(uri: &str, settings: &ClientSettings) -> Result<Backend, BackendError> {
+    fn new(uri: &str, weight: u32, settings: &ClientSettings) -> Result<Backend, BackendError> {
         let invalid = |reason: String| BackendError::InvalidUri { uri: uri.to_string(), reason };
         let endpoint = Endpoint::from_shared(uri.to_string())
             .map_err(|e| invalid(e.to_string()))?
@@ -53,6 +58,8 @@ impl Backend {
         let channels = (0..settings.pool_size.max(1)).map(|_| endpoint.connect_lazy()).collect();
         Ok(Backend {
             uri: uri.to_string(),
+            weight,
+            breaker: Breaker::new(settings.breaker),
             channels,
             next_channel: AtomicUsize::new(0),
             healthy: AtomicBool::new(false),
@@ -107,24 +114,35 @@ impl Drop for InFlight {
     }
 }
 
-/// All endpoints and the round-robin cursor over the healthy ones.
+/// All endpoints, the balancing policy and the ejection cap.
 pub struct Backends {
     list: Vec<Arc<Backend>>,
-    next: AtomicUsize,
+    next: AtomicU64,
+    pub policy: Policy,
+    max_ejection_percent: u32,
 }
 
 impl Backends {
+    /// `uris` are `http://host:port`, optionally with `;weight=N` (default 1).
     pub fn new(uris: &[String], settings: &ClientSettings) -> Result<Backends, BackendError> {
         let list: Vec<Arc<Backend>> = uris
             .iter()
             .map(|u| u.trim())
             .filter(|u| !u.is_empty())
-            .map(|u| Backend::new(u, settings).map(Arc::new))
+            .map(|u| {
+                let (uri, weight) = parse_weight(u)?;
+                Backend::new(uri, weight, settings).map(Arc::new)
+            })
             .collect::<Result<_, _>>()?;
         if list.is_empty() {
             return Err(BackendError::Empty);
         }
-        Ok(Backends { list, next: AtomicUsize::new(0) })
+        Ok(Backends {
+            list,
+            next: AtomicU64::new(0),
+            policy: settings.policy,
+            max_ejection_percent: settings.max_ejection_percent,
+        })
     }
 
     pub fn all(&self) -> &[Arc<Backend>] {
@@ -141,14 +159,39 @@ impl Backends {
     }
 
     /// Like [`Backends::pick`], but not `avoid` (the endpoint a retry just
-    /// failed on) while another healthy endpoint exists.
+    /// failed on) while another usable endpoint exists. Usable: healthy, and
+    /// its breaker lets the call through (a half-open breaker hands out its
+    /// probe slots here).
     pub fn pick_avoiding(&self, avoid: Option<&Arc<Backend>>) -> Option<Arc<Backend>> {
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
-        let healthy = |i: usize| self.list[i].is_healthy();
-        let other = |i: usize| healthy(i) && avoid.is_none_or(|a| !Arc::ptr_eq(a, &self.list[i]));
-        pick_round_robin(self.list.len(), start, other)
-            .or_else(|| pick_round_robin(self.list.len(), start, healthy))
-            .map(|i| self.list[i].clone())
+        let now = Instant::now();
+        let ticket = self.next.fetch_add(1, Ordering::Relaxed);
+        let candidates: Vec<Candidate> = self
+            .list
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| b.is_healthy() && b.breaker.admits(now))
+            .map(|(index, b)| Candidate { index, in_flight: b.in_flight(), weight: b.weight })
+            .collect();
+        let order = balance::order(self.policy, &candidates, ticket);
+        let is_avoided = |i: usize| avoid.is_some_and(|a| Arc::ptr_eq(a, &self.list[i]));
+        let preferred = order.iter().copied().filter(|&i| !is_avoided(i));
+        let fallback = order.iter().copied().filter(|&i| is_avoided(i));
+        preferred.chain(fallback).find(|&i| self.list[i].breaker.try_acquire(now)).map(|i| self.list[i].clone())
+    }
+
+    /// Feeds a call's outcome to the endpoint's breaker; `failed` for
+    /// transport-level failures only (not for refusals of bad requests).
+    pub fn report(&self, backend: &Backend, failed: bool, jitter: f64) {
+        let change = if failed {
+            let open = self.list.iter().filter(|b| b.breaker.is_open()).count() as u32;
+            let may_eject = (open + 1) * 100 <= self.max_ejection_percent * self.list.len() as u32;
+            backend.breaker.on_failure(Instant::now(), may_eject, jitter)
+        } else {
+            backend.breaker.on_success()
+        };
+        if let Some(state) = change {
+            tracing::warn!(endpoint = %backend.uri, state = state.name(), "circuit breaker changed state");
+        }
     }
 
     /// Checks every endpoint now, then every `interval`, until the process ends.
@@ -165,9 +208,15 @@ impl Backends {
     }
 }
 
-/// The first index at or after `start` (cyclically) that `usable` accepts.
-fn pick_round_robin(len: usize, start: usize, usable: impl Fn(usize) -> bool) -> Option<usize> {
-    (0..len).map(|offset| (start + offset) % len).find(|&i| usable(i))
+/// `http://h:p;weight=3` → (`http://h:p`, 3); no suffix → weight 1.
+fn parse_weight(spec: &str) -> Result<(&str, u32), BackendError> {
+    match spec.split_once(";weight=") {
+        None => Ok((spec, 1)),
+        Some((uri, weight)) => match weight.parse::<u32>() {
+            Ok(w) if (1..=1000).contains(&w) => Ok((uri, w)),
+            _ => Err(BackendError::InvalidUri { uri: spec.to_string(), reason: "weight must be 1..=1000".into() }),
+        },
+    }
 }
 
 #[cfg(test)]
@@ -175,11 +224,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn round_robin_skips_unusable_endpoints() {
-        let healthy = [true, false, true];
-        let picks: Vec<Option<usize>> = (0..4).map(|start| pick_round_robin(3, start, |i| healthy[i])).collect();
-        assert_eq!(picks, vec![Some(0), Some(2), Some(2), Some(0)]);
-        assert_eq!(pick_round_robin(3, 0, |_| false), None);
+    fn weights_in_endpoint_specs() {
+        assert_eq!(parse_weight("http://a:1").unwrap(), ("http://a:1", 1));
+        assert_eq!(parse_weight("http://a:1;weight=7").unwrap(), ("http://a:1", 7));
+        assert!(parse_weight("http://a:1;weight=0").is_err());
+        assert!(parse_weight("http://a:1;weight=x").is_err());
     }
 
     #[tokio::test]

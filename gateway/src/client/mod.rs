@@ -6,6 +6,8 @@
 //! (breaker, retries) and dynamic discovery slot in behind it.
 
 pub mod backends;
+pub mod balance;
+pub mod breaker;
 pub mod coalesce;
 pub mod retry;
 
@@ -23,6 +25,8 @@ use tonic::transport::Channel;
 
 use crate::metrics::Metrics;
 use backends::Backends;
+use balance::Policy;
+use breaker::BreakerSettings;
 use coalesce::Coalescer;
 use retry::{CallKind, RetryBudget};
 
@@ -42,6 +46,10 @@ pub struct ClientSettings {
     pub retry_budget_percent: f32,
     /// Retries always allowed per second, whatever the traffic.
     pub retry_min_per_second: u32,
+    pub policy: Policy,
+    pub breaker: BreakerSettings,
+    /// Most endpoints (percent) the breakers may eject at once.
+    pub max_ejection_percent: u32,
 }
 
 impl Default for ClientSettings {
@@ -58,6 +66,9 @@ impl Default for ClientSettings {
             retry_attempts: 3,
             retry_budget_percent: 20.0,
             retry_min_per_second: 10,
+            policy: Policy::RoundRobin,
+            breaker: BreakerSettings::default(),
+            max_ejection_percent: 50,
         }
     }
 }
@@ -125,10 +136,16 @@ impl Counter {
             let code = result.as_ref().map_or_else(|s| s.code(), |_| Code::Ok);
             self.metrics.observe_upstream(method, code, started.elapsed());
             let status = match result {
-                Ok(response) => return Ok(response.into_inner()),
+                Ok(response) => {
+                    self.backends.report(&backend, false, 0.0);
+                    return Ok(response.into_inner());
+                }
                 Err(status) => status,
             };
             let failure = retry::classify(&status);
+            // Refusals say nothing about the endpoint's health.
+            let jitter = (started.elapsed().subsec_nanos() % 1000) as f64 / 1000.0;
+            self.backends.report(&backend, failure != retry::Failure::Refused, jitter);
             if !retry::may_retry(kind, failure, attempt, self.max_attempts) {
                 return Err(status.into());
             }
