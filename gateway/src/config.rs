@@ -16,7 +16,7 @@ use crate::client::breaker::BreakerSettings;
 pub enum Discovery {
     /// `TALLY_COUNTER_ENDPOINTS`, fixed at startup.
     Static,
-    /// Periodic resolution of a headless Service name (not implemented yet).
+    /// Periodic resolution of `TALLY_DNS_NAME` (a headless Service).
     Dns,
     /// EndpointSlices of the counter Service (not implemented yet).
     Kubernetes,
@@ -31,13 +31,21 @@ pub struct Config {
     #[arg(long, env = "TALLY_LISTEN", default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
 
-    /// Discovery source of counter endpoints. Only `static` is implemented so far.
+    /// Discovery source of counter endpoints: `static` or `dns` (`kubernetes` and `consul` are not implemented yet).
     #[arg(long, env = "TALLY_DISCOVERY", value_enum, default_value_t = Discovery::Static)]
     pub discovery: Discovery,
 
     /// Counter gRPC endpoints, comma separated.
     #[arg(long, env = "TALLY_COUNTER_ENDPOINTS", value_delimiter = ',', default_value = "http://127.0.0.1:9001")]
     pub counter_endpoints: Vec<String>,
+
+    /// `dns` discovery: `host:port` to resolve, e.g. `tally-counter-headless.default.svc.cluster.local:9001`.
+    #[arg(long, env = "TALLY_DNS_NAME")]
+    pub dns_name: Option<String>,
+
+    /// `dns` discovery: how often the name is resolved again, in milliseconds.
+    #[arg(long, env = "TALLY_DNS_INTERVAL_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(100..=600_000))]
+    pub dns_interval_ms: u64,
 
     /// HTTP/2 connections kept to each counter endpoint.
     #[arg(long, env = "TALLY_POOL_SIZE", default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=256))]

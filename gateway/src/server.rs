@@ -9,7 +9,7 @@ use tokio::net::TcpListener;
 use crate::api::{self, App};
 use crate::cache::ReadCache;
 use crate::client::backends::{BackendError, Backends};
-use crate::client::{Counter, Incrementer};
+use crate::client::{Counter, Incrementer, discovery};
 use crate::config::{Config, Discovery};
 use crate::metrics::Metrics;
 
@@ -17,8 +17,12 @@ use crate::metrics::Metrics;
 pub enum StartupError {
     #[error(transparent)]
     Backends(#[from] BackendError),
-    #[error("TALLY_DISCOVERY={0:?} is not implemented yet; use `static` with TALLY_COUNTER_ENDPOINTS")]
+    #[error(
+        "TALLY_DISCOVERY={0:?} is not implemented yet; use `static` (TALLY_COUNTER_ENDPOINTS) or `dns` (TALLY_DNS_NAME)"
+    )]
     DiscoveryNotImplemented(Discovery),
+    #[error("TALLY_DISCOVERY=dns needs TALLY_DNS_NAME (host:port of the counters' headless Service)")]
+    DnsNameMissing,
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error("HTTP server: {0}")]
@@ -26,12 +30,19 @@ pub enum StartupError {
 }
 
 pub async fn run(config: Config) -> Result<(), StartupError> {
-    if config.discovery != Discovery::Static {
-        return Err(StartupError::DiscoveryNotImplemented(config.discovery));
-    }
     let settings = config.client();
     let metrics = Arc::new(Metrics::new());
-    let backends = Arc::new(Backends::new(&config.counter_endpoints, &settings)?);
+    let backends = match config.discovery {
+        Discovery::Static => Arc::new(Backends::new(&config.counter_endpoints, &settings)?),
+        Discovery::Dns => {
+            let name = config.dns_name.clone().ok_or(StartupError::DnsNameMissing)?;
+            let backends = Arc::new(Backends::empty(&settings));
+            let interval = Duration::from_millis(config.dns_interval_ms);
+            tokio::spawn(discovery::dns_loop(backends.clone(), name, interval));
+            backends
+        }
+        other => return Err(StartupError::DiscoveryNotImplemented(other)),
+    };
     let counter = Counter::new(backends.clone(), metrics.clone(), &settings);
     let state = Arc::new(App {
         incrementer: Incrementer::new(&counter, &settings),

@@ -70,3 +70,34 @@ async fn writes_that_never_reached_a_dead_counter_are_retried_on_another() {
         .unwrap_or(0.0);
     assert!(retried >= 1.0, "the dead endpoint was never hit:\n{metrics}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns_discovery_finds_counters_behind_a_name() {
+    // `localhost` stands in for a headless Service name: the resolver (here
+    // /etc/hosts) answers with the addresses, the gateway warms them up.
+    let port = free_port();
+    let _counter = start_counter("memory", &[("TALLY_LISTEN", &format!("127.0.0.1:{port}"))]);
+    let name = format!("localhost:{port}");
+    let gateway =
+        start_gateway("", &[("TALLY_DISCOVERY", "dns"), ("TALLY_DNS_NAME", &name), ("TALLY_DNS_INTERVAL_MS", "200")]);
+    let http = Http::new(gateway.http_base());
+    let body = json!({"resource_id": unique("dns"), "counter_type": "likes"});
+    let (status, response) = http.post("/api/v1/counter/increment", body).await;
+    assert_eq!(status, 200, "{response}");
+    let (_, backends) = http.get("/api/v1/system/backends").await;
+    let endpoints: Vec<&str> =
+        backends["data"]["endpoints"].as_array().unwrap().iter().filter_map(|e| e["address"].as_str()).collect();
+    assert!(endpoints.contains(&format!("http://127.0.0.1:{port}").as_str()), "{backends}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unimplemented_discovery_modes_refuse_to_start_with_a_clear_message() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_tally-gateway"))
+        .env("TALLY_DISCOVERY", "consul")
+        .env("TALLY_LISTEN", "127.0.0.1:0")
+        .output()
+        .expect("run tally-gateway");
+    assert!(!output.status.success());
+    let log = String::from_utf8_lossy(&output.stdout);
+    assert!(log.contains("not implemented yet"), "{log}");
+}

@@ -288,11 +288,11 @@ pub async fn backends(State(state): State<AppState>) -> impl IntoResponse {
         })
         .collect();
     let policy = state.counter.backends().policy.name();
-    Json(success(json!({ "discovery": "static", "load_balancing": policy, "endpoints": endpoints })))
+    Json(success(json!({ "load_balancing": policy, "endpoints": endpoints })))
 }
 
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    for b in state.counter.backends().all() {
+    for b in state.counter.backends().all().iter() {
         let label = [("endpoint", b.uri.clone())];
         state.metrics.endpoint_healthy.get_or_create(&label).set(i64::from(b.is_healthy()));
         state.metrics.endpoint_in_flight.get_or_create(&label).set(b.in_flight() as i64);

@@ -17,6 +17,8 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
+use arc_swap::ArcSwap;
+
 use super::ClientSettings;
 use super::balance::{self, Candidate, Policy};
 use super::breaker::Breaker;
@@ -116,41 +118,69 @@ impl Drop for InFlight {
 
 /// All endpoints, the balancing policy and the ejection cap.
 pub struct Backends {
-    list: Vec<Arc<Backend>>,
+    /// Swapped whole when discovery changes the set; calls in flight keep
+    /// their `Arc<Backend>`, so a removed endpoint drains (its calls finish)
+    /// and its connections close when the last call drops it.
+    list: ArcSwap<Vec<Arc<Backend>>>,
+    settings: ClientSettings,
     next: AtomicU64,
     pub policy: Policy,
     max_ejection_percent: u32,
 }
 
 impl Backends {
-    /// `uris` are `http://host:port`, optionally with `;weight=N` (default 1).
+    /// A fixed set: `uris` are `http://host:port`, optionally with
+    /// `;weight=N` (default 1). At least one is required.
     pub fn new(uris: &[String], settings: &ClientSettings) -> Result<Backends, BackendError> {
-        let list: Vec<Arc<Backend>> = uris
-            .iter()
-            .map(|u| u.trim())
-            .filter(|u| !u.is_empty())
-            .map(|u| {
-                let (uri, weight) = parse_weight(u)?;
-                Backend::new(uri, weight, settings).map(Arc::new)
-            })
-            .collect::<Result<_, _>>()?;
-        if list.is_empty() {
+        let backends = Backends::empty(settings);
+        backends.update(uris)?;
+        if backends.all().is_empty() {
             return Err(BackendError::Empty);
         }
-        Ok(Backends {
-            list,
+        Ok(backends)
+    }
+
+    /// No endpoints yet: discovery fills them in with [`Backends::update`].
+    pub fn empty(settings: &ClientSettings) -> Backends {
+        Backends {
+            list: ArcSwap::from_pointee(Vec::new()),
+            settings: settings.clone(),
             next: AtomicU64::new(0),
             policy: settings.policy,
             max_ejection_percent: settings.max_ejection_percent,
-        })
+        }
     }
 
-    pub fn all(&self) -> &[Arc<Backend>] {
-        &self.list
+    /// The current endpoints.
+    pub fn all(&self) -> Arc<Vec<Arc<Backend>>> {
+        self.list.load_full()
     }
 
     pub fn healthy_count(&self) -> usize {
-        self.list.iter().filter(|b| b.is_healthy()).count()
+        self.list.load().iter().filter(|b| b.is_healthy()).count()
+    }
+
+    /// Replaces the set of endpoints. Endpoints already known keep their
+    /// pool, health and breaker; new ones start unwarmed (they take traffic
+    /// after their first health check); removed ones drain.
+    pub fn update(&self, specs: &[String]) -> Result<(), BackendError> {
+        let wanted: Vec<(&str, u32)> =
+            specs.iter().map(|s| s.trim()).filter(|s| !s.is_empty()).map(parse_weight).collect::<Result<_, _>>()?;
+        let current = self.list.load_full();
+        let known: Vec<(&str, u32)> = current.iter().map(|b| (b.uri.as_str(), b.weight)).collect();
+        let plan = plan_update(&known, &wanted);
+        let mut next: Vec<Arc<Backend>> = plan.keep.iter().map(|&i| current[i].clone()).collect();
+        for &(uri, weight) in &plan.add {
+            next.push(Arc::new(Backend::new(uri, weight, &self.settings)?));
+            tracing::info!(endpoint = uri, weight, "counter endpoint discovered; warming up");
+        }
+        for &i in &plan.remove {
+            tracing::info!(endpoint = %current[i].uri, in_flight = current[i].in_flight(), "counter endpoint removed; draining");
+        }
+        if !plan.add.is_empty() || !plan.remove.is_empty() {
+            self.list.store(Arc::new(next));
+        }
+        Ok(())
     }
 
     /// Round-robin over the healthy endpoints; `None` when none is.
@@ -165,26 +195,27 @@ impl Backends {
     pub fn pick_avoiding(&self, avoid: Option<&Arc<Backend>>) -> Option<Arc<Backend>> {
         let now = Instant::now();
         let ticket = self.next.fetch_add(1, Ordering::Relaxed);
-        let candidates: Vec<Candidate> = self
-            .list
+        let list = self.list.load();
+        let candidates: Vec<Candidate> = list
             .iter()
             .enumerate()
             .filter(|(_, b)| b.is_healthy() && b.breaker.admits(now))
             .map(|(index, b)| Candidate { index, in_flight: b.in_flight(), weight: b.weight })
             .collect();
         let order = balance::order(self.policy, &candidates, ticket);
-        let is_avoided = |i: usize| avoid.is_some_and(|a| Arc::ptr_eq(a, &self.list[i]));
+        let is_avoided = |i: usize| avoid.is_some_and(|a| Arc::ptr_eq(a, &list[i]));
         let preferred = order.iter().copied().filter(|&i| !is_avoided(i));
         let fallback = order.iter().copied().filter(|&i| is_avoided(i));
-        preferred.chain(fallback).find(|&i| self.list[i].breaker.try_acquire(now)).map(|i| self.list[i].clone())
+        preferred.chain(fallback).find(|&i| list[i].breaker.try_acquire(now)).map(|i| list[i].clone())
     }
 
     /// Feeds a call's outcome to the endpoint's breaker; `failed` for
     /// transport-level failures only (not for refusals of bad requests).
     pub fn report(&self, backend: &Backend, failed: bool, jitter: f64) {
         let change = if failed {
-            let open = self.list.iter().filter(|b| b.breaker.is_open()).count() as u32;
-            let may_eject = (open + 1) * 100 <= self.max_ejection_percent * self.list.len() as u32;
+            let list = self.list.load();
+            let open = list.iter().filter(|b| b.breaker.is_open()).count() as u32;
+            let may_eject = (open + 1) * 100 <= self.max_ejection_percent * list.len() as u32;
             backend.breaker.on_failure(Instant::now(), may_eject, jitter)
         } else {
             backend.breaker.on_success()
@@ -197,7 +228,7 @@ impl Backends {
     /// Checks every endpoint now, then every `interval`, until the process ends.
     pub async fn health_loop(self: Arc<Self>, interval: Duration, timeout: Duration) {
         loop {
-            for backend in &self.list {
+            for backend in self.all().iter() {
                 let healthy = backend.check(timeout).await;
                 if backend.healthy.swap(healthy, Ordering::Relaxed) != healthy {
                     tracing::info!(endpoint = %backend.uri, healthy, "counter endpoint health changed");
@@ -206,6 +237,27 @@ impl Backends {
             tokio::time::sleep(interval).await;
         }
     }
+}
+
+/// How to get from the known endpoints to the wanted ones (indices into
+/// the known list for `keep` and `remove`).
+#[derive(Debug, PartialEq, Eq)]
+struct UpdatePlan<'a> {
+    keep: Vec<usize>,
+    add: Vec<(&'a str, u32)>,
+    remove: Vec<usize>,
+}
+
+fn plan_update<'a>(known: &[(&str, u32)], wanted: &[(&'a str, u32)]) -> UpdatePlan<'a> {
+    let keep: Vec<usize> = (0..known.len()).filter(|&i| wanted.contains(&known[i])).collect();
+    let remove: Vec<usize> = (0..known.len()).filter(|i| !keep.contains(i)).collect();
+    let mut add: Vec<(&'a str, u32)> = Vec::new();
+    for w in wanted {
+        if !known.contains(w) && !add.contains(w) {
+            add.push(*w);
+        }
+    }
+    UpdatePlan { keep, add, remove }
 }
 
 /// `http://h:p;weight=3` → (`http://h:p`, 3); no suffix → weight 1.
@@ -222,6 +274,29 @@ fn parse_weight(spec: &str) -> Result<(&str, u32), BackendError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn updates_keep_known_endpoints_add_new_and_drop_gone() {
+        let known = [("http://a:1", 1), ("http://b:1", 1), ("http://c:1", 2)];
+        let wanted = [("http://c:1", 2), ("http://d:1", 1), ("http://a:1", 1), ("http://d:1", 1)];
+        let plan = plan_update(&known, &wanted);
+        assert_eq!(plan, UpdatePlan { keep: vec![0, 2], add: vec![("http://d:1", 1)], remove: vec![1] });
+        // A changed weight is a new endpoint.
+        let plan = plan_update(&known, &[("http://a:1", 5)]);
+        assert_eq!(plan, UpdatePlan { keep: vec![], add: vec![("http://a:1", 5)], remove: vec![0, 1, 2] });
+    }
+
+    #[tokio::test]
+    async fn an_update_keeps_the_state_of_known_endpoints() {
+        let backends = Backends::new(&["http://127.0.0.1:1".into()], &ClientSettings::default()).unwrap();
+        let before = backends.all()[0].clone();
+        backends.update(&["http://127.0.0.1:1".into(), "http://127.0.0.1:2".into()]).unwrap();
+        let after = backends.all();
+        assert_eq!(after.len(), 2);
+        assert!(Arc::ptr_eq(&before, &after[0]), "the known endpoint is the same object");
+        backends.update(&[]).unwrap();
+        assert!(backends.all().is_empty());
+    }
 
     #[test]
     fn weights_in_endpoint_specs() {

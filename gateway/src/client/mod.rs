@@ -9,6 +9,7 @@ pub mod backends;
 pub mod balance;
 pub mod breaker;
 pub mod coalesce;
+pub mod discovery;
 pub mod retry;
 
 use std::future::Future;
