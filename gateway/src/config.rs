@@ -177,6 +177,14 @@ mod tests {
     }
 
     #[test]
+    fn policy_names_are_the_documented_ones() {
+        for name in ["round_robin", "least_request", "weighted"] {
+            let config = Config::try_parse_from(["tally-gateway", "--lb-policy", name]).expect(name);
+            assert_eq!(config.lb_policy.name(), name);
+        }
+    }
+
+    #[test]
     fn endpoint_list_and_switches() {
         let config = Config::try_parse_from([
             "tally-gateway",

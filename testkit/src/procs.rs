@@ -52,7 +52,10 @@ impl LogTail {
             match self.rx.lock().unwrap().recv_timeout(left) {
                 Ok(line) if pred(&line) => return line,
                 Ok(_) => {}
-                Err(_) => {
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    panic!("the process exited before {what}; log:\n{}", self.lines.lock().unwrap().join("\n"))
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {
                     panic!("timed out waiting for {what}; log so far:\n{}", self.lines.lock().unwrap().join("\n"))
                 }
             }

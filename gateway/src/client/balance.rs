@@ -3,6 +3,7 @@
 
 /// How the gateway spreads calls over healthy endpoints.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[value(rename_all = "snake_case")]
 pub enum Policy {
     /// Each endpoint in turn.
     RoundRobin,
