@@ -3,7 +3,7 @@
 
 CARGO ?= cargo
 
-.PHONY: build release run test lint fmt bench bench-counter bench-gateway
+.PHONY: build release run test lint fmt bench bench-counter bench-gateway bench-scale
 
 build:
 	$(CARGO) build --workspace --all-targets
@@ -29,10 +29,13 @@ fmt:
 	$(CARGO) fmt --all
 
 ## Benchmarks (BRIEF §10); reports go to bench-results/.
-bench: bench-gateway bench-counter
+bench: bench-gateway bench-counter bench-scale
 
 bench-gateway:
 	scripts/bench-gateway.sh
 
 bench-counter:
 	scripts/bench-counter.sh
+
+bench-scale:
+	scripts/bench-scale.sh

@@ -13,12 +13,13 @@ free_port() {
   python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
-# Waits (up to 30 s) until a log file contains a pattern; the services print
-# a "listening" line once they accept connections.
+# Waits (up to 30 s) until a log file contains a pattern (at least $3 times,
+# default once); the services print a "listening" line once they accept
+# connections, the gateway a "healthy=true" line per warmed-up endpoint.
 wait_for_log() {
-  local file=$1 pattern=$2
+  local file=$1 pattern=$2 times=${3:-1}
   for _ in $(seq 300); do
-    grep -q "$pattern" "$file" 2>/dev/null && return 0
+    [ "$(grep -c "$pattern" "$file" 2>/dev/null)" -ge "$times" ] && return 0
     sleep 0.1
   done
   echo "timed out waiting for '$pattern' in $file:" >&2
