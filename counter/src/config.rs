@@ -84,6 +84,30 @@ pub struct Config {
     #[arg(long, env = "TALLY_SHUTDOWN_TIMEOUT_MS", default_value_t = 25_000)]
     pub shutdown_timeout_ms: u64,
 
+    /// Consul agent to register with (e.g. `http://127.0.0.1:8500`); unset = no registration.
+    #[arg(long, env = "TALLY_CONSUL_ADDR")]
+    pub consul_addr: Option<String>,
+
+    /// Service name registered in Consul.
+    #[arg(long, env = "TALLY_CONSUL_SERVICE", default_value = "counter-service")]
+    pub consul_service: String,
+
+    /// Address registered in Consul (default: the gRPC listen IP; required when that is 0.0.0.0).
+    #[arg(long, env = "TALLY_CONSUL_SERVICE_ADDRESS")]
+    pub consul_service_address: Option<String>,
+
+    /// Tags registered in Consul, comma separated.
+    #[arg(long, env = "TALLY_CONSUL_TAGS", value_delimiter = ',', default_value = "v2,optimized")]
+    pub consul_tags: Vec<String>,
+
+    /// Interval of Consul's gRPC health check, in seconds.
+    #[arg(long, env = "TALLY_CONSUL_CHECK_INTERVAL_S", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub consul_check_interval_s: u64,
+
+    /// Consul removes the registration after its check was critical this long, in seconds.
+    #[arg(long, env = "TALLY_CONSUL_DEREGISTER_AFTER_S", default_value_t = 60, value_parser = clap::value_parser!(u64).range(60..=86_400))]
+    pub consul_deregister_after_s: u64,
+
     /// Worker threads and log format (`TALLY_WORKER_THREADS`, `TALLY_LOG_FORMAT`).
     #[command(flatten)]
     pub runtime: RuntimeArgs,

@@ -8,6 +8,7 @@ pub mod coalesce;
 pub mod commit;
 pub mod config;
 pub mod metrics;
+pub mod registration;
 pub mod server;
 pub mod service;
 pub mod status;

@@ -36,6 +36,8 @@ pub enum StartupError {
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("gRPC server: {0}")]
     Serve(#[from] tonic::transport::Error),
+    #[error(transparent)]
+    Consul(#[from] crate::registration::AddressUnknown),
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, StartupError> {
@@ -97,10 +99,14 @@ pub async fn run(config: Config) -> Result<(), StartupError> {
     };
 
     tracing::info!(grpc = %grpc_addr, admin = %admin_addr, store = store.kind(), "tally-counter listening");
+    let registration = crate::registration::start(&config, grpc_addr)?;
     let stop_signal = async move {
         tally_runtime::signal::shutdown().await;
         tracing::info!("shutting down: finishing in-flight requests, then draining the write-behind buffer");
         readiness.set_shutting_down();
+        if let Some(registration) = registration {
+            registration.deregister().await;
+        }
         let _ = shutdown_tx.send(true);
     };
     Server::builder()

@@ -20,7 +20,7 @@ pub enum Discovery {
     Dns,
     /// EndpointSlices of the counter Service (not implemented yet).
     Kubernetes,
-    /// Consul health API (not implemented yet).
+    /// Passing instances in Consul (blocking queries).
     Consul,
 }
 
@@ -31,7 +31,7 @@ pub struct Config {
     #[arg(long, env = "TALLY_LISTEN", default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
 
-    /// Discovery source of counter endpoints: `static` or `dns` (`kubernetes` and `consul` are not implemented yet).
+    /// Discovery source of counter endpoints: `static`, `dns` or `consul` (`kubernetes` is not implemented yet).
     #[arg(long, env = "TALLY_DISCOVERY", value_enum, default_value_t = Discovery::Static)]
     pub discovery: Discovery,
 
@@ -46,6 +46,22 @@ pub struct Config {
     /// `dns` discovery: how often the name is resolved again, in milliseconds.
     #[arg(long, env = "TALLY_DNS_INTERVAL_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(100..=600_000))]
     pub dns_interval_ms: u64,
+
+    /// `consul` discovery: the Consul agent's HTTP address.
+    #[arg(long, env = "TALLY_CONSUL_ADDR", default_value = "http://127.0.0.1:8500")]
+    pub consul_addr: String,
+
+    /// `consul` discovery: the counters' service name.
+    #[arg(long, env = "TALLY_CONSUL_SERVICE", default_value = "counter-service")]
+    pub consul_service: String,
+
+    /// `consul` discovery: only instances with this tag.
+    #[arg(long, env = "TALLY_CONSUL_TAG")]
+    pub consul_tag: Option<String>,
+
+    /// `consul` discovery: longest blocking-query wait, in seconds.
+    #[arg(long, env = "TALLY_CONSUL_WAIT_S", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=600))]
+    pub consul_wait_s: u64,
 
     /// HTTP/2 connections kept to each counter endpoint.
     #[arg(long, env = "TALLY_POOL_SIZE", default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=256))]

@@ -41,6 +41,14 @@ pub async fn run(config: Config) -> Result<(), StartupError> {
             tokio::spawn(discovery::dns_loop(backends.clone(), name, interval));
             backends
         }
+        Discovery::Consul => {
+            let backends = Arc::new(Backends::empty(&settings));
+            let consul = tally_runtime::consul::Consul::new(&config.consul_addr);
+            let wait = Duration::from_secs(config.consul_wait_s);
+            let (service, tag) = (config.consul_service.clone(), config.consul_tag.clone());
+            tokio::spawn(discovery::consul_loop(backends.clone(), consul, service, tag, wait));
+            backends
+        }
         other => return Err(StartupError::DiscoveryNotImplemented(other)),
     };
     let counter = Counter::new(backends.clone(), metrics.clone(), &settings);

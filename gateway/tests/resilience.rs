@@ -93,7 +93,7 @@ async fn dns_discovery_finds_counters_behind_a_name() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unimplemented_discovery_modes_refuse_to_start_with_a_clear_message() {
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_tally-gateway"))
-        .env("TALLY_DISCOVERY", "consul")
+        .env("TALLY_DISCOVERY", "kubernetes")
         .env("TALLY_LISTEN", "127.0.0.1:0")
         .output()
         .expect("run tally-gateway");

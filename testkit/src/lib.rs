@@ -3,7 +3,10 @@
 //! and tally binaries on loopback ports, with readiness awaited on their log
 //! lines and cleanup guaranteed when the test binary exits.
 
+mod consul;
 mod procs;
+
+pub use consul::ConsulDouble;
 
 pub use procs::{RedisCluster, RedisServer, Service, free_port, redis_cli, workspace_binary};
 

@@ -1,0 +1,82 @@
+//! Consul discovery against a Consul HTTP *test double* (Consul cannot run
+//! here; see `tally_testkit::ConsulDouble`), with real counters registering
+//! themselves and a real gateway following them with blocking queries.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Http, start_counter, unique};
+use serde_json::json;
+use tally_testkit::{ConsulDouble, Service};
+
+fn consul_counter(consul: &ConsulDouble, tags: &str) -> Service {
+    start_counter("memory", &[("TALLY_CONSUL_ADDR", &consul.url()), ("TALLY_CONSUL_TAGS", tags)])
+}
+
+fn consul_gateway(consul: &ConsulDouble, extra: &[(&str, &str)]) -> Service {
+    let url = consul.url();
+    let mut env =
+        vec![("TALLY_DISCOVERY", "consul"), ("TALLY_CONSUL_ADDR", url.as_str()), ("TALLY_CONSUL_WAIT_S", "1")];
+    env.extend_from_slice(extra);
+    common::start_gateway("", &env)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counters_register_and_the_gateway_follows_them() {
+    let consul = ConsulDouble::start().await;
+    let first = consul_counter(&consul, "v2,optimized");
+    let second = consul_counter(&consul, "v2,optimized");
+    consul.wait_for_registrations(2).await;
+    let gateway = consul_gateway(&consul, &[]);
+    gateway.wait_for_log("the second endpoint warm", |l| l.contains("healthy=true"));
+    let http = Http::new(gateway.http_base());
+    let post = unique("consul");
+    for _ in 0..20 {
+        let (status, body) =
+            http.post("/api/v1/counter/increment", json!({"resource_id": post, "counter_type": "likes"})).await;
+        assert_eq!(status, 200, "{body}");
+    }
+
+    // A counter shutting down deregisters first; the gateway drops it.
+    let (status, _) = tokio::task::spawn_blocking(move || second.terminate()).await.expect("terminate");
+    assert!(status.success());
+    consul.wait_for_registrations(1).await;
+    gateway.wait_for_log("the endpoint removed", |l| l.contains("removed; draining"));
+    for _ in 0..20 {
+        let (status, body) =
+            http.post("/api/v1/counter/increment", json!({"resource_id": post, "counter_type": "likes"})).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    drop(first);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blocking_queries_wait_filter_tags_and_survive_an_index_reset() {
+    let consul = ConsulDouble::start().await;
+    let _tagged = consul_counter(&consul, "v2");
+    let _other = consul_counter(&consul, "canary");
+    consul.wait_for_registrations(2).await;
+    let gateway = consul_gateway(&consul, &[("TALLY_CONSUL_TAG", "v2")]);
+    let http = Http::new(gateway.http_base());
+    let (_, backends) = http.get("/api/v1/system/backends").await;
+    assert_eq!(backends["data"]["endpoints"].as_array().map(Vec::len), Some(1), "only the v2 instance: {backends}");
+
+    // Nothing changes: blocking queries (wait=1s) keep the rate near one a second.
+    let before = consul.queries();
+    tokio::time::sleep(Duration::from_millis(2500)).await; // observing a quiet period is the point here
+    let quiet = consul.queries() - before;
+    assert!(quiet <= 4, "{quiet} queries in 2.5 s: not blocking");
+
+    // The index goes backwards (agent restart): the gateway starts over
+    // without spinning, and still sees changes afterwards.
+    consul.set_index(1);
+    let _late = consul_counter(&consul, "v2");
+    consul.wait_for_registrations(3).await;
+    gateway.wait_for_log("the new v2 instance", |l| l.contains("discovered"));
+    let (_, backends) = http.get("/api/v1/system/backends").await;
+    assert_eq!(backends["data"]["endpoints"].as_array().map(Vec::len), Some(2), "{backends}");
+    let before = consul.queries();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert!(consul.queries() - before <= 11, "the loop is rate-limited to 10 queries a second");
+}
