@@ -1,5 +1,12 @@
 //! Choice of endpoint per call (plan item 7): pure functions over the
 //! usable endpoints, unit-tested for their distributions.
+//!
+//! Why not `tower::balance::p2c` or tonic's balanced channel: both choose
+//! among services by *readiness*, and a tonic `Channel` is always ready (it
+//! buffers), so they would keep routing to an endpoint that is dead, hung or
+//! ejected by its breaker — the failure the brief warns about. Choosing here
+//! lets one decision see health, warm-up, the breaker's half-open probe
+//! slots and the endpoint a retry must avoid, and keeps each input testable.
 
 /// How the gateway spreads calls over healthy endpoints.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
