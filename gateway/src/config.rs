@@ -18,7 +18,7 @@ pub enum Discovery {
     Static,
     /// Periodic resolution of `TALLY_DNS_NAME` (a headless Service).
     Dns,
-    /// EndpointSlices of the counter Service (not implemented yet).
+    /// Watch of the counter Service's EndpointSlices.
     Kubernetes,
     /// Passing instances in Consul (blocking queries).
     Consul,
@@ -31,7 +31,7 @@ pub struct Config {
     #[arg(long, env = "TALLY_LISTEN", default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
 
-    /// Discovery source of counter endpoints: `static`, `dns` or `consul` (`kubernetes` is not implemented yet).
+    /// Discovery source of counter endpoints: `static`, `dns`, `kubernetes` or `consul`.
     #[arg(long, env = "TALLY_DISCOVERY", value_enum, default_value_t = Discovery::Static)]
     pub discovery: Discovery,
 
@@ -46,6 +46,18 @@ pub struct Config {
     /// `dns` discovery: how often the name is resolved again, in milliseconds.
     #[arg(long, env = "TALLY_DNS_INTERVAL_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(100..=600_000))]
     pub dns_interval_ms: u64,
+
+    /// `kubernetes` discovery: namespace of the counter Service (default: the client's, e.g. the pod's own).
+    #[arg(long, env = "TALLY_K8S_NAMESPACE")]
+    pub k8s_namespace: Option<String>,
+
+    /// `kubernetes` discovery: name of the counter Service whose EndpointSlices are watched.
+    #[arg(long, env = "TALLY_K8S_SERVICE", default_value = "tally-counter")]
+    pub k8s_service: String,
+
+    /// `kubernetes` discovery: name of the gRPC port in the EndpointSlices.
+    #[arg(long, env = "TALLY_K8S_PORT_NAME", default_value = "grpc")]
+    pub k8s_port_name: String,
 
     /// `consul` discovery: the Consul agent's HTTP address.
     #[arg(long, env = "TALLY_CONSUL_ADDR", default_value = "http://127.0.0.1:8500")]

@@ -9,7 +9,7 @@ use tokio::net::TcpListener;
 use crate::api::{self, App};
 use crate::cache::ReadCache;
 use crate::client::backends::{BackendError, Backends};
-use crate::client::{Counter, Incrementer, discovery};
+use crate::client::{Counter, Incrementer, discovery, kubernetes};
 use crate::config::{Config, Discovery};
 use crate::metrics::Metrics;
 
@@ -23,6 +23,8 @@ pub enum StartupError {
     DiscoveryNotImplemented(Discovery),
     #[error("TALLY_DISCOVERY=dns needs TALLY_DNS_NAME (host:port of the counters' headless Service)")]
     DnsNameMissing,
+    #[error("TALLY_DISCOVERY=kubernetes: no usable Kubernetes client configuration (in-cluster or KUBECONFIG): {0}")]
+    Kubernetes(String),
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error("HTTP server: {0}")]
@@ -49,7 +51,14 @@ pub async fn run(config: Config) -> Result<(), StartupError> {
             tokio::spawn(discovery::consul_loop(backends.clone(), consul, service, tag, wait));
             backends
         }
-        other => return Err(StartupError::DiscoveryNotImplemented(other)),
+        Discovery::Kubernetes => {
+            let client = kube::Client::try_default().await.map_err(|e| StartupError::Kubernetes(e.to_string()))?;
+            let namespace = config.k8s_namespace.clone().unwrap_or_else(|| client.default_namespace().to_string());
+            let backends = Arc::new(Backends::empty(&settings));
+            let (service, port) = (config.k8s_service.clone(), config.k8s_port_name.clone());
+            tokio::spawn(kubernetes::kubernetes_loop(backends.clone(), client, namespace, service, port));
+            backends
+        }
     };
     let counter = Counter::new(backends.clone(), metrics.clone(), &settings);
     let state = Arc::new(App {

@@ -91,13 +91,15 @@ async fn dns_discovery_finds_counters_behind_a_name() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unimplemented_discovery_modes_refuse_to_start_with_a_clear_message() {
+async fn kubernetes_discovery_without_a_cluster_refuses_to_start_clearly() {
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_tally-gateway"))
         .env("TALLY_DISCOVERY", "kubernetes")
         .env("TALLY_LISTEN", "127.0.0.1:0")
+        .env("KUBECONFIG", "/nonexistent/kubeconfig")
+        .env_remove("KUBERNETES_SERVICE_HOST")
         .output()
         .expect("run tally-gateway");
     assert!(!output.status.success());
     let log = String::from_utf8_lossy(&output.stdout);
-    assert!(log.contains("not implemented yet"), "{log}");
+    assert!(log.contains("no usable Kubernetes client configuration"), "{log}");
 }

@@ -4,9 +4,11 @@
 //! lines and cleanup guaranteed when the test binary exits.
 
 mod consul;
+mod kubernetes;
 mod procs;
 
 pub use consul::ConsulDouble;
+pub use kubernetes::KubernetesDouble;
 
 pub use procs::{RedisCluster, RedisServer, Service, free_port, redis_cli, workspace_binary};
 

@@ -10,6 +10,7 @@ pub mod balance;
 pub mod breaker;
 pub mod coalesce;
 pub mod discovery;
+pub mod kubernetes;
 pub mod retry;
 
 use std::future::Future;
