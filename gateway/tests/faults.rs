@@ -174,7 +174,12 @@ async fn kill_9_without_keys_loses_nothing_acknowledged_and_counts_nothing_twice
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_counter_is_ejected_and_readmitted() {
-    let c = cluster(&[("TALLY_REQUEST_TIMEOUT_MS", "500"), ("TALLY_BREAKER_RECOVERY_MS", "200")]);
+    // Health checks effectively off: only the circuit breaker can eject it.
+    let c = cluster(&[
+        ("TALLY_REQUEST_TIMEOUT_MS", "500"),
+        ("TALLY_BREAKER_RECOVERY_MS", "200"),
+        ("TALLY_HEALTH_INTERVAL_MS", "60000"),
+    ]);
     let post = unique("hang");
     let (tx, mut rx) = watch::channel(0);
     let load = tokio::spawn(drive(c.gateway.http_base(), post.clone(), true, tx));
@@ -182,15 +187,86 @@ async fn a_hung_counter_is_ejected_and_readmitted() {
     let hung = c.counters[2].as_ref().expect("counter");
     hung.signal("-STOP");
     let hung_endpoint = format!("http://{}", c.listens[2]);
-    c.gateway.wait_for_log("the hung counter ejected", |l| {
-        l.contains(&hung_endpoint) && (l.contains("state=\"open\"") || l.contains("healthy=false"))
+    c.gateway.wait_for_log("the breaker of the hung counter open", |l| {
+        l.contains(&hung_endpoint) && l.contains("state=\"open\"")
     });
     hung.signal("-CONT");
-    c.gateway.wait_for_log("the counter back", |l| {
-        l.contains(&hung_endpoint) && (l.contains("state=\"closed\"") || l.contains("healthy=true"))
-    });
+    c.gateway
+        .wait_for_log("the breaker closed again", |l| l.contains(&hung_endpoint) && l.contains("state=\"closed\""));
     let out = load.await.expect("load");
     let stored = stored(&c.redis, &post);
     report("SIGSTOP/SIGCONT, keyed", &out, stored);
     assert_eq!(stored, (CLIENTS * PER_CLIENT) as i64, "nothing lost, nothing counted twice");
+}
+
+/// Sum of a gateway metric's samples whose line contains every `filter`.
+async fn metric(base: &str, name: &str, filters: &[&str]) -> f64 {
+    let text = reqwest::get(format!("{base}/metrics")).await.unwrap().text().await.unwrap();
+    text.lines()
+        .filter(|l| l.starts_with(name) && filters.iter().all(|f| l.contains(f)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_that_times_out_after_it_was_sent_is_retried_only_with_a_key() {
+    // Redis hangs, so writes reach the counters and wait there; the gateway
+    // gives up on each attempt after 300 ms. Once Redis resumes, every
+    // attempt that was sent gets applied — unless the store deduplicates.
+    let redis = RedisServer::start();
+    let env = [("TALLY_STORE_TIMEOUT_MS", "10000")];
+    let counters: Vec<Service> = (0..2).map(|_| start_counter(&redis.url(), &env)).collect();
+    let endpoints: Vec<String> = counters.iter().map(Service::grpc_endpoint).collect();
+    let gateway = start_gateway(
+        &endpoints.join(","),
+        &[("TALLY_REQUEST_TIMEOUT_MS", "300"), ("TALLY_COALESCE", "false"), ("TALLY_HEALTH_INTERVAL_MS", "60000")],
+    );
+    gateway.wait_for_log("both endpoints warm", |l| l.contains("healthy=true"));
+    let base = gateway.http_base();
+    let client = reqwest::Client::new();
+    let send = |post: String, key: Option<&'static str>| {
+        let (client, base) = (client.clone(), base.clone());
+        async move {
+            let mut request = client
+                .post(format!("{base}/api/v1/counter/increment"))
+                .body(json!({"resource_id": post, "counter_type": "likes"}).to_string());
+            if let Some(key) = key {
+                request = request.header("Idempotency-Key", key);
+            }
+            request.send().await.expect("send").status().as_u16()
+        }
+    };
+
+    // Without a key: one attempt, 503, never resent.
+    let plain = unique("timeout-plain");
+    redis.signal("-STOP");
+    let calls_before = metric(&base, "tally_gateway_upstream_requests_total", &["Increment"]).await;
+    assert_eq!(send(plain.clone(), None).await, 503);
+    let calls = metric(&base, "tally_gateway_upstream_requests_total", &["Increment"]).await - calls_before;
+    assert_eq!(calls, 1.0, "a write with an unknown outcome and no key must not be resent");
+
+    // With a key: resent (another endpoint), and counted once when Redis resumes.
+    let keyed = unique("timeout-keyed");
+    let retries_before = metric(&base, "tally_gateway_retries_total", &["unknown"]).await;
+    let status = send(keyed.clone(), Some("retry-me")).await;
+    assert!(
+        metric(&base, "tally_gateway_retries_total", &["unknown"]).await > retries_before,
+        "the keyed write was resent"
+    );
+    redis.signal("-CONT");
+    let value = |post: &str| redis.cli(&["HGET", &format!("tally:{{{post}}}"), "likes"]);
+    // Every attempt already sent now reaches Redis; ask again with the same
+    // key until the counter answers (it replays the first result).
+    let mut replay = 0;
+    for _ in 0..50 {
+        replay = send(keyed.clone(), Some("retry-me")).await;
+        if replay == 200 {
+            break;
+        }
+    }
+    assert_eq!(replay, 200, "first attempt answered {status}");
+    assert_eq!(value(&keyed), "1", "applied once however many attempts reached the store");
+    // The keyless write was applied at most once too (it was sent once).
+    let plain_value = value(&plain);
+    assert!(plain_value.is_empty() || plain_value == "1", "plain write stored {plain_value:?}");
 }
