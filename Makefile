@@ -3,7 +3,7 @@
 
 CARGO ?= cargo
 
-.PHONY: build release run test lint fmt bench bench-counter bench-gateway bench-scale
+.PHONY: build release run test lint fmt crd bench bench-counter bench-gateway bench-scale
 
 build:
 	$(CARGO) build --workspace --all-targets
@@ -27,6 +27,10 @@ lint:
 
 fmt:
 	$(CARGO) fmt --all
+
+## Regenerates the CounterCluster CRD from the Rust types (a test fails on drift).
+crd:
+	$(CARGO) run -q -p tally-operator --bin crdgen > deploy/crds/countercluster.yaml
 
 ## Benchmarks (BRIEF §10); reports go to bench-results/.
 bench: bench-gateway bench-counter bench-scale
