@@ -1,4 +1,6 @@
-//! tally's Kubernetes operator (work in progress: the CRD so far; the
-//! reconciler, builders and chart follow).
+//! tally's Kubernetes operator (work in progress: the CRD and the pure
+//! builders of the counter and gateway objects so far; the reconciler, RBAC,
+//! PDBs, chart and images follow).
 
 pub mod crd;
+pub mod resources;

@@ -1,0 +1,159 @@
+//! The gateway Deployment and its Service.
+
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
+use k8s_openapi::api::core::v1::{
+    Container, ContainerPort, EnvVar, HTTPGetAction, PodSpec, PodTemplateSpec, Probe, Service, ServicePort, ServiceSpec,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::ResourceExt;
+
+use super::{counter, env, labels, locked_down, owned_meta};
+use crate::crd::{CounterCluster, DiscoveryMode, LbPolicy};
+
+pub const HTTP_PORT: i32 = 8080;
+
+pub fn name(cc: &CounterCluster) -> String {
+    format!("{}-gateway", cc.name_any())
+}
+
+/// The `TALLY_*` settings of the gateway, from the spec.
+pub fn env_vars(cc: &CounterCluster) -> Vec<EnvVar> {
+    let spec = &cc.spec.gateway;
+    let mut vars = vec![
+        env("TALLY_LISTEN", format!("0.0.0.0:{HTTP_PORT}")),
+        env("TALLY_POOL_SIZE", spec.pool_size),
+        env("TALLY_CACHE_TTL_MS", spec.cache_ttl_ms),
+        env("TALLY_CACHE_MAX_ENTRIES", spec.cache_max_entries),
+        env(
+            "TALLY_LB_POLICY",
+            match spec.lb_policy {
+                LbPolicy::RoundRobin => "round_robin",
+                LbPolicy::LeastRequest => "least_request",
+                LbPolicy::Weighted => "weighted",
+            },
+        ),
+        env("TALLY_RETRY_ATTEMPTS", spec.retry_attempts),
+        env("TALLY_BREAKER_FAILURES", spec.breaker_failures),
+        env("TALLY_LOG_FORMAT", "json"),
+    ];
+    let counters = counter::name(cc);
+    match cc.spec.discovery.mode {
+        DiscoveryMode::Kubernetes => {
+            vars.push(env("TALLY_DISCOVERY", "kubernetes"));
+            vars.push(env("TALLY_K8S_SERVICE", &counters));
+        }
+        DiscoveryMode::Dns => {
+            vars.push(env("TALLY_DISCOVERY", "dns"));
+            let namespace = cc.namespace().unwrap_or_else(|| "default".into());
+            vars.push(env("TALLY_DNS_NAME", format!("{counters}.{namespace}.svc:{}", counter::GRPC_PORT)));
+        }
+        DiscoveryMode::Consul => {
+            vars.push(env("TALLY_DISCOVERY", "consul"));
+            if let Some(address) = &cc.spec.discovery.consul_address {
+                vars.push(env("TALLY_CONSUL_ADDR", address));
+            }
+        }
+    }
+    vars
+}
+
+pub fn deployment(cc: &CounterCluster) -> Deployment {
+    let selector = labels(cc, "gateway");
+    let probe = |path: &str| Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::Int(HTTP_PORT),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(5),
+        ..Probe::default()
+    };
+    let container = Container {
+        name: "gateway".into(),
+        image: Some(cc.spec.gateway.image.clone()),
+        env: Some(env_vars(cc)),
+        ports: Some(vec![ContainerPort {
+            name: Some("http".into()),
+            container_port: HTTP_PORT,
+            ..ContainerPort::default()
+        }]),
+        readiness_probe: Some(probe("/api/v1/ready")),
+        liveness_probe: Some(probe("/api/v1/health")),
+        security_context: Some(locked_down()),
+        ..Container::default()
+    };
+    Deployment {
+        metadata: owned_meta(cc, name(cc), "gateway"),
+        spec: DeploymentSpec {
+            replicas: Some(cc.spec.gateway.replicas),
+            selector: LabelSelector { match_labels: Some(selector.clone()), ..LabelSelector::default() },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta { labels: Some(selector), ..ObjectMeta::default() }),
+                spec: Some(PodSpec {
+                    containers: vec![container],
+                    service_account_name: Some(name(cc)),
+                    ..PodSpec::default()
+                }),
+            },
+            ..DeploymentSpec::default()
+        },
+        ..Deployment::default()
+    }
+}
+
+pub fn service(cc: &CounterCluster) -> Service {
+    Service {
+        metadata: owned_meta(cc, name(cc), "gateway"),
+        spec: Some(ServiceSpec {
+            selector: Some(labels(cc, "gateway")),
+            ports: Some(vec![ServicePort {
+                name: Some("http".into()),
+                port: HTTP_PORT,
+                target_port: Some(IntOrString::String("http".into())),
+                ..ServicePort::default()
+            }]),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resources::sample;
+
+    fn env_of(cc: &CounterCluster) -> std::collections::BTreeMap<String, Option<String>> {
+        env_vars(cc).into_iter().map(|e| (e.name, e.value)).collect()
+    }
+
+    #[test]
+    fn tunables_and_discovery_land_in_the_environment() {
+        let cc = sample(serde_json::json!({
+            "gateway": {"poolSize": 8, "lbPolicy": "least_request", "cacheTtlMs": 0},
+            "store": {"managed": true},
+        }));
+        let env = env_of(&cc);
+        assert_eq!(env["TALLY_POOL_SIZE"].as_deref(), Some("8"));
+        assert_eq!(env["TALLY_LB_POLICY"].as_deref(), Some("least_request"));
+        assert_eq!(env["TALLY_CACHE_TTL_MS"].as_deref(), Some("0"));
+        assert_eq!(env["TALLY_DISCOVERY"].as_deref(), Some("kubernetes"));
+        assert_eq!(env["TALLY_K8S_SERVICE"].as_deref(), Some("demo-counter"));
+
+        let dns = sample(serde_json::json!({"store": {"managed": true}, "discovery": {"mode": "dns"}}));
+        assert_eq!(env_of(&dns)["TALLY_DNS_NAME"].as_deref(), Some("demo-counter.tally.svc:9001"));
+    }
+
+    #[test]
+    fn deployment_and_service() {
+        let cc = sample(serde_json::json!({"gateway": {"replicas": 4}, "store": {"managed": true}}));
+        let d = deployment(&cc);
+        assert_eq!(d.spec.replicas, Some(4));
+        let pod = d.spec.template.spec.unwrap();
+        assert_eq!(pod.service_account_name.as_deref(), Some("demo-gateway"));
+        let probe = pod.containers[0].readiness_probe.as_ref().unwrap();
+        assert_eq!(probe.http_get.as_ref().unwrap().path.as_deref(), Some("/api/v1/ready"));
+        assert_eq!(service(&cc).spec.unwrap().ports.unwrap()[0].port, 8080);
+    }
+}
