@@ -1,6 +1,7 @@
 //! Pure builders: from a `CounterCluster` to the objects it owns. No API
 //! calls here, so every field's journey from spec to object is unit-tested.
 
+pub mod access;
 pub mod counter;
 pub mod gateway;
 

@@ -1,0 +1,125 @@
+//! Who may talk to whom: the gateway's ServiceAccount and the RBAC its
+//! EndpointSlice discovery needs, PodDisruptionBudgets, and a NetworkPolicy
+//! that lets only gateway pods (and Prometheus) reach the counters.
+
+use k8s_openapi::api::core::v1::ServiceAccount;
+use k8s_openapi::api::networking::v1::{
+    NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort, NetworkPolicySpec,
+};
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::ResourceExt;
+
+use super::{counter, gateway, labels, owned_meta};
+use crate::crd::CounterCluster;
+
+pub fn gateway_service_account(cc: &CounterCluster) -> ServiceAccount {
+    ServiceAccount { metadata: owned_meta(cc, gateway::name(cc), "gateway"), ..ServiceAccount::default() }
+}
+
+/// Least privilege for `TALLY_DISCOVERY=kubernetes`: read EndpointSlices.
+pub fn gateway_role(cc: &CounterCluster) -> Role {
+    Role {
+        metadata: owned_meta(cc, gateway::name(cc), "gateway"),
+        rules: Some(vec![PolicyRule {
+            api_groups: Some(vec!["discovery.k8s.io".into()]),
+            resources: Some(vec!["endpointslices".into()]),
+            verbs: vec!["get".into(), "list".into(), "watch".into()],
+            ..PolicyRule::default()
+        }]),
+    }
+}
+
+pub fn gateway_role_binding(cc: &CounterCluster) -> RoleBinding {
+    RoleBinding {
+        metadata: owned_meta(cc, gateway::name(cc), "gateway"),
+        role_ref: RoleRef {
+            api_group: Some("rbac.authorization.k8s.io".into()),
+            kind: "Role".into(),
+            name: gateway::name(cc),
+        },
+        subjects: Some(vec![Subject {
+            kind: "ServiceAccount".into(),
+            name: gateway::name(cc),
+            namespace: cc.namespace(),
+            ..Subject::default()
+        }]),
+    }
+}
+
+/// At most one pod of a component down at a time during voluntary disruptions.
+pub fn pod_disruption_budget(cc: &CounterCluster, component: &str) -> PodDisruptionBudget {
+    PodDisruptionBudget {
+        metadata: owned_meta(cc, format!("{}-{component}", cc.name_any()), component),
+        spec: Some(PodDisruptionBudgetSpec {
+            max_unavailable: Some(IntOrString::Int(1)),
+            selector: Some(LabelSelector { match_labels: Some(labels(cc, component)), ..LabelSelector::default() }),
+            ..PodDisruptionBudgetSpec::default()
+        }),
+        ..PodDisruptionBudget::default()
+    }
+}
+
+/// Counters accept gRPC only from this cluster's gateways, and admin-port
+/// scrapes from pods labelled `app.kubernetes.io/name: prometheus`.
+pub fn counter_network_policy(cc: &CounterCluster) -> NetworkPolicy {
+    let port = |p: i32| NetworkPolicyPort { port: Some(IntOrString::Int(p)), ..NetworkPolicyPort::default() };
+    let from = |labels| NetworkPolicyPeer {
+        pod_selector: Some(LabelSelector { match_labels: Some(labels), ..LabelSelector::default() }),
+        ..NetworkPolicyPeer::default()
+    };
+    let prometheus = [("app.kubernetes.io/name".to_string(), "prometheus".to_string())].into_iter().collect();
+    NetworkPolicy {
+        metadata: owned_meta(cc, counter::name(cc), "counter"),
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(LabelSelector { match_labels: Some(labels(cc, "counter")), ..LabelSelector::default() }),
+            policy_types: Some(vec!["Ingress".into()]),
+            ingress: Some(vec![
+                NetworkPolicyIngressRule {
+                    from: Some(vec![from(labels(cc, "gateway"))]),
+                    ports: Some(vec![port(counter::GRPC_PORT)]),
+                },
+                NetworkPolicyIngressRule {
+                    from: Some(vec![from(prometheus)]),
+                    ports: Some(vec![port(counter::ADMIN_PORT)]),
+                },
+            ]),
+            ..NetworkPolicySpec::default()
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resources::sample;
+
+    #[test]
+    fn rbac_allows_reading_endpointslices_only() {
+        let cc = sample(serde_json::json!({"store": {"managed": true}}));
+        let rule = &gateway_role(&cc).rules.unwrap()[0];
+        assert_eq!(rule.resources.as_deref(), Some(&["endpointslices".to_string()][..]));
+        assert_eq!(rule.verbs, vec!["get", "list", "watch"]);
+        let binding = gateway_role_binding(&cc);
+        assert_eq!(binding.subjects.unwrap()[0].name, "demo-gateway");
+        assert_eq!(gateway_service_account(&cc).metadata.name.as_deref(), Some("demo-gateway"));
+    }
+
+    #[test]
+    fn pdb_and_network_policy() {
+        let cc = sample(serde_json::json!({"store": {"managed": true}}));
+        let pdb = pod_disruption_budget(&cc, "counter");
+        assert_eq!(pdb.spec.unwrap().max_unavailable, Some(IntOrString::Int(1)));
+        let policy = counter_network_policy(&cc).spec.unwrap();
+        let rules = policy.ingress.unwrap();
+        let gateway_peer = rules[0].from.as_ref().unwrap()[0].pod_selector.as_ref().unwrap();
+        assert_eq!(
+            gateway_peer.match_labels.as_ref().unwrap()["app.kubernetes.io/component"],
+            "gateway",
+            "only gateway pods reach the gRPC port"
+        );
+        assert_eq!(rules[0].ports.as_ref().unwrap()[0].port, Some(IntOrString::Int(9001)));
+    }
+}
