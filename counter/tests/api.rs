@@ -5,7 +5,7 @@ mod common;
 
 use std::collections::HashMap;
 
-use common::{Backend, Stack, unique};
+use common::{Backend, Stack, op, unique};
 use futures_util::StreamExt;
 use tally_proto::v1::{
     BatchGetRequest, BatchIncrementRequest, CounterRef, GetRequest, IncrementOperation, IncrementRequest,
@@ -14,15 +14,6 @@ use tonic::Code;
 
 fn inc(resource_id: &str, counter_type: &str, delta: Option<i64>) -> IncrementRequest {
     IncrementRequest { resource_id: resource_id.into(), counter_type: counter_type.into(), delta, ..Default::default() }
-}
-
-fn op(resource_id: &str, counter_type: &str, delta: i64) -> IncrementOperation {
-    IncrementOperation {
-        resource_id: resource_id.into(),
-        counter_type: counter_type.into(),
-        delta: Some(delta),
-        ..Default::default()
-    }
 }
 
 async fn get(client: &mut common::Client, resource_id: &str, counter_type: &str) -> i64 {

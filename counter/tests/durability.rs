@@ -8,7 +8,7 @@ mod common;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use common::{Backend, CounterProcess, RedisServer, Stack, unique};
+use common::{Backend, CounterProcess, RedisServer, Stack, op, unique};
 use tally_proto::v1::{BatchIncrementRequest, GetRequest, IncrementOperation, IncrementRequest};
 use tokio_stream::StreamExt;
 use tonic::Code;
@@ -18,15 +18,6 @@ use tonic_health::pb::health_client::HealthClient;
 
 /// A buffer that never flushes by itself: only shutdown (or a full buffer) empties it.
 const HOLD_BUFFER: &[(&str, &str)] = &[("TALLY_FLUSH_INTERVAL_MS", "60000"), ("TALLY_BATCH_SIZE", "100000")];
-
-fn op(resource_id: &str, counter_type: &str, delta: i64) -> IncrementOperation {
-    IncrementOperation {
-        resource_id: resource_id.into(),
-        counter_type: counter_type.into(),
-        delta: Some(delta),
-        ..Default::default()
-    }
-}
 
 /// Sends 100 async batches of 40 operations over 300 counters; returns the
 /// expected total per resource id (counter type `views`).

@@ -22,6 +22,16 @@ pub enum Backend {
     Cluster,
 }
 
+/// One batch operation on `resource_id`/`counter_type`.
+pub fn op(resource_id: &str, counter_type: &str, delta: i64) -> tally_proto::v1::IncrementOperation {
+    tally_proto::v1::IncrementOperation {
+        resource_id: resource_id.into(),
+        counter_type: counter_type.into(),
+        delta: Some(delta),
+        ..Default::default()
+    }
+}
+
 /// A counter process on a backend (and the standalone Redis it owns, if any).
 pub struct Stack {
     pub counter: CounterProcess,

@@ -1,15 +1,10 @@
 //! The counter Deployment and its headless Service (for discovery).
 
-use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
-use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, PodSpec, PodTemplateSpec, Probe, SecretKeySelector,
-    Service, ServicePort, ServiceSpec,
-};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Container, ContainerPort, EnvVar, EnvVarSource, PodSpec, SecretKeySelector, Service};
 use kube::ResourceExt;
 
-use super::{env, labels, locked_down, owned_meta};
+use super::{deployment_for, env, http_probe, locked_down, service_for};
 use crate::crd::CounterCluster;
 
 pub const GRPC_PORT: i32 = 9001;
@@ -51,20 +46,7 @@ pub fn env_vars(cc: &CounterCluster) -> Vec<EnvVar> {
     ]
 }
 
-fn http_probe(path: &str) -> Probe {
-    Probe {
-        http_get: Some(HTTPGetAction {
-            path: Some(path.into()),
-            port: IntOrString::Int(ADMIN_PORT),
-            ..HTTPGetAction::default()
-        }),
-        period_seconds: Some(5),
-        ..Probe::default()
-    }
-}
-
 pub fn deployment(cc: &CounterCluster) -> Deployment {
-    let selector = labels(cc, "counter");
     let container = Container {
         name: "counter".into(),
         image: Some(cc.spec.counter.image.clone()),
@@ -73,8 +55,8 @@ pub fn deployment(cc: &CounterCluster) -> Deployment {
             ContainerPort { name: Some("grpc".into()), container_port: GRPC_PORT, ..ContainerPort::default() },
             ContainerPort { name: Some("admin".into()), container_port: ADMIN_PORT, ..ContainerPort::default() },
         ]),
-        readiness_probe: Some(http_probe("/ready")),
-        liveness_probe: Some(http_probe("/health")),
+        readiness_probe: Some(http_probe("/ready", ADMIN_PORT)),
+        liveness_probe: Some(http_probe("/health", ADMIN_PORT)),
         security_context: Some(locked_down()),
         ..Container::default()
     };
@@ -82,46 +64,14 @@ pub fn deployment(cc: &CounterCluster) -> Deployment {
         ("prometheus.io/scrape".to_string(), "true".to_string()),
         ("prometheus.io/port".to_string(), ADMIN_PORT.to_string()),
     ];
-    Deployment {
-        metadata: owned_meta(cc, name(cc), "counter"),
-        spec: DeploymentSpec {
-            replicas: Some(cc.spec.counter.replicas),
-            selector: LabelSelector { match_labels: Some(selector.clone()), ..LabelSelector::default() },
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(selector),
-                    annotations: Some(annotations.into_iter().collect()),
-                    ..ObjectMeta::default()
-                }),
-                spec: Some(PodSpec {
-                    containers: vec![container],
-                    termination_grace_period_seconds: Some(40), // > the counter's 25 s drain budget
-                    ..PodSpec::default()
-                }),
-            },
-            ..DeploymentSpec::default()
-        },
-        ..Deployment::default()
-    }
+    // Longer than the counter's 25 s drain budget.
+    let pod = PodSpec { termination_grace_period_seconds: Some(40), ..PodSpec::default() };
+    deployment_for(cc, "counter", name(cc), cc.spec.counter.replicas, container, Some(annotations.into()), pod)
 }
 
 /// Headless, so DNS and EndpointSlices list every ready counter pod.
 pub fn service(cc: &CounterCluster) -> Service {
-    Service {
-        metadata: owned_meta(cc, name(cc), "counter"),
-        spec: Some(ServiceSpec {
-            cluster_ip: Some("None".into()),
-            selector: Some(labels(cc, "counter")),
-            ports: Some(vec![ServicePort {
-                name: Some("grpc".into()),
-                port: GRPC_PORT,
-                target_port: Some(IntOrString::String("grpc".into())),
-                ..ServicePort::default()
-            }]),
-            ..ServiceSpec::default()
-        }),
-        ..Service::default()
-    }
+    service_for(cc, "counter", name(cc), ("grpc", GRPC_PORT), true)
 }
 
 #[cfg(test)]
@@ -130,7 +80,7 @@ mod tests {
     use crate::resources::sample;
 
     fn env_of(cc: &CounterCluster) -> std::collections::BTreeMap<String, Option<String>> {
-        env_vars(cc).into_iter().map(|e| (e.name, e.value)).collect()
+        crate::resources::env_map(env_vars(cc))
     }
 
     #[test]

@@ -1,14 +1,10 @@
 //! The gateway Deployment and its Service.
 
-use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
-use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, EnvVar, HTTPGetAction, PodSpec, PodTemplateSpec, Probe, Service, ServicePort, ServiceSpec,
-};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Container, ContainerPort, EnvVar, PodSpec, Service};
 use kube::ResourceExt;
 
-use super::{counter, env, labels, locked_down, owned_meta};
+use super::{counter, deployment_for, env, http_probe, locked_down, service_for};
 use crate::crd::{CounterCluster, DiscoveryMode, LbPolicy};
 
 pub const HTTP_PORT: i32 = 8080;
@@ -59,16 +55,6 @@ pub fn env_vars(cc: &CounterCluster) -> Vec<EnvVar> {
 }
 
 pub fn deployment(cc: &CounterCluster) -> Deployment {
-    let selector = labels(cc, "gateway");
-    let probe = |path: &str| Probe {
-        http_get: Some(HTTPGetAction {
-            path: Some(path.into()),
-            port: IntOrString::Int(HTTP_PORT),
-            ..HTTPGetAction::default()
-        }),
-        period_seconds: Some(5),
-        ..Probe::default()
-    };
     let container = Container {
         name: "gateway".into(),
         image: Some(cc.spec.gateway.image.clone()),
@@ -78,45 +64,17 @@ pub fn deployment(cc: &CounterCluster) -> Deployment {
             container_port: HTTP_PORT,
             ..ContainerPort::default()
         }]),
-        readiness_probe: Some(probe("/api/v1/ready")),
-        liveness_probe: Some(probe("/api/v1/health")),
+        readiness_probe: Some(http_probe("/api/v1/ready", HTTP_PORT)),
+        liveness_probe: Some(http_probe("/api/v1/health", HTTP_PORT)),
         security_context: Some(locked_down()),
         ..Container::default()
     };
-    Deployment {
-        metadata: owned_meta(cc, name(cc), "gateway"),
-        spec: DeploymentSpec {
-            replicas: Some(cc.spec.gateway.replicas),
-            selector: LabelSelector { match_labels: Some(selector.clone()), ..LabelSelector::default() },
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta { labels: Some(selector), ..ObjectMeta::default() }),
-                spec: Some(PodSpec {
-                    containers: vec![container],
-                    service_account_name: Some(name(cc)),
-                    ..PodSpec::default()
-                }),
-            },
-            ..DeploymentSpec::default()
-        },
-        ..Deployment::default()
-    }
+    let pod = PodSpec { service_account_name: Some(name(cc)), ..PodSpec::default() };
+    deployment_for(cc, "gateway", name(cc), cc.spec.gateway.replicas, container, None, pod)
 }
 
 pub fn service(cc: &CounterCluster) -> Service {
-    Service {
-        metadata: owned_meta(cc, name(cc), "gateway"),
-        spec: Some(ServiceSpec {
-            selector: Some(labels(cc, "gateway")),
-            ports: Some(vec![ServicePort {
-                name: Some("http".into()),
-                port: HTTP_PORT,
-                target_port: Some(IntOrString::String("http".into())),
-                ..ServicePort::default()
-            }]),
-            ..ServiceSpec::default()
-        }),
-        ..Service::default()
-    }
+    service_for(cc, "gateway", name(cc), ("http", HTTP_PORT), false)
 }
 
 #[cfg(test)]
@@ -125,7 +83,7 @@ mod tests {
     use crate::resources::sample;
 
     fn env_of(cc: &CounterCluster) -> std::collections::BTreeMap<String, Option<String>> {
-        env_vars(cc).into_iter().map(|e| (e.name, e.value)).collect()
+        crate::resources::env_map(env_vars(cc))
     }
 
     #[test]

@@ -7,8 +7,13 @@ pub mod gateway;
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Capabilities, EnvVar, SecurityContext};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, EnvVar, HTTPGetAction, PodSpec, PodTemplateSpec, Probe, SecurityContext, Service,
+    ServicePort, ServiceSpec,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 
 use crate::crd::CounterCluster;
@@ -47,6 +52,70 @@ pub fn locked_down() -> SecurityContext {
         capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), ..Capabilities::default() }),
         ..SecurityContext::default()
     }
+}
+
+/// An HTTP GET probe on `path` and `port`, every 5 s.
+pub fn http_probe(path: &str, port: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::Int(port),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(5),
+        ..Probe::default()
+    }
+}
+
+/// A Service selecting `component`'s pods on one named port; `headless` for discovery.
+pub fn service_for(cc: &CounterCluster, component: &str, name: String, port: (&str, i32), headless: bool) -> Service {
+    Service {
+        metadata: owned_meta(cc, name, component),
+        spec: Some(ServiceSpec {
+            cluster_ip: headless.then(|| "None".into()),
+            selector: Some(labels(cc, component)),
+            ports: Some(vec![ServicePort {
+                name: Some(port.0.into()),
+                port: port.1,
+                target_port: Some(IntOrString::String(port.0.into())),
+                ..ServicePort::default()
+            }]),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    }
+}
+
+/// A Deployment of `replicas` pods of `component` running `container`;
+/// `pod` carries the pod-level settings (the containers are filled in here).
+pub fn deployment_for(
+    cc: &CounterCluster,
+    component: &str,
+    name: String,
+    replicas: i32,
+    container: Container,
+    annotations: Option<BTreeMap<String, String>>,
+    pod: PodSpec,
+) -> Deployment {
+    let selector = labels(cc, component);
+    Deployment {
+        metadata: owned_meta(cc, name, component),
+        spec: DeploymentSpec {
+            replicas: Some(replicas),
+            selector: LabelSelector { match_labels: Some(selector.clone()), ..LabelSelector::default() },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta { labels: Some(selector), annotations, ..ObjectMeta::default() }),
+                spec: Some(PodSpec { containers: vec![container], ..pod }),
+            },
+            ..DeploymentSpec::default()
+        },
+        ..Deployment::default()
+    }
+}
+
+#[cfg(test)]
+pub(crate) fn env_map(vars: Vec<EnvVar>) -> BTreeMap<String, Option<String>> {
+    vars.into_iter().map(|e| (e.name, e.value)).collect()
 }
 
 #[cfg(test)]
