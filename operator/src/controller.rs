@@ -16,7 +16,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::crd::{CounterCluster, CounterClusterStatus};
-use crate::resources::{access, counter, gateway};
+use crate::resources::{access, counter, gateway, redis};
 use crate::validate::validate;
 
 pub const FIELD_MANAGER: &str = "tally-operator";
@@ -112,6 +112,10 @@ pub async fn reconcile(cc: Arc<CounterCluster>, ctx: Arc<Context>) -> Result<Act
             status_for(&cc, Some(invalid.to_string()), 0, 0, now)
         }
         Ok(()) => {
+            if cc.spec.store.managed && cc.spec.store.url.is_none() && cc.spec.store.url_secret.is_none() {
+                apply(client, &namespace, &redis::service(&cc)).await?;
+                apply(client, &namespace, &redis::stateful_set(&cc)).await?;
+            }
             apply(client, &namespace, &counter::service(&cc)).await?;
             let counters = apply(client, &namespace, &counter::deployment(&cc)).await?;
             apply(client, &namespace, &access::gateway_service_account(&cc)).await?;

@@ -52,6 +52,8 @@ async fn first_reconcile_applies_everything_with_one_field_manager_and_owner_ref
         kinds,
         vec![
             "Service",
+            "StatefulSet",
+            "Service",
             "Deployment",
             "ServiceAccount",
             "Role",
@@ -81,6 +83,17 @@ async fn first_reconcile_applies_everything_with_one_field_manager_and_owner_ref
     assert_eq!(status["status"]["observedGeneration"], 3);
     let ready = status["status"]["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Ready").unwrap();
     assert_eq!(ready["status"], "False", "nothing is ready in the mock");
+}
+
+#[tokio::test]
+async fn sample_resource_parses_and_reconciles() {
+    let sample: CounterCluster =
+        serde_yaml_ng::from_str(include_str!("../../deploy/samples/countercluster.yaml")).expect("sample parses");
+    assert_eq!(sample.spec.gateway.pool_size, 20);
+    let mut sample = sample;
+    sample.metadata.uid = Some("uid-2".into());
+    let seen = run(sample).await;
+    assert!(seen.iter().any(|(uri, _)| uri.contains("/statefulsets/demo-redis")), "managed Redis applied");
 }
 
 #[tokio::test]

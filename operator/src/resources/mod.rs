@@ -4,6 +4,7 @@
 pub mod access;
 pub mod counter;
 pub mod gateway;
+pub mod redis;
 
 use std::collections::BTreeMap;
 
