@@ -31,6 +31,7 @@ fmt:
 ## Regenerates the CounterCluster CRD from the Rust types (a test fails on drift).
 crd:
 	$(CARGO) run -q -p tally-operator --bin crdgen > deploy/crds/countercluster.yaml
+	cp deploy/crds/countercluster.yaml charts/tally-operator/crds/countercluster.yaml
 
 ## Benchmarks (BRIEF §10); reports go to bench-results/.
 bench: bench-gateway bench-counter bench-scale

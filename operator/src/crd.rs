@@ -246,8 +246,21 @@ mod tests {
     }
 
     #[test]
-    fn the_committed_crd_matches_the_rust_types() {
+    fn the_committed_crds_match_the_rust_types() {
         let committed = include_str!("../../deploy/crds/countercluster.yaml");
         assert_eq!(committed, crd_yaml(), "deploy/crds/countercluster.yaml drifted: run `make crd`");
+        let in_chart = include_str!("../../charts/tally-operator/crds/countercluster.yaml");
+        assert_eq!(in_chart, crd_yaml(), "the chart's CRD drifted: run `make crd`");
+    }
+
+    #[test]
+    fn chart_metadata_and_values_parse() {
+        for text in [
+            include_str!("../../charts/tally-operator/Chart.yaml"),
+            include_str!("../../charts/tally-operator/values.yaml"),
+        ] {
+            let parsed: Result<serde_json::Value, _> = serde_yaml_ng::from_str(text);
+            assert!(parsed.is_ok(), "{parsed:?}");
+        }
     }
 }
