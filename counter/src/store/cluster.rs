@@ -53,7 +53,9 @@ impl ClusterStore {
             Err(err) => return vec![IncrOutcome::Failed(err); cmds.len()],
         };
         let groups = by_slot(cmds.iter().map(|(key, _)| *key));
-        let replies = join_all(groups.values().map(|indices| {
+        let groups: Vec<&[usize]> = groups.values().map(Vec::as_slice).collect();
+        let missing = IncrOutcome::Failed(StoreError::Unknown("no reply".into()));
+        scatter(&groups, cmds.len(), missing, |_, indices| {
             let mut conn = conn.clone();
             let pipe = incr_pipeline(indices.iter().map(|&i| &cmds[i]));
             async move {
@@ -62,15 +64,8 @@ impl ClusterStore {
                     Err(err) => vec![IncrOutcome::Failed(StoreError::from_redis(&err)); indices.len()],
                 }
             }
-        }))
-        .await;
-        let mut result = vec![IncrOutcome::Failed(StoreError::Unknown("no reply".into())); cmds.len()];
-        for (indices, group) in groups.values().zip(replies) {
-            for (&i, outcome) in indices.iter().zip(group) {
-                result[i] = outcome;
-            }
-        }
-        result
+        })
+        .await
     }
 
     pub async fn incr_batch_once(&self, batch_id: &str, cmds: &[Cmd<'_>]) -> Vec<BatchOutcome> {
@@ -80,19 +75,15 @@ impl ClusterStore {
         };
         let groups = by_slot(cmds.iter().map(|(key, _)| *key));
         let chunks: Vec<&[usize]> = groups.values().flat_map(|indices| batch::chunks(indices)).collect();
-        let runs = join_all(chunks.iter().enumerate().map(|(chunk_no, chunk)| {
+        let missing = BatchOutcome::Failed(StoreError::Unknown("no reply".into()));
+        // Chunk numbers follow the deterministic slot/chunk order, so a resend
+        // of the same commands claims the same markers.
+        scatter(&chunks, cmds.len(), missing, |chunk_no, chunk| {
             let mut conn = conn.clone();
             let chunk_cmds: Vec<&Cmd<'_>> = chunk.iter().map(|&i| &cmds[i]).collect();
             async move { batch::apply_chunk(&mut conn, batch_id, chunk_no, &chunk_cmds).await }
-        }))
-        .await;
-        let mut result = vec![BatchOutcome::Failed(StoreError::Unknown("no reply".into())); cmds.len()];
-        for (chunk, outcomes) in chunks.iter().zip(runs) {
-            for (&i, outcome) in chunk.iter().zip(outcomes) {
-                result[i] = outcome;
-            }
-        }
-        result
+        })
+        .await
     }
 
     pub async fn incr_each(&self, cmds: &[KeyedCmd<'_>], retention: Duration) -> Vec<IdempotentOutcome> {
@@ -101,7 +92,9 @@ impl ClusterStore {
             Err(err) => return vec![IdempotentOutcome::Failed(err); cmds.len()],
         };
         let groups = by_slot(cmds.iter().map(|(key, _, _)| *key));
-        let replies = join_all(groups.values().map(|indices| {
+        let groups: Vec<&[usize]> = groups.values().map(Vec::as_slice).collect();
+        let missing = IdempotentOutcome::Failed(StoreError::Unknown("no reply".into()));
+        scatter(&groups, cmds.len(), missing, |_, indices| {
             let mut conn = conn.clone();
             let pipe = each_pipeline(indices.iter().map(|&i| &cmds[i]), retention);
             async move {
@@ -110,15 +103,8 @@ impl ClusterStore {
                     Err(err) => vec![IdempotentOutcome::Failed(StoreError::from_redis(&err)); indices.len()],
                 }
             }
-        }))
-        .await;
-        let mut result = vec![IdempotentOutcome::Failed(StoreError::Unknown("no reply".into())); cmds.len()];
-        for (indices, group) in groups.values().zip(replies) {
-            for (&i, outcome) in indices.iter().zip(group) {
-                result[i] = outcome;
-            }
-        }
-        result
+        })
+        .await
     }
 
     pub async fn get(&self, keys: &[CounterKey]) -> Result<Vec<i64>, StoreError> {
@@ -144,6 +130,25 @@ impl ClusterStore {
         let mut conn = self.conn().await?;
         redis::cmd("PING").query_async::<()>(&mut conn).await.map_err(|e| StoreError::from_redis(&e))
     }
+}
+
+/// Runs `run(group number, command indices)` for every group concurrently
+/// and puts each group's per-command results back in command order
+/// (`missing` for any a group failed to report).
+async fn scatter<'g, T, F, Fut>(groups: &[&'g [usize]], len: usize, missing: T, run: F) -> Vec<T>
+where
+    T: Clone,
+    F: Fn(usize, &'g [usize]) -> Fut,
+    Fut: std::future::Future<Output = Vec<T>>,
+{
+    let replies = join_all(groups.iter().enumerate().map(|(n, &group)| run(n, group))).await;
+    let mut result = vec![missing; len];
+    for (group, outcomes) in groups.iter().zip(replies) {
+        for (&i, outcome) in group.iter().zip(outcomes) {
+            result[i] = outcome;
+        }
+    }
+    result
 }
 
 /// Indices of `keys` grouped by cluster slot, order kept within each slot
