@@ -15,9 +15,7 @@ SECONDS_PER_RUN=${SECONDS_PER_RUN:-10}
 # wake-ups (measured: ~50k vs ~39k req/s for the gateway at 2 threads).
 GATEWAY_THREADS=${GATEWAY_THREADS:-1}
 COUNTER_THREADS=${COUNTER_THREADS:-1}
-for tool in redis-server redis-benchmark hey wrk python3; do
-  command -v "$tool" >/dev/null || { echo "$tool missing: apt-get install -y redis-server redis-tools hey wrk python3" >&2; exit 1; }
-done
+require_tools redis-server redis-benchmark redis-cli hey wrk python3
 
 cargo build --release -q -p tally-counter -p tally-gateway
 work=$(mktemp -d)

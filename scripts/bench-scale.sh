@@ -7,9 +7,7 @@ cd "$(dirname "$0")/.."
 . scripts/lib.sh
 
 SECONDS_PER_RUN=${SECONDS_PER_RUN:-10}
-for tool in redis-server wrk; do
-  command -v "$tool" >/dev/null || { echo "$tool missing: apt-get install -y redis-server wrk" >&2; exit 1; }
-done
+require_tools redis-server wrk
 cargo build --release -q -p tally-counter -p tally-gateway
 work=$(mktemp -d)
 trap kill_started EXIT

@@ -8,6 +8,16 @@ kill_started() {
   wait 2>/dev/null || true
 }
 
+# Exits with an install hint unless every tool named is on PATH.
+require_tools() {
+  local missing=()
+  for tool in "$@"; do command -v "$tool" >/dev/null || missing+=("$tool"); done
+  if [ "${#missing[@]}" -gt 0 ]; then
+    echo "missing: ${missing[*]} (Debian: apt-get install -y redis-server redis-tools hey wrk python3)" >&2
+    exit 1
+  fi
+}
+
 # A free TCP port on loopback.
 free_port() {
   python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
