@@ -183,13 +183,9 @@ impl Backends {
         Ok(())
     }
 
-    /// Round-robin over the healthy endpoints; `None` when none is.
-    pub fn pick(&self) -> Option<Arc<Backend>> {
-        self.pick_avoiding(None)
-    }
-
-    /// Like [`Backends::pick`], but not `avoid` (the endpoint a retry just
-    /// failed on) while another usable endpoint exists. Usable: healthy, and
+    /// An endpoint chosen by the balancing policy among the usable ones
+    /// (`None` when none is), not `avoid` (the endpoint a retry just failed
+    /// on) while another usable endpoint exists. Usable: healthy, and
     /// its breaker lets the call through (a half-open breaker hands out its
     /// probe slots here).
     pub fn pick_avoiding(&self, avoid: Option<&Arc<Backend>>) -> Option<Arc<Backend>> {
@@ -313,6 +309,6 @@ mod tests {
         assert!(matches!(Backends::new(&["not a uri".into()], &settings), Err(BackendError::InvalidUri { .. })));
         let ok = Backends::new(&["http://127.0.0.1:1".into()], &settings).expect("valid");
         assert_eq!(ok.all()[0].pool_size(), settings.pool_size);
-        assert!(ok.pick().is_none(), "not warmed up yet");
+        assert!(ok.pick_avoiding(None).is_none(), "not warmed up yet");
     }
 }
