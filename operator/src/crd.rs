@@ -1,13 +1,19 @@
 //! The `CounterCluster` custom resource (`tally.dev/v1alpha1`): everything
-//! needed to run a tally deployment, with the services' tunables, their
-//! validated ranges and defaults equal to the services' own defaults.
+//! needed to run a tally deployment, with every tunable of the services,
+//! their validated ranges (schema) and relations (CEL rules), and defaults
+//! equal to the services' own defaults (each struct's `Default`, which
+//! schemars writes into the schema, so the CRD and the code cannot disagree).
 
-use kube::CustomResource;
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-/// A tally deployment: counters, gateways, the store, discovery and every tunable.
-#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+/// A tally deployment: counters, gateways, the store, discovery, telemetry.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
 #[kube(
     group = "tally.dev",
     version = "v1alpha1",
@@ -15,79 +21,158 @@ use serde::{Deserialize, Serialize};
     namespaced,
     status = "CounterClusterStatus",
     shortname = "cc",
+    category = "tally",
+    cel,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Counters","type":"integer","jsonPath":".status.counterReadyReplicas"}"#,
+    printcolumn = r#"{"name":"Wanted","type":"integer","jsonPath":".spec.counter.replicas"}"#,
     printcolumn = r#"{"name":"Gateways","type":"integer","jsonPath":".status.gatewayReadyReplicas"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
 pub struct CounterClusterSpec {
+    /// Pull policy for both images.
+    #[serde(default)]
+    pub image_pull_policy: PullPolicy,
     #[serde(default)]
     pub counter: CounterSpec,
+    // The relations between fields, as CEL rules on the object holding them.
     #[serde(default)]
+    #[x_kube(validation = Rule::new("self.breakerMaxRecoveryMs >= self.breakerRecoveryMs")
+        .message("breakerMaxRecoveryMs must be at least breakerRecoveryMs"))]
+    #[x_kube(validation = Rule::new("self.requestTimeoutMs >= self.connectTimeoutMs")
+        .message("requestTimeoutMs must be at least connectTimeoutMs"))]
     pub gateway: GatewaySpec,
     pub store: StoreSpec,
     #[serde(default)]
     pub discovery: DiscoverySpec,
+    #[serde(default)]
+    pub telemetry: TelemetrySpec,
 }
 
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum PullPolicy {
+    Always,
+    #[default]
+    IfNotPresent,
+    Never,
+}
+
+/// The counter service: gRPC, group commit into the store, write-behind buffer.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", default)]
 pub struct CounterSpec {
-    #[serde(default = "default_counter_image")]
     pub image: String,
-    #[serde(default = "default_replicas")]
     #[schemars(range(min = 1, max = 100))]
     pub replicas: i32,
+    /// Requests and limits of the counter container.
+    pub resources: ResourceRequirements,
+    /// Store connect timeout, ms (`TALLY_STORE_CONNECT_TIMEOUT_MS`).
+    #[schemars(range(min = 1, max = 60000))]
+    pub store_connect_timeout_ms: u32,
+    /// Store call timeout, ms (`TALLY_STORE_TIMEOUT_MS`).
+    #[schemars(range(min = 1, max = 60000))]
+    pub store_timeout_ms: u32,
+    /// Most operations in one group commit (`TALLY_COMMIT_MAX_OPS`).
+    #[schemars(range(min = 1, max = 100000))]
+    pub commit_max_ops: u32,
+    /// Group commits in flight at once (`TALLY_COMMIT_MAX_INFLIGHT`).
+    #[schemars(range(min = 1, max = 256))]
+    pub commit_max_inflight: u32,
     /// Async writes: flush once this many operations are buffered (`TALLY_BATCH_SIZE`).
-    #[serde(default = "default_batch_size")]
     #[schemars(range(min = 1, max = 100000))]
     pub batch_size: u32,
     /// Async writes: flush at least this often, ms (`TALLY_FLUSH_INTERVAL_MS`).
-    #[serde(default = "default_flush_interval_ms")]
     #[schemars(range(min = 1, max = 60000))]
     pub flush_interval_ms: u32,
     /// Most distinct counters buffered (`TALLY_BUFFER_CAPACITY`).
-    #[serde(default = "default_buffer_capacity")]
     #[schemars(range(min = 1, max = 10000000))]
     pub buffer_capacity: u32,
+    /// What an async write does when the buffer is full (`TALLY_BUFFER_FULL_POLICY`).
+    pub buffer_full_policy: BufferFullPolicy,
     /// How long idempotency keys are remembered, s (`TALLY_IDEMPOTENCY_RETENTION_S`).
-    #[serde(default = "default_idempotency_retention_s")]
     #[schemars(range(min = 1, max = 604800))]
     pub idempotency_retention_s: u32,
+    /// HTTP/2 keep-alive ping interval, ms (`TALLY_HTTP2_KEEPALIVE_MS`).
+    #[schemars(range(min = 1000, max = 3600000))]
+    pub keepalive_ms: u32,
+    /// Drain budget on SIGTERM, ms (`TALLY_SHUTDOWN_TIMEOUT_MS`); the pod's
+    /// grace period is this plus 15 s.
+    #[schemars(range(min = 1000, max = 600000))]
+    pub shutdown_timeout_ms: u32,
 }
 
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum BufferFullPolicy {
+    /// Write synchronously instead (slower, never refused).
+    #[default]
+    Sync,
+    /// Refuse with 429 / RESOURCE_EXHAUSTED.
+    Reject,
+}
+
+/// The HTTP gateway and its client behaviour towards the counters.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", default)]
 pub struct GatewaySpec {
-    #[serde(default = "default_gateway_image")]
     pub image: String,
-    #[serde(default = "default_replicas")]
     #[schemars(range(min = 1, max = 100))]
     pub replicas: i32,
+    /// Requests and limits of the gateway container.
+    pub resources: ResourceRequirements,
     /// HTTP/2 connections per counter endpoint (`TALLY_POOL_SIZE`).
-    #[serde(default = "default_pool_size")]
     #[schemars(range(min = 1, max = 256))]
     pub pool_size: u32,
+    /// HTTP/2 keep-alive ping interval, ms (`TALLY_KEEPALIVE_MS`).
+    #[schemars(range(min = 1000, max = 3600000))]
+    pub keepalive_ms: u32,
+    /// Connect timeout, ms (`TALLY_CONNECT_TIMEOUT_MS`).
+    #[schemars(range(min = 1, max = 60000))]
+    pub connect_timeout_ms: u32,
+    /// Per-call deadline, ms (`TALLY_REQUEST_TIMEOUT_MS`).
+    #[schemars(range(min = 1, max = 600000))]
+    pub request_timeout_ms: u32,
+    /// Active health check interval, ms (`TALLY_HEALTH_INTERVAL_MS`).
+    #[schemars(range(min = 10, max = 60000))]
+    pub health_interval_ms: u32,
+    /// Coalesce single increments into batch calls (`TALLY_COALESCE`).
+    pub coalesce: bool,
+    /// `round_robin`, `least_request` or `weighted` (`TALLY_LB_POLICY`).
+    pub lb_policy: LbPolicy,
+    /// Attempts per call, first included (`TALLY_RETRY_ATTEMPTS`).
+    #[schemars(range(min = 1, max = 10))]
+    pub retry_attempts: u32,
+    /// Retries allowed as a percentage of calls (`TALLY_RETRY_BUDGET_PERCENT`).
+    #[schemars(range(min = 0, max = 100))]
+    pub retry_budget_percent: u32,
+    /// Retries always allowed per second (`TALLY_RETRY_MIN_PER_SECOND`).
+    #[schemars(range(min = 0, max = 100000))]
+    pub retry_min_per_second: u32,
+    /// Consecutive failures that open a breaker (`TALLY_BREAKER_FAILURES`).
+    #[schemars(range(min = 1, max = 1000))]
+    pub breaker_failures: u32,
+    /// First open period, ms; doubles per reopen (`TALLY_BREAKER_RECOVERY_MS`).
+    #[schemars(range(min = 1, max = 600000))]
+    pub breaker_recovery_ms: u32,
+    /// Longest open period, ms (`TALLY_BREAKER_MAX_RECOVERY_MS`).
+    #[schemars(range(min = 1, max = 3600000))]
+    pub breaker_max_recovery_ms: u32,
+    /// Trial calls let through when half-open (`TALLY_BREAKER_HALF_OPEN_PROBES`).
+    #[schemars(range(min = 1, max = 100))]
+    pub breaker_half_open_probes: u32,
+    /// Most endpoints ejected at once, percent (`TALLY_BREAKER_MAX_EJECTION_PERCENT`).
+    #[schemars(range(min = 0, max = 100))]
+    pub breaker_max_ejection_percent: u32,
     /// Read cache TTL, ms; 0 disables (`TALLY_CACHE_TTL_MS`).
-    #[serde(default = "default_cache_ttl_ms")]
     #[schemars(range(min = 0, max = 3600000))]
     pub cache_ttl_ms: u32,
     /// Read cache size (`TALLY_CACHE_MAX_ENTRIES`).
-    #[serde(default = "default_cache_max_entries")]
     #[schemars(range(min = 0, max = 10000000))]
     pub cache_max_entries: u32,
-    /// `round_robin`, `least_request` or `weighted` (`TALLY_LB_POLICY`).
-    #[serde(default)]
-    pub lb_policy: LbPolicy,
-    /// Attempts per call, first included (`TALLY_RETRY_ATTEMPTS`).
-    #[serde(default = "default_retry_attempts")]
-    #[schemars(range(min = 1, max = 10))]
-    pub retry_attempts: u32,
-    /// Consecutive failures that open a breaker (`TALLY_BREAKER_FAILURES`).
-    #[serde(default = "default_breaker_failures")]
-    #[schemars(range(min = 1, max = 1000))]
-    pub breaker_failures: u32,
+    /// Drain budget on SIGTERM, ms (`TALLY_SHUTDOWN_TIMEOUT_MS`).
+    #[schemars(range(min = 1000, max = 600000))]
+    pub shutdown_timeout_ms: u32,
 }
 
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
@@ -99,15 +184,19 @@ pub enum LbPolicy {
     Weighted,
 }
 
-/// Where counters live: a Redis URL (or a Secret holding it), or a managed
-/// single-node Redis for trying tally out.
-#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+/// Where counters live: a Redis URL, a Secret holding it, or a managed
+/// single-node Redis for trying tally out. Exactly one.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new(
+    "(has(self.url) ? 1 : 0) + (has(self.urlSecret) ? 1 : 0) + (has(self.managed) && self.managed ? 1 : 0) == 1"
+).message("set exactly one of url, urlSecret or managed: true"))]
 pub struct StoreSpec {
-    /// `redis://…` or `redis+cluster://…`.
+    /// `redis://…`, `rediss://…` or `redis+cluster://…`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^(redis|rediss|redis\+cluster)://"))]
     pub url: Option<String>,
-    /// A Secret key holding the URL (takes precedence over `url`).
+    /// A Secret key holding the URL (passwords belong here, not in `url`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url_secret: Option<SecretKeyRef>,
     /// Run a single-node Redis StatefulSet (for trying it out, not production).
@@ -121,13 +210,16 @@ pub struct SecretKeyRef {
     pub key: String,
 }
 
-#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.mode != 'consul' || has(self.consulAddress)")
+    .message("mode consul needs consulAddress"))]
 pub struct DiscoverySpec {
     #[serde(default)]
     pub mode: DiscoveryMode,
-    /// Consul agent address when `mode: consul`.
+    /// Consul agent address when `mode: consul`, e.g. `http://consul.consul.svc:8500`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^https?://"))]
     pub consul_address: Option<String>,
 }
 
@@ -138,6 +230,34 @@ pub enum DiscoveryMode {
     Kubernetes,
     Dns,
     Consul,
+}
+
+/// Traces, logs. Metrics are always on (`/metrics`, scrape annotations).
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", default)]
+pub struct TelemetrySpec {
+    /// OTLP/gRPC endpoint traces go to (`OTEL_EXPORTER_OTLP_ENDPOINT`),
+    /// e.g. `http://jaeger.tally.svc:4317`; unset exports nothing.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^https?://"))]
+    pub otlp_endpoint: Option<String>,
+    /// Share of new traces sampled; a sampled caller is always followed
+    /// (`OTEL_TRACES_SAMPLER_ARG`, parent-based ratio sampler).
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub sampling_ratio: f64,
+    /// `json` or `text` (`TALLY_LOG_FORMAT`).
+    pub log_format: LogFormat,
+    /// Log filter (`RUST_LOG`), e.g. `info` or `info,tally_gateway=debug`.
+    #[schemars(length(min = 1, max = 512))]
+    pub log_level: String,
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    #[default]
+    Json,
+    Text,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, JsonSchema)]
@@ -155,52 +275,33 @@ pub struct CounterClusterStatus {
     pub conditions: Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>,
 }
 
-fn default_counter_image() -> String {
-    "ghcr.io/tally-dev/tally-counter:0.1.0".into()
-}
-fn default_gateway_image() -> String {
-    "ghcr.io/tally-dev/tally-gateway:0.1.0".into()
-}
-fn default_replicas() -> i32 {
-    2
-}
-fn default_batch_size() -> u32 {
-    100
-}
-fn default_flush_interval_ms() -> u32 {
-    100
-}
-fn default_buffer_capacity() -> u32 {
-    100_000
-}
-fn default_idempotency_retention_s() -> u32 {
-    600
-}
-fn default_pool_size() -> u32 {
-    20
-}
-fn default_cache_ttl_ms() -> u32 {
-    5000
-}
-fn default_cache_max_entries() -> u32 {
-    10_000
-}
-fn default_retry_attempts() -> u32 {
-    3
-}
-fn default_breaker_failures() -> u32 {
-    5
+/// Requests (and a memory limit: CPU limits only throttle a latency service).
+fn resources(cpu: &str, memory: &str, memory_limit: &str) -> ResourceRequirements {
+    let quantity = |q: &str| Quantity(q.to_string());
+    ResourceRequirements {
+        requests: Some(BTreeMap::from([("cpu".into(), quantity(cpu)), ("memory".into(), quantity(memory))])),
+        limits: Some(BTreeMap::from([("memory".into(), quantity(memory_limit))])),
+        ..ResourceRequirements::default()
+    }
 }
 
 impl Default for CounterSpec {
     fn default() -> Self {
         CounterSpec {
-            image: default_counter_image(),
-            replicas: default_replicas(),
-            batch_size: default_batch_size(),
-            flush_interval_ms: default_flush_interval_ms(),
-            buffer_capacity: default_buffer_capacity(),
-            idempotency_retention_s: default_idempotency_retention_s(),
+            image: "ghcr.io/tally-dev/tally-counter:0.1.0".into(),
+            replicas: 2,
+            resources: resources("250m", "128Mi", "512Mi"),
+            store_connect_timeout_ms: 500,
+            store_timeout_ms: 1000,
+            commit_max_ops: 2048,
+            commit_max_inflight: 4,
+            batch_size: 100,
+            flush_interval_ms: 100,
+            buffer_capacity: 100_000,
+            buffer_full_policy: BufferFullPolicy::Sync,
+            idempotency_retention_s: 600,
+            keepalive_ms: 30_000,
+            shutdown_timeout_ms: 25_000,
         }
     }
 }
@@ -208,59 +309,48 @@ impl Default for CounterSpec {
 impl Default for GatewaySpec {
     fn default() -> Self {
         GatewaySpec {
-            image: default_gateway_image(),
-            replicas: default_replicas(),
-            pool_size: default_pool_size(),
-            cache_ttl_ms: default_cache_ttl_ms(),
-            cache_max_entries: default_cache_max_entries(),
-            lb_policy: LbPolicy::default(),
-            retry_attempts: default_retry_attempts(),
-            breaker_failures: default_breaker_failures(),
+            image: "ghcr.io/tally-dev/tally-gateway:0.1.0".into(),
+            replicas: 2,
+            resources: resources("250m", "64Mi", "256Mi"),
+            pool_size: 20,
+            keepalive_ms: 30_000,
+            connect_timeout_ms: 1000,
+            request_timeout_ms: 3000,
+            health_interval_ms: 1000,
+            coalesce: true,
+            lb_policy: LbPolicy::RoundRobin,
+            retry_attempts: 3,
+            retry_budget_percent: 20,
+            retry_min_per_second: 10,
+            breaker_failures: 5,
+            breaker_recovery_ms: 1000,
+            breaker_max_recovery_ms: 30_000,
+            breaker_half_open_probes: 1,
+            breaker_max_ejection_percent: 50,
+            cache_ttl_ms: 5000,
+            cache_max_entries: 10_000,
+            shutdown_timeout_ms: 10_000,
         }
     }
 }
 
-/// The CRD as YAML, as committed under `deploy/crds/`.
+impl Default for TelemetrySpec {
+    fn default() -> Self {
+        TelemetrySpec {
+            otlp_endpoint: None,
+            sampling_ratio: 0.1,
+            log_format: LogFormat::Json,
+            log_level: "info".into(),
+        }
+    }
+}
+
+/// The CRD as YAML, as committed under `deploy/crds/` and in the chart.
 pub fn crd_yaml() -> String {
     use kube::CustomResourceExt;
     serde_yaml_ng::to_string(&CounterCluster::crd()).unwrap_or_default()
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn defaults_match_the_services_defaults() {
-        let spec: CounterClusterSpec = serde_json::from_value(serde_json::json!({"store": {"managed": true}})).unwrap();
-        assert_eq!(spec.counter.batch_size, 100);
-        assert_eq!(spec.counter.flush_interval_ms, 100);
-        assert_eq!(spec.counter.buffer_capacity, 100_000);
-        assert_eq!(spec.counter.idempotency_retention_s, 600);
-        assert_eq!(spec.gateway.pool_size, 20);
-        assert_eq!(spec.gateway.cache_ttl_ms, 5000);
-        assert_eq!(spec.gateway.cache_max_entries, 10_000);
-        assert_eq!(spec.gateway.lb_policy, LbPolicy::RoundRobin);
-        assert_eq!(spec.gateway.retry_attempts, 3);
-        assert_eq!(spec.discovery.mode, DiscoveryMode::Kubernetes);
-    }
-
-    #[test]
-    fn the_committed_crds_match_the_rust_types() {
-        let committed = include_str!("../../deploy/crds/countercluster.yaml");
-        assert_eq!(committed, crd_yaml(), "deploy/crds/countercluster.yaml drifted: run `make crd`");
-        let in_chart = include_str!("../../charts/tally-operator/crds/countercluster.yaml");
-        assert_eq!(in_chart, crd_yaml(), "the chart's CRD drifted: run `make crd`");
-    }
-
-    #[test]
-    fn chart_metadata_and_values_parse() {
-        for text in [
-            include_str!("../../charts/tally-operator/Chart.yaml"),
-            include_str!("../../charts/tally-operator/values.yaml"),
-        ] {
-            let parsed: Result<serde_json::Value, _> = serde_yaml_ng::from_str(text);
-            assert!(parsed.is_ok(), "{parsed:?}");
-        }
-    }
-}
+#[path = "crd_tests.rs"]
+mod tests;

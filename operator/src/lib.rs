@@ -1,8 +1,11 @@
-//! tally's Kubernetes operator (work in progress: the CRD and the pure
-//! builders of the counter and gateway objects so far; the reconciler, RBAC,
-//! PDBs, chart and images follow).
+//! tally's Kubernetes operator: the `CounterCluster` CRD, pure builders of
+//! the objects it owns, the reconciler, leader election and its metrics.
 
+pub mod config;
 pub mod controller;
 pub mod crd;
+pub mod leader;
+pub mod metrics;
 pub mod resources;
+pub mod server;
 pub mod validate;

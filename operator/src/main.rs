@@ -1,27 +1,93 @@
-//! `tally-operator`: wires the controller. (Leader election, metrics and the
-//! Helm chart are still to come; run one replica.)
+//! `tally-operator`: wires settings, the leader election, the controller and
+//! the metrics endpoint. The work is in `controller.rs` and `resources/`.
 
+use std::process::ExitCode;
 use std::sync::Arc;
 
+use clap::Parser;
 use futures_util::StreamExt;
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use kube::runtime::{Controller, watcher};
 use kube::{Api, Client};
+use tally_operator::config::Config;
 use tally_operator::controller::{Context, error_policy, reconcile};
 use tally_operator::crd::CounterCluster;
+use tally_operator::metrics::Metrics;
+use tally_operator::{leader, server};
 
-#[tokio::main]
-async fn main() -> Result<(), kube::Error> {
-    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).init();
+#[derive(Debug, thiserror::Error)]
+enum Error {
+    #[error("cannot reach the Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("leader election: {0}")]
+    Lease(#[from] kube_lease_manager::LeaseManagerError),
+    #[error("metrics endpoint: {0}")]
+    Listen(#[from] std::io::Error),
+}
+
+fn main() -> ExitCode {
+    let config = Config::parse();
+    tally_runtime::rt::run(&config.runtime.clone(), "tally-operator", run(config))
+}
+
+async fn run(config: Config) -> Result<(), Error> {
     let client = Client::try_default().await?;
-    let clusters: Api<CounterCluster> = Api::all(client.clone());
-    tracing::info!("tally-operator watching CounterClusters");
+    let metrics = Arc::new(Metrics::new());
+    let http = tokio::spawn(server::serve(config.listen, metrics.clone(), tally_runtime::signal::shutdown()));
+    let context = Arc::new(Context::new(client.clone(), metrics.clone()));
+    if !config.leader_election {
+        metrics.leader.set(1);
+        controller(&config, client, context, tally_runtime::signal::shutdown()).await;
+        return Ok(http.await.map_err(std::io::Error::other)??);
+    }
+    let identity = config.identity.clone().unwrap_or_else(|| format!("tally-operator-{}", std::process::id()));
+    let (mut leading, election) =
+        leader::elect(client.clone(), &config.lease_name, &config.lease_namespace, &identity, config.lease_duration_s)
+            .await?;
+    tracing::info!(%identity, lease = %config.lease_name, "standing for election");
+    let mut shutdown = std::pin::pin!(tally_runtime::signal::shutdown());
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            became = leader::until_leading(&mut leading) => if !became { break },
+        }
+        tracing::info!(%identity, "leading: reconciling");
+        metrics.leader.set(1);
+        let stop = leader::until_not_leading(leading.clone());
+        tokio::select! {
+            _ = &mut shutdown => break,
+            () = controller(&config, client.clone(), context.clone(), stop) => {}
+        }
+        metrics.leader.set(0);
+        tracing::warn!(%identity, "lost the lease: standing by");
+    }
+    // Dropping the receiver releases the Lease, so a standby takes over at once.
+    drop(leading);
+    let _ = election.await;
+    Ok(http.await.map_err(std::io::Error::other)??)
+}
+
+/// Runs the controller until `stop` resolves.
+async fn controller(
+    config: &Config,
+    client: Client,
+    context: Arc<Context>,
+    stop: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let clusters: Api<CounterCluster> = match &config.watch_namespace {
+        Some(namespace) => Api::namespaced(client.clone(), namespace),
+        None => Api::all(client.clone()),
+    };
+    // Owned objects carry the instance label; watching only those keeps the cache small.
+    let owned = watcher::Config::default().labels("app.kubernetes.io/managed-by=tally-operator");
     Controller::new(clusters, watcher::Config::default())
-        .owns(Api::<Deployment>::all(client.clone()), watcher::Config::default())
-        .owns(Api::<Service>::all(client.clone()), watcher::Config::default())
-        .shutdown_on_signal()
-        .run(reconcile, error_policy, Arc::new(Context { client }))
+        .owns(Api::<Deployment>::all(client.clone()), owned.clone())
+        .owns(Api::<StatefulSet>::all(client.clone()), owned.clone())
+        .owns(Api::<Service>::all(client.clone()), owned.clone())
+        .owns(Api::<ConfigMap>::all(client), owned)
+        .graceful_shutdown_on(stop)
+        .run(reconcile, error_policy, context)
         .for_each(|result| async move {
             match result {
                 Ok((object, _)) => tracing::debug!(name = %object.name, "reconciled"),
@@ -29,5 +95,4 @@ async fn main() -> Result<(), kube::Error> {
             }
         })
         .await;
-    Ok(())
 }

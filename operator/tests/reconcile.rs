@@ -9,7 +9,8 @@ use kube::Client;
 use kube::client::Body;
 use serde_json::Value;
 use tally_operator::controller::{Context, reconcile};
-use tally_operator::crd::CounterCluster;
+use tally_operator::crd::{CounterCluster, CounterClusterStatus};
+use tally_operator::metrics::Metrics;
 use tower_test::mock;
 
 fn cluster(spec: Value) -> CounterCluster {
@@ -20,66 +21,84 @@ fn cluster(spec: Value) -> CounterCluster {
     cc
 }
 
-/// Runs one reconcile against a mock API that answers every PATCH like an
-/// API server (echoing the applied object; the whole resource for status).
-/// Returns (path and query, body) of every request.
-async fn run(cc: CounterCluster) -> Vec<(String, Value)> {
+/// One request the operator made: method, path and query, JSON body.
+type Seen = (Method, String, Value);
+
+/// Runs one reconcile against a mock API that answers like an API server:
+/// a PATCH (server-side apply) echoes the applied object (the whole resource
+/// for status), a POST (an Event) echoes the Event. Returns every request.
+async fn run(cc: CounterCluster) -> Vec<Seen> {
     let (service, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
     let client = Client::new(service, "tally");
     let resource = serde_json::to_vec(&cc).expect("resource");
     let server = tokio::spawn(async move {
         let mut seen = Vec::new();
         while let Some((request, respond)) = handle.next_request().await {
-            assert_eq!(request.method(), Method::PATCH, "the operator only applies");
+            let method = request.method().clone();
             let uri = request.uri().to_string();
             let body = request.into_body().collect_bytes().await.expect("body");
             let json: Value = serde_json::from_slice(&body).expect("json body");
             let answer = if uri.contains("/status") { resource.clone() } else { body.to_vec() };
             respond.send_response(Response::builder().body(Body::from(answer)).expect("response"));
-            seen.push((uri, json));
+            seen.push((method, uri, json));
         }
         seen
     });
-    reconcile(Arc::new(cc), Arc::new(Context { client })).await.expect("reconcile");
+    let context = Context::new(client, Arc::new(Metrics::new()));
+    reconcile(Arc::new(cc), Arc::new(context)).await.expect("reconcile");
     server.await.expect("mock server")
+}
+
+fn kinds(seen: &[Seen]) -> Vec<&str> {
+    seen.iter().map(|(_, _, body)| body["kind"].as_str().unwrap_or("?")).collect()
+}
+
+/// The applied objects (not Events, not the status).
+fn applied(seen: &[Seen]) -> Vec<Seen> {
+    seen.iter().filter(|(m, uri, _)| m == Method::PATCH && !uri.contains("/status")).cloned().collect()
+}
+
+fn events(seen: &[Seen]) -> Vec<&Value> {
+    seen.iter().filter(|(m, _, _)| m == Method::POST).map(|(_, _, body)| body).collect()
 }
 
 #[tokio::test]
 async fn first_reconcile_applies_everything_with_one_field_manager_and_owner_refs() {
     let seen = run(cluster(serde_json::json!({"store": {"managed": true}}))).await;
-    let kinds: Vec<&str> = seen.iter().map(|(_, body)| body["kind"].as_str().unwrap_or("?")).collect();
     assert_eq!(
-        kinds,
+        kinds(&seen),
         vec![
             "Service",
             "StatefulSet",
+            "ConfigMap",
             "Service",
             "Deployment",
             "ServiceAccount",
             "Role",
             "RoleBinding",
+            "ConfigMap",
             "Service",
             "Deployment",
             "PodDisruptionBudget",
             "PodDisruptionBudget",
             "NetworkPolicy",
+            "Event",
             "CounterCluster",
         ]
     );
-    for (uri, body) in &seen {
+    for (_, uri, body) in applied(&seen) {
         assert!(uri.contains("fieldManager=tally-operator") && uri.contains("force=true"), "{uri}");
         assert!(uri.contains("/namespaces/tally/"), "{uri}");
-        if body["kind"] != "CounterCluster" {
-            let owner = &body["metadata"]["ownerReferences"][0];
-            assert_eq!(
-                (owner["kind"].as_str(), owner["uid"].as_str()),
-                (Some("CounterCluster"), Some("uid-1")),
-                "{uri}"
-            );
-        }
+        let owner = &body["metadata"]["ownerReferences"][0];
+        assert_eq!((owner["kind"].as_str(), owner["uid"].as_str()), (Some("CounterCluster"), Some("uid-1")), "{uri}");
+        assert_eq!((owner["controller"].as_bool(), owner["blockOwnerDeletion"].as_bool()), (Some(true), Some(true)));
     }
-    let (status_uri, status) = seen.last().expect("status patch");
+    let event = events(&seen)[0];
+    assert_eq!((event["type"].as_str(), event["reason"].as_str()), (Some("Normal"), Some("Applied")));
+    assert_eq!(event["regarding"]["name"], "demo");
+    let (_, status_uri, status) = seen.last().expect("status patch");
     assert!(status_uri.contains("/counterclusters/demo/status"), "{status_uri}");
+    assert!(status_uri.contains("fieldManager=tally-operator"), "{status_uri}");
     assert_eq!(status["status"]["observedGeneration"], 3);
     let ready = status["status"]["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Ready").unwrap();
     assert_eq!(ready["status"], "False", "nothing is ready in the mock");
@@ -93,40 +112,58 @@ async fn sample_resource_parses_and_reconciles() {
     let mut sample = sample;
     sample.metadata.uid = Some("uid-2".into());
     let seen = run(sample).await;
-    assert!(seen.iter().any(|(uri, _)| uri.contains("/statefulsets/demo-redis")), "managed Redis applied");
+    assert!(seen.iter().any(|(_, uri, _)| uri.contains("/statefulsets/demo-redis")), "managed Redis applied");
 }
 
 #[tokio::test]
-async fn a_second_reconcile_sends_the_same_desired_state() {
-    // Server-side apply of identical objects is a no-op for the API server:
-    // only the status (its timestamps) may differ.
+async fn an_unchanged_resource_writes_nothing_new_but_status() {
+    // Server-side apply of identical objects is a no-op for the API server;
+    // with the generation already observed there is no Event either.
     let spec = serde_json::json!({"store": {"url": "redis://redis:6379"}});
     let first = run(cluster(spec.clone())).await;
-    let second = run(cluster(spec)).await;
-    let objects = |seen: &[(String, Value)]| seen[..seen.len() - 1].to_vec();
-    assert_eq!(objects(&first), objects(&second));
+    let mut observed = cluster(spec);
+    observed.status = Some(CounterClusterStatus { observed_generation: Some(3), ..CounterClusterStatus::default() });
+    let second = run(observed).await;
+    assert_eq!(applied(&first), applied(&second));
+    assert_eq!(events(&first).len(), 1);
+    assert!(events(&second).is_empty(), "no Event for a generation already applied");
+    assert_eq!(second.len(), applied(&second).len() + 1, "plus the status");
 }
 
 #[tokio::test]
-async fn a_changed_tunable_changes_only_its_deployment() {
+async fn a_changed_tunable_changes_only_its_settings_and_deployment() {
     let before = run(cluster(serde_json::json!({"store": {"managed": true}}))).await;
     let after = run(cluster(serde_json::json!({"store": {"managed": true}, "counter": {"batchSize": 500}}))).await;
-    let changed: Vec<String> = before
-        .iter()
-        .zip(&after)
-        .filter(|((_, a), (_, b))| a != b && a["kind"] != "CounterCluster")
-        .map(|((uri, _), _)| uri.clone())
-        .collect();
-    assert_eq!(changed.len(), 1, "{changed:?}");
-    assert!(changed[0].contains("/deployments/demo-counter"), "{changed:?}");
+    let (before, after) = (applied(&before), applied(&after));
+    let changed: Vec<String> =
+        before.iter().zip(&after).filter(|(a, b)| a.2 != b.2).map(|((_, uri, _), _)| uri.clone()).collect();
+    assert_eq!(changed.len(), 2, "{changed:?}");
+    assert!(changed[0].contains("/configmaps/demo-counter-config"), "{changed:?}");
+    assert!(changed[1].contains("/deployments/demo-counter?"), "{changed:?}");
+    let deployment = &after.iter().find(|(_, uri, _)| uri.contains("/deployments/demo-counter?")).unwrap().2;
+    let hash = &deployment["spec"]["template"]["metadata"]["annotations"]["tally.dev/config-hash"];
+    assert!(hash.as_str().is_some_and(|h| h.len() == 64), "the pod template changes, so the pods roll: {hash}");
 }
 
 #[tokio::test]
-async fn an_invalid_spec_only_sets_a_degraded_status() {
+async fn an_invalid_spec_sets_degraded_and_records_a_warning_event() {
     let seen = run(cluster(serde_json::json!({"store": {}}))).await;
-    assert_eq!(seen.len(), 1, "nothing but the status is written");
-    let degraded =
-        seen[0].1["status"]["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Degraded").unwrap();
+    assert!(applied(&seen).is_empty(), "no owned object is written");
+    assert_eq!(kinds(&seen), vec!["Event", "CounterCluster"]);
+    let event = events(&seen)[0];
+    assert_eq!((event["type"].as_str(), event["reason"].as_str()), (Some("Warning"), Some("InvalidSpec")));
+    assert!(event["note"].as_str().unwrap().contains("exactly one of url, urlSecret"), "{event}");
+    let status = &seen[1].2["status"];
+    let degraded = status["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Degraded").unwrap();
     assert_eq!(degraded["status"], "True");
     assert!(degraded["message"].as_str().unwrap().contains("spec.store"));
+}
+
+#[tokio::test]
+async fn a_resource_being_deleted_is_left_to_the_garbage_collector() {
+    let mut cc = cluster(serde_json::json!({"store": {"managed": true}}));
+    cc.metadata.deletion_timestamp =
+        Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH));
+    let seen = run(cc).await;
+    assert!(seen.is_empty(), "nothing is re-applied while deleting: {:?}", kinds(&seen));
 }

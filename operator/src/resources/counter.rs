@@ -1,11 +1,14 @@
 //! The counter Deployment and its headless Service (for discovery).
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Container, ContainerPort, EnvVar, EnvVarSource, PodSpec, SecretKeySelector, Service};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Container, ContainerPort, EnvVar, EnvVarSource, PodSpec, SecretKeySelector, Service,
+};
 use kube::ResourceExt;
 
-use super::{deployment_for, env, http_probe, locked_down, service_for};
-use crate::crd::CounterCluster;
+use super::config::{self, Settings};
+use super::{deployment_for, env, http_probe, locked_down, pull_policy, redis, service_for};
+use crate::crd::{BufferFullPolicy, CounterCluster};
 
 pub const GRPC_PORT: i32 = 9001;
 pub const ADMIN_PORT: i32 = 8081;
@@ -14,11 +17,45 @@ pub fn name(cc: &CounterCluster) -> String {
     format!("{}-counter", cc.name_any())
 }
 
-/// The `TALLY_*` settings of the counter, from the spec.
-pub fn env_vars(cc: &CounterCluster) -> Vec<EnvVar> {
+/// The counter's settings (its ConfigMap), from the spec.
+pub fn settings(cc: &CounterCluster) -> Settings {
     let spec = &cc.spec.counter;
-    let store = match (&cc.spec.store.url_secret, &cc.spec.store.url, cc.spec.store.managed) {
-        (Some(secret), _, _) => EnvVar {
+    let mut settings = config::telemetry(cc, "tally-counter");
+    let pairs = [
+        ("TALLY_LISTEN", format!("0.0.0.0:{GRPC_PORT}")),
+        ("TALLY_ADMIN_LISTEN", format!("0.0.0.0:{ADMIN_PORT}")),
+        ("TALLY_STORE_CONNECT_TIMEOUT_MS", spec.store_connect_timeout_ms.to_string()),
+        ("TALLY_STORE_TIMEOUT_MS", spec.store_timeout_ms.to_string()),
+        ("TALLY_COMMIT_MAX_OPS", spec.commit_max_ops.to_string()),
+        ("TALLY_COMMIT_MAX_INFLIGHT", spec.commit_max_inflight.to_string()),
+        ("TALLY_BATCH_SIZE", spec.batch_size.to_string()),
+        ("TALLY_FLUSH_INTERVAL_MS", spec.flush_interval_ms.to_string()),
+        ("TALLY_BUFFER_CAPACITY", spec.buffer_capacity.to_string()),
+        (
+            "TALLY_BUFFER_FULL_POLICY",
+            match spec.buffer_full_policy {
+                BufferFullPolicy::Sync => "sync",
+                BufferFullPolicy::Reject => "reject",
+            }
+            .to_string(),
+        ),
+        ("TALLY_IDEMPOTENCY_RETENTION_S", spec.idempotency_retention_s.to_string()),
+        ("TALLY_HTTP2_KEEPALIVE_MS", spec.keepalive_ms.to_string()),
+        ("TALLY_SHUTDOWN_TIMEOUT_MS", spec.shutdown_timeout_ms.to_string()),
+    ];
+    settings.extend(pairs.into_iter().map(|(k, v)| (k.to_string(), v)));
+    settings
+}
+
+pub fn config_map(cc: &CounterCluster) -> ConfigMap {
+    config::config_map(cc, "counter", settings(cc))
+}
+
+/// The store URL: from the Secret, the spec, or the managed Redis. Kept out
+/// of the ConfigMap: it may carry a password.
+pub fn store_env(cc: &CounterCluster) -> EnvVar {
+    match (&cc.spec.store.url_secret, &cc.spec.store.url) {
+        (Some(secret), _) => EnvVar {
             name: "TALLY_STORE".into(),
             value_from: Some(EnvVarSource {
                 secret_key_ref: Some(SecretKeySelector {
@@ -30,43 +67,41 @@ pub fn env_vars(cc: &CounterCluster) -> Vec<EnvVar> {
             }),
             ..EnvVar::default()
         },
-        (None, Some(url), _) => env("TALLY_STORE", url),
-        (None, None, true) => env("TALLY_STORE", format!("redis://{}-redis:6379", cc.name_any())),
-        (None, None, false) => env("TALLY_STORE", "memory"),
-    };
-    vec![
-        env("TALLY_LISTEN", format!("0.0.0.0:{GRPC_PORT}")),
-        env("TALLY_ADMIN_LISTEN", format!("0.0.0.0:{ADMIN_PORT}")),
-        store,
-        env("TALLY_BATCH_SIZE", spec.batch_size),
-        env("TALLY_FLUSH_INTERVAL_MS", spec.flush_interval_ms),
-        env("TALLY_BUFFER_CAPACITY", spec.buffer_capacity),
-        env("TALLY_IDEMPOTENCY_RETENTION_S", spec.idempotency_retention_s),
-        env("TALLY_LOG_FORMAT", "json"),
-    ]
+        (None, Some(url)) => env("TALLY_STORE", url),
+        (None, None) => env("TALLY_STORE", format!("redis://{}:{}", redis::name(cc), redis::PORT)),
+    }
 }
 
 pub fn deployment(cc: &CounterCluster) -> Deployment {
+    let spec = &cc.spec.counter;
+    let mut env = vec![store_env(cc)];
+    env.extend(config::pod_identity());
     let container = Container {
         name: "counter".into(),
-        image: Some(cc.spec.counter.image.clone()),
-        env: Some(env_vars(cc)),
+        image: Some(spec.image.clone()),
+        image_pull_policy: Some(pull_policy(cc)),
+        env: Some(env),
+        env_from: Some(config::env_from(cc, "counter")),
         ports: Some(vec![
             ContainerPort { name: Some("grpc".into()), container_port: GRPC_PORT, ..ContainerPort::default() },
             ContainerPort { name: Some("admin".into()), container_port: ADMIN_PORT, ..ContainerPort::default() },
         ]),
         readiness_probe: Some(http_probe("/ready", ADMIN_PORT)),
         liveness_probe: Some(http_probe("/health", ADMIN_PORT)),
+        resources: Some(spec.resources.clone()),
         security_context: Some(locked_down()),
         ..Container::default()
     };
     let annotations = [
         ("prometheus.io/scrape".to_string(), "true".to_string()),
         ("prometheus.io/port".to_string(), ADMIN_PORT.to_string()),
+        ("prometheus.io/path".to_string(), "/metrics".to_string()),
+        (config::HASH_ANNOTATION.to_string(), config::hash(&settings(cc))),
     ];
-    // Longer than the counter's 25 s drain budget.
-    let pod = PodSpec { termination_grace_period_seconds: Some(40), ..PodSpec::default() };
-    deployment_for(cc, "counter", name(cc), cc.spec.counter.replicas, container, Some(annotations.into()), pod)
+    // Longer than the drain budget, so SIGKILL never cuts a drain short.
+    let grace = i64::from(spec.shutdown_timeout_ms.div_ceil(1000)) + 15;
+    let pod = PodSpec { termination_grace_period_seconds: Some(grace), ..PodSpec::default() };
+    deployment_for(cc, "counter", name(cc), spec.replicas, container, Some(annotations.into()), pod)
 }
 
 /// Headless, so DNS and EndpointSlices list every ready counter pod.
@@ -79,27 +114,40 @@ mod tests {
     use super::*;
     use crate::resources::sample;
 
-    fn env_of(cc: &CounterCluster) -> std::collections::BTreeMap<String, Option<String>> {
-        crate::resources::env_map(env_vars(cc))
-    }
-
     #[test]
-    fn spec_fields_land_in_the_deployment() {
+    fn spec_fields_land_in_the_deployment_and_its_settings() {
         let cc = sample(serde_json::json!({
-            "counter": {"image": "registry/counter:1", "replicas": 3, "batchSize": 250, "flushIntervalMs": 50},
+            "imagePullPolicy": "Always",
+            "counter": {
+                "image": "registry/counter:1", "replicas": 3, "batchSize": 250, "flushIntervalMs": 50,
+                "bufferFullPolicy": "reject", "storeTimeoutMs": 700, "shutdownTimeoutMs": 30000,
+                "resources": {"requests": {"cpu": "1", "memory": "1Gi"}},
+            },
             "store": {"url": "redis://redis:6379"},
         }));
         let d = deployment(&cc);
-        let spec = &d.spec;
-        assert_eq!(spec.replicas, Some(3));
-        let pod = spec.template.spec.as_ref().unwrap();
+        assert_eq!(d.spec.replicas, Some(3));
+        let pod = d.spec.template.spec.as_ref().unwrap();
+        assert_eq!(pod.termination_grace_period_seconds, Some(45), "drain budget + 15 s");
         let c = &pod.containers[0];
         assert_eq!(c.image.as_deref(), Some("registry/counter:1"));
-        let env = env_of(&cc);
-        assert_eq!(env["TALLY_BATCH_SIZE"].as_deref(), Some("250"));
-        assert_eq!(env["TALLY_FLUSH_INTERVAL_MS"].as_deref(), Some("50"));
-        assert_eq!(env["TALLY_BUFFER_CAPACITY"].as_deref(), Some("100000"), "default");
+        assert_eq!(c.image_pull_policy.as_deref(), Some("Always"));
+        let requests = c.resources.as_ref().unwrap().requests.as_ref().unwrap();
+        assert_eq!(requests["cpu"].0, "1");
+        let s = settings(&cc);
+        assert_eq!(s["TALLY_BATCH_SIZE"], "250");
+        assert_eq!(s["TALLY_FLUSH_INTERVAL_MS"], "50");
+        assert_eq!(s["TALLY_BUFFER_FULL_POLICY"], "reject");
+        assert_eq!(s["TALLY_STORE_TIMEOUT_MS"], "700");
+        assert_eq!(s["TALLY_BUFFER_CAPACITY"], "100000", "default");
+        assert_eq!(s["OTEL_SERVICE_NAME"], "tally-counter");
+        assert!(!s.contains_key("TALLY_STORE"), "the store URL stays out of the ConfigMap");
+        let env = crate::resources::env_map(c.env.clone().unwrap());
         assert_eq!(env["TALLY_STORE"].as_deref(), Some("redis://redis:6379"));
+        assert!(env.contains_key("POD_NAME") && env.contains_key("POD_NAMESPACE"));
+        let from = &c.env_from.as_ref().unwrap()[0];
+        assert_eq!(from.config_map_ref.as_ref().unwrap().name, "demo-counter-config");
+        assert_eq!(config_map(&cc).data.unwrap(), s);
         assert_eq!(c.readiness_probe.as_ref().unwrap().http_get.as_ref().unwrap().path.as_deref(), Some("/ready"));
         let sc = c.security_context.as_ref().unwrap();
         assert_eq!((sc.run_as_non_root, sc.read_only_root_filesystem), (Some(true), Some(true)));
@@ -109,13 +157,24 @@ mod tests {
     }
 
     #[test]
+    fn a_tunable_change_changes_the_pod_template_hash() {
+        let hash = |cc: &CounterCluster| {
+            deployment(cc).spec.template.metadata.unwrap().annotations.unwrap()[config::HASH_ANNOTATION].clone()
+        };
+        let before = sample(serde_json::json!({"store": {"managed": true}}));
+        let after = sample(serde_json::json!({"store": {"managed": true}, "counter": {"batchSize": 7}}));
+        let gateway_only = sample(serde_json::json!({"store": {"managed": true}, "gateway": {"poolSize": 7}}));
+        assert_ne!(hash(&before), hash(&after));
+        assert_eq!(hash(&before), hash(&gateway_only), "a gateway tunable leaves counters alone");
+    }
+
+    #[test]
     fn store_from_secret_or_managed_redis() {
         let secret = sample(serde_json::json!({"store": {"urlSecret": {"name": "redis", "key": "url"}}}));
-        let store = env_vars(&secret).into_iter().find(|e| e.name == "TALLY_STORE").unwrap();
-        let selector = store.value_from.unwrap().secret_key_ref.unwrap();
+        let selector = store_env(&secret).value_from.unwrap().secret_key_ref.unwrap();
         assert_eq!((selector.name.as_str(), selector.key.as_str()), ("redis", "url"));
         let managed = sample(serde_json::json!({"store": {"managed": true}}));
-        assert_eq!(env_of(&managed)["TALLY_STORE"].as_deref(), Some("redis://demo-redis:6379"));
+        assert_eq!(store_env(&managed).value.as_deref(), Some("redis://demo-redis:6379"));
     }
 
     #[test]

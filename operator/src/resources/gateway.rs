@@ -1,10 +1,11 @@
-//! The gateway Deployment and its Service.
+//! The gateway Deployment, its Service and settings.
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Container, ContainerPort, EnvVar, PodSpec, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Container, ContainerPort, PodSpec, Service};
 use kube::ResourceExt;
 
-use super::{counter, deployment_for, env, http_probe, locked_down, service_for};
+use super::config::{self, Settings};
+use super::{counter, deployment_for, http_probe, locked_down, pull_policy, service_for};
 use crate::crd::{CounterCluster, DiscoveryMode, LbPolicy};
 
 pub const HTTP_PORT: i32 = 8080;
@@ -13,52 +14,68 @@ pub fn name(cc: &CounterCluster) -> String {
     format!("{}-gateway", cc.name_any())
 }
 
-/// The `TALLY_*` settings of the gateway, from the spec.
-pub fn env_vars(cc: &CounterCluster) -> Vec<EnvVar> {
+/// The gateway's settings (its ConfigMap), from the spec.
+pub fn settings(cc: &CounterCluster) -> Settings {
     let spec = &cc.spec.gateway;
-    let mut vars = vec![
-        env("TALLY_LISTEN", format!("0.0.0.0:{HTTP_PORT}")),
-        env("TALLY_POOL_SIZE", spec.pool_size),
-        env("TALLY_CACHE_TTL_MS", spec.cache_ttl_ms),
-        env("TALLY_CACHE_MAX_ENTRIES", spec.cache_max_entries),
-        env(
-            "TALLY_LB_POLICY",
-            match spec.lb_policy {
-                LbPolicy::RoundRobin => "round_robin",
-                LbPolicy::LeastRequest => "least_request",
-                LbPolicy::Weighted => "weighted",
-            },
-        ),
-        env("TALLY_RETRY_ATTEMPTS", spec.retry_attempts),
-        env("TALLY_BREAKER_FAILURES", spec.breaker_failures),
-        env("TALLY_LOG_FORMAT", "json"),
+    let mut settings = config::telemetry(cc, "tally-gateway");
+    let policy = match spec.lb_policy {
+        LbPolicy::RoundRobin => "round_robin",
+        LbPolicy::LeastRequest => "least_request",
+        LbPolicy::Weighted => "weighted",
+    };
+    let pairs = [
+        ("TALLY_LISTEN", format!("0.0.0.0:{HTTP_PORT}")),
+        ("TALLY_POOL_SIZE", spec.pool_size.to_string()),
+        ("TALLY_KEEPALIVE_MS", spec.keepalive_ms.to_string()),
+        ("TALLY_CONNECT_TIMEOUT_MS", spec.connect_timeout_ms.to_string()),
+        ("TALLY_REQUEST_TIMEOUT_MS", spec.request_timeout_ms.to_string()),
+        ("TALLY_HEALTH_INTERVAL_MS", spec.health_interval_ms.to_string()),
+        ("TALLY_COALESCE", spec.coalesce.to_string()),
+        ("TALLY_LB_POLICY", policy.to_string()),
+        ("TALLY_RETRY_ATTEMPTS", spec.retry_attempts.to_string()),
+        ("TALLY_RETRY_BUDGET_PERCENT", spec.retry_budget_percent.to_string()),
+        ("TALLY_RETRY_MIN_PER_SECOND", spec.retry_min_per_second.to_string()),
+        ("TALLY_BREAKER_FAILURES", spec.breaker_failures.to_string()),
+        ("TALLY_BREAKER_RECOVERY_MS", spec.breaker_recovery_ms.to_string()),
+        ("TALLY_BREAKER_MAX_RECOVERY_MS", spec.breaker_max_recovery_ms.to_string()),
+        ("TALLY_BREAKER_HALF_OPEN_PROBES", spec.breaker_half_open_probes.to_string()),
+        ("TALLY_BREAKER_MAX_EJECTION_PERCENT", spec.breaker_max_ejection_percent.to_string()),
+        ("TALLY_CACHE_TTL_MS", spec.cache_ttl_ms.to_string()),
+        ("TALLY_CACHE_MAX_ENTRIES", spec.cache_max_entries.to_string()),
+        ("TALLY_SHUTDOWN_TIMEOUT_MS", spec.shutdown_timeout_ms.to_string()),
     ];
+    settings.extend(pairs.into_iter().map(|(k, v)| (k.to_string(), v)));
     let counters = counter::name(cc);
-    match cc.spec.discovery.mode {
+    let discovery = match cc.spec.discovery.mode {
         DiscoveryMode::Kubernetes => {
-            vars.push(env("TALLY_DISCOVERY", "kubernetes"));
-            vars.push(env("TALLY_K8S_SERVICE", &counters));
+            vec![("TALLY_DISCOVERY", "kubernetes".to_string()), ("TALLY_K8S_SERVICE", counters)]
         }
         DiscoveryMode::Dns => {
-            vars.push(env("TALLY_DISCOVERY", "dns"));
             let namespace = cc.namespace().unwrap_or_else(|| "default".into());
-            vars.push(env("TALLY_DNS_NAME", format!("{counters}.{namespace}.svc:{}", counter::GRPC_PORT)));
+            let dns_name = format!("{counters}.{namespace}.svc:{}", counter::GRPC_PORT);
+            vec![("TALLY_DISCOVERY", "dns".to_string()), ("TALLY_DNS_NAME", dns_name)]
         }
         DiscoveryMode::Consul => {
-            vars.push(env("TALLY_DISCOVERY", "consul"));
-            if let Some(address) = &cc.spec.discovery.consul_address {
-                vars.push(env("TALLY_CONSUL_ADDR", address));
-            }
+            let address = cc.spec.discovery.consul_address.clone().unwrap_or_default();
+            vec![("TALLY_DISCOVERY", "consul".to_string()), ("TALLY_CONSUL_ADDR", address)]
         }
-    }
-    vars
+    };
+    settings.extend(discovery.into_iter().map(|(k, v)| (k.to_string(), v)));
+    settings
+}
+
+pub fn config_map(cc: &CounterCluster) -> ConfigMap {
+    config::config_map(cc, "gateway", settings(cc))
 }
 
 pub fn deployment(cc: &CounterCluster) -> Deployment {
+    let spec = &cc.spec.gateway;
     let container = Container {
         name: "gateway".into(),
-        image: Some(cc.spec.gateway.image.clone()),
-        env: Some(env_vars(cc)),
+        image: Some(spec.image.clone()),
+        image_pull_policy: Some(pull_policy(cc)),
+        env: Some(config::pod_identity()),
+        env_from: Some(config::env_from(cc, "gateway")),
         ports: Some(vec![ContainerPort {
             name: Some("http".into()),
             container_port: HTTP_PORT,
@@ -66,11 +83,23 @@ pub fn deployment(cc: &CounterCluster) -> Deployment {
         }]),
         readiness_probe: Some(http_probe("/api/v1/ready", HTTP_PORT)),
         liveness_probe: Some(http_probe("/api/v1/health", HTTP_PORT)),
+        resources: Some(spec.resources.clone()),
         security_context: Some(locked_down()),
         ..Container::default()
     };
-    let pod = PodSpec { service_account_name: Some(name(cc)), ..PodSpec::default() };
-    deployment_for(cc, "gateway", name(cc), cc.spec.gateway.replicas, container, None, pod)
+    let annotations = [
+        ("prometheus.io/scrape".to_string(), "true".to_string()),
+        ("prometheus.io/port".to_string(), HTTP_PORT.to_string()),
+        ("prometheus.io/path".to_string(), "/metrics".to_string()),
+        (config::HASH_ANNOTATION.to_string(), config::hash(&settings(cc))),
+    ];
+    let grace = i64::from(spec.shutdown_timeout_ms.div_ceil(1000)) + 15;
+    let pod = PodSpec {
+        service_account_name: Some(name(cc)),
+        termination_grace_period_seconds: Some(grace),
+        ..PodSpec::default()
+    };
+    deployment_for(cc, "gateway", name(cc), spec.replicas, container, Some(annotations.into()), pod)
 }
 
 pub fn service(cc: &CounterCluster) -> Service {
@@ -82,25 +111,49 @@ mod tests {
     use super::*;
     use crate::resources::sample;
 
-    fn env_of(cc: &CounterCluster) -> std::collections::BTreeMap<String, Option<String>> {
-        crate::resources::env_map(env_vars(cc))
-    }
-
     #[test]
-    fn tunables_and_discovery_land_in_the_environment() {
+    fn tunables_and_discovery_land_in_the_settings() {
         let cc = sample(serde_json::json!({
-            "gateway": {"poolSize": 8, "lbPolicy": "least_request", "cacheTtlMs": 0},
+            "gateway": {
+                "poolSize": 8, "lbPolicy": "least_request", "cacheTtlMs": 0, "keepaliveMs": 5000,
+                "connectTimeoutMs": 250, "requestTimeoutMs": 900, "coalesce": false, "retryAttempts": 2,
+                "retryBudgetPercent": 5, "retryMinPerSecond": 3, "breakerFailures": 9, "breakerRecoveryMs": 200,
+                "breakerMaxRecoveryMs": 4000, "breakerHalfOpenProbes": 2, "breakerMaxEjectionPercent": 30,
+                "cacheMaxEntries": 77, "healthIntervalMs": 300,
+            },
             "store": {"managed": true},
         }));
-        let env = env_of(&cc);
-        assert_eq!(env["TALLY_POOL_SIZE"].as_deref(), Some("8"));
-        assert_eq!(env["TALLY_LB_POLICY"].as_deref(), Some("least_request"));
-        assert_eq!(env["TALLY_CACHE_TTL_MS"].as_deref(), Some("0"));
-        assert_eq!(env["TALLY_DISCOVERY"].as_deref(), Some("kubernetes"));
-        assert_eq!(env["TALLY_K8S_SERVICE"].as_deref(), Some("demo-counter"));
-
+        let s = settings(&cc);
+        let expected = [
+            ("TALLY_POOL_SIZE", "8"),
+            ("TALLY_LB_POLICY", "least_request"),
+            ("TALLY_CACHE_TTL_MS", "0"),
+            ("TALLY_KEEPALIVE_MS", "5000"),
+            ("TALLY_CONNECT_TIMEOUT_MS", "250"),
+            ("TALLY_REQUEST_TIMEOUT_MS", "900"),
+            ("TALLY_COALESCE", "false"),
+            ("TALLY_RETRY_ATTEMPTS", "2"),
+            ("TALLY_RETRY_BUDGET_PERCENT", "5"),
+            ("TALLY_RETRY_MIN_PER_SECOND", "3"),
+            ("TALLY_BREAKER_FAILURES", "9"),
+            ("TALLY_BREAKER_RECOVERY_MS", "200"),
+            ("TALLY_BREAKER_MAX_RECOVERY_MS", "4000"),
+            ("TALLY_BREAKER_HALF_OPEN_PROBES", "2"),
+            ("TALLY_BREAKER_MAX_EJECTION_PERCENT", "30"),
+            ("TALLY_CACHE_MAX_ENTRIES", "77"),
+            ("TALLY_HEALTH_INTERVAL_MS", "300"),
+            ("TALLY_DISCOVERY", "kubernetes"),
+            ("TALLY_K8S_SERVICE", "demo-counter"),
+        ];
+        for (key, value) in expected {
+            assert_eq!(s[key], value, "{key}");
+        }
         let dns = sample(serde_json::json!({"store": {"managed": true}, "discovery": {"mode": "dns"}}));
-        assert_eq!(env_of(&dns)["TALLY_DNS_NAME"].as_deref(), Some("demo-counter.tally.svc:9001"));
+        assert_eq!(settings(&dns)["TALLY_DNS_NAME"], "demo-counter.tally.svc:9001");
+        let consul = sample(serde_json::json!({
+            "store": {"managed": true}, "discovery": {"mode": "consul", "consulAddress": "http://consul:8500"},
+        }));
+        assert_eq!(settings(&consul)["TALLY_CONSUL_ADDR"], "http://consul:8500");
     }
 
     #[test]
@@ -108,10 +161,18 @@ mod tests {
         let cc = sample(serde_json::json!({"gateway": {"replicas": 4}, "store": {"managed": true}}));
         let d = deployment(&cc);
         assert_eq!(d.spec.replicas, Some(4));
-        let pod = d.spec.template.spec.unwrap();
+        let template = d.spec.template;
+        let annotations = template.metadata.unwrap().annotations.unwrap();
+        assert_eq!(annotations[config::HASH_ANNOTATION], config::hash(&settings(&cc)));
+        assert_eq!(annotations["prometheus.io/port"], "8080");
+        let pod = template.spec.unwrap();
         assert_eq!(pod.service_account_name.as_deref(), Some("demo-gateway"));
-        let probe = pod.containers[0].readiness_probe.as_ref().unwrap();
+        let c = &pod.containers[0];
+        assert_eq!(c.env_from.as_ref().unwrap()[0].config_map_ref.as_ref().unwrap().name, "demo-gateway-config");
+        let probe = c.readiness_probe.as_ref().unwrap();
         assert_eq!(probe.http_get.as_ref().unwrap().path.as_deref(), Some("/api/v1/ready"));
+        let limits = c.resources.as_ref().unwrap().limits.as_ref().unwrap();
+        assert_eq!(limits["memory"].0, "256Mi", "default");
         assert_eq!(service(&cc).spec.unwrap().ports.unwrap()[0].port, 8080);
     }
 }

@@ -2,6 +2,7 @@
 //! calls here, so every field's journey from spec to object is unit-tested.
 
 pub mod access;
+pub mod config;
 pub mod counter;
 pub mod gateway;
 pub mod redis;
@@ -17,7 +18,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, 
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 
-use crate::crd::CounterCluster;
+use crate::crd::{CounterCluster, PullPolicy};
 
 /// Labels every owned object carries; `component` is `counter` or `gateway`.
 pub fn labels(cc: &CounterCluster, component: &str) -> BTreeMap<String, String> {
@@ -29,15 +30,30 @@ pub fn labels(cc: &CounterCluster, component: &str) -> BTreeMap<String, String> 
     ])
 }
 
-/// Metadata of an owned object: name, namespace, labels, controller owner reference.
+/// Metadata of an owned object: name, namespace, labels, controller owner
+/// reference. `blockOwnerDeletion` makes foreground deletion of the
+/// CounterCluster wait for its objects (needs `update` on
+/// `counterclusters/finalizers`, which the chart's ClusterRole grants).
 pub fn owned_meta(cc: &CounterCluster, name: String, component: &str) -> ObjectMeta {
     ObjectMeta {
         name: Some(name),
         namespace: cc.namespace(),
         labels: Some(labels(cc, component)),
-        owner_references: cc.controller_owner_ref(&()).map(|o: OwnerReference| vec![o]),
+        owner_references: cc
+            .controller_owner_ref(&())
+            .map(|o: OwnerReference| vec![OwnerReference { block_owner_deletion: Some(true), ..o }]),
         ..ObjectMeta::default()
     }
+}
+
+/// The spec's image pull policy, as Kubernetes spells it.
+pub fn pull_policy(cc: &CounterCluster) -> String {
+    match cc.spec.image_pull_policy {
+        PullPolicy::Always => "Always",
+        PullPolicy::IfNotPresent => "IfNotPresent",
+        PullPolicy::Never => "Never",
+    }
+    .to_string()
 }
 
 pub fn env(name: &str, value: impl ToString) -> EnvVar {

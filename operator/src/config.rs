@@ -1,0 +1,43 @@
+//! The operator's settings (flags or environment).
+
+use std::net::SocketAddr;
+
+use clap::Parser;
+use tally_runtime::rt::RuntimeArgs;
+
+#[derive(Debug, Clone, Parser)]
+#[command(name = "tally-operator", about = "Reconciles tally.dev CounterClusters", version)]
+pub struct Config {
+    /// Address of `/metrics`, `/health` and `/ready`.
+    #[arg(long, env = "TALLY_OPERATOR_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+
+    /// Elect one active replica through a Lease; off only for a single
+    /// replica run by hand (e.g. `cargo run` against a dev cluster).
+    #[arg(long, env = "TALLY_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    pub leader_election: bool,
+
+    /// Name of the Lease.
+    #[arg(long, env = "TALLY_LEASE_NAME", default_value = "tally-operator")]
+    pub lease_name: String,
+
+    /// Namespace of the Lease (the operator's own, from the downward API).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    pub lease_namespace: String,
+
+    /// This replica's identity in the Lease (its pod name).
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+
+    /// Seconds a Lease is valid without renewal: how long a dead leader
+    /// blocks a standby.
+    #[arg(long, env = "TALLY_LEASE_DURATION_S", default_value_t = 15, value_parser = clap::value_parser!(u64).range(2..=300))]
+    pub lease_duration_s: u64,
+
+    /// Only watch CounterClusters in this namespace (default: all).
+    #[arg(long, env = "TALLY_WATCH_NAMESPACE")]
+    pub watch_namespace: Option<String>,
+
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
+}

@@ -1,0 +1,37 @@
+//! The operator's HTTP endpoint: `/metrics` for Prometheus, `/health` for
+//! the liveness probe and `/ready` for the readiness probe. Both replicas
+//! answer, leader or standby: a standby is healthy, just waiting.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::header::CONTENT_TYPE;
+use axum::response::IntoResponse;
+use axum::routing::get;
+
+use crate::metrics::Metrics;
+
+pub fn router(metrics: Arc<Metrics>) -> Router {
+    Router::new()
+        .route("/metrics", get(render))
+        .route("/health", get(|| async { "ok" }))
+        .route("/ready", get(|| async { "ok" }))
+        .with_state(metrics)
+}
+
+async fn render(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
+    ([(CONTENT_TYPE, tally_runtime::metrics::CONTENT_TYPE)], metrics.render())
+}
+
+/// Serves until `shutdown` resolves.
+pub async fn serve(
+    listen: SocketAddr,
+    metrics: Arc<Metrics>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    tracing::info!(%listen, "metrics and probes listening");
+    axum::serve(listener, router(metrics)).with_graceful_shutdown(shutdown).await
+}
