@@ -3,8 +3,6 @@
 //! partition), a standby takes the Lease after it expires and starts its
 //! controller; a leader that loses the Lease stops its controller at once.
 
-use std::future::Future;
-
 use kube::Client;
 use kube_lease_manager::{LeaseManagerBuilder, LeaseManagerError};
 use tokio::sync::watch;
@@ -39,10 +37,8 @@ pub async fn until_leading(leading: &mut watch::Receiver<bool>) -> bool {
 }
 
 /// Resolves when `leading` turns false or the election ends.
-pub fn until_not_leading(mut leading: watch::Receiver<bool>) -> impl Future<Output = ()> + Send + 'static {
-    async move {
-        let _ = leading.wait_for(|l| !*l).await;
-    }
+pub async fn until_not_leading(mut leading: watch::Receiver<bool>) {
+    let _ = leading.wait_for(|l| !*l).await;
 }
 
 #[cfg(test)]
