@@ -3,7 +3,7 @@
 
 CARGO ?= cargo
 
-.PHONY: build release run test lint fmt crd bench bench-counter bench-gateway bench-scale
+.PHONY: build release run test lint fmt crd e2e-kind bench bench-counter bench-gateway bench-scale
 
 build:
 	$(CARGO) build --workspace --all-targets
@@ -32,6 +32,12 @@ fmt:
 crd:
 	$(CARGO) run -q -p tally-operator --bin crdgen > deploy/crds/countercluster.yaml
 	cp deploy/crds/countercluster.yaml charts/tally-operator/crds/countercluster.yaml
+
+## The real-cluster end-to-end test: kind cluster, images, Helm chart, a
+## CounterCluster, increments, a tunable change, deletion. Says so and exits 0
+## where docker/kind/kubectl/helm are missing (as on the development machines).
+e2e-kind:
+	scripts/e2e-kind.sh
 
 ## Benchmarks (BRIEF §10); reports go to bench-results/.
 bench: bench-gateway bench-counter bench-scale
