@@ -62,7 +62,9 @@ pub enum PullPolicy {
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase", default)]
 pub struct CounterSpec {
+    /// Counter image.
     pub image: String,
+    /// Counter pods; the gateways balance over all ready ones.
     #[schemars(range(min = 1, max = 100))]
     pub replicas: i32,
     /// Requests and limits of the counter container.
@@ -116,7 +118,9 @@ pub enum BufferFullPolicy {
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase", default)]
 pub struct GatewaySpec {
+    /// Gateway image.
     pub image: String,
+    /// Gateway pods behind the gateway Service.
     #[schemars(range(min = 1, max = 100))]
     pub replicas: i32,
     /// Requests and limits of the gateway container.
@@ -215,6 +219,8 @@ pub struct SecretKeyRef {
 #[x_kube(validation = Rule::new("self.mode != 'consul' || has(self.consulAddress)")
     .message("mode consul needs consulAddress"))]
 pub struct DiscoverySpec {
+    /// How gateways find counters (`TALLY_DISCOVERY`): EndpointSlices of the
+    /// counter Service, its DNS name, or Consul (counters self-register).
     #[serde(default)]
     pub mode: DiscoveryMode,
     /// Consul agent address when `mode: consul`, e.g. `http://consul.consul.svc:8500`.

@@ -2,13 +2,13 @@
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Container, ContainerPort, EnvVar, EnvVarSource, PodSpec, SecretKeySelector, Service,
+    ConfigMap, Container, ContainerPort, EnvVar, EnvVarSource, ObjectFieldSelector, PodSpec, SecretKeySelector, Service,
 };
 use kube::ResourceExt;
 
 use super::config::{self, Settings};
 use super::{deployment_for, env, http_probe, locked_down, pull_policy, redis, service_for};
-use crate::crd::{BufferFullPolicy, CounterCluster};
+use crate::crd::{BufferFullPolicy, CounterCluster, DiscoveryMode};
 
 pub const GRPC_PORT: i32 = 9001;
 pub const ADMIN_PORT: i32 = 8081;
@@ -44,6 +44,11 @@ pub fn settings(cc: &CounterCluster) -> Settings {
         ("TALLY_SHUTDOWN_TIMEOUT_MS", spec.shutdown_timeout_ms.to_string()),
     ];
     settings.extend(pairs.into_iter().map(|(k, v)| (k.to_string(), v)));
+    if cc.spec.discovery.mode == DiscoveryMode::Consul {
+        // Counters register themselves; the gateways query the same service.
+        let address = cc.spec.discovery.consul_address.clone().unwrap_or_default();
+        settings.insert("TALLY_CONSUL_ADDR".into(), address);
+    }
     settings
 }
 
@@ -74,13 +79,25 @@ pub fn store_env(cc: &CounterCluster) -> EnvVar {
 
 pub fn deployment(cc: &CounterCluster) -> Deployment {
     let spec = &cc.spec.counter;
-    let mut env = vec![store_env(cc)];
-    env.extend(config::pod_identity());
+    let mut vars = vec![store_env(cc)];
+    vars.extend(config::pod_identity());
+    if cc.spec.discovery.mode == DiscoveryMode::Consul {
+        // Registered under the pod IP (`$(POD_IP)` expands an earlier variable).
+        vars.push(EnvVar {
+            name: "POD_IP".into(),
+            value_from: Some(EnvVarSource {
+                field_ref: Some(ObjectFieldSelector { field_path: "status.podIP".into(), ..Default::default() }),
+                ..EnvVarSource::default()
+            }),
+            ..EnvVar::default()
+        });
+        vars.push(env("TALLY_CONSUL_SERVICE_ADDRESS", "$(POD_IP)"));
+    }
     let container = Container {
         name: "counter".into(),
         image: Some(spec.image.clone()),
         image_pull_policy: Some(pull_policy(cc)),
-        env: Some(env),
+        env: Some(vars),
         env_from: Some(config::env_from(cc, "counter")),
         ports: Some(vec![
             ContainerPort { name: Some("grpc".into()), container_port: GRPC_PORT, ..ContainerPort::default() },
@@ -175,6 +192,20 @@ mod tests {
         assert_eq!((selector.name.as_str(), selector.key.as_str()), ("redis", "url"));
         let managed = sample(serde_json::json!({"store": {"managed": true}}));
         assert_eq!(store_env(&managed).value.as_deref(), Some("redis://demo-redis:6379"));
+    }
+
+    #[test]
+    fn in_consul_mode_counters_register_themselves_under_the_pod_ip() {
+        let cc = sample(serde_json::json!({
+            "store": {"managed": true}, "discovery": {"mode": "consul", "consulAddress": "http://consul:8500"},
+        }));
+        assert_eq!(settings(&cc)["TALLY_CONSUL_ADDR"], "http://consul:8500");
+        let d = deployment(&cc);
+        let env = crate::resources::env_map(d.spec.template.spec.unwrap().containers[0].env.clone().unwrap());
+        assert_eq!(env["TALLY_CONSUL_SERVICE_ADDRESS"].as_deref(), Some("$(POD_IP)"));
+        assert!(env.contains_key("POD_IP"));
+        let kubernetes = sample(serde_json::json!({"store": {"managed": true}}));
+        assert!(!settings(&kubernetes).contains_key("TALLY_CONSUL_ADDR"));
     }
 
     #[test]
