@@ -20,11 +20,14 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use opentelemetry::trace::SpanContext;
 use tally_proto::CounterKey;
 use tokio::sync::{Notify, watch};
 use tokio::time::{Instant, MissedTickBehavior};
+use tracing::Instrument;
 
 use crate::metrics::Metrics;
+use crate::spans;
 use crate::store::Store;
 use crate::store::batch::{self, BatchOutcome};
 
@@ -55,7 +58,15 @@ struct Pending {
     closed: bool,
     /// A flushed batch the store did not confirm; resent before anything else.
     in_doubt: Option<Batch>,
+    /// The traced requests buffered since the last flush (at most
+    /// [`MAX_LINKS`]), linked from the flush that applies them.
+    links: Vec<SpanContext>,
+    /// When the oldest buffered operation arrived (for the age gauge).
+    oldest: Option<std::time::Instant>,
 }
+
+/// Links per flush span at most (the OpenTelemetry SDK's default limit).
+const MAX_LINKS: usize = 128;
 
 impl Pending {
     /// Counters held: buffered plus awaiting a resend.
@@ -67,6 +78,9 @@ impl Pending {
 struct Batch {
     id: String,
     cmds: Vec<(CounterKey, i64)>,
+    links: Vec<SpanContext>,
+    /// When its oldest operation was buffered.
+    oldest: Option<std::time::Instant>,
 }
 
 pub struct WriteBuffer {
@@ -102,6 +116,13 @@ impl WriteBuffer {
             }
         }
         pending.ops_since_flush += ops.len();
+        pending.oldest.get_or_insert_with(std::time::Instant::now);
+        if tally_runtime::telemetry::enabled() && pending.links.len() < MAX_LINKS {
+            let context = tally_runtime::telemetry::span_context(&tracing::Span::current());
+            if context.is_valid() {
+                pending.links.push(context);
+            }
+        }
         self.metrics.buffer_keys.set(pending.deltas.len() as i64);
         if pending.ops_since_flush >= self.settings.batch_size {
             self.batch_ready.notify_one();
@@ -175,17 +196,22 @@ impl WriteBuffer {
                 Some(batch) => batch,
                 None => {
                     pending.ops_since_flush = 0;
+                    let oldest = pending.oldest.take();
                     let cmds: Vec<(CounterKey, i64)> = std::mem::take(&mut pending.deltas).into_iter().collect();
+                    let links = std::mem::take(&mut pending.links);
                     if cmds.is_empty() {
                         return;
                     }
-                    Batch { id: batch::new_batch_id(), cmds }
+                    Batch { id: batch::new_batch_id(), cmds, links, oldest }
                 }
             }
         };
+        let age = batch.oldest.map_or(0.0, |t| t.elapsed().as_secs_f64());
+        self.metrics.buffer_oldest_age.set(age);
         let refs: Vec<(&CounterKey, i64)> = batch.cmds.iter().map(|(k, d)| (k, *d)).collect();
         let started = std::time::Instant::now();
-        let outcomes = self.store.incr_batch_once(&batch.id, &refs).await;
+        let span = spans::buffer_flush(spans::db_system(self.store.kind()), &batch.links, refs.len());
+        let outcomes = self.store.incr_batch_once(&batch.id, &refs).instrument(span.clone()).await;
         self.metrics.store_duration.get_or_create(&[("op", "flush")]).observe(started.elapsed().as_secs_f64());
         let mut failure = None;
         for ((key, delta), outcome) in refs.iter().zip(outcomes) {
@@ -198,6 +224,7 @@ impl WriteBuffer {
         }
         let mut pending = self.lock();
         if let Some(err) = failure {
+            spans::failed(&span, &err);
             tracing::warn!(%err, batch_id = %batch.id, counters = batch.cmds.len(), "flush failed; the batch will be resent");
             self.metrics.store_errors.get_or_create(&[("kind", crate::commit::error_kind(&err))]).inc();
             pending.in_doubt = Some(batch);

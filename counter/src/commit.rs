@@ -11,9 +11,11 @@ use std::time::{Duration, Instant};
 
 use tally_proto::CounterKey;
 use tokio::sync::{Semaphore, mpsc, oneshot};
+use tracing::{Instrument, Span};
 
 use crate::coalesce::{plan, values_after};
 use crate::metrics::Metrics;
+use crate::spans;
 use crate::store::{IdempotentOutcome, IncrOutcome, KeyedCmd, Store, StoreError};
 
 /// One validated increment.
@@ -61,6 +63,8 @@ pub struct Closed;
 
 struct Job {
     ops: Vec<Op>,
+    /// The submitting request's span, linked with the flush that applies it.
+    span: Span,
     reply: oneshot::Sender<Vec<OpResult>>,
 }
 
@@ -85,7 +89,7 @@ impl GroupCommitter {
     /// Applies `ops` and returns one result per operation, in order.
     pub async fn submit(&self, ops: Vec<Op>) -> Result<Vec<OpResult>, Closed> {
         let (reply, rx) = oneshot::channel();
-        self.tx.send(Job { ops, reply }).map_err(|_| Closed)?;
+        self.tx.send(Job { ops, span: spans::current(), reply }).map_err(|_| Closed)?;
         rx.await.map_err(|_| Closed)
     }
 }
@@ -135,8 +139,23 @@ async fn flush(store: &Store, jobs: Vec<Job>, retention: Duration, metrics: &Met
     let plain: Vec<(&CounterKey, i64)> = plain_at.iter().map(|&i| (&ops[i].0.key, ops[i].0.delta)).collect();
     let keyed: Vec<KeyedCmd<'_>> =
         keyed_at.iter().map(|&i| (&ops[i].0.key, ops[i].0.delta, ops[i].0.idempotency_key.as_deref())).collect();
+    let span = if tally_runtime::telemetry::enabled() {
+        let members: Vec<Span> = jobs.iter().map(|job| job.span.clone()).collect();
+        spans::group_commit(spans::db_system(store.kind()), &members, ops.len())
+    } else {
+        Span::none()
+    };
     let (plain_results, keyed_results) =
-        tokio::join!(apply(store, &plain, metrics), apply_keyed(store, &keyed, retention));
+        async { tokio::join!(apply(store, &plain, metrics), apply_keyed(store, &keyed, retention)) }
+            .instrument(span.clone())
+            .await;
+    let replays = keyed_results.iter().filter(|r| matches!(r, OpResult::Replayed(_))).count();
+    metrics.idempotency_replays.inc_by(replays as u64);
+    if let Some(OpResult::Failed(err)) =
+        plain_results.iter().chain(&keyed_results).find(|r| matches!(r, OpResult::Failed(_)))
+    {
+        spans::failed(&span, err);
+    }
     let mut results = vec![OpResult::Failed(StoreError::Unknown("operation lost track of".into())); ops.len()];
     for (i, result) in plain_at.into_iter().zip(plain_results).chain(keyed_at.into_iter().zip(keyed_results)) {
         results[i] = result;

@@ -11,5 +11,6 @@ pub mod metrics;
 pub mod registration;
 pub mod server;
 pub mod service;
+pub mod spans;
 pub mod status;
 pub mod store;

@@ -3,6 +3,8 @@
 //! One registry, created at startup and shared; every metric a request path
 //! touches is a field here so recording is a field access, not a lookup by name.
 
+use std::sync::atomic::AtomicU64;
+
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -32,12 +34,16 @@ pub struct Metrics {
     pub store_up: Gauge,
     /// Counters waiting in the write-behind buffer.
     pub buffer_keys: Gauge,
+    /// Age of the oldest operation in the batch at the last flush attempt.
+    pub buffer_oldest_age: Gauge<f64, AtomicU64>,
     /// Async operations by what happened to them (`buffered`, `applied_sync`, `rejected`).
     pub async_ops: Family<Labels, Counter>,
     /// Buffered (acknowledged) increments that could not be applied, by reason
     /// (`overflow`, `rejected`, `shutdown_timeout`). Each is also logged
     /// at ERROR with its counter and delta.
     pub async_lost: Family<Labels, Counter>,
+    /// Keyed operations answered from their first application (not applied again).
+    pub idempotency_replays: Counter,
 }
 
 impl Metrics {
@@ -63,6 +69,12 @@ impl Metrics {
         registry.register("async_operations", "Async operations by outcome", async_ops.clone());
         let async_lost = Family::default();
         registry.register("async_lost_operations", "Acknowledged async increments not applied", async_lost.clone());
+        let buffer_oldest_age = Gauge::default();
+        let help = "Age of the oldest buffered operation at the last flush attempt";
+        registry.register("buffer_oldest_age_seconds", help, buffer_oldest_age.clone());
+        let idempotency_replays = Counter::default();
+        let help = "Keyed operations answered from their first application";
+        registry.register("idempotency_replays", help, idempotency_replays.clone());
         Metrics {
             registry,
             requests,
@@ -73,8 +85,10 @@ impl Metrics {
             store_errors,
             store_up,
             buffer_keys,
+            buffer_oldest_age,
             async_ops,
             async_lost,
+            idempotency_replays,
         }
     }
 

@@ -110,6 +110,7 @@ pub async fn run(config: Config) -> Result<(), StartupError> {
         let _ = shutdown_tx.send(true);
     };
     Server::builder()
+        .trace_fn(crate::spans::rpc_server)
         .tcp_nodelay(true)
         .http2_keepalive_interval(config.http2_keepalive())
         .max_concurrent_streams(config.max_concurrent_streams)

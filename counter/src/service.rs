@@ -21,6 +21,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::buffer::{Offer, WriteBuffer};
 use crate::commit::{GroupCommitter, Op, OpResult};
 use crate::metrics::Metrics;
+use crate::spans;
 use crate::status;
 use crate::store::Store;
 
@@ -195,6 +196,7 @@ impl CounterApi {
 
     fn observe(&self, method: &'static str, started: Instant, error: Option<&Status>) {
         let code = error.map_or(tonic::Code::Ok, Status::code);
+        spans::rpc_status(code);
         self.metrics.requests.get_or_create(&[("method", method), ("code", status::code_label(code))]).inc();
         self.metrics.request_duration.get_or_create(&[("method", method)]).observe(started.elapsed().as_secs_f64());
     }

@@ -53,6 +53,10 @@ pub struct Metrics {
     pub endpoint_pool_size: Family<Labels<1>, Gauge>,
     /// Breaker state per endpoint: 0 closed, 1 half-open, 2 open.
     pub endpoint_breaker: Family<Labels<1>, Gauge>,
+    /// Calls the balancer sent to each endpoint (copied from the endpoint at scrape time).
+    pub endpoint_picks: Family<Labels<1>, Counter>,
+    /// Breaker transitions per endpoint and target state (`open`, `closed`).
+    pub breaker_transitions: Family<Labels<2>, Counter>,
 }
 
 impl Metrics {
@@ -82,9 +86,16 @@ impl Metrics {
         registry.register("endpoint_pool_connections", "Connections per endpoint pool", endpoint_pool_size.clone());
         let endpoint_breaker = Family::default();
         registry.register("endpoint_breaker_state", "Breaker: 0 closed, 1 half-open, 2 open", endpoint_breaker.clone());
+        let endpoint_picks = Family::default();
+        registry.register("endpoint_picks", "Calls the balancer sent to each endpoint", endpoint_picks.clone());
+        let breaker_transitions = Family::default();
+        let help = "Breaker transitions per endpoint and target state";
+        registry.register("breaker_transitions", help, breaker_transitions.clone());
         Metrics {
             registry,
             endpoint_breaker,
+            endpoint_picks,
+            breaker_transitions,
             http_requests,
             http_duration,
             upstream_requests,

@@ -68,8 +68,9 @@ fn defaults_equal_the_services_defaults_and_every_tunable_is_covered() {
             "TALLY_CONSUL_TAGS",               // service defaults
             "TALLY_CONSUL_CHECK_INTERVAL_S",   // idem
             "TALLY_CONSUL_DEREGISTER_AFTER_S", // idem
+            "OTEL_EXPORTER_OTLP_ENDPOINT",     // set when telemetry.otlpEndpoint is
         ],
-        &["TALLY_LISTEN", "TALLY_ADMIN_LISTEN", "TALLY_LOG_FORMAT"],
+        &["TALLY_LISTEN", "TALLY_ADMIN_LISTEN", "TALLY_LOG_FORMAT", "OTEL_SERVICE_NAME"],
     );
     check_component(
         gateway::settings(&cc),
@@ -87,8 +88,9 @@ fn defaults_equal_the_services_defaults_and_every_tunable_is_covered() {
             "TALLY_COALESCE_MAX_INFLIGHT", // idem
             "TALLY_DNS_NAME",              // set in dns mode only
             "TALLY_CONSUL_ADDR",           // set in consul mode only
+            "OTEL_EXPORTER_OTLP_ENDPOINT", // set when telemetry.otlpEndpoint is
         ],
-        &["TALLY_LISTEN", "TALLY_LOG_FORMAT", "TALLY_DISCOVERY", "TALLY_K8S_SERVICE"],
+        &["TALLY_LISTEN", "TALLY_LOG_FORMAT", "TALLY_DISCOVERY", "TALLY_K8S_SERVICE", "OTEL_SERVICE_NAME"],
     );
 }
 

@@ -141,7 +141,9 @@ fn helm_lints_and_renders_the_chart() {
     assert!(rendered.status.success(), "helm template: {}", String::from_utf8_lossy(&rendered.stderr));
     let docs = documents(&String::from_utf8_lossy(&rendered.stdout)).expect("rendered YAML parses");
     let kinds: Vec<&str> = docs.iter().filter_map(|d| d["kind"].as_str()).collect();
-    for kind in ["Deployment", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "ServiceMonitor", "CounterCluster"] {
+    for kind in
+        ["Deployment", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "ServiceMonitor", "CounterCluster"]
+    {
         assert!(kinds.contains(&kind), "{kind} missing from {kinds:?}");
     }
 }

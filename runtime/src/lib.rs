@@ -6,3 +6,4 @@ pub mod logging;
 pub mod metrics;
 pub mod rt;
 pub mod signal;
+pub mod telemetry;

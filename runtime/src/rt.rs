@@ -12,6 +12,7 @@ use std::future::Future;
 use std::process::ExitCode;
 
 use crate::logging::{self, LogFormat};
+use crate::telemetry::{self, TelemetryArgs};
 
 /// Settings shared by every tally binary (flattened into each one's config).
 #[derive(Debug, Clone, clap::Args)]
@@ -23,10 +24,14 @@ pub struct RuntimeArgs {
     /// Log format: `text` or `json`. Level comes from RUST_LOG.
     #[arg(long, env = "TALLY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+
+    #[command(flatten)]
+    pub telemetry: TelemetryArgs,
 }
 
-/// Builds the runtime, sets up logging and runs `service` to completion;
-/// the process exit code says whether it failed.
+/// Builds the runtime, sets up logging and trace export, runs `service` to
+/// completion and flushes the queued spans; the exit code says whether it
+/// failed.
 pub fn run<F, E>(args: &RuntimeArgs, name: &str, service: F) -> ExitCode
 where
     F: Future<Output = Result<(), E>>,
@@ -45,12 +50,28 @@ where
         }
     };
     let _guard = runtime.enter();
-    logging::init(args.log_format);
-    match runtime.block_on(service) {
+    let (tracing, layer) = match telemetry::build(&args.telemetry, name, env!("CARGO_PKG_VERSION")) {
+        Ok(Some((tracing, layer))) => (Some(tracing), Some(layer)),
+        Ok(None) => (None, None),
+        Err(err) => {
+            eprintln!("{name}: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    logging::init(args.log_format, layer);
+    if let Some(endpoint) = &args.telemetry.otlp_endpoint {
+        tracing::info!(%endpoint, sampler = ?args.telemetry.sampler, ratio = args.telemetry.sampler_arg, "exporting traces over OTLP/gRPC");
+    }
+    let code = match runtime.block_on(service) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!(%err, "{name} failed");
             ExitCode::FAILURE
         }
+    };
+    // The runtime still runs the exporter's connection while this flushes.
+    if let Some(tracing) = tracing {
+        tracing.shutdown();
     }
+    code
 }

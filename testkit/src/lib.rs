@@ -5,10 +5,12 @@
 
 mod consul;
 mod kubernetes;
+mod otlp;
 mod procs;
 
 pub use consul::ConsulDouble;
 pub use kubernetes::KubernetesDouble;
+pub use otlp::{OtlpReceiver, ReceivedSpan};
 
 pub use procs::{RedisCluster, RedisServer, Service, free_port, redis_cli, workspace_binary};
 

@@ -303,6 +303,16 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
             _ => 2,
         };
         state.metrics.endpoint_breaker.get_or_create(&label).set(breaker);
+        // Counted by the endpoint itself (no label lookup per call), copied here.
+        let store = |counter: &prometheus_client::metrics::counter::Counter, value: u64| {
+            counter.inner().store(value, std::sync::atomic::Ordering::Relaxed);
+        };
+        store(&state.metrics.endpoint_picks.get_or_create(&label), b.picks());
+        let (opened, closed) = b.transitions();
+        let endpoint = b.uri.clone();
+        let to = |state: &str| [("endpoint", endpoint.clone()), ("to", state.to_string())];
+        store(&state.metrics.breaker_transitions.get_or_create(&to("open")), opened);
+        store(&state.metrics.breaker_transitions.get_or_create(&to("closed")), closed);
     }
     ([(axum::http::header::CONTENT_TYPE, tally_runtime::metrics::CONTENT_TYPE)], state.metrics.render())
 }

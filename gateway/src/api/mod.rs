@@ -14,6 +14,9 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use futures_util::StreamExt;
+use tracing::{Instrument, Span};
+
+use crate::spans;
 
 pub use error::ApiError;
 pub use handlers::{App, AppState, MAX_BODY_BYTES};
@@ -92,7 +95,13 @@ async fn record(State(state): State<AppState>, request: Request, next: Next) -> 
         _ => "OTHER",
     };
     let started = Instant::now();
-    let response = next.run(request).await;
-    state.metrics.record_http(route, method, response.status().as_u16(), started.elapsed());
+    // Probes and scrapes are not traced: they would drown the requests.
+    let traced = !matches!(route, "/api/v1/health" | "/api/v1/ready" | "/metrics");
+    let span =
+        if traced { spans::http_server(request.headers(), method, route, request.uri().path()) } else { Span::none() };
+    let response = next.run(request).instrument(span.clone()).await;
+    let status = response.status().as_u16();
+    spans::http_status(&span, status);
+    state.metrics.record_http(route, method, status, started.elapsed());
     response
 }

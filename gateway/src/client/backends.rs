@@ -43,6 +43,11 @@ pub struct Backend {
     next_channel: AtomicUsize,
     healthy: AtomicBool,
     in_flight: AtomicUsize,
+    /// Calls the balancer sent here (every attempt counts).
+    picks: AtomicU64,
+    /// Breaker transitions seen after calls: to open, to closed.
+    opened: AtomicU64,
+    closed: AtomicU64,
     pub breaker: Breaker,
 }
 
@@ -66,6 +71,9 @@ impl Backend {
             next_channel: AtomicUsize::new(0),
             healthy: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
+            picks: AtomicU64::new(0),
+            opened: AtomicU64::new(0),
+            closed: AtomicU64::new(0),
         })
     }
 
@@ -91,8 +99,19 @@ impl Backend {
         self.in_flight.load(Ordering::Relaxed)
     }
 
+    /// Calls sent to this endpoint so far.
+    pub fn picks(&self) -> u64 {
+        self.picks.load(Ordering::Relaxed)
+    }
+
+    /// Breaker transitions after calls so far: (to open, to closed).
+    pub fn transitions(&self) -> (u64, u64) {
+        (self.opened.load(Ordering::Relaxed), self.closed.load(Ordering::Relaxed))
+    }
+
     /// Counts a call as in flight until the guard drops.
     pub fn start_call(self: &Arc<Self>) -> InFlight {
+        self.picks.fetch_add(1, Ordering::Relaxed);
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         InFlight(self.clone())
     }
@@ -217,6 +236,8 @@ impl Backends {
             backend.breaker.on_success()
         };
         if let Some(state) = change {
+            let counter = if state.name() == "closed" { &backend.closed } else { &backend.opened };
+            counter.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(endpoint = %backend.uri, state = state.name(), "circuit breaker changed state");
         }
     }

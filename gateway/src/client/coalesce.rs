@@ -13,11 +13,15 @@ use std::sync::Arc;
 
 use tally_proto::v1::{BatchIncrementRequest, IncrementOperation, OperationResult};
 use tokio::sync::{Semaphore, mpsc, oneshot};
+use tracing::{Instrument, Span};
 
 use super::{CallError, Counter};
+use crate::spans;
 
 struct Job {
     op: IncrementOperation,
+    /// The waiting request's span, linked with the batch that carries it.
+    span: Span,
     reply: oneshot::Sender<Result<OperationResult, CallError>>,
 }
 
@@ -37,7 +41,8 @@ impl Coalescer {
 
     pub async fn increment(&self, op: IncrementOperation) -> Result<OperationResult, CallError> {
         let (reply, rx) = oneshot::channel();
-        self.tx.send(Job { op, reply }).map_err(|_| CallError::ShuttingDown)?;
+        let span = if tally_runtime::telemetry::enabled() { Span::current() } else { Span::none() };
+        self.tx.send(Job { op, span, reply }).map_err(|_| CallError::ShuttingDown)?;
         rx.await.map_err(|_| CallError::ShuttingDown)?
     }
 }
@@ -64,10 +69,19 @@ async fn run(mut rx: mpsc::UnboundedReceiver<Job>, counter: Counter, max_ops: us
 
 async fn send(counter: &Counter, jobs: Vec<Job>) {
     counter.metrics().coalesced_operations.observe(jobs.len() as f64);
-    let (ops, replies): (Vec<_>, Vec<_>) = jobs.into_iter().map(|job| (job.op, job.reply)).unzip();
+    let mut ops = Vec::with_capacity(jobs.len());
+    let mut replies = Vec::with_capacity(jobs.len());
+    let mut members = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        ops.push(job.op);
+        replies.push(job.reply);
+        members.push(job.span);
+    }
+    let batch = spans::coalesced_batch(&members);
+    drop(members);
     let expected = ops.len();
     let request = BatchIncrementRequest { operations: ops, r#async: false };
-    match counter.batch_increment(request).await {
+    match counter.batch_increment(request).instrument(batch).await {
         Ok(response) if response.results.len() == expected => {
             for (reply, result) in replies.into_iter().zip(response.results) {
                 let _ = reply.send(Ok(result));

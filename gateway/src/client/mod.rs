@@ -24,8 +24,10 @@ use tally_proto::v1::{
 };
 use tonic::Code;
 use tonic::transport::Channel;
+use tracing::Instrument;
 
 use crate::metrics::Metrics;
+use crate::spans;
 use backends::Backends;
 use balance::Policy;
 use breaker::BreakerSettings;
@@ -120,9 +122,10 @@ impl Counter {
     /// Runs one call on a healthy endpoint, counting it in flight and in
     /// metrics, and sends it again (to another endpoint where there is one)
     /// when [`retry::may_retry`] allows and the retry budget has room.
-    async fn call<T, F, Fut>(&self, method: &'static str, kind: CallKind, f: F) -> Result<T, CallError>
+    async fn call<R, T, F, Fut>(&self, method: &'static str, kind: CallKind, request: &R, f: F) -> Result<T, CallError>
     where
-        F: Fn(CounterServiceClient<Channel>) -> Fut,
+        R: Clone,
+        F: Fn(CounterServiceClient<Channel>, tonic::Request<R>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         self.budget.deposit();
@@ -131,11 +134,15 @@ impl Counter {
         loop {
             attempt += 1;
             let backend = self.backends.pick_avoiding(previous.as_ref()).ok_or(CallError::NoBackend)?;
+            let span = spans::rpc_client(method, backend.uri.as_str(), attempt);
+            let mut request = tonic::Request::new(request.clone());
+            spans::inject(&span, &mut request);
             let in_flight = backend.start_call();
             let started = Instant::now();
-            let result = f(backend.client()).await;
+            let result = f(backend.client(), request).instrument(span.clone()).await;
             drop(in_flight);
             let code = result.as_ref().map_or_else(|s| s.code(), |_| Code::Ok);
+            spans::rpc_status(&span, code);
             self.metrics.observe_upstream(method, code, started.elapsed());
             let status = match result {
                 Ok(response) => {
@@ -162,38 +169,24 @@ impl Counter {
 
     pub async fn increment(&self, request: IncrementRequest) -> Result<Applied, CallError> {
         let kind = CallKind::Write { idempotent: !request.idempotency_key.is_empty() };
-        let response = self
-            .call("Increment", kind, |mut c| {
-                let request = request.clone();
-                async move { c.increment(request).await }
-            })
-            .await?;
+        let response = self.call("Increment", kind, &request, |mut c, r| async move { c.increment(r).await }).await?;
         Ok(Applied { value: response.current_value, replayed: response.replayed })
     }
 
     pub async fn batch_increment(&self, request: BatchIncrementRequest) -> Result<BatchIncrementResponse, CallError> {
         let idempotent = request.operations.iter().all(|op| !op.idempotency_key.is_empty());
-        self.call("BatchIncrement", CallKind::Write { idempotent }, |mut c| {
-            let request = request.clone();
-            async move { c.batch_increment(request).await }
+        self.call("BatchIncrement", CallKind::Write { idempotent }, &request, |mut c, r| async move {
+            c.batch_increment(r).await
         })
         .await
     }
 
     pub async fn get(&self, request: GetRequest) -> Result<GetResponse, CallError> {
-        self.call("Get", CallKind::Read, |mut c| {
-            let request = request.clone();
-            async move { c.get(request).await }
-        })
-        .await
+        self.call("Get", CallKind::Read, &request, |mut c, r| async move { c.get(r).await }).await
     }
 
     pub async fn batch_get(&self, request: BatchGetRequest) -> Result<BatchGetResponse, CallError> {
-        self.call("BatchGet", CallKind::Read, |mut c| {
-            let request = request.clone();
-            async move { c.batch_get(request).await }
-        })
-        .await
+        self.call("BatchGet", CallKind::Read, &request, |mut c, r| async move { c.batch_get(r).await }).await
     }
 }
 

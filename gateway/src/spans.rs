@@ -1,0 +1,107 @@
+//! The gateway's trace spans, named and attributed per the OpenTelemetry
+//! semantic conventions (HTTP server, RPC client). Created only when trace
+//! export is on ([`telemetry::enabled`]); otherwise every function here
+//! returns a disabled span at no cost.
+
+use tally_runtime::telemetry;
+use tracing::Span;
+use tracing::field::Empty;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+/// The gRPC service the counters implement.
+const RPC_SERVICE: &str = "tally.counter.v1.CounterService";
+
+/// The server span of one HTTP request, continuing the caller's trace when
+/// the request carries `traceparent`.
+pub fn http_server(headers: &http::HeaderMap, method: &'static str, route: &'static str, path: &str) -> Span {
+    if !telemetry::enabled() {
+        return Span::none();
+    }
+    let span = tracing::info_span!(
+        "http.server",
+        otel.name = format!("{method} {route}"),
+        otel.kind = "server",
+        otel.status_code = Empty,
+        http.request.method = method,
+        http.route = route,
+        url.path = path,
+        url.scheme = "http",
+        http.response.status_code = Empty,
+        trace_id = Empty,
+    );
+    let _ = span.set_parent(telemetry::extract(headers));
+    if let Some(id) = telemetry::trace_id(&span) {
+        span.record("trace_id", id);
+    }
+    span
+}
+
+/// Records the response status on an HTTP server span (5xx is an error).
+pub fn http_status(span: &Span, status: u16) {
+    span.record("http.response.status_code", status);
+    if status >= 500 {
+        span.record("otel.status_code", "ERROR");
+    }
+}
+
+/// The client span of one attempt of a call to a counter.
+pub fn rpc_client(method: &'static str, endpoint: &str, attempt: u32) -> Span {
+    if !telemetry::enabled() {
+        return Span::none();
+    }
+    tracing::info_span!(
+        "rpc.client",
+        otel.name = format!("{RPC_SERVICE}/{method}"),
+        otel.kind = "client",
+        otel.status_code = Empty,
+        rpc.system = "grpc",
+        rpc.service = RPC_SERVICE,
+        rpc.method = method,
+        server.address = endpoint,
+        rpc.grpc.status_code = Empty,
+        tally.attempt = attempt,
+    )
+}
+
+/// Records a call's gRPC status on its client span.
+pub fn rpc_status(span: &Span, code: tonic::Code) {
+    span.record("rpc.grpc.status_code", code as i32);
+    if code != tonic::Code::Ok {
+        span.record("otel.status_code", "ERROR");
+    }
+}
+
+/// The span of one coalesced `BatchIncrement`: a child of the first
+/// request it carries, linked both ways with every request in it, so each
+/// request's trace leads to the call (and the counter's spans) that served it.
+pub fn coalesced_batch(members: &[Span]) -> Span {
+    let Some(first) = members.first().filter(|_| telemetry::enabled()) else {
+        return Span::none();
+    };
+    let span = tracing::info_span!(
+        parent: first,
+        "coalesce",
+        otel.name = "coalesce BatchIncrement",
+        otel.kind = "internal",
+        tally.batch.size = members.len(),
+    );
+    telemetry::link_batch(&span, members);
+    span
+}
+
+/// `traceparent`/`tracestate` of `span` into a gRPC request's metadata.
+pub fn inject<T>(span: &Span, request: &mut tonic::Request<T>) {
+    if !telemetry::enabled() {
+        return;
+    }
+    let mut headers = http::HeaderMap::new();
+    telemetry::inject(span, &mut headers);
+    for (name, value) in &headers {
+        if let (Ok(key), Ok(value)) = (
+            tonic::metadata::MetadataKey::from_bytes(name.as_str().as_bytes()),
+            tonic::metadata::MetadataValue::try_from(value.as_bytes()),
+        ) {
+            request.metadata_mut().insert(key, value);
+        }
+    }
+}

@@ -1,0 +1,149 @@
+//! End-to-end traces: real redis-server → tally-counter → tally-gateway,
+//! exporting over OTLP/gRPC to an in-process receiver (**a test double for
+//! Jaeger**, `tally_testkit::OtlpReceiver`). A request's `traceparent`
+//! continues through the gateway, the gRPC call and the store flush; a
+//! coalesced call keeps every request's trace through span links.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use common::unique;
+use common::{RedisServer, start_counter, start_gateway};
+use tally_testkit::{OtlpReceiver, ReceivedSpan};
+
+const SERVER: i32 = 2;
+const CLIENT: i32 = 3;
+
+/// Every process exports here, flushing every 100 ms. The default sampler
+/// (parent-based, ratio 0.1) is kept: sampled callers must be followed.
+fn traced(receiver: &OtlpReceiver) -> Vec<(&'static str, String)> {
+    vec![("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint()), ("OTEL_BSP_SCHEDULE_DELAY", "100".into())]
+}
+
+fn as_env<'a>(vars: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+    vars.iter().map(|(k, v)| (*k, v.as_str())).collect()
+}
+
+fn traceparent(n: u64) -> (String, String, String) {
+    let trace = format!("{:032x}", 0x4bf9_2f35_77b3_4da6_u128 << 64 | u128::from(n) << 8 | 0x36);
+    let parent = format!("{:016x}", 0x00f0_67aa_0ba9_0000_u64 | n);
+    (format!("00-{trace}-{parent}-01"), trace, parent)
+}
+
+async fn increment(client: &reqwest::Client, base: &str, header: &str, resource: &str) -> u16 {
+    client
+        .post(format!("{base}/api/v1/counter/increment"))
+        .header("traceparent", header)
+        .json(&serde_json::json!({"resource_id": resource, "counter_type": "likes"}))
+        .send()
+        .await
+        .expect("send")
+        .status()
+        .as_u16()
+}
+
+fn find<'a>(spans: &'a [ReceivedSpan], trace: &str, service: &str, kind: i32, name: &str) -> Option<&'a ReceivedSpan> {
+    spans.iter().find(|s| s.trace_id == trace && s.service == service && s.kind == kind && s.name == name)
+}
+
+#[tokio::test]
+async fn one_request_is_one_trace_from_the_gateway_through_the_counter_to_the_store() {
+    let receiver = OtlpReceiver::start().await;
+    let env = traced(&receiver);
+    let redis = RedisServer::start();
+    let counter = start_counter(&redis.url(), &as_env(&env));
+    let gateway = start_gateway(&counter.grpc_endpoint(), &as_env(&env));
+    let (header, trace, caller) = traceparent(1);
+    let status = increment(&reqwest::Client::new(), &gateway.http_base(), &header, &unique("traced")).await;
+    assert_eq!(status, 200);
+
+    let spans = receiver
+        .wait_until(Duration::from_secs(20), |spans| {
+            spans.iter().any(|s| s.trace_id == trace && s.name == "BATCH HINCRBY")
+                && spans.iter().any(|s| s.trace_id == trace && s.service == "tally-gateway" && s.kind == SERVER)
+        })
+        .await;
+    let in_trace: Vec<String> = spans.iter().filter(|s| s.trace_id == trace).map(|s| s.name.clone()).collect();
+    let missing = |what: &str| format!("no {what} in trace {trace}: {in_trace:?}");
+
+    let http = find(&spans, &trace, "tally-gateway", SERVER, "POST /api/v1/counter/increment")
+        .unwrap_or_else(|| panic!("{}", missing("gateway HTTP server span")));
+    assert_eq!(http.parent_span_id, caller, "continues the caller's span");
+    assert_eq!(http.attributes["http.route"], "/api/v1/counter/increment");
+    assert_eq!(http.attributes["http.request.method"], "POST");
+    assert_eq!(http.attributes["http.response.status_code"], "200");
+
+    let batch = find(&spans, &trace, "tally-gateway", 1, "coalesce BatchIncrement")
+        .unwrap_or_else(|| panic!("{}", missing("coalesced batch span")));
+    assert_eq!(batch.parent_span_id, http.span_id);
+    assert!(batch.links.contains(&(trace.clone(), http.span_id.clone())), "the batch links the request");
+    assert!(http.links.contains(&(trace.clone(), batch.span_id.clone())), "the request links the batch");
+
+    let call = find(&spans, &trace, "tally-gateway", CLIENT, "tally.counter.v1.CounterService/BatchIncrement")
+        .unwrap_or_else(|| panic!("{}", missing("gateway gRPC client span")));
+    assert_eq!(call.parent_span_id, batch.span_id);
+    assert_eq!(call.attributes["rpc.system"], "grpc");
+    assert_eq!(call.attributes["rpc.method"], "BatchIncrement");
+    assert_eq!(call.attributes["rpc.grpc.status_code"], "0");
+
+    let served = find(&spans, &trace, "tally-counter", SERVER, "tally.counter.v1.CounterService/BatchIncrement")
+        .unwrap_or_else(|| panic!("{}", missing("counter gRPC server span")));
+    assert_eq!(served.parent_span_id, call.span_id, "the counter continues the gateway's call");
+
+    let flush = find(&spans, &trace, "tally-counter", CLIENT, "BATCH HINCRBY")
+        .unwrap_or_else(|| panic!("{}", missing("store flush span")));
+    assert_eq!(flush.parent_span_id, served.span_id);
+    assert_eq!(flush.attributes["db.system.name"], "redis");
+    assert!(flush.links.contains(&(trace.clone(), served.span_id.clone())), "the flush links the request");
+    assert!(!spans.iter().any(|s| s.name.contains("grpc.health")), "health checks are not traced");
+}
+
+#[tokio::test]
+async fn coalesced_requests_keep_their_own_traces_linked_to_the_shared_call() {
+    let receiver = OtlpReceiver::start().await;
+    let env = traced(&receiver);
+    let redis = RedisServer::start();
+    let counter = start_counter(&redis.url(), &as_env(&env));
+    // One batch in flight at a time: concurrent requests queue and share the next.
+    let mut gateway_env = as_env(&env);
+    gateway_env.push(("TALLY_COALESCE_MAX_INFLIGHT", "1"));
+    let gateway = start_gateway(&counter.grpc_endpoint(), &gateway_env);
+    let base = gateway.http_base();
+    let client = reqwest::Client::builder().pool_max_idle_per_host(64).build().expect("client");
+    let resource = unique("coalesced");
+    let requests: Vec<(String, String, String)> = (100..160).map(traceparent).collect();
+    let statuses = futures_util::future::join_all(
+        requests.iter().map(|(header, _, _)| increment(&client, &base, header, &resource)),
+    )
+    .await;
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+
+    let traces: Vec<String> = requests.iter().map(|(_, trace, _)| trace.clone()).collect();
+    let server_spans = |spans: &[ReceivedSpan]| -> HashMap<String, ReceivedSpan> {
+        spans
+            .iter()
+            .filter(|s| s.service == "tally-gateway" && s.kind == SERVER && traces.contains(&s.trace_id))
+            .map(|s| (s.trace_id.clone(), s.clone()))
+            .collect()
+    };
+    let spans = receiver
+        .wait_until(Duration::from_secs(20), |spans| {
+            let servers = server_spans(spans);
+            servers.len() == traces.len()
+                && servers.values().all(|s| s.links.iter().any(|(_, id)| spans.iter().any(|b| &b.span_id == id)))
+        })
+        .await;
+    let servers = server_spans(&spans);
+    assert_eq!(servers.len(), traces.len(), "every request has its own trace with its server span");
+    let batches: HashMap<&str, &ReceivedSpan> =
+        spans.iter().filter(|s| s.name == "coalesce BatchIncrement").map(|s| (s.span_id.as_str(), s)).collect();
+    for (trace, server) in &servers {
+        let (_, batch_id) = server.links.first().unwrap_or_else(|| panic!("request in {trace} links no batch"));
+        let batch = batches.get(batch_id.as_str()).unwrap_or_else(|| panic!("linked batch {batch_id} not exported"));
+        assert!(batch.links.contains(&(trace.clone(), server.span_id.clone())), "the batch links back to {trace}");
+    }
+    let largest = batches.values().map(|b| b.links.len()).max().unwrap_or(0);
+    assert!(largest > 1, "60 concurrent requests with one call in flight were coalesced (largest batch {largest})");
+}

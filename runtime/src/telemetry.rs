@@ -1,0 +1,265 @@
+//! Traces: OpenTelemetry over OTLP/gRPC (Jaeger ingests it directly), W3C
+//! trace context in and out, and the switch that keeps tracing free when no
+//! endpoint is set.
+//!
+//! Spans are the `tracing` spans of the services, turned into OpenTelemetry
+//! spans by `tracing-opentelemetry` and exported by a batch processor on its
+//! own thread with a bounded queue: a slow or absent collector drops spans,
+//! it never blocks or slows a request. Without `OTEL_EXPORTER_OTLP_ENDPOINT`
+//! no exporter exists and the services create no per-request spans at all.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
+use opentelemetry::trace::{SpanContext, TraceContextExt, TracerProvider as _};
+use opentelemetry::{Context, KeyValue};
+use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::{BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracerProvider};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::Layer;
+
+use crate::logging::BoxedLayer;
+
+static ENABLED: AtomicBool = AtomicBool::new(false);
+
+/// Whether spans are exported; request paths skip all span work when not.
+pub fn enabled() -> bool {
+    ENABLED.load(Ordering::Relaxed)
+}
+
+/// Trace settings, by their standard OpenTelemetry variable names.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TelemetryArgs {
+    /// OTLP/gRPC collector, e.g. `http://jaeger:4317`. Unset: no traces.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+
+    /// `service.name` of the spans (default: the binary's name).
+    #[arg(long, env = "OTEL_SERVICE_NAME")]
+    pub service_name: Option<String>,
+
+    /// Sampler; the `parentbased_*` ones follow a sampled caller.
+    #[arg(long, env = "OTEL_TRACES_SAMPLER", value_enum, default_value_t = SamplerKind::ParentBasedTraceIdRatio)]
+    pub sampler: SamplerKind,
+
+    /// Share of new traces sampled by the `*traceidratio` samplers.
+    #[arg(long, env = "OTEL_TRACES_SAMPLER_ARG", default_value_t = 0.1, value_parser = ratio)]
+    pub sampler_arg: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SamplerKind {
+    #[value(name = "always_on")]
+    AlwaysOn,
+    #[value(name = "always_off")]
+    AlwaysOff,
+    #[value(name = "traceidratio")]
+    TraceIdRatio,
+    #[value(name = "parentbased_always_on")]
+    ParentBasedAlwaysOn,
+    #[value(name = "parentbased_always_off")]
+    ParentBasedAlwaysOff,
+    #[value(name = "parentbased_traceidratio")]
+    ParentBasedTraceIdRatio,
+}
+
+fn ratio(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+        _ => Err(format!("{text:?} is not a ratio between 0 and 1")),
+    }
+}
+
+/// The sampler a setting names.
+pub fn sampler(kind: SamplerKind, ratio: f64) -> Sampler {
+    let by_ratio = Sampler::TraceIdRatioBased(ratio);
+    match kind {
+        SamplerKind::AlwaysOn => Sampler::AlwaysOn,
+        SamplerKind::AlwaysOff => Sampler::AlwaysOff,
+        SamplerKind::TraceIdRatio => by_ratio,
+        SamplerKind::ParentBasedAlwaysOn => Sampler::ParentBased(Box::new(Sampler::AlwaysOn)),
+        SamplerKind::ParentBasedAlwaysOff => Sampler::ParentBased(Box::new(Sampler::AlwaysOff)),
+        SamplerKind::ParentBasedTraceIdRatio => Sampler::ParentBased(Box::new(by_ratio)),
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("OTLP exporter for {endpoint}: {source}")]
+pub struct ExporterError {
+    endpoint: String,
+    source: opentelemetry_otlp::ExporterBuildError,
+}
+
+/// The tracer provider; [`Tracing::shutdown`] exports what is queued.
+pub struct Tracing {
+    provider: SdkTracerProvider,
+}
+
+impl Tracing {
+    /// Flushes queued spans (bounded by the export timeout) and stops.
+    pub fn shutdown(self) {
+        if let Err(err) = self.provider.shutdown() {
+            eprintln!("trace export shutdown: {err}");
+        }
+    }
+}
+
+/// Spans waiting for export at most; beyond it new spans are dropped.
+const QUEUE: usize = 8192;
+
+/// Builds the exporter and provider when an endpoint is set (must run
+/// inside the Tokio runtime: the gRPC channel lives on it). Returns the
+/// provider and the `tracing` layer feeding it.
+pub fn build(
+    args: &TelemetryArgs,
+    default_name: &str,
+    version: &str,
+) -> Result<Option<(Tracing, BoxedLayer)>, ExporterError> {
+    let Some(endpoint) = &args.otlp_endpoint else { return Ok(None) };
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_tonic()
+        .with_endpoint(endpoint)
+        .with_timeout(Duration::from_secs(5))
+        .build()
+        .map_err(|source| ExporterError { endpoint: endpoint.clone(), source })?;
+    // OTEL_BSP_* variables tune the processor; only the queue gets a larger
+    // default than the SDK's 2048, for bursts at high request rates.
+    let mut batch = BatchConfigBuilder::default();
+    if std::env::var_os("OTEL_BSP_MAX_QUEUE_SIZE").is_none() {
+        batch = batch.with_max_queue_size(QUEUE);
+    }
+    let processor = BatchSpanProcessor::builder(exporter).with_batch_config(batch.build()).build();
+    let name = args.service_name.clone().unwrap_or_else(|| default_name.to_string());
+    let mut attributes = vec![KeyValue::new("service.version", version.to_string())];
+    for (variable, attribute) in [("POD_NAME", "k8s.pod.name"), ("POD_NAMESPACE", "k8s.namespace.name")] {
+        if let Ok(value) = std::env::var(variable) {
+            attributes.push(KeyValue::new(attribute, value));
+        }
+    }
+    let resource = Resource::builder().with_service_name(name.clone()).with_attributes(attributes).build();
+    let provider = SdkTracerProvider::builder()
+        .with_span_processor(processor)
+        .with_sampler(sampler(args.sampler, args.sampler_arg))
+        .with_resource(resource)
+        .build();
+    let layer = tracing_opentelemetry::layer().with_tracer(provider.tracer(name)).boxed();
+    ENABLED.store(true, Ordering::Relaxed);
+    Ok(Some((Tracing { provider }, layer)))
+}
+
+/// The remote parent carried by `traceparent`/`tracestate` headers.
+pub fn extract(headers: &http::HeaderMap) -> Context {
+    TraceContextPropagator::new().extract(&HeaderExtractor(headers))
+}
+
+/// Writes `span`'s context as `traceparent`/`tracestate` into `headers`.
+pub fn inject(span: &tracing::Span, headers: &mut http::HeaderMap) {
+    TraceContextPropagator::new().inject_context(&span.context(), &mut HeaderInjector(headers));
+}
+
+/// `span`'s OpenTelemetry identity, for links between batched work.
+pub fn span_context(span: &tracing::Span) -> SpanContext {
+    span.context().span().span_context().clone()
+}
+
+/// Links `batch` and each of `members` both ways: the batch lists what it
+/// carried, and each member's trace points at the batch that served it.
+pub fn link_batch<'a>(batch: &tracing::Span, members: impl IntoIterator<Item = &'a tracing::Span>) {
+    let batch_context = span_context(batch);
+    for member in members {
+        let member_context = span_context(member);
+        if member_context.is_valid() {
+            batch.add_link(member_context);
+            member.add_link(batch_context.clone());
+        }
+    }
+}
+
+/// The trace id of `span` in hex, for log lines; `None` when unsampled/off.
+pub fn trace_id(span: &tracing::Span) -> Option<String> {
+    let context = span_context(span);
+    context.is_valid().then(|| context.trace_id().to_string())
+}
+
+struct HeaderExtractor<'a>(&'a http::HeaderMap);
+
+impl Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(|k| k.as_str()).collect()
+    }
+}
+
+struct HeaderInjector<'a>(&'a mut http::HeaderMap);
+
+impl Injector for HeaderInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        if let (Ok(name), Ok(value)) =
+            (http::HeaderName::from_bytes(key.as_bytes()), http::HeaderValue::from_str(&value))
+        {
+            self.0.insert(name, value);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry_sdk::trace::ShouldSample;
+
+    #[test]
+    fn samplers_by_name() {
+        assert!(matches!(sampler(SamplerKind::AlwaysOff, 0.5), Sampler::AlwaysOff));
+        assert!(matches!(sampler(SamplerKind::TraceIdRatio, 0.5), Sampler::TraceIdRatioBased(r) if r == 0.5));
+        let parent_based = sampler(SamplerKind::ParentBasedTraceIdRatio, 0.0);
+        // A sampled caller is followed even at ratio 0.
+        let remote = SpanContext::new(
+            opentelemetry::trace::TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap(),
+            opentelemetry::trace::SpanId::from_hex("00f067aa0ba902b7").unwrap(),
+            opentelemetry::trace::TraceFlags::SAMPLED,
+            true,
+            Default::default(),
+        );
+        let parent = Context::new().with_remote_span_context(remote.clone());
+        let decision = parent_based.should_sample(
+            Some(&parent),
+            remote.trace_id(),
+            "x",
+            &opentelemetry::trace::SpanKind::Server,
+            &[],
+            &[],
+        );
+        assert_eq!(decision.decision, opentelemetry_sdk::trace::SamplingDecision::RecordAndSample);
+    }
+
+    #[test]
+    fn ratios_outside_zero_to_one_are_refused() {
+        assert_eq!(ratio("0.25"), Ok(0.25));
+        assert!(ratio("1.5").is_err());
+        assert!(ratio("-0.1").is_err());
+        assert!(ratio("lots").is_err());
+    }
+
+    #[test]
+    fn traceparent_round_trips_through_headers() {
+        let mut headers = http::HeaderMap::new();
+        headers.insert("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".parse().unwrap());
+        let context = extract(&headers);
+        let span = context.span();
+        let remote = span.span_context();
+        assert_eq!(remote.trace_id().to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert!(remote.is_sampled() && remote.is_remote());
+        let mut out = http::HeaderMap::new();
+        TraceContextPropagator::new().inject_context(&context, &mut HeaderInjector(&mut out));
+        assert_eq!(out["traceparent"], "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+        let garbage =
+            http::HeaderMap::from_iter([(http::header::HeaderName::from_static("traceparent"), "zz".parse().unwrap())]);
+        assert!(!extract(&garbage).span().span_context().is_valid(), "a malformed header starts a new trace");
+    }
+}
