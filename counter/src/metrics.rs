@@ -59,15 +59,15 @@ impl Metrics {
         registry.register("commit_batch_commands", "Store commands per flush after summing", commit_commands.clone());
         let store_duration: HistogramFamily<Labels> = Family::new_with_constructor(latency_histogram);
         registry.register("store_duration_seconds", "Store round-trip latency", store_duration.clone());
-        let store_errors = Family::default();
+        let store_errors: Family<Labels, Counter> = Family::default();
         registry.register("store_errors", "Store failures by kind", store_errors.clone());
         let store_up = Gauge::default();
         registry.register("store_up", "1 while the store answers readiness probes", store_up.clone());
         let buffer_keys = Gauge::default();
         registry.register("buffer_keys", "Counters waiting in the write-behind buffer", buffer_keys.clone());
-        let async_ops = Family::default();
+        let async_ops: Family<Labels, Counter> = Family::default();
         registry.register("async_operations", "Async operations by outcome", async_ops.clone());
-        let async_lost = Family::default();
+        let async_lost: Family<Labels, Counter> = Family::default();
         registry.register("async_lost_operations", "Acknowledged async increments not applied", async_lost.clone());
         let buffer_oldest_age = Gauge::default();
         let help = "Age of the oldest buffered operation at the last flush attempt";
@@ -75,6 +75,16 @@ impl Metrics {
         let idempotency_replays = Counter::default();
         let help = "Keyed operations answered from their first application";
         registry.register("idempotency_replays", help, idempotency_replays.clone());
+        // Present at zero from the start, so `rate()` and alerts work before the first event.
+        for kind in ["not_applied", "unknown", "rejected", "config"] {
+            let _ = store_errors.get_or_create(&[("kind", kind)]);
+        }
+        for outcome in ["buffered", "applied_sync", "rejected"] {
+            let _ = async_ops.get_or_create(&[("outcome", outcome)]);
+        }
+        for reason in ["overflow", "rejected", "shutdown_timeout"] {
+            let _ = async_lost.get_or_create(&[("reason", reason)]);
+        }
         Metrics {
             registry,
             requests,

@@ -72,8 +72,14 @@ impl Metrics {
         registry.register("upstream_request_duration_seconds", "gRPC call latency", upstream_duration.clone());
         let coalesced_operations = size_histogram();
         registry.register("coalesced_operations", "Increments per coalesced call", coalesced_operations.clone());
-        let retries = Family::default();
+        let retries: Family<Labels<2>, Counter> = Family::default();
         registry.register("retries", "Calls sent again, by method and reason", retries.clone());
+        // Present at zero from the start, so `rate()` and alerts see them before the first retry.
+        for method in ["Increment", "BatchIncrement", "Get", "BatchGet"] {
+            for reason in ["not_sent", "unknown", "refused"] {
+                let _ = retries.get_or_create(&[("method", method.into()), ("reason", reason.into())]);
+            }
+        }
         let retries_refused = Counter::default();
         registry.register("retries_refused", "Retries refused by the retry budget", retries_refused.clone());
         let cache_lookups = Family::default();

@@ -54,7 +54,10 @@ async fn one_request_is_one_trace_from_the_gateway_through_the_counter_to_the_st
     let env = traced(&receiver);
     let redis = RedisServer::start();
     let counter = start_counter(&redis.url(), &as_env(&env));
-    let gateway = start_gateway(&counter.grpc_endpoint(), &as_env(&env));
+    // JSON logs with the access log on: its line must name the trace.
+    let mut gateway_env = as_env(&env);
+    gateway_env.extend([("TALLY_LOG_FORMAT", "json"), ("RUST_LOG", "info,tally_gateway::api=debug")]);
+    let gateway = start_gateway(&counter.grpc_endpoint(), &gateway_env);
     let (header, trace, caller) = traceparent(1);
     let status = increment(&reqwest::Client::new(), &gateway.http_base(), &header, &unique("traced")).await;
     assert_eq!(status, 200);
@@ -98,6 +101,11 @@ async fn one_request_is_one_trace_from_the_gateway_through_the_counter_to_the_st
     assert_eq!(flush.attributes["db.system.name"], "redis");
     assert!(flush.links.contains(&(trace.clone(), served.span_id.clone())), "the flush links the request");
     assert!(!spans.iter().any(|s| s.name.contains("grpc.health")), "health checks are not traced");
+
+    let access = gateway.wait_for_log("the access log line", |l| l.contains(r#""message":"request""#));
+    let line: serde_json::Value = serde_json::from_str(&access).expect("a JSON log line");
+    assert_eq!(line["span"]["trace_id"], trace.as_str(), "the log line names its trace: {access}");
+    assert_eq!(line["fields"]["status"], 200);
 }
 
 #[tokio::test]

@@ -296,7 +296,16 @@ impl Drop for Service {
 }
 
 /// `key=value` fields of a tracing text log line.
+/// The fields of a log line: `key=value` tokens of the text format, or the
+/// `fields` object of a JSON line (`TALLY_LOG_FORMAT=json`).
 fn fields(line: &str) -> HashMap<String, String> {
+    if let Ok(serde_json::Value::Object(json)) = serde_json::from_str::<serde_json::Value>(line) {
+        let Some(serde_json::Value::Object(fields)) = json.get("fields") else { return HashMap::new() };
+        return fields
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_str().map_or_else(|| v.to_string(), str::to_string)))
+            .collect();
+    }
     line.split_whitespace()
         .filter_map(|token| token.split_once('='))
         .map(|(k, v)| (k.to_string(), v.trim_matches('"').to_string()))

@@ -102,6 +102,11 @@ async fn record(State(state): State<AppState>, request: Request, next: Next) -> 
     let response = next.run(request).instrument(span.clone()).await;
     let status = response.status().as_u16();
     spans::http_status(&span, status);
+    // The access log (RUST_LOG=tally_gateway::api=debug), in the request's
+    // span so the line carries its trace id.
+    span.in_scope(|| {
+        tracing::debug!(method, route, status, elapsed_us = started.elapsed().as_micros() as u64, "request")
+    });
     state.metrics.record_http(route, method, status, started.elapsed());
     response
 }

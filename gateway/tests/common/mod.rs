@@ -20,7 +20,9 @@ pub fn start_gateway(endpoints: &str, env: &[(&str, &str)]) -> Service {
     all.extend_from_slice(env);
     let gateway = Service::start(Path::new(env!("CARGO_BIN_EXE_tally-gateway")), &all);
     // Warm-up: the gateway takes traffic once an endpoint passed its health check.
-    gateway.wait_for_log("a healthy counter endpoint", |l| l.contains("health changed") && l.contains("healthy=true"));
+    gateway.wait_for_log("a healthy counter endpoint", |l| {
+        l.contains("health changed") && (l.contains("healthy=true") || l.contains(r#""healthy":true"#))
+    });
     gateway
 }
 
