@@ -3,7 +3,7 @@
 
 CARGO ?= cargo
 
-.PHONY: build release run test lint fmt crd e2e-kind bench bench-counter bench-gateway bench-scale
+.PHONY: build release run test lint fmt crd e2e-kind bench bench-counter bench-gateway bench-scale bench-tracing
 
 build:
 	$(CARGO) build --workspace --all-targets
@@ -40,7 +40,7 @@ e2e-kind:
 	scripts/e2e-kind.sh
 
 ## Benchmarks (BRIEF §10); reports go to bench-results/.
-bench: bench-gateway bench-counter bench-scale
+bench: bench-gateway bench-counter bench-scale bench-tracing
 
 bench-gateway:
 	scripts/bench-gateway.sh
@@ -50,3 +50,8 @@ bench-counter:
 
 bench-scale:
 	scripts/bench-scale.sh
+
+## Request latency with trace export off, on with the collector refusing or
+## hanging, and at the default sampling ratio.
+bench-tracing:
+	scripts/bench-tracing.sh

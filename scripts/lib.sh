@@ -27,9 +27,10 @@ free_port() {
 # default once); the services print a "listening" line once they accept
 # connections, the gateway a "healthy=true" line per warmed-up endpoint.
 wait_for_log() {
-  local file=$1 pattern=$2 times=${3:-1}
+  local file=$1 pattern=$2 times=${3:-1} seen
   for _ in $(seq 300); do
-    [ "$(grep -c "$pattern" "$file" 2>/dev/null)" -ge "$times" ] && return 0
+    seen=$(grep -c "$pattern" "$file" 2>/dev/null || true)
+    [ "${seen:-0}" -ge "$times" ] && return 0
     sleep 0.1
   done
   echo "timed out waiting for '$pattern' in $file:" >&2

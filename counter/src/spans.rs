@@ -1,6 +1,7 @@
 //! The counter's trace spans, per the OpenTelemetry semantic conventions
-//! (RPC server, database client). Created only when trace export is on
-//! ([`telemetry::enabled`]); otherwise each function returns a disabled span.
+//! (RPC server, database client). Created only for sampled requests (the
+//! decision is made once, as a request arrives: [`telemetry::sample`]);
+//! otherwise each function returns a disabled span at no cost.
 
 use opentelemetry::trace::SpanContext;
 use tally_runtime::telemetry;
@@ -17,6 +18,10 @@ pub fn rpc_server(request: &http::Request<()>) -> Span {
     if !telemetry::enabled() || !service.starts_with("tally.") {
         return Span::none();
     }
+    let parent = telemetry::extract(request.headers());
+    if !telemetry::sample(&parent) {
+        return Span::none();
+    }
     let span = tracing::info_span!(
         "rpc.server",
         otel.name = format!("{service}/{method}"),
@@ -28,7 +33,7 @@ pub fn rpc_server(request: &http::Request<()>) -> Span {
         rpc.grpc.status_code = Empty,
         trace_id = Empty,
     );
-    let _ = span.set_parent(telemetry::extract(request.headers()));
+    let _ = span.set_parent(parent);
     if let Some(id) = telemetry::trace_id(&span) {
         span.record("trace_id", id);
     }
@@ -56,7 +61,9 @@ pub fn current() -> Span {
 /// request it carries and linked both ways with every one of them, so each
 /// request's trace shows the flush that applied it.
 pub fn group_commit(store: &'static str, members: &[Span], operations: usize) -> Span {
-    let Some(first) = members.first().filter(|_| telemetry::enabled()) else { return Span::none() };
+    let Some(first) = members.iter().find(|m| !m.is_none()).filter(|_| telemetry::enabled()) else {
+        return Span::none();
+    };
     let span = flush_span(store, Some(first), operations, false);
     telemetry::link_batch(&span, members);
     span

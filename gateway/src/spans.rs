@@ -1,7 +1,8 @@
 //! The gateway's trace spans, named and attributed per the OpenTelemetry
-//! semantic conventions (HTTP server, RPC client). Created only when trace
-//! export is on ([`telemetry::enabled`]); otherwise every function here
-//! returns a disabled span at no cost.
+//! semantic conventions (HTTP server, RPC client). The sampling decision is
+//! made once, when a request arrives ([`telemetry::sample`]); an unsampled
+//! request (or any request with export off) gets disabled spans at no cost,
+//! and its calls to the counters say "not sampled" so no trace starts there.
 
 use tally_runtime::telemetry;
 use tracing::Span;
@@ -17,6 +18,10 @@ pub fn http_server(headers: &http::HeaderMap, method: &'static str, route: &'sta
     if !telemetry::enabled() {
         return Span::none();
     }
+    let parent = telemetry::extract(headers);
+    if !telemetry::sample(&parent) {
+        return Span::none();
+    }
     let span = tracing::info_span!(
         "http.server",
         otel.name = format!("{method} {route}"),
@@ -29,7 +34,7 @@ pub fn http_server(headers: &http::HeaderMap, method: &'static str, route: &'sta
         http.response.status_code = Empty,
         trace_id = Empty,
     );
-    let _ = span.set_parent(telemetry::extract(headers));
+    let _ = span.set_parent(parent);
     if let Some(id) = telemetry::trace_id(&span) {
         span.record("trace_id", id);
     }
@@ -44,9 +49,10 @@ pub fn http_status(span: &Span, status: u16) {
     }
 }
 
-/// The client span of one attempt of a call to a counter.
+/// The client span of one attempt of a call to a counter, within the
+/// current (traced) request; none for an unsampled one.
 pub fn rpc_client(method: &'static str, endpoint: &str, attempt: u32) -> Span {
-    if !telemetry::enabled() {
+    if !telemetry::enabled() || Span::current().is_none() {
         return Span::none();
     }
     tracing::info_span!(
@@ -75,7 +81,7 @@ pub fn rpc_status(span: &Span, code: tonic::Code) {
 /// request it carries, linked both ways with every request in it, so each
 /// request's trace leads to the call (and the counter's spans) that served it.
 pub fn coalesced_batch(members: &[Span]) -> Span {
-    let Some(first) = members.first().filter(|_| telemetry::enabled()) else {
+    let Some(first) = members.iter().find(|m| !m.is_none()).filter(|_| telemetry::enabled()) else {
         return Span::none();
     };
     let span = tracing::info_span!(
@@ -89,13 +95,18 @@ pub fn coalesced_batch(members: &[Span]) -> Span {
     span
 }
 
-/// `traceparent`/`tracestate` of `span` into a gRPC request's metadata.
+/// `traceparent`/`tracestate` of `span` into a gRPC request's metadata
+/// (an unsampled one when the request is not traced).
 pub fn inject<T>(span: &Span, request: &mut tonic::Request<T>) {
     if !telemetry::enabled() {
         return;
     }
     let mut headers = http::HeaderMap::new();
-    telemetry::inject(span, &mut headers);
+    if span.is_none() {
+        headers.insert("traceparent", telemetry::unsampled_traceparent());
+    } else {
+        telemetry::inject(span, &mut headers);
+    }
     for (name, value) in &headers {
         if let (Ok(key), Ok(value)) = (
             tonic::metadata::MetadataKey::from_bytes(name.as_str().as_bytes()),

@@ -155,3 +155,33 @@ async fn coalesced_requests_keep_their_own_traces_linked_to_the_shared_call() {
     let largest = batches.values().map(|b| b.links.len()).max().unwrap_or(0);
     assert!(largest > 1, "60 concurrent requests with one call in flight were coalesced (largest batch {largest})");
 }
+
+#[tokio::test]
+async fn an_unsampled_caller_is_not_traced_anywhere() {
+    let receiver = OtlpReceiver::start().await;
+    let env = traced(&receiver);
+    let redis = RedisServer::start();
+    let counter = start_counter(&redis.url(), &as_env(&env));
+    let gateway = start_gateway(&counter.grpc_endpoint(), &as_env(&env));
+    let client = reqwest::Client::new();
+    let resource = unique("unsampled");
+    let (sampled, _, _) = traceparent(7);
+    let (unsampled_header, unsampled_trace, _) = traceparent(8);
+    let unsampled = unsampled_header.replace("-01", "-00");
+    assert_eq!(increment(&client, &gateway.http_base(), &unsampled, &resource).await, 200);
+    assert_eq!(increment(&client, &gateway.http_base(), &sampled, &resource).await, 200);
+    let (_, sampled_trace, _) = traceparent(7);
+
+    // Each process exports in order: once both have exported the sampled
+    // request's spans, anything the earlier request produced has arrived.
+    let spans = receiver
+        .wait_until(Duration::from_secs(20), |spans| {
+            spans.iter().any(|s| s.trace_id == sampled_trace && s.name == "BATCH HINCRBY")
+                && spans.iter().any(|s| s.trace_id == sampled_trace && s.service == "tally-gateway" && s.kind == SERVER)
+        })
+        .await;
+    assert!(spans.iter().any(|s| s.trace_id == sampled_trace), "the sampled request is traced");
+    assert!(!spans.iter().any(|s| s.trace_id == unsampled_trace), "nothing of the unsampled request is exported");
+    let strays: Vec<&ReceivedSpan> = spans.iter().filter(|s| s.trace_id != sampled_trace).collect();
+    assert!(strays.is_empty(), "no trace starts downstream of an unsampled request: {strays:?}");
+}

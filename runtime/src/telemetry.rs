@@ -8,6 +8,7 @@
 //! it never blocks or slows a request. Without `OTEL_EXPORTER_OTLP_ENDPOINT`
 //! no exporter exists and the services create no per-request spans at all.
 
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -17,7 +18,9 @@ use opentelemetry::{Context, KeyValue};
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
-use opentelemetry_sdk::trace::{BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracerProvider};
+use opentelemetry_sdk::trace::{
+    BatchConfigBuilder, BatchSpanProcessor, IdGenerator, RandomIdGenerator, Sampler, SdkTracerProvider,
+};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::Layer;
 
@@ -73,17 +76,41 @@ fn ratio(text: &str) -> Result<f64, String> {
     }
 }
 
-/// The sampler a setting names.
-pub fn sampler(kind: SamplerKind, ratio: f64) -> Sampler {
-    let by_ratio = Sampler::TraceIdRatioBased(ratio);
-    match kind {
-        SamplerKind::AlwaysOn => Sampler::AlwaysOn,
-        SamplerKind::AlwaysOff => Sampler::AlwaysOff,
-        SamplerKind::TraceIdRatio => by_ratio,
-        SamplerKind::ParentBasedAlwaysOn => Sampler::ParentBased(Box::new(Sampler::AlwaysOn)),
-        SamplerKind::ParentBasedAlwaysOff => Sampler::ParentBased(Box::new(Sampler::AlwaysOff)),
-        SamplerKind::ParentBasedTraceIdRatio => Sampler::ParentBased(Box::new(by_ratio)),
+/// The head sampling decision for a request whose caller's context says
+/// `parent_sampled` (`None`: no caller trace), given a uniform `draw` in
+/// [0, 1). Made once where a request enters (HTTP or gRPC); spans are only
+/// created for sampled requests, so the unsampled majority costs nothing.
+pub fn decide(kind: SamplerKind, ratio: f64, parent_sampled: Option<bool>, draw: f64) -> bool {
+    let by_ratio = draw < ratio;
+    match (kind, parent_sampled) {
+        (SamplerKind::AlwaysOn, _) => true,
+        (SamplerKind::AlwaysOff, _) => false,
+        (SamplerKind::TraceIdRatio, _) => by_ratio,
+        (SamplerKind::ParentBasedAlwaysOn, parent) => parent.unwrap_or(true),
+        (SamplerKind::ParentBasedAlwaysOff, parent) => parent.unwrap_or(false),
+        (SamplerKind::ParentBasedTraceIdRatio, parent) => parent.unwrap_or(by_ratio),
     }
+}
+
+static HEAD: OnceLock<(SamplerKind, f64)> = OnceLock::new();
+
+/// Whether to trace a request arriving with `parent` (see [`decide`]).
+pub fn sample(parent: &Context) -> bool {
+    let Some(&(kind, ratio)) = HEAD.get().filter(|_| enabled()) else { return false };
+    let span = parent.span();
+    let context = span.span_context();
+    let parent_sampled = context.is_valid().then(|| context.is_sampled());
+    let draw = RandomIdGenerator::default().new_span_id();
+    let draw = u64::from_be_bytes(draw.to_bytes()) as f64 / (u64::MAX as f64 + 1.0);
+    decide(kind, ratio, parent_sampled, draw)
+}
+
+/// A `traceparent` saying "not sampled", for calls made on behalf of an
+/// unsampled request: the callee then does not start a trace of its own.
+pub fn unsampled_traceparent() -> http::HeaderValue {
+    let ids = RandomIdGenerator::default();
+    let value = format!("00-{}-{}-00", ids.new_trace_id(), ids.new_span_id());
+    http::HeaderValue::from_str(&value).unwrap_or_else(|_| http::HeaderValue::from_static(""))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -142,10 +169,23 @@ pub fn build(
     let resource = Resource::builder().with_service_name(name.clone()).with_attributes(attributes).build();
     let provider = SdkTracerProvider::builder()
         .with_span_processor(processor)
-        .with_sampler(sampler(args.sampler, args.sampler_arg))
+        // Sampling happens at the edges ([`sample`]); what reaches the SDK is kept.
+        .with_sampler(Sampler::AlwaysOn)
         .with_resource(resource)
         .build();
-    let layer = tracing_opentelemetry::layer().with_tracer(provider.tracer(name)).boxed();
+    // Only what the spans say themselves: no source locations, thread or
+    // target attributes, busy/idle timing or context activation on each
+    // poll (nothing else here reads the active OpenTelemetry context) —
+    // each costs allocations or clock reads per span or per poll.
+    let layer = tracing_opentelemetry::layer()
+        .with_tracer(provider.tracer(name))
+        .with_location(false)
+        .with_threads(false)
+        .with_target(false)
+        .with_tracked_inactivity(false)
+        .with_context_activation(false)
+        .boxed();
+    let _ = HEAD.set((args.sampler, args.sampler_arg));
     ENABLED.store(true, Ordering::Relaxed);
     Ok(Some((Tracing { provider }, layer)))
 }
@@ -211,31 +251,22 @@ impl Injector for HeaderInjector<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use opentelemetry_sdk::trace::ShouldSample;
 
     #[test]
-    fn samplers_by_name() {
-        assert!(matches!(sampler(SamplerKind::AlwaysOff, 0.5), Sampler::AlwaysOff));
-        assert!(matches!(sampler(SamplerKind::TraceIdRatio, 0.5), Sampler::TraceIdRatioBased(r) if r == 0.5));
-        let parent_based = sampler(SamplerKind::ParentBasedTraceIdRatio, 0.0);
-        // A sampled caller is followed even at ratio 0.
-        let remote = SpanContext::new(
-            opentelemetry::trace::TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap(),
-            opentelemetry::trace::SpanId::from_hex("00f067aa0ba902b7").unwrap(),
-            opentelemetry::trace::TraceFlags::SAMPLED,
-            true,
-            Default::default(),
-        );
-        let parent = Context::new().with_remote_span_context(remote.clone());
-        let decision = parent_based.should_sample(
-            Some(&parent),
-            remote.trace_id(),
-            "x",
-            &opentelemetry::trace::SpanKind::Server,
-            &[],
-            &[],
-        );
-        assert_eq!(decision.decision, opentelemetry_sdk::trace::SamplingDecision::RecordAndSample);
+    fn head_decisions_follow_the_sampler_and_the_caller() {
+        use SamplerKind::*;
+        assert!(decide(AlwaysOn, 0.0, Some(false), 0.9));
+        assert!(!decide(AlwaysOff, 1.0, Some(true), 0.0));
+        assert!(decide(TraceIdRatio, 0.5, Some(false), 0.4), "ignores the caller");
+        assert!(!decide(TraceIdRatio, 0.5, Some(true), 0.6));
+        // Parent-based: a sampled caller is followed even at ratio 0, an
+        // unsampled one is not traced even at ratio 1.
+        assert!(decide(ParentBasedTraceIdRatio, 0.0, Some(true), 0.99));
+        assert!(!decide(ParentBasedTraceIdRatio, 1.0, Some(false), 0.0));
+        assert!(decide(ParentBasedTraceIdRatio, 0.1, None, 0.05));
+        assert!(!decide(ParentBasedTraceIdRatio, 0.1, None, 0.15));
+        assert!(decide(ParentBasedAlwaysOn, 0.0, None, 0.5));
+        assert!(!decide(ParentBasedAlwaysOff, 1.0, None, 0.0));
     }
 
     #[test]
