@@ -33,10 +33,7 @@ pub fn rpc_server(request: &http::Request<()>) -> Span {
         rpc.grpc.status_code = Empty,
         trace_id = Empty,
     );
-    let _ = span.set_parent(parent);
-    if let Some(id) = telemetry::trace_id(&span) {
-        span.record("trace_id", id);
-    }
+    telemetry::adopt(&span, parent);
     span
 }
 

@@ -34,10 +34,7 @@ pub fn http_server(headers: &http::HeaderMap, method: &'static str, route: &'sta
         http.response.status_code = Empty,
         trace_id = Empty,
     );
-    let _ = span.set_parent(parent);
-    if let Some(id) = telemetry::trace_id(&span) {
-        span.record("trace_id", id);
-    }
+    telemetry::adopt(&span, parent);
     span
 }
 

@@ -185,3 +185,30 @@ async fn an_unsampled_caller_is_not_traced_anywhere() {
     let strays: Vec<&ReceivedSpan> = spans.iter().filter(|s| s.trace_id != sampled_trace).collect();
     assert!(strays.is_empty(), "no trace starts downstream of an unsampled request: {strays:?}");
 }
+
+#[tokio::test]
+async fn spans_still_queued_at_shutdown_are_exported_before_the_process_exits() {
+    let receiver = OtlpReceiver::start().await;
+    // A ten-minute export interval: only the shutdown flush can deliver.
+    let endpoint = receiver.endpoint();
+    let env = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "600000"),
+        ("OTEL_TRACES_SAMPLER", "always_on"),
+    ];
+    let redis = RedisServer::start();
+    let counter = start_counter(&redis.url(), &env);
+    let gateway = start_gateway(&counter.grpc_endpoint(), &env);
+    let (header, trace, _) = traceparent(9);
+    assert_eq!(increment(&reqwest::Client::new(), &gateway.http_base(), &header, &unique("flush")).await, 200);
+    assert!(receiver.spans().is_empty(), "nothing exported before shutdown");
+    // Off the test's runtime thread: the receiver must keep serving meanwhile.
+    let (status, _) = tokio::task::spawn_blocking(move || gateway.terminate()).await.expect("terminate");
+    assert!(status.success(), "{status:?}");
+    // The exporter's call returned before the process exited, so the spans are here already.
+    let spans = receiver.spans();
+    assert!(
+        spans.iter().any(|s| s.trace_id == trace && s.service == "tally-gateway" && s.kind == SERVER),
+        "the gateway flushed its queued spans on SIGTERM: {spans:?}"
+    );
+}

@@ -190,6 +190,15 @@ pub fn build(
     Ok(Some((Tracing { provider }, layer)))
 }
 
+/// Makes `span` continue `parent`'s trace and records its trace id as the
+/// span's `trace_id` field (declared empty), which log lines then carry.
+pub fn adopt(span: &tracing::Span, parent: Context) {
+    let _ = span.set_parent(parent);
+    if let Some(id) = trace_id(span) {
+        span.record("trace_id", id);
+    }
+}
+
 /// The remote parent carried by `traceparent`/`tracestate` headers.
 pub fn extract(headers: &http::HeaderMap) -> Context {
     TraceContextPropagator::new().extract(&HeaderExtractor(headers))

@@ -63,6 +63,23 @@ pub fn hash(settings: &Settings) -> String {
     digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Pod-template annotations: Prometheus scrape hints for `metrics_port`,
+/// and the settings' hash, whose change rolls the Deployment.
+pub fn pod_annotations(metrics_port: i32, settings: &Settings) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("prometheus.io/scrape".to_string(), "true".to_string()),
+        ("prometheus.io/port".to_string(), metrics_port.to_string()),
+        ("prometheus.io/path".to_string(), "/metrics".to_string()),
+        (HASH_ANNOTATION.to_string(), hash(settings)),
+    ])
+}
+
+/// Seconds Kubernetes waits after SIGTERM: longer than the service's own
+/// drain budget, so SIGKILL never cuts a drain short.
+pub fn grace_period(shutdown_timeout_ms: u32) -> i64 {
+    i64::from(shutdown_timeout_ms.div_ceil(1000)) + 15
+}
+
 /// `envFrom` the component's ConfigMap.
 pub fn env_from(cc: &CounterCluster, component: &str) -> Vec<EnvFromSource> {
     vec![EnvFromSource {

@@ -109,16 +109,10 @@ pub fn deployment(cc: &CounterCluster) -> Deployment {
         security_context: Some(locked_down()),
         ..Container::default()
     };
-    let annotations = [
-        ("prometheus.io/scrape".to_string(), "true".to_string()),
-        ("prometheus.io/port".to_string(), ADMIN_PORT.to_string()),
-        ("prometheus.io/path".to_string(), "/metrics".to_string()),
-        (config::HASH_ANNOTATION.to_string(), config::hash(&settings(cc))),
-    ];
-    // Longer than the drain budget, so SIGKILL never cuts a drain short.
-    let grace = i64::from(spec.shutdown_timeout_ms.div_ceil(1000)) + 15;
+    let annotations = config::pod_annotations(ADMIN_PORT, &settings(cc));
+    let grace = config::grace_period(spec.shutdown_timeout_ms);
     let pod = PodSpec { termination_grace_period_seconds: Some(grace), ..PodSpec::default() };
-    deployment_for(cc, "counter", name(cc), spec.replicas, container, Some(annotations.into()), pod)
+    deployment_for(cc, "counter", name(cc), spec.replicas, container, Some(annotations), pod)
 }
 
 /// Headless, so DNS and EndpointSlices list every ready counter pod.

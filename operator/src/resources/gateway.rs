@@ -87,19 +87,14 @@ pub fn deployment(cc: &CounterCluster) -> Deployment {
         security_context: Some(locked_down()),
         ..Container::default()
     };
-    let annotations = [
-        ("prometheus.io/scrape".to_string(), "true".to_string()),
-        ("prometheus.io/port".to_string(), HTTP_PORT.to_string()),
-        ("prometheus.io/path".to_string(), "/metrics".to_string()),
-        (config::HASH_ANNOTATION.to_string(), config::hash(&settings(cc))),
-    ];
-    let grace = i64::from(spec.shutdown_timeout_ms.div_ceil(1000)) + 15;
+    let annotations = config::pod_annotations(HTTP_PORT, &settings(cc));
+    let grace = config::grace_period(spec.shutdown_timeout_ms);
     let pod = PodSpec {
         service_account_name: Some(name(cc)),
         termination_grace_period_seconds: Some(grace),
         ..PodSpec::default()
     };
-    deployment_for(cc, "gateway", name(cc), spec.replicas, container, Some(annotations.into()), pod)
+    deployment_for(cc, "gateway", name(cc), spec.replicas, container, Some(annotations), pod)
 }
 
 pub fn service(cc: &CounterCluster) -> Service {
