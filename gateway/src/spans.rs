@@ -7,7 +7,6 @@
 use tally_runtime::telemetry;
 use tracing::Span;
 use tracing::field::Empty;
-use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 /// The gRPC service the counters implement.
 const RPC_SERVICE: &str = "tally.counter.v1.CounterService";
