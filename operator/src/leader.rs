@@ -25,10 +25,32 @@ pub async fn elect(
         .with_duration(duration_s)
         // Renew a third of the way before expiry.
         .with_grace((duration_s / 3).max(1))
-        .with_field_manager(crate::controller::FIELD_MANAGER)
+        .with_field_manager(lease_field_manager(identity))
         .build()
         .await?;
     Ok(manager.watch().await)
+}
+
+/// The field manager of one replica's Lease writes. It must differ per
+/// replica: taking the Lease is a server-side apply of `holderIdentity`
+/// that the API server refuses (409) only when another *manager* owns the
+/// field — under one shared manager every replica's apply would win.
+pub fn lease_field_manager(identity: &str) -> String {
+    format!("{}-lease-{identity}", crate::controller::FIELD_MANAGER)
+}
+
+/// This replica's identity: the pod name, else the host name, else one
+/// made unique by the start time (never just the PID: it is 1 in every
+/// container).
+pub fn identity(pod_name: Option<&str>) -> String {
+    if let Some(name) = pod_name.filter(|n| !n.is_empty()) {
+        return name.to_string();
+    }
+    let host = std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty());
+    static MADE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let made = MADE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let started = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    format!("tally-operator-{}-{started:x}-{made}", host.unwrap_or_else(|| "unknown".into()))
 }
 
 /// Resolves when `leading` turns true (at once if it is).
@@ -44,6 +66,13 @@ pub async fn until_not_leading(mut leading: watch::Receiver<bool>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn replicas_write_the_lease_under_distinct_field_managers() {
+        assert_ne!(lease_field_manager("operator-a"), lease_field_manager("operator-b"));
+        assert_eq!(identity(Some("tally-operator-7d9f-x2")), "tally-operator-7d9f-x2");
+        assert_ne!(identity(None), identity(None), "made unique when the pod name is unknown");
+    }
 
     #[tokio::test]
     async fn the_controller_runs_only_between_gaining_and_losing_the_lease() {

@@ -41,7 +41,7 @@ async fn run(config: Config) -> Result<(), Error> {
         controller(&config, client, context, tally_runtime::signal::shutdown()).await;
         return Ok(http.await.map_err(std::io::Error::other)??);
     }
-    let identity = config.identity.clone().unwrap_or_else(|| format!("tally-operator-{}", std::process::id()));
+    let identity = leader::identity(config.identity.as_deref());
     let (mut leading, election) =
         leader::elect(client.clone(), &config.lease_name, &config.lease_namespace, &identity, config.lease_duration_s)
             .await?;
