@@ -5,11 +5,13 @@
 
 mod consul;
 mod kubernetes;
+mod lease;
 mod otlp;
 mod procs;
 
 pub use consul::ConsulDouble;
 pub use kubernetes::KubernetesDouble;
+pub use lease::LeaseDouble;
 pub use otlp::{OtlpReceiver, ReceivedSpan};
 
 pub use procs::{RedisCluster, RedisServer, Service, free_port, redis_cli, workspace_binary};
