@@ -17,5 +17,6 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 
 FROM gcr.io/distroless/cc-debian12:nonroot
 COPY --from=build /app /app
-USER nonroot:nonroot
+# Numeric (distroless `nonroot` = 65532), so Kubernetes can verify runAsNonRoot.
+USER 65532:65532
 ENTRYPOINT ["/app"]

@@ -200,6 +200,7 @@ impl WriteBuffer {
                     let cmds: Vec<(CounterKey, i64)> = std::mem::take(&mut pending.deltas).into_iter().collect();
                     let links = std::mem::take(&mut pending.links);
                     if cmds.is_empty() {
+                        self.metrics.buffer_oldest_age.set(0.0);
                         return;
                     }
                     Batch { id: batch::new_batch_id(), cmds, links, oldest }

@@ -69,7 +69,9 @@ pub fn group_commit(store: &'static str, members: &[Span], operations: usize) ->
 /// The span of one write-behind flush, linked to the (finished) requests
 /// whose acknowledged writes it applies, and a child of the first of them.
 pub fn buffer_flush(store: &'static str, members: &[SpanContext], operations: usize) -> Span {
-    if !telemetry::enabled() {
+    // Only when some buffered request was traced: a flush of unsampled
+    // writes must not start traces of its own.
+    if !telemetry::enabled() || members.is_empty() {
         return Span::none();
     }
     let span = flush_span(store, None, operations, true);

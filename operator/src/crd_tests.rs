@@ -63,7 +63,7 @@ fn defaults_equal_the_services_defaults_and_every_tunable_is_covered() {
             "TALLY_MAX_CONCURRENT_STREAMS",    // idem
             "TALLY_HEALTH_INTERVAL_MS",        // store readiness probe period: fixed 1 s
             "TALLY_CONSUL_ADDR",               // set from discovery.consulAddress in consul mode only
-            "TALLY_CONSUL_SERVICE",            // fixed: the gateway looks up the same name
+            "TALLY_CONSUL_SERVICE",            // per CounterCluster, set in consul mode only
             "TALLY_CONSUL_SERVICE_ADDRESS",    // the pod IP, from the downward API
             "TALLY_CONSUL_TAGS",               // service defaults
             "TALLY_CONSUL_CHECK_INTERVAL_S",   // idem
@@ -81,7 +81,7 @@ fn defaults_equal_the_services_defaults_and_every_tunable_is_covered() {
             "TALLY_DNS_INTERVAL_MS",       // service default
             "TALLY_K8S_NAMESPACE",         // the pod's own namespace
             "TALLY_K8S_PORT_NAME",         // the counter Service's port name, fixed
-            "TALLY_CONSUL_SERVICE",        // fixed, as for the counters
+            "TALLY_CONSUL_SERVICE",        // per CounterCluster, set in consul mode only
             "TALLY_CONSUL_TAG",            // idem
             "TALLY_CONSUL_WAIT_S",         // service default
             "TALLY_COALESCE_MAX_OPS",      // coalescing internals; `coalesce` turns it off

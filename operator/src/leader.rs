@@ -1,9 +1,16 @@
 //! Leader election over a `coordination.k8s.io/v1` Lease (kube-lease-manager):
 //! every replica runs, one reconciles. When the leader stops renewing (crash,
 //! partition), a standby takes the Lease after it expires and starts its
-//! controller; a leader that loses the Lease stops its controller at once.
+//! controller. The leader also watches the Lease itself ([`until_lease_lost`]):
+//! the lease manager keeps retrying through API errors without reporting
+//! them, so a leader cut off from the API server stops reconciling once its
+//! Lease could have expired, before a standby can take it over.
 
-use kube::Client;
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use kube::{Api, Client};
 use kube_lease_manager::{LeaseManagerBuilder, LeaseManagerError};
 use tokio::sync::watch;
 
@@ -53,6 +60,52 @@ pub fn identity(pod_name: Option<&str>) -> String {
     format!("tally-operator-{}-{started:x}-{made}", host.unwrap_or_else(|| "unknown".into()))
 }
 
+/// Whether `spec` shows `identity` holding the Lease at `now`: named as the
+/// holder, and renewed less than a lease duration ago.
+pub fn holds(spec: Option<&LeaseSpec>, identity: &str, now: Timestamp) -> bool {
+    let Some(spec) = spec else { return false };
+    let (Some(holder), Some(renewed), Some(seconds)) =
+        (&spec.holder_identity, &spec.renew_time, spec.lease_duration_seconds)
+    else {
+        return false;
+    };
+    holder == identity && renewed.0 + SignedDuration::from_secs(i64::from(seconds)) > now
+}
+
+/// Resolves once this replica can no longer be sure it holds the Lease:
+/// it names another holder or was not renewed in time, or it could not be
+/// read for a whole `duration`. Checked every third of `duration`.
+pub async fn until_lease_lost(api: Api<Lease>, name: String, identity: String, duration: Duration) {
+    let mut confirmed = tokio::time::Instant::now();
+    loop {
+        tokio::time::sleep(duration / 3).await;
+        match api.get(&name).await {
+            Ok(lease) if holds(lease.spec.as_ref(), &identity, Timestamp::now()) => {
+                confirmed = tokio::time::Instant::now();
+            }
+            Ok(_) => return,
+            Err(err) => tracing::warn!(%err, "cannot read the leader Lease"),
+        }
+        if confirmed.elapsed() >= duration {
+            return;
+        }
+    }
+}
+
+/// Resolves once the Lease shows this replica holding it (checked every
+/// third of `duration`): the lease manager's word is confirmed before a
+/// controller starts.
+pub async fn until_lease_held(api: &Api<Lease>, name: &str, identity: &str, duration: Duration) {
+    loop {
+        if let Ok(lease) = api.get(name).await
+            && holds(lease.spec.as_ref(), identity, Timestamp::now())
+        {
+            return;
+        }
+        tokio::time::sleep(duration / 3).await;
+    }
+}
+
 /// Resolves when `leading` turns true (at once if it is).
 pub async fn until_leading(leading: &mut watch::Receiver<bool>) -> bool {
     leading.wait_for(|l| *l).await.is_ok()
@@ -66,6 +119,24 @@ pub async fn until_not_leading(mut leading: watch::Receiver<bool>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn holding_means_named_and_renewed_within_the_duration() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+        let renewed = Timestamp::from_second(1_000_000).unwrap();
+        let spec = LeaseSpec {
+            holder_identity: Some("a".into()),
+            renew_time: Some(MicroTime(renewed)),
+            lease_duration_seconds: Some(15),
+            ..LeaseSpec::default()
+        };
+        let at = |s: i64| renewed + SignedDuration::from_secs(s);
+        assert!(holds(Some(&spec), "a", at(14)));
+        assert!(!holds(Some(&spec), "a", at(15)), "expired");
+        assert!(!holds(Some(&spec), "b", at(1)), "someone else's");
+        assert!(!holds(Some(&LeaseSpec::default()), "a", at(1)), "released");
+        assert!(!holds(None, "a", at(1)));
+    }
 
     #[test]
     fn replicas_write_the_lease_under_distinct_field_managers() {

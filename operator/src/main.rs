@@ -3,10 +3,12 @@
 
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use clap::Parser;
 use futures_util::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use kube::runtime::{Controller, watcher};
 use kube::{Api, Client};
@@ -24,6 +26,8 @@ enum Error {
     Lease(#[from] kube_lease_manager::LeaseManagerError),
     #[error("metrics endpoint: {0}")]
     Listen(#[from] std::io::Error),
+    #[error("the leader election stopped; restarting to stand again")]
+    ElectionEnded,
 }
 
 fn main() -> ExitCode {
@@ -45,24 +49,54 @@ async fn run(config: Config) -> Result<(), Error> {
     let (mut leading, election) =
         leader::elect(client.clone(), &config.lease_name, &config.lease_namespace, &identity, config.lease_duration_s)
             .await?;
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &config.lease_namespace);
+    let duration = Duration::from_secs(config.lease_duration_s);
     tracing::info!(%identity, lease = %config.lease_name, "standing for election");
     let mut shutdown = std::pin::pin!(tally_runtime::signal::shutdown());
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
-            became = leader::until_leading(&mut leading) => if !became { break },
+            became = leader::until_leading(&mut leading) => if !became {
+                // The election task ended: exit, so the pod restarts and stands again.
+                return Err(Error::ElectionEnded);
+            },
+        }
+        tokio::select! {
+            _ = &mut shutdown => break,
+            () = leader::until_lease_held(&leases, &config.lease_name, &identity, duration) => {}
         }
         tracing::info!(%identity, "leading: reconciling");
         metrics.leader.set(1);
-        let stop = leader::until_not_leading(leading.clone());
-        tokio::select! {
-            _ = &mut shutdown => break,
-            () = controller(&config, client.clone(), context.clone(), stop) => {}
+        // The watchdog runs as its own task (the controller's stop signal
+        // must be Sync, an API call's future is not).
+        let (lost_tx, lost_rx) = tokio::sync::oneshot::channel::<()>();
+        let watchdog = tokio::spawn({
+            let lost = leader::until_lease_lost(leases.clone(), config.lease_name.clone(), identity.clone(), duration);
+            async move {
+                lost.await;
+                let _ = lost_tx.send(());
+            }
+        });
+        let not_leading = leader::until_not_leading(leading.clone());
+        let stop = async move {
+            tokio::select! {
+                _ = lost_rx => {}
+                () = not_leading => {}
+            }
+        };
+        let finished = tokio::select! {
+            _ = &mut shutdown => false,
+            () = controller(&config, client.clone(), context.clone(), stop) => true,
+        };
+        watchdog.abort();
+        if !finished {
+            break;
         }
         metrics.leader.set(0);
         tracing::warn!(%identity, "lost the lease: standing by");
     }
-    // Dropping the receiver releases the Lease, so a standby takes over at once.
+    // Dropping the receiver releases the Lease; a standby takes it at its
+    // next check (within a lease duration).
     drop(leading);
     let _ = election.await;
     Ok(http.await.map_err(std::io::Error::other)??)

@@ -52,4 +52,12 @@ async fn exactly_one_replica_leads_and_a_standby_takes_over_when_it_steps_down()
     assert!(leading(&mut standby_rx, Duration::from_secs(15)).await, "the standby took over");
     let second = double.holder().expect("a holder");
     assert_ne!(second, first);
+
+    // The old leader's own check of the Lease agrees it is no longer held.
+    let leases: kube::Api<k8s_openapi::api::coordination::v1::Lease> =
+        kube::Api::namespaced(client(&double), "tally-system");
+    let lost = leader::until_lease_lost(leases.clone(), "tally-operator".into(), first.into(), Duration::from_secs(2));
+    assert!(tokio::time::timeout(Duration::from_secs(5), lost).await.is_ok(), "the watchdog sees the lease gone");
+    let held = leader::until_lease_held(&leases, "tally-operator", &second, Duration::from_secs(2));
+    assert!(tokio::time::timeout(Duration::from_secs(5), held).await.is_ok(), "and the new holder's check confirms it");
 }

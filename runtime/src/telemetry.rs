@@ -100,8 +100,16 @@ pub fn sample(parent: &Context) -> bool {
     let span = parent.span();
     let context = span.span_context();
     let parent_sampled = context.is_valid().then(|| context.is_sampled());
-    let draw = RandomIdGenerator::default().new_span_id();
-    let draw = u64::from_be_bytes(draw.to_bytes()) as f64 / (u64::MAX as f64 + 1.0);
+    // From the caller's trace id when there is one, so every service taking
+    // the same ratio decision on a trace agrees (as the spec's
+    // TraceIdRatioBased does); a fresh random number otherwise.
+    let bits = if context.is_valid() {
+        let id = context.trace_id().to_bytes();
+        u64::from_be_bytes([id[8], id[9], id[10], id[11], id[12], id[13], id[14], id[15]])
+    } else {
+        u64::from_be_bytes(RandomIdGenerator::default().new_span_id().to_bytes())
+    };
+    let draw = bits as f64 / (u64::MAX as f64 + 1.0);
     decide(kind, ratio, parent_sampled, draw)
 }
 

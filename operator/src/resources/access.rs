@@ -13,7 +13,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 
 use super::{counter, gateway, labels, owned_meta};
-use crate::crd::CounterCluster;
+use crate::crd::{CounterCluster, DiscoveryMode};
 
 pub fn gateway_service_account(cc: &CounterCluster) -> ServiceAccount {
     ServiceAccount { metadata: owned_meta(cc, gateway::name(cc), "gateway"), ..ServiceAccount::default() }
@@ -62,29 +62,30 @@ pub fn pod_disruption_budget(cc: &CounterCluster, component: &str) -> PodDisrupt
     }
 }
 
-/// Counters accept gRPC only from this cluster's gateways, and admin-port
-/// scrapes from pods labelled `app.kubernetes.io/name: prometheus`.
+/// Counters accept gRPC only from this cluster's gateways (and, in consul
+/// mode, from anywhere: the Consul agents' gRPC health checks come from
+/// outside), and admin-port scrapes from pods labelled
+/// `app.kubernetes.io/name: prometheus` in any namespace.
 pub fn counter_network_policy(cc: &CounterCluster) -> NetworkPolicy {
     let port = |p: i32| NetworkPolicyPort { port: Some(IntOrString::Int(p)), ..NetworkPolicyPort::default() };
-    let from = |labels| NetworkPolicyPeer {
-        pod_selector: Some(LabelSelector { match_labels: Some(labels), ..LabelSelector::default() }),
+    let selector = |labels| Some(LabelSelector { match_labels: Some(labels), ..LabelSelector::default() });
+    let gateways = NetworkPolicyPeer { pod_selector: selector(labels(cc, "gateway")), ..NetworkPolicyPeer::default() };
+    let prometheus = NetworkPolicyPeer {
+        pod_selector: selector([("app.kubernetes.io/name".to_string(), "prometheus".to_string())].into()),
+        // Every namespace: Prometheus usually runs in its own.
+        namespace_selector: Some(LabelSelector::default()),
         ..NetworkPolicyPeer::default()
     };
-    let prometheus = [("app.kubernetes.io/name".to_string(), "prometheus".to_string())].into_iter().collect();
+    // No `from` = any source.
+    let grpc_from = (cc.spec.discovery.mode != DiscoveryMode::Consul).then(|| vec![gateways]);
     NetworkPolicy {
         metadata: owned_meta(cc, counter::name(cc), "counter"),
         spec: Some(NetworkPolicySpec {
-            pod_selector: Some(LabelSelector { match_labels: Some(labels(cc, "counter")), ..LabelSelector::default() }),
+            pod_selector: selector(labels(cc, "counter")),
             policy_types: Some(vec!["Ingress".into()]),
             ingress: Some(vec![
-                NetworkPolicyIngressRule {
-                    from: Some(vec![from(labels(cc, "gateway"))]),
-                    ports: Some(vec![port(counter::GRPC_PORT)]),
-                },
-                NetworkPolicyIngressRule {
-                    from: Some(vec![from(prometheus)]),
-                    ports: Some(vec![port(counter::ADMIN_PORT)]),
-                },
+                NetworkPolicyIngressRule { from: grpc_from, ports: Some(vec![port(counter::GRPC_PORT)]) },
+                NetworkPolicyIngressRule { from: Some(vec![prometheus]), ports: Some(vec![port(counter::ADMIN_PORT)]) },
             ]),
             ..NetworkPolicySpec::default()
         }),
@@ -121,5 +122,12 @@ mod tests {
             "only gateway pods reach the gRPC port"
         );
         assert_eq!(rules[0].ports.as_ref().unwrap()[0].port, Some(IntOrString::Int(9001)));
+        let scrapers = &rules[1].from.as_ref().unwrap()[0];
+        assert_eq!(scrapers.namespace_selector, Some(LabelSelector::default()), "Prometheus in any namespace");
+        let consul = sample(serde_json::json!({
+            "store": {"managed": true}, "discovery": {"mode": "consul", "consulAddress": "http://consul:8500"},
+        }));
+        let rules = counter_network_policy(&consul).spec.unwrap().ingress.unwrap();
+        assert_eq!(rules[0].from, None, "Consul's health checks reach the gRPC port");
     }
 }

@@ -48,12 +48,19 @@ pub fn settings(cc: &CounterCluster) -> Settings {
         // Counters register themselves; the gateways query the same service.
         let address = cc.spec.discovery.consul_address.clone().unwrap_or_default();
         settings.insert("TALLY_CONSUL_ADDR".into(), address);
+        settings.insert("TALLY_CONSUL_SERVICE".into(), consul_service(cc));
     }
     settings
 }
 
 pub fn config_map(cc: &CounterCluster) -> ConfigMap {
     config::config_map(cc, "counter", settings(cc))
+}
+
+/// The Consul service the counters register as and the gateways look up:
+/// one per CounterCluster, so clusters sharing a Consul never mix.
+pub fn consul_service(cc: &CounterCluster) -> String {
+    format!("{}-{}", cc.namespace().unwrap_or_else(|| "default".into()), name(cc))
 }
 
 /// The store URL: from the Secret, the spec, or the managed Redis. Kept out
@@ -194,6 +201,7 @@ mod tests {
             "store": {"managed": true}, "discovery": {"mode": "consul", "consulAddress": "http://consul:8500"},
         }));
         assert_eq!(settings(&cc)["TALLY_CONSUL_ADDR"], "http://consul:8500");
+        assert_eq!(settings(&cc)["TALLY_CONSUL_SERVICE"], "tally-demo-counter");
         let d = deployment(&cc);
         let env = crate::resources::env_map(d.spec.template.spec.unwrap().containers[0].env.clone().unwrap());
         assert_eq!(env["TALLY_CONSUL_SERVICE_ADDRESS"].as_deref(), Some("$(POD_IP)"));

@@ -57,7 +57,11 @@ pub fn settings(cc: &CounterCluster) -> Settings {
         }
         DiscoveryMode::Consul => {
             let address = cc.spec.discovery.consul_address.clone().unwrap_or_default();
-            vec![("TALLY_DISCOVERY", "consul".to_string()), ("TALLY_CONSUL_ADDR", address)]
+            vec![
+                ("TALLY_DISCOVERY", "consul".to_string()),
+                ("TALLY_CONSUL_ADDR", address),
+                ("TALLY_CONSUL_SERVICE", counter::consul_service(cc)),
+            ]
         }
     };
     settings.extend(discovery.into_iter().map(|(k, v)| (k.to_string(), v)));
@@ -149,6 +153,11 @@ mod tests {
             "store": {"managed": true}, "discovery": {"mode": "consul", "consulAddress": "http://consul:8500"},
         }));
         assert_eq!(settings(&consul)["TALLY_CONSUL_ADDR"], "http://consul:8500");
+        assert_eq!(
+            settings(&consul)["TALLY_CONSUL_SERVICE"],
+            counter::consul_service(&consul),
+            "what counters register"
+        );
     }
 
     #[test]
