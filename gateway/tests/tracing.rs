@@ -169,6 +169,27 @@ async fn an_unsampled_caller_is_not_traced_anywhere() {
     let (unsampled_header, unsampled_trace, _) = traceparent(8);
     let unsampled = unsampled_header.replace("-01", "-00");
     assert_eq!(increment(&client, &gateway.http_base(), &unsampled, &resource).await, 200);
+    // An unsampled async write too: its write-behind flush must not start a trace.
+    let accepted = client
+        .post(format!("{}/api/v1/counter/batch-increment", gateway.http_base()))
+        .header("traceparent", &unsampled)
+        .json(&serde_json::json!({"operations": [{"resource_id": resource, "counter_type": "views"}], "async": true}))
+        .send()
+        .await
+        .expect("send")
+        .status();
+    assert_eq!(accepted.as_u16(), 202);
+    // Read back from Redis once flushed, so the flush (and any span of it)
+    // happened before what follows.
+    let mut flushed = false;
+    for _ in 0..100 {
+        if redis.cli(&["HGET", &format!("tally:{{{resource}}}"), "views"]) == "1" {
+            flushed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await; // no event says a flush happened
+    }
+    assert!(flushed, "the async write was applied");
     assert_eq!(increment(&client, &gateway.http_base(), &sampled, &resource).await, 200);
     let (_, sampled_trace, _) = traceparent(7);
 

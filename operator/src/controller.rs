@@ -8,8 +8,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -17,9 +16,10 @@ use kube::{Api, Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::crd::{CounterCluster, CounterClusterStatus};
+use crate::crd::CounterCluster;
 use crate::metrics::Metrics;
 use crate::resources::{access, counter, gateway, redis};
+use crate::status::{Rollout, status_for};
 use crate::validate::validate;
 
 pub const FIELD_MANAGER: &str = "tally-operator";
@@ -57,65 +57,6 @@ where
     let api: Api<K> = Api::namespaced(client.clone(), namespace);
     let name = object.meta().name.clone().unwrap_or_default();
     Ok(api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(object)).await?)
-}
-
-fn condition(kind: &str, ok: bool, reason: &str, message: String, generation: Option<i64>, now: &Time) -> Condition {
-    Condition {
-        type_: kind.into(),
-        status: if ok { "True" } else { "False" }.into(),
-        reason: reason.into(),
-        message,
-        observed_generation: generation,
-        last_transition_time: now.clone(),
-    }
-}
-
-/// The status for what was observed: pure, so every condition is unit-tested.
-pub fn status_for(
-    cc: &CounterCluster,
-    invalid: Option<String>,
-    counter_ready: i32,
-    gateway_ready: i32,
-    now: Time,
-) -> CounterClusterStatus {
-    let generation = cc.metadata.generation;
-    let want = (cc.spec.counter.replicas, cc.spec.gateway.replicas);
-    let ready = invalid.is_none() && counter_ready >= want.0 && gateway_ready >= want.1;
-    let conditions = match &invalid {
-        Some(message) => vec![
-            condition("Ready", false, "InvalidSpec", message.clone(), generation, &now),
-            condition("Progressing", false, "InvalidSpec", message.clone(), generation, &now),
-            condition("Degraded", true, "InvalidSpec", message.clone(), generation, &now),
-        ],
-        None => vec![
-            condition(
-                "Ready",
-                ready,
-                if ready { "AllReplicasReady" } else { "ReplicasNotReady" },
-                format!("counters {counter_ready}/{}, gateways {gateway_ready}/{}", want.0, want.1),
-                generation,
-                &now,
-            ),
-            condition(
-                "Progressing",
-                !ready,
-                if ready { "RolloutComplete" } else { "RollingOut" },
-                String::new(),
-                generation,
-                &now,
-            ),
-            condition("Degraded", false, "AsExpected", String::new(), generation, &now),
-        ],
-    };
-    CounterClusterStatus {
-        observed_generation: generation,
-        counter_ready_replicas: counter_ready,
-        gateway_ready_replicas: gateway_ready,
-        gateway_url: invalid.is_none().then(|| {
-            format!("http://{}.{}.svc:{}", gateway::name(cc), cc.namespace().unwrap_or_default(), gateway::HTTP_PORT)
-        }),
-        conditions,
-    }
 }
 
 /// Applies the desired objects for `cc` and reports what it saw.
@@ -171,7 +112,7 @@ async fn reconcile_inner(cc: &CounterCluster, ctx: &Context) -> Result<Outcome, 
                 secondary: None,
             };
             ctx.recorder.publish(&event, &reference).await?;
-            (Outcome::Invalid, status_for(cc, Some(invalid.to_string()), 0, 0, now))
+            (Outcome::Invalid, status_for(cc, Some(invalid.to_string()), Rollout::default(), Rollout::default(), now))
         }
         Ok(()) => {
             if cc.spec.store.managed {
@@ -201,8 +142,7 @@ async fn reconcile_inner(cc: &CounterCluster, ctx: &Context) -> Result<Outcome, 
                 };
                 ctx.recorder.publish(&event, &reference).await?;
             }
-            let ready = |d: &Deployment| d.status.as_ref().and_then(|s| s.ready_replicas).unwrap_or(0);
-            (Outcome::Applied, status_for(cc, None, ready(&counters), ready(&gateways), now))
+            (Outcome::Applied, status_for(cc, None, Rollout::of(&counters), Rollout::of(&gateways), now))
         }
     };
     let api: Api<CounterCluster> = Api::namespaced(client.clone(), &namespace);
@@ -243,42 +183,11 @@ fn object_key(cc: &CounterCluster) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::resources::sample;
-
-    fn now() -> Time {
-        Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH)
-    }
-
-    fn cond<'a>(s: &'a CounterClusterStatus, kind: &str) -> &'a Condition {
-        s.conditions.iter().find(|c| c.type_ == kind).expect(kind)
-    }
 
     #[test]
     fn failures_back_off_exponentially_to_a_cap() {
         let delays: Vec<u64> = (1..=9).map(|n| backoff(n).as_secs()).collect();
         assert_eq!(delays, vec![5, 10, 20, 40, 80, 160, 300, 300, 300]);
         assert_eq!(backoff(u32::MAX).as_secs(), 300);
-    }
-
-    #[test]
-    fn ready_when_every_replica_is() {
-        let mut cc = sample(serde_json::json!({"store": {"managed": true}}));
-        cc.metadata.generation = Some(7);
-        let rolling = status_for(&cc, None, 1, 2, now());
-        assert_eq!(cond(&rolling, "Ready").status, "False");
-        assert_eq!(cond(&rolling, "Progressing").status, "True");
-        let done = status_for(&cc, None, 2, 2, now());
-        assert_eq!((cond(&done, "Ready").status.as_str(), done.observed_generation), ("True", Some(7)));
-        assert_eq!(done.gateway_url.as_deref(), Some("http://demo-gateway.tally.svc:8080"));
-    }
-
-    #[test]
-    fn an_invalid_spec_is_degraded_with_the_message() {
-        let cc = sample(serde_json::json!({"store": {}}));
-        let s = status_for(&cc, Some("spec.store: set one of url, urlSecret or managed: true".into()), 0, 0, now());
-        let degraded = cond(&s, "Degraded");
-        assert_eq!((degraded.status.as_str(), degraded.reason.as_str()), ("True", "InvalidSpec"));
-        assert!(degraded.message.contains("spec.store"));
-        assert_eq!(cond(&s, "Ready").status, "False");
     }
 }

@@ -8,4 +8,5 @@ pub mod leader;
 pub mod metrics;
 pub mod resources;
 pub mod server;
+pub mod status;
 pub mod validate;

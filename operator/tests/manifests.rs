@@ -64,10 +64,11 @@ fn the_grafana_dashboard_is_json_with_panels() {
     assert!(panels.len() >= 8, "{} panels", panels.len());
 }
 
-/// A template with its Go-template actions blanked out: control lines
-/// (`{{- if … }}`, `{{- end }}`) dropped, inline expressions replaced by a
-/// scalar. Catches indentation and syntax slips without helm; `helm
-/// template` below renders them for real where helm exists.
+/// A template with its Go-template actions blanked out: comments and lines
+/// that are only an action (`{{- if … }}`, `{{- toYaml … | nindent 8 }}`)
+/// dropped, inline expressions replaced by a scalar. Catches YAML slips in
+/// the static parts only; what `toYaml | nindent` emits is checked by `helm
+/// template` below, which runs where helm exists.
 fn blank_template(text: &str) -> String {
     // Template comments first: `{{- /* … */ -}}`, possibly over many lines.
     let mut text = text.to_string();

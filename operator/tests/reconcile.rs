@@ -121,13 +121,17 @@ async fn an_unchanged_resource_writes_nothing_new_but_status() {
     // with the generation already observed there is no Event either.
     let spec = serde_json::json!({"store": {"url": "redis://redis:6379"}});
     let first = run(cluster(spec.clone())).await;
+    // The second time round the resource carries the status the first wrote.
+    let first_status = &first.last().expect("status patch").2["status"];
     let mut observed = cluster(spec);
-    observed.status = Some(CounterClusterStatus { observed_generation: Some(3), ..CounterClusterStatus::default() });
+    observed.status = Some(serde_json::from_value::<CounterClusterStatus>(first_status.clone()).expect("status"));
     let second = run(observed).await;
     assert_eq!(applied(&first), applied(&second));
     assert_eq!(events(&first).len(), 1);
     assert!(events(&second).is_empty(), "no Event for a generation already applied");
     assert_eq!(second.len(), applied(&second).len() + 1, "plus the status");
+    let second_status = &second.last().expect("status patch").2["status"];
+    assert_eq!(second_status, first_status, "the same status, transition times included");
 }
 
 #[tokio::test]

@@ -1,0 +1,191 @@
+//! The CounterCluster's status, computed from what the apply step saw:
+//! pure, so every condition is unit-tested.
+//!
+//! A component is rolled out when its Deployment controller has seen the
+//! latest template (`observedGeneration`), and every wanted replica runs it
+//! (`updatedReplicas`) and is available — ready pods of the *old* template
+//! during a rollout do not count. A condition keeps its
+//! `lastTransitionTime` while its status stays the same.
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::ResourceExt;
+
+use crate::crd::{CounterCluster, CounterClusterStatus};
+use crate::resources::gateway;
+
+/// What one Deployment reports about its rollout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Rollout {
+    pub ready: i32,
+    pub done: bool,
+}
+
+impl Rollout {
+    /// From a Deployment as the API server returned it.
+    pub fn of(deployment: &Deployment) -> Rollout {
+        let want = deployment.spec.replicas.unwrap_or(1);
+        let Some(status) = &deployment.status else { return Rollout::default() };
+        let current = status.observed_generation.unwrap_or(0) >= deployment.metadata.generation.unwrap_or(0);
+        let updated = status.updated_replicas.unwrap_or(0) >= want;
+        let available = status.available_replicas.unwrap_or(0) >= want;
+        // Old pods still terminating would make `replicas` exceed `want`.
+        let settled = status.replicas.unwrap_or(0) <= want;
+        Rollout { ready: status.ready_replicas.unwrap_or(0), done: current && updated && available && settled }
+    }
+}
+
+fn condition(kind: &str, ok: bool, reason: &str, message: String, generation: Option<i64>, now: &Time) -> Condition {
+    Condition {
+        type_: kind.into(),
+        status: if ok { "True" } else { "False" }.into(),
+        reason: reason.into(),
+        message,
+        observed_generation: generation,
+        last_transition_time: now.clone(),
+    }
+}
+
+/// The status for what was observed.
+pub fn status_for(
+    cc: &CounterCluster,
+    invalid: Option<String>,
+    counters: Rollout,
+    gateways: Rollout,
+    now: Time,
+) -> CounterClusterStatus {
+    let generation = cc.metadata.generation;
+    let want = (cc.spec.counter.replicas, cc.spec.gateway.replicas);
+    let done = invalid.is_none() && counters.done && gateways.done;
+    let mut conditions = match &invalid {
+        Some(message) => vec![
+            condition("Ready", false, "InvalidSpec", message.clone(), generation, &now),
+            condition("Progressing", false, "InvalidSpec", message.clone(), generation, &now),
+            condition("Degraded", true, "InvalidSpec", message.clone(), generation, &now),
+        ],
+        None => vec![
+            condition(
+                "Ready",
+                done,
+                if done { "AllReplicasReady" } else { "ReplicasNotReady" },
+                format!("counters {}/{}, gateways {}/{}", counters.ready, want.0, gateways.ready, want.1),
+                generation,
+                &now,
+            ),
+            condition(
+                "Progressing",
+                !done,
+                if done { "RolloutComplete" } else { "RollingOut" },
+                String::new(),
+                generation,
+                &now,
+            ),
+            condition("Degraded", false, "AsExpected", String::new(), generation, &now),
+        ],
+    };
+    if let Some(previous) = &cc.status {
+        keep_transition_times(&mut conditions, &previous.conditions);
+    }
+    CounterClusterStatus {
+        observed_generation: generation,
+        counter_ready_replicas: counters.ready,
+        gateway_ready_replicas: gateways.ready,
+        gateway_url: invalid.is_none().then(|| {
+            format!("http://{}.{}.svc:{}", gateway::name(cc), cc.namespace().unwrap_or_default(), gateway::HTTP_PORT)
+        }),
+        conditions,
+    }
+}
+
+/// A condition whose status did not change keeps its transition time.
+fn keep_transition_times(conditions: &mut [Condition], previous: &[Condition]) {
+    for condition in conditions {
+        if let Some(before) = previous.iter().find(|p| p.type_ == condition.type_ && p.status == condition.status) {
+            condition.last_transition_time = before.last_transition_time.clone();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::apps::v1::{DeploymentSpec, DeploymentStatus};
+
+    use super::*;
+    use crate::resources::sample;
+
+    fn at(second: i64) -> Time {
+        Time(k8s_openapi::jiff::Timestamp::from_second(second).unwrap())
+    }
+
+    fn cond<'a>(s: &'a CounterClusterStatus, kind: &str) -> &'a Condition {
+        s.conditions.iter().find(|c| c.type_ == kind).expect(kind)
+    }
+
+    fn deployment(generation: i64, status: DeploymentStatus) -> Deployment {
+        let mut d = Deployment {
+            spec: DeploymentSpec { replicas: Some(2), ..DeploymentSpec::default() },
+            status: Some(status),
+            ..Deployment::default()
+        };
+        d.metadata.generation = Some(generation);
+        d
+    }
+
+    fn reported(observed: i64, replicas: i32, updated: i32, available: i32) -> DeploymentStatus {
+        DeploymentStatus {
+            observed_generation: Some(observed),
+            replicas: Some(replicas),
+            updated_replicas: Some(updated),
+            available_replicas: Some(available),
+            ready_replicas: Some(available),
+            ..DeploymentStatus::default()
+        }
+    }
+
+    #[test]
+    fn a_rollout_is_done_only_when_every_wanted_pod_runs_the_new_template() {
+        assert!(Rollout::of(&deployment(3, reported(3, 2, 2, 2))).done);
+        assert!(!Rollout::of(&deployment(4, reported(3, 2, 2, 2))).done, "new template not yet seen");
+        assert!(!Rollout::of(&deployment(4, reported(4, 3, 1, 2))).done, "old pods still serve");
+        assert!(!Rollout::of(&deployment(4, reported(4, 3, 2, 2))).done, "an old pod still terminating");
+        assert!(!Rollout::of(&deployment(4, reported(4, 2, 2, 1))).done, "a new pod not yet available");
+        assert_eq!(Rollout::of(&deployment(4, reported(4, 3, 1, 2))).ready, 2);
+        assert_eq!(Rollout::of(&Deployment::default()), Rollout::default());
+    }
+
+    #[test]
+    fn ready_when_both_rollouts_are_done() {
+        let mut cc = sample(serde_json::json!({"store": {"managed": true}}));
+        cc.metadata.generation = Some(7);
+        let done = Rollout { ready: 2, done: true };
+        let rolling = status_for(&cc, None, Rollout { ready: 2, done: false }, done, at(0));
+        assert_eq!(cond(&rolling, "Ready").status, "False");
+        assert_eq!(cond(&rolling, "Progressing").status, "True");
+        let finished = status_for(&cc, None, done, done, at(0));
+        assert_eq!((cond(&finished, "Ready").status.as_str(), finished.observed_generation), ("True", Some(7)));
+        assert_eq!(finished.gateway_url.as_deref(), Some("http://demo-gateway.tally.svc:8080"));
+    }
+
+    #[test]
+    fn transition_times_move_only_when_a_condition_changes() {
+        let done = Rollout { ready: 2, done: true };
+        let mut cc = sample(serde_json::json!({"store": {"managed": true}}));
+        cc.status = Some(status_for(&cc, None, done, done, at(100)));
+        let again = status_for(&cc, None, done, done, at(200));
+        assert_eq!(cond(&again, "Ready").last_transition_time, at(100), "still ready: unchanged");
+        let rolling = status_for(&cc, None, Rollout { ready: 2, done: false }, done, at(300));
+        assert_eq!(cond(&rolling, "Ready").last_transition_time, at(300), "became not ready now");
+        assert_eq!(cond(&rolling, "Degraded").last_transition_time, at(100), "still not degraded");
+    }
+
+    #[test]
+    fn an_invalid_spec_is_degraded_with_the_message() {
+        let cc = sample(serde_json::json!({"store": {}}));
+        let message = "spec.store: set exactly one of url, urlSecret or managed: true";
+        let s = status_for(&cc, Some(message.into()), Rollout::default(), Rollout::default(), at(0));
+        let degraded = cond(&s, "Degraded");
+        assert_eq!((degraded.status.as_str(), degraded.reason.as_str()), ("True", "InvalidSpec"));
+        assert!(degraded.message.contains("spec.store"));
+        assert_eq!(cond(&s, "Ready").status, "False");
+    }
+}
