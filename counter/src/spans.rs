@@ -42,11 +42,7 @@ pub fn rpc_status(code: tonic::Code) {
     if !telemetry::enabled() {
         return;
     }
-    let span = Span::current();
-    span.record("rpc.grpc.status_code", code as i32);
-    if code != tonic::Code::Ok {
-        span.record("otel.status_code", "ERROR");
-    }
+    telemetry::record_grpc_status(&Span::current(), code as i32);
 }
 
 /// The calling request's span, to be linked with the flush that applies it.

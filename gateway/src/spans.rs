@@ -67,10 +67,7 @@ pub fn rpc_client(method: &'static str, endpoint: &str, attempt: u32) -> Span {
 
 /// Records a call's gRPC status on its client span.
 pub fn rpc_status(span: &Span, code: tonic::Code) {
-    span.record("rpc.grpc.status_code", code as i32);
-    if code != tonic::Code::Ok {
-        span.record("otel.status_code", "ERROR");
-    }
+    telemetry::record_grpc_status(span, code as i32);
 }
 
 /// The span of one coalesced `BatchIncrement`: a child of the first

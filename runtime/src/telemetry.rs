@@ -207,6 +207,15 @@ pub fn adopt(span: &tracing::Span, parent: Context) {
     }
 }
 
+/// Records a gRPC status code on an RPC span (`rpc.grpc.status_code`); any
+/// code but OK (0) marks the span failed.
+pub fn record_grpc_status(span: &tracing::Span, code: i32) {
+    span.record("rpc.grpc.status_code", code);
+    if code != 0 {
+        span.record("otel.status_code", "ERROR");
+    }
+}
+
 /// The remote parent carried by `traceparent`/`tracestate` headers.
 pub fn extract(headers: &http::HeaderMap) -> Context {
     TraceContextPropagator::new().extract(&HeaderExtractor(headers))
