@@ -27,10 +27,8 @@ pids+=("$redis_pid")
 grpc_port=$(free_port); admin_port=$(free_port); http_port=$(free_port)
 counter_pid=$(TALLY_WORKER_THREADS=$COUNTER_THREADS start_counter "$redis_port" "$grpc_port" "$admin_port" "$work/counter.log")
 pids+=("$counter_pid")
-TALLY_LISTEN="127.0.0.1:$http_port" TALLY_COUNTER_ENDPOINTS="http://127.0.0.1:$grpc_port" \
-  TALLY_WORKER_THREADS=$GATEWAY_THREADS target/release/tally-gateway >"$work/gateway.log" 2>&1 &
-gateway_pid=$!; pids+=("$gateway_pid")
-wait_for_log "$work/gateway.log" "healthy=true"
+gateway_pid=$(TALLY_WORKER_THREADS=$GATEWAY_THREADS start_gateway "$http_port" "http://127.0.0.1:$grpc_port" "$work/gateway.log")
+pids+=("$gateway_pid")
 url="http://127.0.0.1:$http_port/api/v1/counter"
 
 requests=$((SECONDS_PER_RUN * 150000))

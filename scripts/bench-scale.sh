@@ -25,17 +25,14 @@ rows=""
 for n in 1 2 3; do
   http_port=$(free_port)
   list=$(IFS=,; echo "${endpoints[*]:0:$n}")
-  TALLY_LISTEN="127.0.0.1:$http_port" TALLY_COUNTER_ENDPOINTS="$list" TALLY_WORKER_THREADS=1 \
-    target/release/tally-gateway >"$work/gateway$n.log" 2>&1 &
-  gateway_pid=$!
-  wait_for_log "$work/gateway$n.log" "healthy=true" "$n"
+  gateway_pid=$(TALLY_WORKER_THREADS=1 start_gateway "$http_port" "$list" "$work/gateway$n.log" "$n")
   for scenario in hot keys; do
     out=$(wrk -t2 -c100 -d"${SECONDS_PER_RUN}s" --latency -s "scripts/wrk/$scenario.lua" "http://127.0.0.1:$http_port/api/v1/counter/increment")
     rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
     p99=$(awk '$1 == "99%" {print $2}' <<<"$out")
     rows+="| $n | $scenario | $rps | $p99 |"$'\n'
   done
-  kill "$gateway_pid"; wait "$gateway_pid" 2>/dev/null || true
+  stop_pids "$gateway_pid"
 done
 
 mkdir -p bench-results

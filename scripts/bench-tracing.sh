@@ -58,12 +58,11 @@ run_case() {
     [ $# -eq 0 ] || export "$@"
     TALLY_WORKER_THREADS=1 start_counter "$redis_port" "$grpc_port" "$admin_port" "$work/counter-$name.log"
   )
-  env "$@" TALLY_WORKER_THREADS=1 TALLY_LISTEN="127.0.0.1:$http_port" \
-    TALLY_COUNTER_ENDPOINTS="http://127.0.0.1:$grpc_port" \
-    target/release/tally-gateway >"$work/gateway-$name.log" 2>&1 &
-  gateway_pid=$!
+  gateway_pid=$(
+    [ $# -eq 0 ] || export "$@"
+    TALLY_WORKER_THREADS=1 start_gateway "$http_port" "http://127.0.0.1:$grpc_port" "$work/gateway-$name.log"
+  )
   pids+=("$counter_pid" "$gateway_pid")
-  wait_for_log "$work/gateway-$name.log" "healthy=true"
   wrk -t2 -c100 -d"${SECONDS_PER_RUN}s" --latency -s scripts/wrk/hot.lua \
     "http://127.0.0.1:$http_port/api/v1/counter/increment" >"$work/wrk-$name.txt"
   local rps p50 p99 errors
@@ -72,8 +71,7 @@ run_case() {
   p99=$(to_ms "$(awk '$1 == "99%" {print $2}' "$work/wrk-$name.txt")")
   errors=$(awk '/Non-2xx|Socket errors/ {print}' "$work/wrk-$name.txt" | tr '\n' ' ')
   rss=$(peak_rss_mib "$gateway_pid")
-  kill "$counter_pid" "$gateway_pid" 2>/dev/null || true
-  wait "$counter_pid" "$gateway_pid" 2>/dev/null || true
+  stop_pids "$counter_pid" "$gateway_pid"
   echo "| $name | $rps | $p50 | $p99 | ${rss} | ${errors:-none} |" >>"$work/rows.md"
 }
 

@@ -67,3 +67,27 @@ start_counter() {
   wait_for_log "$4" "tally-counter listening" >&2
   echo "$pid"
 }
+
+# Starts the release tally-gateway on HTTP port $1 in front of the counter
+# endpoints $2 (comma-separated), logging to $3 (extra settings come from the
+# environment); waits until $4 endpoints (default 1) warmed up and prints
+# its pid.
+start_gateway() {
+  TALLY_LISTEN="127.0.0.1:$1" TALLY_COUNTER_ENDPOINTS="$2" target/release/tally-gateway >"$3" 2>&1 &
+  local pid=$!
+  wait_for_log "$3" "healthy=true" "${4:-1}" >&2
+  echo "$pid"
+}
+
+# SIGTERMs the given pids and waits (up to 30 s) until they are gone; works
+# for processes started in a subshell, which `wait` cannot wait for.
+stop_pids() {
+  kill "$@" 2>/dev/null || true
+  local pid
+  for pid in "$@"; do
+    for _ in $(seq 600); do
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.05
+    done
+  done
+}
