@@ -261,8 +261,10 @@ step "CounterCluster demo is Ready"
 
 # --- 1. increments through the gateway --------------------------------------
 start_port_forward
-wait_until 120 "the gateway's /api/v1/ready (a healthy counter endpoint)" \
-  curl -fsS --max-time 2 "$base/api/v1/ready"
+# (/ready is on the admin port, which the Service does not expose: a read
+# through the public port proves a healthy counter endpoint just as well.)
+wait_until 120 "a read through the gateway (a healthy counter endpoint)" \
+  curl -fsS --max-time 2 "$base/api/v1/counter/e2e:probe/likes"
 
 rid="e2e:run-$(date +%s)-$$"
 step "sending $N increments to $rid/likes ($WORKERS clients)"

@@ -73,7 +73,8 @@ start_counter() {
 # environment); waits until $4 endpoints (default 1) warmed up and prints
 # its pid.
 start_gateway() {
-  TALLY_LISTEN="127.0.0.1:$1" TALLY_COUNTER_ENDPOINTS="$2" target/release/tally-gateway >"$3" 2>&1 &
+  TALLY_LISTEN="127.0.0.1:$1" TALLY_ADMIN_LISTEN="${GATEWAY_ADMIN_LISTEN:-127.0.0.1:0}" TALLY_COUNTER_ENDPOINTS="$2" \
+    target/release/tally-gateway >"$3" 2>&1 &
   local pid=$!
   wait_for_log "$3" "healthy=true" "${4:-1}" >&2
   echo "$pid"

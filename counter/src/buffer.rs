@@ -39,6 +39,9 @@ pub struct BufferSettings {
     pub flush_interval: Duration,
     /// Most distinct counters held at once.
     pub capacity: usize,
+    /// Life of the store's batch markers; bounds how long a batch whose
+    /// outcome is unknown may still be resent ([`batch::resend_window`]).
+    pub marker_ttl: Duration,
 }
 
 /// The answer to [`WriteBuffer::offer`].
@@ -81,6 +84,9 @@ struct Batch {
     links: Vec<SpanContext>,
     /// When its oldest operation was buffered.
     oldest: Option<std::time::Instant>,
+    /// When an attempt first failed in a way that may have applied it; from
+    /// then on its marker's life limits how long it may be resent.
+    ambiguous_since: Option<Instant>,
 }
 
 pub struct WriteBuffer {
@@ -193,6 +199,15 @@ impl WriteBuffer {
         let batch = {
             let mut pending = self.lock();
             match pending.in_doubt.take() {
+                Some(batch) if self.resend_expired(&batch) => {
+                    // Its marker may be gone: a resend could apply it twice.
+                    drop(pending);
+                    for (key, delta) in &batch.cmds {
+                        self.lost(key, *delta, "unconfirmed", "outcome unknown past the resend window; not resent");
+                    }
+                    self.metrics.buffer_keys.set(self.held() as i64);
+                    return;
+                }
                 Some(batch) => batch,
                 None => {
                     pending.ops_since_flush = 0;
@@ -203,7 +218,7 @@ impl WriteBuffer {
                         self.metrics.buffer_oldest_age.set(0.0);
                         return;
                     }
-                    Batch { id: batch::new_batch_id(), cmds, links, oldest }
+                    Batch { id: batch::new_batch_id(), cmds, links, oldest, ambiguous_since: None }
                 }
             }
         };
@@ -212,7 +227,8 @@ impl WriteBuffer {
         let refs: Vec<(&CounterKey, i64)> = batch.cmds.iter().map(|(k, d)| (k, *d)).collect();
         let started = std::time::Instant::now();
         let span = spans::buffer_flush(spans::db_system(self.store.kind()), &batch.links, refs.len());
-        let outcomes = self.store.incr_batch_once(&batch.id, &refs).instrument(span.clone()).await;
+        let outcomes =
+            self.store.incr_batch_once(&batch.id, &refs, self.settings.marker_ttl).instrument(span.clone()).await;
         self.metrics.store_duration.get_or_create(&[("op", "flush")]).observe(started.elapsed().as_secs_f64());
         let mut failure = None;
         for ((key, delta), outcome) in refs.iter().zip(outcomes) {
@@ -225,12 +241,21 @@ impl WriteBuffer {
         }
         let mut pending = self.lock();
         if let Some(err) = failure {
+            let mut batch = batch;
+            if !err.is_not_applied() {
+                batch.ambiguous_since.get_or_insert_with(Instant::now);
+            }
             spans::failed(&span, &err);
             tracing::warn!(%err, batch_id = %batch.id, counters = batch.cmds.len(), "flush failed; the batch will be resent");
             self.metrics.store_errors.get_or_create(&[("kind", crate::commit::error_kind(&err))]).inc();
             pending.in_doubt = Some(batch);
         }
         self.metrics.buffer_keys.set(pending.held() as i64);
+    }
+
+    /// True when `batch` failed ambiguously longer ago than the resend window.
+    fn resend_expired(&self, batch: &Batch) -> bool {
+        batch.ambiguous_since.is_some_and(|since| since.elapsed() >= batch::resend_window(self.settings.marker_ttl))
     }
 
     fn lost(&self, key: &CounterKey, delta: i64, reason: &'static str, why: &str) {

@@ -53,13 +53,21 @@ pub struct CommitSettings {
     pub max_ops: usize,
     /// Flushes allowed in flight at once.
     pub max_inflight: usize,
+    /// Requests waiting for a flush at most; more are refused at once.
+    pub max_queue: usize,
     /// How long an idempotency key is remembered.
     pub idempotency_retention: Duration,
 }
 
-#[derive(Debug, thiserror::Error)]
-#[error("the committer has shut down")]
-pub struct Closed;
+/// Why an operation was not even queued for the store: nothing was applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SubmitError {
+    #[error("the committer has shut down")]
+    Closed,
+    /// The queue is full: shed at once rather than queue without limit.
+    #[error("the counter is overloaded (commit queue full); nothing was applied")]
+    Overloaded,
+}
 
 struct Job {
     ops: Vec<Op>,
@@ -71,30 +79,38 @@ struct Job {
 /// Handle to the committer loop; cheap to clone.
 #[derive(Clone)]
 pub struct GroupCommitter {
-    tx: mpsc::UnboundedSender<Job>,
+    tx: mpsc::Sender<Job>,
+    shed: prometheus_client::metrics::counter::Counter,
 }
 
 impl GroupCommitter {
     /// Starts the committer loop on the current runtime. It ends when every
     /// handle is dropped, after its in-flight flushes finished.
     pub fn start(store: Arc<Store>, settings: CommitSettings, metrics: Arc<Metrics>) -> GroupCommitter {
-        // Unbounded on purpose: every queued job has a caller awaiting it, so
-        // the queue never holds more jobs than there are requests in flight
-        // (which the gRPC server limits per connection) plus one buffer flush.
-        let (tx, rx) = mpsc::unbounded_channel();
+        // Bounded: a request that finds the queue full is refused at once
+        // (UNAVAILABLE, provably not applied) instead of waiting behind an
+        // ever longer queue.
+        let (tx, rx) = mpsc::channel(settings.max_queue.max(1));
+        let shed = metrics.commit_shed.clone();
         tokio::spawn(run(rx, store, settings, metrics));
-        GroupCommitter { tx }
+        GroupCommitter { tx, shed }
     }
 
     /// Applies `ops` and returns one result per operation, in order.
-    pub async fn submit(&self, ops: Vec<Op>) -> Result<Vec<OpResult>, Closed> {
+    pub async fn submit(&self, ops: Vec<Op>) -> Result<Vec<OpResult>, SubmitError> {
         let (reply, rx) = oneshot::channel();
-        self.tx.send(Job { ops, span: spans::current(), reply }).map_err(|_| Closed)?;
-        rx.await.map_err(|_| Closed)
+        self.tx.try_send(Job { ops, span: spans::current(), reply }).map_err(|err| match err {
+            mpsc::error::TrySendError::Full(_) => {
+                self.shed.inc();
+                SubmitError::Overloaded
+            }
+            mpsc::error::TrySendError::Closed(_) => SubmitError::Closed,
+        })?;
+        rx.await.map_err(|_| SubmitError::Closed)
     }
 }
 
-async fn run(mut rx: mpsc::UnboundedReceiver<Job>, store: Arc<Store>, settings: CommitSettings, metrics: Arc<Metrics>) {
+async fn run(mut rx: mpsc::Receiver<Job>, store: Arc<Store>, settings: CommitSettings, metrics: Arc<Metrics>) {
     let slots = Arc::new(Semaphore::new(settings.max_inflight.max(1)));
     loop {
         // Wait for a free flush slot first: while all are busy, callers queue
@@ -111,6 +127,13 @@ async fn run(mut rx: mpsc::UnboundedReceiver<Job>, store: Arc<Store>, settings: 
                 }
                 Err(_) => break,
             }
+        }
+        // A caller that gave up while queued (its deadline passed, or the
+        // client cancelled) is not flushed: nothing of it was applied, and
+        // its wait ended with its deadline.
+        jobs.retain(|job| !job.reply.is_closed());
+        if jobs.is_empty() {
+            continue;
         }
         let (store, metrics) = (store.clone(), metrics.clone());
         let retention = settings.idempotency_retention;

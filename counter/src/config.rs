@@ -9,8 +9,10 @@ use clap::Parser;
 
 use crate::buffer::BufferSettings;
 use crate::commit::CommitSettings;
+use crate::incoming::ConnectionLimits;
 use crate::service::BufferFullPolicy;
 use crate::store::StoreTimeouts;
+use tally_runtime::http::HttpArgs;
 use tally_runtime::rt::RuntimeArgs;
 
 #[derive(Debug, Clone, Parser)]
@@ -44,6 +46,11 @@ pub struct Config {
     #[arg(long, env = "TALLY_COMMIT_MAX_INFLIGHT", default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=256))]
     pub commit_max_inflight: u64,
 
+    /// Requests waiting for a group commit at most; more are refused at once with UNAVAILABLE
+    /// (nothing applied).
+    #[arg(long, env = "TALLY_COMMIT_MAX_QUEUE", default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub commit_max_queue: u64,
+
     /// How long an idempotency key is remembered per counter, in seconds (Redis keeps one small key per idempotent write for this long).
     #[arg(long, env = "TALLY_IDEMPOTENCY_RETENTION_S", default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..=604_800))]
     pub idempotency_retention_s: u64,
@@ -60,6 +67,11 @@ pub struct Config {
     #[arg(long, env = "TALLY_BUFFER_CAPACITY", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
     pub buffer_capacity: u64,
 
+    /// Async writes: life of the per-flush marker keys that make a resent flush apply once, in
+    /// seconds; a flush whose outcome is unknown is resent for at most half of it.
+    #[arg(long, env = "TALLY_BATCH_MARKER_TTL_S", default_value_t = 600, value_parser = clap::value_parser!(u64).range(60..=86_400))]
+    pub batch_marker_ttl_s: u64,
+
     /// Async writes when the buffer is full: `sync` applies them synchronously, `reject` answers RESOURCE_EXHAUSTED.
     #[arg(long, env = "TALLY_BUFFER_FULL_POLICY", value_enum, default_value_t = BufferFullPolicy::Sync)]
     pub buffer_full_policy: BufferFullPolicy,
@@ -69,8 +81,20 @@ pub struct Config {
     pub stream_window: u64,
 
     /// Concurrent gRPC calls accepted per HTTP/2 connection.
-    #[arg(long, env = "TALLY_MAX_CONCURRENT_STREAMS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, env = "TALLY_MAX_CONCURRENT_STREAMS", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=65_536))]
     pub max_concurrent_streams: u32,
+
+    /// Largest gRPC message accepted, in bytes (a full 1000-operation batch is under 350 KiB).
+    #[arg(long, env = "TALLY_GRPC_MAX_MESSAGE_BYTES", default_value_t = 524_288, value_parser = clap::value_parser!(u64).range(4_096..=4_194_304))]
+    pub grpc_max_message_bytes: u64,
+
+    /// Most open gRPC connections; more are closed at once.
+    #[arg(long, env = "TALLY_GRPC_MAX_CONNECTIONS", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub grpc_max_connections: u64,
+
+    /// Time for a new gRPC connection to send its HTTP/2 preface, in milliseconds.
+    #[arg(long, env = "TALLY_GRPC_HANDSHAKE_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(100..=600_000))]
+    pub grpc_handshake_timeout_ms: u64,
 
     /// HTTP/2 PING interval towards clients, in milliseconds (0 turns it off).
     #[arg(long, env = "TALLY_HTTP2_KEEPALIVE_MS", default_value_t = 30_000)]
@@ -108,6 +132,10 @@ pub struct Config {
     #[arg(long, env = "TALLY_CONSUL_DEREGISTER_AFTER_S", default_value_t = 60, value_parser = clap::value_parser!(u64).range(60..=86_400))]
     pub consul_deregister_after_s: u64,
 
+    /// Connection limits of the admin HTTP listener (`TALLY_HTTP_*`).
+    #[command(flatten)]
+    pub http: HttpArgs,
+
     /// Worker threads and log format (`TALLY_WORKER_THREADS`, `TALLY_LOG_FORMAT`).
     #[command(flatten)]
     pub runtime: RuntimeArgs,
@@ -125,6 +153,7 @@ impl Config {
         CommitSettings {
             max_ops: self.commit_max_ops as usize,
             max_inflight: self.commit_max_inflight as usize,
+            max_queue: self.commit_max_queue as usize,
             idempotency_retention: Duration::from_secs(self.idempotency_retention_s),
         }
     }
@@ -134,6 +163,14 @@ impl Config {
             batch_size: self.batch_size as usize,
             flush_interval: Duration::from_millis(self.flush_interval_ms),
             capacity: self.buffer_capacity as usize,
+            marker_ttl: Duration::from_secs(self.batch_marker_ttl_s),
+        }
+    }
+
+    pub fn connection_limits(&self) -> ConnectionLimits {
+        ConnectionLimits {
+            max_connections: self.grpc_max_connections as usize,
+            handshake_timeout: Duration::from_millis(self.grpc_handshake_timeout_ms),
         }
     }
 

@@ -7,6 +7,7 @@ pub mod buffer;
 pub mod coalesce;
 pub mod commit;
 pub mod config;
+pub mod incoming;
 pub mod metrics;
 pub mod registration;
 pub mod server;

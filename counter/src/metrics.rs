@@ -10,7 +10,10 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+use tally_runtime::http::ConnMetrics;
 use tally_runtime::metrics::{latency_histogram, render, size_histogram};
+
+use crate::incoming::GrpcConnMetrics;
 
 type Labels = [(&'static str, &'static str); 1];
 type Labels2 = [(&'static str, &'static str); 2];
@@ -39,11 +42,17 @@ pub struct Metrics {
     /// Async operations by what happened to them (`buffered`, `applied_sync`, `rejected`).
     pub async_ops: Family<Labels, Counter>,
     /// Buffered (acknowledged) increments that could not be applied, by reason
-    /// (`overflow`, `rejected`, `shutdown_timeout`). Each is also logged
+    /// (`overflow`, `rejected`, `shutdown_timeout`, `unconfirmed`). Each is also logged
     /// at ERROR with its counter and delta.
     pub async_lost: Family<Labels, Counter>,
     /// Keyed operations answered from their first application (not applied again).
     pub idempotency_replays: Counter,
+    /// Requests refused at once because the commit queue was full.
+    pub commit_shed: Counter,
+    /// Connections of the gRPC listener.
+    pub grpc_connections: GrpcConnMetrics,
+    /// Connections of the admin HTTP listener.
+    pub admin_connections: ConnMetrics,
 }
 
 impl Metrics {
@@ -82,11 +91,28 @@ impl Metrics {
         for outcome in ["buffered", "applied_sync", "rejected"] {
             let _ = async_ops.get_or_create(&[("outcome", outcome)]);
         }
-        for reason in ["overflow", "rejected", "shutdown_timeout"] {
+        for reason in ["overflow", "rejected", "shutdown_timeout", "unconfirmed"] {
             let _ = async_lost.get_or_create(&[("reason", reason)]);
         }
+        let commit_shed = Counter::default();
+        registry.register(
+            "commit_shed",
+            "Requests refused at once because the commit queue was full",
+            commit_shed.clone(),
+        );
+        let grpc_connections = GrpcConnMetrics::default();
+        registry.register("grpc_connections_open", "Open gRPC connections", grpc_connections.open.clone());
+        let help = "gRPC connections closed at once because the connection cap was reached";
+        registry.register("grpc_connections_rejected", help, grpc_connections.rejected.clone());
+        let help = "gRPC connections closed because no HTTP/2 preface arrived within the handshake timeout";
+        registry.register("grpc_handshake_timeouts", help, grpc_connections.handshake_timeouts.clone());
+        let admin_connections = ConnMetrics::default();
+        admin_connections.register(registry.sub_registry_with_label(("listener".into(), "admin".into())));
         Metrics {
             registry,
+            commit_shed,
+            grpc_connections,
+            admin_connections,
             requests,
             request_duration,
             commit_ops,

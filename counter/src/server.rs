@@ -8,10 +8,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tally_proto::v1::counter_service_server::CounterServiceServer;
+use tally_runtime::http::HttpLimits;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tonic::transport::Server;
-use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
@@ -19,9 +19,16 @@ use crate::admin::{self, Readiness};
 use crate::buffer::WriteBuffer;
 use crate::commit::GroupCommitter;
 use crate::config::Config;
+use crate::incoming;
 use crate::metrics::Metrics;
 use crate::service::CounterApi;
 use crate::store::{Store, StoreError};
+
+/// An HTTP/2 PING unanswered this long closes the connection (dead peer).
+const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Largest gRPC request head (metadata), in bytes.
+const GRPC_MAX_HEADER_BYTES: u32 = 16 * 1024;
 
 /// The grpc.health.v1 service name that reports whether counters can be served.
 pub const HEALTH_SERVICE: &str = "tally.counter.v1.CounterService";
@@ -34,8 +41,6 @@ pub enum StartupError {
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error("gRPC reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
-    #[error("gRPC server: {0}")]
-    Serve(#[from] tonic::transport::Error),
     #[error(transparent)]
     Consul(#[from] crate::registration::AddressUnknown),
 }
@@ -77,13 +82,17 @@ pub async fn run(config: Config) -> Result<(), StartupError> {
 
     let admin_app = admin::router(readiness.clone(), metrics.clone());
     let mut admin_stop = shutdown_rx.clone();
-    let admin = tokio::spawn(async move {
-        let stopped = async move {
+    let admin = tokio::spawn(tally_runtime::http::serve(
+        admin_listener,
+        admin_app,
+        HttpLimits::from(&config.http),
+        metrics.admin_connections.clone(),
+        async move {
             let _ = admin_stop.wait_for(|stop| *stop).await;
-        };
-        axum::serve(admin_listener, admin_app).with_graceful_shutdown(stopped).await
-    });
+        },
+    ));
 
+    let incoming = incoming::bounded(grpc_listener, config.connection_limits(), metrics.grpc_connections.clone());
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(tally_proto::v1::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -100,31 +109,48 @@ pub async fn run(config: Config) -> Result<(), StartupError> {
 
     tracing::info!(grpc = %grpc_addr, admin = %admin_addr, store = store.kind(), "tally-counter listening");
     let registration = crate::registration::start(&config, grpc_addr)?;
-    let stop_signal = async move {
-        tally_runtime::signal::shutdown().await;
-        tracing::info!("shutting down: finishing in-flight requests, then draining the write-behind buffer");
-        readiness.set_shutting_down();
-        if let Some(registration) = registration {
-            registration.deregister().await;
-        }
-        let _ = shutdown_tx.send(true);
-    };
-    Server::builder()
+    let max_message = config.grpc_max_message_bytes as usize;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let grpc = Server::builder()
         .trace_fn(crate::spans::rpc_server)
-        .tcp_nodelay(true)
         .http2_keepalive_interval(config.http2_keepalive())
+        .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT))
         .max_concurrent_streams(config.max_concurrent_streams)
+        .http2_max_header_list_size(GRPC_MAX_HEADER_BYTES)
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(CounterServiceServer::new(api))
-        .serve_with_incoming_shutdown(TcpIncoming::from(grpc_listener).with_nodelay(Some(true)), stop_signal)
-        .await?;
+        .add_service(
+            CounterServiceServer::new(api)
+                .max_decoding_message_size(max_message)
+                .max_encoding_message_size(max_message),
+        )
+        .serve_with_incoming_shutdown(incoming, async {
+            let _ = stop_rx.await;
+        });
+    let grpc = tokio::spawn(grpc);
 
+    tally_runtime::signal::shutdown().await;
+    tracing::info!("shutting down: finishing in-flight requests, then draining the write-behind buffer");
+    let deadline = tokio::time::Instant::now() + drain_timeout;
+    readiness.set_shutting_down();
+    if let Some(registration) = registration {
+        registration.deregister().await;
+    }
+    let _ = shutdown_tx.send(true);
+    let _ = stop_tx.send(());
+    // Streams stop reading at once; connections that are still open at the
+    // deadline (a client that never reads its responses) are cut.
+    match tokio::time::timeout_at(deadline, grpc).await {
+        Ok(Ok(Err(err))) => tracing::warn!(%err, "gRPC server ended with an error"),
+        Err(_) => tracing::warn!("shutdown timeout passed with gRPC connections still open; closing them"),
+        _ => {}
+    }
+    // The flusher drains within the same deadline (it measures it itself).
     if let Err(err) = flusher.await {
         tracing::error!(%err, "write-behind flusher failed");
     }
-    if let Ok(Err(err)) = admin.await {
-        tracing::warn!(%err, "admin server ended with an error");
+    if tokio::time::timeout_at(deadline, admin).await.is_err() {
+        tracing::warn!("admin connections still open at the shutdown deadline");
     }
     tracing::info!("tally-counter stopped");
     Ok(())

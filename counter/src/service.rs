@@ -155,13 +155,12 @@ impl CounterApi {
         } else if request.r#async {
             self.count_async("applied_sync", ops.len());
         }
-        let results = self.committer.submit(ops.clone()).await.map_err(|e| Status::unavailable(e.to_string()))?;
-        // A batch whose every operation failed for the same store reason is
-        // reported as that status, so clients need not dig into results.
-        if let Some(OpResult::Failed(err)) = results.first()
-            && results.iter().all(|r| matches!(r, OpResult::Failed(_)))
-        {
-            return Err(status::store(err));
+        let results = self.committer.submit(ops.clone()).await.map_err(status::not_submitted)?;
+        // A batch whose every operation failed is reported as one status, so
+        // clients need not dig into results; its write outcome is the least
+        // certain of the operations' (see `status::all_failed`).
+        if let Some(status) = status::all_failed(&results) {
+            return Err(status);
         }
         let results = ops
             .into_iter()
@@ -233,7 +232,7 @@ async fn increment_one(committer: &GroupCommitter, request: IncrementRequest) ->
     let op = parse_op(request.resource_id, request.counter_type, request.delta, &request.idempotency_key)
         .map_err(status::invalid)?;
     let (key, delta) = (op.key.clone(), op.delta);
-    let results = committer.submit(vec![op]).await.map_err(|e| Status::unavailable(e.to_string()))?;
+    let results = committer.submit(vec![op]).await.map_err(status::not_submitted)?;
     match results.into_iter().next() {
         Some(result @ (OpResult::Applied(_) | OpResult::Replayed(_))) => Ok(IncrementResponse {
             resource_id: key.resource_id().into(),

@@ -19,7 +19,7 @@ pub fn rpc_server(request: &http::Request<()>) -> Span {
         return Span::none();
     }
     let parent = telemetry::extract(request.headers());
-    if !telemetry::sample(&parent) {
+    if !telemetry::sample(&parent, telemetry::Caller::Trusted) {
         return Span::none();
     }
     let span = tracing::info_span!(

@@ -26,6 +26,33 @@ pub fn store(err: &StoreError) -> Status {
     status
 }
 
+/// The one status for a batch whose every operation failed in the store, or
+/// `None` when at least one did not (then each operation reports its own).
+///
+/// The batch may be reported `not-applied` (and so resent by a gateway) only
+/// when *every* failure is provably not applied: with one shard refusing and
+/// another hung, the hung shard may still apply its part, so the batch as a
+/// whole is `unknown` and is reported with that failure's status.
+pub fn all_failed(results: &[OpResult]) -> Option<Status> {
+    let mut errors = Vec::with_capacity(results.len());
+    for result in results {
+        match result {
+            OpResult::Failed(err) => errors.push(err),
+            _ => return None,
+        }
+    }
+    let least_certain = errors.iter().find(|err| !err.is_not_applied()).or(errors.first())?;
+    Some(store(least_certain))
+}
+
+/// An operation that was never queued for the store: provably not applied,
+/// so a gateway may send it to another counter.
+pub fn not_submitted(err: crate::commit::SubmitError) -> Status {
+    let mut status = Status::unavailable(err.to_string());
+    status.metadata_mut().insert(WRITE_OUTCOME_HEADER, tonic::metadata::MetadataValue::from_static("not-applied"));
+    status
+}
+
 pub fn overflow(what: &dyn std::fmt::Display, delta: i64) -> Status {
     Status::out_of_range(format!("adding {delta} to {what} would overflow a 64-bit counter; nothing was applied"))
 }
@@ -63,5 +90,37 @@ pub fn code_label(code: Code) -> &'static str {
         Code::Unavailable => "Unavailable",
         Code::DataLoss => "DataLoss",
         Code::Unauthenticated => "Unauthenticated",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outcome(status: &Status) -> &str {
+        status.metadata().get(WRITE_OUTCOME_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("")
+    }
+
+    #[test]
+    fn a_batch_is_not_applied_only_when_every_failure_is() {
+        let refused = OpResult::Failed(StoreError::NotApplied("CLUSTERDOWN".into()));
+        let hung = OpResult::Failed(StoreError::Unknown("timed out".into()));
+        let status = all_failed(&[refused.clone(), refused.clone()]).expect("all failed");
+        assert_eq!(outcome(&status), "not-applied");
+        for mixed in [[refused.clone(), hung.clone()], [hung.clone(), refused.clone()]] {
+            let status = all_failed(&mixed).expect("all failed");
+            assert_eq!(outcome(&status), "unknown", "{mixed:?}");
+            assert_eq!(status.code(), Code::Unavailable);
+        }
+        let rejected = OpResult::Failed(StoreError::Rejected("WRONGTYPE".into()));
+        assert_eq!(outcome(&all_failed(&[rejected, hung.clone()]).expect("all failed")), "unknown");
+    }
+
+    #[test]
+    fn a_batch_with_any_success_reports_per_operation() {
+        let hung = OpResult::Failed(StoreError::Unknown("timed out".into()));
+        assert!(all_failed(&[hung.clone(), OpResult::Applied(1)]).is_none());
+        assert!(all_failed(&[hung, OpResult::Overflow]).is_none());
+        assert!(all_failed(&[]).is_none());
     }
 }

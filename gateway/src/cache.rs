@@ -88,40 +88,77 @@ impl ReadCache {
         }
     }
 
-    /// Call before sending writes; pair with [`ReadCache::write_finished`].
-    pub fn write_started<'a>(&self, keys: impl IntoIterator<Item = &'a CounterKey>) {
-        if self.entries.is_none() {
-            return;
+    /// Call before sending writes to `keys`; report their outcome with
+    /// [`WriteGuard::finish`]. A guard dropped unfinished (the request was
+    /// cancelled, e.g. the client disconnected) counts as writes of unknown
+    /// outcome, so a cancelled write can neither leave its stripe marked in
+    /// flight forever (which would stop caching it) nor leave a stale value.
+    pub fn write_started<'c, I>(&'c self, keys: I) -> WriteGuard<'c, I::IntoIter>
+    where
+        I: IntoIterator<Item = &'c CounterKey>,
+        I::IntoIter: Clone,
+    {
+        let keys = keys.into_iter();
+        if self.entries.is_some() {
+            for key in keys.clone() {
+                let mut stripe = self.stripe(key);
+                stripe.overlapped |= stripe.in_flight > 0;
+                stripe.in_flight += 1;
+            }
         }
-        for key in keys {
-            let mut stripe = self.stripe(key);
-            stripe.overlapped |= stripe.in_flight > 0;
-            stripe.in_flight += 1;
-        }
+        WriteGuard { cache: self, keys: Some(keys) }
     }
 
-    /// Records the outcome of writes started with [`ReadCache::write_started`]:
-    /// `Some(value)` the value right after the write, `None` unknown (failed
-    /// or not reported, e.g. async). A cached counter takes the new value, or
-    /// is dropped when the value is unknown or another write overlapped (the
-    /// store's order of the two is not known here). An uncached counter stays
-    /// uncached: its next read fetches the current value anyway.
-    pub fn write_finished<'a>(&self, outcomes: impl IntoIterator<Item = (&'a CounterKey, Option<i64>)>) {
+    /// Records the outcome of one write: `Some(value)` the value right after
+    /// it, `None` unknown (failed, cancelled or not reported, e.g. async). A
+    /// cached counter takes the new value, or is dropped when the value is
+    /// unknown or another write overlapped (the store's order of the two is
+    /// not known here). An uncached counter stays uncached: its next read
+    /// fetches the current value anyway.
+    fn write_finished(&self, key: &CounterKey, value: Option<i64>) {
         let Some(entries) = &self.entries else { return };
-        for (key, value) in outcomes {
-            let mut stripe = self.stripe(key);
-            stripe.in_flight = stripe.in_flight.saturating_sub(1);
-            let overlapped = stripe.overlapped;
-            if stripe.in_flight == 0 {
-                stripe.overlapped = false;
+        let mut stripe = self.stripe(key);
+        stripe.in_flight = stripe.in_flight.saturating_sub(1);
+        let overlapped = stripe.overlapped;
+        if stripe.in_flight == 0 {
+            stripe.overlapped = false;
+        }
+        stripe.last_write = self.clock.fetch_add(1, Ordering::SeqCst) + 1;
+        // Still holding the stripe: no fill or other write can interleave.
+        if entries.contains_key(key) {
+            match value.filter(|_| !overlapped) {
+                Some(value) => entries.insert(key.clone(), value),
+                None => entries.invalidate(key),
             }
-            stripe.last_write = self.clock.fetch_add(1, Ordering::SeqCst) + 1;
-            // Still holding the stripe: no fill or other write can interleave.
-            if entries.contains_key(key) {
-                match value.filter(|_| !overlapped) {
-                    Some(value) => entries.insert(key.clone(), value),
-                    None => entries.invalidate(key),
-                }
+        }
+    }
+}
+
+/// Writes in flight, from [`ReadCache::write_started`] until
+/// [`WriteGuard::finish`] or drop.
+#[must_use = "finish the guard with the writes' outcomes"]
+pub struct WriteGuard<'c, I: Iterator<Item = &'c CounterKey> + Clone> {
+    cache: &'c ReadCache,
+    keys: Option<I>,
+}
+
+impl<'c, I: Iterator<Item = &'c CounterKey> + Clone> WriteGuard<'c, I> {
+    /// The value right after each write, in the order of the keys (`None`:
+    /// unknown); missing values count as unknown.
+    pub fn finish(mut self, values: impl IntoIterator<Item = Option<i64>>) {
+        let Some(keys) = self.keys.take() else { return };
+        let mut values = values.into_iter();
+        for key in keys {
+            self.cache.write_finished(key, values.next().flatten());
+        }
+    }
+}
+
+impl<'c, I: Iterator<Item = &'c CounterKey> + Clone> Drop for WriteGuard<'c, I> {
+    fn drop(&mut self) {
+        if let Some(keys) = self.keys.take() {
+            for key in keys {
+                self.cache.write_finished(key, None);
             }
         }
     }
@@ -144,8 +181,7 @@ mod tests {
         let c = cache();
         let k = key("a");
         c.fill(&k, 3, &c.read_stamp());
-        c.write_started([&k]);
-        c.write_finished([(&k, Some(7))]);
+        c.write_started([&k]).finish([Some(7)]);
         assert_eq!(c.get(&k), Some(7));
     }
 
@@ -153,8 +189,7 @@ mod tests {
     fn a_write_to_an_uncached_counter_leaves_it_uncached() {
         let c = cache();
         let k = key("a");
-        c.write_started([&k]);
-        c.write_finished([(&k, Some(7))]);
+        c.write_started([&k]).finish([Some(7)]);
         assert_eq!(c.get(&k), None, "the next read fetches it");
     }
 
@@ -164,15 +199,13 @@ mod tests {
         let k = key("a");
         c.fill(&k, 4, &c.read_stamp());
         let stamp = c.read_stamp(); // a read starts, fetches 5 …
-        c.write_started([&k]);
-        c.write_finished([(&k, Some(6))]); // … a write finishes with 6 …
+        c.write_started([&k]).finish([Some(6)]); // … a write finishes with 6 …
         c.fill(&k, 5, &stamp); // … and the read's 5 arrives late.
         assert_eq!(c.get(&k), Some(6));
 
         let fresh = key("b"); // the same when the counter was not cached
         let stamp = c.read_stamp();
-        c.write_started([&fresh]);
-        c.write_finished([(&fresh, Some(1))]);
+        c.write_started([&fresh]).finish([Some(1)]);
         c.fill(&fresh, 0, &stamp);
         assert_eq!(c.get(&fresh), None);
     }
@@ -181,11 +214,11 @@ mod tests {
     fn a_read_does_not_fill_while_a_write_is_in_flight() {
         let c = cache();
         let k = key("a");
-        c.write_started([&k]);
+        let write = c.write_started([&k]);
         let stamp = c.read_stamp();
         c.fill(&k, 5, &stamp);
         assert_eq!(c.get(&k), None);
-        c.write_finished([(&k, Some(6))]);
+        write.finish([Some(6)]);
         c.fill(&k, 6, &c.read_stamp());
         assert_eq!(c.get(&k), Some(6));
     }
@@ -195,10 +228,10 @@ mod tests {
         let c = cache();
         let k = key("a");
         c.fill(&k, 0, &c.read_stamp());
-        c.write_started([&k]);
-        c.write_started([&k]);
-        c.write_finished([(&k, Some(2))]); // the store may have applied this one last …
-        c.write_finished([(&k, Some(1))]);
+        let first = c.write_started([&k]);
+        let second = c.write_started([&k]);
+        first.finish([Some(2)]); // the store may have applied this one last …
+        second.finish([Some(1)]);
         assert_eq!(c.get(&k), None, "… so neither value may be served");
         let stamp = c.read_stamp();
         c.fill(&k, 2, &stamp);
@@ -210,9 +243,19 @@ mod tests {
         let c = cache();
         let k = key("a");
         c.fill(&k, 3, &c.read_stamp());
-        c.write_started([&k]);
-        c.write_finished([(&k, None)]);
+        c.write_started([&k]).finish([None]);
         assert_eq!(c.get(&k), None);
+    }
+
+    #[test]
+    fn a_cancelled_write_does_not_stop_caching() {
+        let c = cache();
+        let k = key("a");
+        c.fill(&k, 3, &c.read_stamp());
+        drop(c.write_started([&k])); // the request was cancelled mid-write
+        assert_eq!(c.get(&k), None, "its outcome is unknown: the cached value may be stale");
+        c.fill(&k, 4, &c.read_stamp());
+        assert_eq!(c.get(&k), Some(4), "the stripe is no longer marked in flight");
     }
 
     #[test]

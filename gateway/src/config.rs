@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser;
+use tally_runtime::http::HttpArgs;
 use tally_runtime::rt::RuntimeArgs;
 
 use crate::client::ClientSettings;
@@ -27,9 +28,22 @@ pub enum Discovery {
 #[derive(Debug, Clone, Parser)]
 #[command(name = "tally-gateway", version, about = "tally's HTTP/JSON gateway")]
 pub struct Config {
-    /// HTTP listen address.
+    /// Public HTTP listen address: the API and `/api/v1/health`.
     #[arg(long, env = "TALLY_LISTEN", default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
+
+    /// Admin HTTP listen address: probes (`/health`, `/ready`), `/metrics` and the backend view
+    /// (`/api/v1/system/backends`, which shows pod addresses). Keep it off the public network.
+    #[arg(long, env = "TALLY_ADMIN_LISTEN", default_value = "0.0.0.0:8082")]
+    pub admin_listen: SocketAddr,
+
+    /// Requests served at once on the public port; more are answered 503 with `Retry-After` at once.
+    #[arg(long, env = "TALLY_MAX_IN_FLIGHT", default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub max_in_flight: u64,
+
+    /// Time for a request body to arrive complete, in milliseconds; slower bodies get 408.
+    #[arg(long, env = "TALLY_HTTP_BODY_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(100..=600_000))]
+    pub http_body_timeout_ms: u64,
 
     /// Discovery source of counter endpoints: `static`, `dns`, `kubernetes` or `consul`.
     #[arg(long, env = "TALLY_DISCOVERY", value_enum, default_value_t = Discovery::Static)]
@@ -103,6 +117,10 @@ pub struct Config {
     #[arg(long, env = "TALLY_COALESCE_MAX_OPS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=1000))]
     pub coalesce_max_ops: u64,
 
+    /// Increments waiting for a coalesced call at most; more are answered 503 at once.
+    #[arg(long, env = "TALLY_COALESCE_MAX_QUEUE", default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub coalesce_max_queue: u64,
+
     /// Coalesced calls in flight at once.
     #[arg(long, env = "TALLY_COALESCE_MAX_INFLIGHT", default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=1024))]
     pub coalesce_max_inflight: u64,
@@ -157,6 +175,16 @@ pub struct Config {
     #[arg(long, env = "TALLY_SHUTDOWN_TIMEOUT_MS", default_value_t = 10_000)]
     pub shutdown_timeout_ms: u64,
 
+    /// Follow the sampled flag of callers' `traceparent` headers. Off: the gateway's own sampler
+    /// decides (a client sending `-01` cannot have every request traced); turn on when the
+    /// gateway only serves trusted, already-sampled callers (e.g. behind a tracing mesh).
+    #[arg(long, env = "TALLY_TRACE_TRUST_CALLER", default_value_t = false, action = clap::ArgAction::Set)]
+    pub trace_trust_caller: bool,
+
+    /// Connection limits of both HTTP listeners (`TALLY_HTTP_*`).
+    #[command(flatten)]
+    pub http: HttpArgs,
+
     /// Worker threads and log format (`TALLY_WORKER_THREADS`, `TALLY_LOG_FORMAT`).
     #[command(flatten)]
     pub runtime: RuntimeArgs,
@@ -173,6 +201,7 @@ impl Config {
             coalesce: self.coalesce,
             coalesce_max_ops: self.coalesce_max_ops as usize,
             coalesce_max_inflight: self.coalesce_max_inflight as usize,
+            coalesce_max_queue: self.coalesce_max_queue as usize,
             retry_attempts: self.retry_attempts,
             retry_budget_percent: self.retry_budget_percent.clamp(0.0, 1000.0),
             retry_min_per_second: self.retry_min_per_second,

@@ -8,6 +8,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+use tally_runtime::http::ConnMetrics;
 use tally_runtime::metrics::{latency_histogram, render, size_histogram};
 
 type Labels<const N: usize> = [(&'static str, String); N];
@@ -29,6 +30,14 @@ pub struct RouteLabel {
 
 pub struct Metrics {
     registry: Registry,
+    /// Requests answered 503 at once by load shedding, by bound (`in_flight`, `queue`).
+    pub shed: Family<[(&'static str, &'static str); 1], Counter>,
+    /// Connections of the public listener.
+    pub public_connections: ConnMetrics,
+    /// Connections of the admin listener.
+    pub admin_connections: ConnMetrics,
+    /// Serialises scrapes: the per-endpoint series are rebuilt on each.
+    pub scrape: std::sync::Mutex<()>,
     /// HTTP requests by route, method and status.
     pub http_requests: Family<HttpLabels, Counter>,
     /// HTTP latency by route.
@@ -97,8 +106,20 @@ impl Metrics {
         let breaker_transitions = Family::default();
         let help = "Breaker transitions per endpoint and target state";
         registry.register("breaker_transitions", help, breaker_transitions.clone());
+        let shed = Family::default();
+        registry.register("requests_shed", "Requests answered 503 at once by load shedding, by bound", shed.clone());
+        for bound in ["in_flight", "queue"] {
+            let _ = shed.get_or_create(&[("bound", bound)]);
+        }
+        let (public_connections, admin_connections) = (ConnMetrics::default(), ConnMetrics::default());
+        public_connections.register(registry.sub_registry_with_label(("listener".into(), "public".into())));
+        admin_connections.register(registry.sub_registry_with_label(("listener".into(), "admin".into())));
         Metrics {
             registry,
+            shed,
+            public_connections,
+            admin_connections,
+            scrape: std::sync::Mutex::new(()),
             endpoint_breaker,
             endpoint_picks,
             breaker_transitions,
@@ -133,6 +154,23 @@ impl Metrics {
             crate::client::retry::Failure::Refused => "refused",
         };
         self.retries.get_or_create(&[("method", method.into()), ("reason", reason.into())]).inc();
+    }
+
+    /// A request shed by `bound` (`in_flight` or `queue`).
+    pub fn shed(&self, bound: &'static str) {
+        self.shed.get_or_create(&[("bound", bound)]).inc();
+    }
+
+    /// Drops every per-endpoint series, so endpoints that left discovery
+    /// stop being exported (no stale `breaker_state=2` forever); the scrape
+    /// then writes the current endpoints' series again.
+    pub fn clear_endpoints(&self) {
+        self.endpoint_healthy.clear();
+        self.endpoint_in_flight.clear();
+        self.endpoint_pool_size.clear();
+        self.endpoint_breaker.clear();
+        self.endpoint_picks.clear();
+        self.breaker_transitions.clear();
     }
 
     pub fn cache_lookup(&self, hit: bool) {

@@ -4,9 +4,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tally_runtime::http::{self, HttpLimits};
+use tally_runtime::telemetry::Caller;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 
-use crate::api::{self, App};
+use crate::api::{self, App, RequestLimits};
 use crate::cache::ReadCache;
 use crate::client::backends::{BackendError, Backends};
 use crate::client::{Counter, Incrementer, discovery, kubernetes};
@@ -27,8 +30,6 @@ pub enum StartupError {
     Kubernetes(String),
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
-    #[error("HTTP server: {0}")]
-    Serve(std::io::Error),
 }
 
 pub async fn run(config: Config) -> Result<(), StartupError> {
@@ -66,41 +67,52 @@ pub async fn run(config: Config) -> Result<(), StartupError> {
         counter,
         cache: ReadCache::new(Duration::from_millis(config.cache_ttl_ms), config.cache_max_entries),
         metrics,
+        trace_caller: if config.trace_trust_caller { Caller::Trusted } else { Caller::Untrusted },
     });
 
-    let listener =
-        TcpListener::bind(config.listen).await.map_err(|source| StartupError::Bind { addr: config.listen, source })?;
-    let addr = listener.local_addr().map_err(|source| StartupError::Bind { addr: config.listen, source })?;
-    tracing::info!(http = %addr, endpoints = ?config.counter_endpoints, "tally-gateway listening");
+    let listener = bind(config.listen).await?;
+    let admin_listener = bind(config.admin_listen).await?;
+    let local = |l: &TcpListener, addr| l.local_addr().map_err(|source| StartupError::Bind { addr, source });
+    let (addr, admin_addr) = (local(&listener, config.listen)?, local(&admin_listener, config.admin_listen)?);
+    let endpoints: Vec<_> = config.counter_endpoints.iter().map(|e| tally_runtime::redact::userinfo(e)).collect();
+    tracing::info!(http = %addr, admin = %admin_addr, ?endpoints, "tally-gateway listening");
     // Warm-up starts now; endpoints take traffic once their first check passed.
     let health = tokio::spawn(backends.health_loop(settings.health_interval, settings.connect_timeout));
 
-    let shutdown_timeout = Duration::from_millis(config.shutdown_timeout_ms);
-    let (stopping_tx, mut stopping_rx) = tokio::sync::watch::channel(false);
-    let server = axum::serve(listener, api::router(state)).with_graceful_shutdown(async move {
-        tally_runtime::signal::shutdown().await;
-        tracing::info!("shutting down: finishing in-flight requests");
-        let _ = stopping_tx.send(true);
-    });
-    let server = tokio::spawn(async move { server.await });
-    // Bound the graceful phase: connections that stay busy past the timeout are cut.
-    let result = tokio::select! {
-        result = server => result,
-        _ = async {
-            let _ = stopping_rx.wait_for(|stopping| *stopping).await;
-            tokio::time::sleep(shutdown_timeout).await;
-        } => {
-            tracing::warn!("shutdown timeout passed with requests still open");
-            Ok(Ok(()))
-        }
+    let limits = HttpLimits::from(&config.http);
+    let request_limits = RequestLimits {
+        max_in_flight: config.max_in_flight as usize,
+        body_timeout: Duration::from_millis(config.http_body_timeout_ms),
     };
-    health.abort();
-    match result {
-        Ok(Ok(())) => {
-            tracing::info!("tally-gateway stopped");
-            Ok(())
-        }
-        Ok(Err(err)) => Err(StartupError::Serve(err)),
-        Err(join) => Err(StartupError::Serve(std::io::Error::other(join))),
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let (public_conns, admin_conns) =
+        (state.metrics.public_connections.clone(), state.metrics.admin_connections.clone());
+    let public = http::serve(
+        listener,
+        api::public_router(state.clone(), request_limits),
+        limits,
+        public_conns,
+        stopped(stop_rx.clone()),
+    );
+    let admin = http::serve(admin_listener, api::admin_router(state), limits, admin_conns, stopped(stop_rx));
+    let servers = tokio::spawn(async move { tokio::join!(public, admin) });
+
+    tally_runtime::signal::shutdown().await;
+    tracing::info!("shutting down: finishing in-flight requests");
+    let _ = stop_tx.send(true);
+    // Bound the graceful phase: connections that stay busy past the timeout are cut.
+    let shutdown_timeout = Duration::from_millis(config.shutdown_timeout_ms);
+    if tokio::time::timeout(shutdown_timeout, servers).await.is_err() {
+        tracing::warn!("shutdown timeout passed with requests still open");
     }
+    health.abort();
+    tracing::info!("tally-gateway stopped");
+    Ok(())
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, StartupError> {
+    TcpListener::bind(addr).await.map_err(|source| StartupError::Bind { addr, source })
 }

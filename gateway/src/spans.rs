@@ -12,13 +12,20 @@ use tracing::field::Empty;
 const RPC_SERVICE: &str = "tally.counter.v1.CounterService";
 
 /// The server span of one HTTP request, continuing the caller's trace when
-/// the request carries `traceparent`.
-pub fn http_server(headers: &http::HeaderMap, method: &'static str, route: &'static str, path: &str) -> Span {
+/// the request carries `traceparent`; whether the caller's sampled flag
+/// counts is up to `caller` (`TALLY_TRACE_TRUST_CALLER`).
+pub fn http_server(
+    headers: &http::HeaderMap,
+    caller: telemetry::Caller,
+    method: &'static str,
+    route: &'static str,
+    path: &str,
+) -> Span {
     if !telemetry::enabled() {
         return Span::none();
     }
     let parent = telemetry::extract(headers);
-    if !telemetry::sample(&parent) {
+    if !telemetry::sample(&parent, caller) {
         return Span::none();
     }
     let span = tracing::info_span!(

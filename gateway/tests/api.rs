@@ -71,14 +71,14 @@ async fn every_endpoint_answers_in_the_documented_shape() {
     // Operational endpoints.
     let (status, body) = http.get("/api/v1/health").await;
     assert_eq!((status, body["status"].clone()), (200, json!("healthy")));
-    let (status, body) = http.get("/api/v1/ready").await;
+    let (status, body) = Http::new(stack.gateway.admin_base()).get("/ready").await;
     assert_eq!((status, body["status"].clone(), body["healthy_endpoints"].clone()), (200, json!("ready"), json!(1)));
-    let (status, body) = http.get("/api/v1/system/backends").await;
+    let (status, body) = Http::new(stack.gateway.admin_base()).get("/api/v1/system/backends").await;
     assert_eq!(status, 200);
     let endpoint = &body["data"]["endpoints"][0];
     assert_eq!(endpoint["address"], stack.counter.grpc_endpoint().as_str());
     assert_eq!((endpoint["healthy"].clone(), endpoint["pool_size"].clone()), (json!(true), json!(20)));
-    let metrics = reqwest::get(format!("{}/metrics", http.base)).await.unwrap().text().await.unwrap();
+    let metrics = reqwest::get(format!("{}/metrics", stack.gateway.admin_base())).await.unwrap().text().await.unwrap();
     for name in [
         r#"tally_gateway_http_requests_total{route="/api/v1/counter/increment",method="POST",status="200"} 2"#,
         "tally_gateway_upstream_requests_total",

@@ -58,7 +58,7 @@ async fn blocking_queries_wait_filter_tags_and_survive_an_index_reset() {
     let _other = consul_counter(&consul, "canary");
     consul.wait_for_registrations(2).await;
     let gateway = consul_gateway(&consul, &[("TALLY_CONSUL_TAG", "v2")]);
-    let http = Http::new(gateway.http_base());
+    let http = Http::new(gateway.admin_base());
     let (_, backends) = http.get("/api/v1/system/backends").await;
     assert_eq!(backends["data"]["endpoints"].as_array().map(Vec::len), Some(1), "only the v2 instance: {backends}");
 

@@ -223,6 +223,7 @@ async fn a_write_that_times_out_after_it_was_sent_is_retried_only_with_a_key() {
     );
     gateway.wait_for_log("both endpoints warm", |l| l.contains("healthy=true"));
     let base = gateway.http_base();
+    let admin = gateway.admin_base();
     let client = reqwest::Client::new();
     let send = |post: String, key: Option<&'static str>| {
         let (client, base) = (client.clone(), base.clone());
@@ -240,17 +241,17 @@ async fn a_write_that_times_out_after_it_was_sent_is_retried_only_with_a_key() {
     // Without a key: one attempt, 503, never resent.
     let plain = unique("timeout-plain");
     redis.signal("-STOP");
-    let calls_before = metric(&base, "tally_gateway_upstream_requests_total", &["Increment"]).await;
+    let calls_before = metric(&admin, "tally_gateway_upstream_requests_total", &["Increment"]).await;
     assert_eq!(send(plain.clone(), None).await, 503);
-    let calls = metric(&base, "tally_gateway_upstream_requests_total", &["Increment"]).await - calls_before;
+    let calls = metric(&admin, "tally_gateway_upstream_requests_total", &["Increment"]).await - calls_before;
     assert_eq!(calls, 1.0, "a write with an unknown outcome and no key must not be resent");
 
     // With a key: resent (another endpoint), and counted once when Redis resumes.
     let keyed = unique("timeout-keyed");
-    let retries_before = metric(&base, "tally_gateway_retries_total", &["unknown"]).await;
+    let retries_before = metric(&admin, "tally_gateway_retries_total", &["unknown"]).await;
     let status = send(keyed.clone(), Some("retry-me")).await;
     assert!(
-        metric(&base, "tally_gateway_retries_total", &["unknown"]).await > retries_before,
+        metric(&admin, "tally_gateway_retries_total", &["unknown"]).await > retries_before,
         "the keyed write was resent"
     );
     redis.signal("-CONT");

@@ -33,7 +33,11 @@ async fn ready_endpoints_are_followed_and_a_relist_resyncs_fully() {
     let http = Http::new(gateway.http_base());
     let a = format!("http://127.0.0.1:{}", ports[0]);
     let b = format!("http://127.0.0.1:{}", ports[1]);
-    assert_eq!(endpoints(&http.get("/api/v1/system/backends").await.1), vec![a.clone()], "only ready endpoints");
+    assert_eq!(
+        endpoints(&Http::new(gateway.admin_base()).get("/api/v1/system/backends").await.1),
+        vec![a.clone()],
+        "only ready endpoints"
+    );
     api.wait_for_watches(1).await;
 
     // b becomes ready: discovered and warmed up.
@@ -50,7 +54,7 @@ async fn ready_endpoints_are_followed_and_a_relist_resyncs_fully() {
     api.delete_slice_silently("counter-a");
     api.cut_watches();
     gateway.wait_for_log("a dropped by the resync", |l| l.contains(&a) && l.contains("removed; draining"));
-    assert_eq!(endpoints(&http.get("/api/v1/system/backends").await.1), vec![b.clone()]);
+    assert_eq!(endpoints(&Http::new(gateway.admin_base()).get("/api/v1/system/backends").await.1), vec![b.clone()]);
 
     // Deletion through the watch too.
     api.wait_for_watches(3).await;
@@ -68,6 +72,6 @@ async fn ready_endpoints_are_followed_and_a_relist_resyncs_fully() {
 #[ignore = "needs a real Kubernetes cluster (KUBECONFIG) running a tally-counter Service"]
 async fn discovers_counters_in_a_real_cluster() {
     let gateway = common::start_gateway("", &[("TALLY_DISCOVERY", "kubernetes")]);
-    let (status, body) = Http::new(gateway.http_base()).get("/api/v1/ready").await;
+    let (status, body) = Http::new(gateway.admin_base()).get("/ready").await;
     assert_eq!(status, 200, "{body}");
 }

@@ -96,7 +96,12 @@ async fn metrics_parse_match_the_readme_and_count_the_traffic() {
     let (status, _) = stack.http.post("/api/v1/counter/increment", serde_json::json!({"resource_id": ""})).await;
     assert_eq!(status, 400);
 
-    let text = reqwest::get(format!("{}/metrics", stack.http.base)).await.expect("scrape").text().await.expect("body");
+    let text = reqwest::get(format!("{}/metrics", stack.gateway.admin_base()))
+        .await
+        .expect("scrape")
+        .text()
+        .await
+        .expect("body");
     let (gateway, typed) = parse(&text).unwrap_or_else(|e| panic!("gateway /metrics: {e}"));
     let missing: Vec<String> =
         documented("tally_gateway_").into_iter().filter(|n| !typed.contains(family(n))).collect();

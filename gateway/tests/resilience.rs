@@ -28,7 +28,7 @@ async fn counter_down_gives_a_fast_503_and_recovers_without_restart() {
     assert_eq!((status, error["error"]["code"].clone()), (503, json!("unavailable")), "{error}");
 
     gateway.wait_for_log("the endpoint marked unhealthy", |l| l.contains("healthy=false"));
-    let (status, ready) = http.get("/api/v1/ready").await;
+    let (status, ready) = Http::new(gateway.admin_base()).get("/ready").await;
     assert_eq!((status, ready["status"].clone()), (503, json!("not_ready")));
     let started = Instant::now();
     assert_eq!(http.post("/api/v1/counter/increment", body.clone()).await.0, 503);
@@ -39,7 +39,7 @@ async fn counter_down_gives_a_fast_503_and_recovers_without_restart() {
     gateway.wait_for_log("the endpoint healthy again", |l| l.contains("healthy=true"));
     let (status, body) = http.post("/api/v1/counter/increment", body).await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(http.get("/api/v1/ready").await.0, 200);
+    assert_eq!(Http::new(gateway.admin_base()).get("/ready").await.0, 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -62,7 +62,7 @@ async fn writes_that_never_reached_a_dead_counter_are_retried_on_another() {
         assert_eq!(status, 200, "request {i}: {body}");
     }
     assert_eq!(redis.cli(&["HGET", &format!("tally:{{{post}}}"), "likes"]), "100", "each counted exactly once");
-    let metrics = reqwest::get(format!("{}/metrics", http.base)).await.unwrap().text().await.unwrap();
+    let metrics = reqwest::get(format!("{}/metrics", gateway.admin_base())).await.unwrap().text().await.unwrap();
     // Summed over methods: every method/reason pair is exported, at zero until used.
     let retried: f64 = metrics
         .lines()
@@ -85,7 +85,7 @@ async fn dns_discovery_finds_counters_behind_a_name() {
     let body = json!({"resource_id": unique("dns"), "counter_type": "likes"});
     let (status, response) = http.post("/api/v1/counter/increment", body).await;
     assert_eq!(status, 200, "{response}");
-    let (_, backends) = http.get("/api/v1/system/backends").await;
+    let (_, backends) = Http::new(gateway.admin_base()).get("/api/v1/system/backends").await;
     let endpoints: Vec<&str> =
         backends["data"]["endpoints"].as_array().unwrap().iter().filter_map(|e| e["address"].as_str()).collect();
     assert!(endpoints.contains(&format!("http://127.0.0.1:{port}").as_str()), "{backends}");

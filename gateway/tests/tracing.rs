@@ -17,9 +17,14 @@ const SERVER: i32 = 2;
 const CLIENT: i32 = 3;
 
 /// Every process exports here, flushing every 100 ms. The default sampler
-/// (parent-based, ratio 0.1) is kept: sampled callers must be followed.
+/// (parent-based, ratio 0.1) is kept, and the gateway trusts its callers
+/// here: sampled callers must be followed.
 fn traced(receiver: &OtlpReceiver) -> Vec<(&'static str, String)> {
-    vec![("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint()), ("OTEL_BSP_SCHEDULE_DELAY", "100".into())]
+    vec![
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100".into()),
+        ("TALLY_TRACE_TRUST_CALLER", "true".into()),
+    ]
 }
 
 fn as_env<'a>(vars: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
@@ -232,4 +237,46 @@ async fn spans_still_queued_at_shutdown_are_exported_before_the_process_exits() 
         spans.iter().any(|s| s.trace_id == trace && s.service == "tally-gateway" && s.kind == SERVER),
         "the gateway flushed its queued spans on SIGTERM: {spans:?}"
     );
+}
+
+/// By default the gateway does not follow a caller's sampled flag: a client
+/// sending `-01` on every request cannot have them all traced (600 spans for
+/// 200 requests). A gateway told to trust its callers is the control.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_untrusted_callers_sampled_flag_is_not_followed() {
+    let receiver = OtlpReceiver::start().await;
+    let endpoint = receiver.endpoint();
+    // Parent-based, never sampling on its own: only a followed caller is traced.
+    let env = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ("OTEL_TRACES_SAMPLER", "parentbased_always_off"),
+    ];
+    let redis = RedisServer::start();
+    let counter = start_counter(&redis.url(), &env);
+    let edge = start_gateway(&counter.grpc_endpoint(), &env);
+    let mut trusting_env = env.to_vec();
+    trusting_env.push(("TALLY_TRACE_TRUST_CALLER", "true"));
+    let trusting = start_gateway(&counter.grpc_endpoint(), &trusting_env);
+    let client = reqwest::Client::new();
+    let resource = unique("untrusted");
+    let mut edge_traces = Vec::new();
+    for n in 100..300 {
+        let (header, trace, _) = traceparent(n);
+        assert_eq!(increment(&client, &edge.http_base(), &header, &resource).await, 200);
+        edge_traces.push(trace);
+    }
+    let (header, control, _) = traceparent(99);
+    assert_eq!(increment(&client, &trusting.http_base(), &header, &resource).await, 200);
+    receiver
+        .wait_until(Duration::from_secs(20), |spans| {
+            spans.iter().any(|s| s.trace_id == control && s.service == "tally-gateway" && s.kind == SERVER)
+        })
+        .await;
+    // The edge gateway's shutdown flushes whatever it still queued.
+    let (status, _) = tokio::task::spawn_blocking(move || edge.terminate()).await.expect("terminate");
+    assert!(status.success(), "{status:?}");
+    let spans = receiver.spans();
+    let followed = spans.iter().filter(|s| edge_traces.contains(&s.trace_id)).count();
+    assert_eq!(followed, 0, "no span for 200 requests whose untrusted caller said sampled");
 }

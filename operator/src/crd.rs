@@ -95,6 +95,22 @@ pub struct CounterSpec {
     /// How long idempotency keys are remembered, s (`TALLY_IDEMPOTENCY_RETENTION_S`).
     #[schemars(range(min = 1, max = 604800))]
     pub idempotency_retention_s: u32,
+    /// Requests waiting for a group commit at most; more are refused at once (`TALLY_COMMIT_MAX_QUEUE`).
+    #[schemars(range(min = 1, max = 1000000))]
+    pub commit_max_queue: u32,
+    /// Life of write-behind batch markers in Redis, s; unconfirmed flushes are resent for half of
+    /// it (`TALLY_BATCH_MARKER_TTL_S`).
+    #[schemars(range(min = 60, max = 86400))]
+    pub batch_marker_ttl_s: u32,
+    /// Largest gRPC message, bytes (`TALLY_GRPC_MAX_MESSAGE_BYTES`).
+    #[schemars(range(min = 4096, max = 4194304))]
+    pub grpc_max_message_bytes: u32,
+    /// Most open gRPC connections (`TALLY_GRPC_MAX_CONNECTIONS`).
+    #[schemars(range(min = 1, max = 1000000))]
+    pub grpc_max_connections: u32,
+    /// Time for a new gRPC connection's HTTP/2 preface, ms (`TALLY_GRPC_HANDSHAKE_TIMEOUT_MS`).
+    #[schemars(range(min = 100, max = 600000))]
+    pub grpc_handshake_timeout_ms: u32,
     /// HTTP/2 keep-alive ping interval, ms (`TALLY_HTTP2_KEEPALIVE_MS`).
     #[schemars(range(min = 1000, max = 3600000))]
     pub keepalive_ms: u32,
@@ -177,6 +193,54 @@ pub struct GatewaySpec {
     /// Drain budget on SIGTERM, ms (`TALLY_SHUTDOWN_TIMEOUT_MS`).
     #[schemars(range(min = 1000, max = 600000))]
     pub shutdown_timeout_ms: u32,
+    /// Increments waiting for a coalesced call at most (`TALLY_COALESCE_MAX_QUEUE`).
+    #[schemars(range(min = 1, max = 1000000))]
+    pub coalesce_max_queue: u32,
+    /// Follow callers' `traceparent` sampled flags (`TALLY_TRACE_TRUST_CALLER`).
+    pub trace_trust_caller: bool,
+    /// Bounds of the public HTTP listener.
+    pub listener: ListenerSpec,
+}
+
+/// What one client may hold of a gateway (`TALLY_HTTP_*`, `TALLY_MAX_IN_FLIGHT`).
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ListenerSpec {
+    /// Time for a request head, ms (`TALLY_HTTP_HEADER_TIMEOUT_MS`).
+    #[schemars(range(min = 100, max = 600000))]
+    pub header_timeout_ms: u32,
+    /// Time for a request body, ms (`TALLY_HTTP_BODY_TIMEOUT_MS`).
+    #[schemars(range(min = 100, max = 600000))]
+    pub body_timeout_ms: u32,
+    /// Idle connection timeout, ms (`TALLY_HTTP_IDLE_TIMEOUT_MS`).
+    #[schemars(range(min = 1000, max = 86400000))]
+    pub idle_timeout_ms: u32,
+    /// Most open connections per pod (`TALLY_HTTP_MAX_CONNECTIONS`).
+    #[schemars(range(min = 1, max = 1000000))]
+    pub max_connections: u32,
+    /// Largest request head, bytes (`TALLY_HTTP_MAX_HEADER_BYTES`).
+    #[schemars(range(min = 8192, max = 1048576))]
+    pub max_header_bytes: u32,
+    /// Concurrent HTTP/2 streams per connection (`TALLY_HTTP2_MAX_CONCURRENT_STREAMS`).
+    #[schemars(range(min = 1, max = 10000))]
+    pub http2_max_concurrent_streams: u32,
+    /// Requests served at once per pod; more get 503 with Retry-After (`TALLY_MAX_IN_FLIGHT`).
+    #[schemars(range(min = 1, max = 1000000))]
+    pub max_in_flight: u32,
+}
+
+impl Default for ListenerSpec {
+    fn default() -> Self {
+        ListenerSpec {
+            header_timeout_ms: 10_000,
+            body_timeout_ms: 10_000,
+            idle_timeout_ms: 60_000,
+            max_connections: 10_000,
+            max_header_bytes: 65_536,
+            http2_max_concurrent_streams: 100,
+            max_in_flight: 4096,
+        }
+    }
 }
 
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
@@ -247,8 +311,9 @@ pub struct TelemetrySpec {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^https?://"))]
     pub otlp_endpoint: Option<String>,
-    /// Share of new traces sampled; a sampled caller is always followed
-    /// (`OTEL_TRACES_SAMPLER_ARG`, parent-based ratio sampler).
+    /// Share of new traces sampled; a sampled caller is followed by the counters, and by the
+    /// gateways only with `gateway.traceTrustCaller` (`OTEL_TRACES_SAMPLER_ARG`, parent-based
+    /// ratio sampler).
     #[schemars(range(min = 0.0, max = 1.0))]
     pub sampling_ratio: f64,
     /// `json` or `text` (`TALLY_LOG_FORMAT`).
@@ -306,6 +371,11 @@ impl Default for CounterSpec {
             buffer_capacity: 100_000,
             buffer_full_policy: BufferFullPolicy::Sync,
             idempotency_retention_s: 600,
+            commit_max_queue: 4096,
+            batch_marker_ttl_s: 600,
+            grpc_max_message_bytes: 524_288,
+            grpc_max_connections: 1024,
+            grpc_handshake_timeout_ms: 10_000,
             keepalive_ms: 30_000,
             shutdown_timeout_ms: 25_000,
         }
@@ -336,6 +406,9 @@ impl Default for GatewaySpec {
             cache_ttl_ms: 5000,
             cache_max_entries: 10_000,
             shutdown_timeout_ms: 10_000,
+            coalesce_max_queue: 4096,
+            trace_trust_caller: false,
+            listener: ListenerSpec::default(),
         }
     }
 }

@@ -57,18 +57,23 @@ fn defaults_equal_the_services_defaults_and_every_tunable_is_covered() {
         counter::settings(&cc),
         tally_counter::config::Config::command(),
         &[
-            "TALLY_STORE",                     // from the store spec (env, may be a Secret)
-            "TALLY_WORKER_THREADS",            // follows the CPU limit (tokio's default)
-            "TALLY_STREAM_WINDOW",             // per-stream protocol detail, not a deployment tunable
-            "TALLY_MAX_CONCURRENT_STREAMS",    // idem
-            "TALLY_HEALTH_INTERVAL_MS",        // store readiness probe period: fixed 1 s
-            "TALLY_CONSUL_ADDR",               // set from discovery.consulAddress in consul mode only
-            "TALLY_CONSUL_SERVICE",            // per CounterCluster, set in consul mode only
-            "TALLY_CONSUL_SERVICE_ADDRESS",    // the pod IP, from the downward API
-            "TALLY_CONSUL_TAGS",               // service defaults
-            "TALLY_CONSUL_CHECK_INTERVAL_S",   // idem
-            "TALLY_CONSUL_DEREGISTER_AFTER_S", // idem
-            "OTEL_EXPORTER_OTLP_ENDPOINT",     // set when telemetry.otlpEndpoint is
+            "TALLY_STORE",                        // from the store spec (env, may be a Secret)
+            "TALLY_WORKER_THREADS",               // follows the CPU limit (tokio's default)
+            "TALLY_STREAM_WINDOW",                // per-stream protocol detail, not a deployment tunable
+            "TALLY_MAX_CONCURRENT_STREAMS",       // idem
+            "TALLY_HTTP_HEADER_TIMEOUT_MS",       // admin port (probes, scrapes): service defaults
+            "TALLY_HTTP_IDLE_TIMEOUT_MS",         // idem
+            "TALLY_HTTP_MAX_CONNECTIONS",         // idem
+            "TALLY_HTTP_MAX_HEADER_BYTES",        // idem
+            "TALLY_HTTP2_MAX_CONCURRENT_STREAMS", // idem
+            "TALLY_HEALTH_INTERVAL_MS",           // store readiness probe period: fixed 1 s
+            "TALLY_CONSUL_ADDR",                  // set from discovery.consulAddress in consul mode only
+            "TALLY_CONSUL_SERVICE",               // per CounterCluster, set in consul mode only
+            "TALLY_CONSUL_SERVICE_ADDRESS",       // the pod IP, from the downward API
+            "TALLY_CONSUL_TAGS",                  // service defaults
+            "TALLY_CONSUL_CHECK_INTERVAL_S",      // idem
+            "TALLY_CONSUL_DEREGISTER_AFTER_S",    // idem
+            "OTEL_EXPORTER_OTLP_ENDPOINT",        // set when telemetry.otlpEndpoint is
         ],
         &["TALLY_LISTEN", "TALLY_ADMIN_LISTEN", "TALLY_LOG_FORMAT", "OTEL_SERVICE_NAME"],
     );
@@ -90,7 +95,14 @@ fn defaults_equal_the_services_defaults_and_every_tunable_is_covered() {
             "TALLY_CONSUL_ADDR",           // set in consul mode only
             "OTEL_EXPORTER_OTLP_ENDPOINT", // set when telemetry.otlpEndpoint is
         ],
-        &["TALLY_LISTEN", "TALLY_LOG_FORMAT", "TALLY_DISCOVERY", "TALLY_K8S_SERVICE", "OTEL_SERVICE_NAME"],
+        &[
+            "TALLY_LISTEN",
+            "TALLY_ADMIN_LISTEN",
+            "TALLY_LOG_FORMAT",
+            "TALLY_DISCOVERY",
+            "TALLY_K8S_SERVICE",
+            "OTEL_SERVICE_NAME",
+        ],
     );
 }
 

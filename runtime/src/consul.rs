@@ -8,10 +8,17 @@ use serde::{Deserialize, Serialize};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConsulError {
+    /// The request failed (user-info in the URL is masked).
     #[error("consul request failed: {0}")]
-    Http(#[from] reqwest::Error),
+    Http(String),
     #[error("consul answered {status}: {body}")]
     Status { status: u16, body: String },
+}
+
+impl From<reqwest::Error> for ConsulError {
+    fn from(err: reqwest::Error) -> Self {
+        ConsulError::Http(crate::redact::userinfo(&err.to_string()).into_owned())
+    }
 }
 
 /// What the counter registers.

@@ -2,8 +2,10 @@
 //! log, stop and expose metrics the same way.
 
 pub mod consul;
+pub mod http;
 pub mod logging;
 pub mod metrics;
+pub mod redact;
 pub mod rt;
 pub mod signal;
 pub mod telemetry;

@@ -60,6 +60,7 @@ where
     };
     logging::init(args.log_format, layer);
     if let Some(endpoint) = &args.telemetry.otlp_endpoint {
+        let endpoint = crate::redact::userinfo(endpoint);
         tracing::info!(%endpoint, sampler = ?args.telemetry.sampler, ratio = args.telemetry.sampler_arg, "exporting traces over OTLP/gRPC");
     }
     let code = match runtime.block_on(service) {

@@ -94,12 +94,23 @@ pub fn decide(kind: SamplerKind, ratio: f64, parent_sampled: Option<bool>, draw:
 
 static HEAD: OnceLock<(SamplerKind, f64)> = OnceLock::new();
 
+/// Whether the caller's sampled flag counts: trusted callers (a gateway
+/// calling a counter) decide for the callee; untrusted ones (any client of
+/// the public port) could otherwise have every request traced by sending
+/// `-01`, so their flag is ignored and this service's own sampler decides
+/// (still continuing the caller's trace id when it samples).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Caller {
+    Trusted,
+    Untrusted,
+}
+
 /// Whether to trace a request arriving with `parent` (see [`decide`]).
-pub fn sample(parent: &Context) -> bool {
+pub fn sample(parent: &Context, caller: Caller) -> bool {
     let Some(&(kind, ratio)) = HEAD.get().filter(|_| enabled()) else { return false };
     let span = parent.span();
     let context = span.span_context();
-    let parent_sampled = context.is_valid().then(|| context.is_sampled());
+    let parent_sampled = (context.is_valid() && caller == Caller::Trusted).then(|| context.is_sampled());
     // From the caller's trace id when there is one, so every service taking
     // the same ratio decision on a trace agrees (as the spec's
     // TraceIdRatioBased does); a fresh random number otherwise.
@@ -159,7 +170,7 @@ pub fn build(
         .with_endpoint(endpoint)
         .with_timeout(Duration::from_secs(5))
         .build()
-        .map_err(|source| ExporterError { endpoint: endpoint.clone(), source })?;
+        .map_err(|source| ExporterError { endpoint: crate::redact::userinfo(endpoint).into_owned(), source })?;
     // OTEL_BSP_* variables tune the processor; only the queue gets a larger
     // default than the SDK's 2048, for bursts at high request rates.
     let mut batch = BatchConfigBuilder::default();

@@ -246,6 +246,11 @@ impl Service {
         format!("http://{}", self.addr("grpc"))
     }
 
+    /// `http://<admin address>`: probes, metrics (and a gateway's backend view).
+    pub fn admin_base(&self) -> String {
+        format!("http://{}", self.addr("admin"))
+    }
+
     /// `http://<http address>`, for HTTP clients of a gateway.
     pub fn http_base(&self) -> String {
         format!("http://{}", self.addr("http"))

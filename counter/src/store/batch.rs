@@ -21,9 +21,19 @@ use super::{Cmd, StoreError, hash_key};
 /// Commands per script call: bounds how long one call holds Redis.
 pub const CHUNK: usize = 512;
 
-/// How long a batch marker lives: the window in which a resend is recognised.
-/// A flush is resent only while the store is failing, so this is generous.
-pub const MARKER_TTL: Duration = Duration::from_secs(24 * 3600);
+/// The default life of a batch marker (`TALLY_BATCH_MARKER_TTL_S`). A marker
+/// is only needed while a flush may still be resent, and the flusher resends
+/// for at most half of it (see [`resend_window`]); every flush leaves one
+/// small key per chunk, so a long TTL costs Redis memory for nothing.
+pub const DEFAULT_MARKER_TTL: Duration = Duration::from_secs(600);
+
+/// How long after its first ambiguous failure a batch may still be resent
+/// safely: half the marker's life, leaving the other half as margin for a
+/// resend that reaches Redis late (a marker set by an attempt that was sent
+/// at or after the first ambiguous one lives at least until then + TTL).
+pub fn resend_window(marker_ttl: Duration) -> Duration {
+    marker_ttl / 2
+}
 
 /// The outcome of one command of an idempotent batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,12 +68,13 @@ pub async fn apply_chunk<C: ConnectionLike>(
     batch_id: &str,
     chunk_no: usize,
     cmds: &[&Cmd<'_>],
+    marker_ttl: Duration,
 ) -> Vec<BatchOutcome> {
     let Some(first) = cmds.first() else { return Vec::new() };
     let script = Script::new(APPLY_ONCE);
     let mut call = script.prepare_invoke();
     call.key(format!("tally:batch:{{{}}}:{batch_id}:{chunk_no}", first.0.resource_id()));
-    call.arg(MARKER_TTL.as_secs());
+    call.arg(marker_ttl.as_secs().max(1));
     for (key, delta) in cmds.iter().copied() {
         call.key(hash_key(key.resource_id())).arg(key.counter_type()).arg(*delta);
     }
@@ -132,5 +143,11 @@ mod tests {
         let indices: Vec<usize> = (0..1100).collect();
         let sizes: Vec<usize> = chunks(&indices).map(<[usize]>::len).collect();
         assert_eq!(sizes, vec![512, 512, 76]);
+    }
+
+    #[test]
+    fn resends_stop_well_inside_the_marker_life() {
+        assert_eq!(resend_window(DEFAULT_MARKER_TTL), Duration::from_secs(300));
+        assert!(resend_window(Duration::from_secs(61)) < Duration::from_secs(61));
     }
 }

@@ -33,7 +33,7 @@ impl ClusterStore {
             .response_timeout(timeouts.response)
             .retries(0)
             .build()
-            .map_err(|e| StoreError::Config(e.to_string()))?;
+            .map_err(|e| StoreError::config(e.to_string()))?;
         Ok(ClusterStore { client, conn: OnceCell::new() })
     }
 
@@ -68,7 +68,7 @@ impl ClusterStore {
         .await
     }
 
-    pub async fn incr_batch_once(&self, batch_id: &str, cmds: &[Cmd<'_>]) -> Vec<BatchOutcome> {
+    pub async fn incr_batch_once(&self, batch_id: &str, cmds: &[Cmd<'_>], marker_ttl: Duration) -> Vec<BatchOutcome> {
         let conn = match self.conn().await {
             Ok(conn) => conn,
             Err(err) => return vec![BatchOutcome::Failed(err); cmds.len()],
@@ -81,7 +81,7 @@ impl ClusterStore {
         scatter(&chunks, cmds.len(), missing, |chunk_no, chunk| {
             let mut conn = conn.clone();
             let chunk_cmds: Vec<&Cmd<'_>> = chunk.iter().map(|&i| &cmds[i]).collect();
-            async move { batch::apply_chunk(&mut conn, batch_id, chunk_no, &chunk_cmds).await }
+            async move { batch::apply_chunk(&mut conn, batch_id, chunk_no, &chunk_cmds, marker_ttl).await }
         })
         .await
     }

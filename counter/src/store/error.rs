@@ -25,9 +25,15 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    /// Maps a redis-rs error onto the classification above.
+    /// A configuration error; any URL user-info (a password) in `text` is masked.
+    pub fn config(text: String) -> StoreError {
+        StoreError::Config(tally_runtime::redact::userinfo(&text).into_owned())
+    }
+
+    /// Maps a redis-rs error onto the classification above (masking any
+    /// URL user-info the library repeats in its message).
     pub fn from_redis(err: &RedisError) -> StoreError {
-        let text = err.to_string();
+        let text = tally_runtime::redact::userinfo(&err.to_string()).into_owned();
         match err.kind() {
             ErrorKind::Server(
                 ServerErrorKind::Moved

@@ -95,7 +95,7 @@ impl Store {
         } else if let Some(seeds) = url.strip_prefix("redis+cluster://") {
             Ok(Store::Cluster(Box::new(cluster::ClusterStore::new(seeds, timeouts)?)))
         } else {
-            Err(StoreError::Config(format!(
+            Err(StoreError::config(format!(
                 "unsupported store {url:?}: use `memory`, `redis://host:port[/db]` or `redis+cluster://h1:p1,h2:p2`"
             )))
         }
@@ -121,12 +121,18 @@ impl Store {
     }
 
     /// Applies `cmds` at most once for `batch_id`, however often it is called
-    /// with the same id and commands (see [`batch`]). One outcome per command.
-    pub async fn incr_batch_once(&self, batch_id: &str, cmds: &[Cmd<'_>]) -> Vec<batch::BatchOutcome> {
+    /// with the same id and commands within `marker_ttl` (see [`batch`]).
+    /// One outcome per command.
+    pub async fn incr_batch_once(
+        &self,
+        batch_id: &str,
+        cmds: &[Cmd<'_>],
+        marker_ttl: Duration,
+    ) -> Vec<batch::BatchOutcome> {
         match self {
             Store::Memory(s) => s.incr(cmds).into_iter().map(batch::from_incr).collect(),
-            Store::Redis(s) => s.incr_batch_once(batch_id, cmds).await,
-            Store::Cluster(s) => s.incr_batch_once(batch_id, cmds).await,
+            Store::Redis(s) => s.incr_batch_once(batch_id, cmds, marker_ttl).await,
+            Store::Cluster(s) => s.incr_batch_once(batch_id, cmds, marker_ttl).await,
         }
     }
 

@@ -20,7 +20,7 @@ pub struct RedisStore {
 
 impl RedisStore {
     pub fn new(url: &str, timeouts: StoreTimeouts) -> Result<RedisStore, StoreError> {
-        let client = redis::Client::open(url).map_err(|e| StoreError::Config(format!("{url}: {e}")))?;
+        let client = redis::Client::open(url).map_err(|e| StoreError::config(format!("{url}: {e}")))?;
         // One reconnect attempt per failed request keeps "Redis is down" fast
         // (connection refused → UNAVAILABLE) instead of queueing callers
         // behind a long backoff; the next request tries again.
@@ -30,7 +30,7 @@ impl RedisStore {
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(100));
         let conn = ConnectionManager::new_lazy_with_config(client, config)
-            .map_err(|e| StoreError::Config(format!("{url}: {e}")))?;
+            .map_err(|e| StoreError::config(format!("{url}: {e}")))?;
         Ok(RedisStore { conn })
     }
 
@@ -43,12 +43,12 @@ impl RedisStore {
         }
     }
 
-    pub async fn incr_batch_once(&self, batch_id: &str, cmds: &[Cmd<'_>]) -> Vec<BatchOutcome> {
+    pub async fn incr_batch_once(&self, batch_id: &str, cmds: &[Cmd<'_>], marker_ttl: Duration) -> Vec<BatchOutcome> {
         let indices: Vec<usize> = (0..cmds.len()).collect();
         let runs = join_all(batch::chunks(&indices).enumerate().map(|(chunk_no, chunk)| {
             let mut conn = self.conn.clone();
             let chunk_cmds: Vec<&Cmd<'_>> = chunk.iter().map(|&i| &cmds[i]).collect();
-            async move { batch::apply_chunk(&mut conn, batch_id, chunk_no, &chunk_cmds).await }
+            async move { batch::apply_chunk(&mut conn, batch_id, chunk_no, &chunk_cmds, marker_ttl).await }
         }))
         .await;
         runs.into_iter().flatten().collect()

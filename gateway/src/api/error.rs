@@ -15,11 +15,13 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    /// Seconds for a `Retry-After` header (load shedding).
+    pub retry_after: Option<u32>,
 }
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError { status, code, message: message.into() }
+        ApiError { status, code, message: message.into(), retry_after: None }
     }
 
     pub fn bad_request(message: impl Into<String>) -> ApiError {
@@ -37,7 +39,24 @@ impl ApiError {
     pub fn method_not_allowed(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", message)
     }
+
+    /// 503 for load shed at the door: answered with `Retry-After`.
+    pub fn overloaded(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message).with_retry_after()
+    }
+
+    pub fn request_timeout(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::REQUEST_TIMEOUT, "request_timeout", message)
+    }
+
+    fn with_retry_after(mut self) -> ApiError {
+        self.retry_after = Some(RETRY_AFTER_SECONDS);
+        self
+    }
 }
+
+/// `Retry-After` of shed requests, in seconds.
+pub const RETRY_AFTER_SECONDS: u32 = 1;
 
 impl From<InvalidInput> for ApiError {
     fn from(err: InvalidInput) -> Self {
@@ -53,6 +72,7 @@ impl From<CallError> for ApiError {
             CallError::NoBackend | CallError::ShuttingDown => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
             }
+            CallError::Overloaded => ApiError::overloaded(message),
             CallError::Protocol(_) => ApiError::new(StatusCode::BAD_GATEWAY, "bad_gateway", message),
             CallError::Status { code, message } => from_grpc(code, message),
         }
@@ -88,7 +108,11 @@ struct Envelope<'a> {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = Envelope { status: "error", error: ErrorBody { code: self.code, message: &self.message } };
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        if let Some(seconds) = self.retry_after {
+            response.headers_mut().insert(axum::http::header::RETRY_AFTER, seconds.into());
+        }
+        response
     }
 }
 
@@ -105,6 +129,9 @@ mod tests {
         assert_eq!(status(Code::Unavailable), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(status(Code::DeadlineExceeded), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(ApiError::from(CallError::NoBackend).status, StatusCode::SERVICE_UNAVAILABLE);
+        let shed = ApiError::from(CallError::Overloaded).into_response();
+        assert_eq!(shed.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(shed.headers()[axum::http::header::RETRY_AFTER], "1");
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -18,7 +18,7 @@ use tally_proto::{CounterKey, validate};
 use super::error::{ApiError, ErrorBody};
 use super::json::*;
 use crate::cache::ReadCache;
-use crate::client::{Counter, Incrementer, operation_error};
+use crate::client::{CallError, Counter, Incrementer, operation_error};
 use crate::metrics::Metrics;
 
 /// Largest accepted request body (BRIEF §3).
@@ -31,6 +31,8 @@ pub struct App {
     pub incrementer: Incrementer,
     pub cache: ReadCache,
     pub metrics: Arc<Metrics>,
+    /// Whether callers' `traceparent` sampled flags are followed.
+    pub trace_caller: tally_runtime::telemetry::Caller,
 }
 
 pub type AppState = Arc<App>;
@@ -62,6 +64,18 @@ fn idempotency_header(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
     Ok(validate::idempotency_key(text)?)
 }
 
+/// The key of a single increment: the `Idempotency-Key` header or the
+/// body's `idempotency_key`; both may be sent only when they agree.
+fn idempotency_key<'a>(headers: &'a HeaderMap, body: Option<&'a str>) -> Result<Option<&'a str>, ApiError> {
+    let body = validate::idempotency_key(body.unwrap_or_default())?;
+    match (idempotency_header(headers)?, body) {
+        (Some(header), Some(body)) if header != body => {
+            Err(ApiError::bad_request("the Idempotency-Key header and the body's idempotency_key differ"))
+        }
+        (header, body) => Ok(header.or(body)),
+    }
+}
+
 pub async fn increment(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -70,12 +84,14 @@ pub async fn increment(
     let body: IncrementBody = parse(body)?;
     let key = CounterKey::new(body.resource_id, body.counter_type)?;
     let delta = validate::delta_or_default(body.delta)?;
-    let idempotency_key = idempotency_header(&headers)?;
-    state.cache.write_started([&key]);
+    let idempotency_key = idempotency_key(&headers, body.idempotency_key.as_deref())?;
+    let write = state.cache.write_started([&key]);
     let result = state.incrementer.increment(operation(&key, delta, idempotency_key)).await;
+    if matches!(result, Err(CallError::Overloaded)) {
+        state.metrics.shed("queue");
+    }
     // A replay answers with the first (older) value: not a fresh value to cache.
-    let fresh = result.as_ref().ok().filter(|a| !a.replayed).map(|a| a.value);
-    state.cache.write_finished([(&key, fresh)]);
+    write.finish([result.as_ref().ok().filter(|a| !a.replayed).map(|a| a.value)]);
     let applied = result?;
     let body = Json(success(Incremented {
         resource_id: key.resource_id().to_string(),
@@ -113,14 +129,13 @@ pub async fn batch_increment(
         r#async: body.is_async,
     };
 
-    state.cache.write_started(ops.iter().map(|(key, _, _)| key));
+    let write = state.cache.write_started(ops.iter().map(|(key, _, _)| key));
     let response = state.counter.batch_increment(request).await;
     let results = match (&response, body.is_async) {
         (Ok(response), false) => response.results.as_slice(),
         _ => &[],
     };
-    let value_of = |i: usize| results.get(i).filter(|r| r.error.is_none() && !r.replayed).map(|r| r.current_value);
-    state.cache.write_finished(ops.iter().enumerate().map(|(i, (key, _, _))| (key, value_of(i))));
+    write.finish(results.iter().map(|r| (r.error.is_none() && !r.replayed).then_some(r.current_value)));
     let response = response?;
 
     if body.is_async {
@@ -171,8 +186,10 @@ pub async fn batch_increment(
 /// segment.
 pub async fn get_counter(
     State(state): State<AppState>,
-    Path(path): Path<String>,
+    path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Success<CounterValue>>, ApiError> {
+    // e.g. a percent-encoding that decodes to invalid UTF-8
+    let Path(path) = path.map_err(|rejection| ApiError::bad_request(rejection.body_text()))?;
     let (resource_id, counter_type) = path
         .rsplit_once('/')
         .ok_or_else(|| ApiError::not_found("expected /api/v1/counter/{resource_id}/{counter_type}"))?;
@@ -292,6 +309,8 @@ pub async fn backends(State(state): State<AppState>) -> impl IntoResponse {
 }
 
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    let _scrape = state.metrics.scrape.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    state.metrics.clear_endpoints();
     for b in state.counter.backends().all().iter() {
         let label = [("endpoint", b.uri.clone())];
         state.metrics.endpoint_healthy.get_or_create(&label).set(i64::from(b.is_healthy()));
@@ -314,7 +333,8 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         store(&state.metrics.breaker_transitions.get_or_create(&to("open")), opened);
         store(&state.metrics.breaker_transitions.get_or_create(&to("closed")), closed);
     }
-    ([(axum::http::header::CONTENT_TYPE, tally_runtime::metrics::CONTENT_TYPE)], state.metrics.render())
+    let text = state.metrics.render();
+    ([(axum::http::header::CONTENT_TYPE, tally_runtime::metrics::CONTENT_TYPE)], text)
 }
 
 pub async fn not_found() -> ApiError {

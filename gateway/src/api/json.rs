@@ -1,24 +1,29 @@
 //! Request and response bodies of the HTTP API, wire-compatible with the
 //! original project's clients and load scripts.
+//!
+//! Request bodies reject fields they do not define (`deny_unknown_fields`):
+//! a typo such as `"dleta": 5` would otherwise be applied as +1.
 
 use serde::{Deserialize, Serialize};
 
 use super::error::ErrorBody;
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct IncrementBody {
     pub resource_id: String,
     pub counter_type: String,
     /// Omitted (or null) means 1.
     #[serde(default)]
     pub delta: Option<i64>,
-    /// Per-operation idempotency key in batches (single increments use the
-    /// `Idempotency-Key` header).
+    /// Idempotency key of this operation (a single increment may send it
+    /// in the `Idempotency-Key` header instead).
     #[serde(default)]
     pub idempotency_key: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct BatchIncrementBody {
     pub operations: Vec<IncrementBody>,
     #[serde(default, rename = "async")]
@@ -26,12 +31,14 @@ pub struct BatchIncrementBody {
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct CounterRefBody {
     pub resource_id: String,
     pub counter_type: String,
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct BatchGetBody {
     pub items: Vec<CounterRefBody>,
 }

@@ -1,19 +1,22 @@
-//! The HTTP API (BRIEF §3): routes, body limit, JSON errors for every
-//! rejection (unknown route, wrong method, oversized body), and request
-//! metrics.
+//! The HTTP API: routes of the public and admin ports, and what every public
+//! request passes through (outermost first): request metrics, load
+//! shedding, reading the body within its size and time limits, then the
+//! handler. Every rejection is the JSON error envelope.
 
+mod body;
 mod error;
 mod handlers;
 mod json;
 
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use futures_util::StreamExt;
+use tokio::sync::Semaphore;
 use tracing::{Instrument, Span};
 
 use crate::spans;
@@ -21,64 +24,66 @@ use crate::spans;
 pub use error::ApiError;
 pub use handlers::{App, AppState, MAX_BODY_BYTES};
 
-pub fn router(state: AppState) -> Router {
-    let metrics_state = state.clone();
+/// Per-request bounds of the public port.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestLimits {
+    /// Requests served at once; more are shed with 503.
+    pub max_in_flight: usize,
+    /// Time for a body to arrive complete.
+    pub body_timeout: Duration,
+}
+
+/// The public port: the API and the original project's `/api/v1/health`.
+pub fn public_router(state: AppState, limits: RequestLimits) -> Router {
+    let slots = Arc::new(Semaphore::new(limits.max_in_flight));
     Router::new()
         .route(ROUTES[0], post(handlers::increment))
         .route(ROUTES[1], post(handlers::batch_increment))
         .route(ROUTES[2], post(handlers::batch_get))
         .route(ROUTES[3], get(handlers::get_counter))
         .route(ROUTES[4], get(handlers::health))
-        .route(ROUTES[5], get(handlers::ready))
-        .route(ROUTES[6], get(handlers::backends))
-        .route(ROUTES[7], get(handlers::metrics))
         .fallback(handlers::not_found)
         .method_not_allowed_fallback(handlers::method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(middleware::from_fn(reject_oversized))
-        .layer(middleware::from_fn_with_state(metrics_state, record))
+        .layer(middleware::from_fn_with_state(limits.body_timeout, body::read_body))
+        .layer(middleware::from_fn_with_state((state.clone(), slots), shed))
+        .layer(middleware::from_fn_with_state(state.clone(), record))
         .with_state(state)
 }
 
-/// Every route, in the order [`router`] registers them; also the `route`
-/// label of the HTTP metrics (static strings: no allocation per request).
-const ROUTES: [&str; 8] = [
+/// The admin port: probes, metrics and the detailed backend view (pod
+/// addresses), none of which belong on the public network.
+pub fn admin_router(state: AppState) -> Router {
+    Router::new()
+        .route("/health", get(handlers::health))
+        .route("/ready", get(handlers::ready))
+        .route("/api/v1/system/backends", get(handlers::backends))
+        .route("/metrics", get(handlers::metrics))
+        .fallback(handlers::not_found)
+        .method_not_allowed_fallback(handlers::method_not_allowed)
+        .with_state(state)
+}
+
+/// Every public route, in the order [`public_router`] registers them; also
+/// the `route` label of the HTTP metrics (static strings: no allocation per
+/// request).
+const ROUTES: [&str; 5] = [
     "/api/v1/counter/increment",
     "/api/v1/counter/batch-increment",
     "/api/v1/counter/batch",
     "/api/v1/counter/{*path}",
     "/api/v1/health",
-    "/api/v1/ready",
-    "/api/v1/system/backends",
-    "/metrics",
 ];
 
-/// How much of an oversized body is read (and discarded) before answering 413.
-const DRAIN_LIMIT: usize = 16 << 20;
-
-/// Answers a body announced larger than [`MAX_BODY_BYTES`] with 413 — after
-/// reading and discarding what the client sends (up to [`DRAIN_LIMIT`]): a
-/// server that closes the connection on unread data makes the client's
-/// kernel reset it, and the client sees a broken connection instead of the
-/// 413. Bodies without a length are cut by the body limit as they stream.
-async fn reject_oversized(request: Request, next: Next) -> Response {
-    let announced = request
-        .headers()
-        .get(axum::http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if announced.is_none_or(|n| n <= MAX_BODY_BYTES as u64) {
-        return next.run(request).await;
-    }
-    let mut body = request.into_body().into_data_stream();
-    let mut drained = 0;
-    while drained < DRAIN_LIMIT {
-        match body.next().await {
-            Some(Ok(chunk)) => drained += chunk.len(),
-            _ => break,
-        }
-    }
-    ApiError::too_large(format!("request body exceeds {MAX_BODY_BYTES} bytes")).into_response()
+/// Load shedding: beyond `max_in_flight` requests, answer 503 with
+/// `Retry-After` at once rather than queue without limit (what Envoy's
+/// overload manager and `max_requests` circuit breaker do).
+async fn shed(State((state, slots)): State<(AppState, Arc<Semaphore>)>, request: Request, next: Next) -> Response {
+    let Ok(_slot) = slots.try_acquire() else {
+        state.metrics.shed("in_flight");
+        return ApiError::overloaded("too many requests in flight; retry later").into_response();
+    };
+    next.run(request).await
 }
 
 /// Counts every request by route template (not raw path: bounded labels).
@@ -94,19 +99,42 @@ async fn record(State(state): State<AppState>, request: Request, next: Next) -> 
         "PATCH" => "PATCH",
         _ => "OTHER",
     };
-    let started = Instant::now();
-    // Probes and scrapes are not traced: they would drown the requests.
-    let traced = !matches!(route, "/api/v1/health" | "/api/v1/ready" | "/metrics");
-    let span =
-        if traced { spans::http_server(request.headers(), method, route, request.uri().path()) } else { Span::none() };
-    let response = next.run(request).instrument(span.clone()).await;
-    let status = response.status().as_u16();
-    spans::http_status(&span, status);
-    // The access log (RUST_LOG=tally_gateway::api=debug), in the request's
-    // span so the line carries its trace id.
-    span.in_scope(|| {
-        tracing::debug!(method, route, status, elapsed_us = started.elapsed().as_micros() as u64, "request")
-    });
-    state.metrics.record_http(route, method, status, started.elapsed());
+    // The liveness route is not traced: probes would drown the requests.
+    let span = if route == "/api/v1/health" {
+        Span::none()
+    } else {
+        spans::http_server(request.headers(), state.trace_caller, method, route, request.uri().path())
+    };
+    let mut outcome = Outcome { state, route, method, span: span.clone(), started: Instant::now(), status: None };
+    let response = next.run(request).instrument(span).await;
+    outcome.status = Some(response.status().as_u16());
     response
+}
+
+/// Records one request when it ends — also when it is cancelled (the client
+/// went away before the answer), which is recorded as status 499, the code
+/// nginx logs for "client closed request".
+struct Outcome {
+    state: AppState,
+    route: &'static str,
+    method: &'static str,
+    span: Span,
+    started: Instant,
+    status: Option<u16>,
+}
+
+/// The status recorded for a request whose client went away first.
+pub const CLIENT_CLOSED_REQUEST: u16 = 499;
+
+impl Drop for Outcome {
+    fn drop(&mut self) {
+        let status = self.status.unwrap_or(CLIENT_CLOSED_REQUEST);
+        let (method, route, elapsed) = (self.method, self.route, self.started.elapsed());
+        spans::http_status(&self.span, status);
+        // The access log (RUST_LOG=tally_gateway::api=debug), in the request's
+        // span so the line carries its trace id.
+        self.span
+            .in_scope(|| tracing::debug!(method, route, status, elapsed_us = elapsed.as_micros() as u64, "request"));
+        self.state.metrics.record_http(route, method, status, elapsed);
+    }
 }

@@ -10,6 +10,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+use tally_runtime::redact;
 
 use tally_proto::v1::counter_service_client::CounterServiceClient;
 use tonic::transport::{Channel, Endpoint};
@@ -53,7 +54,7 @@ pub struct Backend {
 
 impl Backend {
     fn new(uri: &str, weight: u32, settings: &ClientSettings) -> Result<Backend, BackendError> {
-        let invalid = |reason: String| BackendError::InvalidUri { uri: uri.to_string(), reason };
+        let invalid = |reason: String| BackendError::InvalidUri { uri: redact::userinfo(uri).into_owned(), reason };
         let endpoint = Endpoint::from_shared(uri.to_string())
             .map_err(|e| invalid(e.to_string()))?
             .connect_timeout(settings.connect_timeout)
@@ -152,7 +153,10 @@ impl Backends {
     /// `;weight=N` (default 1). At least one is required.
     pub fn new(uris: &[String], settings: &ClientSettings) -> Result<Backends, BackendError> {
         let backends = Backends::empty(settings);
-        backends.update(uris)?;
+        // A configured list must be right as a whole: the first bad entry fails startup.
+        if let Some(err) = backends.update(uris).into_iter().next() {
+            return Err(err);
+        }
         if backends.all().is_empty() {
             return Err(BackendError::Empty);
         }
@@ -181,25 +185,39 @@ impl Backends {
 
     /// Replaces the set of endpoints. Endpoints already known keep their
     /// pool, health and breaker; new ones start unwarmed (they take traffic
-    /// after their first health check); removed ones drain.
-    pub fn update(&self, specs: &[String]) -> Result<(), BackendError> {
-        let wanted: Vec<(&str, u32)> =
-            specs.iter().map(|s| s.trim()).filter(|s| !s.is_empty()).map(parse_weight).collect::<Result<_, _>>()?;
+    /// after their first health check); removed ones drain. A malformed
+    /// entry (a bad Consul address, say) is skipped alone and returned; the
+    /// others are applied.
+    pub fn update(&self, specs: &[String]) -> Vec<BackendError> {
+        let mut skipped = Vec::new();
+        let mut wanted: Vec<(&str, u32)> = Vec::with_capacity(specs.len());
+        for spec in specs.iter().map(|s| s.trim()).filter(|s| !s.is_empty()) {
+            match parse_weight(spec) {
+                Ok(entry) => wanted.push(entry),
+                Err(err) => skipped.push(err),
+            }
+        }
         let current = self.list.load_full();
         let known: Vec<(&str, u32)> = current.iter().map(|b| (b.uri.as_str(), b.weight)).collect();
         let plan = plan_update(&known, &wanted);
         let mut next: Vec<Arc<Backend>> = plan.keep.iter().map(|&i| current[i].clone()).collect();
         for &(uri, weight) in &plan.add {
-            next.push(Arc::new(Backend::new(uri, weight, &self.settings)?));
+            match Backend::new(uri, weight, &self.settings) {
+                Ok(backend) => next.push(Arc::new(backend)),
+                Err(err) => {
+                    skipped.push(err);
+                    continue;
+                }
+            }
             tracing::info!(endpoint = uri, weight, "counter endpoint discovered; warming up");
         }
         for &i in &plan.remove {
             tracing::info!(endpoint = %current[i].uri, in_flight = current[i].in_flight(), "counter endpoint removed; draining");
         }
-        if !plan.add.is_empty() || !plan.remove.is_empty() {
+        if next.len() != current.len() || !plan.remove.is_empty() {
             self.list.store(Arc::new(next));
         }
-        Ok(())
+        skipped
     }
 
     /// An endpoint chosen by the balancing policy among the usable ones
@@ -283,7 +301,10 @@ fn parse_weight(spec: &str) -> Result<(&str, u32), BackendError> {
         None => Ok((spec, 1)),
         Some((uri, weight)) => match weight.parse::<u32>() {
             Ok(w) if (1..=1000).contains(&w) => Ok((uri, w)),
-            _ => Err(BackendError::InvalidUri { uri: spec.to_string(), reason: "weight must be 1..=1000".into() }),
+            _ => Err(BackendError::InvalidUri {
+                uri: redact::userinfo(spec).into_owned(),
+                reason: "weight must be 1..=1000".into(),
+            }),
         },
     }
 }
@@ -307,12 +328,22 @@ mod tests {
     async fn an_update_keeps_the_state_of_known_endpoints() {
         let backends = Backends::new(&["http://127.0.0.1:1".into()], &ClientSettings::default()).unwrap();
         let before = backends.all()[0].clone();
-        backends.update(&["http://127.0.0.1:1".into(), "http://127.0.0.1:2".into()]).unwrap();
+        assert!(backends.update(&["http://127.0.0.1:1".into(), "http://127.0.0.1:2".into()]).is_empty());
         let after = backends.all();
         assert_eq!(after.len(), 2);
         assert!(Arc::ptr_eq(&before, &after[0]), "the known endpoint is the same object");
-        backends.update(&[]).unwrap();
+        assert!(backends.update(&[]).is_empty());
         assert!(backends.all().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_malformed_entry_is_skipped_alone() {
+        let backends = Backends::empty(&ClientSettings::default());
+        let specs = ["http://127.0.0.1:1".into(), "http://bad host:1".into(), "http://127.0.0.1:2;weight=0".into()];
+        let skipped = backends.update(&specs);
+        assert_eq!(skipped.len(), 2, "{skipped:?}");
+        let uris: Vec<String> = backends.all().iter().map(|b| b.uri.clone()).collect();
+        assert_eq!(uris, vec!["http://127.0.0.1:1"], "the good entry is applied");
     }
 
     #[test]

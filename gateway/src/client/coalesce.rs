@@ -27,14 +27,15 @@ struct Job {
 
 #[derive(Clone)]
 pub struct Coalescer {
-    tx: mpsc::UnboundedSender<Job>,
+    tx: mpsc::Sender<Job>,
 }
 
 impl Coalescer {
-    /// Starts the loop. Unbounded queue: each job has an HTTP request waiting
-    /// on it, so the queue is bounded by in-flight requests.
-    pub fn start(counter: Counter, max_ops: usize, max_inflight: usize) -> Coalescer {
-        let (tx, rx) = mpsc::unbounded_channel();
+    /// Starts the loop. At most `max_queue` increments wait for a call; a
+    /// full queue answers [`CallError::Overloaded`] at once (load shedding
+    /// rather than an ever longer wait).
+    pub fn start(counter: Counter, max_ops: usize, max_inflight: usize, max_queue: usize) -> Coalescer {
+        let (tx, rx) = mpsc::channel(max_queue.max(1));
         tokio::spawn(run(rx, counter, max_ops.max(1), max_inflight.max(1)));
         Coalescer { tx }
     }
@@ -42,12 +43,15 @@ impl Coalescer {
     pub async fn increment(&self, op: IncrementOperation) -> Result<OperationResult, CallError> {
         let (reply, rx) = oneshot::channel();
         let span = if tally_runtime::telemetry::enabled() { Span::current() } else { Span::none() };
-        self.tx.send(Job { op, span, reply }).map_err(|_| CallError::ShuttingDown)?;
+        self.tx.try_send(Job { op, span, reply }).map_err(|err| match err {
+            mpsc::error::TrySendError::Full(_) => CallError::Overloaded,
+            mpsc::error::TrySendError::Closed(_) => CallError::ShuttingDown,
+        })?;
         rx.await.map_err(|_| CallError::ShuttingDown)?
     }
 }
 
-async fn run(mut rx: mpsc::UnboundedReceiver<Job>, counter: Counter, max_ops: usize, max_inflight: usize) {
+async fn run(mut rx: mpsc::Receiver<Job>, counter: Counter, max_ops: usize, max_inflight: usize) {
     let slots = Arc::new(Semaphore::new(max_inflight));
     loop {
         let Ok(slot) = slots.clone().acquire_owned().await else { return };
@@ -58,6 +62,12 @@ async fn run(mut rx: mpsc::UnboundedReceiver<Job>, counter: Counter, max_ops: us
                 Ok(job) => jobs.push(job),
                 Err(_) => break,
             }
+        }
+        // A request that gave up while queued (client gone) is not sent:
+        // its wait ended with its deadline, and nothing was applied.
+        jobs.retain(|job| !job.reply.is_closed());
+        if jobs.is_empty() {
+            continue;
         }
         let counter = counter.clone();
         tokio::spawn(async move {

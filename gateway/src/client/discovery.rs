@@ -26,8 +26,8 @@ pub async fn dns_loop(backends: Arc<Backends>, name: String, interval: Duration)
         match tokio::net::lookup_host(name.as_str()).await {
             Ok(addrs) => {
                 let uris = uris_of(addrs);
-                if let Err(err) = backends.update(&uris) {
-                    tracing::warn!(%err, %name, "DNS answer not usable; keeping the current endpoints");
+                for err in backends.update(&uris) {
+                    tracing::warn!(%err, %name, "DNS answer entry not usable; skipped");
                 }
             }
             Err(err) => tracing::warn!(%err, %name, "DNS lookup failed; keeping the current endpoints"),
@@ -73,8 +73,8 @@ pub async fn consul_loop(
                     tracing::info!(previous = index, returned, "consul index went backwards; starting over");
                 }
                 index = next_index(index, returned);
-                if let Err(err) = backends.update(&uris_of_instances(&instances)) {
-                    tracing::warn!(%err, "consul answer not usable; keeping the current endpoints");
+                for err in backends.update(&uris_of_instances(&instances)) {
+                    tracing::warn!(%err, "consul instance not usable; skipped");
                 }
             }
             Err(err) => {

@@ -88,10 +88,8 @@ pub async fn kubernetes_loop(
     while let Some(event) = events.next().await {
         match event {
             Ok(event) => {
-                if let Some(uris) = set.apply(event, &port_name)
-                    && let Err(err) = backends.update(&uris)
-                {
-                    tracing::warn!(%err, "EndpointSlices not usable; keeping the current endpoints");
+                for err in set.apply(event, &port_name).map(|uris| backends.update(&uris)).unwrap_or_default() {
+                    tracing::warn!(%err, "EndpointSlice endpoint not usable; skipped");
                 }
             }
             Err(err) => tracing::warn!(%err, "EndpointSlice watch failed; retrying"),

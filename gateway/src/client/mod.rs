@@ -44,6 +44,8 @@ pub struct ClientSettings {
     pub coalesce: bool,
     pub coalesce_max_ops: usize,
     pub coalesce_max_inflight: usize,
+    /// Increments waiting for a coalesced call at most.
+    pub coalesce_max_queue: usize,
     /// Attempts per call, the first included (1 = no retries).
     pub retry_attempts: u32,
     /// Retries allowed as a percentage of recent calls.
@@ -67,6 +69,7 @@ impl Default for ClientSettings {
             coalesce: true,
             coalesce_max_ops: 1000,
             coalesce_max_inflight: 4,
+            coalesce_max_queue: 4096,
             retry_attempts: 3,
             retry_budget_percent: 20.0,
             retry_min_per_second: 10,
@@ -84,6 +87,9 @@ pub enum CallError {
     NoBackend,
     #[error("the gateway is shutting down")]
     ShuttingDown,
+    /// A bounded queue is full: shed at once instead of queueing.
+    #[error("the gateway is overloaded; retry later")]
+    Overloaded,
     #[error("counter answered {code:?}: {message}")]
     Status { code: Code, message: String },
     #[error("unexpected answer from the counter: {0}")]
@@ -214,6 +220,7 @@ impl Incrementer {
                 counter.clone(),
                 settings.coalesce_max_ops,
                 settings.coalesce_max_inflight,
+                settings.coalesce_max_queue,
             ))
         } else {
             Incrementer::Direct(counter.clone())

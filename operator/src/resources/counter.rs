@@ -40,6 +40,11 @@ pub fn settings(cc: &CounterCluster) -> Settings {
             .to_string(),
         ),
         ("TALLY_IDEMPOTENCY_RETENTION_S", spec.idempotency_retention_s.to_string()),
+        ("TALLY_COMMIT_MAX_QUEUE", spec.commit_max_queue.to_string()),
+        ("TALLY_BATCH_MARKER_TTL_S", spec.batch_marker_ttl_s.to_string()),
+        ("TALLY_GRPC_MAX_MESSAGE_BYTES", spec.grpc_max_message_bytes.to_string()),
+        ("TALLY_GRPC_MAX_CONNECTIONS", spec.grpc_max_connections.to_string()),
+        ("TALLY_GRPC_HANDSHAKE_TIMEOUT_MS", spec.grpc_handshake_timeout_ms.to_string()),
         ("TALLY_HTTP2_KEEPALIVE_MS", spec.keepalive_ms.to_string()),
         ("TALLY_SHUTDOWN_TIMEOUT_MS", spec.shutdown_timeout_ms.to_string()),
     ];

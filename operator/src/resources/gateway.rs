@@ -9,6 +9,8 @@ use super::{counter, deployment_for, http_probe, locked_down, pull_policy, servi
 use crate::crd::{CounterCluster, DiscoveryMode, LbPolicy};
 
 pub const HTTP_PORT: i32 = 8080;
+/// Probes, `/metrics` and the backend view: never exposed by the Service.
+pub const ADMIN_PORT: i32 = 8082;
 
 pub fn name(cc: &CounterCluster) -> String {
     format!("{}-gateway", cc.name_any())
@@ -25,6 +27,16 @@ pub fn settings(cc: &CounterCluster) -> Settings {
     };
     let pairs = [
         ("TALLY_LISTEN", format!("0.0.0.0:{HTTP_PORT}")),
+        ("TALLY_ADMIN_LISTEN", format!("0.0.0.0:{ADMIN_PORT}")),
+        ("TALLY_HTTP_HEADER_TIMEOUT_MS", spec.listener.header_timeout_ms.to_string()),
+        ("TALLY_HTTP_BODY_TIMEOUT_MS", spec.listener.body_timeout_ms.to_string()),
+        ("TALLY_HTTP_IDLE_TIMEOUT_MS", spec.listener.idle_timeout_ms.to_string()),
+        ("TALLY_HTTP_MAX_CONNECTIONS", spec.listener.max_connections.to_string()),
+        ("TALLY_HTTP_MAX_HEADER_BYTES", spec.listener.max_header_bytes.to_string()),
+        ("TALLY_HTTP2_MAX_CONCURRENT_STREAMS", spec.listener.http2_max_concurrent_streams.to_string()),
+        ("TALLY_MAX_IN_FLIGHT", spec.listener.max_in_flight.to_string()),
+        ("TALLY_COALESCE_MAX_QUEUE", spec.coalesce_max_queue.to_string()),
+        ("TALLY_TRACE_TRUST_CALLER", spec.trace_trust_caller.to_string()),
         ("TALLY_POOL_SIZE", spec.pool_size.to_string()),
         ("TALLY_KEEPALIVE_MS", spec.keepalive_ms.to_string()),
         ("TALLY_CONNECT_TIMEOUT_MS", spec.connect_timeout_ms.to_string()),
@@ -80,18 +92,17 @@ pub fn deployment(cc: &CounterCluster) -> Deployment {
         image_pull_policy: Some(pull_policy(cc)),
         env: Some(config::pod_identity()),
         env_from: Some(config::env_from(cc, "gateway")),
-        ports: Some(vec![ContainerPort {
-            name: Some("http".into()),
-            container_port: HTTP_PORT,
-            ..ContainerPort::default()
-        }]),
-        readiness_probe: Some(http_probe("/api/v1/ready", HTTP_PORT)),
-        liveness_probe: Some(http_probe("/api/v1/health", HTTP_PORT)),
+        ports: Some(vec![
+            ContainerPort { name: Some("http".into()), container_port: HTTP_PORT, ..ContainerPort::default() },
+            ContainerPort { name: Some("admin".into()), container_port: ADMIN_PORT, ..ContainerPort::default() },
+        ]),
+        readiness_probe: Some(http_probe("/ready", ADMIN_PORT)),
+        liveness_probe: Some(http_probe("/health", ADMIN_PORT)),
         resources: Some(spec.resources.clone()),
         security_context: Some(locked_down()),
         ..Container::default()
     };
-    let annotations = config::pod_annotations(HTTP_PORT, &settings(cc));
+    let annotations = config::pod_annotations(ADMIN_PORT, &settings(cc));
     let grace = config::grace_period(spec.shutdown_timeout_ms);
     let pod = PodSpec {
         service_account_name: Some(name(cc)),
@@ -168,13 +179,13 @@ mod tests {
         let template = d.spec.template;
         let annotations = template.metadata.unwrap().annotations.unwrap();
         assert_eq!(annotations[config::HASH_ANNOTATION], config::hash(&settings(&cc)));
-        assert_eq!(annotations["prometheus.io/port"], "8080");
+        assert_eq!(annotations["prometheus.io/port"], "8082", "metrics are on the admin port");
         let pod = template.spec.unwrap();
         assert_eq!(pod.service_account_name.as_deref(), Some("demo-gateway"));
         let c = &pod.containers[0];
         assert_eq!(c.env_from.as_ref().unwrap()[0].config_map_ref.as_ref().unwrap().name, "demo-gateway-config");
         let probe = c.readiness_probe.as_ref().unwrap();
-        assert_eq!(probe.http_get.as_ref().unwrap().path.as_deref(), Some("/api/v1/ready"));
+        assert_eq!(probe.http_get.as_ref().unwrap().path.as_deref(), Some("/ready"));
         let limits = c.resources.as_ref().unwrap().limits.as_ref().unwrap();
         assert_eq!(limits["memory"].0, "256Mi", "default");
         assert_eq!(service(&cc).spec.unwrap().ports.unwrap()[0].port, 8080);

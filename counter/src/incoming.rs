@@ -1,0 +1,154 @@
+//! The gRPC listener's connections, bounded before tonic sees them: at most
+//! `max_connections` open (more are closed at once), and each must send the
+//! HTTP/2 connection preface within the handshake timeout (a client that
+//! connects and says nothing holds no slot for long). tonic itself has
+//! neither bound.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::server::{Connected, TcpConnectInfo};
+
+/// What every HTTP/2 connection starts with (RFC 9113 §3.4).
+const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionLimits {
+    pub max_connections: usize,
+    pub handshake_timeout: Duration,
+}
+
+/// Connection metrics of the gRPC listener.
+#[derive(Clone, Default)]
+pub struct GrpcConnMetrics {
+    pub open: Gauge,
+    pub rejected: Counter,
+    pub handshake_timeouts: Counter,
+}
+
+/// Accepts on `listener` and yields the connections that passed the bounds.
+pub fn bounded(
+    listener: TcpListener,
+    limits: ConnectionLimits,
+    metrics: GrpcConnMetrics,
+) -> ReceiverStream<io::Result<BoundedConn>> {
+    let (tx, rx) = mpsc::channel(64);
+    tokio::spawn(async move {
+        let slots = Arc::new(Semaphore::new(limits.max_connections));
+        loop {
+            let (stream, _) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    tracing::warn!(%err, "gRPC accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                metrics.rejected.inc();
+                continue; // dropped: closed at once
+            };
+            if tx.is_closed() {
+                return; // the server stopped
+            }
+            let (tx, metrics) = (tx.clone(), metrics.clone());
+            tokio::spawn(async move {
+                if !sent_preface(&stream, limits.handshake_timeout).await {
+                    metrics.handshake_timeouts.inc();
+                    return;
+                }
+                let _ = stream.set_nodelay(true);
+                metrics.open.inc();
+                let conn = BoundedConn { stream, _slot: slot, open: metrics.open.clone() };
+                let _ = tx.send(Ok(conn)).await;
+            });
+        }
+    });
+    ReceiverStream::new(rx)
+}
+
+/// Waits (without consuming anything) until the client has sent the
+/// HTTP/2 preface; false when it sent something else, closed, or took
+/// longer than `timeout`.
+async fn sent_preface(stream: &TcpStream, timeout: Duration) -> bool {
+    let wait = async {
+        let mut buf = [0u8; PREFACE.len()];
+        loop {
+            match stream.peek(&mut buf).await {
+                Ok(0) | Err(_) => return false,
+                Ok(n) if buf[..n] != PREFACE[..n] => return false,
+                Ok(n) if n == PREFACE.len() => return true,
+                // Part of it so far: wait for more (readable fires on new data).
+                Ok(_) => {
+                    if stream.readable().await.is_err() {
+                        return false;
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        }
+    };
+    tokio::time::timeout(timeout, wait).await.unwrap_or(false)
+}
+
+/// A connection holding one of the listener's slots until it closes.
+pub struct BoundedConn {
+    stream: TcpStream,
+    _slot: OwnedSemaphorePermit,
+    open: Gauge,
+}
+
+impl Drop for BoundedConn {
+    fn drop(&mut self) {
+        self.open.dec();
+    }
+}
+
+impl Connected for BoundedConn {
+    type ConnectInfo = TcpConnectInfo;
+
+    fn connect_info(&self) -> TcpConnectInfo {
+        self.stream.connect_info()
+    }
+}
+
+impl AsyncRead for BoundedConn {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for BoundedConn {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, data)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}

@@ -1,0 +1,204 @@
+//! Serving HTTP (HTTP/1.1 and h2c) with the bounds every public listener
+//! needs, shared by the gateway's API and admin ports and the counter's
+//! admin port: a cap on open connections, a header timeout, an idle
+//! timeout, a cap on header size and on HTTP/2 streams, and a graceful stop.
+//!
+//! `axum::serve` has none of these: a client sending headers one byte at a
+//! time (slowloris) kept a connection and its buffers forever.
+
+mod io;
+mod settings;
+pub mod watchdog;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
+use tower::Service;
+
+pub use settings::{HttpArgs, HttpLimits};
+use watchdog::{Activity, Expiry, Verdict};
+
+/// How long an HTTP/2 connection closed by its watchdog may take to finish
+/// its GOAWAY exchange before it is dropped.
+const GOAWAY_GRACE: Duration = Duration::from_secs(1);
+
+/// Connection metrics of one listener.
+#[derive(Clone, Default)]
+pub struct ConnMetrics {
+    pub open: Gauge,
+    pub rejected: Counter,
+    pub closed_by_timeout: Family<[(&'static str, &'static str); 1], Counter>,
+}
+
+impl ConnMetrics {
+    /// Registers the metrics as `<prefix>_http_connections_*` of `registry`.
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register("http_connections_open", "Open HTTP connections", self.open.clone());
+        registry.register(
+            "http_connections_rejected",
+            "HTTP connections closed at once because the connection cap was reached",
+            self.rejected.clone(),
+        );
+        registry.register(
+            "http_connections_timed_out",
+            "HTTP connections closed by the header or idle timeout",
+            self.closed_by_timeout.clone(),
+        );
+        for expiry in [Expiry::Header, Expiry::Idle] {
+            let _ = self.closed_by_timeout.get_or_create(&[("reason", expiry.label())]);
+        }
+    }
+}
+
+/// Serves `router` on `listener` until `shutdown` completes, then stops
+/// accepting, asks every connection to finish (HTTP/1.1: after the request
+/// in progress; HTTP/2: GOAWAY) and returns once all are closed. Callers
+/// bound that last phase with their shutdown timeout.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    limits: HttpLimits,
+    metrics: ConnMetrics,
+    shutdown: impl Future<Output = ()>,
+) {
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let builder = Arc::new(builder(&limits));
+    tokio::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(err) => {
+                    // EMFILE and the like: back off briefly rather than spin.
+                    tracing::warn!(%err, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        // Over the cap: close at once (Envoy's downstream connection limit
+        // does the same), so the backlog never fills with doomed connections.
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            metrics.rejected.inc();
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let (router, builder, metrics, stop) = (router.clone(), builder.clone(), metrics.clone(), stop_rx.clone());
+        tokio::spawn(async move {
+            metrics.open.inc();
+            serve_connection(stream, router, &builder, limits, &metrics, stop).await;
+            metrics.open.dec();
+            drop(slot);
+        });
+    }
+    drop(listener);
+    let _ = stop_tx.send(true);
+    // Every connection holds a slot: all slots back means all closed.
+    let _ = slots.acquire_many(limits.max_connections as u32).await;
+}
+
+fn builder(limits: &HttpLimits) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // The read buffer bounds a request head (hyper answers 431 beyond it).
+    builder.http1().max_buf_size(limits.max_header_bytes.max(8192)).keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .max_header_list_size(limits.max_header_bytes as u32)
+        // Dead peers: a PING unanswered within 20 s closes the connection.
+        .keep_alive_interval(Some(Duration::from_secs(20)))
+        .keep_alive_timeout(Duration::from_secs(20))
+        // HTTP/2 rapid reset (CVE-2023-44487): hyper's defaults, made explicit.
+        .max_pending_accept_reset_streams(Some(20))
+        .max_local_error_reset_streams(Some(1024));
+    builder
+}
+
+async fn serve_connection(
+    stream: TcpStream,
+    router: Router,
+    builder: &auto::Builder<TokioExecutor>,
+    limits: HttpLimits,
+    metrics: &ConnMetrics,
+    mut stop: watch::Receiver<bool>,
+) {
+    let activity = Arc::new(Activity::new());
+    let io = TokioIo::new(io::Watched::new(stream, activity.clone()));
+    let tracked = activity.clone();
+    let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+        let mut router = router.clone();
+        let request_done = RequestGuard::new(tracked.clone(), request.version() == hyper::Version::HTTP_2);
+        async move {
+            let response = router.call(request.map(Body::new)).await;
+            drop(request_done);
+            Ok::<_, Infallible>(response.unwrap_or_else(|never| match never {}))
+        }
+    });
+    let connection = builder.serve_connection(io, service);
+    tokio::pin!(connection);
+    let mut stopping = *stop.borrow();
+    if stopping {
+        connection.as_mut().graceful_shutdown();
+    }
+    loop {
+        tokio::select! {
+            _ = connection.as_mut() => return,
+            _ = stop.changed(), if !stopping => {
+                stopping = true;
+                connection.as_mut().graceful_shutdown();
+            }
+            expiry = expired(&activity, limits) => {
+                metrics.closed_by_timeout.get_or_create(&[("reason", expiry.label())]).inc();
+                // No request is in flight: nothing is lost by closing. HTTP/2
+                // gets a GOAWAY first so its client knows not to retry blind.
+                connection.as_mut().graceful_shutdown();
+                let _ = tokio::time::timeout(GOAWAY_GRACE, connection.as_mut()).await;
+                return;
+            }
+        }
+    }
+}
+
+/// Completes when the connection's watchdog says to close it.
+async fn expired(activity: &Activity, limits: HttpLimits) -> Expiry {
+    loop {
+        match activity.verdict(limits.timeouts()) {
+            Verdict::Close(expiry) => return expiry,
+            Verdict::CheckIn(after) => tokio::time::sleep(after).await,
+        }
+    }
+}
+
+/// Marks a request in flight on its connection until dropped (answered or
+/// cancelled).
+struct RequestGuard(Arc<Activity>);
+
+impl RequestGuard {
+    fn new(activity: Arc<Activity>, http2: bool) -> RequestGuard {
+        activity.request_started(http2);
+        RequestGuard(activity)
+    }
+}
+
+impl Drop for RequestGuard {
+    fn drop(&mut self) {
+        self.0.request_finished();
+    }
+}
