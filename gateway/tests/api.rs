@@ -188,6 +188,10 @@ async fn bad_input_gets_the_documented_error_and_writes_nothing() {
         ("bad async batch", "POST", batch, Some(json!({"operations": [{"resource_id": "", "counter_type": "likes"}], "async": true}).to_string().into()), 400, "invalid_argument"),
         ("bad batch get", "POST", "/api/v1/counter/batch", Some(json!({"items": [{"resource_id": good}]}).to_string().into()), 400, "invalid_argument"),
         ("bad GET key", "GET", "/api/v1/counter/a%20b/likes", None, 400, "invalid_argument"),
+        ("path not UTF-8", "GET", "/api/v1/counter/a%FFb/likes", None, 400, "invalid_argument"),
+        ("unknown field (typo)", "POST", inc, Some(json!({"resource_id": good, "counter_type": "likes", "dleta": 5}).to_string().into()), 400, "invalid_argument"),
+        ("unknown batch field", "POST", batch, Some(json!({"operations": [{"resource_id": good, "counter_type": "likes"}], "asnyc": true}).to_string().into()), 400, "invalid_argument"),
+        ("deeply nested JSON", "POST", inc, Some(format!("{{\"resource_id\":{}1{}}}", "[".repeat(100_000), "]".repeat(100_000)).into_bytes()), 400, "invalid_argument"),
         ("GET without type", "GET", "/api/v1/counter/onlyone", None, 404, "not_found"),
         ("unknown path", "GET", "/api/v2/nothing", None, 404, "not_found"),
         ("wrong method", "DELETE", inc, None, 405, "method_not_allowed"),
@@ -200,6 +204,10 @@ async fn bad_input_gets_the_documented_error_and_writes_nothing() {
         assert_eq!(body["error"]["code"], want_code, "{case}: {body}");
         assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{case}: {body}");
     }
+    // A typo names the offending field.
+    let typo = json!({"resource_id": good, "counter_type": "likes", "dleta": 5}).to_string().into_bytes();
+    let (_, body) = http.send("POST", inc, Some(typo)).await;
+    assert!(body["error"]["message"].as_str().is_some_and(|m| m.contains("dleta")), "{body}");
 
     // Overflow: 422, nothing applied.
     let max = json!({"resource_id": good, "counter_type": "big", "delta": i64::MAX});
@@ -255,6 +263,32 @@ async fn an_idempotency_key_counts_once_across_gateways() {
     }
     assert_eq!(fresh, 1, "applied exactly once");
     assert_eq!(stack.redis.cli(&["HGET", &format!("tally:{{{post}}}"), "likes"]), "7");
+
+    // The key may come in the body too (the original project's clients put
+    // it there): same counter, same key → a replay.
+    let (status, body) = stack
+        .http
+        .post(
+            "/api/v1/counter/increment",
+            json!({"resource_id": post, "counter_type": "likes", "idempotency_key": key}),
+        )
+        .await;
+    assert_eq!((status, body["data"]["replayed"].clone()), (200, json!(true)), "{body}");
+    let body_key = unique("body-key");
+    for _ in 0..3 {
+        let body = json!({"resource_id": post, "counter_type": "views", "delta": 2, "idempotency_key": body_key});
+        assert_eq!(stack.http.post("/api/v1/counter/increment", body).await.0, 200);
+    }
+    assert_eq!(stack.redis.cli(&["HGET", &format!("tally:{{{post}}}"), "views"]), "2", "a body key counts once");
+    // Header and body disagreeing is refused.
+    let response = reqwest::Client::new()
+        .post(format!("{}/api/v1/counter/increment", stack.http.base))
+        .header("Idempotency-Key", "one")
+        .body(json!({"resource_id": post, "counter_type": "views", "idempotency_key": "two"}).to_string())
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status().as_u16(), 400);
 
     // A malformed key is refused before anything is written.
     let response = reqwest::Client::new()

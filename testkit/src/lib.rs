@@ -14,7 +14,7 @@ pub use kubernetes::KubernetesDouble;
 pub use lease::LeaseDouble;
 pub use otlp::{OtlpReceiver, ReceivedSpan};
 
-pub use procs::{RedisCluster, RedisServer, Service, free_port, redis_cli, workspace_binary};
+pub use procs::{RedisCluster, RedisServer, Service, free_port, redis_cli, rss_bytes, workspace_binary};
 
 /// A resource id no other test (or earlier run against a shared cluster) uses.
 pub fn unique(prefix: &str) -> String {

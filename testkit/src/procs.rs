@@ -260,6 +260,11 @@ impl Service {
         self.child.id()
     }
 
+    /// Resident memory of the process now, in bytes (`VmRSS`).
+    pub fn rss_bytes(&self) -> u64 {
+        rss_bytes(self.pid())
+    }
+
     /// Sends a signal (`-TERM`, `-STOP`, …) to the process.
     pub fn signal(&self, sig: &str) {
         let ok = Command::new("kill").arg(sig).arg(self.pid().to_string()).status().expect("kill").success();
@@ -298,6 +303,17 @@ impl Drop for Service {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Resident memory of process `pid` now, in bytes (`VmRSS` of
+/// `/proc/<pid>/status`; 0 when the process is gone).
+pub fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kib| kib * 1024)
 }
 
 /// `key=value` fields of a tracing text log line.

@@ -141,8 +141,12 @@ struct Snapshot {
 
 fn decide(s: &Snapshot, t: Timeouts) -> Verdict {
     let ms = |d: Duration| d.as_millis() as u64;
+    // The state changes between checks (a request ends, bytes arrive), so
+    // look again at least this often: deadlines are met within a quarter
+    // of the shorter timeout.
+    let granularity = t.header.min(t.idle) / 4;
     if s.in_flight > 0 {
-        return Verdict::CheckIn(t.header.min(t.idle));
+        return Verdict::CheckIn(granularity);
     }
     let (deadline, expiry) = if s.requests == 0 {
         (ms(t.header), Expiry::Header)
@@ -154,8 +158,7 @@ fn decide(s: &Snapshot, t: Timeouts) -> Verdict {
     if s.now >= deadline {
         Verdict::Close(expiry)
     } else {
-        // Bytes may arrive meanwhile and bring a header deadline forward.
-        Verdict::CheckIn(Duration::from_millis(deadline - s.now).min(t.header))
+        Verdict::CheckIn(Duration::from_millis(deadline - s.now).min(granularity))
     }
 }
 
@@ -193,9 +196,17 @@ mod tests {
     }
 
     #[test]
+    fn checks_come_often_enough_to_see_a_request_end() {
+        // Fresh connection: its header deadline is 10 s away, but a request
+        // may come and go meanwhile and start a 1 s idle period.
+        let t = Timeouts { header: Duration::from_secs(10), idle: Duration::from_secs(1) };
+        assert_eq!(decide(&snap(0), t), Verdict::CheckIn(Duration::from_millis(250)));
+    }
+
+    #[test]
     fn a_request_in_flight_is_never_cut_here() {
         let s = Snapshot { in_flight: 1, requests: 1, ..snap(1_000_000) };
-        assert_eq!(decide(&s, T), Verdict::CheckIn(Duration::from_secs(10)));
+        assert_eq!(decide(&s, T), Verdict::CheckIn(Duration::from_millis(2500)));
     }
 
     #[test]

@@ -1,0 +1,341 @@
+//! Hostile HTTP clients against the real gateway binary: slow headers, slow
+//! bodies, idle and oversized connections, a connection flood above the cap
+//! and more requests than the in-flight bound. Each is cut within its
+//! timeout, the gateway's memory stays bounded, and a normal client keeps
+//! being served meanwhile.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use common::{Stack, unique};
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const INC: &str = "/api/v1/counter/increment";
+const MIB: u64 = 1 << 20;
+
+/// Records the peak RSS of a process until dropped.
+struct PeakRss {
+    peak: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+}
+
+impl PeakRss {
+    fn watch(pid: u32) -> PeakRss {
+        let (peak, stop) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicBool::new(false)));
+        let (p, s) = (peak.clone(), stop.clone());
+        tokio::spawn(async move {
+            while !s.load(Ordering::Relaxed) {
+                p.fetch_max(tally_testkit::rss_bytes(pid), Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        });
+        PeakRss { peak, stop }
+    }
+
+    fn peak(&self) -> u64 {
+        self.peak.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for PeakRss {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Reads until the server closes the connection (EOF or reset) or `limit`
+/// passes; everything read, and whether it was closed.
+async fn read_until_closed(stream: &mut TcpStream, limit: Duration) -> (Vec<u8>, bool) {
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Err(_) => return (got, false),
+            Ok(Ok(0)) | Ok(Err(_)) => return (got, true),
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+/// Sends a partial request head, then one more header byte every 200 ms
+/// until the server closes the connection; how long that took (`None`: still
+/// open after `limit`).
+async fn slowloris(addr: SocketAddr, padding: usize, limit: Duration) -> Option<Duration> {
+    let mut stream = TcpStream::connect(addr).await.ok()?;
+    let opened = Instant::now();
+    let mut head = b"POST /api/v1/counter/increment HTTP/1.1\r\nHost: tally\r\nX-Pad: ".to_vec();
+    head.extend(std::iter::repeat_n(b'a', padding));
+    if stream.write_all(&head).await.is_err() {
+        return Some(opened.elapsed());
+    }
+    let mut buf = [0u8; 1024];
+    while opened.elapsed() < limit {
+        if stream.write_all(b"a").await.is_err() {
+            return Some(opened.elapsed());
+        }
+        match tokio::time::timeout(Duration::from_millis(200), stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return Some(opened.elapsed()),
+            Ok(Ok(_)) | Err(_) => {}
+        }
+    }
+    None
+}
+
+fn increment_body(resource: &str) -> serde_json::Value {
+    json!({"resource_id": resource, "counter_type": "likes"})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_headers_are_cut_at_the_header_timeout_while_others_are_served() {
+    let stack = Stack::start(&[("TALLY_HTTP_HEADER_TIMEOUT_MS", "1000")]);
+    let addr = stack.gateway.addr("http");
+    let baseline = stack.gateway.rss_bytes();
+    let rss = PeakRss::watch(stack.gateway.pid());
+    // 300 connections, each holding a 32 KiB partial head and dribbling more.
+    let slow: Vec<_> = (0..300).map(|_| tokio::spawn(slowloris(addr, 32 << 10, Duration::from_secs(10)))).collect();
+    let resource = unique("slowloris");
+    for i in 0..20 {
+        let (status, body) = stack.http.post(INC, increment_body(&resource)).await;
+        assert_eq!(status, 200, "normal request {i} during the attack: {body}");
+    }
+    for task in slow {
+        let took = task.await.expect("task").expect("a slow connection was never closed");
+        assert!(took >= Duration::from_millis(900), "closed before the header timeout: {took:?}");
+        assert!(took < Duration::from_secs(4), "closed {took:?} after opening, header timeout is 1 s");
+    }
+    let grown = rss.peak().saturating_sub(baseline);
+    assert!(grown < 48 * MIB, "300 slow connections grew the gateway by {} MiB", grown / MIB);
+    assert_eq!(stack.http.value(&resource, "likes").await, 20);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_request_head_is_refused_with_431() {
+    let stack = Stack::start(&[]);
+    let addr = stack.gateway.addr("http");
+    let baseline = stack.gateway.rss_bytes();
+    let rss = PeakRss::watch(stack.gateway.pid());
+    let attacks: Vec<_> = (0..50)
+        .map(|_| {
+            tokio::spawn(async move {
+                let mut stream = TcpStream::connect(addr).await.expect("connect");
+                let mut head = b"GET /api/v1/health HTTP/1.1\r\nHost: tally\r\nX-Pad: ".to_vec();
+                head.extend(std::iter::repeat_n(b'a', 380 << 10));
+                head.extend(b"\r\n\r\n");
+                let _ = stream.write_all(&head).await; // the server may close before it read it all
+                read_until_closed(&mut stream, Duration::from_secs(5)).await
+            })
+        })
+        .collect();
+    for attack in attacks {
+        let (answer, closed) = attack.await.expect("task");
+        assert!(closed, "the connection was closed");
+        let text = String::from_utf8_lossy(&answer);
+        assert!(text.is_empty() || text.starts_with("HTTP/1.1 431"), "{text}");
+    }
+    let grown = rss.peak().saturating_sub(baseline);
+    assert!(grown < 48 * MIB, "grew by {} MiB", grown / MIB);
+    assert_eq!(stack.http.get("/api/v1/health").await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_body_gets_408_and_writes_nothing() {
+    let stack = Stack::start(&[("TALLY_HTTP_BODY_TIMEOUT_MS", "1000")]);
+    let resource = unique("slowbody");
+    let mut stream = TcpStream::connect(stack.gateway.addr("http")).await.expect("connect");
+    let body = increment_body(&resource).to_string();
+    let head = format!(
+        "POST {INC} HTTP/1.1\r\nHost: tally\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.expect("head");
+    stream.write_all(&body.as_bytes()[..10]).await.expect("part of the body");
+    let started = Instant::now();
+    let (answer, _) = read_until_closed(&mut stream, Duration::from_secs(5)).await;
+    let took = started.elapsed();
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains(r#""code":"request_timeout""#), "the JSON envelope: {text}");
+    assert!(took >= Duration::from_millis(900) && took < Duration::from_secs(4), "answered after {took:?}");
+    assert_eq!(stack.http.value(&resource, "likes").await, 0, "nothing written");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_are_closed_but_busy_ones_are_kept() {
+    let stack = Stack::start(&[("TALLY_HTTP_IDLE_TIMEOUT_MS", "1000")]);
+    let addr = stack.gateway.addr("http");
+    let request = b"GET /api/v1/health HTTP/1.1\r\nHost: tally\r\n\r\n";
+    let mut buf = [0u8; 4096];
+
+    // Busy: a request every 300 ms for 3 s on one connection is never cut.
+    let mut busy = TcpStream::connect(addr).await.expect("connect");
+    for i in 0..10 {
+        busy.write_all(request).await.unwrap_or_else(|e| panic!("request {i}: {e}"));
+        let n = tokio::time::timeout(Duration::from_secs(2), busy.read(&mut buf)).await.expect("answer").expect("read");
+        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"), "request {i}");
+        tokio::time::sleep(Duration::from_millis(300)).await; // the client's think time is the point
+    }
+
+    // Idle: closed about one idle timeout after its last answer.
+    let mut idle = TcpStream::connect(addr).await.expect("connect");
+    idle.write_all(request).await.expect("request");
+    let n = idle.read(&mut buf).await.expect("answer");
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    let answered = Instant::now();
+    let (_, closed) = read_until_closed(&mut idle, Duration::from_secs(5)).await;
+    let took = answered.elapsed();
+    assert!(closed, "the idle connection is closed");
+    assert!(took >= Duration::from_millis(900) && took < Duration::from_secs(3), "closed after {took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_flood_above_the_cap_is_closed_at_once() {
+    let stack = Stack::start(&[("TALLY_HTTP_MAX_CONNECTIONS", "50"), ("TALLY_HTTP_HEADER_TIMEOUT_MS", "60000")]);
+    let addr = stack.gateway.addr("http");
+    let request = b"GET /api/v1/health HTTP/1.1\r\nHost: tally\r\n\r\n";
+    let mut buf = [0u8; 4096];
+    // A client already connected (one slot) ...
+    let mut client = TcpStream::connect(addr).await.expect("connect");
+    client.write_all(request).await.expect("request");
+    assert!(client.read(&mut buf).await.map(|n| n > 0).unwrap_or(false));
+    // ... 49 connections that take every other slot and say nothing ...
+    let mut holders = Vec::new();
+    for _ in 0..49 {
+        holders.push(TcpStream::connect(addr).await.expect("connect"));
+    }
+    // ... then 200 more: each closed at once.
+    let baseline = stack.gateway.rss_bytes();
+    for i in 0..200 {
+        let mut extra = TcpStream::connect(addr).await.expect("the kernel accepts");
+        let (_, closed) = read_until_closed(&mut extra, Duration::from_secs(2)).await;
+        assert!(closed, "connection {i} above the cap was left open");
+    }
+    assert!(stack.gateway.rss_bytes().saturating_sub(baseline) < 16 * MIB);
+    // The connected client is still served, and so is the admin port.
+    client.write_all(request).await.expect("request");
+    let n = client.read(&mut buf).await.expect("read");
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"), "the existing client is served");
+    let metrics = reqwest::get(format!("{}/metrics", stack.gateway.admin_base())).await.expect("scrape");
+    let text = metrics.text().await.expect("text");
+    let rejected = text
+        .lines()
+        .find(|l| l.starts_with("tally_gateway_http_connections_rejected_total") && l.contains("public"))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .expect("rejected connections metric");
+    assert!(rejected >= 200.0, "{rejected}");
+    // Slots come back when connections close.
+    drop(holders);
+    let resource = unique("after-flood");
+    let mut served = false;
+    for _ in 0..50 {
+        let response =
+            reqwest::Client::new().post(format!("{}{INC}", stack.http.base)).json(&increment_body(&resource));
+        if response.send().await.is_ok_and(|r| r.status() == 200) {
+            served = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await; // the server sees the closes asynchronously
+    }
+    assert!(served, "new clients are served once the flood is gone");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_beyond_the_in_flight_bound_are_shed_with_retry_after() {
+    let stack = Stack::start(&[("TALLY_MAX_IN_FLIGHT", "2"), ("TALLY_HTTP_BODY_TIMEOUT_MS", "30000")]);
+    let addr = stack.gateway.addr("http");
+    // Two requests whose bodies never finish hold both slots.
+    let mut holders = Vec::new();
+    for _ in 0..2 {
+        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        let head = format!("POST {INC} HTTP/1.1\r\nHost: tally\r\nContent-Length: 100\r\n\r\n{{");
+        stream.write_all(head.as_bytes()).await.expect("head");
+        holders.push(stream);
+    }
+    let client = reqwest::Client::new();
+    let resource = unique("shed");
+    let mut shed = None;
+    for _ in 0..100 {
+        let response = client.post(format!("{}{INC}", stack.http.base)).json(&increment_body(&resource)).send();
+        let response = response.await.expect("send");
+        if response.status() == 503 {
+            shed = Some(response);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await; // until the holders' heads were read
+    }
+    let shed = shed.expect("a third request is shed while two are in flight");
+    assert_eq!(shed.headers().get("retry-after").and_then(|v| v.to_str().ok()), Some("1"));
+    let body: serde_json::Value = shed.json().await.expect("json");
+    assert_eq!(body["error"]["code"], "unavailable", "{body}");
+    drop(holders);
+    let mut served = false;
+    for _ in 0..100 {
+        let response = client.post(format!("{}{INC}", stack.http.base)).json(&increment_body(&resource)).send();
+        if response.await.is_ok_and(|r| r.status() == 200) {
+            served = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await; // until the server saw the holders leave
+    }
+    assert!(served, "served again once the slots are free");
+}
+
+/// Sum of the gateway's metric samples whose line starts with `name` and
+/// contains every `filter`.
+async fn metric(admin: &str, name: &str, filters: &[&str]) -> f64 {
+    let text = reqwest::get(format!("{admin}/metrics")).await.expect("scrape").text().await.expect("text");
+    text.lines()
+        .filter(|l| l.starts_with(name) && filters.iter().all(|f| l.contains(f)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Clients that give up mid-write (every `wrk` run ends that way) must not
+/// stop the read cache from caching the counter; their requests are counted
+/// as status 499.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aborted_writes_do_not_disable_the_read_cache() {
+    let stack = Stack::start(&[("TALLY_CACHE_TTL_MS", "60000")]);
+    let admin = stack.gateway.admin_base();
+    let resource = unique("aborted");
+    assert_eq!(stack.http.post(INC, increment_body(&resource)).await.0, 200);
+
+    // The counter hangs: 40 writes are sent, then their clients give up.
+    stack.counter.signal("-STOP");
+    let impatient = reqwest::Client::builder().timeout(Duration::from_millis(200)).build().expect("client");
+    let aborted: Vec<_> = (0..40)
+        .map(|_| {
+            let request = impatient.post(format!("{}{INC}", stack.http.base)).json(&increment_body(&resource));
+            tokio::spawn(async move { request.send().await.is_err() })
+        })
+        .collect();
+    for task in aborted {
+        assert!(task.await.expect("task"), "the client gave up before an answer");
+    }
+    let mut seen = 0.0;
+    for _ in 0..100 {
+        seen = metric(&admin, "tally_gateway_http_requests_total", &["status=\"499\""]).await;
+        if seen >= 40.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await; // the gateway sees the closes asynchronously
+    }
+    assert!(seen >= 40.0, "the cancelled requests are recorded as 499: {seen}");
+    stack.counter.signal("-CONT");
+
+    // The first read fills the cache, the next ones hit it.
+    let hits_before = metric(&admin, "tally_gateway_cache_lookups_total", &["hit"]).await;
+    let first = stack.http.value(&resource, "likes").await;
+    for _ in 0..10 {
+        assert_eq!(stack.http.value(&resource, "likes").await, first);
+    }
+    let hits = metric(&admin, "tally_gateway_cache_lookups_total", &["hit"]).await - hits_before;
+    assert!(hits >= 10.0, "reads are cached again after aborted writes: {hits} hits");
+    assert!((1..=41).contains(&first), "the value counts the first write and any aborted one applied: {first}");
+}
