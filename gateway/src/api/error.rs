@@ -64,6 +64,17 @@ impl From<InvalidInput> for ApiError {
     }
 }
 
+impl From<tally_proto::json::BodyError> for ApiError {
+    fn from(err: tally_proto::json::BodyError) -> Self {
+        match err {
+            tally_proto::json::BodyError::Json(message) => {
+                ApiError::bad_request(format!("invalid JSON body: {message}"))
+            }
+            tally_proto::json::BodyError::Invalid(invalid) => ApiError::from(invalid),
+        }
+    }
+}
+
 /// How a counter-side failure reaches the HTTP client.
 impl From<CallError> for ApiError {
     fn from(err: CallError) -> Self {

@@ -10,8 +10,8 @@ use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde::de::DeserializeOwned;
 use serde_json::json;
+use tally_proto::json::{self as request, Increment};
 use tally_proto::v1::{BatchGetRequest, BatchIncrementRequest, CounterRef, GetRequest, IncrementOperation};
 use tally_proto::{CounterKey, validate};
 
@@ -37,15 +37,15 @@ pub struct App {
 
 pub type AppState = Arc<App>;
 
-fn parse<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
-    let bytes = body.map_err(|rejection| {
+/// The body bytes, or the JSON error for a body that could not be read.
+fn bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::too_large(format!("request body exceeds {MAX_BODY_BYTES} bytes"))
         } else {
             ApiError::bad_request(rejection.body_text())
         }
-    })?;
-    serde_json::from_slice(&bytes).map_err(|err| ApiError::bad_request(format!("invalid JSON body: {err}")))
+    })
 }
 
 fn operation(key: &CounterKey, delta: i64, idempotency_key: Option<&str>) -> IncrementOperation {
@@ -67,7 +67,6 @@ fn idempotency_header(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
 /// The key of a single increment: the `Idempotency-Key` header or the
 /// body's `idempotency_key`; both may be sent only when they agree.
 fn idempotency_key<'a>(headers: &'a HeaderMap, body: Option<&'a str>) -> Result<Option<&'a str>, ApiError> {
-    let body = validate::idempotency_key(body.unwrap_or_default())?;
     match (idempotency_header(headers)?, body) {
         (Some(header), Some(body)) if header != body => {
             Err(ApiError::bad_request("the Idempotency-Key header and the body's idempotency_key differ"))
@@ -81,10 +80,8 @@ pub async fn increment(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let body: IncrementBody = parse(body)?;
-    let key = CounterKey::new(body.resource_id, body.counter_type)?;
-    let delta = validate::delta_or_default(body.delta)?;
-    let idempotency_key = idempotency_key(&headers, body.idempotency_key.as_deref())?;
+    let Increment { key, delta, idempotency_key: body_key } = request::increment(&bytes(body)?)?;
+    let idempotency_key = idempotency_key(&headers, body_key.as_deref())?;
     let write = state.cache.write_started([&key]);
     let result = state.incrementer.increment(operation(&key, delta, idempotency_key)).await;
     if matches!(result, Err(CallError::Overloaded)) {
@@ -110,35 +107,24 @@ pub async fn batch_increment(
     State(state): State<AppState>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let body: BatchIncrementBody = parse(body)?;
-    validate::batch_len("operations", body.operations.len())?;
-    let ops: Vec<(CounterKey, i64, Option<String>)> = body
-        .operations
-        .into_iter()
-        .enumerate()
-        .map(|(i, op)| {
-            let key = CounterKey::new(op.resource_id, op.counter_type).map_err(|e| e.in_batch("operations", i))?;
-            let delta = validate::delta_or_default(op.delta).map_err(|e| e.in_batch("operations", i))?;
-            let idempotency_key = op.idempotency_key.unwrap_or_default();
-            validate::idempotency_key(&idempotency_key).map_err(|e| e.in_batch("operations", i))?;
-            Ok((key, delta, (!idempotency_key.is_empty()).then_some(idempotency_key)))
-        })
-        .collect::<Result<_, tally_proto::InvalidInput>>()?;
+    let batch = request::batch_increment(&bytes(body)?)?;
+    let ops: Vec<(CounterKey, i64, Option<String>)> =
+        batch.operations.into_iter().map(|op| (op.key, op.delta, op.idempotency_key)).collect();
     let request = BatchIncrementRequest {
         operations: ops.iter().map(|(key, delta, idem)| operation(key, *delta, idem.as_deref())).collect(),
-        r#async: body.is_async,
+        r#async: batch.is_async,
     };
 
     let write = state.cache.write_started(ops.iter().map(|(key, _, _)| key));
     let response = state.counter.batch_increment(request).await;
-    let results = match (&response, body.is_async) {
+    let results = match (&response, batch.is_async) {
         (Ok(response), false) => response.results.as_slice(),
         _ => &[],
     };
     write.finish(results.iter().map(|r| (r.error.is_none() && !r.replayed).then_some(r.current_value)));
     let response = response?;
 
-    if body.is_async {
+    if batch.is_async {
         let data = Accepted { accepted: ops.len(), is_async: true };
         return Ok((StatusCode::ACCEPTED, Json(success(data))).into_response());
     }
@@ -220,14 +206,7 @@ pub async fn batch_get(
     State(state): State<AppState>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Success<Values>>, ApiError> {
-    let body: BatchGetBody = parse(body)?;
-    validate::batch_len("items", body.items.len())?;
-    let keys: Vec<CounterKey> = body
-        .items
-        .into_iter()
-        .enumerate()
-        .map(|(i, item)| CounterKey::new(item.resource_id, item.counter_type).map_err(|e| e.in_batch("items", i)))
-        .collect::<Result<_, _>>()?;
+    let keys = request::batch_get(&bytes(body)?)?;
     let mut values: Vec<Option<i64>> = keys.iter().map(|k| state.cache.get(k)).collect();
     let missing: Vec<usize> = (0..keys.len()).filter(|&i| values[i].is_none()).collect();
     for hit in [true, false] {

@@ -1,47 +1,9 @@
-//! Request and response bodies of the HTTP API, wire-compatible with the
-//! original project's clients and load scripts.
-//!
-//! Request bodies reject fields they do not define (`deny_unknown_fields`):
-//! a typo such as `"dleta": 5` would otherwise be applied as +1.
+//! Response bodies of the HTTP API, wire-compatible with the original
+//! project's clients and load scripts (request bodies: `tally_proto::json`).
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use super::error::ErrorBody;
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct IncrementBody {
-    pub resource_id: String,
-    pub counter_type: String,
-    /// Omitted (or null) means 1.
-    #[serde(default)]
-    pub delta: Option<i64>,
-    /// Idempotency key of this operation (a single increment may send it
-    /// in the `Idempotency-Key` header instead).
-    #[serde(default)]
-    pub idempotency_key: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BatchIncrementBody {
-    pub operations: Vec<IncrementBody>,
-    #[serde(default, rename = "async")]
-    pub is_async: bool,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CounterRefBody {
-    pub resource_id: String,
-    pub counter_type: String,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BatchGetBody {
-    pub items: Vec<CounterRefBody>,
-}
 
 /// `{"status":"success","data":…}`
 #[derive(Debug, Serialize)]

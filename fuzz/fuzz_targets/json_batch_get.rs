@@ -1,0 +1,8 @@
+//! The HTTP body decoder of `batch_get`: any bytes give Ok or a bounded error.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    if let Err(err) = tally_proto::json::batch_get(data) {
+        assert!(err.to_string().len() < 1024, "error messages never echo the input");
+    }
+});
