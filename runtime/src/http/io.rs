@@ -13,11 +13,16 @@ use super::watchdog::Activity;
 pub struct Watched {
     stream: TcpStream,
     activity: Arc<Activity>,
+    /// Nothing read yet: the first bytes tell HTTP/2 (its preface) from HTTP/1.
+    first_read: bool,
 }
+
+/// How an HTTP/2 connection starts (RFC 9113 §3.4); no HTTP/1 method is `PRI`.
+const H2_PREFACE_START: &[u8] = b"PRI * HTTP/2";
 
 impl Watched {
     pub fn new(stream: TcpStream, activity: Arc<Activity>) -> Watched {
-        Watched { stream, activity }
+        Watched { stream, activity, first_read: true }
     }
 }
 
@@ -26,6 +31,14 @@ impl AsyncRead for Watched {
         let before = buf.filled().len();
         let result = Pin::new(&mut self.stream).poll_read(cx, buf);
         if buf.filled().len() > before {
+            let new = &buf.filled()[before..];
+            if self.first_read {
+                self.first_read = false;
+                let n = new.len().min(H2_PREFACE_START.len());
+                if new[..n] == H2_PREFACE_START[..n] {
+                    self.activity.set_http2();
+                }
+            }
             self.activity.bytes_read();
         }
         result

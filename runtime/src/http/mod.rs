@@ -122,6 +122,10 @@ fn builder(limits: &HttpLimits) -> auto::Builder<TokioExecutor> {
         .timer(TokioTimer::new())
         .max_concurrent_streams(limits.max_concurrent_streams)
         .max_header_list_size(limits.max_header_bytes as u32)
+        // Envoy's edge recommendation: 64 KiB per stream, 1 MiB per
+        // connection of unread request body in flight.
+        .initial_stream_window_size(64 * 1024)
+        .initial_connection_window_size(1024 * 1024)
         // Dead peers: a PING unanswered within 20 s closes the connection.
         .keep_alive_interval(Some(Duration::from_secs(20)))
         .keep_alive_timeout(Duration::from_secs(20))
@@ -144,7 +148,7 @@ async fn serve_connection(
     let tracked = activity.clone();
     let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
         let mut router = router.clone();
-        let request_done = RequestGuard::new(tracked.clone(), request.version() == hyper::Version::HTTP_2);
+        let request_done = RequestGuard::new(tracked.clone());
         async move {
             let response = router.call(request.map(Body::new)).await;
             drop(request_done);
@@ -167,9 +171,13 @@ async fn serve_connection(
             expiry = expired(&activity, limits) => {
                 metrics.closed_by_timeout.get_or_create(&[("reason", expiry.label())]).inc();
                 // No request is in flight: nothing is lost by closing. HTTP/2
-                // gets a GOAWAY first so its client knows not to retry blind.
-                connection.as_mut().graceful_shutdown();
-                let _ = tokio::time::timeout(GOAWAY_GRACE, connection.as_mut()).await;
+                // gets a GOAWAY first so its client knows not to retry blind;
+                // HTTP/1.1 is closed at once (a graceful shutdown would let a
+                // head that is still arriving complete, and be served, late).
+                if activity.is_http2() {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(GOAWAY_GRACE, connection.as_mut()).await;
+                }
                 return;
             }
         }
@@ -191,8 +199,8 @@ async fn expired(activity: &Activity, limits: HttpLimits) -> Expiry {
 struct RequestGuard(Arc<Activity>);
 
 impl RequestGuard {
-    fn new(activity: Arc<Activity>, http2: bool) -> RequestGuard {
-        activity.request_started(http2);
+    fn new(activity: Arc<Activity>) -> RequestGuard {
+        activity.request_started();
         RequestGuard(activity)
     }
 }

@@ -83,6 +83,15 @@ impl Activity {
         self.accepted.elapsed().as_millis() as u64
     }
 
+    /// The connection speaks HTTP/2 (its first bytes were the preface).
+    pub fn set_http2(&self) {
+        self.http2.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_http2(&self) -> bool {
+        self.http2.load(Ordering::Relaxed)
+    }
+
     /// Bytes arrived from the client.
     pub fn bytes_read(&self) {
         if self.in_flight.load(Ordering::Relaxed) == 0 && self.reading_since.load(Ordering::Relaxed) == NONE {
@@ -91,13 +100,10 @@ impl Activity {
     }
 
     /// A request head is complete and the request is being served.
-    pub fn request_started(&self, http2: bool) {
+    pub fn request_started(&self) {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         self.requests.fetch_add(1, Ordering::Relaxed);
         self.reading_since.store(NONE, Ordering::Relaxed);
-        if http2 {
-            self.http2.store(true, Ordering::Relaxed);
-        }
     }
 
     /// A request was answered (or cancelled).
@@ -214,7 +220,7 @@ mod tests {
         let a = Activity::new();
         a.bytes_read();
         assert_ne!(a.reading_since.load(Ordering::Relaxed), NONE);
-        a.request_started(false);
+        a.request_started();
         assert_eq!(a.reading_since.load(Ordering::Relaxed), NONE);
         a.bytes_read(); // a pipelined request while one is in flight
         assert_eq!(a.reading_since.load(Ordering::Relaxed), NONE);
