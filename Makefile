@@ -3,7 +3,7 @@
 
 CARGO ?= cargo
 
-.PHONY: build release run test lint fmt crd e2e-kind bench bench-counter bench-gateway bench-scale bench-tracing
+.PHONY: build release run test lint fmt crd e2e-kind bench bench-counter bench-gateway bench-scale bench-tracing bench-markers chaos
 
 build:
 	$(CARGO) build --workspace --all-targets
@@ -17,8 +17,10 @@ release:
 run:
 	scripts/run.sh
 
-## All tests. Needs redis-server + redis-cli (`.ci/run` installs them).
+## All tests. Installs what they need first when it is missing
+## (redis-server, redis-cli: scripts/install-test-deps.sh, shared with .ci/run).
 test:
+	scripts/install-test-deps.sh
 	$(CARGO) test --workspace --all-targets
 
 lint:
@@ -51,7 +53,18 @@ bench-counter:
 bench-scale:
 	scripts/bench-scale.sh
 
+## Redis memory of the write-behind batch markers under steady async load.
+bench-markers:
+	scripts/bench-markers.sh
+
 ## Request latency with trace export off, on with the collector refusing or
 ## hanging, and at the default sampling ratio.
 bench-tracing:
 	scripts/bench-tracing.sh
+
+## Soak with random faults (counter kill -9 / SIGSTOP, Redis restart / SIGSTOP)
+## under HTTP load, then correctness checks; exits non-zero on any failure.
+## CHAOS_SECONDS (default 300, at most 600) and CHAOS_SEED choose the run;
+## the report goes to bench-results/.
+chaos:
+	scripts/chaos.sh

@@ -1,0 +1,246 @@
+//! The stack under test, as real processes on loopback: redis-server with an
+//! fsync-always AOF, two `tally-counter`s and one `tally-gateway` in front of
+//! both.
+//!
+//! Every process that a fault may kill listens on a port fixed at startup,
+//! so that after a restart it is back at the same address and its clients
+//! (the gateway's channels, the counters' Redis connections) reconnect by
+//! themselves, as they would to a restarted pod behind a stable address.
+//! The slots are behind short-lived locks so the memory sampler can read the
+//! current pids while a fault is restarting a process.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use tally_testkit::{RedisServer, Service, free_port, redis_cli};
+
+/// Gateway's limit for a request head: slow clients must be cut after it.
+pub const HEADER_TIMEOUT: Duration = Duration::from_millis(2000);
+
+/// Attempts at restarting a process before the fault is reported failed.
+const START_ATTEMPTS: u32 = 3;
+
+/// One counter process and the fixed addresses it comes back on.
+pub struct Counter {
+    pub name: &'static str,
+    grpc_port: u16,
+    admin_port: u16,
+    service: Mutex<Option<Service>>,
+    pid: AtomicU32,
+}
+
+pub struct Stack {
+    bin_dir: PathBuf,
+    redis_port: u16,
+    redis_dir: PathBuf,
+    redis: Mutex<Option<RedisServer>>,
+    redis_pid: AtomicU32,
+    pub counters: [Counter; 2],
+    gateway: Mutex<Option<Service>>,
+    pub gateway_pid: u32,
+    pub gateway_http: SocketAddr,
+    pub gateway_admin: String,
+}
+
+impl Stack {
+    /// Starts everything; panics with the reason when a process cannot be
+    /// started (a setup failure, not a finding).
+    pub fn start(bin_dir: &Path, run_id: &str) -> Stack {
+        for name in ["tally-counter", "tally-gateway"] {
+            let path = bin_dir.join(name);
+            assert!(path.is_file(), "{} not found: build it first (cargo build --release -p {name})", path.display());
+        }
+        let redis_dir = std::env::temp_dir().join(format!("tally-chaos-{run_id}-{}", std::process::id()));
+        std::fs::create_dir_all(&redis_dir).unwrap_or_else(|e| panic!("create {}: {e}", redis_dir.display()));
+        let counter = |name| Counter {
+            name,
+            grpc_port: free_port(),
+            admin_port: free_port(),
+            service: Mutex::new(None),
+            pid: AtomicU32::new(0),
+        };
+        let mut stack = Stack {
+            bin_dir: bin_dir.to_path_buf(),
+            redis_port: free_port(),
+            redis_dir,
+            redis: Mutex::new(None),
+            redis_pid: AtomicU32::new(0),
+            counters: [counter("counter-a"), counter("counter-b")],
+            gateway: Mutex::new(None),
+            gateway_pid: 0,
+            gateway_http: SocketAddr::from(([127, 0, 0, 1], 0)),
+            gateway_admin: String::new(),
+        };
+        stack.start_redis().unwrap_or_else(|e| panic!("{e}"));
+        for i in 0..2 {
+            stack.start_counter(i).unwrap_or_else(|e| panic!("{e}"));
+        }
+        let endpoints: Vec<String> =
+            stack.counters.iter().map(|c| format!("http://127.0.0.1:{}", c.grpc_port)).collect();
+        let endpoints = endpoints.join(",");
+        let header_timeout = HEADER_TIMEOUT.as_millis().to_string();
+        let gateway = Service::start(
+            &bin_dir.join("tally-gateway"),
+            &[
+                ("TALLY_COUNTER_ENDPOINTS", &endpoints),
+                ("TALLY_HEALTH_INTERVAL_MS", "200"),
+                ("TALLY_HTTP_HEADER_TIMEOUT_MS", &header_timeout),
+            ],
+        );
+        stack.gateway_pid = gateway.pid();
+        stack.gateway_http = gateway.addr("http");
+        stack.gateway_admin = gateway.admin_base();
+        *lock(&stack.gateway) = Some(gateway);
+        stack
+    }
+
+    pub fn redis_port(&self) -> u16 {
+        self.redis_port
+    }
+
+    /// The processes' current pids by name (0 while one is down).
+    pub fn pids(&self) -> Vec<(&'static str, u32)> {
+        let mut pids = vec![("redis", self.redis_pid.load(Ordering::SeqCst))];
+        pids.extend(self.counters.iter().map(|c| (c.name, c.pid.load(Ordering::SeqCst))));
+        pids.push(("gateway", self.gateway_pid));
+        pids
+    }
+
+    /// Starts (or restarts) redis-server on its port and directory: the AOF
+    /// there brings back every acknowledged write.
+    pub fn start_redis(&self) -> Result<u32, String> {
+        let port = self.redis_port;
+        let dir = self.redis_dir.to_string_lossy().to_string();
+        let args = ["--appendonly", "yes", "--appendfsync", "always", "--dir", dir.as_str()];
+        let redis = retry_start("redis-server", || RedisServer::start_on(port, &args))?;
+        // The testkit keeps redis-server's pid to itself; Redis reports it.
+        let info = redis_cli(port, &["INFO", "server"]);
+        let pid = info
+            .lines()
+            .find_map(|l| l.strip_prefix("process_id:"))
+            .and_then(|p| p.trim().parse::<u32>().ok())
+            .ok_or_else(|| format!("redis-server on {port}: no process_id in INFO"))?;
+        *lock(&self.redis) = Some(redis);
+        self.redis_pid.store(pid, Ordering::SeqCst);
+        Ok(pid)
+    }
+
+    /// SIGKILLs redis-server (dropping it makes the testkit's watchdog kill it
+    /// and waits until it is gone, so its port is free for the restart).
+    pub fn kill_redis(&self) -> Result<u32, String> {
+        let redis = lock(&self.redis).take();
+        let pid = self.redis_pid.swap(0, Ordering::SeqCst);
+        match redis {
+            Some(redis) => {
+                drop(redis);
+                Ok(pid)
+            }
+            None => Err("redis-server was not running".into()),
+        }
+    }
+
+    pub fn signal_redis(&self, sig: &str) -> Result<u32, String> {
+        signal(self.redis_pid.load(Ordering::SeqCst), sig)
+    }
+
+    /// Starts (or restarts) counter `i` on its fixed gRPC and admin ports.
+    pub fn start_counter(&self, i: usize) -> Result<u32, String> {
+        let c = &self.counters[i];
+        let store = format!("redis://127.0.0.1:{}", self.redis_port);
+        let grpc = format!("127.0.0.1:{}", c.grpc_port);
+        let admin = format!("127.0.0.1:{}", c.admin_port);
+        let bin = self.bin_dir.join("tally-counter");
+        let env = [
+            ("TALLY_STORE", store.as_str()),
+            ("TALLY_LISTEN", grpc.as_str()),
+            ("TALLY_ADMIN_LISTEN", admin.as_str()),
+            ("TALLY_HEALTH_INTERVAL_MS", "200"),
+        ];
+        let service = retry_start(c.name, || Service::start(&bin, &env))?;
+        let pid = service.pid();
+        *lock(&c.service) = Some(service);
+        c.pid.store(pid, Ordering::SeqCst);
+        Ok(pid)
+    }
+
+    /// SIGKILLs counter `i` and reaps it.
+    pub fn kill_counter(&self, i: usize) -> Result<u32, String> {
+        let c = &self.counters[i];
+        let service = lock(&c.service).take();
+        let pid = c.pid.swap(0, Ordering::SeqCst);
+        match service {
+            // Dropping a Service is SIGKILL + wait.
+            Some(service) => {
+                drop(service);
+                Ok(pid)
+            }
+            None => Err(format!("{} was not running", c.name)),
+        }
+    }
+
+    pub fn signal_counter(&self, i: usize, sig: &str) -> Result<u32, String> {
+        signal(self.counters[i].pid.load(Ordering::SeqCst), sig)
+    }
+
+    /// Stops everything, front to back (gateway, counters, Redis), then
+    /// removes the AOF directory. Callable while another thread still holds
+    /// the stack (a fault injector that overran its bound).
+    pub fn shutdown(&self) {
+        drop(lock(&self.gateway).take());
+        for c in &self.counters {
+            c.pid.store(0, Ordering::SeqCst);
+            drop(lock(&c.service).take());
+        }
+        self.redis_pid.store(0, Ordering::SeqCst);
+        drop(lock(&self.redis).take());
+        let _ = std::fs::remove_dir_all(&self.redis_dir);
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// `kill -<sig> <pid>`, reporting failure instead of panicking (the process
+/// may have died on its own, which the report should show).
+fn signal(pid: u32, sig: &str) -> Result<u32, String> {
+    if pid == 0 {
+        return Err(format!("kill {sig}: the process is not running"));
+    }
+    match Command::new("kill").arg(sig).arg(pid.to_string()).status() {
+        Ok(status) if status.success() => Ok(pid),
+        Ok(status) => Err(format!("kill {sig} {pid}: {status}")),
+        Err(e) => Err(format!("kill {sig} {pid}: {e}")),
+    }
+}
+
+/// Runs a testkit start (which panics when the process does not come up)
+/// a few times, turning a last failure into an error for the fault log.
+fn retry_start<T>(what: &str, start: impl Fn() -> T + std::panic::RefUnwindSafe) -> Result<T, String> {
+    let mut last = String::new();
+    for attempt in 1..=START_ATTEMPTS {
+        match std::panic::catch_unwind(&start) {
+            Ok(started) => return Ok(started),
+            Err(panic) => {
+                last = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_else(|| "unknown panic".into());
+                eprintln!("chaos: starting {what} failed (attempt {attempt}/{START_ATTEMPTS}): {last}");
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        }
+    }
+    Err(format!("{what} did not start: {last}"))
+}
