@@ -50,10 +50,20 @@ async fn ready_endpoints_are_followed_and_a_relist_resyncs_fully() {
         assert_eq!(status, 200, "{body}");
     }
 
+    let scrape = || async {
+        let metrics = reqwest::get(format!("{}/metrics", gateway.admin_base())).await.expect("scrape");
+        metrics.text().await.expect("text")
+    };
+    assert!(scrape().await.contains(&format!("endpoint=\"{a}\"")), "a is exported while discovered");
+
     // a's slice vanishes while the watch is down; after the relist it is gone.
     api.delete_slice_silently("counter-a");
     api.cut_watches();
     gateway.wait_for_log("a dropped by the resync", |l| l.contains(&a) && l.contains("removed; draining"));
+    // Its metric series go with it (no stale breaker state exported forever).
+    let text = scrape().await;
+    assert!(!text.contains(&format!("endpoint=\"{a}\"")), "series of a removed endpoint are still exported");
+    assert!(text.contains(&format!("endpoint=\"{b}\"")), "the current endpoint is exported");
     assert_eq!(endpoints(&Http::new(gateway.admin_base()).get("/api/v1/system/backends").await.1), vec![b.clone()]);
 
     // Deletion through the watch too.

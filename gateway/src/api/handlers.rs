@@ -274,7 +274,7 @@ pub async fn backends(State(state): State<AppState>) -> impl IntoResponse {
         .iter()
         .map(|b| {
             json!({
-                "address": b.uri,
+                "address": tally_runtime::redact::userinfo(&b.uri),
                 "healthy": b.is_healthy(),
                 "pool_size": b.pool_size(),
                 "in_flight": b.in_flight(),
