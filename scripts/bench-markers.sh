@@ -43,7 +43,7 @@ done
 wait "$load"
 elapsed=$(( $(date +%s) - start ))
 count=$(markers)
-sample=$(redis-cli -p "$redis_port" --scan --pattern 'tally:batch:*' | head -1)
+sample=$(redis-cli -p "$redis_port" --scan --pattern 'tally:batch:*' | head -1 || true)
 bytes=$(redis-cli -p "$redis_port" memory usage "$sample" 2>/dev/null || echo 0)
 ops=$(cut -d, -f3 "$work/load.csv")
 

@@ -5,18 +5,15 @@
 //! neither bound.
 
 use std::io;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tally_runtime::conn::{Held, HeldConn};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::server::{Connected, TcpConnectInfo};
 
 /// What every HTTP/2 connection starts with (RFC 9113 §3.4).
 const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -68,7 +65,7 @@ pub fn bounded(
                 }
                 let _ = stream.set_nodelay(true);
                 metrics.open.inc();
-                let conn = BoundedConn { stream, _slot: slot, open: metrics.open.clone() };
+                let conn = HeldConn::new(stream, Slot { _permit: slot, open: metrics.open.clone() });
                 let _ = tx.send(Ok(conn)).await;
             });
         }
@@ -100,55 +97,19 @@ async fn sent_preface(stream: &TcpStream, timeout: Duration) -> bool {
     tokio::time::timeout(timeout, wait).await.unwrap_or(false)
 }
 
-/// A connection holding one of the listener's slots until it closes.
-pub struct BoundedConn {
-    stream: TcpStream,
-    _slot: OwnedSemaphorePermit,
+/// What a gRPC connection holds until it closes: one of the listener's
+/// slots, and its place in the open-connections gauge.
+pub struct Slot {
+    _permit: OwnedSemaphorePermit,
     open: Gauge,
 }
 
-impl Drop for BoundedConn {
+impl Held for Slot {}
+
+impl Drop for Slot {
     fn drop(&mut self) {
         self.open.dec();
     }
 }
 
-impl Connected for BoundedConn {
-    type ConnectInfo = TcpConnectInfo;
-
-    fn connect_info(&self) -> TcpConnectInfo {
-        self.stream.connect_info()
-    }
-}
-
-impl AsyncRead for BoundedConn {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for BoundedConn {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, data)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_shutdown(cx)
-    }
-}
+pub type BoundedConn = HeldConn<Slot>;

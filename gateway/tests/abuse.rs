@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Stack, unique};
+use common::{Stack, metric, unique};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -330,16 +330,6 @@ async fn requests_beyond_the_in_flight_bound_are_shed_with_retry_after() {
         tokio::time::sleep(Duration::from_millis(20)).await; // until the server saw the holders leave
     }
     assert!(served, "served again once the slots are free");
-}
-
-/// Sum of the gateway's metric samples whose line starts with `name` and
-/// contains every `filter`.
-async fn metric(admin: &str, name: &str, filters: &[&str]) -> f64 {
-    let text = reqwest::get(format!("{admin}/metrics")).await.expect("scrape").text().await.expect("text");
-    text.lines()
-        .filter(|l| l.starts_with(name) && filters.iter().all(|f| l.contains(f)))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 /// Clients that give up mid-write (every `wrk` run ends that way) must not

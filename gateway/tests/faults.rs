@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{RedisServer, Service, free_port, start_counter, start_gateway, unique};
+use common::{RedisServer, Service, free_port, metric, start_counter, start_gateway, unique};
 use serde_json::json;
 use tokio::sync::watch;
 
@@ -197,15 +197,6 @@ async fn a_hung_counter_is_ejected_and_readmitted() {
     let stored = stored(&c.redis, &post);
     report("SIGSTOP/SIGCONT, keyed", &out, stored);
     assert_eq!(stored, (CLIENTS * PER_CLIENT) as i64, "nothing lost, nothing counted twice");
-}
-
-/// Sum of a gateway metric's samples whose line contains every `filter`.
-async fn metric(base: &str, name: &str, filters: &[&str]) -> f64 {
-    let text = reqwest::get(format!("{base}/metrics")).await.unwrap().text().await.unwrap();
-    text.lines()
-        .filter(|l| l.starts_with(name) && filters.iter().all(|f| l.contains(f)))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

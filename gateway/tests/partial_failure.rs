@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Http, start_counter, start_gateway, unique};
+use common::{Http, metric, start_counter, start_gateway, unique};
 use serde_json::json;
 use tally_testkit::RedisCluster;
 
@@ -30,14 +30,6 @@ fn resource_on(cluster: &RedisCluster, node: usize, prefix: &str) -> (String, u1
             (start..=end).contains(&slot).then_some((id, slot))
         })
         .expect("a resource on the node")
-}
-
-async fn metric(admin: &str, name: &str, filters: &[&str]) -> f64 {
-    let text = reqwest::get(format!("{admin}/metrics")).await.expect("scrape").text().await.expect("text");
-    text.lines()
-        .filter(|l| l.starts_with(name) && filters.iter().all(|f| l.contains(f)))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

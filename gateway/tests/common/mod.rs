@@ -87,3 +87,13 @@ impl Http {
         body["data"]["current_value"].as_i64().expect("current_value")
     }
 }
+
+/// Sum of a gateway metric's samples (scraped from `admin`, the admin base
+/// URL) whose line starts with `name` and contains every `filter`.
+pub async fn metric(admin: &str, name: &str, filters: &[&str]) -> f64 {
+    let text = reqwest::get(format!("{admin}/metrics")).await.expect("scrape").text().await.expect("text");
+    text.lines()
+        .filter(|l| l.starts_with(name) && filters.iter().all(|f| l.contains(f)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}

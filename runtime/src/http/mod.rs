@@ -29,6 +29,8 @@ use tokio::sync::{Semaphore, watch};
 use tower::Service;
 
 pub use settings::{HttpArgs, HttpLimits};
+
+use crate::conn::HeldConn;
 use watchdog::{Activity, Expiry, Verdict};
 
 /// How long an HTTP/2 connection closed by its watchdog may take to finish
@@ -144,7 +146,7 @@ async fn serve_connection(
     mut stop: watch::Receiver<bool>,
 ) {
     let activity = Arc::new(Activity::new());
-    let io = TokioIo::new(io::Watched::new(stream, activity.clone()));
+    let io = TokioIo::new(HeldConn::new(stream, io::Watched::new(activity.clone())));
     let tracked = activity.clone();
     let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
         let mut router = router.clone();
