@@ -10,6 +10,7 @@
 //! keeps the values consistent.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use tally_proto::v1::{BatchIncrementRequest, IncrementOperation, OperationResult};
 use tokio::sync::{Semaphore, mpsc, oneshot};
@@ -23,6 +24,8 @@ struct Job {
     /// The waiting request's span, linked with the batch that carries it.
     span: Span,
     reply: oneshot::Sender<Result<OperationResult, CallError>>,
+    /// When it was queued: it waits at most the request deadline.
+    queued: Instant,
 }
 
 #[derive(Clone)]
@@ -31,19 +34,20 @@ pub struct Coalescer {
 }
 
 impl Coalescer {
-    /// Starts the loop. At most `max_queue` increments wait for a call; a
-    /// full queue answers [`CallError::Overloaded`] at once (load shedding
-    /// rather than an ever longer wait).
-    pub fn start(counter: Counter, max_ops: usize, max_inflight: usize, max_queue: usize) -> Coalescer {
-        let (tx, rx) = mpsc::channel(max_queue.max(1));
-        tokio::spawn(run(rx, counter, max_ops.max(1), max_inflight.max(1)));
+    /// Starts the loop. At most `limits.max_queue` increments wait for a
+    /// call; a full queue answers [`CallError::Overloaded`] at once (load
+    /// shedding rather than an ever longer wait), and so does an increment
+    /// that waited longer than `limits.max_wait` (it is never sent).
+    pub fn start(counter: Counter, limits: CoalesceLimits) -> Coalescer {
+        let (tx, rx) = mpsc::channel(limits.max_queue.max(1));
+        tokio::spawn(run(rx, counter, limits));
         Coalescer { tx }
     }
 
     pub async fn increment(&self, op: IncrementOperation) -> Result<OperationResult, CallError> {
         let (reply, rx) = oneshot::channel();
         let span = if tally_runtime::telemetry::enabled() { Span::current() } else { Span::none() };
-        self.tx.try_send(Job { op, span, reply }).map_err(|err| match err {
+        self.tx.try_send(Job { op, span, reply, queued: Instant::now() }).map_err(|err| match err {
             mpsc::error::TrySendError::Full(_) => CallError::Overloaded,
             mpsc::error::TrySendError::Closed(_) => CallError::ShuttingDown,
         })?;
@@ -51,21 +55,32 @@ impl Coalescer {
     }
 }
 
-async fn run(mut rx: mpsc::Receiver<Job>, counter: Counter, max_ops: usize, max_inflight: usize) {
-    let slots = Arc::new(Semaphore::new(max_inflight));
+/// Bounds of the coalescing queue.
+#[derive(Debug, Clone, Copy)]
+pub struct CoalesceLimits {
+    /// Most increments carried by one call.
+    pub max_ops: usize,
+    /// Calls in flight at once.
+    pub max_inflight: usize,
+    /// Increments waiting at most.
+    pub max_queue: usize,
+    /// Longest wait in the queue (the request deadline).
+    pub max_wait: Duration,
+}
+
+async fn run(mut rx: mpsc::Receiver<Job>, counter: Counter, limits: CoalesceLimits) {
+    let slots = Arc::new(Semaphore::new(limits.max_inflight.max(1)));
     loop {
         let Ok(slot) = slots.clone().acquire_owned().await else { return };
         let Some(first) = rx.recv().await else { return };
         let mut jobs = vec![first];
-        while jobs.len() < max_ops {
+        while jobs.len() < limits.max_ops.max(1) {
             match rx.try_recv() {
                 Ok(job) => jobs.push(job),
                 Err(_) => break,
             }
         }
-        // A request that gave up while queued (client gone) is not sent:
-        // its wait ended with its deadline, and nothing was applied.
-        jobs.retain(|job| !job.reply.is_closed());
+        let jobs = sendable(jobs, limits.max_wait);
         if jobs.is_empty() {
             continue;
         }
@@ -75,6 +90,23 @@ async fn run(mut rx: mpsc::Receiver<Job>, counter: Counter, max_ops: usize, max_
             drop(slot);
         });
     }
+}
+
+/// The jobs still worth sending. A request that gave up while queued
+/// (client gone) is dropped, and one that waited longer than `max_wait` is
+/// answered [`CallError::Overloaded`]: neither was sent, so nothing of them
+/// was applied.
+fn sendable(jobs: Vec<Job>, max_wait: Duration) -> Vec<Job> {
+    jobs.into_iter()
+        .filter(|job| !job.reply.is_closed())
+        .filter_map(|job| {
+            if job.queued.elapsed() <= max_wait {
+                return Some(job);
+            }
+            let _ = job.reply.send(Err(CallError::Overloaded));
+            None
+        })
+        .collect()
 }
 
 async fn send(counter: &Counter, jobs: Vec<Job>) {
@@ -108,5 +140,28 @@ async fn send(counter: &Counter, jobs: Vec<Job>) {
                 let _ = reply.send(Err(err.clone()));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(waited: Duration) -> (Job, oneshot::Receiver<Result<OperationResult, CallError>>) {
+        let (reply, rx) = oneshot::channel();
+        let queued = Instant::now().checked_sub(waited).expect("a past instant");
+        (Job { op: IncrementOperation::default(), span: Span::none(), reply, queued }, rx)
+    }
+
+    #[test]
+    fn queued_increments_past_their_deadline_or_abandoned_are_not_sent() {
+        let max_wait = Duration::from_secs(3);
+        let (fresh, _fresh_rx) = job(Duration::ZERO);
+        let (stale, mut stale_rx) = job(Duration::from_secs(4));
+        let (abandoned, abandoned_rx) = job(Duration::ZERO);
+        drop(abandoned_rx); // its client went away
+        let kept = sendable(vec![fresh, stale, abandoned], max_wait);
+        assert_eq!(kept.len(), 1, "only the fresh one is sent");
+        assert!(matches!(stale_rx.try_recv(), Ok(Err(CallError::Overloaded))), "the stale one is answered 503");
     }
 }

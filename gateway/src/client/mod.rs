@@ -218,9 +218,12 @@ impl Incrementer {
         if settings.coalesce {
             Incrementer::Coalesced(Coalescer::start(
                 counter.clone(),
-                settings.coalesce_max_ops,
-                settings.coalesce_max_inflight,
-                settings.coalesce_max_queue,
+                coalesce::CoalesceLimits {
+                    max_ops: settings.coalesce_max_ops,
+                    max_inflight: settings.coalesce_max_inflight,
+                    max_queue: settings.coalesce_max_queue,
+                    max_wait: settings.request_timeout,
+                },
             ))
         } else {
             Incrementer::Direct(counter.clone())
