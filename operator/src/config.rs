@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 
 use clap::Parser;
+use tally_runtime::http::HttpArgs;
 use tally_runtime::rt::RuntimeArgs;
 
 #[derive(Debug, Clone, Parser)]
@@ -37,6 +38,10 @@ pub struct Config {
     /// Only watch CounterClusters in this namespace (default: all).
     #[arg(long, env = "TALLY_WATCH_NAMESPACE")]
     pub watch_namespace: Option<String>,
+
+    /// Connection limits of the HTTP listener (`TALLY_HTTP_*`).
+    #[command(flatten)]
+    pub http: HttpArgs,
 
     #[command(flatten)]
     pub runtime: RuntimeArgs,

@@ -38,7 +38,8 @@ fn main() -> ExitCode {
 async fn run(config: Config) -> Result<(), Error> {
     let client = Client::try_default().await?;
     let metrics = Arc::new(Metrics::new());
-    let http = tokio::spawn(server::serve(config.listen, metrics.clone(), tally_runtime::signal::shutdown()));
+    let limits = tally_runtime::http::HttpLimits::from(&config.http);
+    let http = tokio::spawn(server::serve(config.listen, limits, metrics.clone(), tally_runtime::signal::shutdown()));
     let context = Arc::new(Context::new(client.clone(), metrics.clone()));
     if !config.leader_election {
         metrics.leader.set(1);

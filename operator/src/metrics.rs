@@ -21,6 +21,8 @@ pub struct Metrics {
     pub reconciles: Family<ResultLabel, Counter>,
     pub reconcile_duration: Histogram,
     pub leader: Gauge<i64, AtomicI64>,
+    /// Connections of the HTTP listener.
+    pub connections: tally_runtime::http::ConnMetrics,
 }
 
 impl Metrics {
@@ -32,7 +34,9 @@ impl Metrics {
         registry.register("reconcile_duration_seconds", "Time of one reconcile", reconcile_duration.clone());
         let leader = Gauge::default();
         registry.register("leader", "1 while this replica holds the leader lease", leader.clone());
-        Metrics { registry, reconciles, reconcile_duration, leader }
+        let connections = tally_runtime::http::ConnMetrics::default();
+        connections.register(&mut registry);
+        Metrics { registry, reconciles, reconcile_duration, leader, connections }
     }
 
     pub fn count(&self, result: &'static str) {

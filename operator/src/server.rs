@@ -11,6 +11,8 @@ use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
 use axum::routing::get;
 
+use tally_runtime::http::HttpLimits;
+
 use crate::metrics::Metrics;
 
 pub fn router(metrics: Arc<Metrics>) -> Router {
@@ -25,13 +27,17 @@ async fn render(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
     ([(CONTENT_TYPE, tally_runtime::metrics::CONTENT_TYPE)], metrics.render())
 }
 
-/// Serves until `shutdown` resolves.
+/// Serves until `shutdown` resolves, with the connection limits every tally
+/// listener has (`TALLY_HTTP_*`).
 pub async fn serve(
     listen: SocketAddr,
+    limits: HttpLimits,
     metrics: Arc<Metrics>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(listen).await?;
     tracing::info!(%listen, "metrics and probes listening");
-    axum::serve(listener, router(metrics)).with_graceful_shutdown(shutdown).await
+    let connections = metrics.connections.clone();
+    tally_runtime::http::serve(listener, router(metrics), limits, connections, shutdown).await;
+    Ok(())
 }
