@@ -48,6 +48,8 @@ pub struct Metrics {
     pub upstream_duration: HistogramFamily<Labels<1>>,
     /// Increments per coalesced BatchIncrement call.
     pub coalesced_operations: Histogram,
+    /// Reads per coalesced BatchGet call.
+    pub coalesced_reads: Histogram,
     /// Calls sent again, by gRPC method and why (`not_sent`, `unknown`).
     pub retries: Family<Labels<2>, Counter>,
     /// Retries the budget did not allow.
@@ -81,6 +83,8 @@ impl Metrics {
         registry.register("upstream_request_duration_seconds", "gRPC call latency", upstream_duration.clone());
         let coalesced_operations = size_histogram();
         registry.register("coalesced_operations", "Increments per coalesced call", coalesced_operations.clone());
+        let coalesced_reads = size_histogram();
+        registry.register("coalesced_reads", "Reads per coalesced BatchGet call", coalesced_reads.clone());
         let retries: Family<Labels<2>, Counter> = Family::default();
         registry.register("retries", "Calls sent again, by method and reason", retries.clone());
         // Present at zero from the start, so `rate()` and alerts see them before the first retry.
@@ -128,6 +132,7 @@ impl Metrics {
             upstream_requests,
             upstream_duration,
             coalesced_operations,
+            coalesced_reads,
             retries,
             retries_refused,
             cache_lookups,

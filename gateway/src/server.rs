@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use crate::api::{self, App, RequestLimits};
 use crate::cache::ReadCache;
 use crate::client::backends::{BackendError, Backends};
-use crate::client::{Counter, Incrementer, discovery, kubernetes};
+use crate::client::{Counter, Incrementer, Reader, discovery, kubernetes};
 use crate::config::{Config, Discovery};
 use crate::metrics::Metrics;
 
@@ -64,6 +64,7 @@ pub async fn run(config: Config) -> Result<(), StartupError> {
     let counter = Counter::new(backends.clone(), metrics.clone(), &settings);
     let state = Arc::new(App {
         incrementer: Incrementer::new(&counter, &settings),
+        reader: Reader::new(&counter, &settings),
         counter,
         cache: ReadCache::new(Duration::from_millis(config.cache_ttl_ms), config.cache_max_entries),
         metrics,

@@ -12,13 +12,13 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 use tally_proto::json::{self as request, Increment};
-use tally_proto::v1::{BatchGetRequest, BatchIncrementRequest, CounterRef, GetRequest, IncrementOperation};
+use tally_proto::v1::{BatchGetRequest, BatchIncrementRequest, CounterRef, IncrementOperation};
 use tally_proto::{CounterKey, validate};
 
 use super::error::{ApiError, ErrorBody};
 use super::json::*;
 use crate::cache::ReadCache;
-use crate::client::{CallError, Counter, Incrementer, operation_error};
+use crate::client::{CallError, Counter, Incrementer, Reader, operation_error};
 use crate::metrics::Metrics;
 
 /// Largest accepted request body (BRIEF §3).
@@ -29,6 +29,7 @@ pub const MAX_BODY_BYTES: usize = 1 << 20;
 pub struct App {
     pub counter: Counter,
     pub incrementer: Incrementer,
+    pub reader: Reader,
     pub cache: ReadCache,
     pub metrics: Arc<Metrics>,
     /// Whether callers' `traceparent` sampled flags are followed.
@@ -195,9 +196,11 @@ async fn read_one(state: &App, key: &CounterKey) -> Result<i64, ApiError> {
     }
     state.metrics.cache_lookup(false);
     let stamp = state.cache.read_stamp();
-    let request =
-        GetRequest { resource_id: key.resource_id().to_string(), counter_type: key.counter_type().to_string() };
-    let value = state.counter.get(request).await?.current_value;
+    let result = state.reader.get(key).await;
+    if matches!(result, Err(CallError::Overloaded)) {
+        state.metrics.shed("queue");
+    }
+    let value = result?;
     state.cache.fill(key, value, &stamp);
     Ok(value)
 }

@@ -1,53 +1,125 @@
-//! Coalescing of concurrent single increments into `BatchIncrement` calls
-//! (plan item 3), so a busy gateway does not pay one gRPC round trip per
-//! HTTP request.
+//! Coalescing of concurrent single calls into batch calls (plan item 3),
+//! so a busy gateway does not pay one gRPC round trip per HTTP request:
+//! single increments become `BatchIncrement` calls, single reads `BatchGet`
+//! calls ([`Batched`] says how for each).
 //!
 //! Same shape as the counter's group committer: one loop takes every queued
-//! increment (up to `max_ops`) as soon as a call slot is free and sends them
-//! as one batch; up to `max_inflight` batches are in flight. An idle gateway
-//! sends a lone increment at once, so nothing waits for a timer. Each caller
-//! gets the result of its own operation; the counter's own group commit
-//! keeps the values consistent.
+//! item (up to `max_ops`) as soon as a call slot is free and sends them as
+//! one batch; up to `max_inflight` batches are in flight. An idle gateway
+//! sends a lone item at once, so nothing waits for a timer. Each caller gets
+//! the result of its own item; the counter's own group commit keeps the
+//! values consistent.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tally_proto::v1::{BatchIncrementRequest, IncrementOperation, OperationResult};
+use tally_proto::v1::{
+    BatchGetRequest, BatchIncrementRequest, CounterRef, GetResponse, IncrementOperation, OperationResult,
+};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tracing::{Instrument, Span};
 
 use super::{CallError, Counter};
 use crate::spans;
 
-struct Job {
-    op: IncrementOperation,
+/// A kind of call that can be batched: one item per caller in, one output
+/// per item back, in order.
+pub trait Batched: Send + 'static {
+    type Item: Send + 'static;
+    type Output: Send + 'static;
+
+    /// Sends `items` as one call.
+    fn call(
+        counter: &Counter,
+        items: Vec<Self::Item>,
+    ) -> impl Future<Output = Result<Vec<Self::Output>, CallError>> + Send;
+
+    /// Records the size of one batch.
+    fn observe(counter: &Counter, items: usize);
+}
+
+/// Single increments → `BatchIncrement`.
+pub struct Increments;
+
+impl Batched for Increments {
+    type Item = IncrementOperation;
+    type Output = OperationResult;
+
+    async fn call(counter: &Counter, operations: Vec<IncrementOperation>) -> Result<Vec<OperationResult>, CallError> {
+        let request = BatchIncrementRequest { operations, r#async: false };
+        Ok(counter.batch_increment(request).await?.results)
+    }
+
+    fn observe(counter: &Counter, items: usize) {
+        counter.metrics().coalesced_operations.observe(items as f64);
+    }
+}
+
+/// Single reads → `BatchGet`.
+pub struct Reads;
+
+impl Batched for Reads {
+    type Item = CounterRef;
+    type Output = GetResponse;
+
+    async fn call(counter: &Counter, items: Vec<CounterRef>) -> Result<Vec<GetResponse>, CallError> {
+        Ok(counter.batch_get(BatchGetRequest { items }).await?.results)
+    }
+
+    fn observe(counter: &Counter, items: usize) {
+        counter.metrics().coalesced_reads.observe(items as f64);
+    }
+}
+
+struct Job<B: Batched> {
+    item: B::Item,
     /// The waiting request's span, linked with the batch that carries it.
     span: Span,
-    reply: oneshot::Sender<Result<OperationResult, CallError>>,
+    reply: oneshot::Sender<Result<B::Output, CallError>>,
     /// When it was queued: it waits at most the request deadline.
     queued: Instant,
 }
 
-#[derive(Clone)]
-pub struct Coalescer {
-    tx: mpsc::Sender<Job>,
+pub struct Coalescer<B: Batched> {
+    tx: mpsc::Sender<Job<B>>,
 }
 
-impl Coalescer {
-    /// Starts the loop. At most `limits.max_queue` increments wait for a
-    /// call; a full queue answers [`CallError::Overloaded`] at once (load
-    /// shedding rather than an ever longer wait), and so does an increment
-    /// that waited longer than `limits.max_wait` (it is never sent).
-    pub fn start(counter: Counter, limits: CoalesceLimits) -> Coalescer {
+impl<B: Batched> Clone for Coalescer<B> {
+    fn clone(&self) -> Self {
+        Coalescer { tx: self.tx.clone() }
+    }
+}
+
+/// Bounds of the coalescing queue.
+#[derive(Debug, Clone, Copy)]
+pub struct CoalesceLimits {
+    /// Most items carried by one call.
+    pub max_ops: usize,
+    /// Calls in flight at once.
+    pub max_inflight: usize,
+    /// Items waiting at most.
+    pub max_queue: usize,
+    /// Longest wait in the queue (the request deadline).
+    pub max_wait: Duration,
+}
+
+impl<B: Batched> Coalescer<B> {
+    /// Starts the loop. At most `limits.max_queue` items wait for a call; a
+    /// full queue answers [`CallError::Overloaded`] at once (load shedding
+    /// rather than an ever longer wait), and so does an item that waited
+    /// longer than `limits.max_wait` (it is never sent).
+    pub fn start(counter: Counter, limits: CoalesceLimits) -> Coalescer<B> {
         let (tx, rx) = mpsc::channel(limits.max_queue.max(1));
-        tokio::spawn(run(rx, counter, limits));
+        tokio::spawn(run::<B>(rx, counter, limits));
         Coalescer { tx }
     }
 
-    pub async fn increment(&self, op: IncrementOperation) -> Result<OperationResult, CallError> {
+    /// Queues `item` and waits for its own result.
+    pub async fn call(&self, item: B::Item) -> Result<B::Output, CallError> {
         let (reply, rx) = oneshot::channel();
         let span = if tally_runtime::telemetry::enabled() { Span::current() } else { Span::none() };
-        self.tx.try_send(Job { op, span, reply, queued: Instant::now() }).map_err(|err| match err {
+        self.tx.try_send(Job { item, span, reply, queued: Instant::now() }).map_err(|err| match err {
             mpsc::error::TrySendError::Full(_) => CallError::Overloaded,
             mpsc::error::TrySendError::Closed(_) => CallError::ShuttingDown,
         })?;
@@ -55,20 +127,7 @@ impl Coalescer {
     }
 }
 
-/// Bounds of the coalescing queue.
-#[derive(Debug, Clone, Copy)]
-pub struct CoalesceLimits {
-    /// Most increments carried by one call.
-    pub max_ops: usize,
-    /// Calls in flight at once.
-    pub max_inflight: usize,
-    /// Increments waiting at most.
-    pub max_queue: usize,
-    /// Longest wait in the queue (the request deadline).
-    pub max_wait: Duration,
-}
-
-async fn run(mut rx: mpsc::Receiver<Job>, counter: Counter, limits: CoalesceLimits) {
+async fn run<B: Batched>(mut rx: mpsc::Receiver<Job<B>>, counter: Counter, limits: CoalesceLimits) {
     let slots = Arc::new(Semaphore::new(limits.max_inflight.max(1)));
     loop {
         let Ok(slot) = slots.clone().acquire_owned().await else { return };
@@ -86,7 +145,7 @@ async fn run(mut rx: mpsc::Receiver<Job>, counter: Counter, limits: CoalesceLimi
         }
         let counter = counter.clone();
         tokio::spawn(async move {
-            send(&counter, jobs).await;
+            send::<B>(&counter, jobs).await;
             drop(slot);
         });
     }
@@ -96,7 +155,7 @@ async fn run(mut rx: mpsc::Receiver<Job>, counter: Counter, limits: CoalesceLimi
 /// (client gone) is dropped, and one that waited longer than `max_wait` is
 /// answered [`CallError::Overloaded`]: neither was sent, so nothing of them
 /// was applied.
-fn sendable(jobs: Vec<Job>, max_wait: Duration) -> Vec<Job> {
+fn sendable<B: Batched>(jobs: Vec<Job<B>>, max_wait: Duration) -> Vec<Job<B>> {
     jobs.into_iter()
         .filter(|job| !job.reply.is_closed())
         .filter_map(|job| {
@@ -109,28 +168,27 @@ fn sendable(jobs: Vec<Job>, max_wait: Duration) -> Vec<Job> {
         .collect()
 }
 
-async fn send(counter: &Counter, jobs: Vec<Job>) {
-    counter.metrics().coalesced_operations.observe(jobs.len() as f64);
-    let mut ops = Vec::with_capacity(jobs.len());
+async fn send<B: Batched>(counter: &Counter, jobs: Vec<Job<B>>) {
+    B::observe(counter, jobs.len());
+    let mut items = Vec::with_capacity(jobs.len());
     let mut replies = Vec::with_capacity(jobs.len());
     let mut members = Vec::with_capacity(jobs.len());
     for job in jobs {
-        ops.push(job.op);
+        items.push(job.item);
         replies.push(job.reply);
         members.push(job.span);
     }
     let batch = spans::coalesced_batch(&members);
     drop(members);
-    let expected = ops.len();
-    let request = BatchIncrementRequest { operations: ops, r#async: false };
-    match counter.batch_increment(request).instrument(batch).await {
-        Ok(response) if response.results.len() == expected => {
-            for (reply, result) in replies.into_iter().zip(response.results) {
+    let expected = items.len();
+    match B::call(counter, items).instrument(batch).await {
+        Ok(results) if results.len() == expected => {
+            for (reply, result) in replies.into_iter().zip(results) {
                 let _ = reply.send(Ok(result));
             }
         }
-        Ok(response) => {
-            let err = CallError::Protocol(format!("expected {expected} results, got {}", response.results.len()));
+        Ok(results) => {
+            let err = CallError::Protocol(format!("expected {expected} results, got {}", results.len()));
             for reply in replies {
                 let _ = reply.send(Err(err.clone()));
             }
@@ -147,10 +205,10 @@ async fn send(counter: &Counter, jobs: Vec<Job>) {
 mod tests {
     use super::*;
 
-    fn job(waited: Duration) -> (Job, oneshot::Receiver<Result<OperationResult, CallError>>) {
+    fn job(waited: Duration) -> (Job<Increments>, oneshot::Receiver<Result<OperationResult, CallError>>) {
         let (reply, rx) = oneshot::channel();
         let queued = Instant::now().checked_sub(waited).expect("a past instant");
-        (Job { op: IncrementOperation::default(), span: Span::none(), reply, queued }, rx)
+        (Job { item: IncrementOperation::default(), span: Span::none(), reply, queued }, rx)
     }
 
     #[test]

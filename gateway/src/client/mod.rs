@@ -12,6 +12,9 @@ pub mod coalesce;
 pub mod discovery;
 pub mod kubernetes;
 pub mod retry;
+mod single;
+
+pub use single::{Incrementer, Reader};
 
 use std::future::Future;
 use std::sync::Arc;
@@ -20,7 +23,7 @@ use std::time::{Duration, Instant};
 use tally_proto::v1::counter_service_client::CounterServiceClient;
 use tally_proto::v1::{
     BatchGetRequest, BatchGetResponse, BatchIncrementRequest, BatchIncrementResponse, GetRequest, GetResponse,
-    IncrementOperation, IncrementRequest, OperationResult,
+    IncrementRequest, OperationResult,
 };
 use tonic::Code;
 use tonic::transport::Channel;
@@ -31,7 +34,6 @@ use crate::spans;
 use backends::Backends;
 use balance::Policy;
 use breaker::BreakerSettings;
-use coalesce::Coalescer;
 use retry::{CallKind, RetryBudget};
 
 #[derive(Debug, Clone)]
@@ -204,48 +206,6 @@ pub struct Applied {
     /// The idempotency key was seen before: `value` is the first result and
     /// nothing was applied now.
     pub replayed: bool,
-}
-
-/// Single increments: coalesced into batches, or one call each.
-#[derive(Clone)]
-pub enum Incrementer {
-    Coalesced(Coalescer),
-    Direct(Counter),
-}
-
-impl Incrementer {
-    pub fn new(counter: &Counter, settings: &ClientSettings) -> Incrementer {
-        if settings.coalesce {
-            Incrementer::Coalesced(Coalescer::start(
-                counter.clone(),
-                coalesce::CoalesceLimits {
-                    max_ops: settings.coalesce_max_ops,
-                    max_inflight: settings.coalesce_max_inflight,
-                    max_queue: settings.coalesce_max_queue,
-                    max_wait: settings.request_timeout,
-                },
-            ))
-        } else {
-            Incrementer::Direct(counter.clone())
-        }
-    }
-
-    /// Applies one validated increment; the value right after it.
-    pub async fn increment(&self, op: IncrementOperation) -> Result<Applied, CallError> {
-        match self {
-            Incrementer::Coalesced(coalescer) => {
-                let result = coalescer.increment(op).await?;
-                match result.error {
-                    None => Ok(Applied { value: result.current_value, replayed: result.replayed }),
-                    Some(err) => Err(CallError::Status { code: Code::from(err.code), message: err.message }),
-                }
-            }
-            Incrementer::Direct(counter) => {
-                let IncrementOperation { resource_id, counter_type, delta, idempotency_key } = op;
-                counter.increment(IncrementRequest { resource_id, counter_type, delta, idempotency_key }).await
-            }
-        }
-    }
 }
 
 /// The per-operation view of a batch result, for handlers.

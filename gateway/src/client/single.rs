@@ -1,0 +1,81 @@
+//! Single increments and single reads as the handlers see them: coalesced
+//! into batch calls ([`coalesce`](super::coalesce)), or one call each when
+//! coalescing is off (`TALLY_COALESCE=false`).
+
+use tally_proto::CounterKey;
+use tally_proto::v1::{CounterRef, GetRequest, IncrementOperation, IncrementRequest};
+use tonic::Code;
+
+use super::coalesce::{CoalesceLimits, Coalescer, Increments, Reads};
+use super::{Applied, CallError, ClientSettings, Counter};
+
+fn limits(settings: &ClientSettings) -> CoalesceLimits {
+    CoalesceLimits {
+        max_ops: settings.coalesce_max_ops,
+        max_inflight: settings.coalesce_max_inflight,
+        max_queue: settings.coalesce_max_queue,
+        max_wait: settings.request_timeout,
+    }
+}
+
+/// Single increments: coalesced into batches, or one call each.
+#[derive(Clone)]
+pub enum Incrementer {
+    Coalesced(Coalescer<Increments>),
+    Direct(Counter),
+}
+
+impl Incrementer {
+    pub fn new(counter: &Counter, settings: &ClientSettings) -> Incrementer {
+        if settings.coalesce {
+            Incrementer::Coalesced(Coalescer::start(counter.clone(), limits(settings)))
+        } else {
+            Incrementer::Direct(counter.clone())
+        }
+    }
+
+    /// Applies one validated increment; the value right after it.
+    pub async fn increment(&self, op: IncrementOperation) -> Result<Applied, CallError> {
+        match self {
+            Incrementer::Coalesced(coalescer) => {
+                let result = coalescer.call(op).await?;
+                match result.error {
+                    None => Ok(Applied { value: result.current_value, replayed: result.replayed }),
+                    Some(err) => Err(CallError::Status { code: Code::from(err.code), message: err.message }),
+                }
+            }
+            Incrementer::Direct(counter) => {
+                let IncrementOperation { resource_id, counter_type, delta, idempotency_key } = op;
+                counter.increment(IncrementRequest { resource_id, counter_type, delta, idempotency_key }).await
+            }
+        }
+    }
+}
+
+/// Single reads: coalesced into `BatchGet` calls, or one `Get` each.
+#[derive(Clone)]
+pub enum Reader {
+    Coalesced(Coalescer<Reads>),
+    Direct(Counter),
+}
+
+impl Reader {
+    pub fn new(counter: &Counter, settings: &ClientSettings) -> Reader {
+        if settings.coalesce {
+            Reader::Coalesced(Coalescer::start(counter.clone(), limits(settings)))
+        } else {
+            Reader::Direct(counter.clone())
+        }
+    }
+
+    /// The counter's current value.
+    pub async fn get(&self, key: &CounterKey) -> Result<i64, CallError> {
+        let (resource_id, counter_type) = (key.resource_id().to_string(), key.counter_type().to_string());
+        match self {
+            Reader::Coalesced(coalescer) => {
+                Ok(coalescer.call(CounterRef { resource_id, counter_type }).await?.current_value)
+            }
+            Reader::Direct(counter) => Ok(counter.get(GetRequest { resource_id, counter_type }).await?.current_value),
+        }
+    }
+}
