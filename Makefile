@@ -3,7 +3,7 @@
 
 CARGO ?= cargo
 
-.PHONY: build release run test lint fmt crd e2e-kind bench bench-counter bench-gateway bench-scale bench-tracing bench-markers chaos
+.PHONY: build release run test lint fmt crd e2e-kind bench bench-counter bench-gateway bench-scale bench-tracing bench-markers bench-compare chaos
 
 build:
 	$(CARGO) build --workspace --all-targets
@@ -42,7 +42,7 @@ e2e-kind:
 	scripts/e2e-kind.sh
 
 ## Benchmarks (BRIEF §10); reports go to bench-results/.
-bench: bench-gateway bench-counter bench-scale bench-tracing
+bench: bench-compare bench-gateway bench-counter bench-scale bench-tracing
 
 bench-gateway:
 	scripts/bench-gateway.sh
@@ -52,6 +52,11 @@ bench-counter:
 
 bench-scale:
 	scripts/bench-scale.sh
+
+## The chain next to a one-process reference (tally-reference), default
+## settings, same run: req/s, p50/p99 and server CPU per request.
+bench-compare:
+	scripts/bench-compare.sh
 
 ## Redis memory of the write-behind batch markers under steady async load.
 bench-markers:

@@ -1,0 +1,124 @@
+#!/usr/bin/env bash
+# The chain (tally-gateway → tally-counter → Redis) next to a one-process
+# reference (tally-reference: axum handler → Redis over one multiplexed
+# connection) in one run, both with DEFAULT settings, for increments and
+# reads. For each scenario: req/s, p50/p99 and the SERVER CPU PER REQUEST —
+# user+sys from /proc/<pid>/stat of every server process (Redis included,
+# the load generator excluded), the figure to optimise: throughput on a
+# shared 2-core machine is noisy, CPU per request much less so.
+#
+#   SECONDS_PER_RUN=10 scripts/bench-compare.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/lib.sh
+
+SECONDS_PER_RUN=${SECONDS_PER_RUN:-10}
+require_tools redis-server redis-cli wrk python3
+
+cargo build --release -q -p tally-counter -p tally-gateway -p tally-bench
+work=$(mktemp -d)
+trap kill_started EXIT
+tick_us=$((1000000 / $(getconf CLK_TCK)))
+
+# CPU time (clock ticks, user+sys) of the given pids, summed.
+cpu_ticks() {
+  local total=0 pid
+  for pid in "$@"; do
+    total=$((total + $(awk '{print $14 + $15}' "/proc/$pid/stat")))
+  done
+  echo "$total"
+}
+
+# run_wrk <name> <url> [lua] -- pids...: one wrk run; appends a CSV row
+# name,requests,rps,p50_ms,p99_ms,cpu_us_per_request to $work/rows.csv.
+run_wrk() {
+  local name=$1 url=$2 script=$3; shift 4
+  local before after args=(-t2 -c100 -d"${SECONDS_PER_RUN}s" --latency)
+  [ -n "$script" ] && args+=(-s "scripts/wrk/$script")
+  before=$(cpu_ticks "$@")
+  wrk "${args[@]}" "$url" >"$work/$name.txt"
+  after=$(cpu_ticks "$@")
+  python3 - "$name" "$work/$name.txt" "$((after - before))" "$tick_us" >>"$work/rows.csv" <<'PY'
+import re, sys
+name, path, ticks, tick_us = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+text = open(path).read()
+def ms(v, unit):
+    return float(v) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+lat = {p: ms(v, u) for p, v, u in re.findall(r"^\s+(50|99)(?:\.000)?%\s+([\d.]+)(us|ms|s)", text, re.M)}
+requests = int(re.search(r"(\d+) requests in", text).group(1))
+rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
+errors = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+bad = int(errors.group(1)) if errors else 0
+print(f"{name},{requests},{rps:.0f},{lat.get('50', 0):.2f},{lat.get('99', 0):.2f},{ticks * tick_us / max(requests, 1):.1f},{bad}")
+PY
+}
+
+redis_port=$(free_port)
+redis_pid=$(start_redis "$redis_port" "$work/redis.log")
+pids+=("$redis_pid")
+
+# The reference alone with Redis.
+ref_port=$(free_port)
+TALLY_REFERENCE_LISTEN="127.0.0.1:$ref_port" TALLY_STORE="redis://127.0.0.1:$redis_port" \
+  target/release/tally-reference >"$work/reference.log" 2>&1 &
+ref_pid=$!
+pids+=("$ref_pid")
+wait_for_log "$work/reference.log" "tally-reference listening"
+ref="http://127.0.0.1:$ref_port/api/v1/counter"
+run_wrk reference-inc-hot "$ref/increment" hot.lua -- "$ref_pid" "$redis_pid"
+run_wrk reference-inc-keys "$ref/increment" keys.lua -- "$ref_pid" "$redis_pid"
+run_wrk reference-get-hot "$ref/bench:hot/likes" "" -- "$ref_pid" "$redis_pid"
+run_wrk reference-get-keys "$ref/" get-keys.lua -- "$ref_pid" "$redis_pid"
+ref_rss=$(peak_rss_mib "$ref_pid")
+stop_pids "$ref_pid"
+
+# The chain, default settings; a second gateway with the cache off for uncached reads.
+grpc_port=$(free_port); admin_port=$(free_port); http_port=$(free_port); nocache_port=$(free_port)
+counter_pid=$(start_counter "$redis_port" "$grpc_port" "$admin_port" "$work/counter.log")
+pids+=("$counter_pid")
+gateway_pid=$(start_gateway "$http_port" "http://127.0.0.1:$grpc_port" "$work/gateway.log")
+pids+=("$gateway_pid")
+chain="http://127.0.0.1:$http_port/api/v1/counter"
+run_wrk chain-inc-hot "$chain/increment" hot.lua -- "$gateway_pid" "$counter_pid" "$redis_pid"
+run_wrk chain-inc-keys "$chain/increment" keys.lua -- "$gateway_pid" "$counter_pid" "$redis_pid"
+run_wrk chain-get-hot "$chain/bench:hot/likes" "" -- "$gateway_pid" "$counter_pid" "$redis_pid"
+run_wrk chain-get-keys "$chain/" get-keys.lua -- "$gateway_pid" "$counter_pid" "$redis_pid"
+gateway_rss=$(peak_rss_mib "$gateway_pid")
+stop_pids "$gateway_pid"
+nocache_pid=$(TALLY_CACHE_TTL_MS=0 start_gateway "$nocache_port" "http://127.0.0.1:$grpc_port" "$work/nocache.log")
+pids+=("$nocache_pid")
+uncached="http://127.0.0.1:$nocache_port/api/v1/counter"
+run_wrk chain-get-hot-uncached "$uncached/bench:hot/likes" "" -- "$nocache_pid" "$counter_pid" "$redis_pid"
+run_wrk chain-get-keys-uncached "$uncached/" get-keys.lua -- "$nocache_pid" "$counter_pid" "$redis_pid"
+counter_rss=$(peak_rss_mib "$counter_pid")
+
+mkdir -p bench-results
+report="bench-results/compare-$(date -u +%Y%m%d-%H%M%S).md"
+python3 - "$work/rows.csv" "$SECONDS_PER_RUN" "$ref_rss" "$gateway_rss" "$counter_rss" >"$report" <<'PY'
+import sys
+rows = {}
+for line in open(sys.argv[1]):
+    name, requests, rps, p50, p99, cpu, bad = line.strip().split(",")
+    rows[name] = dict(requests=int(requests), rps=float(rps), p50=float(p50), p99=float(p99), cpu=float(cpu), bad=int(bad))
+seconds, ref_rss, gw_rss, counter_rss = sys.argv[2:]
+print("# Chain vs one-process reference — default settings, same run\n")
+print(f"wrk -t2 -c100 -d{seconds}s --latency on loopback; CPU per request = user+sys of every server process")
+print("(Redis included, wrk excluded) over the run ÷ requests. Lower is better.\n")
+print("| scenario | system | req/s | p50 ms | p99 ms | server CPU µs/req | chain ÷ reference (CPU) | chain ÷ reference (req/s) | non-2xx |")
+print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+pairs = [("inc-hot", "increment, one hot key"), ("inc-keys", "increment, 100k keys"), ("get-hot", "GET, one hot key"),
+         ("get-keys", "GET, 10k keys")]
+for key, title in pairs:
+    ref = rows[f"reference-{key}"]
+    for system in ["reference", "chain", "chain-uncached"]:
+        row = rows.get(f"{system}-{key}" if system != "chain-uncached" else f"chain-{key}-uncached")
+        if row is None:
+            continue
+        label = {"reference": "reference", "chain": "chain", "chain-uncached": "chain, cache off"}[system]
+        cpu_ratio = "" if system == "reference" else f"{row['cpu'] / ref['cpu']:.2f}"
+        rps_ratio = "" if system == "reference" else f"{row['rps'] / ref['rps']:.2f}"
+        print(f"| {title} | {label} | {row['rps']:,.0f} | {row['p50']:.2f} | {row['p99']:.2f} | {row['cpu']:.1f} | {cpu_ratio} | {rps_ratio} | {row['bad']} |")
+print(f"\nPeak RSS: reference {ref_rss} MiB, gateway {gw_rss} MiB, counter {counter_rss} MiB.")
+PY
+cat "$report"
+echo "report: $report"
