@@ -6,9 +6,9 @@
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::Request;
+use axum::http::Method;
 use axum::http::header::CONTENT_LENGTH;
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
@@ -19,10 +19,11 @@ use super::handlers::MAX_BODY_BYTES;
 /// How much of an oversized body is read (and discarded) before answering 413.
 const DRAIN_LIMIT: usize = 16 << 20;
 
-pub async fn read_body(State(timeout): State<Duration>, request: Request, next: Next) -> Response {
+/// The request with its body read in full, or the error response.
+pub async fn read(request: Request, timeout: Duration) -> Result<Request, Response> {
     let announced = request.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    if announced == Some(0) {
-        return next.run(request).await;
+    if announced == Some(0) || (announced.is_none() && request.method() == Method::GET) {
+        return Ok(request);
     }
     let (parts, body) = request.into_parts();
     if announced.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
@@ -31,14 +32,16 @@ pub async fn read_body(State(timeout): State<Duration>, request: Request, next: 
         // client's kernel reset the connection, and the client sees a broken
         // connection instead of the 413.
         let _ = tokio::time::timeout(timeout, drain(body)).await;
-        return too_large().into_response();
+        return Err(too_large().into_response());
     }
     match tokio::time::timeout(timeout, Limited::new(body, MAX_BODY_BYTES).collect()).await {
-        Err(_) => ApiError::request_timeout(format!("request body not received within {} ms", timeout.as_millis()))
-            .into_response(),
-        Ok(Err(err)) if err.downcast_ref::<LengthLimitError>().is_some() => too_large().into_response(),
-        Ok(Err(err)) => ApiError::bad_request(format!("failed to read the request body: {err}")).into_response(),
-        Ok(Ok(collected)) => next.run(Request::from_parts(parts, Body::from(collected.to_bytes()))).await,
+        Err(_) => {
+            Err(ApiError::request_timeout(format!("request body not received within {} ms", timeout.as_millis()))
+                .into_response())
+        }
+        Ok(Err(err)) if err.downcast_ref::<LengthLimitError>().is_some() => Err(too_large().into_response()),
+        Ok(Err(err)) => Err(ApiError::bad_request(format!("failed to read the request body: {err}")).into_response()),
+        Ok(Ok(collected)) => Ok(Request::from_parts(parts, Body::from(collected.to_bytes()))),
     }
 }
 

@@ -45,9 +45,7 @@ pub fn public_router(state: AppState, limits: RequestLimits) -> Router {
         .fallback(handlers::not_found)
         .method_not_allowed_fallback(handlers::method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(middleware::from_fn_with_state(limits.body_timeout, body::read_body))
-        .layer(middleware::from_fn_with_state((state.clone(), slots), shed))
-        .layer(middleware::from_fn_with_state(state.clone(), record))
+        .layer(middleware::from_fn_with_state(Edge { state: state.clone(), slots, limits }, edge))
         .with_state(state)
 }
 
@@ -75,20 +73,23 @@ const ROUTES: [&str; 5] = [
     "/api/v1/health",
 ];
 
-/// Load shedding: beyond `max_in_flight` requests, answer 503 with
-/// `Retry-After` at once rather than queue without limit (what Envoy's
-/// overload manager and `max_requests` circuit breaker do).
-async fn shed(State((state, slots)): State<(AppState, Arc<Semaphore>)>, request: Request, next: Next) -> Response {
-    let Ok(_slot) = slots.try_acquire() else {
-        state.metrics.shed("in_flight");
-        return ApiError::overloaded("too many requests in flight; retry later").into_response();
-    };
-    next.run(request).await
+/// What every public request passes through, in one layer (one boxed
+/// service instead of three: measured cheaper per request).
+#[derive(Clone)]
+struct Edge {
+    state: AppState,
+    slots: Arc<Semaphore>,
+    limits: RequestLimits,
 }
 
-/// Counts every request by route template (not raw path: bounded labels).
-async fn record(State(state): State<AppState>, request: Request, next: Next) -> Response {
+/// Per public request, outermost first: request metrics and the server span
+/// (also for a cancelled request); load shedding — beyond `max_in_flight`
+/// requests, 503 with `Retry-After` at once rather than queueing without
+/// limit (what Envoy's overload manager and `max_requests` circuit breaker
+/// do); the body read within its size and time limits; then the handler.
+async fn edge(State(edge): State<Edge>, request: Request, next: Next) -> Response {
     let matched = request.extensions().get::<MatchedPath>().map(MatchedPath::as_str);
+    // Route template, not raw path: bounded labels, static strings.
     let route = matched.and_then(|m| ROUTES.iter().find(|r| **r == m)).copied().unwrap_or("unmatched");
     let method = match request.method().as_str() {
         "GET" => "GET",
@@ -103,10 +104,22 @@ async fn record(State(state): State<AppState>, request: Request, next: Next) -> 
     let span = if route == "/api/v1/health" {
         Span::none()
     } else {
-        spans::http_server(request.headers(), state.trace_caller, method, route, request.uri().path())
+        spans::http_server(request.headers(), edge.state.trace_caller, method, route, request.uri().path())
     };
+    let state = edge.state.clone();
     let mut outcome = Outcome { state, route, method, span: span.clone(), started: Instant::now(), status: None };
-    let response = next.run(request).instrument(span).await;
+    let response = async {
+        let Ok(_slot) = edge.slots.try_acquire() else {
+            edge.state.metrics.shed("in_flight");
+            return ApiError::overloaded("too many requests in flight; retry later").into_response();
+        };
+        match body::read(request, edge.limits.body_timeout).await {
+            Ok(request) => next.run(request).await,
+            Err(refused) => refused,
+        }
+    }
+    .instrument(span)
+    .await;
     outcome.status = Some(response.status().as_u16());
     response
 }
