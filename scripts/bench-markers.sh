@@ -35,17 +35,28 @@ target/release/tally-bench --scenario batch-async --endpoint "http://127.0.0.1:$
 load=$!
 samples="| s | markers | used_memory (MiB) |"$'\n'"|---|---|---|"$'\n'
 start=$(date +%s)
+: >"$work/samples"
 while kill -0 "$load" 2>/dev/null; do
   sleep 10
-  now=$(( $(date +%s) - start ))
-  samples+="| $now | $(markers) | $(python3 -c "print(f'{$(used) / 1048576:.2f}')") |"$'\n'
+  now=$(( $(date +%s) - start )); m=$(markers); u=$(used)
+  echo "$now $m $u" >>"$work/samples"
+  samples+="| $now | $m | $(python3 -c "print(f'{$u / 1048576:.2f}')") |"$'\n'
 done
 wait "$load"
 elapsed=$(( $(date +%s) - start ))
 count=$(markers)
-sample=$(redis-cli -p "$redis_port" --scan --pattern 'tally:batch:*' | head -1 || true)
-bytes=$(redis-cli -p "$redis_port" memory usage "$sample" 2>/dev/null || echo 0)
 ops=$(cut -d, -f3 "$work/load.csv")
+# Bytes per marker from Redis' own used_memory while markers only grow (up
+# to one TTL): what a marker really costs, overheads included (MEMORY USAGE
+# of one key leaves out the keyspace's share).
+bytes=$(python3 - "$work/samples" "$MARKER_TTL_S" <<'PY'
+import sys
+rows = [tuple(map(int, line.split())) for line in open(sys.argv[1])]
+growing = [r for r in rows if r[0] <= int(sys.argv[2])] or rows
+(t0, m0, u0), (t1, m1, u1) = growing[0], growing[-1]
+print(round((u1 - u0) / max(m1 - m0, 1)))
+PY
+)
 
 read -r rate plateau_default per_hour_old <<<"$(python3 - "$count" "$MARKER_TTL_S" "$elapsed" "$bytes" "$DEFAULT_TTL_S" <<'PY'
 import sys
@@ -65,7 +76,7 @@ counter with the default flush settings (TALLY_BATCH_SIZE=100, TALLY_FLUSH_INTER
 TALLY_BATCH_MARKER_TTL_S=$MARKER_TTL_S; $ops operations acknowledged.
 
 $samples
-- Markers created: **$rate per second**, $bytes bytes each (\`MEMORY USAGE\`).
+- Markers created: **$rate per second**, $bytes bytes each (growth of \`used_memory\` ÷ markers added, up to one TTL).
 - Live markers level off at rate × TTL: with the default TTL ($DEFAULT_TTL_S s) that is **$plateau_default MiB**,
   reached after $DEFAULT_TTL_S s; after that Redis memory no longer grows (0 MiB per hour).
 - With the former 24 h TTL the same load grew Redis by **$per_hour_old MiB per hour**, for 24 hours.

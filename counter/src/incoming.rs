@@ -15,6 +15,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 
+/// How often a connection that sent part of its preface is looked at again.
+const PARTIAL_PREFACE_POLL: Duration = Duration::from_millis(50);
+
 /// What every HTTP/2 connection starts with (RFC 9113 §3.4).
 const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -84,13 +87,10 @@ async fn sent_preface(stream: &TcpStream, timeout: Duration) -> bool {
                 Ok(0) | Err(_) => return false,
                 Ok(n) if buf[..n] != PREFACE[..n] => return false,
                 Ok(n) if n == PREFACE.len() => return true,
-                // Part of it so far: wait for more (readable fires on new data).
-                Ok(_) => {
-                    if stream.readable().await.is_err() {
-                        return false;
-                    }
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
+                // Part of it so far (rare: the preface is 24 bytes, sent in
+                // one segment by every client). `peek` leaves the socket
+                // readable, so look again after a pause rather than spin.
+                Ok(_) => tokio::time::sleep(PARTIAL_PREFACE_POLL).await,
             }
         }
     };

@@ -279,7 +279,12 @@ async fn pump_stream(
                     let metrics = metrics.clone();
                     in_flight.push_back(async move {
                         let started = Instant::now();
-                        let (resource_id, counter_type) = (request.resource_id.clone(), request.counter_type.clone());
+                        // Echoed in the answer only when within the limits: an
+                        // invalid 500 KB id is neither repeated nor kept.
+                        let (resource_id, counter_type) = (
+                            within(&request.resource_id, tally_proto::limits::MAX_RESOURCE_ID_LEN),
+                            within(&request.counter_type, tally_proto::limits::MAX_COUNTER_TYPE_LEN),
+                        );
                         let result = increment_one(&committer, request).await;
                         let code = result.as_ref().map_or_else(Status::code, |_| tonic::Code::Ok);
                         metrics.requests.get_or_create(&[("method", "StreamIncrements"), ("code", status::code_label(code))]).inc();
@@ -307,4 +312,9 @@ async fn pump_stream(
     if let Some(status) = failure {
         let _ = tx.send(Err(status)).await;
     }
+}
+
+/// `field` when it is at most `max` bytes long, else empty.
+fn within(field: &str, max: usize) -> String {
+    if field.len() <= max { field.to_string() } else { String::new() }
 }

@@ -246,11 +246,13 @@ async fn spans_still_queued_at_shutdown_are_exported_before_the_process_exits() 
 async fn an_untrusted_callers_sampled_flag_is_not_followed() {
     let receiver = OtlpReceiver::start().await;
     let endpoint = receiver.endpoint();
-    // Parent-based, never sampling on its own: only a followed caller is traced.
+    // A 1 % ratio. The callers' trace ids all have tiny low bits: a ratio
+    // drawn from them would pass every time, so the edge must draw its own.
     let env = [
         ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
         ("OTEL_BSP_SCHEDULE_DELAY", "100"),
-        ("OTEL_TRACES_SAMPLER", "parentbased_always_off"),
+        ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
+        ("OTEL_TRACES_SAMPLER_ARG", "0.01"),
     ];
     let redis = RedisServer::start();
     let counter = start_counter(&redis.url(), &env);
@@ -277,6 +279,8 @@ async fn an_untrusted_callers_sampled_flag_is_not_followed() {
     let (status, _) = tokio::task::spawn_blocking(move || edge.terminate()).await.expect("terminate");
     assert!(status.success(), "{status:?}");
     let spans = receiver.spans();
-    let followed = spans.iter().filter(|s| edge_traces.contains(&s.trace_id)).count();
-    assert_eq!(followed, 0, "no span for 200 requests whose untrusted caller said sampled");
+    let traced: std::collections::HashSet<&String> =
+        spans.iter().filter(|s| edge_traces.contains(&s.trace_id)).map(|s| &s.trace_id).collect();
+    // About 2 of 200 at 1 %; more than 20 is (far) beyond chance.
+    assert!(traced.len() <= 20, "{} of 200 requests traced: the caller's -01 or trace id decided", traced.len());
 }

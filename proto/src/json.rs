@@ -73,8 +73,22 @@ impl BodyError {
     }
 }
 
+/// Longest JSON error message: serde_json quotes the offending value, which
+/// may be most of a 1 MiB body.
+const MAX_JSON_ERROR: usize = 200;
+
 fn from_json<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, BodyError> {
-    serde_json::from_slice(body).map_err(|err| BodyError::Json(err.to_string()))
+    serde_json::from_slice(body).map_err(|err| BodyError::Json(bounded(err.to_string())))
+}
+
+/// `message` cut to [`MAX_JSON_ERROR`] bytes (on a character boundary).
+fn bounded(mut message: String) -> String {
+    if message.len() > MAX_JSON_ERROR {
+        let cut = (0..=MAX_JSON_ERROR).rev().find(|&i| message.is_char_boundary(i)).unwrap_or(0);
+        message.truncate(cut);
+        message.push('…');
+    }
+    message
 }
 
 fn increment_of(body: IncrementBody) -> Result<Increment, InvalidInput> {
@@ -132,6 +146,16 @@ mod tests {
         let err = increment(br#"{"resource_id":"p","counter_type":"likes","dleta":5}"#).unwrap_err();
         assert!(matches!(&err, BodyError::Json(m) if m.contains("dleta")), "{err}");
         assert!(batch_increment(br#"{"operations":[],"asnyc":true}"#).is_err());
+    }
+
+    #[test]
+    fn json_errors_do_not_repeat_long_input() {
+        let long = "é".repeat(10_000);
+        let err = increment(format!(r#"{{"resource_id":"p","counter_type":"likes","{long}":1}}"#).as_bytes());
+        let message = err.unwrap_err().to_string();
+        assert!(message.len() < 300, "{} bytes", message.len());
+        let err = increment(format!(r#"{{"resource_id":"p","counter_type":"likes","delta":"{long}"}}"#).as_bytes());
+        assert!(err.unwrap_err().to_string().len() < 300);
     }
 
     #[test]

@@ -61,7 +61,7 @@ proptest! {
         resource_id in near_valid("A-Za-z0-9_.:@/ -", limits::MAX_RESOURCE_ID_LEN),
         counter_type in near_valid("a-z0-9_A", limits::MAX_COUNTER_TYPE_LEN),
         delta in prop::option::of(prop_oneof![Just(0i64), any::<i64>()]),
-        extra_field in prop::option::of("[a-z]{1,8}"),
+        extra_field in prop::option::of(prop_oneof!["[a-z]{1,8}", "[a-z]{500,2000}"]),
     ) {
         let mut body = serde_json::json!({"resource_id": resource_id, "counter_type": counter_type});
         if let Some(delta) = delta {

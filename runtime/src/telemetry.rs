@@ -111,10 +111,11 @@ pub fn sample(parent: &Context, caller: Caller) -> bool {
     let span = parent.span();
     let context = span.span_context();
     let parent_sampled = (context.is_valid() && caller == Caller::Trusted).then(|| context.is_sampled());
-    // From the caller's trace id when there is one, so every service taking
-    // the same ratio decision on a trace agrees (as the spec's
-    // TraceIdRatioBased does); a fresh random number otherwise.
-    let bits = if context.is_valid() {
+    // From a trusted caller's trace id when there is one, so every service
+    // taking the same ratio decision on a trace agrees (as the spec's
+    // TraceIdRatioBased does); a fresh random number otherwise — an
+    // untrusted caller could pick trace ids that always pass the ratio.
+    let bits = if context.is_valid() && caller == Caller::Trusted {
         let id = context.trace_id().to_bytes();
         u64::from_be_bytes([id[8], id[9], id[10], id[11], id[12], id[13], id[14], id[15]])
     } else {

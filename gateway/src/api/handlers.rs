@@ -277,7 +277,7 @@ pub async fn backends(State(state): State<AppState>) -> impl IntoResponse {
         .iter()
         .map(|b| {
             json!({
-                "address": tally_runtime::redact::userinfo(&b.uri),
+                "address": b.name,
                 "healthy": b.is_healthy(),
                 "pool_size": b.pool_size(),
                 "in_flight": b.in_flight(),
@@ -294,7 +294,7 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let _scrape = state.metrics.scrape.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     state.metrics.clear_endpoints();
     for b in state.counter.backends().all().iter() {
-        let label = [("endpoint", b.uri.clone())];
+        let label = [("endpoint", b.name.clone())];
         state.metrics.endpoint_healthy.get_or_create(&label).set(i64::from(b.is_healthy()));
         state.metrics.endpoint_in_flight.get_or_create(&label).set(b.in_flight() as i64);
         state.metrics.endpoint_pool_size.get_or_create(&label).set(b.pool_size() as i64);
@@ -310,7 +310,7 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         };
         store(&state.metrics.endpoint_picks.get_or_create(&label), b.picks());
         let (opened, closed) = b.transitions();
-        let endpoint = b.uri.clone();
+        let endpoint = b.name.clone();
         let to = |state: &str| [("endpoint", endpoint.clone()), ("to", state.to_string())];
         store(&state.metrics.breaker_transitions.get_or_create(&to("open")), opened);
         store(&state.metrics.breaker_transitions.get_or_create(&to("closed")), closed);

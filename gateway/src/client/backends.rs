@@ -38,6 +38,9 @@ pub enum BackendError {
 /// One counter endpoint and its connection pool.
 pub struct Backend {
     pub uri: String,
+    /// The endpoint as logs, metric labels, spans and the backend view show
+    /// it: `uri` with any user-info masked.
+    pub name: String,
     /// Share of traffic under the `weighted` policy.
     pub weight: u32,
     channels: Vec<Channel>,
@@ -66,6 +69,7 @@ impl Backend {
         let channels = (0..settings.pool_size.max(1)).map(|_| endpoint.connect_lazy()).collect();
         Ok(Backend {
             uri: uri.to_string(),
+            name: redact::userinfo(uri).into_owned(),
             weight,
             breaker: Breaker::new(settings.breaker),
             channels,
@@ -209,10 +213,10 @@ impl Backends {
                     continue;
                 }
             }
-            tracing::info!(endpoint = uri, weight, "counter endpoint discovered; warming up");
+            tracing::info!(endpoint = %redact::userinfo(uri), weight, "counter endpoint discovered; warming up");
         }
         for &i in &plan.remove {
-            tracing::info!(endpoint = %current[i].uri, in_flight = current[i].in_flight(), "counter endpoint removed; draining");
+            tracing::info!(endpoint = %current[i].name, in_flight = current[i].in_flight(), "counter endpoint removed; draining");
         }
         if next.len() != current.len() || !plan.remove.is_empty() {
             self.list.store(Arc::new(next));
@@ -256,7 +260,7 @@ impl Backends {
         if let Some(state) = change {
             let counter = if state.name() == "closed" { &backend.closed } else { &backend.opened };
             counter.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(endpoint = %backend.uri, state = state.name(), "circuit breaker changed state");
+            tracing::warn!(endpoint = %backend.name, state = state.name(), "circuit breaker changed state");
         }
     }
 
@@ -266,7 +270,7 @@ impl Backends {
             for backend in self.all().iter() {
                 let healthy = backend.check(timeout).await;
                 if backend.healthy.swap(healthy, Ordering::Relaxed) != healthy {
-                    tracing::info!(endpoint = %backend.uri, healthy, "counter endpoint health changed");
+                    tracing::info!(endpoint = %backend.name, healthy, "counter endpoint health changed");
                 }
             }
             tokio::time::sleep(interval).await;

@@ -142,7 +142,7 @@ impl Counter {
         loop {
             attempt += 1;
             let backend = self.backends.pick_avoiding(previous.as_ref()).ok_or(CallError::NoBackend)?;
-            let span = spans::rpc_client(method, backend.uri.as_str(), attempt);
+            let span = spans::rpc_client(method, backend.name.as_str(), attempt);
             let mut request = tonic::Request::new(request.clone());
             spans::inject(&span, &mut request);
             let in_flight = backend.start_call();
