@@ -375,3 +375,50 @@ async fn aborted_writes_do_not_disable_the_read_cache() {
     assert!(hits >= 10.0, "reads are cached again after aborted writes: {hits} hits");
     assert!((1..=41).contains(&first), "the value counts the first write and any aborted one applied: {first}");
 }
+
+/// Oversized and deeply nested JSON bodies from many clients at once: each
+/// refused quickly with the documented error and nothing written, the
+/// gateway's memory bounded, and a normal client served meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_and_deeply_nested_json_is_refused_within_bounds() {
+    let stack = Stack::start(&[]);
+    let baseline = stack.gateway.rss_bytes();
+    let rss = PeakRss::watch(stack.gateway.pid());
+    let resource = unique("nested");
+    // Just under 1 MiB of nesting, and 2 MiB of string.
+    let depth = (1 << 20) / 2 - 64;
+    let nested =
+        format!(r#"{{"resource_id":"{resource}","counter_type":{}1{}}}"#, "[".repeat(depth), "]".repeat(depth));
+    let huge = format!(r#"{{"resource_id":"{}","counter_type":"likes"}}"#, "a".repeat(2 << 20));
+    let client = reqwest::Client::new();
+    let started = Instant::now();
+    let attacks: Vec<_> = (0..40)
+        .map(|i| {
+            let body = if i % 2 == 0 { nested.clone() } else { huge.clone() };
+            let request = client.post(format!("{}{INC}", stack.http.base)).body(body).send();
+            tokio::spawn(async move {
+                let response = request.await.expect("send");
+                let status = response.status().as_u16();
+                let body: serde_json::Value = response.json().await.expect("the JSON error envelope");
+                (status, body)
+            })
+        })
+        .collect();
+    let normal = unique("beside-nested");
+    for i in 0..10 {
+        let (status, body) = stack.http.post(INC, increment_body(&normal)).await;
+        assert_eq!(status, 200, "normal request {i}: {body}");
+    }
+    for attack in attacks {
+        let (status, body) = attack.await.expect("task");
+        assert!(matches!(status, 400 | 413), "{status}: {body}");
+        assert_eq!(body["status"], "error");
+        let message = body["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.len() < 400, "the error does not repeat the body: {} bytes", message.len());
+    }
+    assert!(started.elapsed() < Duration::from_secs(20), "took {:?}", started.elapsed());
+    let grown = rss.peak().saturating_sub(baseline);
+    assert!(grown < 96 * MIB, "40 hostile bodies grew the gateway by {} MiB", grown / MIB);
+    assert_eq!(stack.http.value(&resource, "likes").await, 0, "nothing written");
+    assert_eq!(stack.http.value(&normal, "likes").await, 10);
+}
