@@ -92,8 +92,8 @@ pub async fn increment(
     write.finish([result.as_ref().ok().filter(|a| !a.replayed).map(|a| a.value)]);
     let applied = result?;
     let body = Json(success(Incremented {
-        resource_id: key.resource_id().to_string(),
-        counter_type: key.counter_type().to_string(),
+        resource_id: key.resource_id(),
+        counter_type: key.counter_type(),
         delta,
         current_value: applied.value,
         replayed: applied.replayed,
@@ -174,7 +174,7 @@ pub async fn batch_increment(
 pub async fn get_counter(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
-) -> Result<Json<Success<CounterValue>>, ApiError> {
+) -> Result<Response, ApiError> {
     // e.g. a percent-encoding that decodes to invalid UTF-8
     let Path(path) = path.map_err(|rejection| ApiError::bad_request(rejection.body_text()))?;
     let (resource_id, counter_type) = path
@@ -182,11 +182,8 @@ pub async fn get_counter(
         .ok_or_else(|| ApiError::not_found("expected /api/v1/counter/{resource_id}/{counter_type}"))?;
     let key = CounterKey::new(resource_id, counter_type)?;
     let current_value = read_one(&state, &key).await?;
-    Ok(Json(success(CounterValue {
-        resource_id: key.resource_id().to_string(),
-        counter_type: key.counter_type().to_string(),
-        current_value,
-    })))
+    let body = CounterValue { resource_id: key.resource_id(), counter_type: key.counter_type(), current_value };
+    Ok(Json(success(body)).into_response())
 }
 
 async fn read_one(state: &App, key: &CounterKey) -> Result<i64, ApiError> {
@@ -208,7 +205,7 @@ async fn read_one(state: &App, key: &CounterKey) -> Result<i64, ApiError> {
 pub async fn batch_get(
     State(state): State<AppState>,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Json<Success<Values>>, ApiError> {
+) -> Result<Response, ApiError> {
     let keys = request::batch_get(&bytes(body)?)?;
     let mut values: Vec<Option<i64>> = keys.iter().map(|k| state.cache.get(k)).collect();
     let missing: Vec<usize> = (0..keys.len()).filter(|&i| values[i].is_none()).collect();
@@ -241,15 +238,15 @@ pub async fn batch_get(
         }
     }
     let results = keys
-        .into_iter()
+        .iter()
         .zip(values)
         .map(|(key, value)| CounterValue {
-            resource_id: key.resource_id().to_string(),
-            counter_type: key.counter_type().to_string(),
+            resource_id: key.resource_id(),
+            counter_type: key.counter_type(),
             current_value: value.unwrap_or(0),
         })
         .collect();
-    Ok(Json(success(Values { results })))
+    Ok(Json(success(Values { results })).into_response())
 }
 
 pub async fn health() -> impl IntoResponse {

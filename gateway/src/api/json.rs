@@ -16,17 +16,18 @@ pub fn success<T>(data: T) -> Success<T> {
     Success { status: "success", data }
 }
 
+/// (Response bodies borrow the request's validated key: no copies per request.)
 #[derive(Debug, Serialize)]
-pub struct CounterValue {
-    pub resource_id: String,
-    pub counter_type: String,
+pub struct CounterValue<'a> {
+    pub resource_id: &'a str,
+    pub counter_type: &'a str,
     pub current_value: i64,
 }
 
 #[derive(Debug, Serialize)]
-pub struct Incremented {
-    pub resource_id: String,
-    pub counter_type: String,
+pub struct Incremented<'a> {
+    pub resource_id: &'a str,
+    pub counter_type: &'a str,
     pub delta: i64,
     pub current_value: i64,
     /// Present (true) when the idempotency key was seen before.
@@ -65,6 +66,6 @@ pub struct Accepted {
 }
 
 #[derive(Debug, Serialize)]
-pub struct Values {
-    pub results: Vec<CounterValue>,
+pub struct Values<'a> {
+    pub results: Vec<CounterValue<'a>>,
 }
