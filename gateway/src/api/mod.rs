@@ -19,6 +19,7 @@ use axum::routing::{get, post};
 use tokio::sync::Semaphore;
 use tracing::{Instrument, Span};
 
+use crate::metrics::Metrics;
 use crate::spans;
 
 pub use error::ApiError;
@@ -106,8 +107,8 @@ async fn edge(State(edge): State<Edge>, request: Request, next: Next) -> Respons
     } else {
         spans::http_server(request.headers(), edge.state.trace_caller, method, route, request.uri().path())
     };
-    let state = edge.state.clone();
-    let mut outcome = Outcome { state, route, method, span: span.clone(), started: Instant::now(), status: None };
+    let metrics = &edge.state.metrics;
+    let mut outcome = Outcome { metrics, route, method, span: span.clone(), started: Instant::now(), status: None };
     let response = async {
         let Ok(_slot) = edge.slots.try_acquire() else {
             edge.state.metrics.shed("in_flight");
@@ -127,8 +128,8 @@ async fn edge(State(edge): State<Edge>, request: Request, next: Next) -> Respons
 /// Records one request when it ends — also when it is cancelled (the client
 /// went away before the answer), which is recorded as status 499, the code
 /// nginx logs for "client closed request".
-struct Outcome {
-    state: AppState,
+struct Outcome<'a> {
+    metrics: &'a Metrics,
     route: &'static str,
     method: &'static str,
     span: Span,
@@ -139,7 +140,7 @@ struct Outcome {
 /// The status recorded for a request whose client went away first.
 pub const CLIENT_CLOSED_REQUEST: u16 = 499;
 
-impl Drop for Outcome {
+impl Drop for Outcome<'_> {
     fn drop(&mut self) {
         let status = self.status.unwrap_or(CLIENT_CLOSED_REQUEST);
         let (method, route, elapsed) = (self.method, self.route, self.started.elapsed());
@@ -148,6 +149,6 @@ impl Drop for Outcome {
         // span so the line carries its trace id.
         self.span
             .in_scope(|| tracing::debug!(method, route, status, elapsed_us = elapsed.as_micros() as u64, "request"));
-        self.state.metrics.record_http(route, method, status, elapsed);
+        self.metrics.record_http(route, method, status, elapsed);
     }
 }
