@@ -121,8 +121,9 @@ pub struct Config {
     #[arg(long, env = "TALLY_COALESCE_MAX_QUEUE", default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub coalesce_max_queue: u64,
 
-    /// Coalesced calls in flight at once.
-    #[arg(long, env = "TALLY_COALESCE_MAX_INFLIGHT", default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    /// Coalesced calls of each kind (increments, reads) in flight at once per healthy endpoint
+    /// (fewer, larger batches cost the counters less).
+    #[arg(long, env = "TALLY_COALESCE_MAX_INFLIGHT", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=1024))]
     pub coalesce_max_inflight: u64,
 
     /// Balancing policy: `round_robin`, `least_request` (power of two choices over calls in
@@ -213,6 +214,7 @@ impl Config {
                 half_open_probes: self.breaker_half_open_probes,
             },
             max_ejection_percent: self.breaker_max_ejection_percent,
+            workers: Vec::new(),
         }
     }
 }

@@ -5,14 +5,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tally_runtime::http::{self, HttpLimits};
+use tally_runtime::rt;
 use tally_runtime::telemetry::Caller;
+use tally_runtime::workers::Workers;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 
-use crate::api::{self, App, RequestLimits};
+use crate::api::{self, App, AppState, RequestLimits};
 use crate::cache::ReadCache;
 use crate::client::backends::{BackendError, Backends};
-use crate::client::{Counter, Incrementer, Reader, discovery, kubernetes};
+use crate::client::{ClientSettings, Counter, Incrementer, Reader, discovery, kubernetes};
 use crate::config::{Config, Discovery};
 use crate::metrics::Metrics;
 
@@ -30,53 +32,49 @@ pub enum StartupError {
     Kubernetes(String),
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("cannot start the worker threads: {0}")]
+    Workers(std::io::Error),
 }
 
+/// Runs the gateway: the public port is served thread-per-core by
+/// `TALLY_WORKER_THREADS` workers ([`tally_runtime::workers`]), each with its
+/// own accept loop, coalescers and share of the counter connections; the
+/// caller's runtime (one control thread) runs the admin port, discovery,
+/// health checks and shutdown.
 pub async fn run(config: Config) -> Result<(), StartupError> {
-    let settings = config.client();
+    let workers = Workers::start(rt::worker_threads(&config.runtime), "tally-worker").map_err(StartupError::Workers)?;
+    let mut settings = config.client();
+    settings.workers = workers.handles().to_vec();
     let metrics = Arc::new(Metrics::new());
-    let backends = match config.discovery {
-        Discovery::Static => Arc::new(Backends::new(&config.counter_endpoints, &settings)?),
-        Discovery::Dns => {
-            let name = config.dns_name.clone().ok_or(StartupError::DnsNameMissing)?;
-            let backends = Arc::new(Backends::empty(&settings));
-            let interval = Duration::from_millis(config.dns_interval_ms);
-            tokio::spawn(discovery::dns_loop(backends.clone(), name, interval));
-            backends
-        }
-        Discovery::Consul => {
-            let backends = Arc::new(Backends::empty(&settings));
-            let consul = tally_runtime::consul::Consul::new(&config.consul_addr);
-            let wait = Duration::from_secs(config.consul_wait_s);
-            let (service, tag) = (config.consul_service.clone(), config.consul_tag.clone());
-            tokio::spawn(discovery::consul_loop(backends.clone(), consul, service, tag, wait));
-            backends
-        }
-        Discovery::Kubernetes => {
-            let client = kube::Client::try_default().await.map_err(|e| StartupError::Kubernetes(e.to_string()))?;
-            let namespace = config.k8s_namespace.clone().unwrap_or_else(|| client.default_namespace().to_string());
-            let backends = Arc::new(Backends::empty(&settings));
-            let (service, port) = (config.k8s_service.clone(), config.k8s_port_name.clone());
-            tokio::spawn(kubernetes::kubernetes_loop(backends.clone(), client, namespace, service, port));
-            backends
-        }
-    };
+    let backends = backends(&config, &settings).await?;
     let counter = Counter::new(backends.clone(), metrics.clone(), &settings);
-    let state = Arc::new(App {
-        incrementer: Incrementer::new(&counter, &settings),
-        reader: Reader::new(&counter, &settings),
-        counter,
-        cache: ReadCache::new(Duration::from_millis(config.cache_ttl_ms), config.cache_max_entries),
-        metrics,
-        trace_caller: if config.trace_trust_caller { Caller::Trusted } else { Caller::Untrusted },
-    });
+    let cache = Arc::new(ReadCache::new(Duration::from_millis(config.cache_ttl_ms), config.cache_max_entries));
+    let trace_caller = if config.trace_trust_caller { Caller::Trusted } else { Caller::Untrusted };
+    // One App per worker, made on it: its coalescers run there.
+    let apps: Vec<AppState> = workers
+        .handles()
+        .iter()
+        .map(|worker| {
+            let _on_worker = worker.enter();
+            Arc::new(App {
+                incrementer: Incrementer::new(&counter, &settings),
+                reader: Reader::new(&counter, &settings),
+                counter: counter.clone(),
+                cache: cache.clone(),
+                metrics: metrics.clone(),
+                trace_caller,
+            })
+        })
+        .collect();
 
-    let listener = bind(config.listen).await?;
+    let listener = bind_std(config.listen)?;
     let admin_listener = bind(config.admin_listen).await?;
-    let local = |l: &TcpListener, addr| l.local_addr().map_err(|source| StartupError::Bind { addr, source });
-    let (addr, admin_addr) = (local(&listener, config.listen)?, local(&admin_listener, config.admin_listen)?);
+    let addr = listener.local_addr().map_err(|source| StartupError::Bind { addr: config.listen, source })?;
+    let admin_addr =
+        admin_listener.local_addr().map_err(|source| StartupError::Bind { addr: config.admin_listen, source })?;
     let endpoints: Vec<_> = config.counter_endpoints.iter().map(|e| tally_runtime::redact::userinfo(e)).collect();
-    tracing::info!(http = %addr, admin = %admin_addr, ?endpoints, "tally-gateway listening");
+    let threads = apps.len();
+    tracing::info!(http = %addr, admin = %admin_addr, workers = threads, ?endpoints, "tally-gateway listening");
     // Warm-up starts now; endpoints take traffic once their first check passed.
     let health = tokio::spawn(backends.health_loop(settings.health_interval, settings.connect_timeout));
 
@@ -89,29 +87,89 @@ pub async fn run(config: Config) -> Result<(), StartupError> {
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
-    let (public_conns, admin_conns) =
-        (state.metrics.public_connections.clone(), state.metrics.admin_connections.clone());
-    let public = http::serve(
-        listener,
-        api::public_router(state.clone(), request_limits),
+    // Both caps are the port's, whichever worker a request lands on.
+    let connection_cap = Arc::new(Semaphore::new(limits.max_connections));
+    let in_flight = Arc::new(Semaphore::new(request_limits.max_in_flight));
+    let mut servers = Vec::new();
+    for (worker, app) in workers.handles().iter().zip(&apps) {
+        let own = listener.try_clone().map_err(|source| StartupError::Bind { addr, source })?;
+        let router = api::public_router(app.clone(), request_limits, in_flight.clone());
+        let (cap, conns, stop) = (connection_cap.clone(), metrics.public_connections.clone(), stopped(stop_rx.clone()));
+        servers.push(worker.spawn(async move {
+            // Registered with this worker's reactor: its connections stay here.
+            match TcpListener::from_std(own) {
+                Ok(own) => http::serve_sharing(own, router, limits, cap, conns, stop).await,
+                Err(err) => tracing::error!(%err, "a worker cannot accept on the public port"),
+            }
+        }));
+    }
+    let admin_conns = metrics.admin_connections.clone();
+    let admin = tokio::spawn(http::serve(
+        admin_listener,
+        api::admin_router(apps[0].clone()),
         limits,
-        public_conns,
-        stopped(stop_rx.clone()),
-    );
-    let admin = http::serve(admin_listener, api::admin_router(state), limits, admin_conns, stopped(stop_rx));
-    let servers = tokio::spawn(async move { tokio::join!(public, admin) });
+        admin_conns,
+        stopped(stop_rx),
+    ));
+    drop(listener);
 
     tally_runtime::signal::shutdown().await;
     tracing::info!("shutting down: finishing in-flight requests");
     let _ = stop_tx.send(true);
     // Bound the graceful phase: connections that stay busy past the timeout are cut.
     let shutdown_timeout = Duration::from_millis(config.shutdown_timeout_ms);
-    if tokio::time::timeout(shutdown_timeout, servers).await.is_err() {
+    let all_closed = async {
+        for server in servers {
+            let _ = server.await;
+        }
+        let _ = admin.await;
+    };
+    if tokio::time::timeout(shutdown_timeout, all_closed).await.is_err() {
         tracing::warn!("shutdown timeout passed with requests still open");
     }
     health.abort();
+    drop(workers);
     tracing::info!("tally-gateway stopped");
     Ok(())
+}
+
+/// The counter endpoints, and the task that keeps them current when they
+/// are discovered.
+async fn backends(config: &Config, settings: &ClientSettings) -> Result<Arc<Backends>, StartupError> {
+    Ok(match config.discovery {
+        Discovery::Static => Arc::new(Backends::new(&config.counter_endpoints, settings)?),
+        Discovery::Dns => {
+            let name = config.dns_name.clone().ok_or(StartupError::DnsNameMissing)?;
+            let backends = Arc::new(Backends::empty(settings));
+            let interval = Duration::from_millis(config.dns_interval_ms);
+            tokio::spawn(discovery::dns_loop(backends.clone(), name, interval));
+            backends
+        }
+        Discovery::Consul => {
+            let backends = Arc::new(Backends::empty(settings));
+            let consul = tally_runtime::consul::Consul::new(&config.consul_addr);
+            let wait = Duration::from_secs(config.consul_wait_s);
+            let (service, tag) = (config.consul_service.clone(), config.consul_tag.clone());
+            tokio::spawn(discovery::consul_loop(backends.clone(), consul, service, tag, wait));
+            backends
+        }
+        Discovery::Kubernetes => {
+            let client = kube::Client::try_default().await.map_err(|e| StartupError::Kubernetes(e.to_string()))?;
+            let namespace = config.k8s_namespace.clone().unwrap_or_else(|| client.default_namespace().to_string());
+            let backends = Arc::new(Backends::empty(settings));
+            let (service, port) = (config.k8s_service.clone(), config.k8s_port_name.clone());
+            tokio::spawn(kubernetes::kubernetes_loop(backends.clone(), client, namespace, service, port));
+            backends
+        }
+    })
+}
+
+/// The public port's socket, shared by the workers (each accepts on its own
+/// handle of it, so no second process can bind the port by accident as
+/// `SO_REUSEPORT` would allow).
+fn bind_std(addr: SocketAddr) -> Result<std::net::TcpListener, StartupError> {
+    let bound = std::net::TcpListener::bind(addr).and_then(|l| l.set_nonblocking(true).map(|()| l));
+    bound.map_err(|source| StartupError::Bind { addr, source })
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, StartupError> {

@@ -10,3 +10,4 @@ pub mod redact;
 pub mod rt;
 pub mod signal;
 pub mod telemetry;
+pub mod workers;

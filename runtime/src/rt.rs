@@ -5,7 +5,9 @@
 //! few cores with its neighbours (a small pod, or the 2-core benchmark box
 //! running Redis, counter, gateway and the load generator), fewer workers
 //! mean fewer cross-thread wake-ups; set `TALLY_WORKER_THREADS` to the pod's
-//! CPU limit.
+//! CPU limit. The gateway serves thread-per-core ([`crate::workers`]): there
+//! the setting is its number of workers, and the runtime `main` runs on is a
+//! single control thread (probes, discovery, health checks, trace export).
 
 use std::fmt::Display;
 use std::future::Future;
@@ -17,7 +19,8 @@ use crate::telemetry::{self, TelemetryArgs};
 /// Settings shared by every tally binary (flattened into each one's config).
 #[derive(Debug, Clone, clap::Args)]
 pub struct RuntimeArgs {
-    /// Async runtime worker threads (default: one per core). Match the pod's CPU limit.
+    /// Async runtime worker threads (default: one per core the process may use, which follows
+    /// the cgroup CPU quota, i.e. the pod's CPU limit).
     #[arg(long, env = "TALLY_WORKER_THREADS", value_parser = clap::value_parser!(u64).range(1..=1024))]
     pub worker_threads: Option<u64>,
 
@@ -29,19 +32,45 @@ pub struct RuntimeArgs {
     pub telemetry: TelemetryArgs,
 }
 
-/// Builds the runtime, sets up logging and trace export, runs `service` to
-/// completion and flushes the queued spans; the exit code says whether it
-/// failed.
+/// The worker threads to run: `TALLY_WORKER_THREADS`, else one per core the
+/// process may use (std's count follows the cgroup CPU quota).
+pub fn worker_threads(args: &RuntimeArgs) -> usize {
+    match args.worker_threads {
+        Some(n) => n as usize,
+        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+    }
+}
+
+/// Builds a work-stealing runtime of [`worker_threads`], sets up logging and
+/// trace export, runs `service` to completion and flushes the queued spans;
+/// the exit code says whether it failed.
 pub fn run<F, E>(args: &RuntimeArgs, name: &str, service: F) -> ExitCode
 where
     F: Future<Output = Result<(), E>>,
     E: Display,
 {
     let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all().worker_threads(worker_threads(args));
+    run_on(builder, args, name, service)
+}
+
+/// As [`run`], on one control thread: for a service whose requests are
+/// served by its own [`crate::workers`].
+pub fn run_control<F, E>(args: &RuntimeArgs, name: &str, service: F) -> ExitCode
+where
+    F: Future<Output = Result<(), E>>,
+    E: Display,
+{
+    let mut builder = tokio::runtime::Builder::new_current_thread();
     builder.enable_all();
-    if let Some(n) = args.worker_threads {
-        builder.worker_threads(n as usize);
-    }
+    run_on(builder, args, name, service)
+}
+
+fn run_on<F, E>(mut builder: tokio::runtime::Builder, args: &RuntimeArgs, name: &str, service: F) -> ExitCode
+where
+    F: Future<Output = Result<(), E>>,
+    E: Display,
+{
     let runtime = match builder.build() {
         Ok(runtime) => runtime,
         Err(err) => {
@@ -70,9 +99,10 @@ where
             ExitCode::FAILURE
         }
     };
-    // The runtime still runs the exporter's connection while this flushes.
+    // The flush runs beside the runtime, which drives the exporter's
+    // connection meanwhile (on a single control thread nothing else would).
     if let Some(tracing) = tracing {
-        tracing.shutdown();
+        let _ = runtime.block_on(tokio::task::spawn_blocking(move || tracing.shutdown()));
     }
     code
 }

@@ -30,7 +30,8 @@ pub struct App {
     pub counter: Counter,
     pub incrementer: Incrementer,
     pub reader: Reader,
-    pub cache: ReadCache,
+    /// Shared by every worker: a write through any of them invalidates it.
+    pub cache: Arc<ReadCache>,
     pub metrics: Arc<Metrics>,
     /// Whether callers' `traceparent` sampled flags are followed.
     pub trace_caller: tally_runtime::telemetry::Caller,

@@ -35,8 +35,9 @@ pub struct RequestLimits {
 }
 
 /// The public port: the API and the original project's `/api/v1/health`.
-pub fn public_router(state: AppState, limits: RequestLimits) -> Router {
-    let slots = Arc::new(Semaphore::new(limits.max_in_flight));
+/// `in_flight` holds `limits.max_in_flight` permits, shared by every worker
+/// serving the port.
+pub fn public_router(state: AppState, limits: RequestLimits, in_flight: Arc<Semaphore>) -> Router {
     Router::new()
         .route(ROUTES[0], post(handlers::increment))
         .route(ROUTES[1], post(handlers::batch_increment))
@@ -46,7 +47,7 @@ pub fn public_router(state: AppState, limits: RequestLimits) -> Router {
         .fallback(handlers::not_found)
         .method_not_allowed_fallback(handlers::method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(middleware::from_fn_with_state(Edge { state: state.clone(), slots, limits }, edge))
+        .layer(middleware::from_fn_with_state(Edge { state: state.clone(), slots: in_flight, limits }, edge))
         .with_state(state)
 }
 

@@ -3,7 +3,10 @@
 //!
 //! Each endpoint holds `pool_size` lazily-connected tonic channels (one
 //! HTTP/2 connection each, PING keep-alive on) used round-robin, so load
-//! spreads over several connections and server worker threads. An endpoint
+//! spreads over several connections and server worker threads. Under
+//! thread-per-core serving the pool is split between the workers, each
+//! owning its share (at least one), as Envoy's workers own their connection
+//! pools: a call never wakes another thread. An endpoint
 //! takes traffic only while its last grpc.health.v1 check said SERVING
 //! (warm-up: none does before its first successful check).
 
@@ -43,7 +46,8 @@ pub struct Backend {
     pub name: String,
     /// Share of traffic under the `weighted` policy.
     pub weight: u32,
-    channels: Vec<Channel>,
+    /// One pool per worker ([`ClientSettings::workers`]), or a single pool.
+    pools: Vec<Vec<Channel>>,
     next_channel: AtomicUsize,
     healthy: AtomicBool,
     in_flight: AtomicUsize,
@@ -66,13 +70,23 @@ impl Backend {
             .http2_keep_alive_interval(settings.keepalive)
             .keep_alive_timeout(settings.keepalive.min(Duration::from_secs(20)))
             .keep_alive_while_idle(true);
-        let channels = (0..settings.pool_size.max(1)).map(|_| endpoint.connect_lazy()).collect();
+        let pools = if settings.workers.is_empty() {
+            vec![(0..settings.pool_size.max(1)).map(|_| endpoint.connect_lazy()).collect()]
+        } else {
+            let share = settings.pool_size.div_ceil(settings.workers.len()).max(1);
+            // A channel's tasks run on the runtime it was made in: the worker's.
+            let pool = |worker: &tokio::runtime::Handle| {
+                let _in_worker = worker.enter();
+                (0..share).map(|_| endpoint.connect_lazy()).collect()
+            };
+            settings.workers.iter().map(pool).collect()
+        };
         Ok(Backend {
             uri: uri.to_string(),
             name: redact::userinfo(uri).into_owned(),
             weight,
             breaker: Breaker::new(settings.breaker),
-            channels,
+            pools,
             next_channel: AtomicUsize::new(0),
             healthy: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
@@ -82,10 +96,12 @@ impl Backend {
         })
     }
 
-    /// The next channel of the pool, round-robin.
+    /// The next channel of the calling worker's pool (off the workers: the
+    /// first pool), round-robin.
     pub fn channel(&self) -> Channel {
-        let i = self.next_channel.fetch_add(1, Ordering::Relaxed) % self.channels.len();
-        self.channels[i].clone()
+        let pool = &self.pools[tally_runtime::workers::current().unwrap_or(0) % self.pools.len()];
+        let i = self.next_channel.fetch_add(1, Ordering::Relaxed) % pool.len();
+        pool[i].clone()
     }
 
     pub fn client(&self) -> CounterServiceClient<Channel> {
@@ -96,8 +112,9 @@ impl Backend {
         self.healthy.load(Ordering::Relaxed)
     }
 
+    /// Connections to this endpoint, every worker's pool counted.
     pub fn pool_size(&self) -> usize {
-        self.channels.len()
+        self.pools.iter().map(Vec::len).sum()
     }
 
     pub fn in_flight(&self) -> usize {

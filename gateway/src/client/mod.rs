@@ -34,6 +34,7 @@ use crate::spans;
 use backends::Backends;
 use balance::Policy;
 use breaker::BreakerSettings;
+use coalesce::CallSlots;
 use retry::{CallKind, RetryBudget};
 
 #[derive(Debug, Clone)]
@@ -58,6 +59,10 @@ pub struct ClientSettings {
     pub breaker: BreakerSettings,
     /// Most endpoints (percent) the breakers may eject at once.
     pub max_ejection_percent: u32,
+    /// The runtimes of the workers that call the counters: each gets its own
+    /// share of every endpoint's pool. Empty: one pool, on the runtime that
+    /// creates it.
+    pub workers: Vec<tokio::runtime::Handle>,
 }
 
 impl Default for ClientSettings {
@@ -70,7 +75,7 @@ impl Default for ClientSettings {
             health_interval: Duration::from_secs(1),
             coalesce: true,
             coalesce_max_ops: 1000,
-            coalesce_max_inflight: 4,
+            coalesce_max_inflight: 1,
             coalesce_max_queue: 4096,
             retry_attempts: 3,
             retry_budget_percent: 20.0,
@@ -78,6 +83,7 @@ impl Default for ClientSettings {
             policy: Policy::RoundRobin,
             breaker: BreakerSettings::default(),
             max_ejection_percent: 50,
+            workers: Vec::new(),
         }
     }
 }
@@ -104,10 +110,17 @@ impl From<tonic::Status> for CallError {
     }
 }
 
+/// The call slots of the coalesced calls, per kind, shared by every worker.
+pub struct BatchSlots {
+    pub increments: Arc<CallSlots>,
+    pub reads: Arc<CallSlots>,
+}
+
 /// The counter service as the handlers see it. Cheap to clone.
 #[derive(Clone)]
 pub struct Counter {
     backends: Arc<Backends>,
+    batch_slots: Arc<BatchSlots>,
     metrics: Arc<Metrics>,
     budget: Arc<RetryBudget>,
     max_attempts: u32,
@@ -116,7 +129,16 @@ pub struct Counter {
 impl Counter {
     pub fn new(backends: Arc<Backends>, metrics: Arc<Metrics>, settings: &ClientSettings) -> Counter {
         let budget = Arc::new(RetryBudget::new(settings.retry_budget_percent, settings.retry_min_per_second));
-        Counter { backends, metrics, budget, max_attempts: settings.retry_attempts.max(1) }
+        let per_endpoint = settings.coalesce_max_inflight;
+        let batch_slots = Arc::new(BatchSlots {
+            increments: Arc::new(CallSlots::new(per_endpoint)),
+            reads: Arc::new(CallSlots::new(per_endpoint)),
+        });
+        Counter { backends, batch_slots, metrics, budget, max_attempts: settings.retry_attempts.max(1) }
+    }
+
+    pub fn batch_slots(&self) -> &BatchSlots {
+        &self.batch_slots
     }
 
     pub fn backends(&self) -> &Backends {

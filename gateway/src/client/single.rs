@@ -12,7 +12,6 @@ use super::{Applied, CallError, ClientSettings, Counter};
 fn limits(settings: &ClientSettings) -> CoalesceLimits {
     CoalesceLimits {
         max_ops: settings.coalesce_max_ops,
-        max_inflight: settings.coalesce_max_inflight,
         max_queue: settings.coalesce_max_queue,
         max_wait: settings.request_timeout,
     }

@@ -76,7 +76,24 @@ pub async fn serve(
     metrics: ConnMetrics,
     shutdown: impl Future<Output = ()>,
 ) {
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let cap = Arc::new(Semaphore::new(limits.max_connections));
+    serve_sharing(listener, router, limits, cap, metrics, shutdown).await
+}
+
+/// As [`serve`], with the cap on open connections (`cap`, made with
+/// `limits.max_connections` permits) shared by every listener of one port:
+/// the workers of a thread-per-core server, each accepting on its own
+/// handle of the same socket.
+pub async fn serve_sharing(
+    listener: TcpListener,
+    router: Router,
+    limits: HttpLimits,
+    cap: Arc<Semaphore>,
+    metrics: ConnMetrics,
+    shutdown: impl Future<Output = ()>,
+) {
+    // This listener's own connections, to know when they are all closed.
+    let own = Arc::new(Semaphore::new(limits.max_connections));
     let (stop_tx, stop_rx) = watch::channel(false);
     let builder = Arc::new(builder(&limits));
     tokio::pin!(shutdown);
@@ -95,7 +112,7 @@ pub async fn serve(
         };
         // Over the cap: close at once (Envoy's downstream connection limit
         // does the same), so the backlog never fills with doomed connections.
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
+        let (Ok(slot), Ok(mine)) = (cap.clone().try_acquire_owned(), own.clone().try_acquire_owned()) else {
             metrics.rejected.inc();
             drop(stream);
             continue;
@@ -106,13 +123,13 @@ pub async fn serve(
             metrics.open.inc();
             serve_connection(stream, router, &builder, limits, &metrics, stop).await;
             metrics.open.dec();
-            drop(slot);
+            drop((slot, mine));
         });
     }
     drop(listener);
     let _ = stop_tx.send(true);
-    // Every connection holds a slot: all slots back means all closed.
-    let _ = slots.acquire_many(limits.max_connections as u32).await;
+    // Every connection holds a permit: all permits back means all closed.
+    let _ = own.acquire_many(limits.max_connections as u32).await;
 }
 
 fn builder(limits: &HttpLimits) -> auto::Builder<TokioExecutor> {
