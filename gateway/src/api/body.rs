@@ -3,6 +3,9 @@
 //! sends its body slowly gets 408 and its connection back, instead of
 //! holding a request slot (and buffers) for as long as it likes.
 
+use std::future::{Future, poll_fn};
+use std::pin::pin;
+use std::task::Poll;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -34,7 +37,13 @@ pub async fn read(request: Request, timeout: Duration) -> Result<Request, Respon
         let _ = tokio::time::timeout(timeout, drain(body)).await;
         return Err(too_large().into_response());
     }
-    match tokio::time::timeout(timeout, Limited::new(body, MAX_BODY_BYTES).collect()).await {
+    let mut collect = pin!(Limited::new(body, MAX_BODY_BYTES).collect());
+    // A small body usually arrived with the head: then no timer is needed.
+    let read = match poll_fn(|cx| Poll::Ready(collect.as_mut().poll(cx))).await {
+        Poll::Ready(read) => Ok(read),
+        Poll::Pending => tokio::time::timeout(timeout, collect).await,
+    };
+    match read {
         Err(_) => {
             Err(ApiError::request_timeout(format!("request body not received within {} ms", timeout.as_millis()))
                 .into_response())

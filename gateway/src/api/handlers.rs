@@ -7,8 +7,9 @@ use std::sync::Arc;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection};
-use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{FromRequestParts, Path, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 use tally_proto::json::{self as request, Increment};
@@ -59,17 +60,31 @@ fn operation(key: &CounterKey, delta: i64, idempotency_key: Option<&str>) -> Inc
     }
 }
 
-/// The `Idempotency-Key` request header, validated like every other input.
-fn idempotency_header(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
-    let Some(value) = headers.get("idempotency-key") else { return Ok(None) };
-    let text = value.to_str().map_err(|_| ApiError::bad_request("Idempotency-Key must be ASCII"))?;
-    Ok(validate::idempotency_key(text)?)
+/// The `Idempotency-Key` request header, taken alone (axum's `HeaderMap`
+/// extractor would copy every header of every request).
+pub struct IdempotencyHeader(Option<HeaderValue>);
+
+impl<S: Send + Sync> FromRequestParts<S> for IdempotencyHeader {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        Ok(IdempotencyHeader(parts.headers.get("idempotency-key").cloned()))
+    }
+}
+
+impl IdempotencyHeader {
+    /// The header's key, validated like every other input.
+    fn validated(&self) -> Result<Option<&str>, ApiError> {
+        let Some(value) = &self.0 else { return Ok(None) };
+        let text = value.to_str().map_err(|_| ApiError::bad_request("Idempotency-Key must be ASCII"))?;
+        Ok(validate::idempotency_key(text)?)
+    }
 }
 
 /// The key of a single increment: the `Idempotency-Key` header or the
 /// body's `idempotency_key`; both may be sent only when they agree.
-fn idempotency_key<'a>(headers: &'a HeaderMap, body: Option<&'a str>) -> Result<Option<&'a str>, ApiError> {
-    match (idempotency_header(headers)?, body) {
+fn idempotency_key<'a>(header: &'a IdempotencyHeader, body: Option<&'a str>) -> Result<Option<&'a str>, ApiError> {
+    match (header.validated()?, body) {
         (Some(header), Some(body)) if header != body => {
             Err(ApiError::bad_request("the Idempotency-Key header and the body's idempotency_key differ"))
         }
@@ -79,11 +94,11 @@ fn idempotency_key<'a>(headers: &'a HeaderMap, body: Option<&'a str>) -> Result<
 
 pub async fn increment(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    header: IdempotencyHeader,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let Increment { key, delta, idempotency_key: body_key } = request::increment(&bytes(body)?)?;
-    let idempotency_key = idempotency_key(&headers, body_key.as_deref())?;
+    let idempotency_key = idempotency_key(&header, body_key.as_deref())?;
     let write = state.cache.write_started([&key]);
     let result = state.incrementer.increment(operation(&key, delta, idempotency_key)).await;
     if matches!(result, Err(CallError::Overloaded)) {
