@@ -73,7 +73,8 @@ struct Job {
     ops: Vec<Op>,
     /// The submitting request's span, linked with the flush that applies it.
     span: Span,
-    reply: oneshot::Sender<Vec<OpResult>>,
+    /// The operations handed back with their results (no copy is kept).
+    reply: oneshot::Sender<(Vec<Op>, Vec<OpResult>)>,
 }
 
 /// Handle to the committer loop; cheap to clone.
@@ -96,8 +97,9 @@ impl GroupCommitter {
         GroupCommitter { tx, shed }
     }
 
-    /// Applies `ops` and returns one result per operation, in order.
-    pub async fn submit(&self, ops: Vec<Op>) -> Result<Vec<OpResult>, SubmitError> {
+    /// Applies `ops`; hands them back with one result per operation, in
+    /// order.
+    pub async fn submit(&self, ops: Vec<Op>) -> Result<(Vec<Op>, Vec<OpResult>), SubmitError> {
         let (reply, rx) = oneshot::channel();
         self.tx.try_send(Job { ops, span: spans::current(), reply }).map_err(|err| match err {
             mpsc::error::TrySendError::Full(_) => {
@@ -189,7 +191,7 @@ async fn flush(store: &Store, jobs: Vec<Job>, retention: Duration, metrics: &Met
         let mine: Vec<OpResult> = results.by_ref().take(job.ops.len()).collect();
         // A caller that gave up (cancelled request) no longer listens; its
         // operations were applied all the same, as for any cancelled write.
-        let _ = job.reply.send(mine);
+        let _ = job.reply.send((job.ops, mine));
     }
 }
 

@@ -155,7 +155,7 @@ impl CounterApi {
         } else if request.r#async {
             self.count_async("applied_sync", ops.len());
         }
-        let results = self.committer.submit(ops.clone()).await.map_err(status::not_submitted)?;
+        let (ops, results) = self.committer.submit(ops).await.map_err(status::not_submitted)?;
         // A batch whose every operation failed is reported as one status, so
         // clients need not dig into results; its write outcome is the least
         // certain of the operations' (see `status::all_failed`).
@@ -165,15 +165,19 @@ impl CounterApi {
         let results = ops
             .into_iter()
             .zip(results)
-            .map(|(op, result)| OperationResult {
-                current_value: match result {
-                    OpResult::Applied(value) | OpResult::Replayed(value) => value,
-                    _ => 0,
-                },
-                replayed: matches!(result, OpResult::Replayed(_)),
-                error: status::op_status(&result, &op.key, op.delta).map(|s| status::to_operation_error(&s)),
-                resource_id: op.key.resource_id().into(),
-                counter_type: op.key.counter_type().into(),
+            .map(|(op, result)| {
+                let error = status::op_status(&result, &op.key, op.delta).map(|s| status::to_operation_error(&s));
+                let (resource_id, counter_type) = op.key.into_parts();
+                OperationResult {
+                    current_value: match result {
+                        OpResult::Applied(value) | OpResult::Replayed(value) => value,
+                        _ => 0,
+                    },
+                    replayed: matches!(result, OpResult::Replayed(_)),
+                    error,
+                    resource_id,
+                    counter_type,
+                }
             })
             .collect();
         Ok(BatchIncrementResponse { results, accepted: request.r#async })
@@ -231,8 +235,10 @@ fn parse_op(
 async fn increment_one(committer: &GroupCommitter, request: IncrementRequest) -> Result<IncrementResponse, Status> {
     let op = parse_op(request.resource_id, request.counter_type, request.delta, &request.idempotency_key)
         .map_err(status::invalid)?;
-    let (key, delta) = (op.key.clone(), op.delta);
-    let results = committer.submit(vec![op]).await.map_err(status::not_submitted)?;
+    let (mut ops, results) = committer.submit(vec![op]).await.map_err(status::not_submitted)?;
+    let Some(Op { key, delta, .. }) = ops.pop() else {
+        return Err(Status::unavailable("the committer returned no operation"));
+    };
     match results.into_iter().next() {
         Some(result @ (OpResult::Applied(_) | OpResult::Replayed(_))) => Ok(IncrementResponse {
             resource_id: key.resource_id().into(),

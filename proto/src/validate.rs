@@ -79,6 +79,11 @@ impl CounterKey {
     pub fn counter_type(&self) -> &str {
         &self.counter_type
     }
+
+    /// The two validated strings, moved out (no copy).
+    pub fn into_parts(self) -> (String, String) {
+        (self.resource_id, self.counter_type)
+    }
 }
 
 impl fmt::Display for CounterKey {
