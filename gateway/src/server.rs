@@ -38,9 +38,10 @@ pub enum StartupError {
 
 /// Runs the gateway: the public port is served thread-per-core by
 /// `TALLY_WORKER_THREADS` workers ([`tally_runtime::workers`]), each with its
-/// own accept loop, coalescers and share of the counter connections; the
-/// caller's runtime (one control thread) runs the admin port, discovery,
-/// health checks and shutdown.
+/// own connections, coalescers and share of the counter connections; the
+/// caller's runtime (one control thread) accepts and hands each connection
+/// to the least busy worker, and runs the admin port, discovery, health
+/// checks and shutdown.
 pub async fn run(config: Config) -> Result<(), StartupError> {
     let workers = Workers::start(rt::worker_threads(&config.runtime), "tally-worker").map_err(StartupError::Workers)?;
     let mut settings = config.client();
@@ -67,14 +68,14 @@ pub async fn run(config: Config) -> Result<(), StartupError> {
         })
         .collect();
 
-    let listener = bind_std(config.listen)?;
+    let listener = bind(config.listen).await?;
     let admin_listener = bind(config.admin_listen).await?;
     let addr = listener.local_addr().map_err(|source| StartupError::Bind { addr: config.listen, source })?;
     let admin_addr =
         admin_listener.local_addr().map_err(|source| StartupError::Bind { addr: config.admin_listen, source })?;
     let endpoints: Vec<_> = config.counter_endpoints.iter().map(|e| tally_runtime::redact::userinfo(e)).collect();
-    let threads = apps.len();
-    tracing::info!(http = %addr, admin = %admin_addr, workers = threads, ?endpoints, "tally-gateway listening");
+    let workers_n = apps.len();
+    tracing::info!(http = %addr, admin = %admin_addr, workers = workers_n, ?endpoints, "tally-gateway listening");
     // Warm-up starts now; endpoints take traffic once their first check passed.
     let health = tokio::spawn(backends.health_loop(settings.health_interval, settings.connect_timeout));
 
@@ -87,22 +88,15 @@ pub async fn run(config: Config) -> Result<(), StartupError> {
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
-    // Both caps are the port's, whichever worker a request lands on.
-    let connection_cap = Arc::new(Semaphore::new(limits.max_connections));
+    // The in-flight cap is the port's, whichever worker a request lands on.
     let in_flight = Arc::new(Semaphore::new(request_limits.max_in_flight));
-    let mut servers = Vec::new();
-    for (worker, app) in workers.handles().iter().zip(&apps) {
-        let own = listener.try_clone().map_err(|source| StartupError::Bind { addr, source })?;
-        let router = api::public_router(app.clone(), request_limits, in_flight.clone());
-        let (cap, conns, stop) = (connection_cap.clone(), metrics.public_connections.clone(), stopped(stop_rx.clone()));
-        servers.push(worker.spawn(async move {
-            // Registered with this worker's reactor: its connections stay here.
-            match TcpListener::from_std(own) {
-                Ok(own) => http::serve_sharing(own, router, limits, cap, conns, stop).await,
-                Err(err) => tracing::error!(%err, "a worker cannot accept on the public port"),
-            }
-        }));
-    }
+    let public_workers = (workers.handles().iter().zip(&apps))
+        .map(|(worker, app)| {
+            http::Worker::on(worker.clone(), api::public_router(app.clone(), request_limits, in_flight.clone()))
+        })
+        .collect();
+    let public_conns = metrics.public_connections.clone();
+    let public = tokio::spawn(http::serve_on(listener, public_workers, limits, public_conns, stopped(stop_rx.clone())));
     let admin_conns = metrics.admin_connections.clone();
     let admin = tokio::spawn(http::serve(
         admin_listener,
@@ -111,20 +105,13 @@ pub async fn run(config: Config) -> Result<(), StartupError> {
         admin_conns,
         stopped(stop_rx),
     ));
-    drop(listener);
 
     tally_runtime::signal::shutdown().await;
     tracing::info!("shutting down: finishing in-flight requests");
     let _ = stop_tx.send(true);
     // Bound the graceful phase: connections that stay busy past the timeout are cut.
     let shutdown_timeout = Duration::from_millis(config.shutdown_timeout_ms);
-    let all_closed = async {
-        for server in servers {
-            let _ = server.await;
-        }
-        let _ = admin.await;
-    };
-    if tokio::time::timeout(shutdown_timeout, all_closed).await.is_err() {
+    if tokio::time::timeout(shutdown_timeout, async { tokio::join!(public, admin) }).await.is_err() {
         tracing::warn!("shutdown timeout passed with requests still open");
     }
     health.abort();
@@ -162,14 +149,6 @@ async fn backends(config: &Config, settings: &ClientSettings) -> Result<Arc<Back
             backends
         }
     })
-}
-
-/// The public port's socket, shared by the workers (each accepts on its own
-/// handle of it, so no second process can bind the port by accident as
-/// `SO_REUSEPORT` would allow).
-fn bind_std(addr: SocketAddr) -> Result<std::net::TcpListener, StartupError> {
-    let bound = std::net::TcpListener::bind(addr).and_then(|l| l.set_nonblocking(true).map(|()| l));
-    bound.map_err(|source| StartupError::Bind { addr, source })
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, StartupError> {
