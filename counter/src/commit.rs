@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tally_proto::CounterKey;
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError, mpsc, oneshot};
 use tracing::{Instrument, Span};
 
 use crate::coalesce::{plan, values_after};
@@ -53,7 +53,8 @@ pub struct CommitSettings {
     pub max_ops: usize,
     /// Flushes allowed in flight at once.
     pub max_inflight: usize,
-    /// Requests waiting for a flush at most; more are refused at once.
+    /// Operations waiting for or in a flush at most; a request that does
+    /// not fit is refused at once.
     pub max_queue: usize,
     /// How long an idempotency key is remembered.
     pub idempotency_retention: Duration,
@@ -71,6 +72,8 @@ pub enum SubmitError {
 
 struct Job {
     ops: Vec<Op>,
+    /// Its operations' room in the queue, given back once it is answered.
+    _room: OwnedSemaphorePermit,
     /// The submitting request's span, linked with the flush that applies it.
     span: Span,
     /// The operations handed back with their results (no copy is kept).
@@ -80,7 +83,10 @@ struct Job {
 /// Handle to the committer loop; cheap to clone.
 #[derive(Clone)]
 pub struct GroupCommitter {
-    tx: mpsc::Sender<Job>,
+    tx: mpsc::UnboundedSender<Job>,
+    /// Room for `max_queue` operations; each job holds its share. Bounded
+    /// in operations, not requests: a request carries 1 to 1,000.
+    room: Arc<Semaphore>,
     shed: prometheus_client::metrics::counter::Counter,
 }
 
@@ -88,31 +94,39 @@ impl GroupCommitter {
     /// Starts the committer loop on the current runtime. It ends when every
     /// handle is dropped, after its in-flight flushes finished.
     pub fn start(store: Arc<Store>, settings: CommitSettings, metrics: Arc<Metrics>) -> GroupCommitter {
-        // Bounded: a request that finds the queue full is refused at once
-        // (UNAVAILABLE, provably not applied) instead of waiting behind an
-        // ever longer queue.
-        let (tx, rx) = mpsc::channel(settings.max_queue.max(1));
-        let shed = metrics.commit_shed.clone();
+        let (committer, rx) = GroupCommitter::unstarted(&settings, &metrics);
         tokio::spawn(run(rx, store, settings, metrics));
-        GroupCommitter { tx, shed }
+        committer
+    }
+
+    /// A handle and the queue it feeds, no loop yet.
+    fn unstarted(settings: &CommitSettings, metrics: &Metrics) -> (GroupCommitter, mpsc::UnboundedReceiver<Job>) {
+        // Unbounded channel, bounded room: the permits bound the queue.
+        let (tx, rx) = mpsc::unbounded_channel();
+        let room = Arc::new(Semaphore::new(settings.max_queue.clamp(1, Semaphore::MAX_PERMITS)));
+        (GroupCommitter { tx, room, shed: metrics.commit_shed.clone() }, rx)
     }
 
     /// Applies `ops`; hands them back with one result per operation, in
     /// order.
     pub async fn submit(&self, ops: Vec<Op>) -> Result<(Vec<Op>, Vec<OpResult>), SubmitError> {
-        let (reply, rx) = oneshot::channel();
-        self.tx.try_send(Job { ops, span: spans::current(), reply }).map_err(|err| match err {
-            mpsc::error::TrySendError::Full(_) => {
+        // A request that does not fit is refused at once (UNAVAILABLE,
+        // provably not applied) instead of waiting behind an ever longer queue.
+        let wanted = u32::try_from(ops.len()).unwrap_or(u32::MAX);
+        let room = self.room.clone().try_acquire_many_owned(wanted).map_err(|err| match err {
+            TryAcquireError::NoPermits => {
                 self.shed.inc();
                 SubmitError::Overloaded
             }
-            mpsc::error::TrySendError::Closed(_) => SubmitError::Closed,
+            TryAcquireError::Closed => SubmitError::Closed,
         })?;
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Job { ops, _room: room, span: spans::current(), reply }).map_err(|_| SubmitError::Closed)?;
         rx.await.map_err(|_| SubmitError::Closed)
     }
 }
 
-async fn run(mut rx: mpsc::Receiver<Job>, store: Arc<Store>, settings: CommitSettings, metrics: Arc<Metrics>) {
+async fn run(mut rx: mpsc::UnboundedReceiver<Job>, store: Arc<Store>, settings: CommitSettings, metrics: Arc<Metrics>) {
     let slots = Arc::new(Semaphore::new(settings.max_inflight.max(1)));
     loop {
         // Wait for a free flush slot first: while all are busy, callers queue
@@ -283,5 +297,37 @@ pub fn error_kind(err: &StoreError) -> &'static str {
         StoreError::Unknown(_) => "unknown",
         StoreError::Rejected(_) => "rejected",
         StoreError::Config(_) => "config",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ops(n: usize) -> Vec<Op> {
+        (0..n).map(|i| Op::new(CounterKey::new(format!("r{i}"), "likes").expect("valid key"), 1)).collect()
+    }
+
+    #[tokio::test]
+    async fn the_queue_is_bounded_in_operations_not_requests() {
+        let settings =
+            CommitSettings { max_ops: 100, max_inflight: 1, max_queue: 1000, idempotency_retention: Duration::ZERO };
+        // No loop: what is submitted stays queued.
+        let (committer, mut queue) = GroupCommitter::unstarted(&settings, &Metrics::new());
+        let waiting = |n| {
+            let committer = committer.clone();
+            tokio::spawn(async move { committer.submit(ops(n)).await })
+        };
+        let (first, second) = (waiting(600), waiting(400));
+        let (a, b) = (queue.recv().await.expect("queued"), queue.recv().await.expect("queued"));
+        assert_eq!(a.ops.len() + b.ops.len(), 1000);
+        assert_eq!(committer.submit(ops(1)).await, Err(SubmitError::Overloaded), "1,000 operations queued: full");
+        // Answered (here: dropped unanswered), the two give their room back.
+        drop((a, b));
+        assert_eq!(first.await.expect("task"), Err(SubmitError::Closed));
+        assert_eq!(second.await.expect("task"), Err(SubmitError::Closed));
+        let third = waiting(1000);
+        assert_eq!(queue.recv().await.expect("room again").ops.len(), 1000);
+        drop(third);
     }
 }

@@ -46,9 +46,9 @@ pub struct Config {
     #[arg(long, env = "TALLY_COMMIT_MAX_INFLIGHT", default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=256))]
     pub commit_max_inflight: u64,
 
-    /// Requests waiting for a group commit at most; more are refused at once with UNAVAILABLE
-    /// (nothing applied).
-    #[arg(long, env = "TALLY_COMMIT_MAX_QUEUE", default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    /// Operations waiting for (or in) a group commit at most; a request that does not fit is
+    /// refused at once with UNAVAILABLE (nothing applied). At least one full batch (1,000).
+    #[arg(long, env = "TALLY_COMMIT_MAX_QUEUE", default_value_t = 65_536, value_parser = clap::value_parser!(u64).range(1_000..=10_000_000))]
     pub commit_max_queue: u64,
 
     /// How long an idempotency key is remembered per counter, in seconds (Redis keeps one small key per idempotent write for this long).

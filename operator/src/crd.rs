@@ -95,8 +95,8 @@ pub struct CounterSpec {
     /// How long idempotency keys are remembered, s (`TALLY_IDEMPOTENCY_RETENTION_S`).
     #[schemars(range(min = 1, max = 604800))]
     pub idempotency_retention_s: u32,
-    /// Requests waiting for a group commit at most; more are refused at once (`TALLY_COMMIT_MAX_QUEUE`).
-    #[schemars(range(min = 1, max = 1000000))]
+    /// Operations waiting for (or in) a group commit at most; a request that does not fit is refused at once (`TALLY_COMMIT_MAX_QUEUE`).
+    #[schemars(range(min = 1000, max = 10000000))]
     pub commit_max_queue: u32,
     /// Life of write-behind batch markers in Redis, s; unconfirmed flushes are resent for half of
     /// it (`TALLY_BATCH_MARKER_TTL_S`).
@@ -371,7 +371,7 @@ impl Default for CounterSpec {
             buffer_capacity: 100_000,
             buffer_full_policy: BufferFullPolicy::Sync,
             idempotency_retention_s: 600,
-            commit_max_queue: 4096,
+            commit_max_queue: 65_536,
             batch_marker_ttl_s: 600,
             grpc_max_message_bytes: 524_288,
             grpc_max_connections: 1024,
