@@ -121,7 +121,7 @@ pub struct Config {
     #[arg(long, env = "TALLY_COALESCE_MAX_QUEUE", default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub coalesce_max_queue: u64,
 
-    /// Coalesced calls of each kind (increments, reads) in flight at once per healthy endpoint
+    /// Coalesced calls of each kind (increments, reads) in flight at once per counter endpoint
     /// (fewer, larger batches cost the counters less).
     #[arg(long, env = "TALLY_COALESCE_MAX_INFLIGHT", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=1024))]
     pub coalesce_max_inflight: u64,

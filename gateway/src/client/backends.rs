@@ -200,6 +200,11 @@ impl Backends {
         self.list.load_full()
     }
 
+    /// Endpoints known, healthy or not.
+    pub fn endpoint_count(&self) -> usize {
+        self.list.load().len()
+    }
+
     pub fn healthy_count(&self) -> usize {
         self.list.load().iter().filter(|b| b.is_healthy()).count()
     }

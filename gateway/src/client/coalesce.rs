@@ -6,7 +6,7 @@
 //! Same shape as the counter's group committer: one loop per worker thread
 //! takes every item queued there (up to `max_ops`) as soon as a call slot
 //! is free and sends them as one batch. The slots ([`CallSlots`]) are the
-//! gateway's, shared by the workers: `max_inflight` per healthy endpoint
+//! gateway's, shared by the workers: `max_inflight` per known endpoint
 //! ([`call_slots`]). An idle gateway sends a lone item at once, so nothing
 //! waits for a timer. Each caller gets the result of its own item; the
 //! counter's own group commit keeps the values consistent.
@@ -14,8 +14,9 @@
 //! Few slots make large batches, and a batch costs the counter about the
 //! same whatever its size: measured on the increment path, one slot per
 //! endpoint halved the counter's CPU per increment against four. Slots grow
-//! with the healthy endpoints so that one slow endpoint holds up only its
-//! own share of the traffic. A worker waiting for a slot is woken across
+//! with the endpoints so that a call hung on one (until its timeout) holds
+//! up only its own share; they are counted healthy or not, because such a
+//! call keeps its slot after its endpoint is marked down. A worker waiting for a slot is woken across
 //! threads once per batch; its callers are answered on their own thread.
 
 use std::future::Future;
@@ -145,10 +146,10 @@ impl<B: Batched> Coalescer<B> {
     }
 }
 
-/// Calls that may be in flight: `per_endpoint` for each healthy endpoint,
-/// and `per_endpoint` while none is (the call then fails fast).
-pub fn call_slots(per_endpoint: usize, healthy_endpoints: usize) -> usize {
-    per_endpoint.max(1) * healthy_endpoints.max(1)
+/// Calls that may be in flight: `per_endpoint` for each known endpoint, and
+/// `per_endpoint` while none is known (the call then fails fast).
+pub fn call_slots(per_endpoint: usize, endpoints: usize) -> usize {
+    per_endpoint.max(1) * endpoints.max(1)
 }
 
 /// The coalesced calls of one kind in flight, counted across every worker.
@@ -163,15 +164,15 @@ impl CallSlots {
         CallSlots { per_endpoint, in_flight: AtomicUsize::new(0), freed: Notify::new() }
     }
 
-    /// Waits for a free slot, given the healthy endpoints now.
-    async fn take(self: &Arc<Self>, healthy: impl Fn() -> usize) -> Slot {
+    /// Waits for a free slot, given the endpoints now.
+    async fn take(self: &Arc<Self>, endpoints: impl Fn() -> usize) -> Slot {
         loop {
             let freed = self.freed.notified();
             tokio::pin!(freed);
             // Registered before the check: a slot freed meanwhile still wakes us.
             freed.as_mut().enable();
             let taken = self.in_flight.load(Ordering::Acquire);
-            if taken < call_slots(self.per_endpoint, healthy()) {
+            if taken < call_slots(self.per_endpoint, endpoints()) {
                 if self.in_flight.compare_exchange(taken, taken + 1, Ordering::AcqRel, Ordering::Acquire).is_ok() {
                     return Slot(self.clone());
                 }
@@ -205,7 +206,7 @@ async fn run<B: Batched>(mut rx: mpsc::Receiver<Job<B>>, counter: Counter, limit
         // Then a free slot (never held while idle: another worker may need
         // it); while all are busy, callers queue in the channel and this
         // call takes them together.
-        let slot = slots.take(|| counter.backends().healthy_count()).await;
+        let slot = slots.take(|| counter.backends().endpoint_count()).await;
         let mut jobs = vec![first];
         while jobs.len() < limits.max_ops.max(1) {
             match rx.try_recv() {
@@ -286,8 +287,8 @@ mod tests {
     }
 
     #[test]
-    fn call_slots_grow_with_the_healthy_endpoints() {
-        assert_eq!(call_slots(1, 0), 1, "one call may still go out (and fail fast) with none healthy");
+    fn call_slots_grow_with_the_endpoints() {
+        assert_eq!(call_slots(1, 0), 1, "one call may still go out (and fail fast) with none known");
         assert_eq!(call_slots(1, 3), 3);
         assert_eq!(call_slots(2, 3), 6);
         assert_eq!(call_slots(0, 2), 2, "at least one per endpoint");
@@ -310,7 +311,7 @@ mod tests {
         drop(second);
         assert_eq!(slots.in_flight(), 0);
         let (a, b) = (slots.take(|| 2).await, slots.take(|| 2).await);
-        assert_eq!(slots.in_flight(), 2, "two healthy endpoints: two calls at once");
+        assert_eq!(slots.in_flight(), 2, "two endpoints: two calls at once");
         drop((a, b));
     }
 
