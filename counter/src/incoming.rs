@@ -2,10 +2,12 @@
 //! `max_connections` open (more are closed at once), and each must send the
 //! HTTP/2 connection preface within the handshake timeout (a client that
 //! connects and says nothing holds no slot for long). tonic itself has
-//! neither bound.
+//! neither bound. One acceptor hands the connections to the thread-per-core
+//! workers that serve them, the least busy first.
 
 use std::io;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
@@ -14,6 +16,7 @@ use tally_runtime::conn::{Held, HeldConn};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt};
 
 /// How often a connection that sent part of its preface is looked at again.
 const PARTIAL_PREFACE_POLL: Duration = Duration::from_millis(50);
@@ -35,13 +38,31 @@ pub struct GrpcConnMetrics {
     pub handshake_timeouts: Counter,
 }
 
-/// Accepts on `listener` and yields the connections that passed the bounds.
+/// The connections one worker serves: handed over by the acceptor, and
+/// registered with the worker's own reactor when tonic takes them.
+pub type WorkerConns = Box<dyn Stream<Item = io::Result<BoundedConn>> + Send + Unpin>;
+
+/// Accepts on `listener` (on the current runtime) and hands each connection
+/// that passed the bounds to one of `workers` streams: the one whose worker
+/// has the fewest open connections. Each stream is meant to be served on
+/// its own thread-per-core worker.
 pub fn bounded(
     listener: TcpListener,
     limits: ConnectionLimits,
     metrics: GrpcConnMetrics,
-) -> ReceiverStream<io::Result<BoundedConn>> {
-    let (tx, rx) = mpsc::channel(64);
+    workers: usize,
+) -> Vec<WorkerConns> {
+    let (senders, streams): (Vec<_>, Vec<_>) = (0..workers.max(1))
+        .map(|_| {
+            let (tx, rx) = mpsc::channel::<(std::net::TcpStream, Slot)>(64);
+            let stream = ReceiverStream::new(rx).map(|(stream, slot)| {
+                // Polled by tonic on the worker: the socket joins its reactor.
+                TcpStream::from_std(stream).map(|stream| HeldConn::new(stream, slot))
+            });
+            (tx, Box::new(stream) as WorkerConns)
+        })
+        .unzip();
+    let open: Arc<Vec<Arc<AtomicUsize>>> = Arc::new(senders.iter().map(|_| Arc::default()).collect());
     tokio::spawn(async move {
         let slots = Arc::new(Semaphore::new(limits.max_connections));
         loop {
@@ -53,27 +74,30 @@ pub fn bounded(
                     continue;
                 }
             };
-            let Ok(slot) = slots.clone().try_acquire_owned() else {
+            let Ok(permit) = slots.clone().try_acquire_owned() else {
                 metrics.rejected.inc();
                 continue; // dropped: closed at once
             };
-            if tx.is_closed() {
-                return; // the server stopped
+            if senders.iter().all(mpsc::Sender::is_closed) {
+                return; // the servers stopped
             }
-            let (tx, metrics) = (tx.clone(), metrics.clone());
+            let (senders, open, metrics) = (senders.clone(), open.clone(), metrics.clone());
             tokio::spawn(async move {
                 if !sent_preface(&stream, limits.handshake_timeout).await {
                     metrics.handshake_timeouts.inc();
                     return;
                 }
                 let _ = stream.set_nodelay(true);
+                let Ok(stream) = stream.into_std() else { return };
+                let worker = (0..senders.len()).min_by_key(|&i| open[i].load(Ordering::Relaxed)).unwrap_or(0);
                 metrics.open.inc();
-                let conn = HeldConn::new(stream, Slot { _permit: slot, open: metrics.open.clone() });
-                let _ = tx.send(Ok(conn)).await;
+                open[worker].fetch_add(1, Ordering::Relaxed);
+                let slot = Slot { _permit: permit, open: metrics.open.clone(), worker_open: open[worker].clone() };
+                let _ = senders[worker].send((stream, slot)).await;
             });
         }
     });
-    ReceiverStream::new(rx)
+    streams
 }
 
 /// Waits (without consuming anything) until the client has sent the
@@ -102,6 +126,8 @@ async fn sent_preface(stream: &TcpStream, timeout: Duration) -> bool {
 pub struct Slot {
     _permit: OwnedSemaphorePermit,
     open: Gauge,
+    /// Its worker's count of open connections.
+    worker_open: Arc<AtomicUsize>,
 }
 
 impl Held for Slot {}
@@ -109,6 +135,7 @@ impl Held for Slot {}
 impl Drop for Slot {
     fn drop(&mut self) {
         self.open.dec();
+        self.worker_open.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

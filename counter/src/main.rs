@@ -14,5 +14,5 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> ExitCode {
     let config = Config::parse();
     let runtime = config.runtime.clone();
-    tally_runtime::rt::run(&runtime, "tally-counter", server::run(config))
+    tally_runtime::rt::run_control(&runtime, "tally-counter", server::run(config))
 }

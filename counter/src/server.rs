@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use tally_proto::v1::counter_service_server::CounterServiceServer;
 use tally_runtime::http::HttpLimits;
+use tally_runtime::workers::Workers;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tonic::transport::Server;
@@ -43,6 +44,8 @@ pub enum StartupError {
     Reflection(#[from] tonic_reflection::server::Error),
     #[error(transparent)]
     Consul(#[from] crate::registration::AddressUnknown),
+    #[error("cannot start the worker threads: {0}")]
+    Workers(std::io::Error),
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, StartupError> {
@@ -92,11 +95,14 @@ pub async fn run(config: Config) -> Result<(), StartupError> {
         },
     ));
 
-    let incoming = incoming::bounded(grpc_listener, config.connection_limits(), metrics.grpc_connections.clone());
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(tally_proto::v1::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
+    let workers = Workers::start(tally_runtime::rt::worker_threads(&config.runtime), "tally-worker")
+        .map_err(StartupError::Workers)?;
+    let incoming = incoming::bounded(
+        grpc_listener,
+        config.connection_limits(),
+        metrics.grpc_connections.clone(),
+        workers.handles().len(),
+    );
     let api = CounterApi {
         committer,
         buffer,
@@ -104,30 +110,49 @@ pub async fn run(config: Config) -> Result<(), StartupError> {
         metrics,
         buffer_full: config.buffer_full_policy,
         stream_window: config.stream_window as usize,
-        shutdown: shutdown_rx,
+        shutdown: shutdown_rx.clone(),
     };
 
-    tracing::info!(grpc = %grpc_addr, admin = %admin_addr, store = store.kind(), "tally-counter listening");
+    tracing::info!(grpc = %grpc_addr, admin = %admin_addr, store = store.kind(), workers = workers.handles().len(), "tally-counter listening");
     let registration = crate::registration::start(&config, grpc_addr)?;
     let max_message = config.grpc_max_message_bytes as usize;
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let grpc = Server::builder()
-        .trace_fn(crate::spans::rpc_server)
-        .http2_keepalive_interval(config.http2_keepalive())
-        .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT))
-        .max_concurrent_streams(config.max_concurrent_streams)
-        .http2_max_header_list_size(GRPC_MAX_HEADER_BYTES)
-        .add_service(health_service)
-        .add_service(reflection)
-        .add_service(
-            CounterServiceServer::new(api)
-                .max_decoding_message_size(max_message)
-                .max_encoding_message_size(max_message),
-        )
-        .serve_with_incoming_shutdown(incoming, async {
-            let _ = stop_rx.await;
-        });
-    let grpc = tokio::spawn(grpc);
+    // Thread-per-core: each worker serves its own connections with its own
+    // server; the committer, the store's connections, the write-behind
+    // flusher, probes and shutdown stay on this (control) thread.
+    let mut servers = Vec::new();
+    for (worker, conns) in workers.handles().iter().zip(incoming) {
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(tally_proto::v1::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()?;
+        let mut stop = shutdown_rx.clone();
+        let grpc = Server::builder()
+            .trace_fn(crate::spans::rpc_server)
+            .http2_keepalive_interval(config.http2_keepalive())
+            .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT))
+            .max_concurrent_streams(config.max_concurrent_streams)
+            .http2_max_header_list_size(GRPC_MAX_HEADER_BYTES)
+            .add_service(health_service.clone())
+            .add_service(reflection)
+            .add_service(
+                CounterServiceServer::new(api.clone())
+                    .max_decoding_message_size(max_message)
+                    .max_encoding_message_size(max_message),
+            )
+            .serve_with_incoming_shutdown(conns, async move {
+                let _ = stop.wait_for(|stop| *stop).await;
+            });
+        servers.push(worker.spawn(grpc));
+    }
+    let grpc = async {
+        for server in servers {
+            match server.await {
+                Ok(Err(err)) => tracing::warn!(%err, "gRPC server ended with an error"),
+                Err(err) => tracing::warn!(%err, "gRPC worker failed"),
+                Ok(Ok(())) => {}
+            }
+        }
+    };
 
     tally_runtime::signal::shutdown().await;
     tracing::info!("shutting down: finishing in-flight requests, then draining the write-behind buffer");
@@ -137,13 +162,10 @@ pub async fn run(config: Config) -> Result<(), StartupError> {
         registration.deregister().await;
     }
     let _ = shutdown_tx.send(true);
-    let _ = stop_tx.send(());
     // Streams stop reading at once; connections that are still open at the
     // deadline (a client that never reads its responses) are cut.
-    match tokio::time::timeout_at(deadline, grpc).await {
-        Ok(Ok(Err(err))) => tracing::warn!(%err, "gRPC server ended with an error"),
-        Err(_) => tracing::warn!("shutdown timeout passed with gRPC connections still open; closing them"),
-        _ => {}
+    if tokio::time::timeout_at(deadline, grpc).await.is_err() {
+        tracing::warn!("shutdown timeout passed with gRPC connections still open; closing them");
     }
     // The flusher drains within the same deadline (it measures it itself).
     if let Err(err) = flusher.await {
@@ -152,6 +174,7 @@ pub async fn run(config: Config) -> Result<(), StartupError> {
     if tokio::time::timeout_at(deadline, admin).await.is_err() {
         tracing::warn!("admin connections still open at the shutdown deadline");
     }
+    drop(workers);
     tracing::info!("tally-counter stopped");
     Ok(())
 }

@@ -34,6 +34,7 @@ pub enum BufferFullPolicy {
     Reject,
 }
 
+#[derive(Clone)]
 pub struct CounterApi {
     pub committer: GroupCommitter,
     pub buffer: Arc<WriteBuffer>,
