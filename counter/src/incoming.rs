@@ -7,12 +7,12 @@
 
 use std::io;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use tally_runtime::conn::{Held, HeldConn};
+use tally_runtime::workers::{LeastBusy, OpenConn};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
@@ -62,7 +62,7 @@ pub fn bounded(
             (tx, Box::new(stream) as WorkerConns)
         })
         .unzip();
-    let open: Arc<Vec<Arc<AtomicUsize>>> = Arc::new(senders.iter().map(|_| Arc::default()).collect());
+    let busy = Arc::new(LeastBusy::new(senders.len()));
     tokio::spawn(async move {
         let slots = Arc::new(Semaphore::new(limits.max_connections));
         loop {
@@ -81,7 +81,7 @@ pub fn bounded(
             if senders.iter().all(mpsc::Sender::is_closed) {
                 return; // the servers stopped
             }
-            let (senders, open, metrics) = (senders.clone(), open.clone(), metrics.clone());
+            let (senders, busy, metrics) = (senders.clone(), busy.clone(), metrics.clone());
             tokio::spawn(async move {
                 if !sent_preface(&stream, limits.handshake_timeout).await {
                     metrics.handshake_timeouts.inc();
@@ -89,11 +89,11 @@ pub fn bounded(
                 }
                 let _ = stream.set_nodelay(true);
                 let Ok(stream) = stream.into_std() else { return };
-                let worker = (0..senders.len()).min_by_key(|&i| open[i].load(Ordering::Relaxed)).unwrap_or(0);
+                let (worker, on_worker) = busy.pick();
+                let Some(sender) = senders.get(worker) else { return };
                 metrics.open.inc();
-                open[worker].fetch_add(1, Ordering::Relaxed);
-                let slot = Slot { _permit: permit, open: metrics.open.clone(), worker_open: open[worker].clone() };
-                let _ = senders[worker].send((stream, slot)).await;
+                let slot = Slot { _permit: permit, _on_worker: on_worker, open: metrics.open.clone() };
+                let _ = sender.send((stream, slot)).await;
             });
         }
     });
@@ -125,9 +125,9 @@ async fn sent_preface(stream: &TcpStream, timeout: Duration) -> bool {
 /// slots, and its place in the open-connections gauge.
 pub struct Slot {
     _permit: OwnedSemaphorePermit,
+    /// Its place in its worker's count of open connections.
+    _on_worker: OpenConn,
     open: Gauge,
-    /// Its worker's count of open connections.
-    worker_open: Arc<AtomicUsize>,
 }
 
 impl Held for Slot {}
@@ -135,7 +135,6 @@ impl Held for Slot {}
 impl Drop for Slot {
     fn drop(&mut self) {
         self.open.dec();
-        self.worker_open.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

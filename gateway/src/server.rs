@@ -74,8 +74,7 @@ pub async fn run(config: Config) -> Result<(), StartupError> {
     let admin_addr =
         admin_listener.local_addr().map_err(|source| StartupError::Bind { addr: config.admin_listen, source })?;
     let endpoints: Vec<_> = config.counter_endpoints.iter().map(|e| tally_runtime::redact::userinfo(e)).collect();
-    let workers_n = apps.len();
-    tracing::info!(http = %addr, admin = %admin_addr, workers = workers_n, ?endpoints, "tally-gateway listening");
+    tracing::info!(http = %addr, admin = %admin_addr, workers = apps.len(), ?endpoints, "tally-gateway listening");
     // Warm-up starts now; endpoints take traffic once their first check passed.
     let health = tokio::spawn(backends.health_loop(settings.health_interval, settings.connect_timeout));
 

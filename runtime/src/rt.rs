@@ -1,13 +1,12 @@
-//! How both services start: the runtime settings every binary has, and the
-//! one `main` they share.
+//! How every binary starts: the runtime settings they share, and the one
+//! `main` they share.
 //!
-//! Worker threads are tunable because on a machine where the service shares
-//! few cores with its neighbours (a small pod, or the 2-core benchmark box
-//! running Redis, counter, gateway and the load generator), fewer workers
-//! mean fewer cross-thread wake-ups; set `TALLY_WORKER_THREADS` to the pod's
-//! CPU limit. The gateway serves thread-per-core ([`crate::workers`]): there
-//! the setting is its number of workers, and the runtime `main` runs on is a
-//! single control thread (probes, discovery, health checks, trace export).
+//! The gateway and the counter serve thread-per-core ([`crate::workers`]):
+//! `TALLY_WORKER_THREADS` is their number of workers (default: one per core
+//! the cgroup CPU quota allows), and the runtime `main` runs on is a single
+//! control thread ([`run_control`]: accepting, probes, discovery, health
+//! checks, trace export, shutdown). The operator runs on a work-stealing
+//! runtime of that many threads ([`run`]).
 
 use std::fmt::Display;
 use std::future::Future;

@@ -14,6 +14,8 @@
 
 use std::cell::Cell;
 use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 
 use tokio::runtime::{Builder, Handle};
@@ -85,6 +87,42 @@ impl Drop for Workers {
     }
 }
 
+/// Which worker a new connection goes to: the one with the fewest open
+/// (actix-web's acceptor does the same). Shared by every thread-per-core
+/// acceptor.
+pub struct LeastBusy {
+    open: Vec<Arc<AtomicUsize>>,
+}
+
+impl LeastBusy {
+    /// For `workers` workers (at least one).
+    pub fn new(workers: usize) -> LeastBusy {
+        LeastBusy { open: (0..workers.max(1)).map(|_| Arc::default()).collect() }
+    }
+
+    /// The least busy worker's index, and its connection counted open
+    /// until the returned guard drops.
+    pub fn pick(&self) -> (usize, OpenConn) {
+        let (index, open) = self
+            .open
+            .iter()
+            .enumerate()
+            .min_by_key(|(_, open)| open.load(Ordering::Relaxed))
+            .unwrap_or((0, &self.open[0]));
+        open.fetch_add(1, Ordering::Relaxed);
+        (index, OpenConn(open.clone()))
+    }
+}
+
+/// A connection counted open on its worker until dropped.
+pub struct OpenConn(Arc<AtomicUsize>);
+
+impl Drop for OpenConn {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -102,6 +140,16 @@ mod tests {
             assert_eq!(seen_index, Some(index));
             assert_eq!(thread.as_deref(), Some(format!("test-worker-{index}").as_str()));
         }
+    }
+
+    #[test]
+    fn connections_go_to_the_worker_with_the_fewest_open() {
+        let busy = LeastBusy::new(2);
+        let (a, first) = busy.pick();
+        let (b, _second) = busy.pick();
+        assert_ne!(a, b, "one each");
+        drop(first);
+        assert_eq!(busy.pick().0, a, "the worker whose connection closed is the least busy");
     }
 
     #[test]

@@ -13,7 +13,6 @@ pub mod watchdog;
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -33,6 +32,7 @@ use tower::Service;
 pub use settings::{HttpArgs, HttpLimits};
 
 use crate::conn::HeldConn;
+use crate::workers::LeastBusy;
 use watchdog::{Activity, Expiry, Verdict};
 
 /// How long an HTTP/2 connection closed by its watchdog may take to finish
@@ -87,18 +87,17 @@ pub struct Worker {
     /// `None`: the runtime that accepts.
     runtime: Option<Handle>,
     router: Router,
-    open: Arc<AtomicUsize>,
 }
 
 impl Worker {
     /// Connections served where they are accepted.
     pub fn here(router: Router) -> Worker {
-        Worker { runtime: None, router, open: Arc::default() }
+        Worker { runtime: None, router }
     }
 
     /// Connections handed over to `runtime` (a thread-per-core worker).
     pub fn on(runtime: Handle, router: Router) -> Worker {
-        Worker { runtime: Some(runtime), router, open: Arc::default() }
+        Worker { runtime: Some(runtime), router }
     }
 }
 
@@ -114,6 +113,7 @@ pub async fn serve_on(
     shutdown: impl Future<Output = ()>,
 ) {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let busy = LeastBusy::new(workers.len());
     let (stop_tx, stop_rx) = watch::channel(false);
     let builder = Arc::new(builder(&limits));
     tokio::pin!(shutdown);
@@ -137,11 +137,11 @@ pub async fn serve_on(
             drop(stream);
             continue;
         };
-        let Some(worker) = workers.iter().min_by_key(|w| w.open.load(Ordering::Relaxed)) else { return };
+        let (index, open) = busy.pick();
+        let Some(worker) = workers.get(index) else { return };
         let _ = stream.set_nodelay(true);
         let (router, builder, metrics, stop) =
             (worker.router.clone(), builder.clone(), metrics.clone(), stop_rx.clone());
-        let open = OpenConn::count(&worker.open);
         let serve = move |stream| async move {
             metrics.open.inc();
             serve_connection(stream, router, &builder, limits, &metrics, stop).await;
@@ -166,22 +166,6 @@ pub async fn serve_on(
     let _ = stop_tx.send(true);
     // Every connection holds a slot: all slots back means all closed.
     let _ = slots.acquire_many(limits.max_connections as u32).await;
-}
-
-/// One open connection counted on its worker until dropped.
-struct OpenConn(Arc<AtomicUsize>);
-
-impl OpenConn {
-    fn count(open: &Arc<AtomicUsize>) -> OpenConn {
-        open.fetch_add(1, Ordering::Relaxed);
-        OpenConn(open.clone())
-    }
-}
-
-impl Drop for OpenConn {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
 }
 
 fn builder(limits: &HttpLimits) -> auto::Builder<TokioExecutor> {
