@@ -132,15 +132,7 @@ impl Stack {
     /// SIGKILLs redis-server (dropping it makes the testkit's watchdog kill it
     /// and waits until it is gone, so its port is free for the restart).
     pub fn kill_redis(&self) -> Result<u32, String> {
-        let redis = lock(&self.redis).take();
-        let pid = self.redis_pid.swap(0, Ordering::SeqCst);
-        match redis {
-            Some(redis) => {
-                drop(redis);
-                Ok(pid)
-            }
-            None => Err("redis-server was not running".into()),
-        }
+        kill(&self.redis, &self.redis_pid, "redis-server")
     }
 
     pub fn signal_redis(&self, sig: &str) -> Result<u32, String> {
@@ -170,16 +162,7 @@ impl Stack {
     /// SIGKILLs counter `i` and reaps it.
     pub fn kill_counter(&self, i: usize) -> Result<u32, String> {
         let c = &self.counters[i];
-        let service = lock(&c.service).take();
-        let pid = c.pid.swap(0, Ordering::SeqCst);
-        match service {
-            // Dropping a Service is SIGKILL + wait.
-            Some(service) => {
-                drop(service);
-                Ok(pid)
-            }
-            None => Err(format!("{} was not running", c.name)),
-        }
+        kill(&c.service, &c.pid, c.name)
     }
 
     pub fn signal_counter(&self, i: usize, sig: &str) -> Result<u32, String> {
@@ -209,6 +192,20 @@ impl Drop for Stack {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Takes the process out of its slot and drops it (for the testkit's
+/// processes, SIGKILL and wait); its pid, or why there was none.
+fn kill<P>(slot: &Mutex<Option<P>>, pid: &AtomicU32, what: &str) -> Result<u32, String> {
+    let process = lock(slot).take();
+    let pid = pid.swap(0, Ordering::SeqCst);
+    match process {
+        Some(process) => {
+            drop(process);
+            Ok(pid)
+        }
+        None => Err(format!("{what} was not running")),
+    }
 }
 
 /// `kill -<sig> <pid>`, reporting failure instead of panicking (the process
