@@ -238,7 +238,7 @@ impl WriteBuffer {
         let span = spans::buffer_flush(spans::db_system(self.store.kind()), &batch.links, refs.len());
         let outcomes =
             self.store.incr_batch_once(&batch.id, &refs, self.settings.marker_ttl).instrument(span.clone()).await;
-        self.metrics.store_duration.get_or_create(&[("op", "flush")]).observe(started.elapsed().as_secs_f64());
+        self.metrics.store_flush.observe(started.elapsed().as_secs_f64());
         let mut failure = None;
         for ((key, delta), outcome) in refs.iter().zip(outcomes) {
             match outcome {

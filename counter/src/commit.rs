@@ -280,7 +280,7 @@ pub async fn apply(store: &Store, ops: &[(&CounterKey, i64)], metrics: &Metrics)
 async fn timed_incr(store: &Store, cmds: &[(&CounterKey, i64)], metrics: &Metrics) -> Vec<IncrOutcome> {
     let started = Instant::now();
     let outcomes = store.incr(cmds).await;
-    metrics.store_duration.get_or_create(&[("op", "incr")]).observe(started.elapsed().as_secs_f64());
+    metrics.store_incr.observe(started.elapsed().as_secs_f64());
     if let Some(err) = outcomes.iter().find_map(|o| match o {
         IncrOutcome::Failed(err) => Some(err),
         _ => None,

@@ -4,6 +4,7 @@
 //! touches is a field here so recording is a field access, not a lookup by name.
 
 use std::sync::atomic::AtomicU64;
+use std::time::Instant;
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -21,6 +22,12 @@ type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 pub struct Metrics {
     registry: Registry,
+    /// Per-method handles of `requests` and `request_duration`.
+    pub rpc: RpcSet,
+    /// `store_duration` of `incr`, `get` and `flush`, resolved once.
+    pub store_incr: Histogram,
+    pub store_get: Histogram,
+    pub store_flush: Histogram,
     /// gRPC requests by method and status code.
     pub requests: Family<Labels2, Counter>,
     /// gRPC request latency by method.
@@ -108,8 +115,21 @@ impl Metrics {
         registry.register("grpc_handshake_timeouts", help, grpc_connections.handshake_timeouts.clone());
         let admin_connections = ConnMetrics::default();
         admin_connections.register(registry.sub_registry_with_label(("listener".into(), "admin".into())));
+        let rpc = RpcSet {
+            increment: RpcMetrics::new("Increment", &requests, &request_duration),
+            batch_increment: RpcMetrics::new("BatchIncrement", &requests, &request_duration),
+            get: RpcMetrics::new("Get", &requests, &request_duration),
+            batch_get: RpcMetrics::new("BatchGet", &requests, &request_duration),
+            stream_increments: RpcMetrics::new("StreamIncrements", &requests, &request_duration),
+        };
+        let store_op = |op| store_duration.get_or_create(&[("op", op)]).clone();
+        let (store_incr, store_get, store_flush) = (store_op("incr"), store_op("get"), store_op("flush"));
         Metrics {
             registry,
+            rpc,
+            store_incr,
+            store_get,
+            store_flush,
             commit_shed,
             grpc_connections,
             admin_connections,
@@ -131,6 +151,56 @@ impl Metrics {
     /// The Prometheus text exposition of every metric.
     pub fn encode(&self) -> String {
         render(&self.registry)
+    }
+}
+
+/// The handles of every gRPC method.
+pub struct RpcSet {
+    pub increment: RpcMetrics,
+    pub batch_increment: RpcMetrics,
+    pub get: RpcMetrics,
+    pub batch_get: RpcMetrics,
+    pub stream_increments: RpcMetrics,
+}
+
+/// One gRPC method's request count and latency. Its `OK` series and its
+/// latency histogram are resolved once, so a successful call (the hot path,
+/// once per streamed message) records without hashing labels or taking the
+/// family's lock; other codes go through the family.
+#[derive(Clone)]
+pub struct RpcMetrics {
+    method: &'static str,
+    ok: Counter,
+    duration: Histogram,
+    requests: Family<Labels2, Counter>,
+}
+
+impl RpcMetrics {
+    fn new(method: &'static str, requests: &Family<Labels2, Counter>, durations: &HistogramFamily<Labels>) -> Self {
+        RpcMetrics {
+            method,
+            ok: requests.get_or_create(&[("method", method), ("code", "OK")]).clone(),
+            duration: durations.get_or_create(&[("method", method)]).clone(),
+            requests: requests.clone(),
+        }
+    }
+
+    /// Records one call that started at `started` and ended with `code`.
+    pub fn observe(&self, started: Instant, code: tonic::Code) {
+        self.observe_many(started, code, 1);
+    }
+
+    /// Records `calls` calls that started together and ended with `code`.
+    pub fn observe_many(&self, started: Instant, code: tonic::Code, calls: u64) {
+        let seconds = started.elapsed().as_secs_f64();
+        if code == tonic::Code::Ok {
+            self.ok.inc_by(calls);
+        } else {
+            self.requests.get_or_create(&[("method", self.method), ("code", crate::status::code_label(code))]).inc_by(calls);
+        }
+        for _ in 0..calls {
+            self.duration.observe(seconds);
+        }
     }
 }
 

@@ -6,6 +6,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
+use futures_util::FutureExt;
 use futures_util::stream::{FuturesOrdered, StreamExt};
 use tally_proto::v1::counter_service_server::CounterService;
 use tally_proto::v1::{
@@ -20,7 +21,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::buffer::{Offer, WriteBuffer};
 use crate::commit::{GroupCommitter, Op, OpResult};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, RpcMetrics};
 use crate::spans;
 use crate::status;
 use crate::store::Store;
@@ -54,7 +55,7 @@ impl CounterService for CounterApi {
     async fn increment(&self, request: Request<IncrementRequest>) -> Result<Response<IncrementResponse>, Status> {
         let started = Instant::now();
         let result = increment_one(&self.committer, request.into_inner()).await;
-        self.observe("Increment", started, result.as_ref().err());
+        self.metrics.rpc.increment.observe(started, code_of(&result));
         result.map(Response::new)
     }
 
@@ -64,7 +65,7 @@ impl CounterService for CounterApi {
     ) -> Result<Response<BatchIncrementResponse>, Status> {
         let started = Instant::now();
         let result = self.batch_increment_inner(request.into_inner()).await;
-        self.observe("BatchIncrement", started, result.as_ref().err());
+        self.metrics.rpc.batch_increment.observe(started, code_of(&result));
         result.map(Response::new)
     }
 
@@ -81,7 +82,7 @@ impl CounterService for CounterApi {
             })
         }
         .await;
-        self.observe("Get", started, result.as_ref().err());
+        self.metrics.rpc.get.observe(started, code_of(&result));
         result.map(Response::new)
     }
 
@@ -111,7 +112,7 @@ impl CounterService for CounterApi {
             Ok(BatchGetResponse { results })
         }
         .await;
-        self.observe("BatchGet", started, result.as_ref().err());
+        self.metrics.rpc.batch_get.observe(started, code_of(&result));
         result.map(Response::new)
     }
 
@@ -121,16 +122,19 @@ impl CounterService for CounterApi {
         &self,
         request: Request<Streaming<IncrementRequest>>,
     ) -> Result<Response<Self::StreamIncrementsStream>, Status> {
-        let (tx, rx) = mpsc::channel(self.stream_window);
+        // Two runs of answers queued at most (each at most `stream_window`),
+        // so a client that stops reading holds a bounded amount.
+        let (tx, rx) = mpsc::channel(2);
         tokio::spawn(pump_stream(
             request.into_inner(),
             tx,
             self.committer.clone(),
             self.stream_window,
             self.shutdown.clone(),
-            self.metrics.clone(),
+            self.metrics.rpc.stream_increments.clone(),
         ));
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        let answers = ReceiverStream::new(rx).flat_map(futures_util::stream::iter);
+        Ok(Response::new(Box::pin(answers)))
     }
 }
 
@@ -187,7 +191,7 @@ impl CounterApi {
     async fn read(&self, keys: &[CounterKey]) -> Result<Vec<i64>, Status> {
         let started = Instant::now();
         let values = self.store.get(keys).await;
-        self.metrics.store_duration.get_or_create(&[("op", "get")]).observe(started.elapsed().as_secs_f64());
+        self.metrics.store_get.observe(started.elapsed().as_secs_f64());
         values.map_err(|err| {
             self.metrics.store_errors.get_or_create(&[("kind", crate::commit::error_kind(&err))]).inc();
             status::store(&err)
@@ -198,12 +202,13 @@ impl CounterApi {
         self.metrics.async_ops.get_or_create(&[("outcome", outcome)]).inc_by(ops as u64);
     }
 
-    fn observe(&self, method: &'static str, started: Instant, error: Option<&Status>) {
-        let code = error.map_or(tonic::Code::Ok, Status::code);
-        spans::rpc_status(code);
-        self.metrics.requests.get_or_create(&[("method", method), ("code", status::code_label(code))]).inc();
-        self.metrics.request_duration.get_or_create(&[("method", method)]).observe(started.elapsed().as_secs_f64());
-    }
+}
+
+/// The status code of a handler's outcome, also set on the request's span.
+fn code_of<T>(result: &Result<T, Status>) -> tonic::Code {
+    let code = result.as_ref().map_or_else(Status::code, |_| tonic::Code::Ok);
+    spans::rpc_status(code);
+    code
 }
 
 fn parse_operations(operations: Vec<IncrementOperation>) -> Result<Vec<Op>, Status> {
@@ -232,92 +237,156 @@ fn parse_op(
     })
 }
 
-/// One increment through the group committer (unary and streamed alike).
+/// One unary increment through the group committer.
 async fn increment_one(committer: &GroupCommitter, request: IncrementRequest) -> Result<IncrementResponse, Status> {
     let op = parse_op(request.resource_id, request.counter_type, request.delta, &request.idempotency_key)
         .map_err(status::invalid)?;
     let (mut ops, results) = committer.submit(vec![op]).await.map_err(status::not_submitted)?;
-    let Some(Op { key, delta, .. }) = ops.pop() else {
-        return Err(Status::unavailable("the committer returned no operation"));
-    };
-    match results.into_iter().next() {
-        Some(result @ (OpResult::Applied(_) | OpResult::Replayed(_))) => Ok(IncrementResponse {
-            resource_id: key.resource_id().into(),
-            counter_type: key.counter_type().into(),
-            current_value: match result {
-                OpResult::Applied(value) | OpResult::Replayed(value) => value,
-                _ => 0,
-            },
-            replayed: matches!(result, OpResult::Replayed(_)),
-            error: None,
-        }),
-        Some(OpResult::Overflow) => Err(status::overflow(&key, delta)),
-        Some(OpResult::Failed(err)) => Err(status::store(&err)),
-        None => Err(Status::unavailable("the committer returned no result")),
+    match (ops.pop(), results.into_iter().next()) {
+        (Some(op), Some(result)) => answer(op, result),
+        _ => Err(Status::unavailable("the committer returned no result")),
     }
 }
 
+/// The answer to one increment, from what the committer did with it.
+fn answer(op: Op, result: OpResult) -> Result<IncrementResponse, Status> {
+    let (current_value, replayed) = match result {
+        OpResult::Applied(value) => (value, false),
+        OpResult::Replayed(value) => (value, true),
+        OpResult::Overflow => return Err(status::overflow(&op.key, op.delta)),
+        OpResult::Failed(err) => return Err(status::store(&err)),
+    };
+    let (resource_id, counter_type) = op.key.into_parts();
+    Ok(IncrementResponse { resource_id, counter_type, current_value, replayed, error: None })
+}
+
+/// A streamed request's answers, in request order; `Err` ends the stream.
+type Answers = Vec<Result<IncrementResponse, Status>>;
+
 /// Drives one `StreamIncrements` call: up to `window` requests are applied
-/// concurrently (so a stream batches like many unary calls would), and the
-/// responses go back in request order. A failed request yields a response
-/// with `error` set; the stream ends when the client closes its side, when
-/// the client goes away, or on shutdown (after answering what it read).
+/// at once, and the answers go back in request order. Requests that have
+/// already arrived when one is read are submitted together with it, as one
+/// queue entry: under load a stream costs the committer one hand-off per
+/// run of messages rather than per message, and when idle a lone message is
+/// still applied at once. A failed request gets an answer with `error` set;
+/// the stream ends when the client closes its side, when the client goes
+/// away, or on shutdown (after answering what it read).
 async fn pump_stream(
     mut inbound: Streaming<IncrementRequest>,
-    tx: mpsc::Sender<Result<IncrementResponse, Status>>,
+    tx: mpsc::Sender<Answers>,
     committer: GroupCommitter,
     window: usize,
     mut shutdown: watch::Receiver<bool>,
-    metrics: Arc<Metrics>,
+    metrics: RpcMetrics,
 ) {
+    let window = window.max(1);
     let mut in_flight = FuturesOrdered::new();
+    let mut applying = 0; // requests in `in_flight`
     let mut reading = true;
     let mut failure: Option<Status> = None;
     loop {
         tokio::select! {
-            Some(response) = in_flight.next(), if !in_flight.is_empty() => {
-                if tx.send(Ok(response)).await.is_err() {
+            Some(answers) = in_flight.next(), if !in_flight.is_empty() => {
+                let answers: Answers = answers;
+                applying -= answers.len();
+                if tx.send(answers).await.is_err() {
                     return; // client went away
                 }
             }
-            message = inbound.message(), if reading && in_flight.len() < window => match message {
-                Ok(Some(request)) => {
-                    let committer = committer.clone();
-                    let metrics = metrics.clone();
-                    in_flight.push_back(async move {
-                        let started = Instant::now();
-                        // Echoed in the answer only when within the limits: an
-                        // invalid 500 KB id is neither repeated nor kept.
-                        let (resource_id, counter_type) = (
-                            within(&request.resource_id, tally_proto::limits::MAX_RESOURCE_ID_LEN),
-                            within(&request.counter_type, tally_proto::limits::MAX_COUNTER_TYPE_LEN),
-                        );
-                        let result = increment_one(&committer, request).await;
-                        let code = result.as_ref().map_or_else(Status::code, |_| tonic::Code::Ok);
-                        metrics.requests.get_or_create(&[("method", "StreamIncrements"), ("code", status::code_label(code))]).inc();
-                        metrics.request_duration.get_or_create(&[("method", "StreamIncrements")]).observe(started.elapsed().as_secs_f64());
-                        result.unwrap_or_else(|status| IncrementResponse {
-                            resource_id,
-                            counter_type,
-                            current_value: 0,
-                            replayed: false,
-                            error: Some(status::to_operation_error(&status)),
-                        })
-                    });
+            message = inbound.message(), if reading && applying < window => {
+                let mut run = Vec::new();
+                let mut next = Some(message);
+                // `message()` keeps its state in `inbound`, so polling it once
+                // and dropping it unfinished loses nothing.
+                while let Some(message) = next.take() {
+                    match message {
+                        Ok(Some(request)) => run.push(request),
+                        Ok(None) => reading = false,
+                        Err(status) => {
+                            // Answer what was read, then end with the transport error.
+                            failure = Some(status);
+                            reading = false;
+                        }
+                    }
+                    if reading && applying + run.len() < window {
+                        next = inbound.message().now_or_never();
+                    }
                 }
-                Ok(None) => reading = false,
-                Err(status) => {
-                    // Answer what was read, then end with the transport error.
-                    failure = Some(status);
-                    reading = false;
+                if !run.is_empty() {
+                    applying += run.len();
+                    in_flight.push_back(apply_run(committer.clone(), run, metrics.clone()));
                 }
-            },
+            }
             _ = shutdown.changed(), if reading => reading = false,
             else => break,
         }
     }
     if let Some(status) = failure {
-        let _ = tx.send(Err(status)).await;
+        let _ = tx.send(vec![Err(status)]).await;
+    }
+}
+
+/// Applies a run of streamed requests as one submission and answers each,
+/// in order; an invalid request is answered on its own and does not hold up
+/// the others.
+async fn apply_run(committer: GroupCommitter, requests: Vec<IncrementRequest>, metrics: RpcMetrics) -> Answers {
+    let started = Instant::now();
+    let mut answers: Vec<Option<IncrementResponse>> = Vec::with_capacity(requests.len());
+    let mut ops = Vec::with_capacity(requests.len());
+    for request in requests {
+        match parse_streamed(request) {
+            Ok(op) => {
+                ops.push(op);
+                answers.push(None);
+            }
+            Err(refused) => {
+                metrics.observe(started, tonic::Code::InvalidArgument);
+                answers.push(Some(refused));
+            }
+        }
+    }
+    let applied = match committer.submit(ops).await {
+        Ok((ops, results)) => ops.into_iter().zip(results).map(|(op, result)| answer(op, result)).collect(),
+        Err(err) => vec![Err(status::not_submitted(err)); answers.iter().filter(|a| a.is_none()).count()],
+    };
+    let mut applied = applied.into_iter();
+    answers
+        .into_iter()
+        .map(|answer| {
+            let answer = answer.or_else(|| {
+                let result = applied.next()?;
+                metrics.observe(started, result.as_ref().map_or_else(Status::code, |_| tonic::Code::Ok));
+                Some(result.unwrap_or_else(|status| refused("", "", &status)))
+            });
+            Ok(answer.unwrap_or_else(|| refused("", "", &Status::unavailable("the committer returned no result"))))
+        })
+        .collect()
+}
+
+/// Parses one streamed request; an invalid one is answered at once.
+fn parse_streamed(request: IncrementRequest) -> Result<Op, IncrementResponse> {
+    let IncrementRequest { resource_id, counter_type, delta, idempotency_key } = request;
+    // Checked by reference first, so a refusal can echo what was sent.
+    if let Err(err) = CounterKey::check(&resource_id, &counter_type) {
+        return Err(refused(&resource_id, &counter_type, &status::invalid(err)));
+    }
+    let echo = |err| refused(&resource_id, &counter_type, &status::invalid(err));
+    let delta = validate::delta_or_default(delta).map_err(echo)?;
+    let idempotency_key = validate::idempotency_key(&idempotency_key).map_err(echo)?.map(str::to_string);
+    let key = CounterKey::new(resource_id, counter_type).map_err(|err| refused("", "", &status::invalid(err)))?;
+    Ok(Op { key, delta, idempotency_key })
+}
+
+/// The answer to a streamed request that was not applied. Its fields are
+/// echoed only when within the limits: an invalid 500 KB id is neither
+/// repeated nor kept.
+fn refused(resource_id: &str, counter_type: &str, status: &Status) -> IncrementResponse {
+    IncrementResponse {
+        resource_id: within(resource_id, tally_proto::limits::MAX_RESOURCE_ID_LEN),
+        counter_type: within(counter_type, tally_proto::limits::MAX_COUNTER_TYPE_LEN),
+        current_value: 0,
+        replayed: false,
+        error: Some(status::to_operation_error(status)),
     }
 }
 

@@ -91,6 +91,7 @@ async fn round_trips(backend: Backend) {
     let mut seen = Vec::new();
     while let Some(response) = responses.next().await {
         let response = response.expect("stream item");
+        assert_eq!(response.resource_id, post, "every answer, refusals too, names its counter");
         seen.push((response.current_value, response.error.map(|e| e.code)));
     }
     assert_eq!(seen, vec![(2, None), (0, Some(Code::InvalidArgument as i32)), (5, None)]);

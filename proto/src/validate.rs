@@ -61,15 +61,15 @@ impl CounterKey {
     pub fn new(resource_id: impl Into<String>, counter_type: impl Into<String>) -> Result<Self, InvalidInput> {
         let resource_id = resource_id.into();
         let counter_type = counter_type.into();
-        check_field(
-            "resource_id",
-            &resource_id,
-            limits::MAX_RESOURCE_ID_LEN,
-            is_resource_id_char,
-            "[A-Za-z0-9_.:@/-]",
-        )?;
-        check_field("counter_type", &counter_type, limits::MAX_COUNTER_TYPE_LEN, is_counter_type_char, "[a-z0-9_]")?;
+        CounterKey::check(&resource_id, &counter_type)?;
         Ok(CounterKey { resource_id, counter_type })
+    }
+
+    /// What [`CounterKey::new`] would say about these parts, without taking
+    /// them: for callers that still need the raw parts when they are invalid.
+    pub fn check(resource_id: &str, counter_type: &str) -> Result<(), InvalidInput> {
+        check_field("resource_id", resource_id, limits::MAX_RESOURCE_ID_LEN, is_resource_id_char, "[A-Za-z0-9_.:@/-]")?;
+        check_field("counter_type", counter_type, limits::MAX_COUNTER_TYPE_LEN, is_counter_type_char, "[a-z0-9_]")
     }
 
     pub fn resource_id(&self) -> &str {
