@@ -6,6 +6,8 @@
 //! summed command returns the value after the whole group, and [`values_after`]
 //! hands out the intermediate values of a serial order of the group.
 
+use std::collections::HashMap;
+
 use tally_proto::CounterKey;
 
 /// One summed command and the submitted operations it stands for.
@@ -23,9 +25,14 @@ pub struct Group<'a> {
 /// groups of the same counter stay in arrival order, and stores apply
 /// commands on one counter in order, so the serial semantics hold.
 pub fn plan<'a>(ops: impl IntoIterator<Item = (&'a CounterKey, i64)>) -> Vec<Group<'a>> {
-    let mut groups: Vec<Group<'a>> = Vec::new();
-    let mut open: std::collections::HashMap<&'a CounterKey, usize> = std::collections::HashMap::new();
-    for (index, (key, delta)) in ops.into_iter().enumerate() {
+    let ops = ops.into_iter();
+    let mut groups: Vec<Group<'a>> = Vec::with_capacity(ops.size_hint().0);
+    // foldhash, not SipHash: this map lives for one flush and holds at most
+    // one flush's operations, so a fresh random seed each time is DoS
+    // resistance enough, and hashing was the flush's largest cost.
+    let mut open: HashMap<&'a CounterKey, usize, foldhash::fast::RandomState> =
+        HashMap::with_capacity_and_hasher(groups.capacity(), foldhash::fast::RandomState::default());
+    for (index, (key, delta)) in ops.enumerate() {
         if let Some(&g) = open.get(key)
             && let Some(total) = groups[g].total.checked_add(delta)
         {

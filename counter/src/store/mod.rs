@@ -78,9 +78,31 @@ pub enum Store {
     Cluster(Box<cluster::ClusterStore>),
 }
 
-/// The Redis key of the hash holding every counter of `resource_id`.
-pub fn hash_key(resource_id: &str) -> String {
-    format!("tally:{{{resource_id}}}")
+/// The Redis key of the hash holding every counter of `resource_id`:
+/// `tally:{resource_id}` (the braces make it the Cluster hash tag).
+pub fn hash_key(resource_id: &str) -> HashKey<'_> {
+    HashKey(resource_id)
+}
+
+/// A hash key, written straight into the command being built instead of
+/// being formatted into a string of its own first (one allocation less per
+/// command).
+#[derive(Debug, Clone, Copy)]
+pub struct HashKey<'a>(&'a str);
+
+impl std::fmt::Display for HashKey<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "tally:{{{}}}", self.0)
+    }
+}
+
+impl ::redis::ToRedisArgs for HashKey<'_> {
+    fn write_redis_args<W: ?Sized + ::redis::RedisWrite>(&self, out: &mut W) {
+        use std::io::Write;
+        let mut arg = out.writer_for_next_arg();
+        // Writing into the command's own buffer cannot fail.
+        let _ = arg.write_all(b"tally:{").and_then(|()| arg.write_all(self.0.as_bytes())).and_then(|()| arg.write_all(b"}"));
+    }
 }
 
 impl Store {
@@ -165,5 +187,19 @@ impl Store {
             Store::Redis(s) => s.ping().await,
             Store::Cluster(s) => s.ping().await,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ::redis::ToRedisArgs;
+
+    use super::hash_key;
+
+    #[test]
+    fn a_hash_key_is_one_argument_with_the_resource_as_hash_tag() {
+        let key = hash_key("post:42");
+        assert_eq!(key.to_redis_args(), vec![b"tally:{post:42}".to_vec()]);
+        assert_eq!(key.to_string(), "tally:{post:42}");
     }
 }
