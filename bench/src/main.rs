@@ -123,7 +123,7 @@ async fn worker(args: Arc<Args>, mut client: CounterServiceClient<Channel>, id: 
                     })
                     .collect();
                 let request =
-                    BatchIncrementRequest { operations, r#async: matches!(args.scenario, Scenario::BatchAsync) };
+                    BatchIncrementRequest { operations, r#async: matches!(args.scenario, Scenario::BatchAsync), omit_names: false };
                 let ok = client
                     .batch_increment(request)
                     .await

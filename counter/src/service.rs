@@ -88,7 +88,7 @@ impl CounterService for CounterApi {
 
     async fn batch_get(&self, request: Request<BatchGetRequest>) -> Result<Response<BatchGetResponse>, Status> {
         let started = Instant::now();
-        let items = request.into_inner().items;
+        let BatchGetRequest { items, omit_names } = request.into_inner();
         let result = async {
             validate::batch_len("items", items.len()).map_err(status::invalid)?;
             let keys = items
@@ -101,12 +101,11 @@ impl CounterService for CounterApi {
                 .map_err(status::invalid)?;
             let values = self.read(&keys).await?;
             let results = keys
-                .iter()
+                .into_iter()
                 .zip(values)
-                .map(|(key, value)| GetResponse {
-                    resource_id: key.resource_id().into(),
-                    counter_type: key.counter_type().into(),
-                    current_value: value,
+                .map(|(key, value)| {
+                    let (resource_id, counter_type) = names(key, omit_names);
+                    GetResponse { resource_id, counter_type, current_value: value }
                 })
                 .collect();
             Ok(BatchGetResponse { results })
@@ -172,7 +171,7 @@ impl CounterApi {
             .zip(results)
             .map(|(op, result)| {
                 let error = status::op_status(&result, &op.key, op.delta).map(|s| status::to_operation_error(&s));
-                let (resource_id, counter_type) = op.key.into_parts();
+                let (resource_id, counter_type) = names(op.key, request.omit_names);
                 OperationResult {
                     current_value: match result {
                         OpResult::Applied(value) | OpResult::Replayed(value) => value,
@@ -202,6 +201,12 @@ impl CounterApi {
         self.metrics.async_ops.get_or_create(&[("outcome", outcome)]).inc_by(ops as u64);
     }
 
+}
+
+/// A result's names: the key's own strings moved out, or none when the
+/// caller asked for results without them.
+fn names(key: CounterKey, omit: bool) -> (String, String) {
+    if omit { (String::new(), String::new()) } else { key.into_parts() }
 }
 
 /// The status code of a handler's outcome, also set on the request's span.

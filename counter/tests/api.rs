@@ -59,12 +59,26 @@ async fn round_trips(backend: Backend) {
             op(&post, "likes", 1),
         ],
         r#async: false,
+        omit_names: false,
     };
     let results = client.batch_increment(batch).await.expect("batch").into_inner().results;
     let values: Vec<i64> = results.iter().map(|r| r.current_value).collect();
     assert_eq!(values, vec![45, 100, 3, 46]);
     assert!(results.iter().all(|r| r.error.is_none()));
     assert_eq!(results[2].resource_id, other);
+
+    // omit_names: the same results, matched by position, without the names.
+    let lean = unique("lean");
+    let operations = vec![op(&lean, "likes", 2), op(&lean, "likes", 3)];
+    let batch = BatchIncrementRequest { operations, r#async: false, omit_names: true };
+    let results = client.batch_increment(batch).await.expect("lean batch").into_inner().results;
+    let got: Vec<(&str, &str, i64)> =
+        results.iter().map(|r| (r.resource_id.as_str(), r.counter_type.as_str(), r.current_value)).collect();
+    assert_eq!(got, vec![("", "", 2), ("", "", 5)]);
+    let items = vec![CounterRef { resource_id: lean.clone(), counter_type: "likes".into() }];
+    let results = client.batch_get(BatchGetRequest { items, omit_names: true }).await.expect("lean get").into_inner();
+    let got: Vec<(&str, i64)> = results.results.iter().map(|r| (r.resource_id.as_str(), r.current_value)).collect();
+    assert_eq!(got, vec![("", 5)]);
 
     // BatchGet: one result per item, in order, unknown counters read 0.
     let items = vec![
@@ -74,7 +88,7 @@ async fn round_trips(backend: Backend) {
         CounterRef { resource_id: post.clone(), counter_type: "likes".into() },
     ];
     let got: Vec<i64> = client
-        .batch_get(BatchGetRequest { items })
+        .batch_get(BatchGetRequest { items, omit_names: false })
         .await
         .expect("batch get")
         .into_inner()
@@ -98,7 +112,7 @@ async fn round_trips(backend: Backend) {
 
     // Async batch: accepted at once, visible after the next flush.
     let accepted = client
-        .batch_increment(BatchIncrementRequest { operations: vec![op(&post, "views", 7)], r#async: true })
+        .batch_increment(BatchIncrementRequest { operations: vec![op(&post, "views", 7)], r#async: true, omit_names: false })
         .await
         .expect("async batch")
         .into_inner();
@@ -141,7 +155,7 @@ async fn concurrent_increments_are_serialisable(backend: Backend) {
                 if i % 10 == 0 {
                     // Batches take the same path: mix them in.
                     let batch =
-                        BatchIncrementRequest { operations: vec![op(&resource, "likes", delta)], r#async: false };
+                        BatchIncrementRequest { operations: vec![op(&resource, "likes", delta)], r#async: false, omit_names: false };
                     let result = client.batch_increment(batch).await.expect("batch").into_inner().results.remove(0);
                     acked.push((resource, delta, result.current_value));
                 } else {
@@ -209,7 +223,7 @@ async fn bad_input_writes_nothing(backend: Backend) {
     ];
     for (case, operations, mentions) in batches {
         for r#async in [false, true] {
-            let request = BatchIncrementRequest { operations: operations.clone(), r#async };
+            let request = BatchIncrementRequest { operations: operations.clone(), r#async, omit_names: false };
             let status = client.batch_increment(request).await.expect_err(case);
             assert_eq!(status.code(), Code::InvalidArgument, "{case} (async={async}): {status:?}");
             assert!(status.message().contains(mentions), "{case}: {:?} should mention {mentions:?}", status.message());
@@ -219,13 +233,13 @@ async fn bad_input_writes_nothing(backend: Backend) {
     let bad_get = client.get(GetRequest { resource_id: "".into(), counter_type: "likes".into() }).await;
     assert_eq!(bad_get.expect_err("empty get").code(), Code::InvalidArgument);
     let bad_items =
-        BatchGetRequest { items: vec![CounterRef { resource_id: good.clone(), counter_type: "x y".into() }] };
+        BatchGetRequest { items: vec![CounterRef { resource_id: good.clone(), counter_type: "x y".into() }], omit_names: false };
     assert_eq!(client.batch_get(bad_items).await.expect_err("bad batch get").code(), Code::InvalidArgument);
 
     // Nothing was written by any of it. For the async cases: a valid async
     // write sent afterwards is flushed no earlier than anything buffered
     // before it, so once it is visible the refused ones would be too.
-    let marker = BatchIncrementRequest { operations: vec![op(&good, "marker", 1)], r#async: true };
+    let marker = BatchIncrementRequest { operations: vec![op(&good, "marker", 1)], r#async: true, omit_names: false };
     assert!(client.batch_increment(marker).await.expect("marker").into_inner().accepted);
     assert_eq!(eventually(&mut client, &good, "marker", 1).await, 1);
     assert_eq!(get(&mut client, &good, "likes").await, 0);
@@ -251,6 +265,7 @@ async fn overflow_is_refused_alone(backend: Backend) {
     let batch = BatchIncrementRequest {
         operations: vec![op(&big, "likes", 1), op(&big, "views", 10), op(&big, "views", 1)],
         r#async: false,
+        omit_names: false,
     };
     let results = client.batch_increment(batch).await.expect("batch").into_inner().results;
     assert_eq!(results[0].current_value, 1);
@@ -339,7 +354,7 @@ async fn idempotency_keys_apply_once(backend: Backend) {
     };
     for r#async in [false, true] {
         let request =
-            BatchIncrementRequest { operations: vec![keyed_op(10), keyed_op(10), op(&post, "views", 1)], r#async };
+            BatchIncrementRequest { operations: vec![keyed_op(10), keyed_op(10), op(&post, "views", 1)], r#async, omit_names: false };
         let results = client.batch_increment(request).await.expect("batch").into_inner().results;
         let seen: Vec<(i64, bool)> = results.iter().map(|r| (r.current_value, r.replayed)).collect();
         let plain = if r#async { 12 } else { 11 };

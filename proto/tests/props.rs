@@ -106,7 +106,7 @@ proptest! {
         };
         prop_assert_eq!(IncrementRequest::decode(request.encode_to_vec().as_slice()), Ok(request));
         let op = IncrementOperation { resource_id, counter_type, delta, idempotency_key: key };
-        let batch = BatchIncrementRequest { operations: vec![op; n], r#async: n % 2 == 0 };
+        let batch = BatchIncrementRequest { operations: vec![op; n], r#async: n % 2 == 0, omit_names: false };
         prop_assert_eq!(BatchIncrementRequest::decode(batch.encode_to_vec().as_slice()), Ok(batch));
     }
 

@@ -130,6 +130,8 @@ pub async fn batch_increment(
     let request = BatchIncrementRequest {
         operations: ops.iter().map(|(key, delta, idem)| operation(key, *delta, idem.as_deref())).collect(),
         r#async: batch.is_async,
+        // Outcomes are built from `ops`, by position.
+        omit_names: true,
     };
 
     let write = state.cache.write_started(ops.iter().map(|(key, _, _)| key));
@@ -240,7 +242,7 @@ pub async fn batch_get(
                 counter_type: keys[i].counter_type().to_string(),
             })
             .collect();
-        let fetched = state.counter.batch_get(BatchGetRequest { items }).await?.results;
+        let fetched = state.counter.batch_get(BatchGetRequest { items, omit_names: true }).await?.results;
         if fetched.len() != missing.len() {
             return Err(ApiError::new(
                 StatusCode::BAD_GATEWAY,

@@ -60,7 +60,7 @@ impl Batched for Increments {
     type Output = OperationResult;
 
     async fn call(counter: &Counter, operations: Vec<IncrementOperation>) -> Result<Vec<OperationResult>, CallError> {
-        let request = BatchIncrementRequest { operations, r#async: false };
+        let request = BatchIncrementRequest { operations, r#async: false, omit_names: true };
         Ok(counter.batch_increment(request).await?.results)
     }
 
@@ -81,7 +81,7 @@ impl Batched for Reads {
     type Output = GetResponse;
 
     async fn call(counter: &Counter, items: Vec<CounterRef>) -> Result<Vec<GetResponse>, CallError> {
-        Ok(counter.batch_get(BatchGetRequest { items }).await?.results)
+        Ok(counter.batch_get(BatchGetRequest { items, omit_names: true }).await?.results)
     }
 
     fn observe(counter: &Counter, items: usize) {
