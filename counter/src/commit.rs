@@ -1,10 +1,16 @@
-//! The group committer: the one path by which increments reach the store.
+//! The group committer: the path by which increments reach the store (the
+//! write-behind buffer's flusher, `buffer.rs`, is the other).
 //!
-//! Callers submit operations and wait. A single loop takes whatever is queued
-//! (up to `max_ops`), and flushes it as one store round trip while the next
+//! Callers submit operations and wait. A loop takes whatever is queued (up
+//! to `max_ops`), and flushes it as one store round trip while the next
 //! callers queue up behind it; up to `max_inflight` flushes overlap. When the
 //! service is idle a lone request is flushed at once, so latency at low load
 //! is one store round trip; under load, batches grow by themselves.
+//!
+//! Each worker thread runs its own committer over its own store connection,
+//! so a request never leaves the thread that read it; the queue room and
+//! the flush slots ([`CommitLimits`]) are shared, so both bounds hold per
+//! process.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -80,31 +86,48 @@ struct Job {
     reply: oneshot::Sender<(Vec<Op>, Vec<OpResult>)>,
 }
 
-/// Handle to the committer loop; cheap to clone.
+/// The bounds all committers of a process share.
+#[derive(Clone)]
+pub struct CommitLimits {
+    /// Room for `max_queue` operations; each job holds its share. Bounded
+    /// in operations, not requests: a request carries 1 to 1,000.
+    room: Arc<Semaphore>,
+    /// `max_inflight` flushes at once.
+    slots: Arc<Semaphore>,
+}
+
+impl CommitLimits {
+    pub fn new(settings: &CommitSettings) -> CommitLimits {
+        CommitLimits {
+            room: Arc::new(Semaphore::new(settings.max_queue.clamp(1, Semaphore::MAX_PERMITS))),
+            slots: Arc::new(Semaphore::new(settings.max_inflight.clamp(1, Semaphore::MAX_PERMITS))),
+        }
+    }
+}
+
+/// Handle to a committer loop; cheap to clone.
 #[derive(Clone)]
 pub struct GroupCommitter {
     tx: mpsc::UnboundedSender<Job>,
-    /// Room for `max_queue` operations; each job holds its share. Bounded
-    /// in operations, not requests: a request carries 1 to 1,000.
     room: Arc<Semaphore>,
     shed: prometheus_client::metrics::counter::Counter,
 }
 
 impl GroupCommitter {
-    /// Starts the committer loop on the current runtime. It ends when every
-    /// handle is dropped, after its in-flight flushes finished.
-    pub fn start(store: Arc<Store>, settings: CommitSettings, metrics: Arc<Metrics>) -> GroupCommitter {
-        let (committer, rx) = GroupCommitter::unstarted(&settings, &metrics);
-        tokio::spawn(run(rx, store, settings, metrics));
+    /// Starts a committer loop on the current runtime, within `limits`. It
+    /// ends when every handle is dropped, after its in-flight flushes
+    /// finished.
+    pub fn start(store: Arc<Store>, settings: CommitSettings, limits: &CommitLimits, metrics: Arc<Metrics>) -> Self {
+        let (committer, rx) = GroupCommitter::unstarted(limits, &metrics);
+        tokio::spawn(run(rx, store, settings, limits.slots.clone(), metrics));
         committer
     }
 
     /// A handle and the queue it feeds, no loop yet.
-    fn unstarted(settings: &CommitSettings, metrics: &Metrics) -> (GroupCommitter, mpsc::UnboundedReceiver<Job>) {
+    fn unstarted(limits: &CommitLimits, metrics: &Metrics) -> (GroupCommitter, mpsc::UnboundedReceiver<Job>) {
         // Unbounded channel, bounded room: the permits bound the queue.
         let (tx, rx) = mpsc::unbounded_channel();
-        let room = Arc::new(Semaphore::new(settings.max_queue.clamp(1, Semaphore::MAX_PERMITS)));
-        (GroupCommitter { tx, room, shed: metrics.commit_shed.clone() }, rx)
+        (GroupCommitter { tx, room: limits.room.clone(), shed: metrics.commit_shed.clone() }, rx)
     }
 
     /// Applies `ops`; hands them back with one result per operation, in
@@ -126,13 +149,20 @@ impl GroupCommitter {
     }
 }
 
-async fn run(mut rx: mpsc::UnboundedReceiver<Job>, store: Arc<Store>, settings: CommitSettings, metrics: Arc<Metrics>) {
-    let slots = Arc::new(Semaphore::new(settings.max_inflight.max(1)));
+async fn run(
+    mut rx: mpsc::UnboundedReceiver<Job>,
+    store: Arc<Store>,
+    settings: CommitSettings,
+    slots: Arc<Semaphore>,
+    metrics: Arc<Metrics>,
+) {
     loop {
-        // Wait for a free flush slot first: while all are busy, callers queue
-        // in the channel and the next flush takes them together.
-        let Ok(slot) = slots.clone().acquire_owned().await else { return };
         let Some(first) = rx.recv().await else { return };
+        // Then a free flush slot: while all are busy, callers queue in the
+        // channel and the next flush takes them together. (Taken only once
+        // there is work: an idle committer holding a shared slot would
+        // starve the others.)
+        let Ok(slot) = slots.clone().acquire_owned().await else { return };
         let mut ops = first.ops.len();
         let mut jobs = vec![first];
         while ops < settings.max_ops {
@@ -309,11 +339,30 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn committers_sharing_one_flush_slot_all_make_progress() {
+        let settings =
+            CommitSettings { max_ops: 100, max_inflight: 1, max_queue: 1000, idempotency_retention: Duration::ZERO };
+        let limits = CommitLimits::new(&settings);
+        let timeouts = crate::store::StoreTimeouts { connect: Duration::from_secs(1), response: Duration::from_secs(1) };
+        let store = Arc::new(Store::from_url("memory", timeouts).expect("memory store"));
+        let metrics = Arc::new(Metrics::new());
+        let committers: Vec<GroupCommitter> =
+            (0..3).map(|_| GroupCommitter::start(store.clone(), settings, &limits, metrics.clone())).collect();
+        // Twice in a row each: the slot must come back to the one with work.
+        for (i, committer) in [0, 0, 1, 1, 2, 2, 0].into_iter().map(|c| &committers[c]).enumerate() {
+            // A committer idling with the only slot would leave this waiting forever.
+            let submitted = tokio::time::timeout(Duration::from_secs(5), committer.submit(ops(1))).await;
+            let (_, results) = submitted.expect("answered while the others idle").expect("submitted");
+            assert_eq!(results, vec![OpResult::Applied(i as i64 + 1)]);
+        }
+    }
+
+    #[tokio::test]
     async fn the_queue_is_bounded_in_operations_not_requests() {
         let settings =
             CommitSettings { max_ops: 100, max_inflight: 1, max_queue: 1000, idempotency_retention: Duration::ZERO };
         // No loop: what is submitted stays queued.
-        let (committer, mut queue) = GroupCommitter::unstarted(&settings, &Metrics::new());
+        let (committer, mut queue) = GroupCommitter::unstarted(&CommitLimits::new(&settings), &Metrics::new());
         let waiting = |n| {
             let committer = committer.clone();
             tokio::spawn(async move { committer.submit(ops(n)).await })

@@ -18,7 +18,7 @@ use tonic_health::server::HealthReporter;
 
 use crate::admin::{self, Readiness};
 use crate::buffer::WriteBuffer;
-use crate::commit::GroupCommitter;
+use crate::commit::{CommitLimits, GroupCommitter};
 use crate::config::Config;
 use crate::incoming;
 use crate::metrics::Metrics;
@@ -62,7 +62,6 @@ pub async fn run(config: Config) -> Result<(), StartupError> {
         admin_listener.local_addr().map_err(|source| StartupError::Bind { addr: config.admin_listen, source })?;
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let committer = GroupCommitter::start(store.clone(), config.commit(), metrics.clone());
     let buffer = Arc::new(WriteBuffer::new(config.buffer(), store.clone(), metrics.clone()));
     let drain_timeout = Duration::from_millis(config.shutdown_timeout_ms);
     let flusher = tokio::spawn(buffer.clone().run(shutdown_rx.clone(), drain_timeout));
@@ -74,14 +73,6 @@ pub async fn run(config: Config) -> Result<(), StartupError> {
     for service in ["", HEALTH_SERVICE] {
         reporter.set_service_status(service, ServingStatus::NotServing).await;
     }
-    tokio::spawn(health_loop(
-        store.clone(),
-        readiness.clone(),
-        reporter,
-        metrics.clone(),
-        Duration::from_millis(config.health_interval_ms),
-        shutdown_rx.clone(),
-    ));
 
     let admin_app = admin::router(readiness.clone(), metrics.clone());
     let mut admin_stop = shutdown_rx.clone();
@@ -103,24 +94,31 @@ pub async fn run(config: Config) -> Result<(), StartupError> {
         metrics.grpc_connections.clone(),
         workers.handles().len(),
     );
-    let api = CounterApi {
-        committer,
-        buffer,
-        store: store.clone(),
-        metrics,
-        buffer_full: config.buffer_full_policy,
-        stream_window: config.stream_window as usize,
-        shutdown: shutdown_rx.clone(),
-    };
-
     tracing::info!(grpc = %grpc_addr, admin = %admin_addr, store = store.kind(), workers = workers.handles().len(), "tally-counter listening");
     let registration = crate::registration::start(&config, grpc_addr)?;
     let max_message = config.grpc_max_message_bytes as usize;
     // Thread-per-core: each worker serves its own connections with its own
-    // server; the committer, the store's connections, the write-behind
+    // server, group committer and store connections; the write-behind
     // flusher, probes and shutdown stay on this (control) thread.
+    let commit_limits = CommitLimits::new(&config.commit());
     let mut servers = Vec::new();
+    let mut probed = vec![StoreOn { worker: tokio::runtime::Handle::current(), store: store.clone() }];
     for (worker, conns) in workers.handles().iter().zip(incoming) {
+        let store = store.for_worker(&config.store, config.store_timeouts())?;
+        probed.push(StoreOn { worker: worker.clone(), store: store.clone() });
+        let committer = {
+            let _on_worker = worker.enter();
+            GroupCommitter::start(store.clone(), config.commit(), &commit_limits, metrics.clone())
+        };
+        let api = CounterApi {
+            committer,
+            buffer: buffer.clone(),
+            store,
+            metrics: metrics.clone(),
+            buffer_full: config.buffer_full_policy,
+            stream_window: config.stream_window as usize,
+            shutdown: shutdown_rx.clone(),
+        };
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(tally_proto::v1::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -135,7 +133,7 @@ pub async fn run(config: Config) -> Result<(), StartupError> {
             .add_service(health_service.clone())
             .add_service(reflection)
             .add_service(
-                CounterServiceServer::new(api.clone())
+                CounterServiceServer::new(api)
                     .max_decoding_message_size(max_message)
                     .max_encoding_message_size(max_message),
             )
@@ -144,6 +142,14 @@ pub async fn run(config: Config) -> Result<(), StartupError> {
             });
         servers.push(worker.spawn(grpc));
     }
+    tokio::spawn(health_loop(
+        probed,
+        readiness.clone(),
+        reporter,
+        metrics.clone(),
+        Duration::from_millis(config.health_interval_ms),
+        shutdown_rx.clone(),
+    ));
     let grpc = async {
         for server in servers {
             match server.await {
@@ -179,10 +185,29 @@ pub async fn run(config: Config) -> Result<(), StartupError> {
     Ok(())
 }
 
-/// Probes the store and publishes the result to /ready, grpc.health.v1 and
-/// the `store_up` gauge; reports NOT_SERVING once shutdown begins.
-async fn health_loop(
+/// A store and the thread that uses it.
+struct StoreOn {
+    worker: tokio::runtime::Handle,
     store: Arc<Store>,
+}
+
+/// True when every store answers. Each is probed on its own thread, so a
+/// probe that (re)connects a worker's store leaves the connection's task
+/// on that worker, not here.
+async fn all_up(stores: &[StoreOn]) -> bool {
+    let probes = stores.iter().map(|StoreOn { worker, store }| {
+        let store = store.clone();
+        worker.spawn(async move { store.ping().await.is_ok() })
+    });
+    futures_util::future::join_all(probes).await.into_iter().all(|up| matches!(up, Ok(true)))
+}
+
+/// Probes the stores (the control thread's and each worker's) and publishes
+/// the result to /ready, grpc.health.v1 and the `store_up` gauge: ready
+/// only when every one answers, so no worker takes requests it would fail.
+/// Reports NOT_SERVING once shutdown begins.
+async fn health_loop(
+    stores: Vec<StoreOn>,
     readiness: Arc<Readiness>,
     reporter: HealthReporter,
     metrics: Arc<Metrics>,
@@ -191,14 +216,14 @@ async fn health_loop(
 ) {
     let mut last: Option<bool> = None;
     loop {
-        let up = !*shutdown.borrow() && store.ping().await.is_ok();
+        let up = !*shutdown.borrow() && all_up(&stores).await;
         readiness.set_store_up(up);
         metrics.store_up.set(i64::from(up));
         if last != Some(up) {
             let status = if up { ServingStatus::Serving } else { ServingStatus::NotServing };
             reporter.set_service_status("", status).await;
             reporter.set_service_status(HEALTH_SERVICE, status).await;
-            tracing::info!(store = store.kind(), up, "store readiness changed");
+            tracing::info!(store = stores[0].store.kind(), up, "store readiness changed");
             last = Some(up);
         }
         tokio::select! {

@@ -17,6 +17,7 @@ mod memory;
 mod redis;
 mod slot;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tally_proto::CounterKey;
@@ -106,6 +107,17 @@ impl ::redis::ToRedisArgs for HashKey<'_> {
 }
 
 impl Store {
+    /// The store a worker thread uses: its own connections to the same
+    /// Redis (so its requests never hop to another thread's connection
+    /// task), or this very store when it is the in-memory one, whose counters
+    /// live in this process and must be shared.
+    pub fn for_worker(self: &Arc<Self>, url: &str, timeouts: StoreTimeouts) -> Result<Arc<Store>, StoreError> {
+        match **self {
+            Store::Memory(_) => Ok(self.clone()),
+            Store::Redis(_) | Store::Cluster(_) => Store::from_url(url, timeouts).map(Arc::new),
+        }
+    }
+
     /// Builds the store named by `TALLY_STORE`: `memory`, `redis://…`, or
     /// `redis+cluster://h1:p1,h2:p2,…`. Connections are made lazily, so the
     /// counter starts (and reports not-ready) while Redis is still down.
