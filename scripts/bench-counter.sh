@@ -28,15 +28,30 @@ requests=$((SECONDS_PER_RUN * 150000))
 rb() { redis-benchmark -p "$redis_port" -t incr -c 100 -n "$requests" --csv "$@" 2>/dev/null | tail -1 | tr -d '"'; }
 IFS=, read -r _ rb_rps _ _ rb_p50 _ rb_p99 _ <<<"$(rb)"
 IFS=, read -r _ rb16_rps _ _ rb16_p50 _ rb16_p99 _ <<<"$(rb -P 16 -n $((requests * 8)))"
+# The same work as the 100,000-key scenarios: HINCRBY on the counters' own
+# key layout, so the ratio against it shows the counter's own overhead.
+IFS=, read -r _ rbh_rps _ _ rbh_p50 _ rbh_p99 _ <<<"$(redis-benchmark -p "$redis_port" -c 100 -P 16 -r 100000 \
+  -n $((requests * 8)) --csv hincrby 'tally:{bench-__rand_int__}' views 1 2>/dev/null | tail -1 | tr -d '"')"
 
 rows=""
-for scenario in unary-hot unary-keys batch batch-async stream; do
+# scenario[:keys] — 100,000 counters unless given; with one counter the
+# pipelined INCR above is the same work.
+for spec in unary-hot unary-keys batch batch-async stream batch:1 stream:1; do
+  scenario=${spec%%:*}
+  keys=100000
+  [[ $spec == *:* ]] && keys=${spec##*:}
   line=$(target/release/tally-bench --scenario "$scenario" --endpoint "http://127.0.0.1:$grpc_port" \
-    --concurrency "$CONCURRENCY" --seconds "$SECONDS_PER_RUN" --prefix "bench-$$-$scenario")
+    --concurrency "$CONCURRENCY" --seconds "$SECONDS_PER_RUN" --keys "$keys" --prefix "bench-$$-$scenario-$keys")
   IFS=, read -r name reqs ops errors secs ops_s p50 p99 max <<<"$line"
   case $scenario in batch|batch-async|stream) ref=$rb16_rps; ref_name="-P 16" ;; *) ref=$rb_rps; ref_name="-c 100" ;; esac
   ratio=$(python3 -c "print(f'{$ops_s / $ref:.2f}')")
-  rows+="| $scenario | $ops_s | $p50 | $p99 | $max | $errors | $ratio × redis-benchmark $ref_name |"$'\n'
+  label=$scenario same_work=""
+  if [ "$keys" = 1 ]; then
+    label="$scenario, one counter"
+  else
+    case $scenario in batch|batch-async|stream) same_work=$(python3 -c "print(f'{$ops_s / $rbh_rps:.2f} ×')") ;; esac
+  fi
+  rows+="| $label | $ops_s | $p50 | $p99 | $max | $errors | $ratio × redis-benchmark $ref_name | $same_work |"$'\n'
 done
 counter_rss=$(peak_rss_mib "$counter_pid")
 redis_rss=$(peak_rss_mib "$redis_pid")
@@ -56,13 +71,14 @@ Latency is per request (a batch request carries 100 operations). Redis $(redis-s
 |---|---|---|---|
 | \`-t incr -c 100\` | $rb_rps | $rb_p50 | $rb_p99 |
 | \`-t incr -c 100 -P 16\` | $rb16_rps | $rb16_p50 | $rb16_p99 |
+| \`-c 100 -P 16 -r 100000 hincrby tally:{bench-__rand_int__} views 1\` (same work as the 100,000-key scenarios) | $rbh_rps | $rbh_p50 | $rbh_p99 |
 
 ## tally-counter over gRPC → Redis
 
-| scenario | ops/s | p50 ms | p99 ms | max ms | errors | vs Redis |
-|---|---|---|---|---|---|---|
+| scenario | ops/s | p50 ms | p99 ms | max ms | errors | vs Redis | vs the same work pipelined (hincrby -P 16) |
+|---|---|---|---|---|---|---|---|
 $rows
-Keys: \`unary-hot\` one counter; the others 100,000 counters. \`batch-async\` is acknowledged once buffered.
+Keys: \`unary-hot\` and the "one counter" rows use one counter (the same work as the pipelined INCR); the others 100,000 counters. \`batch-async\` is acknowledged once buffered.
 
 ## Memory
 
