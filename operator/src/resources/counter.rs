@@ -49,6 +49,9 @@ pub fn settings(cc: &CounterCluster) -> Settings {
         ("TALLY_SHUTDOWN_TIMEOUT_MS", spec.shutdown_timeout_ms.to_string()),
     ];
     settings.extend(pairs.into_iter().map(|(k, v)| (k.to_string(), v)));
+    if let Some(workers) = super::threads::worker_threads(&spec.resources) {
+        settings.insert("TALLY_WORKER_THREADS".into(), workers.to_string());
+    }
     if cc.spec.discovery.mode == DiscoveryMode::Consul {
         // Counters register themselves; the gateways query the same service.
         let address = cc.spec.discovery.consul_address.clone().unwrap_or_default();
@@ -144,7 +147,7 @@ mod tests {
             "counter": {
                 "image": "registry/counter:1", "replicas": 3, "batchSize": 250, "flushIntervalMs": 50,
                 "bufferFullPolicy": "reject", "storeTimeoutMs": 700, "shutdownTimeoutMs": 30000,
-                "resources": {"requests": {"cpu": "1", "memory": "1Gi"}},
+                "resources": {"requests": {"cpu": "1500m", "memory": "1Gi"}},
             },
             "store": {"url": "redis://redis:6379"},
         }));
@@ -156,8 +159,9 @@ mod tests {
         assert_eq!(c.image.as_deref(), Some("registry/counter:1"));
         assert_eq!(c.image_pull_policy.as_deref(), Some("Always"));
         let requests = c.resources.as_ref().unwrap().requests.as_ref().unwrap();
-        assert_eq!(requests["cpu"].0, "1");
+        assert_eq!(requests["cpu"].0, "1500m");
         let s = settings(&cc);
+        assert_eq!(s["TALLY_WORKER_THREADS"], "2", "one worker per requested core, rounded up");
         assert_eq!(s["TALLY_BATCH_SIZE"], "250");
         assert_eq!(s["TALLY_FLUSH_INTERVAL_MS"], "50");
         assert_eq!(s["TALLY_BUFFER_FULL_POLICY"], "reject");

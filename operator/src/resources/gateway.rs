@@ -57,6 +57,9 @@ pub fn settings(cc: &CounterCluster) -> Settings {
         ("TALLY_SHUTDOWN_TIMEOUT_MS", spec.shutdown_timeout_ms.to_string()),
     ];
     settings.extend(pairs.into_iter().map(|(k, v)| (k.to_string(), v)));
+    if let Some(workers) = super::threads::worker_threads(&spec.resources) {
+        settings.insert("TALLY_WORKER_THREADS".into(), workers.to_string());
+    }
     let counters = counter::name(cc);
     let discovery = match cc.spec.discovery.mode {
         DiscoveryMode::Kubernetes => {
@@ -135,6 +138,7 @@ mod tests {
         }));
         let s = settings(&cc);
         let expected = [
+            ("TALLY_WORKER_THREADS", "1"), // the default 250m request
             ("TALLY_POOL_SIZE", "8"),
             ("TALLY_LB_POLICY", "least_request"),
             ("TALLY_CACHE_TTL_MS", "0"),
