@@ -255,14 +255,19 @@ async fn increment_one(committer: &GroupCommitter, request: IncrementRequest) ->
 
 /// The answer to one increment, from what the committer did with it.
 fn answer(op: Op, result: OpResult) -> Result<IncrementResponse, Status> {
-    let (current_value, replayed) = match result {
-        OpResult::Applied(value) => (value, false),
-        OpResult::Replayed(value) => (value, true),
-        OpResult::Overflow => return Err(status::overflow(&op.key, op.delta)),
-        OpResult::Failed(err) => return Err(status::store(&err)),
-    };
+    let (current_value, replayed) = outcome(&op, result)?;
     let (resource_id, counter_type) = op.key.into_parts();
     Ok(IncrementResponse { resource_id, counter_type, current_value, replayed, error: None })
+}
+
+/// The value after `op` and whether it was a replay, or why it failed.
+fn outcome(op: &Op, result: OpResult) -> Result<(i64, bool), Status> {
+    match result {
+        OpResult::Applied(value) => Ok((value, false)),
+        OpResult::Replayed(value) => Ok((value, true)),
+        OpResult::Overflow => Err(status::overflow(&op.key, op.delta)),
+        OpResult::Failed(err) => Err(status::store(&err)),
+    }
 }
 
 /// A streamed request's answers, in request order; `Err` ends the stream.
@@ -350,19 +355,40 @@ async fn apply_run(committer: GroupCommitter, requests: Vec<IncrementRequest>, m
             }
         }
     }
-    let applied = match committer.submit(ops).await {
-        Ok((ops, results)) => ops.into_iter().zip(results).map(|(op, result)| answer(op, result)).collect(),
-        Err(err) => vec![Err(status::not_submitted(err)); answers.iter().filter(|a| a.is_none()).count()],
-    };
+    let mut applied: Vec<IncrementResponse> = Vec::with_capacity(ops.len());
+    if !ops.is_empty() {
+        match committer.submit(ops).await {
+            Ok((ops, results)) => {
+                for (op, result) in ops.into_iter().zip(results) {
+                    applied.push(match outcome(&op, result) {
+                        Ok((current_value, replayed)) => {
+                            metrics.observe(started, tonic::Code::Ok);
+                            let (resource_id, counter_type) = op.key.into_parts();
+                            IncrementResponse { resource_id, counter_type, current_value, replayed, error: None }
+                        }
+                        Err(status) => {
+                            metrics.observe(started, status.code());
+                            refused(op.key.resource_id(), op.key.counter_type(), &status)
+                        }
+                    });
+                }
+            }
+            Err(err) => {
+                // Nothing was queued: every valid request gets the same refusal
+                // (without its names, which went with the refused submission;
+                // answers are in request order).
+                let status = status::not_submitted(err);
+                let waiting = answers.iter().filter(|a| a.is_none()).count();
+                metrics.observe_many(started, status.code(), waiting as u64);
+                applied.extend(std::iter::repeat_n(refused("", "", &status), waiting));
+            }
+        }
+    }
     let mut applied = applied.into_iter();
     answers
         .into_iter()
         .map(|answer| {
-            let answer = answer.or_else(|| {
-                let result = applied.next()?;
-                metrics.observe(started, result.as_ref().map_or_else(Status::code, |_| tonic::Code::Ok));
-                Some(result.unwrap_or_else(|status| refused("", "", &status)))
-            });
+            let answer = answer.or_else(|| applied.next());
             Ok(answer.unwrap_or_else(|| refused("", "", &Status::unavailable("the committer returned no result"))))
         })
         .collect()

@@ -100,7 +100,12 @@ async fn round_trips(backend: Backend) {
 
     // StreamIncrements: responses in request order; a bad message gets an
     // error response and does not end the stream.
-    let requests = vec![inc(&post, "shares", Some(2)), inc(&post, "shares", Some(0)), inc(&post, "shares", Some(3))];
+    let requests = vec![
+        inc(&post, "shares", Some(2)),
+        inc(&post, "shares", Some(0)),
+        inc(&post, "shares", Some(3)),
+        inc(&post, "shares", Some(i64::MAX)),
+    ];
     let mut responses = client.stream_increments(tokio_stream::iter(requests)).await.expect("stream").into_inner();
     let mut seen = Vec::new();
     while let Some(response) = responses.next().await {
@@ -108,7 +113,8 @@ async fn round_trips(backend: Backend) {
         assert_eq!(response.resource_id, post, "every answer, refusals too, names its counter");
         seen.push((response.current_value, response.error.map(|e| e.code)));
     }
-    assert_eq!(seen, vec![(2, None), (0, Some(Code::InvalidArgument as i32)), (5, None)]);
+    let (invalid, overflow) = (Some(Code::InvalidArgument as i32), Some(Code::OutOfRange as i32));
+    assert_eq!(seen, vec![(2, None), (0, invalid), (5, None), (0, overflow)]);
 
     // Async batch: accepted at once, visible after the next flush.
     let accepted = client
