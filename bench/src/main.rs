@@ -122,8 +122,11 @@ async fn worker(args: Arc<Args>, mut client: CounterServiceClient<Channel>, id: 
                         IncrementOperation { resource_id, counter_type, delta: Some(1), ..Default::default() }
                     })
                     .collect();
-                let request =
-                    BatchIncrementRequest { operations, r#async: matches!(args.scenario, Scenario::BatchAsync), omit_names: false };
+                let request = BatchIncrementRequest {
+                    operations,
+                    r#async: matches!(args.scenario, Scenario::BatchAsync),
+                    omit_names: false,
+                };
                 let ok = client
                     .batch_increment(request)
                     .await

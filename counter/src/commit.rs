@@ -343,7 +343,8 @@ mod tests {
         let settings =
             CommitSettings { max_ops: 100, max_inflight: 1, max_queue: 1000, idempotency_retention: Duration::ZERO };
         let limits = CommitLimits::new(&settings);
-        let timeouts = crate::store::StoreTimeouts { connect: Duration::from_secs(1), response: Duration::from_secs(1) };
+        let timeouts =
+            crate::store::StoreTimeouts { connect: Duration::from_secs(1), response: Duration::from_secs(1) };
         let store = Arc::new(Store::from_url("memory", timeouts).expect("memory store"));
         let metrics = Arc::new(Metrics::new());
         let committers: Vec<GroupCommitter> =

@@ -196,7 +196,9 @@ impl RpcMetrics {
         if code == tonic::Code::Ok {
             self.ok.inc_by(calls);
         } else {
-            self.requests.get_or_create(&[("method", self.method), ("code", crate::status::code_label(code))]).inc_by(calls);
+            self.requests
+                .get_or_create(&[("method", self.method), ("code", crate::status::code_label(code))])
+                .inc_by(calls);
         }
         for _ in 0..calls {
             self.duration.observe(seconds);

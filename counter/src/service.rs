@@ -200,7 +200,6 @@ impl CounterApi {
     fn count_async(&self, outcome: &'static str, ops: usize) {
         self.metrics.async_ops.get_or_create(&[("outcome", outcome)]).inc_by(ops as u64);
     }
-
 }
 
 /// A result's names: the key's own strings moved out, or none when the

@@ -62,8 +62,10 @@ async fn huge_and_invalid_messages_are_refused_without_echo_or_growth() {
     // Under the limit but invalid: INVALID_ARGUMENT naming the field, not repeating it.
     let mut client = client.clone();
     let operations = vec![op(&"y".repeat(300 << 10), "likes", 1)];
-    let status =
-        client.batch_increment(BatchIncrementRequest { operations, r#async: false, omit_names: false }).await.expect_err("invalid");
+    let status = client
+        .batch_increment(BatchIncrementRequest { operations, r#async: false, omit_names: false })
+        .await
+        .expect_err("invalid");
     assert_eq!(status.code(), Code::InvalidArgument);
     assert!(status.message().contains("resource_id") && status.message().len() < 300, "{}", status.message());
     let grown = counter.rss_bytes().saturating_sub(baseline);

@@ -118,7 +118,11 @@ async fn round_trips(backend: Backend) {
 
     // Async batch: accepted at once, visible after the next flush.
     let accepted = client
-        .batch_increment(BatchIncrementRequest { operations: vec![op(&post, "views", 7)], r#async: true, omit_names: false })
+        .batch_increment(BatchIncrementRequest {
+            operations: vec![op(&post, "views", 7)],
+            r#async: true,
+            omit_names: false,
+        })
         .await
         .expect("async batch")
         .into_inner();
@@ -160,8 +164,11 @@ async fn concurrent_increments_are_serialisable(backend: Backend) {
                     if i % 3 == 0 { format!("{cold_prefix}-{t}-{i}") } else { hot[(t + i) % hot.len()].clone() };
                 if i % 10 == 0 {
                     // Batches take the same path: mix them in.
-                    let batch =
-                        BatchIncrementRequest { operations: vec![op(&resource, "likes", delta)], r#async: false, omit_names: false };
+                    let batch = BatchIncrementRequest {
+                        operations: vec![op(&resource, "likes", delta)],
+                        r#async: false,
+                        omit_names: false,
+                    };
                     let result = client.batch_increment(batch).await.expect("batch").into_inner().results.remove(0);
                     acked.push((resource, delta, result.current_value));
                 } else {
@@ -238,8 +245,10 @@ async fn bad_input_writes_nothing(backend: Backend) {
 
     let bad_get = client.get(GetRequest { resource_id: "".into(), counter_type: "likes".into() }).await;
     assert_eq!(bad_get.expect_err("empty get").code(), Code::InvalidArgument);
-    let bad_items =
-        BatchGetRequest { items: vec![CounterRef { resource_id: good.clone(), counter_type: "x y".into() }], omit_names: false };
+    let bad_items = BatchGetRequest {
+        items: vec![CounterRef { resource_id: good.clone(), counter_type: "x y".into() }],
+        omit_names: false,
+    };
     assert_eq!(client.batch_get(bad_items).await.expect_err("bad batch get").code(), Code::InvalidArgument);
 
     // Nothing was written by any of it. For the async cases: a valid async
@@ -359,8 +368,11 @@ async fn idempotency_keys_apply_once(backend: Backend) {
         idempotency_key: batch_key.clone(),
     };
     for r#async in [false, true] {
-        let request =
-            BatchIncrementRequest { operations: vec![keyed_op(10), keyed_op(10), op(&post, "views", 1)], r#async, omit_names: false };
+        let request = BatchIncrementRequest {
+            operations: vec![keyed_op(10), keyed_op(10), op(&post, "views", 1)],
+            r#async,
+            omit_names: false,
+        };
         let results = client.batch_increment(request).await.expect("batch").into_inner().results;
         let seen: Vec<(i64, bool)> = results.iter().map(|r| (r.current_value, r.replayed)).collect();
         let plain = if r#async { 12 } else { 11 };

@@ -33,7 +33,8 @@ async fn send_async_load(counter: &CounterProcess, prefix: &str) -> HashMap<Stri
                 op(&resource, "views", delta)
             })
             .collect();
-        let response = client.batch_increment(BatchIncrementRequest { operations, r#async: true, omit_names: false }).await;
+        let response =
+            client.batch_increment(BatchIncrementRequest { operations, r#async: true, omit_names: false }).await;
         assert!(response.expect("async batch").into_inner().accepted);
     }
     expected
@@ -193,11 +194,19 @@ async fn full_buffer_rejects_with_the_reject_policy() {
     let mut client = stack.client().await;
     let prefix = unique("reject");
     let operations: Vec<IncrementOperation> = (0..20).map(|i| op(&format!("{prefix}-{i}"), "views", 3)).collect();
-    let status = client.batch_increment(BatchIncrementRequest { operations, r#async: true, omit_names: false }).await.expect_err("full");
+    let status = client
+        .batch_increment(BatchIncrementRequest { operations, r#async: true, omit_names: false })
+        .await
+        .expect_err("full");
     assert_eq!(status.code(), Code::ResourceExhausted);
     let value = client.get(GetRequest { resource_id: format!("{prefix}-7"), counter_type: "views".into() }).await;
     assert_eq!(value.expect("get").into_inner().current_value, 0, "a refused batch wrote nothing");
     // A batch that fits is still buffered.
     let fits = vec![op(&prefix, "views", 1)];
-    assert!(client.batch_increment(BatchIncrementRequest { operations: fits, r#async: true, omit_names: false }).await.is_ok());
+    assert!(
+        client
+            .batch_increment(BatchIncrementRequest { operations: fits, r#async: true, omit_names: false })
+            .await
+            .is_ok()
+    );
 }

@@ -102,7 +102,10 @@ impl ::redis::ToRedisArgs for HashKey<'_> {
         use std::io::Write;
         let mut arg = out.writer_for_next_arg();
         // Writing into the command's own buffer cannot fail.
-        let _ = arg.write_all(b"tally:{").and_then(|()| arg.write_all(self.0.as_bytes())).and_then(|()| arg.write_all(b"}"));
+        let _ = arg
+            .write_all(b"tally:{")
+            .and_then(|()| arg.write_all(self.0.as_bytes()))
+            .and_then(|()| arg.write_all(b"}"));
     }
 }
 
