@@ -25,6 +25,16 @@ pub enum Discovery {
     Consul,
 }
 
+/// How API callers are authenticated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AuthMode {
+    /// Nobody is asked (the default, so the original project's clients work unchanged).
+    None,
+    /// `Authorization: Bearer <key>` for a key in `TALLY_AUTH_KEYS_FILE`.
+    #[value(name = "api_keys")]
+    ApiKeys,
+}
+
 #[derive(Debug, Clone, Parser)]
 #[command(name = "tally-gateway", version, about = "tally's HTTP/JSON gateway")]
 pub struct Config {
@@ -171,6 +181,19 @@ pub struct Config {
     /// Read cache size, in counters.
     #[arg(long, env = "TALLY_CACHE_MAX_ENTRIES", default_value_t = 10_000)]
     pub cache_max_entries: u64,
+
+    /// Who may call the API: `none` (anyone who reaches the port) or `api_keys` (a Bearer key
+    /// from `TALLY_AUTH_KEYS_FILE`, with its scopes, resource prefix and rate).
+    #[arg(long, env = "TALLY_AUTH", value_enum, default_value_t = AuthMode::None)]
+    pub auth: AuthMode,
+
+    /// `api_keys`: the YAML file of keys (SHA-256 digests, never the keys), re-read when it changes.
+    #[arg(long, env = "TALLY_AUTH_KEYS_FILE")]
+    pub auth_keys_file: Option<std::path::PathBuf>,
+
+    /// `api_keys`: how often the keys file is checked for changes, in milliseconds.
+    #[arg(long, env = "TALLY_AUTH_RELOAD_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
+    pub auth_reload_ms: u64,
 
     /// On SIGTERM/SIGINT: time allowed for in-flight requests, in milliseconds.
     #[arg(long, env = "TALLY_SHUTDOWN_TIMEOUT_MS", default_value_t = 10_000)]

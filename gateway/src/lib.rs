@@ -3,6 +3,7 @@
 //! with a read cache that sees the gateway's own writes.
 
 pub mod api;
+pub mod auth;
 pub mod cache;
 pub mod client;
 pub mod config;

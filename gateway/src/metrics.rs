@@ -68,6 +68,12 @@ pub struct Metrics {
     pub endpoint_picks: Family<Labels<1>, Counter>,
     /// Breaker transitions per endpoint and target state (`open`, `closed`).
     pub breaker_transitions: Family<Labels<2>, Counter>,
+    /// API keys in force (`TALLY_AUTH=api_keys`).
+    pub auth_keys: Gauge,
+    /// Reloads of the keys file by result (`ok`, `failed`).
+    pub auth_reloads: Family<[(&'static str, &'static str); 1], Counter>,
+    /// API requests refused by reason (`unauthenticated`, `forbidden`, `rate_limited`).
+    pub auth_refused: Family<[(&'static str, &'static str); 1], Counter>,
 }
 
 impl Metrics {
@@ -115,11 +121,30 @@ impl Metrics {
         for bound in ["in_flight", "queue"] {
             let _ = shed.get_or_create(&[("bound", bound)]);
         }
+        let auth_keys = Gauge::default();
+        registry.register("auth_keys", "API keys in force", auth_keys.clone());
+        let auth_reloads = Family::default();
+        registry.register("auth_reloads", "Reloads of the API keys file by result", auth_reloads.clone());
+        let auth_refused = Family::default();
+        registry.register(
+            "auth_refused",
+            "API requests refused by authentication or authorization",
+            auth_refused.clone(),
+        );
+        for reason in ["unauthenticated", "forbidden", "rate_limited"] {
+            let _ = auth_refused.get_or_create(&[("reason", reason)]);
+        }
+        for result in ["ok", "failed"] {
+            let _ = auth_reloads.get_or_create(&[("result", result)]);
+        }
         let (public_connections, admin_connections) = (ConnMetrics::default(), ConnMetrics::default());
         public_connections.register(registry.sub_registry_with_label(("listener".into(), "public".into())));
         admin_connections.register(registry.sub_registry_with_label(("listener".into(), "admin".into())));
         Metrics {
             registry,
+            auth_keys,
+            auth_reloads,
+            auth_refused,
             shed,
             public_connections,
             admin_connections,

@@ -12,10 +12,11 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 
 use crate::api::{self, App, AppState, RequestLimits};
+use crate::auth::Auth;
 use crate::cache::ReadCache;
 use crate::client::backends::{BackendError, Backends};
 use crate::client::{ClientSettings, Counter, Incrementer, Reader, discovery, kubernetes};
-use crate::config::{Config, Discovery};
+use crate::config::{AuthMode, Config, Discovery};
 use crate::metrics::Metrics;
 
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +35,8 @@ pub enum StartupError {
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error("cannot start the worker threads: {0}")]
     Workers(std::io::Error),
+    #[error(transparent)]
+    Auth(#[from] crate::auth::AuthError),
 }
 
 /// Runs the gateway: the public port is served thread-per-core by
@@ -51,6 +54,11 @@ pub async fn run(config: Config) -> Result<(), StartupError> {
     let counter = Counter::new(backends.clone(), metrics.clone(), &settings);
     let cache = Arc::new(ReadCache::new(Duration::from_millis(config.cache_ttl_ms), config.cache_max_entries));
     let trace_caller = if config.trace_trust_caller { Caller::Trusted } else { Caller::Untrusted };
+    let auth = Arc::new(match config.auth {
+        AuthMode::None => Auth::none(),
+        AuthMode::ApiKeys => Auth::api_keys(config.auth_keys_file.clone())?,
+    });
+    tokio::spawn(auth.clone().watch(Duration::from_millis(config.auth_reload_ms), metrics.clone()));
     // One App per worker, made on it: its coalescers run there.
     let apps: Vec<AppState> = workers
         .handles()
@@ -64,6 +72,7 @@ pub async fn run(config: Config) -> Result<(), StartupError> {
                 cache: cache.clone(),
                 metrics: metrics.clone(),
                 trace_caller,
+                auth: auth.clone(),
             })
         })
         .collect();

@@ -15,13 +15,15 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
-    /// Seconds for a `Retry-After` header (load shedding).
+    /// Seconds for a `Retry-After` header (load shedding, rate limits).
     pub retry_after: Option<u32>,
+    /// Answer with `WWW-Authenticate: Bearer` (401).
+    pub bearer_challenge: bool,
 }
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError { status, code, message: message.into(), retry_after: None }
+        ApiError { status, code, message: message.into(), retry_after: None, bearer_challenge: false }
     }
 
     pub fn bad_request(message: impl Into<String>) -> ApiError {
@@ -75,6 +77,25 @@ impl From<tally_proto::json::BodyError> for ApiError {
     }
 }
 
+/// 401 (with the Bearer challenge), 403 or 429 (with `Retry-After`).
+impl From<crate::auth::Refusal> for ApiError {
+    fn from(refusal: crate::auth::Refusal) -> Self {
+        use crate::auth::Refusal;
+        match refusal {
+            Refusal::Unauthenticated(message) => ApiError {
+                bearer_challenge: true,
+                ..ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", message)
+            },
+            Refusal::Forbidden(message) => ApiError::new(StatusCode::FORBIDDEN, "permission_denied", message),
+            Refusal::RateLimited { message, retry_after } => ApiError {
+                // Whole seconds, rounded up: never 0, which would invite an immediate retry.
+                retry_after: Some(u32::try_from(retry_after.as_millis().div_ceil(1000)).unwrap_or(u32::MAX).max(1)),
+                ..ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message)
+            },
+        }
+    }
+}
+
 /// How a counter-side failure reaches the HTTP client.
 impl From<CallError> for ApiError {
     fn from(err: CallError) -> Self {
@@ -122,6 +143,10 @@ impl IntoResponse for ApiError {
         let mut response = (self.status, Json(body)).into_response();
         if let Some(seconds) = self.retry_after {
             response.headers_mut().insert(axum::http::header::RETRY_AFTER, seconds.into());
+        }
+        if self.bearer_challenge {
+            let challenge = axum::http::HeaderValue::from_static("Bearer realm=\"tally\"");
+            response.headers_mut().insert(axum::http::header::WWW_AUTHENTICATE, challenge);
         }
         response
     }

@@ -16,8 +16,10 @@ use tally_proto::json::{self as request, Increment};
 use tally_proto::v1::{BatchGetRequest, BatchIncrementRequest, CounterRef, IncrementOperation};
 use tally_proto::{CounterKey, validate};
 
+use super::caller::{self, Authenticated};
 use super::error::{ApiError, ErrorBody};
 use super::json::*;
+use crate::auth::Scope;
 use crate::cache::ReadCache;
 use crate::client::{CallError, Counter, Incrementer, Reader, operation_error};
 use crate::metrics::Metrics;
@@ -36,6 +38,8 @@ pub struct App {
     pub metrics: Arc<Metrics>,
     /// Whether callers' `traceparent` sampled flags are followed.
     pub trace_caller: tally_runtime::telemetry::Caller,
+    /// Who may call the API (shared by every worker).
+    pub auth: Arc<crate::auth::Auth>,
 }
 
 pub type AppState = Arc<App>;
@@ -94,13 +98,16 @@ fn idempotency_key<'a>(header: &'a IdempotencyHeader, body: Option<&'a str>) -> 
 
 pub async fn increment(
     State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
     header: IdempotencyHeader,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let Increment { key, delta, idempotency_key: body_key } = request::increment(&bytes(body)?)?;
     let idempotency_key = idempotency_key(&header, body_key.as_deref())?;
+    caller::permit(&state, &caller, Scope::Write, [&key], 1)?;
+    let idempotency_key = caller.scoped_idempotency_key(idempotency_key);
     let write = state.cache.write_started([&key]);
-    let result = state.incrementer.increment(operation(&key, delta, idempotency_key)).await;
+    let result = state.incrementer.increment(operation(&key, delta, idempotency_key.as_deref())).await;
     if matches!(result, Err(CallError::Overloaded)) {
         state.metrics.shed("queue");
     }
@@ -122,11 +129,20 @@ pub async fn increment(
 
 pub async fn batch_increment(
     State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let batch = request::batch_increment(&bytes(body)?)?;
-    let ops: Vec<(CounterKey, i64, Option<String>)> =
-        batch.operations.into_iter().map(|op| (op.key, op.delta, op.idempotency_key)).collect();
+    let keys = batch.operations.iter().map(|op| &op.key);
+    caller::permit(&state, &caller, Scope::Write, keys, batch.operations.len())?;
+    let ops: Vec<(CounterKey, i64, Option<String>)> = batch
+        .operations
+        .into_iter()
+        .map(|op| {
+            let idempotency_key = caller.scoped_idempotency_key(op.idempotency_key.as_deref());
+            (op.key, op.delta, idempotency_key)
+        })
+        .collect();
     let request = BatchIncrementRequest {
         operations: ops.iter().map(|(key, delta, idem)| operation(key, *delta, idem.as_deref())).collect(),
         r#async: batch.is_async,
@@ -191,6 +207,7 @@ pub async fn batch_increment(
 /// segment.
 pub async fn get_counter(
     State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
     // e.g. a percent-encoding that decodes to invalid UTF-8
@@ -199,6 +216,7 @@ pub async fn get_counter(
         .rsplit_once('/')
         .ok_or_else(|| ApiError::not_found("expected /api/v1/counter/{resource_id}/{counter_type}"))?;
     let key = CounterKey::new(resource_id, counter_type)?;
+    caller::permit(&state, &caller, Scope::Read, [&key], 1)?;
     let current_value = read_one(&state, &key).await?;
     let body = CounterValue { resource_id: key.resource_id(), counter_type: key.counter_type(), current_value };
     Ok(Json(success(body)).into_response())
@@ -222,9 +240,11 @@ async fn read_one(state: &App, key: &CounterKey) -> Result<i64, ApiError> {
 
 pub async fn batch_get(
     State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let keys = request::batch_get(&bytes(body)?)?;
+    caller::permit(&state, &caller, Scope::Read, &keys, keys.len())?;
     let mut values: Vec<Option<i64>> = keys.iter().map(|k| state.cache.get(k)).collect();
     let missing: Vec<usize> = (0..keys.len()).filter(|&i| values[i].is_none()).collect();
     for hit in [true, false] {

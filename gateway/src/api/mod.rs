@@ -4,6 +4,7 @@
 //! handler. Every rejection is the JSON error envelope.
 
 mod body;
+mod caller;
 mod error;
 mod handlers;
 mod json;

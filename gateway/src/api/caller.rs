@@ -1,0 +1,49 @@
+//! The caller of an API request: authenticated before the body is looked
+//! at, and checked against its scopes, prefix and rate before anything is
+//! sent to a counter (see `crate::auth`).
+
+use axum::extract::FromRequestParts;
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+use tally_proto::CounterKey;
+
+use super::ApiError;
+use super::handlers::AppState;
+use crate::auth::{Caller, Refusal, Scope};
+use crate::metrics::Metrics;
+
+/// The authenticated caller (401 with the Bearer challenge otherwise).
+pub struct Authenticated(pub Caller);
+
+impl FromRequestParts<AppState> for Authenticated {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        state
+            .auth
+            .authenticate(parts.headers.get(AUTHORIZATION))
+            .map(Authenticated)
+            .map_err(|refusal| refused(&state.metrics, refusal))
+    }
+}
+
+/// [`Caller::permit`], counted and answered in the JSON envelope.
+pub fn permit<'a>(
+    state: &AppState,
+    caller: &Caller,
+    scope: Scope,
+    keys: impl IntoIterator<Item = &'a CounterKey>,
+    operations: usize,
+) -> Result<(), ApiError> {
+    caller.permit(scope, keys, operations).map_err(|refusal| refused(&state.metrics, refusal))
+}
+
+fn refused(metrics: &Metrics, refusal: Refusal) -> ApiError {
+    let reason = match refusal {
+        Refusal::Unauthenticated(_) => "unauthenticated",
+        Refusal::Forbidden(_) => "forbidden",
+        Refusal::RateLimited { .. } => "rate_limited",
+    };
+    metrics.auth_refused.get_or_create(&[("reason", reason)]).inc();
+    ApiError::from(refusal)
+}

@@ -1,0 +1,310 @@
+//! Who may call the public API (README "Security"): nobody is asked
+//! (`TALLY_AUTH=none`), or every API request carries `Authorization:
+//! Bearer <key>` for a key in `TALLY_AUTH_KEYS_FILE` (`api_keys`), whose
+//! scopes, resource prefix and rate it must keep to. Probes and the admin
+//! port need no key.
+//!
+//! Every check runs before anything is sent to a counter: a refused request
+//! writes nothing.
+
+mod keys;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use governor::clock::{Clock, DefaultClock};
+use http::HeaderValue;
+use tally_proto::CounterKey;
+
+pub use keys::{KeySet, KeysError, Principal, Scope};
+
+/// Why a request was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// No key, or not one of ours: 401.
+    #[error("{0}")]
+    Unauthenticated(&'static str),
+    /// The key may not do this: 403.
+    #[error("{0}")]
+    Forbidden(String),
+    /// The key's rate is used up: 429, try again after `retry_after`.
+    #[error("{message}")]
+    RateLimited { message: String, retry_after: Duration },
+}
+
+/// Why the keys file could not be used at startup.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("TALLY_AUTH=api_keys needs TALLY_AUTH_KEYS_FILE")]
+    NoKeysFile,
+    #[error("TALLY_AUTH_KEYS_FILE {path}: {source}")]
+    Unreadable { path: PathBuf, source: std::io::Error },
+    #[error("TALLY_AUTH_KEYS_FILE {path}: {source}")]
+    Invalid { path: PathBuf, source: KeysError },
+}
+
+/// The authentication mode and, for API keys, the keys in force.
+pub struct Auth {
+    keys: Option<ApiKeys>,
+}
+
+struct ApiKeys {
+    path: PathBuf,
+    current: ArcSwap<KeySet>,
+    /// The file's contents the current keys were read from.
+    read: std::sync::Mutex<Vec<u8>>,
+}
+
+/// Who is calling: a principal of the keys file, or anyone (no auth).
+#[derive(Clone)]
+pub enum Caller {
+    Anyone,
+    Key(Arc<Principal>),
+}
+
+impl Auth {
+    /// No authentication: every request is [`Caller::Anyone`].
+    pub fn none() -> Auth {
+        Auth { keys: None }
+    }
+
+    /// API keys from `path`, which must exist and be valid now.
+    pub fn api_keys(path: Option<PathBuf>) -> Result<Auth, AuthError> {
+        let path = path.ok_or(AuthError::NoKeysFile)?;
+        let text = std::fs::read(&path).map_err(|source| AuthError::Unreadable { path: path.clone(), source })?;
+        let keys = parse_bytes(&text).map_err(|source| AuthError::Invalid { path: path.clone(), source })?;
+        let current = ArcSwap::from_pointee(keys);
+        Ok(Auth { keys: Some(ApiKeys { path, current, read: std::sync::Mutex::new(text) }) })
+    }
+
+    /// The caller a request's `Authorization` header names.
+    pub fn authenticate(&self, authorization: Option<&HeaderValue>) -> Result<Caller, Refusal> {
+        let Some(keys) = &self.keys else { return Ok(Caller::Anyone) };
+        let header =
+            authorization.ok_or(Refusal::Unauthenticated("an API key is required: Authorization: Bearer <key>"))?;
+        let token = header
+            .to_str()
+            .ok()
+            .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or(Refusal::Unauthenticated("the Authorization header must be: Bearer <key>"))?;
+        keys.current.load().find(token).map(Caller::Key).ok_or(Refusal::Unauthenticated("unknown API key"))
+    }
+
+    /// Number of keys in force (0 without API keys).
+    pub fn key_count(&self) -> usize {
+        self.keys.as_ref().map_or(0, |k| k.current.load().len())
+    }
+
+    /// Reads the keys file again if its contents changed. `Ok(false)`: no
+    /// change. On an error the keys in force stay.
+    pub fn reload(&self) -> Result<bool, AuthError> {
+        let Some(keys) = &self.keys else { return Ok(false) };
+        let path = keys.path.clone();
+        let text = std::fs::read(&path).map_err(|source| AuthError::Unreadable { path: path.clone(), source })?;
+        let mut read = keys.read.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if *read == text {
+            return Ok(false);
+        }
+        let parsed = parse_bytes(&text).map_err(|source| AuthError::Invalid { path, source });
+        // Remembered even when invalid: the same broken file is reported once.
+        *read = text;
+        keys.current.store(Arc::new(parsed?));
+        Ok(true)
+    }
+
+    /// Re-reads the keys file every `interval` (Kubernetes updates a
+    /// mounted Secret in place), until the process ends.
+    pub async fn watch(self: Arc<Self>, interval: Duration, metrics: Arc<crate::metrics::Metrics>) {
+        if self.keys.is_none() {
+            return;
+        }
+        metrics.auth_keys.set(self.key_count() as i64);
+        loop {
+            tokio::time::sleep(interval).await;
+            match self.reload() {
+                Ok(false) => continue,
+                Ok(true) => {
+                    metrics.auth_reloads.get_or_create(&[("result", "ok")]).inc();
+                    metrics.auth_keys.set(self.key_count() as i64);
+                    tracing::info!(keys = self.key_count(), "API keys reloaded");
+                }
+                Err(err) => {
+                    metrics.auth_reloads.get_or_create(&[("result", "failed")]).inc();
+                    tracing::error!(%err, "API keys not reloaded; the previous keys stay in force");
+                }
+            }
+        }
+    }
+}
+
+fn parse_bytes(text: &[u8]) -> Result<KeySet, KeysError> {
+    let text = std::str::from_utf8(text).map_err(|_| KeysError::Syntax("not UTF-8".into()))?;
+    keys::parse(text)
+}
+
+impl Caller {
+    /// The principal's name, or `-` for anyone.
+    pub fn name(&self) -> &str {
+        match self {
+            Caller::Anyone => "-",
+            Caller::Key(principal) => &principal.name,
+        }
+    }
+
+    /// Whether this caller may do `scope` on every one of `keys`, spending
+    /// `operations` of its rate. Checked before anything is sent.
+    pub fn permit<'a>(
+        &self,
+        scope: Scope,
+        keys: impl IntoIterator<Item = &'a CounterKey>,
+        operations: usize,
+    ) -> Result<(), Refusal> {
+        let Caller::Key(principal) = self else { return Ok(()) };
+        if !principal.scopes.contains(&scope) {
+            let what = match scope {
+                Scope::Read => "read",
+                Scope::Write => "write",
+            };
+            return Err(Refusal::Forbidden(format!("API key {:?} has no {what} scope", principal.name)));
+        }
+        if let Some(prefix) = &principal.resource_prefix
+            && let Some(outside) = keys.into_iter().find(|k| !k.resource_id().starts_with(prefix.as_str()))
+        {
+            return Err(Refusal::Forbidden(format!(
+                "API key {:?} may only address resource ids starting with {prefix:?}, not {:?}",
+                principal.name,
+                outside.resource_id()
+            )));
+        }
+        spend(principal, operations)
+    }
+
+    /// The idempotency key sent to the counters: scoped to the principal, so
+    /// one client cannot suppress (or learn the result of) another's write
+    /// by guessing its key. Anyone's keys are sent as they are.
+    pub fn scoped_idempotency_key(&self, key: Option<&str>) -> Option<String> {
+        let key = key?;
+        match self {
+            Caller::Anyone => Some(key.to_string()),
+            Caller::Key(principal) => {
+                let mut material = Vec::with_capacity(principal.name.len() + 1 + key.len());
+                material.extend_from_slice(principal.name.as_bytes());
+                material.push(0);
+                material.extend_from_slice(key.as_bytes());
+                Some(keys::hex(&keys::sha256(&material)))
+            }
+        }
+    }
+}
+
+/// Takes `operations` from the principal's rate, or says when to retry.
+fn spend(principal: &Principal, operations: usize) -> Result<(), Refusal> {
+    let (Some(limiter), Some(rate)) = (&principal.limiter, principal.rate_per_second) else { return Ok(()) };
+    let wanted = u32::try_from(operations.max(1)).unwrap_or(u32::MAX);
+    let Some(n) = std::num::NonZeroU32::new(wanted) else { return Ok(()) };
+    match limiter.check_n(n) {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(not_until)) => Err(Refusal::RateLimited {
+            message: format!("API key {:?} is over its rate of {rate} operations per second", principal.name),
+            retry_after: not_until.wait_time_from(DefaultClock::default().now()),
+        }),
+        Err(_) => Err(Refusal::RateLimited {
+            message: format!(
+                "{wanted} operations in one request exceed API key {:?}'s rate of {rate} per second; send smaller batches",
+                principal.name
+            ),
+            retry_after: Duration::from_secs(1),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn principal(scopes: Vec<Scope>, prefix: Option<&str>, rate: Option<u32>) -> Caller {
+        let rate = rate.and_then(std::num::NonZeroU32::new);
+        Caller::Key(Arc::new(Principal {
+            name: "web".into(),
+            scopes,
+            resource_prefix: prefix.map(str::to_string),
+            limiter: rate.map(|r| governor::RateLimiter::direct(governor::Quota::per_second(r))),
+            rate_per_second: rate,
+        }))
+    }
+
+    fn key(resource: &str) -> CounterKey {
+        CounterKey::new(resource, "likes").expect("valid")
+    }
+
+    #[test]
+    fn scopes_and_prefixes_are_enforced() {
+        let reader = principal(vec![Scope::Read], Some("post:"), None);
+        assert!(reader.permit(Scope::Read, [&key("post:1")], 1).is_ok());
+        assert!(matches!(reader.permit(Scope::Write, [&key("post:1")], 1), Err(Refusal::Forbidden(_))));
+        let mixed = [key("post:1"), key("user:1")];
+        assert!(matches!(reader.permit(Scope::Read, &mixed, 2), Err(Refusal::Forbidden(m)) if m.contains("user:1")));
+        assert!(Caller::Anyone.permit(Scope::Write, &mixed, 2).is_ok());
+    }
+
+    #[test]
+    fn the_rate_counts_operations_and_says_when_to_retry() {
+        let limited = principal(vec![Scope::Write], None, Some(3));
+        assert!(limited.permit(Scope::Write, [&key("a")], 2).is_ok());
+        assert!(limited.permit(Scope::Write, [&key("a")], 1).is_ok());
+        match limited.permit(Scope::Write, [&key("a")], 1) {
+            Err(Refusal::RateLimited { retry_after, .. }) => assert!(retry_after <= Duration::from_secs(1)),
+            other => panic!("expected a rate limit, got {other:?}"),
+        }
+        let batch = principal(vec![Scope::Write], None, Some(3));
+        assert!(
+            matches!(batch.permit(Scope::Write, [&key("a")], 4), Err(Refusal::RateLimited { .. })),
+            "over the burst"
+        );
+    }
+
+    #[test]
+    fn idempotency_keys_are_scoped_per_principal() {
+        let web = principal(vec![Scope::Write], None, None);
+        let other = Caller::Key(Arc::new(Principal {
+            name: "batch".into(),
+            scopes: vec![Scope::Write],
+            resource_prefix: None,
+            limiter: None,
+            rate_per_second: None,
+        }));
+        let (a, b) = (web.scoped_idempotency_key(Some("k1")), other.scoped_idempotency_key(Some("k1")));
+        assert_ne!(a, b);
+        assert_eq!(a, web.scoped_idempotency_key(Some("k1")), "stable");
+        assert!(tally_proto::validate::idempotency_key(a.as_deref().unwrap_or_default()).is_ok());
+        assert_eq!(Caller::Anyone.scoped_idempotency_key(Some("k1")).as_deref(), Some("k1"));
+        assert_eq!(web.scoped_idempotency_key(None), None);
+    }
+
+    #[test]
+    fn bearer_tokens_are_required_with_api_keys() {
+        assert!(matches!(Auth::none().authenticate(None), Ok(Caller::Anyone)));
+        let dir = std::env::temp_dir().join(format!("tally-auth-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("keys.yaml");
+        let digest = keys::hex(&keys::sha256(b"s3cret"));
+        std::fs::write(&path, format!("keys:\n  - name: web\n    sha256: {digest}\n    scopes: [read]\n"))
+            .expect("write");
+        let auth = Auth::api_keys(Some(path.clone())).expect("valid file");
+        let header = |v: &str| HeaderValue::from_str(v).expect("header");
+        assert!(matches!(auth.authenticate(None), Err(Refusal::Unauthenticated(_))));
+        assert!(matches!(auth.authenticate(Some(&header("Basic s3cret"))), Err(Refusal::Unauthenticated(_))));
+        assert!(matches!(auth.authenticate(Some(&header("Bearer nope"))), Err(Refusal::Unauthenticated(_))));
+        assert_eq!(auth.authenticate(Some(&header("Bearer s3cret"))).map(|c| c.name().to_string()), Ok("web".into()));
+        // A broken file is refused and the keys in force stay.
+        std::fs::write(&path, "keys: [").expect("write");
+        assert!(matches!(auth.reload(), Err(AuthError::Invalid { .. })));
+        assert!(auth.authenticate(Some(&header("Bearer s3cret"))).is_ok());
+        assert!(matches!(Auth::api_keys(None), Err(AuthError::NoKeysFile)));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
