@@ -48,6 +48,21 @@ pub struct CounterClusterSpec {
     pub discovery: DiscoverySpec,
     #[serde(default)]
     pub telemetry: TelemetrySpec,
+    /// API keys for the gateways' public API (`TALLY_AUTH=api_keys`); unset:
+    /// anyone who reaches the gateway Service may call it (the default, for
+    /// the original project's clients).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<AuthSpec>,
+}
+
+/// Where the gateways' API keys come from (docs/security.md).
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AuthSpec {
+    /// The Secret key holding the keys file: SHA-256 digests of the keys,
+    /// their scopes, resource prefixes and rates. Mounted into the gateways
+    /// and re-read there when the Secret changes, without a restart.
+    pub keys_secret: SecretKeyRef,
 }
 
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]

@@ -58,7 +58,7 @@ fn defaults_equal_the_services_defaults_and_every_tunable_is_covered() {
         tally_counter::config::Config::command(),
         &[
             "TALLY_STORE",                        // from the store spec (env, may be a Secret)
-            "TALLY_WORKER_THREADS",               // follows the CPU limit (tokio's default)
+            "TALLY_WORKER_THREADS",               // from the CPU limit, else request (resources/threads.rs)
             "TALLY_STREAM_WINDOW",                // per-stream protocol detail, not a deployment tunable
             "TALLY_MAX_CONCURRENT_STREAMS",       // idem
             "TALLY_HTTP_HEADER_TIMEOUT_MS",       // admin port (probes, scrapes): service defaults
@@ -81,7 +81,10 @@ fn defaults_equal_the_services_defaults_and_every_tunable_is_covered() {
         gateway::settings(&cc),
         tally_gateway::config::Config::command(),
         &[
-            "TALLY_WORKER_THREADS",
+            "TALLY_WORKER_THREADS",        // from the CPU limit, else request (resources/threads.rs)
+            "TALLY_AUTH",                  // api_keys when spec.auth is set
+            "TALLY_AUTH_KEYS_FILE",        // the mounted keys Secret, when spec.auth is set
+            "TALLY_AUTH_RELOAD_MS",        // service default
             "TALLY_COUNTER_ENDPOINTS",     // static discovery: outside Kubernetes only
             "TALLY_DNS_INTERVAL_MS",       // service default
             "TALLY_K8S_NAMESPACE",         // the pod's own namespace

@@ -1,7 +1,9 @@
 //! The gateway Deployment, its Service and settings.
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Container, ContainerPort, PodSpec, Service};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Container, ContainerPort, KeyToPath, PodSpec, SecretVolumeSource, Service, Volume, VolumeMount,
+};
 use kube::ResourceExt;
 
 use super::config::{self, Settings};
@@ -57,6 +59,10 @@ pub fn settings(cc: &CounterCluster) -> Settings {
         ("TALLY_SHUTDOWN_TIMEOUT_MS", spec.shutdown_timeout_ms.to_string()),
     ];
     settings.extend(pairs.into_iter().map(|(k, v)| (k.to_string(), v)));
+    if cc.spec.auth.is_some() {
+        settings.insert("TALLY_AUTH".into(), "api_keys".into());
+        settings.insert("TALLY_AUTH_KEYS_FILE".into(), format!("{AUTH_DIR}/{AUTH_FILE}"));
+    }
     if let Some(workers) = super::threads::worker_threads(&spec.resources) {
         settings.insert("TALLY_WORKER_THREADS".into(), workers.to_string());
     }
@@ -87,6 +93,33 @@ pub fn config_map(cc: &CounterCluster) -> ConfigMap {
     config::config_map(cc, "gateway", settings(cc))
 }
 
+/// Where the keys Secret is mounted. A whole-volume mount (no `subPath`),
+/// so the kubelet updates the file in place and the gateway reloads it.
+const AUTH_DIR: &str = "/etc/tally/auth";
+const AUTH_FILE: &str = "keys.yaml";
+
+/// The keys Secret as a read-only volume and its mount, when `spec.auth` is set.
+fn auth_volume(cc: &CounterCluster) -> Option<(Volume, VolumeMount)> {
+    let secret = &cc.spec.auth.as_ref()?.keys_secret;
+    let volume = Volume {
+        name: "auth-keys".into(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(secret.name.clone()),
+            items: Some(vec![KeyToPath { key: secret.key.clone(), path: AUTH_FILE.into(), ..KeyToPath::default() }]),
+            default_mode: Some(0o440),
+            ..SecretVolumeSource::default()
+        }),
+        ..Volume::default()
+    };
+    let mount = VolumeMount {
+        name: "auth-keys".into(),
+        mount_path: AUTH_DIR.into(),
+        read_only: Some(true),
+        ..VolumeMount::default()
+    };
+    Some((volume, mount))
+}
+
 pub fn deployment(cc: &CounterCluster) -> Deployment {
     let spec = &cc.spec.gateway;
     let container = Container {
@@ -105,11 +138,14 @@ pub fn deployment(cc: &CounterCluster) -> Deployment {
         security_context: Some(locked_down()),
         ..Container::default()
     };
+    let auth = auth_volume(cc);
+    let container = Container { volume_mounts: auth.as_ref().map(|(_, mount)| vec![mount.clone()]), ..container };
     let annotations = config::pod_annotations(ADMIN_PORT, &settings(cc));
     let grace = config::grace_period(spec.shutdown_timeout_ms);
     let pod = PodSpec {
         service_account_name: Some(name(cc)),
         termination_grace_period_seconds: Some(grace),
+        volumes: auth.map(|(volume, _)| vec![volume]),
         ..PodSpec::default()
     };
     deployment_for(cc, "gateway", name(cc), spec.replicas, container, Some(annotations), pod)
@@ -193,5 +229,27 @@ mod tests {
         let limits = c.resources.as_ref().unwrap().limits.as_ref().unwrap();
         assert_eq!(limits["memory"].0, "256Mi", "default");
         assert_eq!(service(&cc).spec.unwrap().ports.unwrap()[0].port, 8080);
+        assert!(pod.volumes.is_none() && c.volume_mounts.is_none(), "no auth: nothing mounted");
+        assert!(!settings(&cc).contains_key("TALLY_AUTH"), "no auth: the gateway's default (none)");
+    }
+
+    #[test]
+    fn api_keys_come_from_a_mounted_secret() {
+        let cc = sample(serde_json::json!({
+            "store": {"managed": true},
+            "auth": {"keysSecret": {"name": "tally-keys", "key": "keys.yaml"}},
+        }));
+        let s = settings(&cc);
+        assert_eq!(s["TALLY_AUTH"], "api_keys");
+        assert_eq!(s["TALLY_AUTH_KEYS_FILE"], "/etc/tally/auth/keys.yaml");
+        let pod = deployment(&cc).spec.template.spec.unwrap();
+        let volume = &pod.volumes.as_ref().unwrap()[0];
+        let secret = volume.secret.as_ref().unwrap();
+        assert_eq!(secret.secret_name.as_deref(), Some("tally-keys"));
+        assert_eq!(secret.items.as_ref().unwrap()[0].path, "keys.yaml");
+        let mount = &pod.containers[0].volume_mounts.as_ref().unwrap()[0];
+        assert_eq!((mount.name.as_str(), mount.mount_path.as_str()), (volume.name.as_str(), "/etc/tally/auth"));
+        assert_eq!(mount.read_only, Some(true));
+        assert!(mount.sub_path.is_none(), "a subPath mount would never see the Secret change");
     }
 }
