@@ -35,6 +35,7 @@ run_wrk() {
   local name=$1 url=$2 script=$3; shift 4
   local before after args=(-t2 -c100 -d"${SECONDS_PER_RUN}s" --latency)
   [ -n "$script" ] && args+=(-s "scripts/wrk/$script")
+  [ -n "${WRK_HEADER:-}" ] && args+=(-H "$WRK_HEADER")
   before=$(cpu_ticks "$@")
   wrk "${args[@]}" "$url" >"$work/$name.txt"
   after=$(cpu_ticks "$@")
@@ -92,6 +93,18 @@ pids+=("$nocache_pid")
 uncached="http://127.0.0.1:$nocache_port/api/v1/counter"
 run_wrk chain-get-hot-uncached "$uncached/bench:hot/likes" "" -- "$nocache_pid" "$counter_pid" "$redis_pid"
 run_wrk chain-get-keys-uncached "$uncached/" get-keys.lua -- "$nocache_pid" "$counter_pid" "$redis_pid"
+stop_pids "$nocache_pid"
+# The cost of API keys: a gateway with TALLY_AUTH=api_keys, every request
+# carrying a Bearer key (SHA-256 and a constant-time comparison each).
+key="bench-key-$$-$RANDOM"
+printf 'keys:\n  - name: bench\n    sha256: %s\n    scopes: [read, write]\n' \
+  "$(printf %s "$key" | sha256sum | cut -d' ' -f1)" >"$work/keys.yaml"
+auth_port=$(free_port)
+auth_pid=$(TALLY_AUTH=api_keys TALLY_AUTH_KEYS_FILE="$work/keys.yaml" \
+  start_gateway "$auth_port" "http://127.0.0.1:$grpc_port" "$work/auth.log")
+pids+=("$auth_pid")
+WRK_HEADER="Authorization: Bearer $key" run_wrk chain-inc-hot-keys-auth \
+  "http://127.0.0.1:$auth_port/api/v1/counter/increment" hot.lua -- "$auth_pid" "$counter_pid" "$redis_pid"
 counter_rss=$(peak_rss_mib "$counter_pid")
 
 mkdir -p bench-results
@@ -121,6 +134,10 @@ for key, title in pairs:
         cpu_ratio = "" if system == "reference" else f"{row['cpu'] / ref['cpu']:.2f}"
         rps_ratio = "" if system == "reference" else f"{row['rps'] / ref['rps']:.2f}"
         print(f"| {title} | {label} | {row['rps']:,.0f} | {row['p50']:.2f} | {row['p99']:.2f} | {row['cpu']:.1f} | {cpu_ratio} | {rps_ratio} | {row['bad']} |")
+auth, plain = rows["chain-inc-hot-keys-auth"], rows["chain-inc-hot"]
+print(f"\nIncrement, one hot key, every request with an API key (`TALLY_AUTH=api_keys`): {auth['rps']:,.0f} req/s, "
+      f"p99 {auth['p99']:.2f} ms, {auth['cpu']:.1f} µs/req ({auth['cpu'] / plain['cpu']:.2f} × the chain without keys), "
+      f"non-2xx {auth['bad']}.")
 fresh, after = rows["chain-get-hot-fresh"], rows["chain-get-hot"]
 print(f"\nGET, one hot key, on the fresh gateway (before any write): {fresh['rps']:,.0f} req/s, "
       f"{fresh['cpu']:.1f} µs/req; after the write runs: {after['rps'] / fresh['rps']:.2f} × its req/s.")
