@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what `make test` needs when it is missing: redis-server and
-# redis-cli (Debian's packages). Shared by `make test` and `.ci/run`, so a
+# redis-cli (Debian's packages), and openssl for the test certificates of
+# the TLS tests. Shared by `make test` and `.ci/run`, so a
 # fresh machine needs no manual step. Needs root (or sudo) only when
 # something is actually missing.
 set -euo pipefail
@@ -8,6 +9,7 @@ set -euo pipefail
 missing=()
 command -v redis-server >/dev/null || missing+=(redis-server)
 command -v redis-cli >/dev/null || missing+=(redis-tools)
+command -v openssl >/dev/null || missing+=(openssl)
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0
 fi

@@ -345,7 +345,8 @@ mod tests {
         let limits = CommitLimits::new(&settings);
         let timeouts =
             crate::store::StoreTimeouts { connect: Duration::from_secs(1), response: Duration::from_secs(1) };
-        let store = Arc::new(Store::from_url("memory", timeouts).expect("memory store"));
+        let options = crate::store::StoreOptions { timeouts, tls: Default::default() };
+        let store = Arc::new(Store::from_url("memory", &options).expect("memory store"));
         let metrics = Arc::new(Metrics::new());
         let committers: Vec<GroupCommitter> =
             (0..3).map(|_| GroupCommitter::start(store.clone(), settings, &limits, metrics.clone())).collect();

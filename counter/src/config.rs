@@ -3,6 +3,7 @@
 //! configuration table lists them all.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
@@ -11,7 +12,7 @@ use crate::buffer::BufferSettings;
 use crate::commit::CommitSettings;
 use crate::incoming::ConnectionLimits;
 use crate::service::BufferFullPolicy;
-use crate::store::StoreTimeouts;
+use crate::store::{StoreError, StoreOptions, StoreTimeouts, StoreTls};
 use tally_runtime::http::HttpArgs;
 use tally_runtime::rt::RuntimeArgs;
 
@@ -29,6 +30,19 @@ pub struct Config {
     /// `memory`, `redis://[:password@]host:port[/db]`, or `redis+cluster://[:password@]h1:p1,h2:p2,…`.
     #[arg(long, env = "TALLY_STORE", default_value = "memory", hide_env_values = true)]
     pub store: String,
+
+    /// `rediss://`: PEM file of the certificate authority the server's certificate must chain to
+    /// (default: the system's roots).
+    #[arg(long, env = "TALLY_STORE_TLS_CA_FILE")]
+    pub store_tls_ca_file: Option<PathBuf>,
+
+    /// `rediss://`: PEM client certificate, for servers that require one (`tls-auth-clients yes`).
+    #[arg(long, env = "TALLY_STORE_TLS_CERT_FILE", requires = "store_tls_key_file")]
+    pub store_tls_cert_file: Option<PathBuf>,
+
+    /// `rediss://`: PEM private key of `TALLY_STORE_TLS_CERT_FILE`.
+    #[arg(long, env = "TALLY_STORE_TLS_KEY_FILE", requires = "store_tls_cert_file")]
+    pub store_tls_key_file: Option<PathBuf>,
 
     /// Limit on establishing one store connection, in milliseconds.
     #[arg(long, env = "TALLY_STORE_CONNECT_TIMEOUT_MS", default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..=60_000))]
@@ -142,6 +156,20 @@ pub struct Config {
 }
 
 impl Config {
+    /// Timeouts and TLS material for the store; a TLS file that cannot be
+    /// read is an error naming its setting.
+    pub fn store_options(&self) -> Result<StoreOptions, StoreError> {
+        let read = |setting: &str, path: &Option<PathBuf>| -> Result<Option<Vec<u8>>, StoreError> {
+            path.as_ref()
+                .map(|p| std::fs::read(p).map_err(|e| StoreError::config(format!("{setting} {}: {e}", p.display()))))
+                .transpose()
+        };
+        let ca = read("TALLY_STORE_TLS_CA_FILE", &self.store_tls_ca_file)?;
+        let cert = read("TALLY_STORE_TLS_CERT_FILE", &self.store_tls_cert_file)?;
+        let key = read("TALLY_STORE_TLS_KEY_FILE", &self.store_tls_key_file)?;
+        Ok(StoreOptions { timeouts: self.store_timeouts(), tls: StoreTls { ca, client: cert.zip(key) } })
+    }
+
     pub fn store_timeouts(&self) -> StoreTimeouts {
         StoreTimeouts {
             connect: Duration::from_millis(self.store_connect_timeout_ms),

@@ -54,7 +54,8 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, StartupError> {
 
 pub async fn run(config: Config) -> Result<(), StartupError> {
     let metrics = Arc::new(Metrics::new());
-    let store = Arc::new(Store::from_url(&config.store, config.store_timeouts())?);
+    let store_options = config.store_options()?;
+    let store = Arc::new(Store::from_url(&config.store, &store_options)?);
     let grpc_listener = bind(config.listen).await?;
     let admin_listener = bind(config.admin_listen).await?;
     let grpc_addr = grpc_listener.local_addr().map_err(|source| StartupError::Bind { addr: config.listen, source })?;
@@ -104,7 +105,7 @@ pub async fn run(config: Config) -> Result<(), StartupError> {
     let mut servers = Vec::new();
     let mut probed = vec![StoreOn { worker: tokio::runtime::Handle::current(), store: store.clone() }];
     for (worker, conns) in workers.handles().iter().zip(incoming) {
-        let store = store.for_worker(&config.store, config.store_timeouts())?;
+        let store = store.for_worker(&config.store, &store_options)?;
         probed.push(StoreOn { worker: worker.clone(), store: store.clone() });
         let committer = {
             let _on_worker = worker.enter();
@@ -194,12 +195,15 @@ struct StoreOn {
 /// True when every store answers. Each is probed on its own thread, so a
 /// probe that (re)connects a worker's store leaves the connection's task
 /// on that worker, not here.
-async fn all_up(stores: &[StoreOn]) -> bool {
+async fn all_up(stores: &[StoreOn]) -> Result<(), String> {
     let probes = stores.iter().map(|StoreOn { worker, store }| {
         let store = store.clone();
-        worker.spawn(async move { store.ping().await.is_ok() })
+        worker.spawn(async move { store.ping().await.map_err(|err| err.to_string()) })
     });
-    futures_util::future::join_all(probes).await.into_iter().all(|up| matches!(up, Ok(true)))
+    for probe in futures_util::future::join_all(probes).await {
+        probe.map_err(|err| format!("probe failed: {err}"))??;
+    }
+    Ok(())
 }
 
 /// Probes the stores (the control thread's and each worker's) and publishes
@@ -216,14 +220,19 @@ async fn health_loop(
 ) {
     let mut last: Option<bool> = None;
     loop {
-        let up = !*shutdown.borrow() && all_up(&stores).await;
+        let probed = if *shutdown.borrow() { Err("shutting down".to_string()) } else { all_up(&stores).await };
+        let up = probed.is_ok();
         readiness.set_store_up(up);
         metrics.store_up.set(i64::from(up));
         if last != Some(up) {
             let status = if up { ServingStatus::Serving } else { ServingStatus::NotServing };
             reporter.set_service_status("", status).await;
             reporter.set_service_status(HEALTH_SERVICE, status).await;
-            tracing::info!(store = stores[0].store.kind(), up, "store readiness changed");
+            match &probed {
+                Ok(()) => tracing::info!(store = stores[0].store.kind(), up, "store readiness changed"),
+                // Why, e.g. a refused connection or an untrusted certificate (redacted: no password).
+                Err(reason) => tracing::warn!(store = stores[0].store.kind(), up, %reason, "store readiness changed"),
+            }
             last = Some(up);
         }
         tokio::select! {

@@ -8,10 +8,14 @@ use std::time::Duration;
 
 use common::{Backend, store_url, unique};
 use tally_counter::store::batch::{BatchOutcome, DEFAULT_MARKER_TTL, new_batch_id};
-use tally_counter::store::{IncrOutcome, Store, StoreTimeouts};
+use tally_counter::store::{IncrOutcome, Store, StoreOptions, StoreTimeouts};
 use tally_proto::CounterKey;
 
 const TIMEOUTS: StoreTimeouts = StoreTimeouts { connect: Duration::from_secs(1), response: Duration::from_secs(2) };
+
+fn options() -> StoreOptions {
+    StoreOptions { timeouts: TIMEOUTS, tls: Default::default() }
+}
 
 fn key(resource: &str, counter_type: &str) -> CounterKey {
     CounterKey::new(resource, counter_type).expect("valid key")
@@ -21,7 +25,7 @@ on_every_store!(a_batch_resent_under_its_id_applies_once, many_resources_in_one_
 
 async fn a_batch_resent_under_its_id_applies_once(backend: Backend) {
     let (redis, url) = store_url(backend);
-    let store = Store::from_url(&url, TIMEOUTS).expect("store");
+    let store = Store::from_url(&url, &options()).expect("store");
     let prefix = unique("once");
     // 1200 commands over many resources: several chunks and, in a cluster, many slots.
     let keys: Vec<CounterKey> =
@@ -66,7 +70,7 @@ async fn a_batch_resent_under_its_id_applies_once(backend: Backend) {
 
 async fn many_resources_in_one_call(backend: Backend) {
     let (_redis, url) = store_url(backend);
-    let store = Store::from_url(&url, TIMEOUTS).expect("store");
+    let store = Store::from_url(&url, &options()).expect("store");
     let prefix = unique("many");
     let keys: Vec<CounterKey> = (0..500).map(|i| key(&format!("{prefix}-{i}"), "views")).collect();
     // Each key twice: commands on one key apply in order.

@@ -8,6 +8,7 @@ mod kubernetes;
 mod lease;
 mod otlp;
 mod procs;
+mod tls;
 
 pub use consul::ConsulDouble;
 pub use kubernetes::KubernetesDouble;
@@ -15,6 +16,7 @@ pub use lease::LeaseDouble;
 pub use otlp::{OtlpReceiver, ReceivedSpan};
 
 pub use procs::{RedisCluster, RedisServer, Service, free_port, redis_cli, rss_bytes, workspace_binary};
+pub use tls::TestCerts;
 
 /// A resource id no other test (or earlier run against a shared cluster) uses.
 pub fn unique(prefix: &str) -> String {

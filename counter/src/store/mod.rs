@@ -70,6 +70,46 @@ pub struct StoreTimeouts {
     pub response: Duration,
 }
 
+/// How to reach the store: limits, and TLS material for `rediss://`.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    pub timeouts: StoreTimeouts,
+    pub tls: StoreTls,
+}
+
+/// TLS material for `rediss://` beyond the system's root certificates, as
+/// read from `TALLY_STORE_TLS_*` (PEM).
+#[derive(Clone, Default)]
+pub struct StoreTls {
+    /// Certificate authority the server's certificate must chain to.
+    pub ca: Option<Vec<u8>>,
+    /// Client certificate and key, for servers that require one.
+    pub client: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for StoreTls {
+    // The key never reaches a log line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreTls").field("ca", &self.ca.is_some()).field("client", &self.client.is_some()).finish()
+    }
+}
+
+impl StoreTls {
+    pub(super) fn is_empty(&self) -> bool {
+        self.ca.is_none() && self.client.is_none()
+    }
+
+    pub(super) fn certificates(&self) -> ::redis::TlsCertificates {
+        ::redis::TlsCertificates {
+            client_tls: self
+                .client
+                .as_ref()
+                .map(|(cert, key)| ::redis::ClientTlsConfig { client_cert: cert.clone(), client_key: key.clone() }),
+            root_cert: self.ca.clone(),
+        }
+    }
+}
+
 /// A configured store. An enum rather than a trait object: the set is closed
 /// and the hot path stays free of boxing.
 pub enum Store {
@@ -114,26 +154,36 @@ impl Store {
     /// Redis (so its requests never hop to another thread's connection
     /// task), or this very store when it is the in-memory one, whose counters
     /// live in this process and must be shared.
-    pub fn for_worker(self: &Arc<Self>, url: &str, timeouts: StoreTimeouts) -> Result<Arc<Store>, StoreError> {
+    pub fn for_worker(self: &Arc<Self>, url: &str, options: &StoreOptions) -> Result<Arc<Store>, StoreError> {
         match **self {
             Store::Memory(_) => Ok(self.clone()),
-            Store::Redis(_) | Store::Cluster(_) => Store::from_url(url, timeouts).map(Arc::new),
+            Store::Redis(_) | Store::Cluster(_) => Store::from_url(url, options).map(Arc::new),
         }
     }
 
-    /// Builds the store named by `TALLY_STORE`: `memory`, `redis://…`, or
-    /// `redis+cluster://h1:p1,h2:p2,…`. Connections are made lazily, so the
-    /// counter starts (and reports not-ready) while Redis is still down.
-    pub fn from_url(url: &str, timeouts: StoreTimeouts) -> Result<Store, StoreError> {
+    /// Builds the store named by `TALLY_STORE`: `memory`, `redis://…`,
+    /// `rediss://…` (TLS), or `redis+cluster://h1:p1,h2:p2,…`. Connections
+    /// are made lazily, so the counter starts (and reports not-ready) while
+    /// Redis is still down.
+    pub fn from_url(url: &str, options: &StoreOptions) -> Result<Store, StoreError> {
+        let tls_url = url.starts_with("rediss://");
+        if !options.tls.is_empty() && !tls_url {
+            return Err(StoreError::config(
+                "TALLY_STORE_TLS_CA_FILE / TALLY_STORE_TLS_CERT_FILE are set, but TALLY_STORE is not a rediss:// URL \
+                 (TLS to a Redis Cluster is not built yet)"
+                    .to_string(),
+            ));
+        }
         if url == "memory" {
             Ok(Store::Memory(memory::MemoryStore::default()))
-        } else if url.starts_with("redis://") || url.starts_with("rediss://") {
-            Ok(Store::Redis(redis::RedisStore::new(url, timeouts)?))
+        } else if url.starts_with("redis://") || tls_url {
+            Ok(Store::Redis(redis::RedisStore::new(url, options)?))
         } else if let Some(seeds) = url.strip_prefix("redis+cluster://") {
-            Ok(Store::Cluster(Box::new(cluster::ClusterStore::new(seeds, timeouts)?)))
+            Ok(Store::Cluster(Box::new(cluster::ClusterStore::new(seeds, options.timeouts)?)))
         } else {
             Err(StoreError::config(format!(
-                "unsupported store {url:?}: use `memory`, `redis://host:port[/db]` or `redis+cluster://h1:p1,h2:p2`"
+                "unsupported store {url:?}: use `memory`, `redis://host:port[/db]`, `rediss://host:port[/db]` or \
+                 `redis+cluster://h1:p1,h2:p2` (TLS to a Redis Cluster is not built yet)"
             )))
         }
     }

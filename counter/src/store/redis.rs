@@ -12,15 +12,24 @@ use futures_util::future::join_all;
 
 use super::batch::{self, BatchOutcome};
 use super::error::is_overflow;
-use super::{Cmd, IdempotentOutcome, IncrOutcome, KeyedCmd, StoreError, StoreTimeouts, hash_key, idempotency_marker};
+use super::{Cmd, IdempotentOutcome, IncrOutcome, KeyedCmd, StoreError, StoreOptions, hash_key, idempotency_marker};
 
 pub struct RedisStore {
     conn: ConnectionManager,
 }
 
 impl RedisStore {
-    pub fn new(url: &str, timeouts: StoreTimeouts) -> Result<RedisStore, StoreError> {
-        let client = redis::Client::open(url).map_err(|e| StoreError::config(format!("{url}: {e}")))?;
+    /// `rediss://` URLs speak TLS (rustls): the server's certificate must
+    /// chain to the system's roots or to `options.tls.ca`, and a client
+    /// certificate is presented when one is given.
+    pub fn new(url: &str, options: &StoreOptions) -> Result<RedisStore, StoreError> {
+        let timeouts = options.timeouts;
+        let client = if !options.tls.is_empty() {
+            redis::Client::build_with_tls(url, options.tls.certificates())
+        } else {
+            redis::Client::open(url)
+        }
+        .map_err(|e| StoreError::config(format!("{url}: {e}")))?;
         // One reconnect attempt per failed request keeps "Redis is down" fast
         // (connection refused → UNAVAILABLE) instead of queueing callers
         // behind a long backoff; the next request tries again.

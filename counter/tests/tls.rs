@@ -1,0 +1,135 @@
+//! `rediss://` against a real `redis-server` with TLS (certificates made at
+//! test time): increments are stored over TLS with a client certificate; a
+//! server certificate from another CA is refused and nothing is written; TLS
+//! settings that cannot work stop startup with the setting named.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{RedisServer, start_counter, unique};
+use tally_proto::v1::IncrementRequest;
+use tally_testkit::{TestCerts, free_port};
+
+/// A redis-server with a plaintext port (for checking what was stored) and
+/// a TLS port that requires client certificates signed by `certs`' CA.
+fn tls_redis(certs: &TestCerts) -> (RedisServer, u16) {
+    let tls_port = free_port();
+    let path = |p: &std::path::Path| p.to_string_lossy().to_string();
+    let (port, cert, key, ca) =
+        (tls_port.to_string(), path(&certs.server_cert), path(&certs.server_key), path(&certs.ca));
+    let extra = [
+        "--tls-port",
+        &port,
+        "--tls-cert-file",
+        &cert,
+        "--tls-key-file",
+        &key,
+        "--tls-ca-cert-file",
+        &ca,
+        "--tls-auth-clients",
+        "yes",
+    ];
+    (RedisServer::start_on(free_port(), &extra), tls_port)
+}
+
+fn increment(resource: &str) -> IncrementRequest {
+    IncrementRequest {
+        resource_id: resource.into(),
+        counter_type: "likes".into(),
+        delta: Some(1),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn increments_are_stored_over_tls_with_a_client_certificate() {
+    let certs = TestCerts::generate("tally-tls");
+    let (redis, tls_port) = tls_redis(&certs);
+    let url = format!("rediss://127.0.0.1:{tls_port}");
+    let path = |p: &std::path::Path| p.to_string_lossy().to_string();
+    let (ca, cert, key) = (path(&certs.ca), path(&certs.client_cert), path(&certs.client_key));
+    let env = [
+        ("TALLY_STORE_TLS_CA_FILE", ca.as_str()),
+        ("TALLY_STORE_TLS_CERT_FILE", cert.as_str()),
+        ("TALLY_STORE_TLS_KEY_FILE", key.as_str()),
+    ];
+    let counter = start_counter(&url, &env);
+    let mut client = common::client(&counter).await;
+    let resource = unique("tls");
+    // The first call may race the lazy connection's handshake; it settles in well under the deadline.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let value = loop {
+        match client.increment(increment(&resource)).await {
+            Ok(response) => break response.into_inner().current_value,
+            Err(status) if Instant::now() < deadline => {
+                assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+                tokio::time::sleep(Duration::from_millis(100)).await; // the store is still connecting
+            }
+            Err(status) => panic!("no increment over TLS: {status:?}"),
+        }
+    };
+    let value = value + client.increment(increment(&resource)).await.expect("second").into_inner().current_value;
+    let stored: i64 = redis.cli(&["hget", &format!("tally:{{{resource}}}"), "likes"]).parse().expect("stored");
+    assert!(value >= 3 && stored >= 2, "answered {value}, stored {stored}");
+    assert_eq!(
+        stored,
+        client
+            .get(tally_proto::v1::GetRequest { resource_id: resource.clone(), counter_type: "likes".into() })
+            .await
+            .expect("get")
+            .into_inner()
+            .current_value
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_certificate_from_another_ca_is_refused_and_nothing_is_written() {
+    let certs = TestCerts::generate("tally-tls");
+    let stranger = TestCerts::generate("tally-tls-other");
+    let (redis, tls_port) = tls_redis(&certs);
+    let path = |p: &std::path::Path| p.to_string_lossy().to_string();
+    // Trusts another CA (and presents a certificate the server does not trust either).
+    let (ca, cert, key) = (path(&stranger.ca), path(&stranger.client_cert), path(&stranger.client_key));
+    let env = [
+        ("TALLY_STORE_TLS_CA_FILE", ca.as_str()),
+        ("TALLY_STORE_TLS_CERT_FILE", cert.as_str()),
+        ("TALLY_STORE_TLS_KEY_FILE", key.as_str()),
+    ];
+    let counter = start_counter(&format!("rediss://127.0.0.1:{tls_port}"), &env);
+    let mut client = common::client(&counter).await;
+    let resource = unique("untrusted");
+    for _ in 0..3 {
+        let status = client.increment(increment(&resource)).await.expect_err("an untrusted server");
+        assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    }
+    assert_eq!(redis.cli(&["exists", &format!("tally:{{{resource}}}")]), "0", "nothing written");
+    counter.wait_for_log("a certificate error", |l| l.to_lowercase().contains("certificate"));
+}
+
+#[test]
+fn tls_settings_that_cannot_work_stop_startup_with_the_setting_named() {
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_tally-counter"));
+    let run = |env: &[(&str, &str)]| {
+        let output = std::process::Command::new(bin)
+            .envs([("TALLY_LISTEN", "127.0.0.1:0"), ("TALLY_ADMIN_LISTEN", "127.0.0.1:0")])
+            .envs(env.iter().copied())
+            .output()
+            .expect("run");
+        (
+            output.status.success(),
+            format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr)),
+        )
+    };
+    let (ok, out) = run(&[("TALLY_STORE", "rediss://127.0.0.1:1"), ("TALLY_STORE_TLS_CA_FILE", "/nonexistent/ca.pem")]);
+    assert!(!ok && out.contains("TALLY_STORE_TLS_CA_FILE"), "{out}");
+    let certs = TestCerts::generate("tally-tls");
+    let ca = certs.ca.to_string_lossy().to_string();
+    let (ok, out) = run(&[("TALLY_STORE", "redis://127.0.0.1:1"), ("TALLY_STORE_TLS_CA_FILE", ca.as_str())]);
+    assert!(!ok && out.contains("rediss://"), "a CA for a plaintext store: {out}");
+    let (ok, out) = run(&[("TALLY_STORE", "rediss://127.0.0.1:1"), ("TALLY_STORE_TLS_CERT_FILE", ca.as_str())]);
+    assert!(
+        !ok && out.contains("TALLY_STORE_TLS_KEY_FILE") || out.contains("store-tls-key-file"),
+        "a certificate without its key: {out}"
+    );
+}

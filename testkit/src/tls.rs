@@ -1,0 +1,116 @@
+//! Test certificates made with the `openssl` command at test time: a CA, a
+//! server certificate for 127.0.0.1/localhost and a client certificate,
+//! all short-lived and in a directory of their own.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// A test CA and the certificates it signed (PEM files).
+pub struct TestCerts {
+    pub dir: PathBuf,
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let output = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl must be installed (apt-get install openssl)");
+    assert!(output.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+}
+
+/// A key pair and a certificate for `cn`, signed by the CA in `dir`.
+fn issue(dir: &Path, name: &str, cn: &str, extensions: &str) {
+    let (key, csr, crt, ext) =
+        (format!("{name}.key"), format!("{name}.csr"), format!("{name}.crt"), format!("{name}.ext"));
+    std::fs::write(dir.join(&ext), extensions).expect("extensions file");
+    let subject = format!("/CN={cn}");
+    openssl(
+        dir,
+        &[
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            &key,
+            "-out",
+            &csr,
+            "-subj",
+            &subject,
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            &crt,
+            "-days",
+            "2",
+            "-extfile",
+            &ext,
+        ],
+    );
+}
+
+impl TestCerts {
+    /// A fresh CA in a new directory under the system's temp dir, with a
+    /// server certificate (127.0.0.1, localhost) and a client certificate.
+    pub fn generate(label: &str) -> TestCerts {
+        let dir = std::env::temp_dir().join(crate::unique(label));
+        std::fs::create_dir_all(&dir).expect("certificate dir");
+        openssl(
+            &dir,
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.crt",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=tally test CA",
+            ],
+        );
+        issue(&dir, "server", "localhost", "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n");
+        issue(&dir, "client", "tally-test-client", "extendedKeyUsage=clientAuth\n");
+        TestCerts {
+            ca: dir.join("ca.crt"),
+            server_cert: dir.join("server.crt"),
+            server_key: dir.join("server.key"),
+            client_cert: dir.join("client.crt"),
+            client_key: dir.join("client.key"),
+            dir,
+        }
+    }
+}
+
+impl Drop for TestCerts {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
