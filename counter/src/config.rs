@@ -27,7 +27,8 @@ pub struct Config {
     #[arg(long, env = "TALLY_ADMIN_LISTEN", default_value = "0.0.0.0:8081")]
     pub admin_listen: SocketAddr,
 
-    /// `memory`, `redis://[:password@]host:port[/db]`, or `redis+cluster://[:password@]h1:p1,h2:p2,…`.
+    /// `memory`, `redis://[:password@]host:port[/db]`, `rediss://…` (TLS), or
+    /// `redis+cluster://[:password@]h1:p1,h2:p2,…`.
     #[arg(long, env = "TALLY_STORE", default_value = "memory", hide_env_values = true)]
     pub store: String,
 

@@ -58,6 +58,9 @@ fn defaults_equal_the_services_defaults_and_every_tunable_is_covered() {
         tally_counter::config::Config::command(),
         &[
             "TALLY_STORE",                        // from the store spec (env, may be a Secret)
+            "TALLY_STORE_TLS_CA_FILE",            // not mounted by the operator yet (docs/security.md)
+            "TALLY_STORE_TLS_CERT_FILE",          // idem
+            "TALLY_STORE_TLS_KEY_FILE",           // idem
             "TALLY_WORKER_THREADS",               // from the CPU limit, else request (resources/threads.rs)
             "TALLY_STREAM_WINDOW",                // per-stream protocol detail, not a deployment tunable
             "TALLY_MAX_CONCURRENT_STREAMS",       // idem
