@@ -24,30 +24,20 @@ fn openssl(dir: &Path, args: &[&str]) {
     assert!(output.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&output.stderr));
 }
 
+/// `openssl req` with a new P-256 key (unencrypted) and `args`.
+fn new_key(dir: &Path, args: &[&str]) {
+    let mut all = vec!["req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    all.extend_from_slice(args);
+    openssl(dir, &all);
+}
+
 /// A key pair and a certificate for `cn`, signed by the CA in `dir`.
 fn issue(dir: &Path, name: &str, cn: &str, extensions: &str) {
     let (key, csr, crt, ext) =
         (format!("{name}.key"), format!("{name}.csr"), format!("{name}.crt"), format!("{name}.ext"));
     std::fs::write(dir.join(&ext), extensions).expect("extensions file");
     let subject = format!("/CN={cn}");
-    openssl(
-        dir,
-        &[
-            "req",
-            "-new",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            &key,
-            "-out",
-            &csr,
-            "-subj",
-            &subject,
-        ],
-    );
+    new_key(dir, &["-new", "-keyout", &key, "-out", &csr, "-subj", &subject]);
     openssl(
         dir,
         &[
@@ -76,26 +66,7 @@ impl TestCerts {
     pub fn generate(label: &str) -> TestCerts {
         let dir = std::env::temp_dir().join(crate::unique(label));
         std::fs::create_dir_all(&dir).expect("certificate dir");
-        openssl(
-            &dir,
-            &[
-                "req",
-                "-x509",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:prime256v1",
-                "-nodes",
-                "-keyout",
-                "ca.key",
-                "-out",
-                "ca.crt",
-                "-days",
-                "2",
-                "-subj",
-                "/CN=tally test CA",
-            ],
-        );
+        new_key(&dir, &["-x509", "-keyout", "ca.key", "-out", "ca.crt", "-days", "2", "-subj", "/CN=tally test CA"]);
         issue(&dir, "server", "localhost", "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n");
         issue(&dir, "client", "tally-test-client", "extendedKeyUsage=clientAuth\n");
         TestCerts {
