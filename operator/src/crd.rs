@@ -274,6 +274,8 @@ pub enum LbPolicy {
 #[x_kube(validation = Rule::new(
     "(has(self.url) ? 1 : 0) + (has(self.urlSecret) ? 1 : 0) + (has(self.managed) && self.managed ? 1 : 0) == 1"
 ).message("set exactly one of url, urlSecret or managed: true"))]
+#[x_kube(validation = Rule::new("!has(self.url) || !self.url.matches('^[a-z+]+://[^/@]*:[^/@]*@')")
+    .message("store.url may not carry a password (it would be readable by anyone who can read the CounterCluster): put the URL in urlSecret"))]
 pub struct StoreSpec {
     /// `redis://…`, `rediss://…` or `redis+cluster://…`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -302,9 +304,10 @@ pub struct DiscoverySpec {
     /// counter Service, its DNS name, or Consul (counters self-register).
     #[serde(default)]
     pub mode: DiscoveryMode,
-    /// Consul agent address when `mode: consul`, e.g. `http://consul.consul.svc:8500`.
+    /// Consul agent address when `mode: consul`, e.g. `http://consul.consul.svc:8500`
+    /// (`https://` is not built yet).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^https?://"))]
+    #[schemars(regex(pattern = r"^http://"))]
     pub consul_address: Option<String>,
 }
 
@@ -322,9 +325,10 @@ pub enum DiscoveryMode {
 #[serde(rename_all = "camelCase", default)]
 pub struct TelemetrySpec {
     /// OTLP/gRPC endpoint traces go to (`OTEL_EXPORTER_OTLP_ENDPOINT`),
-    /// e.g. `http://jaeger.tally.svc:4317`; unset exports nothing.
+    /// e.g. `http://jaeger.tally.svc:4317`; unset exports nothing (`https://`
+    /// is not built yet).
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^https?://"))]
+    #[schemars(regex(pattern = r"^http://"))]
     pub otlp_endpoint: Option<String>,
     /// Share of new traces sampled; a sampled caller is followed by the counters, and by the
     /// gateways only with `gateway.traceTrustCaller` (`OTEL_TRACES_SAMPLER_ARG`, parent-based
