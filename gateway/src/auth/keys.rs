@@ -65,9 +65,22 @@ pub struct Principal {
     pub scopes: Vec<Scope>,
     /// Resource ids this principal may address start with it.
     pub resource_prefix: Option<String>,
-    /// Counter operations per second (burst: one second's worth).
-    pub limiter: Option<DefaultDirectRateLimiter>,
-    pub rate_per_second: Option<NonZeroU32>,
+    /// Its rate, when the file gives one.
+    pub rate: Option<Rate>,
+}
+
+/// Counter operations per second, as a token bucket whose burst is one
+/// second's worth.
+#[derive(Debug)]
+pub struct Rate {
+    pub per_second: NonZeroU32,
+    pub limiter: DefaultDirectRateLimiter,
+}
+
+impl Rate {
+    pub fn new(per_second: NonZeroU32) -> Rate {
+        Rate { per_second, limiter: RateLimiter::direct(Quota::per_second(per_second)) }
+    }
 }
 
 /// The keys in force: digests and who they belong to.
@@ -118,8 +131,7 @@ pub fn parse(text: &str) -> Result<KeySet, KeysError> {
             name: entry.name,
             scopes: entry.scopes,
             resource_prefix: entry.resource_prefix,
-            limiter: rate.map(|rate| RateLimiter::direct(Quota::per_second(rate))),
-            rate_per_second: rate,
+            rate: rate.map(Rate::new),
         };
         keys.push((digest, Arc::new(principal)));
     }
@@ -205,8 +217,7 @@ mod tests {
         let keys = parse(&file(&entry("web", "k", extra))).expect("valid");
         let web = keys.find("k").expect("found");
         assert_eq!(web.resource_prefix.as_deref(), Some("post:"));
-        assert_eq!(web.rate_per_second.map(NonZeroU32::get), Some(5));
-        assert!(web.limiter.is_some());
+        assert_eq!(web.rate.as_ref().map(|r| r.per_second.get()), Some(5));
     }
 
     #[test]

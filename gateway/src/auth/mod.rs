@@ -18,7 +18,7 @@ use governor::clock::{Clock, DefaultClock};
 use http::HeaderValue;
 use tally_proto::CounterKey;
 
-pub use keys::{KeySet, KeysError, Principal, Scope};
+pub use keys::{KeySet, KeysError, Principal, Rate, Scope};
 
 /// Why a request was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -203,9 +203,9 @@ impl Caller {
 
 /// Takes `operations` from the principal's rate, or says when to retry.
 fn spend(principal: &Principal, operations: usize) -> Result<(), Refusal> {
-    let (Some(limiter), Some(rate)) = (&principal.limiter, principal.rate_per_second) else { return Ok(()) };
-    let wanted = u32::try_from(operations.max(1)).unwrap_or(u32::MAX);
-    let Some(n) = std::num::NonZeroU32::new(wanted) else { return Ok(()) };
+    let Some(Rate { per_second: rate, limiter }) = &principal.rate else { return Ok(()) };
+    let wanted = u32::try_from(operations).unwrap_or(u32::MAX);
+    let n = std::num::NonZeroU32::new(wanted).unwrap_or(std::num::NonZeroU32::MIN);
     match limiter.check_n(n) {
         Ok(Ok(())) => Ok(()),
         Ok(Err(not_until)) => Err(Refusal::RateLimited {
@@ -232,8 +232,7 @@ mod tests {
             name: "web".into(),
             scopes,
             resource_prefix: prefix.map(str::to_string),
-            limiter: rate.map(|r| governor::RateLimiter::direct(governor::Quota::per_second(r))),
-            rate_per_second: rate,
+            rate: rate.map(Rate::new),
         }))
     }
 
@@ -274,8 +273,7 @@ mod tests {
             name: "batch".into(),
             scopes: vec![Scope::Write],
             resource_prefix: None,
-            limiter: None,
-            rate_per_second: None,
+            rate: None,
         }));
         let (a, b) = (web.scoped_idempotency_key(Some("k1")), other.scoped_idempotency_key(Some("k1")));
         assert_ne!(a, b);
