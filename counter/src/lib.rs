@@ -15,3 +15,4 @@ pub mod service;
 pub mod spans;
 pub mod status;
 pub mod store;
+pub mod stream;

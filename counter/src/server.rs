@@ -192,7 +192,8 @@ struct StoreOn {
     store: Arc<Store>,
 }
 
-/// True when every store answers. Each is probed on its own thread, so a
+/// `Ok` when every store answers, else the first failure's reason (its
+/// text is redacted: no password). Each is probed on its own thread, so a
 /// probe that (re)connects a worker's store leaves the connection's task
 /// on that worker, not here.
 async fn all_up(stores: &[StoreOn]) -> Result<(), String> {

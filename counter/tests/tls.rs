@@ -5,8 +5,6 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
-
 use common::{RedisServer, start_counter, unique};
 use tally_proto::v1::IncrementRequest;
 use tally_testkit::{TestCerts, free_port};
@@ -42,45 +40,37 @@ fn increment(resource: &str) -> IncrementRequest {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn increments_are_stored_over_tls_with_a_client_certificate() {
-    let certs = TestCerts::generate("tally-tls");
-    let (redis, tls_port) = tls_redis(&certs);
-    let url = format!("rediss://127.0.0.1:{tls_port}");
+/// A counter on `rediss://127.0.0.1:{tls_port}` trusting `trusted.ca` and
+/// presenting `trusted`'s client certificate.
+fn tls_counter(tls_port: u16, trusted: &TestCerts) -> common::CounterProcess {
     let path = |p: &std::path::Path| p.to_string_lossy().to_string();
-    let (ca, cert, key) = (path(&certs.ca), path(&certs.client_cert), path(&certs.client_key));
+    let (ca, cert, key) = (path(&trusted.ca), path(&trusted.client_cert), path(&trusted.client_key));
     let env = [
         ("TALLY_STORE_TLS_CA_FILE", ca.as_str()),
         ("TALLY_STORE_TLS_CERT_FILE", cert.as_str()),
         ("TALLY_STORE_TLS_KEY_FILE", key.as_str()),
     ];
-    let counter = start_counter(&url, &env);
+    start_counter(&format!("rediss://127.0.0.1:{tls_port}"), &env)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn increments_are_stored_over_tls_with_a_client_certificate() {
+    let certs = TestCerts::generate("tally-tls");
+    let (redis, tls_port) = tls_redis(&certs);
+    let counter = tls_counter(tls_port, &certs);
+    // Ready once every worker's TLS connection answered its probe.
+    counter.wait_for_log("the store over TLS", |l| l.contains("store readiness changed") && l.contains("up=true"));
     let mut client = common::client(&counter).await;
     let resource = unique("tls");
-    // The first call may race the lazy connection's handshake; it settles in well under the deadline.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let value = loop {
-        match client.increment(increment(&resource)).await {
-            Ok(response) => break response.into_inner().current_value,
-            Err(status) if Instant::now() < deadline => {
-                assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
-                tokio::time::sleep(Duration::from_millis(100)).await; // the store is still connecting
-            }
-            Err(status) => panic!("no increment over TLS: {status:?}"),
-        }
-    };
-    let value = value + client.increment(increment(&resource)).await.expect("second").into_inner().current_value;
-    let stored: i64 = redis.cli(&["hget", &format!("tally:{{{resource}}}"), "likes"]).parse().expect("stored");
-    assert!(value >= 3 && stored >= 2, "answered {value}, stored {stored}");
-    assert_eq!(
-        stored,
-        client
-            .get(tally_proto::v1::GetRequest { resource_id: resource.clone(), counter_type: "likes".into() })
-            .await
-            .expect("get")
-            .into_inner()
-            .current_value
-    );
+    let mut answered = Vec::new();
+    for _ in 0..2 {
+        answered.push(
+            client.increment(increment(&resource)).await.expect("an increment over TLS").into_inner().current_value,
+        );
+    }
+    assert_eq!(answered, vec![1, 2]);
+    let stored = redis.cli(&["hget", &format!("tally:{{{resource}}}"), "likes"]);
+    assert_eq!(stored, "2", "stored in the TLS Redis");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -88,15 +78,8 @@ async fn a_server_certificate_from_another_ca_is_refused_and_nothing_is_written(
     let certs = TestCerts::generate("tally-tls");
     let stranger = TestCerts::generate("tally-tls-other");
     let (redis, tls_port) = tls_redis(&certs);
-    let path = |p: &std::path::Path| p.to_string_lossy().to_string();
     // Trusts another CA (and presents a certificate the server does not trust either).
-    let (ca, cert, key) = (path(&stranger.ca), path(&stranger.client_cert), path(&stranger.client_key));
-    let env = [
-        ("TALLY_STORE_TLS_CA_FILE", ca.as_str()),
-        ("TALLY_STORE_TLS_CERT_FILE", cert.as_str()),
-        ("TALLY_STORE_TLS_KEY_FILE", key.as_str()),
-    ];
-    let counter = start_counter(&format!("rediss://127.0.0.1:{tls_port}"), &env);
+    let counter = tls_counter(tls_port, &stranger);
     let mut client = common::client(&counter).await;
     let resource = unique("untrusted");
     for _ in 0..3 {
