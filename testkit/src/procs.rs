@@ -200,10 +200,20 @@ pub fn workspace_binary(name: &str) -> PathBuf {
     let mut built = BUILT.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     if !built.iter().any(|b| b == name) {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "--quiet", "-p", name, "--bin", name])
-            .status()
-            .expect("run cargo build");
+        let mut build = Command::new(cargo);
+        build.args(["build", "--quiet", "-p", name, "--bin", name]);
+        // Without the variables cargo sets for this test process (its
+        // package's name, manifest dir, …): build scripts that watch them
+        // (ring's, via cc) would otherwise see a change, and this build and
+        // the next plain one would rebuild each other's dependencies.
+        for (key, _) in std::env::vars_os() {
+            let key = key.to_string_lossy();
+            let per_package = key.starts_with("CARGO_") && !matches!(key.as_ref(), "CARGO_HOME" | "CARGO_TARGET_DIR");
+            if per_package || key == "OUT_DIR" {
+                build.env_remove(key.as_ref());
+            }
+        }
+        let status = build.status().expect("run cargo build");
         assert!(status.success(), "cargo build --bin {name} failed");
         built.push(name.to_string());
     }
