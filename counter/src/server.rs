@@ -231,6 +231,9 @@ async fn health_loop(
             reporter.set_service_status(HEALTH_SERVICE, status).await;
             match &probed {
                 Ok(()) => tracing::info!(store = stores[0].store.kind(), up, "store readiness changed"),
+                Err(reason) if *shutdown.borrow() => {
+                    tracing::info!(store = stores[0].store.kind(), up, %reason, "store readiness changed")
+                }
                 // Why, e.g. a refused connection or an untrusted certificate (redacted: no password).
                 Err(reason) => tracing::warn!(store = stores[0].store.kind(), up, %reason, "store readiness changed"),
             }
