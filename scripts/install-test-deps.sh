@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what `make test` needs when it is missing: redis-server and
-# redis-cli (Debian's packages), and openssl for the test certificates of
-# the TLS tests. Shared by `make test` and `.ci/run`, so a
+# redis-cli (Debian's packages), openssl for the test certificates of the
+# TLS tests, and curl as a real HTTPS client (HTTP/1.1 and HTTP/2).
+# Shared by `make test` and `.ci/run`, so a
 # fresh machine needs no manual step. Needs root (or sudo) only when
 # something is actually missing.
 set -euo pipefail
@@ -10,6 +11,7 @@ missing=()
 command -v redis-server >/dev/null || missing+=(redis-server)
 command -v redis-cli >/dev/null || missing+=(redis-tools)
 command -v openssl >/dev/null || missing+=(openssl)
+command -v curl >/dev/null || missing+=(curl)
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0
 fi

@@ -15,6 +15,7 @@ use crate::service::BufferFullPolicy;
 use crate::store::{StoreError, StoreOptions, StoreTimeouts, StoreTls};
 use tally_runtime::http::HttpArgs;
 use tally_runtime::rt::RuntimeArgs;
+use tally_runtime::tls::ListenerTlsArgs;
 
 #[derive(Debug, Clone, Parser)]
 #[command(name = "tally-counter", version, about = "tally's gRPC counter service")]
@@ -146,6 +147,10 @@ pub struct Config {
     /// Consul removes the registration after its check was critical this long, in seconds.
     #[arg(long, env = "TALLY_CONSUL_DEREGISTER_AFTER_S", default_value_t = 60, value_parser = clap::value_parser!(u64).range(60..=86_400))]
     pub consul_deregister_after_s: u64,
+
+    /// TLS on the gRPC listener, and client certificates it requires (`TALLY_TLS_*`).
+    #[command(flatten)]
+    pub tls: ListenerTlsArgs,
 
     /// Connection limits of the admin HTTP listener (`TALLY_HTTP_*`).
     #[command(flatten)]

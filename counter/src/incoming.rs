@@ -1,9 +1,11 @@
 //! The gRPC listener's connections, bounded before tonic sees them: at most
 //! `max_connections` open (more are closed at once), and each must send the
-//! HTTP/2 connection preface within the handshake timeout (a client that
-//! connects and says nothing holds no slot for long). tonic itself has
-//! neither bound. One acceptor hands the connections to the thread-per-core
-//! workers that serve them, the least busy first.
+//! HTTP/2 connection preface (in plain text) or complete its TLS handshake
+//! within the handshake timeout (a client that connects and says nothing
+//! holds no slot for long). tonic itself has neither bound. One acceptor
+//! hands the connections to the thread-per-core workers that serve them,
+//! the least busy first; a TLS handshake runs on the worker that will
+//! serve the connection, with the certificate in force at that moment.
 
 use std::io;
 use std::sync::Arc;
@@ -11,9 +13,11 @@ use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
-use tally_runtime::conn::{Held, HeldConn};
+use tally_runtime::conn::{Held, HeldConn, handshake};
+use tally_runtime::tls::ServerTls;
 use tally_runtime::workers::{LeastBusy, OpenConn};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::runtime::Handle;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
@@ -36,6 +40,8 @@ pub struct GrpcConnMetrics {
     pub open: Gauge,
     pub rejected: Counter,
     pub handshake_timeouts: Counter,
+    /// TLS handshakes that failed (e.g. no or an untrusted client certificate).
+    pub tls_failures: Counter,
 }
 
 /// The connections one worker serves: handed over by the acceptor, and
@@ -43,23 +49,21 @@ pub struct GrpcConnMetrics {
 pub type WorkerConns = Box<dyn Stream<Item = io::Result<BoundedConn>> + Send + Unpin>;
 
 /// Accepts on `listener` (on the current runtime) and hands each connection
-/// that passed the bounds to one of `workers` streams: the one whose worker
-/// has the fewest open connections. Each stream is meant to be served on
-/// its own thread-per-core worker.
+/// that passed the bounds to one of the `workers`' streams: the one whose
+/// worker has the fewest open connections. Each stream is meant to be
+/// served on its own worker. With `tls`, every connection is TLS.
 pub fn bounded(
     listener: TcpListener,
     limits: ConnectionLimits,
     metrics: GrpcConnMetrics,
-    workers: usize,
+    workers: &[Handle],
+    tls: Option<Arc<ServerTls>>,
 ) -> Vec<WorkerConns> {
-    let (senders, streams): (Vec<_>, Vec<_>) = (0..workers.max(1))
-        .map(|_| {
-            let (tx, rx) = mpsc::channel::<(std::net::TcpStream, Slot)>(64);
-            let stream = ReceiverStream::new(rx).map(|(stream, slot)| {
-                // Polled by tonic on the worker: the socket joins its reactor.
-                TcpStream::from_std(stream).map(|stream| HeldConn::new(stream, slot))
-            });
-            (tx, Box::new(stream) as WorkerConns)
+    let (senders, streams): (Vec<_>, Vec<_>) = workers
+        .iter()
+        .map(|worker| {
+            let (tx, rx) = mpsc::channel::<BoundedConn>(64);
+            ((worker.clone(), tx), Box::new(ReceiverStream::new(rx).map(Ok)) as WorkerConns)
         })
         .unzip();
     let busy = Arc::new(LeastBusy::new(senders.len()));
@@ -78,22 +82,35 @@ pub fn bounded(
                 metrics.rejected.inc();
                 continue; // dropped: closed at once
             };
-            if senders.iter().all(mpsc::Sender::is_closed) {
+            if senders.iter().all(|(_, sender)| sender.is_closed()) {
                 return; // the servers stopped
             }
-            let (senders, busy, metrics) = (senders.clone(), busy.clone(), metrics.clone());
+            let (senders, busy, metrics, tls) = (senders.clone(), busy.clone(), metrics.clone(), tls.clone());
             tokio::spawn(async move {
-                if !sent_preface(&stream, limits.handshake_timeout).await {
+                // TLS clients speak first with a ClientHello, not the preface.
+                if tls.is_none() && !sent_preface(&stream, limits.handshake_timeout).await {
                     metrics.handshake_timeouts.inc();
                     return;
                 }
                 let _ = stream.set_nodelay(true);
                 let Ok(stream) = stream.into_std() else { return };
                 let (worker, on_worker) = busy.pick();
-                let Some(sender) = senders.get(worker) else { return };
-                metrics.open.inc();
-                let slot = Slot { _permit: permit, _on_worker: on_worker, open: metrics.open.clone() };
-                let _ = sender.send((stream, slot)).await;
+                let Some((runtime, sender)) = senders.get(worker).cloned() else { return };
+                runtime.spawn(async move {
+                    // The socket joins the worker's reactor here.
+                    let Ok(stream) = TcpStream::from_std(stream) else { return };
+                    let transport = match handshake(stream, tls.as_deref(), limits.handshake_timeout).await {
+                        Ok(transport) => transport,
+                        Err(err) => {
+                            metrics.tls_failures.inc();
+                            tracing::debug!(%err, "gRPC connection closed");
+                            return;
+                        }
+                    };
+                    metrics.open.inc();
+                    let slot = Slot { _permit: permit, _on_worker: on_worker, open: metrics.open.clone() };
+                    let _ = sender.send(HeldConn::new(transport, slot)).await;
+                });
             });
         }
     });

@@ -60,6 +60,8 @@ pub struct Metrics {
     pub grpc_connections: GrpcConnMetrics,
     /// Connections of the admin HTTP listener.
     pub admin_connections: ConnMetrics,
+    /// Reloads of the gRPC listener's TLS files by result.
+    pub tls_reloads: tally_runtime::tls::ReloadMetrics,
 }
 
 impl Metrics {
@@ -113,6 +115,10 @@ impl Metrics {
         registry.register("grpc_connections_rejected", help, grpc_connections.rejected.clone());
         let help = "gRPC connections closed because no HTTP/2 preface arrived within the handshake timeout";
         registry.register("grpc_handshake_timeouts", help, grpc_connections.handshake_timeouts.clone());
+        let help = "gRPC connections closed because their TLS handshake failed (e.g. a missing or untrusted client certificate) or timed out";
+        registry.register("grpc_tls_handshake_failures", help, grpc_connections.tls_failures.clone());
+        let tls_reloads = tally_runtime::tls::ReloadMetrics::default();
+        registry.register("tls_reloads", "Reloads of TLS certificate files by result", tls_reloads.clone());
         let admin_connections = ConnMetrics::default();
         admin_connections.register(registry.sub_registry_with_label(("listener".into(), "admin".into())));
         let rpc = RpcSet {
@@ -133,6 +139,7 @@ impl Metrics {
             commit_shed,
             grpc_connections,
             admin_connections,
+            tls_reloads,
             requests,
             request_duration,
             commit_ops,

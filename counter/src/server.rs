@@ -46,6 +46,8 @@ pub enum StartupError {
     Consul(#[from] crate::registration::AddressUnknown),
     #[error("cannot start the worker threads: {0}")]
     Workers(std::io::Error),
+    #[error(transparent)]
+    Tls(#[from] tally_runtime::tls::TlsReloadError),
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, StartupError> {
@@ -89,13 +91,19 @@ pub async fn run(config: Config) -> Result<(), StartupError> {
 
     let workers = Workers::start(tally_runtime::rt::worker_threads(&config.runtime), "tally-worker")
         .map_err(StartupError::Workers)?;
+    let tls = config.tls.load(tally_runtime::tls::ALPN_H2)?.map(Arc::new);
+    if let Some(tls) = &tls {
+        let reloads = metrics.tls_reloads.clone();
+        tokio::spawn(tally_runtime::tls::keep_current(tls.clone(), config.tls.reload_interval(), "listener", reloads));
+    }
     let incoming = incoming::bounded(
         grpc_listener,
         config.connection_limits(),
         metrics.grpc_connections.clone(),
-        workers.handles().len(),
+        workers.handles(),
+        tls.clone(),
     );
-    tracing::info!(grpc = %grpc_addr, admin = %admin_addr, store = store.kind(), workers = workers.handles().len(), "tally-counter listening");
+    tracing::info!(grpc = %grpc_addr, tls = tls.is_some(), mutual_tls = config.tls.tls_client_ca_file.is_some(), admin = %admin_addr, store = store.kind(), workers = workers.handles().len(), "tally-counter listening");
     let registration = crate::registration::start(&config, grpc_addr)?;
     let max_message = config.grpc_max_message_bytes as usize;
     // Thread-per-core: each worker serves its own connections with its own

@@ -2,13 +2,27 @@
 //! variable of the same name. The README configuration table lists them all.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
+use rustls::pki_types::ServerName;
 use tally_runtime::http::HttpArgs;
+use tally_runtime::reload::SettingFile;
 use tally_runtime::rt::RuntimeArgs;
+use tally_runtime::tls::{ClientFiles, ListenerTlsArgs, TlsReloadError};
 
-use crate::client::ClientSettings;
+use crate::client::{ClientSettings, UpstreamTls};
+
+/// Why TLS to the counters could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamTlsError {
+    #[error("TALLY_COUNTER_TLS_SERVER_NAME {0:?} is not a DNS name or IP address")]
+    ServerName(String),
+    #[error(transparent)]
+    Files(#[from] TlsReloadError),
+}
 use crate::client::balance::Policy;
 use crate::client::breaker::BreakerSettings;
 
@@ -62,6 +76,29 @@ pub struct Config {
     /// Counter gRPC endpoints, comma separated.
     #[arg(long, env = "TALLY_COUNTER_ENDPOINTS", value_delimiter = ',', default_value = "http://127.0.0.1:9001")]
     pub counter_endpoints: Vec<String>,
+
+    /// TLS to the counters: PEM CA their certificates must chain to. When set, every counter
+    /// connection is TLS (`http://` endpoints are dialled as `https://`).
+    #[arg(long, env = "TALLY_COUNTER_TLS_CA_FILE")]
+    pub counter_tls_ca_file: Option<PathBuf>,
+
+    /// TLS to the counters: PEM client certificate, for counters that require one (mutual TLS).
+    #[arg(long, env = "TALLY_COUNTER_TLS_CERT_FILE", requires_all = ["counter_tls_key_file", "counter_tls_ca_file"])]
+    pub counter_tls_cert_file: Option<PathBuf>,
+
+    /// TLS to the counters: PEM private key of `TALLY_COUNTER_TLS_CERT_FILE`.
+    #[arg(long, env = "TALLY_COUNTER_TLS_KEY_FILE", requires = "counter_tls_cert_file")]
+    pub counter_tls_key_file: Option<PathBuf>,
+
+    /// TLS to the counters: the name their certificates must carry (default: each endpoint's
+    /// host; discovered endpoints are IP addresses, so set the Service's DNS name here).
+    #[arg(long, env = "TALLY_COUNTER_TLS_SERVER_NAME", requires = "counter_tls_ca_file")]
+    pub counter_tls_server_name: Option<String>,
+
+    /// TLS on the public HTTP port (HTTP/1.1 and HTTP/2 by ALPN), optionally requiring client
+    /// certificates (`TALLY_TLS_*`).
+    #[command(flatten)]
+    pub tls: ListenerTlsArgs,
 
     /// `dns` discovery: `host:port` to resolve, e.g. `tally-counter-headless.default.svc.cluster.local:9001`.
     #[arg(long, env = "TALLY_DNS_NAME")]
@@ -215,6 +252,27 @@ pub struct Config {
 }
 
 impl Config {
+    /// TLS to the counters as configured, loaded now; `None`: plain text.
+    pub fn upstream_tls(&self) -> Result<Option<UpstreamTls>, UpstreamTlsError> {
+        let Some(ca) = &self.counter_tls_ca_file else { return Ok(None) };
+        let identity =
+            self.counter_tls_cert_file.as_ref().zip(self.counter_tls_key_file.as_ref()).map(|(cert, key)| {
+                (
+                    SettingFile::new("TALLY_COUNTER_TLS_CERT_FILE", cert),
+                    SettingFile::new("TALLY_COUNTER_TLS_KEY_FILE", key),
+                )
+            });
+        let files = ClientFiles { ca: SettingFile::new("TALLY_COUNTER_TLS_CA_FILE", ca), identity };
+        let server_name = match &self.counter_tls_server_name {
+            Some(name) => {
+                Some(ServerName::try_from(name.clone()).map_err(|_| UpstreamTlsError::ServerName(name.clone()))?)
+            }
+            None => None,
+        };
+        let config = tally_runtime::tls::client(files, tally_runtime::tls::ALPN_H2)?;
+        Ok(Some(UpstreamTls { config: Arc::new(config), server_name }))
+    }
+
     pub fn client(&self) -> ClientSettings {
         ClientSettings {
             pool_size: self.pool_size as usize,
@@ -238,6 +296,7 @@ impl Config {
             },
             max_ejection_percent: self.breaker_max_ejection_percent,
             workers: Vec::new(),
+            tls: None,
         }
     }
 }

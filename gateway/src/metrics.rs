@@ -72,6 +72,8 @@ pub struct Metrics {
     pub auth_keys: Gauge,
     /// Reloads of the keys file by result (`ok`, `failed`).
     pub auth_reloads: Family<[(&'static str, &'static str); 1], Counter>,
+    /// Reloads of TLS certificate files (listener, upstream) by result.
+    pub tls_reloads: tally_runtime::tls::ReloadMetrics,
     /// API requests refused by reason (`unauthenticated`, `forbidden`, `rate_limited`).
     pub auth_refused: Family<[(&'static str, &'static str); 1], Counter>,
 }
@@ -125,6 +127,8 @@ impl Metrics {
         registry.register("auth_keys", "API keys in force", auth_keys.clone());
         let auth_reloads = Family::default();
         registry.register("auth_reloads", "Reloads of the API keys file by result", auth_reloads.clone());
+        let tls_reloads = tally_runtime::tls::ReloadMetrics::default();
+        registry.register("tls_reloads", "Reloads of TLS certificate files by result", tls_reloads.clone());
         let auth_refused = Family::default();
         registry.register(
             "auth_refused",
@@ -144,6 +148,7 @@ impl Metrics {
             registry,
             auth_keys,
             auth_reloads,
+            tls_reloads,
             auth_refused,
             shed,
             public_connections,

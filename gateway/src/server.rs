@@ -37,6 +37,10 @@ pub enum StartupError {
     Workers(std::io::Error),
     #[error(transparent)]
     Auth(#[from] crate::auth::AuthError),
+    #[error(transparent)]
+    UpstreamTls(#[from] crate::config::UpstreamTlsError),
+    #[error(transparent)]
+    ListenerTls(#[from] tally_runtime::tls::TlsReloadError),
 }
 
 /// Runs the gateway: the public port is served thread-per-core by
@@ -49,7 +53,22 @@ pub async fn run(config: Config) -> Result<(), StartupError> {
     let workers = Workers::start(rt::worker_threads(&config.runtime), "tally-worker").map_err(StartupError::Workers)?;
     let mut settings = config.client();
     settings.workers = workers.handles().to_vec();
+    settings.tls = config.upstream_tls()?;
     let metrics = Arc::new(Metrics::new());
+    let listener_tls = config.tls.load(tally_runtime::tls::ALPN_HTTP)?.map(Arc::new);
+    let reload_every = config.tls.reload_interval();
+    if let Some(tls) = &listener_tls {
+        tokio::spawn(tally_runtime::tls::keep_current(
+            tls.clone(),
+            reload_every,
+            "listener",
+            metrics.tls_reloads.clone(),
+        ));
+    }
+    if let Some(tls) = &settings.tls {
+        let config = tls.config.clone();
+        tokio::spawn(tally_runtime::tls::keep_current(config, reload_every, "upstream", metrics.tls_reloads.clone()));
+    }
     let backends = backends(&config, &settings).await?;
     let counter = Counter::new(backends.clone(), metrics.clone(), &settings);
     let cache = Arc::new(ReadCache::new(Duration::from_millis(config.cache_ttl_ms), config.cache_max_entries));
@@ -83,7 +102,15 @@ pub async fn run(config: Config) -> Result<(), StartupError> {
     let admin_addr =
         admin_listener.local_addr().map_err(|source| StartupError::Bind { addr: config.admin_listen, source })?;
     let endpoints: Vec<_> = config.counter_endpoints.iter().map(|e| tally_runtime::redact::userinfo(e)).collect();
-    tracing::info!(http = %addr, admin = %admin_addr, workers = apps.len(), ?endpoints, "tally-gateway listening");
+    tracing::info!(
+        http = %addr,
+        https = listener_tls.is_some(),
+        counter_tls = settings.tls.is_some(),
+        admin = %admin_addr,
+        workers = apps.len(),
+        ?endpoints,
+        "tally-gateway listening"
+    );
     // Warm-up starts now; endpoints take traffic once their first check passed.
     let health = tokio::spawn(backends.health_loop(settings.health_interval, settings.connect_timeout));
 
@@ -104,7 +131,14 @@ pub async fn run(config: Config) -> Result<(), StartupError> {
         })
         .collect();
     let public_conns = metrics.public_connections.clone();
-    let public = tokio::spawn(http::serve_on(listener, public_workers, limits, public_conns, stopped(stop_rx.clone())));
+    let public = tokio::spawn(http::serve_on(
+        listener,
+        public_workers,
+        limits,
+        public_conns,
+        listener_tls,
+        stopped(stop_rx.clone()),
+    ));
     let admin_conns = metrics.admin_connections.clone();
     let admin = tokio::spawn(http::serve(
         admin_listener,

@@ -1,17 +1,120 @@
-//! One accepted TCP connection together with what must live exactly as long
-//! as it (a slot of the listener's connection cap, a gauge of open
-//! connections) and an observer of the bytes it reads. Both servers use it:
-//! the HTTP listeners (`crate::http`), where the observer feeds the
-//! connection's watchdog, and the counter's gRPC listener (tonic), which is
-//! why it also implements tonic's `Connected`.
+//! One accepted TCP connection (in plain text or TLS) together with what
+//! must live exactly as long as it (a slot of the listener's connection
+//! cap, a gauge of open connections) and an observer of the bytes it reads.
+//! Both servers use it: the HTTP listeners (`crate::http`), where the
+//! observer feeds the connection's watchdog, and the counter's gRPC
+//! listener (tonic), which is why it also implements tonic's `Connected`.
 
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
 use tonic::transport::server::{Connected, TcpConnectInfo};
+
+use crate::tls::ServerTls;
+
+/// The bytes of a connection: as they arrive, or decrypted.
+pub enum Transport {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+/// Why a TLS handshake did not complete.
+#[derive(Debug, thiserror::Error)]
+pub enum HandshakeError {
+    #[error("TLS handshake not completed within {0:?}")]
+    TimedOut(Duration),
+    #[error("TLS handshake failed: {0}")]
+    Failed(io::Error),
+}
+
+/// `stream` as it is without `tls`; else after a TLS handshake with the
+/// certificate in force now, which must complete within `timeout` (a
+/// client that connects and says nothing holds its slot no longer).
+pub async fn handshake(
+    stream: TcpStream,
+    tls: Option<&ServerTls>,
+    timeout: Duration,
+) -> Result<Transport, HandshakeError> {
+    let Some(tls) = tls else { return Ok(Transport::Plain(stream)) };
+    let accept = TlsAcceptor::from(tls.current()).accept(stream);
+    match tokio::time::timeout(timeout, accept).await {
+        Ok(Ok(stream)) => Ok(Transport::Tls(Box::new(stream))),
+        Ok(Err(err)) => Err(HandshakeError::Failed(err)),
+        Err(_) => Err(HandshakeError::TimedOut(timeout)),
+    }
+}
+
+impl Transport {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Transport::Plain(stream) => stream,
+            Transport::Tls(stream) => stream.get_ref().0,
+        }
+    }
+
+    /// The protocol the client chose by ALPN (TLS only).
+    pub fn alpn(&self) -> Option<&[u8]> {
+        match self {
+            Transport::Plain(_) => None,
+            Transport::Tls(stream) => stream.get_ref().1.alpn_protocol(),
+        }
+    }
+}
+
+/// What both kinds of transport are.
+trait Io: AsyncRead + AsyncWrite + Unpin {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin> Io for T {}
+
+impl Transport {
+    fn io(self: Pin<&mut Self>) -> Pin<&mut dyn Io> {
+        match self.get_mut() {
+            Transport::Plain(stream) => Pin::new(stream),
+            Transport::Tls(stream) => Pin::new(stream.as_mut()),
+        }
+    }
+}
+
+impl AsyncRead for Transport {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        self.io().poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Transport {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        self.io().poll_write(cx, data)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.io().poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Transport::Plain(stream) => stream.is_write_vectored(),
+            Transport::Tls(stream) => stream.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.io().poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.io().poll_shutdown(cx)
+    }
+}
 
 /// Told about every chunk of bytes a connection reads; also holds whatever
 /// must be released when the connection closes (its `Drop`).
@@ -21,12 +124,12 @@ pub trait Held: Send + Unpin + 'static {
 
 /// A connection and what it holds.
 pub struct HeldConn<H: Held> {
-    stream: TcpStream,
+    stream: Transport,
     held: H,
 }
 
 impl<H: Held> HeldConn<H> {
-    pub fn new(stream: TcpStream, held: H) -> HeldConn<H> {
+    pub fn new(stream: Transport, held: H) -> HeldConn<H> {
         HeldConn { stream, held }
     }
 }
@@ -35,7 +138,7 @@ impl<H: Held> Connected for HeldConn<H> {
     type ConnectInfo = TcpConnectInfo;
 
     fn connect_info(&self) -> TcpConnectInfo {
-        self.stream.connect_info()
+        self.stream.tcp().connect_info()
     }
 }
 

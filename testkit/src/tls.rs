@@ -80,6 +80,21 @@ impl TestCerts {
     }
 }
 
+impl TestCerts {
+    /// Another server certificate (127.0.0.1, localhost) from the same CA,
+    /// as a renewal would issue: its certificate and key files.
+    pub fn issue_server(&self, name: &str) -> (PathBuf, PathBuf) {
+        issue(&self.dir, name, "localhost", "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n");
+        (self.dir.join(format!("{name}.crt")), self.dir.join(format!("{name}.key")))
+    }
+
+    /// Another client certificate from the same CA: certificate and key files.
+    pub fn issue_client(&self, name: &str) -> (PathBuf, PathBuf) {
+        issue(&self.dir, name, "tally-test-client", "extendedKeyUsage=clientAuth\n");
+        (self.dir.join(format!("{name}.crt")), self.dir.join(format!("{name}.key")))
+    }
+}
+
 impl Drop for TestCerts {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);

@@ -26,6 +26,20 @@ use arc_swap::ArcSwap;
 use super::ClientSettings;
 use super::balance::{self, Candidate, Policy};
 use super::breaker::Breaker;
+use super::tls::Connector;
+
+/// The URI an endpoint is dialled at: with TLS to the counters configured,
+/// every endpoint is TLS (discovery yields `http://` addresses; they are
+/// shown and dialled as `https://`); without it, `https://` cannot work.
+fn dial_uri(uri: &str, tls: bool) -> Result<String, &'static str> {
+    match (uri.strip_prefix("http://"), uri.starts_with("https://"), tls) {
+        (Some(rest), _, true) => Ok(format!("https://{rest}")),
+        (_, true, false) => {
+            Err("https:// endpoints need TALLY_COUNTER_TLS_CA_FILE (the CA the counters' certificates chain to)")
+        }
+        _ => Ok(uri.to_string()),
+    }
+}
 
 /// The gRPC service name whose health decides whether an endpoint takes traffic.
 pub const HEALTH_SERVICE: &str = "tally.counter.v1.CounterService";
@@ -62,7 +76,8 @@ pub struct Backend {
 impl Backend {
     fn new(uri: &str, weight: u32, settings: &ClientSettings) -> Result<Backend, BackendError> {
         let invalid = |reason: String| BackendError::InvalidUri { uri: redact::userinfo(uri).into_owned(), reason };
-        let endpoint = Endpoint::from_shared(uri.to_string())
+        let dial = dial_uri(uri, settings.tls.is_some()).map_err(|reason| invalid(reason.to_string()))?;
+        let endpoint = Endpoint::from_shared(dial.clone())
             .map_err(|e| invalid(e.to_string()))?
             .connect_timeout(settings.connect_timeout)
             .timeout(settings.request_timeout)
@@ -70,20 +85,24 @@ impl Backend {
             .http2_keep_alive_interval(settings.keepalive)
             .keep_alive_timeout(settings.keepalive.min(Duration::from_secs(20)))
             .keep_alive_while_idle(true);
+        let connect = || match &settings.tls {
+            Some(tls) => endpoint.connect_with_connector_lazy(Connector::new(tls.clone())),
+            None => endpoint.connect_lazy(),
+        };
         let pools = if settings.workers.is_empty() {
-            vec![(0..settings.pool_size.max(1)).map(|_| endpoint.connect_lazy()).collect()]
+            vec![(0..settings.pool_size.max(1)).map(|_| connect()).collect()]
         } else {
             let share = settings.pool_size.div_ceil(settings.workers.len()).max(1);
             // A channel's tasks run on the runtime it was made in: the worker's.
             let pool = |worker: &tokio::runtime::Handle| {
                 let _in_worker = worker.enter();
-                (0..share).map(|_| endpoint.connect_lazy()).collect()
+                (0..share).map(|_| connect()).collect()
             };
             settings.workers.iter().map(pool).collect()
         };
         Ok(Backend {
             uri: uri.to_string(),
-            name: redact::userinfo(uri).into_owned(),
+            name: redact::userinfo(&dial).into_owned(),
             weight,
             breaker: Breaker::new(settings.breaker),
             pools,
@@ -338,6 +357,14 @@ fn parse_weight(spec: &str) -> Result<(&str, u32), BackendError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn endpoints_are_dialled_with_tls_exactly_when_it_is_configured() {
+        assert_eq!(dial_uri("http://10.0.0.1:9001", true).unwrap(), "https://10.0.0.1:9001");
+        assert_eq!(dial_uri("https://c:9001", true).unwrap(), "https://c:9001");
+        assert_eq!(dial_uri("http://c:9001", false).unwrap(), "http://c:9001");
+        assert!(dial_uri("https://c:9001", false).unwrap_err().contains("TALLY_COUNTER_TLS_CA_FILE"));
+    }
 
     #[test]
     fn updates_keep_known_endpoints_add_new_and_drop_gone() {

@@ -13,6 +13,7 @@ pub mod discovery;
 pub mod kubernetes;
 pub mod retry;
 mod single;
+pub mod tls;
 
 pub use single::{Incrementer, Reader};
 
@@ -36,6 +37,7 @@ use balance::Policy;
 use breaker::BreakerSettings;
 use coalesce::CallSlots;
 use retry::{CallKind, RetryBudget};
+pub use tls::UpstreamTls;
 
 #[derive(Debug, Clone)]
 pub struct ClientSettings {
@@ -63,6 +65,8 @@ pub struct ClientSettings {
     /// share of every endpoint's pool. Empty: one pool, on the runtime that
     /// creates it.
     pub workers: Vec<tokio::runtime::Handle>,
+    /// TLS to the counters; `None`: plain text.
+    pub tls: Option<UpstreamTls>,
 }
 
 impl Default for ClientSettings {
@@ -84,6 +88,7 @@ impl Default for ClientSettings {
             breaker: BreakerSettings::default(),
             max_ejection_percent: 50,
             workers: Vec::new(),
+            tls: None,
         }
     }
 }

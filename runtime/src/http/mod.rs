@@ -1,5 +1,5 @@
-//! Serving HTTP (HTTP/1.1 and h2c) with the bounds every public listener
-//! needs, shared by the gateway's API and admin ports and the counter's
+//! Serving HTTP (HTTP/1.1 and h2c; over TLS, HTTP/1.1 and HTTP/2 by ALPN)
+//! with the bounds every public listener needs, shared by the gateway's API and admin ports and the counter's
 //! admin port: a cap on open connections, a header timeout, an idle
 //! timeout, a cap on header size and on HTTP/2 streams, and a graceful stop.
 //!
@@ -31,7 +31,8 @@ use tower::Service;
 
 pub use settings::{HttpArgs, HttpLimits};
 
-use crate::conn::HeldConn;
+use crate::conn::{HeldConn, Transport, handshake};
+use crate::tls::ServerTls;
 use crate::workers::LeastBusy;
 use watchdog::{Activity, Expiry, Verdict};
 
@@ -45,6 +46,8 @@ pub struct ConnMetrics {
     pub open: Gauge,
     pub rejected: Counter,
     pub closed_by_timeout: Family<[(&'static str, &'static str); 1], Counter>,
+    /// TLS handshakes that failed or did not finish within the header timeout.
+    pub tls_handshake_failures: Counter,
 }
 
 impl ConnMetrics {
@@ -60,6 +63,11 @@ impl ConnMetrics {
             "http_connections_timed_out",
             "HTTP connections closed by the header or idle timeout",
             self.closed_by_timeout.clone(),
+        );
+        registry.register(
+            "http_tls_handshake_failures",
+            "HTTPS connections closed because the TLS handshake failed or took longer than the header timeout",
+            self.tls_handshake_failures.clone(),
         );
         for expiry in [Expiry::Header, Expiry::Idle] {
             let _ = self.closed_by_timeout.get_or_create(&[("reason", expiry.label())]);
@@ -78,7 +86,7 @@ pub async fn serve(
     metrics: ConnMetrics,
     shutdown: impl Future<Output = ()>,
 ) {
-    serve_on(listener, vec![Worker::here(router)], limits, metrics, shutdown).await
+    serve_on(listener, vec![Worker::here(router)], limits, metrics, None, shutdown).await
 }
 
 /// Where connections are served: a runtime, and the router of the requests
@@ -104,12 +112,15 @@ impl Worker {
 /// As [`serve`], each connection handed to the worker with the fewest open
 /// connections (actix-web's acceptor does the same): the workers stay
 /// evenly loaded, which accepting on every worker's own handle of the
-/// socket did not do (measured 41/59 % between two).
+/// socket did not do (measured 41/59 % between two). With `tls`, every
+/// connection is HTTPS: the handshake runs on the worker and must finish
+/// within the header timeout.
 pub async fn serve_on(
     listener: TcpListener,
     workers: Vec<Worker>,
     limits: HttpLimits,
     metrics: ConnMetrics,
+    tls: Option<Arc<ServerTls>>,
     shutdown: impl Future<Output = ()>,
 ) {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
@@ -140,11 +151,17 @@ pub async fn serve_on(
         let (index, open) = busy.pick();
         let Some(worker) = workers.get(index) else { return };
         let _ = stream.set_nodelay(true);
-        let (router, builder, metrics, stop) =
-            (worker.router.clone(), builder.clone(), metrics.clone(), stop_rx.clone());
+        let (router, builder, metrics, stop, tls) =
+            (worker.router.clone(), builder.clone(), metrics.clone(), stop_rx.clone(), tls.clone());
         let serve = move |stream| async move {
             metrics.open.inc();
-            serve_connection(stream, router, &builder, limits, &metrics, stop).await;
+            match handshake(stream, tls.as_deref(), limits.header_timeout).await {
+                Ok(stream) => serve_connection(stream, router, &builder, limits, &metrics, stop).await,
+                Err(err) => {
+                    metrics.tls_handshake_failures.inc();
+                    tracing::debug!(%err, "HTTPS connection closed");
+                }
+            }
             metrics.open.dec();
             drop((slot, open));
         };
@@ -191,7 +208,7 @@ fn builder(limits: &HttpLimits) -> auto::Builder<TokioExecutor> {
 }
 
 async fn serve_connection(
-    stream: TcpStream,
+    stream: Transport,
     router: Router,
     builder: &auto::Builder<TokioExecutor>,
     limits: HttpLimits,

@@ -45,7 +45,7 @@ fn each_connection_is_served_on_the_least_busy_worker() {
         let router = || Router::new().route("/", get(|| async { format!("{{{:?}}}", workers::current()) }));
         let served = workers.handles().iter().map(|h| Worker::on(h.clone(), router())).collect();
         let (stop, stopped) = oneshot::channel::<()>();
-        let server = tokio::spawn(serve_on(listener, served, limits(), ConnMetrics::default(), async {
+        let server = tokio::spawn(serve_on(listener, served, limits(), ConnMetrics::default(), None, async {
             let _ = stopped.await;
         }));
 
