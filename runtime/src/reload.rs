@@ -89,7 +89,7 @@ impl<T, E: std::error::Error + 'static> Reloading<T, E> {
 
     /// Calls [`Reloading::reload`] every `interval` until the process ends,
     /// telling `report` about every change and every failure.
-    pub async fn watch(self: Arc<Self>, interval: Duration, report: impl Fn(Result<(), &ReloadError<E>>)) {
+    pub async fn watch(&self, interval: Duration, report: impl Fn(Result<(), &ReloadError<E>>)) {
         loop {
             tokio::time::sleep(interval).await;
             match self.reload() {

@@ -13,10 +13,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use governor::clock::{Clock, DefaultClock};
 use http::HeaderValue;
 use tally_proto::CounterKey;
+use tally_runtime::reload::{ReloadError, Reloading, SettingFile};
 
 pub use keys::{KeySet, KeysError, Principal, Rate, Scope};
 
@@ -34,27 +34,29 @@ pub enum Refusal {
     RateLimited { message: String, retry_after: Duration },
 }
 
-/// Why the keys file could not be used at startup.
+/// Why the keys file could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
     #[error("TALLY_AUTH=api_keys needs TALLY_AUTH_KEYS_FILE")]
     NoKeysFile,
-    #[error("TALLY_AUTH_KEYS_FILE {path}: {source}")]
-    Unreadable { path: PathBuf, source: std::io::Error },
-    #[error("TALLY_AUTH_KEYS_FILE {path}: {source}")]
-    Invalid { path: PathBuf, source: KeysError },
+    #[error(transparent)]
+    File(#[from] ReloadError<InvalidKeys>),
 }
 
-/// The authentication mode and, for API keys, the keys in force.
+/// A keys file that does not parse, and where it is.
+#[derive(Debug, thiserror::Error)]
+#[error("{SETTING} {path}: {source}")]
+pub struct InvalidKeys {
+    path: String,
+    source: KeysError,
+}
+
+const SETTING: &str = "TALLY_AUTH_KEYS_FILE";
+
+/// The authentication mode and, for API keys, the keys in force (re-read
+/// when the file changes).
 pub struct Auth {
-    keys: Option<ApiKeys>,
-}
-
-struct ApiKeys {
-    path: PathBuf,
-    current: ArcSwap<KeySet>,
-    /// The file's contents the current keys were read from.
-    read: std::sync::Mutex<Vec<u8>>,
+    keys: Option<Reloading<KeySet, InvalidKeys>>,
 }
 
 /// Who is calling: a principal of the keys file, or anyone (no auth).
@@ -73,10 +75,11 @@ impl Auth {
     /// API keys from `path`, which must exist and be valid now.
     pub fn api_keys(path: Option<PathBuf>) -> Result<Auth, AuthError> {
         let path = path.ok_or(AuthError::NoKeysFile)?;
-        let text = std::fs::read(&path).map_err(|source| AuthError::Unreadable { path: path.clone(), source })?;
-        let keys = parse_bytes(&text).map_err(|source| AuthError::Invalid { path: path.clone(), source })?;
-        let current = ArcSwap::from_pointee(keys);
-        Ok(Auth { keys: Some(ApiKeys { path, current, read: std::sync::Mutex::new(text) }) })
+        let shown = path.display().to_string();
+        let parse = move |contents: &[Vec<u8>]| {
+            parse_bytes(&contents[0]).map_err(|source| InvalidKeys { path: shown.clone(), source })
+        };
+        Ok(Auth { keys: Some(Reloading::load(vec![SettingFile::new(SETTING, path)], parse)?) })
     }
 
     /// The caller a request's `Authorization` header names.
@@ -91,53 +94,38 @@ impl Auth {
             .map(str::trim)
             .filter(|t| !t.is_empty())
             .ok_or(Refusal::Unauthenticated("the Authorization header must be: Bearer <key>"))?;
-        keys.current.load().find(token).map(Caller::Key).ok_or(Refusal::Unauthenticated("unknown API key"))
+        keys.with(|keys| keys.find(token)).map(Caller::Key).ok_or(Refusal::Unauthenticated("unknown API key"))
     }
 
     /// Number of keys in force (0 without API keys).
     pub fn key_count(&self) -> usize {
-        self.keys.as_ref().map_or(0, |k| k.current.load().len())
+        self.keys.as_ref().map_or(0, |keys| keys.with(KeySet::len))
     }
 
     /// Reads the keys file again if its contents changed. `Ok(false)`: no
     /// change. On an error the keys in force stay.
     pub fn reload(&self) -> Result<bool, AuthError> {
         let Some(keys) = &self.keys else { return Ok(false) };
-        let path = keys.path.clone();
-        let text = std::fs::read(&path).map_err(|source| AuthError::Unreadable { path: path.clone(), source })?;
-        let mut read = keys.read.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if *read == text {
-            return Ok(false);
-        }
-        let parsed = parse_bytes(&text).map_err(|source| AuthError::Invalid { path, source });
-        // Remembered even when invalid: the same broken file is reported once.
-        *read = text;
-        keys.current.store(Arc::new(parsed?));
-        Ok(true)
+        Ok(keys.reload()?)
     }
 
     /// Re-reads the keys file every `interval` (Kubernetes updates a
     /// mounted Secret in place), until the process ends.
     pub async fn watch(self: Arc<Self>, interval: Duration, metrics: Arc<crate::metrics::Metrics>) {
-        if self.keys.is_none() {
-            return;
-        }
+        let Some(keys) = &self.keys else { return };
         metrics.auth_keys.set(self.key_count() as i64);
-        loop {
-            tokio::time::sleep(interval).await;
-            match self.reload() {
-                Ok(false) => continue,
-                Ok(true) => {
-                    metrics.auth_reloads.get_or_create(&[("result", "ok")]).inc();
-                    metrics.auth_keys.set(self.key_count() as i64);
-                    tracing::info!(keys = self.key_count(), "API keys reloaded");
-                }
-                Err(err) => {
-                    metrics.auth_reloads.get_or_create(&[("result", "failed")]).inc();
-                    tracing::error!(%err, "API keys not reloaded; the previous keys stay in force");
-                }
+        keys.watch(interval, |result| match result {
+            Ok(()) => {
+                metrics.auth_reloads.get_or_create(&[("result", "ok")]).inc();
+                metrics.auth_keys.set(self.key_count() as i64);
+                tracing::info!(keys = self.key_count(), "API keys reloaded");
             }
-        }
+            Err(err) => {
+                metrics.auth_reloads.get_or_create(&[("result", "failed")]).inc();
+                tracing::error!(%err, "API keys not reloaded; the previous keys stay in force");
+            }
+        })
+        .await
     }
 }
 
@@ -300,7 +288,7 @@ mod tests {
         assert_eq!(auth.authenticate(Some(&header("Bearer s3cret"))).map(|c| c.name().to_string()), Ok("web".into()));
         // A broken file is refused and the keys in force stay.
         std::fs::write(&path, "keys: [").expect("write");
-        assert!(matches!(auth.reload(), Err(AuthError::Invalid { .. })));
+        assert!(matches!(auth.reload(), Err(AuthError::File(ReloadError::Invalid(_)))));
         assert!(auth.authenticate(Some(&header("Bearer s3cret"))).is_ok());
         assert!(matches!(Auth::api_keys(None), Err(AuthError::NoKeysFile)));
         let _ = std::fs::remove_dir_all(dir);
