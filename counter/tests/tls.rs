@@ -1,13 +1,16 @@
-//! `rediss://` against a real `redis-server` with TLS (certificates made at
-//! test time): increments are stored over TLS with a client certificate; a
-//! server certificate from another CA is refused and nothing is written; TLS
-//! settings that cannot work stop startup with the setting named.
+//! `rediss://` against a real `redis-server` with TLS, and
+//! `rediss+cluster://` against a real three-master Redis Cluster that
+//! speaks TLS to its clients and among its nodes (certificates made at test
+//! time): increments are stored over TLS with a client certificate; a
+//! server certificate from another CA is refused and nothing is written;
+//! TLS settings that cannot work stop startup with the setting named.
 
 mod common;
 
 use common::{RedisServer, start_counter, unique};
 use tally_proto::v1::IncrementRequest;
-use tally_testkit::{TestCerts, free_port};
+use tally_proto::v1::{BatchIncrementRequest, IncrementOperation};
+use tally_testkit::{RedisCluster, TestCerts, free_port};
 
 /// A redis-server with a plaintext port (for checking what was stored) and
 /// a TLS port that requires client certificates signed by `certs`' CA.
@@ -43,6 +46,10 @@ fn increment(resource: &str) -> IncrementRequest {
 /// A counter on `rediss://127.0.0.1:{tls_port}` trusting `trusted.ca` and
 /// presenting `trusted`'s client certificate.
 fn tls_counter(tls_port: u16, trusted: &TestCerts) -> common::CounterProcess {
+    tls_counter_on(&format!("rediss://127.0.0.1:{tls_port}"), trusted)
+}
+
+fn tls_counter_on(url: &str, trusted: &TestCerts) -> common::CounterProcess {
     let path = |p: &std::path::Path| p.to_string_lossy().to_string();
     let (ca, cert, key) = (path(&trusted.ca), path(&trusted.client_cert), path(&trusted.client_key));
     let env = [
@@ -50,7 +57,31 @@ fn tls_counter(tls_port: u16, trusted: &TestCerts) -> common::CounterProcess {
         ("TALLY_STORE_TLS_CERT_FILE", cert.as_str()),
         ("TALLY_STORE_TLS_KEY_FILE", key.as_str()),
     ];
-    start_counter(&format!("rediss://127.0.0.1:{tls_port}"), &env)
+    start_counter(url, &env)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn increments_are_stored_in_a_redis_cluster_over_tls() {
+    let certs = TestCerts::generate("tally-tls-cluster");
+    let (cluster, url) = RedisCluster::start_tls(&certs);
+    let counter = tls_counter_on(&url, &certs);
+    counter.wait_for_log("the cluster over TLS", |l| l.contains("store readiness changed") && l.contains("up=true"));
+    let mut client = common::client(&counter).await;
+    // Enough resources to land on every master.
+    let resources: Vec<String> = (0..30).map(|i| unique(&format!("tls-cluster-{i}"))).collect();
+    let operations: Vec<IncrementOperation> = resources.iter().map(|r| common::op(r, "likes", 3)).collect();
+    let request = BatchIncrementRequest { operations, ..Default::default() };
+    let reply = client.batch_increment(request).await.expect("a batch over TLS").into_inner();
+    assert!(reply.results.iter().all(|r| r.error.is_none() && r.current_value == 3), "{reply:?}");
+    let mut masters_used = std::collections::BTreeSet::new();
+    for resource in &resources {
+        let key = format!("tally:{{{resource}}}");
+        // Plain-text ports, for checking only: -c follows the cluster's redirects.
+        assert_eq!(cluster.nodes[0].cli(&["-c", "hget", &key, "likes"]), "3", "{resource} stored");
+        let slot: u16 = cluster.nodes[0].cli(&["cluster", "keyslot", &key]).parse().expect("slot");
+        masters_used.insert(slot / 5462);
+    }
+    assert_eq!(masters_used.len(), 3, "the batch spanned all three masters");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -277,9 +277,9 @@ pub enum LbPolicy {
 #[x_kube(validation = Rule::new("!has(self.url) || !self.url.matches('^[a-z+]+://[^/@]*:[^/@]*@')")
     .message("store.url may not carry a password (it would be readable by anyone who can read the CounterCluster): put the URL in urlSecret"))]
 pub struct StoreSpec {
-    /// `redis://…`, `rediss://…` or `redis+cluster://…`.
+    /// `redis://…`, `rediss://…` (TLS), `redis+cluster://…` or `rediss+cluster://…` (a Cluster over TLS).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^(redis|rediss|redis\+cluster)://"))]
+    #[schemars(regex(pattern = r"^(redis|rediss|redis\+cluster|rediss\+cluster)://"))]
     pub url: Option<String>,
     /// A Secret key holding the URL (passwords belong here, not in `url`).
     #[serde(default, skip_serializing_if = "Option::is_none")]

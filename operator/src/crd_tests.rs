@@ -142,7 +142,7 @@ fn cel_rules_reject_contradictory_specs() {
         let password = cel_errors(serde_json::json!({"store": {"url": url}}));
         assert!(password.contains("may not carry a password"), "{url}: {password:?}");
     }
-    for url in ["redis://r:6379", "rediss://user@r:6380/0", "redis+cluster://a:1,b:2"] {
+    for url in ["redis://r:6379", "rediss://user@r:6380/0", "redis+cluster://a:1,b:2", "rediss+cluster://a:1,b:2"] {
         assert_eq!(cel_errors(serde_json::json!({"store": {"url": url}})), "", "{url}");
     }
 }
@@ -152,8 +152,7 @@ fn url_patterns_accept_only_what_the_services_support() {
     use kube::CustomResourceExt;
     let crd = serde_json::to_value(CounterCluster::crd()).expect("crd");
     let spec = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"];
-    // TLS is built for a standalone Redis only.
-    assert_eq!(spec["store"]["properties"]["url"]["pattern"], r"^(redis|rediss|redis\+cluster)://");
+    assert_eq!(spec["store"]["properties"]["url"]["pattern"], r"^(redis|rediss|redis\+cluster|rediss\+cluster)://");
     assert_eq!(spec["telemetry"]["properties"]["otlpEndpoint"]["pattern"], "^http://");
     assert_eq!(spec["discovery"]["properties"]["consulAddress"]["pattern"], "^http://");
 }

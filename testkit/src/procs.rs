@@ -142,12 +142,56 @@ pub struct RedisCluster {
 
 impl RedisCluster {
     pub fn start() -> RedisCluster {
+        Self::start_with(|_| Vec::new())
+    }
+
+    /// A cluster whose nodes also serve TLS with `certs`' server certificate
+    /// (requiring client certificates from its CA) and talk TLS among
+    /// themselves; `redis-cli` still reaches them on their plain ports.
+    /// Returns the cluster and its `rediss+cluster://` URL.
+    pub fn start_tls(certs: &crate::TestCerts) -> (RedisCluster, String) {
+        let tls_ports = std::sync::Mutex::new(Vec::new());
+        let path = |p: &Path| p.to_string_lossy().to_string();
+        let cluster = Self::start_with(|_| {
+            let tls_port = free_port();
+            tls_ports.lock().unwrap().push(tls_port);
+            [
+                "--tls-port",
+                &tls_port.to_string(),
+                "--tls-cert-file",
+                &path(&certs.server_cert),
+                "--tls-key-file",
+                &path(&certs.server_key),
+                "--tls-client-cert-file",
+                &path(&certs.client_cert),
+                "--tls-client-key-file",
+                &path(&certs.client_key),
+                "--tls-ca-cert-file",
+                &path(&certs.ca),
+                "--tls-auth-clients",
+                "yes",
+                "--tls-cluster",
+                "yes",
+            ]
+            .map(String::from)
+            .to_vec()
+        });
+        let seeds: Vec<String> = tls_ports.lock().unwrap().iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        (cluster, format!("rediss+cluster://{}", seeds.join(",")))
+    }
+
+    /// Three masters, each started with the arguments `extra` gives for its port.
+    fn start_with(extra: impl Fn(u16) -> Vec<String>) -> RedisCluster {
         let nodes: Vec<RedisServer> = (0..3)
             .map(|_| {
                 let port = free_port();
                 let conf = std::env::temp_dir().join(format!("tally-test-cluster-{port}-{}.conf", std::process::id()));
                 let conf = conf.to_string_lossy().to_string();
-                RedisServer::start_on(port, &["--cluster-enabled", "yes", "--cluster-config-file", &conf])
+                let mut args: Vec<String> =
+                    ["--cluster-enabled", "yes", "--cluster-config-file", &conf].map(String::from).to_vec();
+                args.extend(extra(port));
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                RedisServer::start_on(port, &args)
             })
             .collect();
         let addrs: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();

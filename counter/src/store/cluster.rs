@@ -15,7 +15,7 @@ use tokio::sync::OnceCell;
 use super::batch::{self, BatchOutcome};
 use super::redis::{each_outcomes, each_pipeline, get_pipeline, incr_pipeline, outcomes};
 use super::slot::slot_of_resource;
-use super::{Cmd, IdempotentOutcome, IncrOutcome, KeyedCmd, StoreError, StoreTimeouts};
+use super::{Cmd, IdempotentOutcome, IncrOutcome, KeyedCmd, StoreError, StoreOptions};
 
 pub struct ClusterStore {
     client: ClusterClient,
@@ -23,17 +23,25 @@ pub struct ClusterStore {
 }
 
 impl ClusterStore {
-    /// `seeds` is `[:password@]h1:p1,h2:p2,…` (the part after `redis+cluster://`).
-    pub fn new(seeds: &str, timeouts: StoreTimeouts) -> Result<ClusterStore, StoreError> {
-        let nodes = seed_urls(seeds)?;
+    /// `seeds` is `[:password@]h1:p1,h2:p2,…` (the part after
+    /// `redis+cluster://`). With `tls`, every node (the seeds and those the
+    /// cluster names) is reached over TLS, verified against the system's
+    /// roots or `TALLY_STORE_TLS_CA_FILE`, with the client certificate if set.
+    pub fn new(seeds: &str, tls: bool, options: &StoreOptions) -> Result<ClusterStore, StoreError> {
+        let nodes = seed_urls(seeds, tls)?;
         // No library-level retries: a resend after a broken connection could
         // apply an increment twice. Failures are classified and surfaced instead.
-        let client = ClusterClientBuilder::new(nodes)
-            .connection_timeout(timeouts.connect)
-            .response_timeout(timeouts.response)
-            .retries(0)
-            .build()
-            .map_err(|e| StoreError::config(e.to_string()))?;
+        let mut builder = ClusterClientBuilder::new(nodes)
+            .connection_timeout(options.timeouts.connect)
+            .response_timeout(options.timeouts.response)
+            .retries(0);
+        if tls {
+            builder = builder.tls(redis::TlsMode::Secure);
+            if !options.tls.is_empty() {
+                builder = builder.certs(options.tls.certificates());
+            }
+        }
+        let client = builder.build().map_err(|e| StoreError::config(format!("TALLY_STORE (Redis Cluster): {e}")))?;
         Ok(ClusterStore { client, conn: OnceCell::new() })
     }
 
@@ -162,13 +170,14 @@ fn by_slot<'a>(keys: impl Iterator<Item = &'a CounterKey>) -> BTreeMap<u16, Vec<
 }
 
 /// `[:password@]h1:p1,h2:p2` → one `redis://` URL per seed node.
-fn seed_urls(seeds: &str) -> Result<Vec<String>, StoreError> {
+fn seed_urls(seeds: &str, tls: bool) -> Result<Vec<String>, StoreError> {
+    let scheme = if tls { "rediss" } else { "redis" };
     let (auth, hosts) = match seeds.rsplit_once('@') {
         Some((auth, hosts)) => (format!("{auth}@"), hosts),
         None => (String::new(), seeds),
     };
     let nodes: Vec<String> =
-        hosts.split(',').map(str::trim).filter(|h| !h.is_empty()).map(|h| format!("redis://{auth}{h}")).collect();
+        hosts.split(',').map(str::trim).filter(|h| !h.is_empty()).map(|h| format!("{scheme}://{auth}{h}")).collect();
     if nodes.is_empty() {
         return Err(StoreError::Config("redis+cluster:// needs at least one host:port".into()));
     }
@@ -181,9 +190,10 @@ mod tests {
 
     #[test]
     fn seed_list_with_and_without_password() {
-        assert_eq!(seed_urls("a:1, b:2").unwrap(), vec!["redis://a:1", "redis://b:2"]);
-        assert_eq!(seed_urls(":s3cret@a:1,b:2").unwrap(), vec!["redis://:s3cret@a:1", "redis://:s3cret@b:2"]);
-        assert!(seed_urls(" , ").is_err());
+        assert_eq!(seed_urls("a:1, b:2", false).unwrap(), vec!["redis://a:1", "redis://b:2"]);
+        assert_eq!(seed_urls(":s3cret@a:1,b:2", false).unwrap(), vec!["redis://:s3cret@a:1", "redis://:s3cret@b:2"]);
+        assert_eq!(seed_urls("a:1", true).unwrap(), vec!["rediss://a:1"]);
+        assert!(seed_urls(" , ", false).is_err());
     }
 
     #[test]

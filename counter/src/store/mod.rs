@@ -162,28 +162,31 @@ impl Store {
     }
 
     /// Builds the store named by `TALLY_STORE`: `memory`, `redis://…`,
-    /// `rediss://…` (TLS), or `redis+cluster://h1:p1,h2:p2,…`. Connections
+    /// `rediss://…` (TLS), `redis+cluster://h1:p1,h2:p2,…` or
+    /// `rediss+cluster://…` (a Cluster over TLS). Connections
     /// are made lazily, so the counter starts (and reports not-ready) while
     /// Redis is still down.
     pub fn from_url(url: &str, options: &StoreOptions) -> Result<Store, StoreError> {
-        let tls_url = url.starts_with("rediss://");
+        let tls_url = url.starts_with("rediss://") || url.starts_with("rediss+cluster://");
         if !options.tls.is_empty() && !tls_url {
             return Err(StoreError::config(
-                "TALLY_STORE_TLS_CA_FILE / TALLY_STORE_TLS_CERT_FILE are set, but TALLY_STORE is not a rediss:// URL \
-                 (TLS to a Redis Cluster is not built yet)"
+                "TALLY_STORE_TLS_CA_FILE / TALLY_STORE_TLS_CERT_FILE are set, but TALLY_STORE is not a rediss:// \
+                 or rediss+cluster:// URL"
                     .to_string(),
             ));
         }
         if url == "memory" {
             Ok(Store::Memory(memory::MemoryStore::default()))
-        } else if url.starts_with("redis://") || tls_url {
+        } else if url.starts_with("redis://") || url.starts_with("rediss://") {
             Ok(Store::Redis(redis::RedisStore::new(url, options)?))
         } else if let Some(seeds) = url.strip_prefix("redis+cluster://") {
-            Ok(Store::Cluster(Box::new(cluster::ClusterStore::new(seeds, options.timeouts)?)))
+            Ok(Store::Cluster(Box::new(cluster::ClusterStore::new(seeds, false, options)?)))
+        } else if let Some(seeds) = url.strip_prefix("rediss+cluster://") {
+            Ok(Store::Cluster(Box::new(cluster::ClusterStore::new(seeds, true, options)?)))
         } else {
             Err(StoreError::config(format!(
-                "unsupported store {url:?}: use `memory`, `redis://host:port[/db]`, `rediss://host:port[/db]` or \
-                 `redis+cluster://h1:p1,h2:p2` (TLS to a Redis Cluster is not built yet)"
+                "unsupported store {url:?}: use `memory`, `redis://host:port[/db]`, `rediss://host:port[/db]`, \
+                 `redis+cluster://h1:p1,h2:p2` or `rediss+cluster://h1:p1,h2:p2`"
             )))
         }
     }
