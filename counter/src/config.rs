@@ -13,6 +13,7 @@ use crate::commit::CommitSettings;
 use crate::incoming::ConnectionLimits;
 use crate::service::BufferFullPolicy;
 use crate::store::{StoreError, StoreOptions, StoreTimeouts, StoreTls};
+use tally_runtime::consul::ConsulAccess;
 use tally_runtime::http::HttpArgs;
 use tally_runtime::rt::RuntimeArgs;
 use tally_runtime::tls::ListenerTlsArgs;
@@ -147,6 +148,10 @@ pub struct Config {
     /// Consul removes the registration after its check was critical this long, in seconds.
     #[arg(long, env = "TALLY_CONSUL_DEREGISTER_AFTER_S", default_value_t = 60, value_parser = clap::value_parser!(u64).range(60..=86_400))]
     pub consul_deregister_after_s: u64,
+
+    /// Consul's CA and ACL token (`TALLY_CONSUL_CA_FILE`, `TALLY_CONSUL_TOKEN`).
+    #[command(flatten)]
+    pub consul_access: ConsulAccess,
 
     /// TLS on the gRPC listener, and client certificates it requires (`TALLY_TLS_*`).
     #[command(flatten)]

@@ -7,15 +7,19 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use tally_runtime::consul::{Check, Consul, Registration};
+use tally_runtime::consul::{Check, Consul, ConsulError, Registration};
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
 use crate::server::HEALTH_SERVICE;
 
 #[derive(Debug, thiserror::Error)]
-#[error("TALLY_CONSUL_SERVICE_ADDRESS is required when listening on {0} (which address should others use?)")]
-pub struct AddressUnknown(SocketAddr);
+pub enum RegistrationError {
+    #[error("TALLY_CONSUL_SERVICE_ADDRESS is required when listening on {0} (which address should others use?)")]
+    AddressUnknown(SocketAddr),
+    #[error(transparent)]
+    Consul(#[from] ConsulError),
+}
 
 pub struct Registered {
     consul: Consul,
@@ -25,11 +29,11 @@ pub struct Registered {
 
 /// Starts registering (retrying every 2 s until Consul accepts). `None`
 /// when Consul is not configured.
-pub fn start(config: &Config, grpc: SocketAddr) -> Result<Option<Registered>, AddressUnknown> {
+pub fn start(config: &Config, grpc: SocketAddr) -> Result<Option<Registered>, RegistrationError> {
     let Some(addr) = &config.consul_addr else { return Ok(None) };
     let address = match &config.consul_service_address {
         Some(address) => address.clone(),
-        None if grpc.ip().is_unspecified() => return Err(AddressUnknown(grpc)),
+        None if grpc.ip().is_unspecified() => return Err(RegistrationError::AddressUnknown(grpc)),
         None => grpc.ip().to_string(),
     };
     let id = format!("{}-{}-{}", config.consul_service, address, grpc.port());
@@ -40,13 +44,14 @@ pub fn start(config: &Config, grpc: SocketAddr) -> Result<Option<Registered>, Ad
         port: grpc.port(),
         tags: config.consul_tags.clone(),
         check: Check {
+            grpc_use_tls: config.tls.tls_cert_file.is_some(),
             grpc: format!("{address}:{}/{HEALTH_SERVICE}", grpc.port()),
             interval: format!("{}s", config.consul_check_interval_s),
             timeout: "2s".into(),
             deregister_critical_service_after: format!("{}s", config.consul_deregister_after_s),
         },
     };
-    let consul = Consul::new(addr);
+    let consul = Consul::new(addr, &config.consul_access)?;
     let task = tokio::spawn({
         let consul = consul.clone();
         async move {

@@ -43,7 +43,7 @@ pub enum StartupError {
     #[error("gRPC reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
     #[error(transparent)]
-    Consul(#[from] crate::registration::AddressUnknown),
+    Consul(#[from] crate::registration::RegistrationError),
     #[error("cannot start the worker threads: {0}")]
     Workers(std::io::Error),
     #[error(transparent)]

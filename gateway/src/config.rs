@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use rustls::pki_types::ServerName;
+use tally_runtime::consul::ConsulAccess;
 use tally_runtime::http::HttpArgs;
 use tally_runtime::reload::SettingFile;
 use tally_runtime::rt::RuntimeArgs;
@@ -123,6 +124,10 @@ pub struct Config {
     /// `consul` discovery: the Consul agent's HTTP address.
     #[arg(long, env = "TALLY_CONSUL_ADDR", default_value = "http://127.0.0.1:8500")]
     pub consul_addr: String,
+
+    /// `consul` discovery: Consul's CA and ACL token (`TALLY_CONSUL_CA_FILE`, `TALLY_CONSUL_TOKEN`).
+    #[command(flatten)]
+    pub consul_access: ConsulAccess,
 
     /// `consul` discovery: the counters' service name.
     #[arg(long, env = "TALLY_CONSUL_SERVICE", default_value = "counter-service")]
@@ -262,7 +267,7 @@ impl Config {
                     SettingFile::new("TALLY_COUNTER_TLS_KEY_FILE", key),
                 )
             });
-        let files = ClientFiles { ca: SettingFile::new("TALLY_COUNTER_TLS_CA_FILE", ca), identity };
+        let files = ClientFiles { ca: Some(SettingFile::new("TALLY_COUNTER_TLS_CA_FILE", ca)), identity };
         let server_name = match &self.counter_tls_server_name {
             Some(name) => {
                 Some(ServerName::try_from(name.clone()).map_err(|_| UpstreamTlsError::ServerName(name.clone()))?)

@@ -41,6 +41,8 @@ pub enum StartupError {
     UpstreamTls(#[from] crate::config::UpstreamTlsError),
     #[error(transparent)]
     ListenerTls(#[from] tally_runtime::tls::TlsReloadError),
+    #[error("TALLY_CONSUL_ADDR: {0}")]
+    Consul(#[from] tally_runtime::consul::ConsulError),
 }
 
 /// Runs the gateway: the public port is served thread-per-core by
@@ -176,7 +178,7 @@ async fn backends(config: &Config, settings: &ClientSettings) -> Result<Arc<Back
         }
         Discovery::Consul => {
             let backends = Arc::new(Backends::empty(settings));
-            let consul = tally_runtime::consul::Consul::new(&config.consul_addr);
+            let consul = tally_runtime::consul::Consul::new(&config.consul_addr, &config.consul_access)?;
             let wait = Duration::from_secs(config.consul_wait_s);
             let (service, tag) = (config.consul_service.clone(), config.consul_tag.clone());
             tokio::spawn(discovery::consul_loop(backends.clone(), consul, service, tag, wait));

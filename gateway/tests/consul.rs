@@ -80,3 +80,42 @@ async fn blocking_queries_wait_filter_tags_and_survive_an_index_reset() {
     tokio::time::sleep(Duration::from_millis(1000)).await;
     assert!(consul.queries() - before <= 11, "the loop is rate-limited to 10 queries a second");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consul_over_https_with_an_acl_token_that_never_reaches_a_log() {
+    const TOKEN: &str = "7d0c-acl-token-never-logged";
+    let certs = tally_testkit::TestCerts::generate("tally-consul-tls");
+    let consul = ConsulDouble::start_secured(&certs, TOKEN).await;
+    let (url, ca) = (consul.url(), certs.ca.to_string_lossy().to_string());
+    assert!(url.starts_with("https://"));
+    let secured = [("TALLY_CONSUL_ADDR", url.as_str()), ("TALLY_CONSUL_CA_FILE", ca.as_str())];
+    let with_token = |token| {
+        let mut env = secured.to_vec();
+        env.push(("TALLY_CONSUL_TOKEN", token));
+        env
+    };
+
+    // A wrong token: Consul refuses the registration, and the refusal is logged without the token.
+    let stranger = start_counter("memory", &with_token("wrong-token"));
+    stranger.wait_for_log("the refused registration", |l| l.contains("403"));
+    assert!(consul.refused() >= 1);
+    assert!(consul.ids().is_empty(), "nothing registered with a wrong token");
+    drop(stranger);
+
+    let counter = start_counter("memory", &with_token(TOKEN));
+    consul.wait_for_registrations(1).await;
+    let mut env = vec![("TALLY_DISCOVERY", "consul"), ("TALLY_CONSUL_WAIT_S", "1")];
+    env.extend(with_token(TOKEN));
+    let gateway = common::start_gateway("", &env);
+    let http = Http::new(gateway.http_base());
+    let (status, body) =
+        http.post("/api/v1/counter/increment", json!({"resource_id": unique("acl"), "counter_type": "likes"})).await;
+    assert_eq!(status, 200, "{body}");
+    let metrics = reqwest::get(format!("{}/metrics", gateway.admin_base())).await.unwrap().text().await.unwrap();
+    for (name, lines) in
+        [("counter", counter.log_lines()), ("gateway", gateway.log_lines()), ("metrics", vec![metrics])]
+    {
+        assert!(!lines.is_empty());
+        assert!(lines.iter().all(|l| !l.contains(TOKEN)), "the ACL token appears in the {name} output");
+    }
+}

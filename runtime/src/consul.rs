@@ -1,13 +1,55 @@
-//! The slice of Consul's HTTP API tally uses (plan item 6): the counter
-//! registers itself with a gRPC health check and deregisters on shutdown;
-//! the gateway follows the passing instances with blocking queries.
+//! The slice of Consul's HTTP API tally uses: the counter registers itself
+//! with a gRPC health check and deregisters on shutdown; the gateway
+//! follows the passing instances with blocking queries. Over `http://` or
+//! `https://` (rustls, verified against `TALLY_CONSUL_CA_FILE` or the
+//! system's roots), with an ACL token (`TALLY_CONSUL_TOKEN`, sent as
+//! `X-Consul-Token`) when Consul's ACLs are on.
 
+use std::fmt;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::reload::SettingFile;
+use crate::tls::{self, ClientFiles};
+
+/// How to reach Consul beyond its address: TLS trust and the ACL token.
+/// Both services read the same settings.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ConsulAccess {
+    /// Consul ACL token, sent as `X-Consul-Token` (from a Secret; never logged).
+    #[arg(long, env = "TALLY_CONSUL_TOKEN", hide_env_values = true)]
+    pub consul_token: Option<Token>,
+
+    /// `https://` Consul: PEM CA its certificate must chain to (default: the system's roots).
+    #[arg(long, env = "TALLY_CONSUL_CA_FILE")]
+    pub consul_ca_file: Option<PathBuf>,
+}
+
+/// A secret value: its `Debug` shows no part of it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Token(String);
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Token(redacted)")
+    }
+}
+
+impl std::str::FromStr for Token {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Token, String> {
+        http::HeaderValue::from_str(s).map_err(|_| "not a valid header value".to_string())?;
+        Ok(Token(s.to_string()))
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConsulError {
+    #[error("consul client: {0}")]
+    Config(String),
     /// The request failed (user-info in the URL is masked).
     #[error("consul request failed: {0}")]
     Http(String),
@@ -40,6 +82,9 @@ pub struct Registration {
 pub struct Check {
     #[serde(rename = "GRPC")]
     pub grpc: String,
+    /// The check speaks TLS (the counter serves TLS).
+    #[serde(rename = "GRPCUseTLS")]
+    pub grpc_use_tls: bool,
     pub interval: String,
     pub timeout: String,
     pub deregister_critical_service_after: String,
@@ -91,8 +136,41 @@ pub struct Consul {
 }
 
 impl Consul {
-    pub fn new(base: &str) -> Consul {
-        Consul { base: base.trim_end_matches('/').to_string(), http: reqwest::Client::new() }
+    /// A client of the agent at `base` (`http://` or `https://`).
+    pub fn new(base: &str, access: &ConsulAccess) -> Result<Consul, ConsulError> {
+        let https = base.starts_with("https://");
+        if !https && !base.starts_with("http://") {
+            return Err(ConsulError::Config(format!(
+                "the Consul address must be http:// or https://, not {:?}",
+                crate::redact::userinfo(base)
+            )));
+        }
+        let mut builder = reqwest::Client::builder();
+        if let Some(Token(token)) = &access.consul_token {
+            let mut value = http::HeaderValue::from_str(token)
+                .map_err(|_| ConsulError::Config("TALLY_CONSUL_TOKEN is not a valid header value".into()))?;
+            value.set_sensitive(true);
+            builder = builder
+                .default_headers([(http::HeaderName::from_static("x-consul-token"), value)].into_iter().collect());
+        }
+        match (&access.consul_ca_file, https) {
+            (Some(_), false) => {
+                return Err(ConsulError::Config(
+                    "TALLY_CONSUL_CA_FILE is set but the Consul address is http://".into(),
+                ));
+            }
+            (ca, true) => {
+                let files = ClientFiles {
+                    ca: ca.as_ref().map(|ca| SettingFile::new("TALLY_CONSUL_CA_FILE", ca)),
+                    identity: None,
+                };
+                let config = tls::client(files, tls::ALPN_HTTP1).map_err(|err| ConsulError::Config(err.to_string()))?;
+                builder = builder.use_preconfigured_tls((*config.current()).clone());
+            }
+            (None, false) => {}
+        }
+        let http = builder.build().map_err(|err| ConsulError::Config(err.to_string()))?;
+        Ok(Consul { base: base.trim_end_matches('/').to_string(), http })
     }
 
     pub async fn register(&self, registration: &Registration) -> Result<(), ConsulError> {
@@ -183,6 +261,7 @@ mod tests {
             tags: vec!["v2".into()],
             check: Check {
                 grpc: "10.0.0.7:9001/tally.counter.v1.CounterService".into(),
+                grpc_use_tls: false,
                 interval: "10s".into(),
                 timeout: "2s".into(),
                 deregister_critical_service_after: "1m".into(),

@@ -29,6 +29,9 @@ pub const ALPN_H2: &[&[u8]] = &[b"h2"];
 /// ALPN for an HTTP listener: HTTP/2 preferred, HTTP/1.1 too.
 pub const ALPN_HTTP: &[&[u8]] = &[b"h2", b"http/1.1"];
 
+/// ALPN for an HTTP/1.1 client (Consul's API).
+pub const ALPN_HTTP1: &[&[u8]] = &[b"http/1.1"];
+
 /// Why a TLS configuration could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -38,6 +41,8 @@ pub enum TlsError {
     NoKey { setting: &'static str, path: String, reason: String },
     #[error("{setting} {path}: {reason}")]
     Rejected { setting: &'static str, path: String, reason: String },
+    #[error("no CA file is set and the system has no usable root certificates ({0})")]
+    NoSystemRoots(String),
 }
 
 pub type TlsReloadError = ReloadError<TlsError>;
@@ -60,7 +65,9 @@ pub struct ServerFiles {
 /// Whom a TLS client trusts, and what it presents when asked.
 #[derive(Debug, Clone)]
 pub struct ClientFiles {
-    pub ca: SettingFile,
+    /// The CA the server's certificate must chain to; `None`: the system's
+    /// root certificates.
+    pub ca: Option<SettingFile>,
     /// A client certificate and its key, for servers that require one.
     pub identity: Option<(SettingFile, SettingFile)>,
 }
@@ -145,7 +152,7 @@ pub fn server(files: ServerFiles, alpn: &'static [&'static [u8]]) -> Result<Serv
 /// Loads a client configuration from `files` (which must be valid now),
 /// asking for `alpn`.
 pub fn client(files: ClientFiles, alpn: &'static [&'static [u8]]) -> Result<ClientTls, TlsReloadError> {
-    let mut list = vec![files.ca.clone()];
+    let mut list: Vec<SettingFile> = files.ca.iter().cloned().collect();
     if let Some((cert, key)) = &files.identity {
         list.extend([cert.clone(), key.clone()]);
     }
@@ -175,13 +182,17 @@ fn server_config(files: &ServerFiles, contents: &[Vec<u8>], alpn: &[&[u8]]) -> R
     Ok(config)
 }
 
-/// `contents`: the CA, then the client certificate and key if any.
+/// `contents`: the CA if any, then the client certificate and key if any.
 fn client_config(files: &ClientFiles, contents: &[Vec<u8>], alpn: &[&[u8]]) -> Result<ClientConfig, TlsError> {
+    let (roots, rest) = match &files.ca {
+        Some(ca) => (roots(ca, &contents[0])?, &contents[1..]),
+        None => (system_roots()?, contents),
+    };
     let builder = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
-        .map_err(|err| rejected(&files.ca, err))?
-        .with_root_certificates(roots(&files.ca, &contents[0])?);
-    let mut config = match (&files.identity, contents.get(1), contents.get(2)) {
+        .map_err(|err| TlsError::NoSystemRoots(err.to_string()))?
+        .with_root_certificates(roots);
+    let mut config = match (&files.identity, rest.first(), rest.get(1)) {
         (Some((cert, key)), Some(cert_pem), Some(key_pem)) => builder
             .with_client_auth_cert(certificates(cert, cert_pem)?, private_key(key, key_pem)?)
             .map_err(|err| rejected(key, err))?,
@@ -211,6 +222,19 @@ fn private_key(file: &SettingFile, pem: &[u8]) -> Result<PrivateKeyDer<'static>,
         path: file.path.display().to_string(),
         reason: err.to_string(),
     })
+}
+
+/// The operating system's trusted roots (a container image needs its
+/// `ca-certificates` for these).
+fn system_roots() -> Result<RootCertStore, TlsError> {
+    let found = rustls_native_certs::load_native_certs();
+    let mut roots = RootCertStore::empty();
+    let (added, _) = roots.add_parsable_certificates(found.certs);
+    if added == 0 {
+        let why = found.errors.first().map_or_else(|| "none found".to_string(), ToString::to_string);
+        return Err(TlsError::NoSystemRoots(why));
+    }
+    Ok(roots)
 }
 
 fn roots(file: &SettingFile, pem: &[u8]) -> Result<RootCertStore, TlsError> {
@@ -243,7 +267,7 @@ mod tests {
         let err = server(files, ALPN_H2).err().expect("no certificate in the file");
         assert!(matches!(err, ReloadError::Invalid(TlsError::NoCertificate { setting: "TALLY_TLS_CERT_FILE", .. })));
 
-        let ca = ClientFiles { ca: file("TALLY_COUNTER_TLS_CA_FILE", &dir, "ca.pem", b"junk"), identity: None };
+        let ca = ClientFiles { ca: Some(file("TALLY_COUNTER_TLS_CA_FILE", &dir, "ca.pem", b"junk")), identity: None };
         let err = client(ca, ALPN_H2).err().expect("no CA in the file");
         assert!(err.to_string().starts_with("TALLY_COUNTER_TLS_CA_FILE "), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();

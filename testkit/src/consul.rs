@@ -11,6 +11,10 @@
 //! Simplification, named: the double runs no health checks — every
 //! registered instance counts as passing. Tests can also force the index
 //! backwards (as after an agent restart) and count queries.
+//!
+//! [`ConsulDouble::start_secured`] serves HTTPS and enforces an ACL token
+//! as Consul does: a request without `X-Consul-Token` matching it gets 403
+//! `ACL not found` and changes nothing.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -35,29 +39,60 @@ struct Catalog {
 struct Shared {
     catalog: Arc<Mutex<Catalog>>,
     index: Arc<watch::Sender<u64>>,
+    token: Option<String>,
+    /// Requests refused for a missing or wrong token.
+    refused: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 pub struct ConsulDouble {
     pub addr: SocketAddr,
     shared: Shared,
+    https: bool,
 }
 
 impl ConsulDouble {
     pub async fn start() -> ConsulDouble {
-        let shared = Shared { catalog: Arc::default(), index: Arc::new(watch::channel(1).0) };
+        Self::start_with(None, None).await
+    }
+
+    /// Over HTTPS with `certs`' server certificate, requiring ACL `token`.
+    pub async fn start_secured(certs: &crate::TestCerts, token: &str) -> ConsulDouble {
+        Self::start_with(Some(certs), Some(token)).await
+    }
+
+    async fn start_with(certs: Option<&crate::TestCerts>, token: Option<&str>) -> ConsulDouble {
+        let shared = Shared {
+            catalog: Arc::default(),
+            index: Arc::new(watch::channel(1).0),
+            token: token.map(str::to_string),
+            refused: Arc::default(),
+        };
         let app = Router::new()
             .route("/v1/agent/service/register", put(register))
             .route("/v1/agent/service/deregister/{id}", put(deregister))
             .route("/v1/health/service/{name}", get(health))
+            .layer(axum::middleware::from_fn_with_state(shared.clone(), acl))
             .with_state(shared.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind consul double");
         let addr = listener.local_addr().expect("addr");
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        ConsulDouble { addr, shared }
+        match certs {
+            None => drop(tokio::spawn(async move { axum::serve(listener, app).await })),
+            Some(certs) => {
+                let tls = crate::tls::TlsListener::new(listener, certs);
+                drop(tokio::spawn(async move { axum::serve(tls, app).await }));
+            }
+        }
+        ConsulDouble { addr, shared, https: certs.is_some() }
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.https { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
+    }
+
+    /// Requests refused so far for a missing or wrong ACL token.
+    pub fn refused(&self) -> usize {
+        self.shared.refused.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Registered service IDs.
@@ -85,6 +120,22 @@ impl ConsulDouble {
     /// Sets the index to `index` (e.g. lower, as after an agent restart).
     pub fn set_index(&self, index: u64) {
         self.shared.index.send_replace(index);
+    }
+}
+
+/// Consul's answer to a request without the right ACL token.
+async fn acl(
+    State(s): State<Shared>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let given = request.headers().get("x-consul-token").and_then(|v| v.to_str().ok());
+    match &s.token {
+        Some(token) if given != Some(token.as_str()) => {
+            s.refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            (axum::http::StatusCode::FORBIDDEN, "ACL not found").into_response()
+        }
+        _ => next.run(request).await,
     }
 }
 
