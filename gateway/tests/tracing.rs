@@ -284,3 +284,29 @@ async fn an_untrusted_callers_sampled_flag_is_not_followed() {
     // About 2 of 200 at 1 %; more than 20 is (far) beyond chance.
     assert!(traced.len() <= 20, "{} of 200 requests traced: the caller's -01 or trace id decided", traced.len());
 }
+
+#[tokio::test]
+async fn spans_are_exported_to_an_https_collector_trusted_through_its_ca() {
+    let certs = tally_testkit::TestCerts::generate("tally-otlp-tls");
+    let receiver = OtlpReceiver::start_tls(&certs).await;
+    assert!(receiver.endpoint().starts_with("https://"));
+    let mut env = traced(&receiver);
+    env.push(("OTEL_EXPORTER_OTLP_CERTIFICATE", certs.ca.to_string_lossy().to_string()));
+    let counter = start_counter("memory", &as_env(&env));
+    let gateway = start_gateway(&counter.grpc_endpoint(), &as_env(&env));
+    let (header, trace, _) = traceparent(7);
+    assert_eq!(increment(&reqwest::Client::new(), &gateway.http_base(), &header, &unique("tls-traced")).await, 200);
+    let spans = receiver
+        .wait_until(Duration::from_secs(20), |spans| {
+            ["tally-gateway", "tally-counter"]
+                .iter()
+                .all(|svc| spans.iter().any(|s| s.trace_id == trace && s.service == *svc))
+        })
+        .await;
+    for service in ["tally-gateway", "tally-counter"] {
+        assert!(
+            spans.iter().any(|s| s.trace_id == trace && s.service == service),
+            "{service}'s spans arrived over TLS"
+        );
+    }
+}

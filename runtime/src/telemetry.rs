@@ -8,6 +8,7 @@
 //! it never blocks or slows a request. Without `OTEL_EXPORTER_OTLP_ENDPOINT`
 //! no exporter exists and the services create no per-request spans at all.
 
+use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -15,7 +16,7 @@ use std::time::Duration;
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
 use opentelemetry::trace::{SpanContext, TraceContextExt, TracerProvider as _};
 use opentelemetry::{Context, KeyValue};
-use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_otlp::{WithExportConfig, WithTonicConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{
@@ -25,6 +26,8 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::Layer;
 
 use crate::logging::BoxedLayer;
+use crate::reload::SettingFile;
+use crate::tls;
 
 static ENABLED: AtomicBool = AtomicBool::new(false);
 
@@ -36,9 +39,21 @@ pub fn enabled() -> bool {
 /// Trace settings, by their standard OpenTelemetry variable names.
 #[derive(Debug, Clone, clap::Args)]
 pub struct TelemetryArgs {
-    /// OTLP/gRPC collector, e.g. `http://jaeger:4317`. Unset: no traces.
+    /// OTLP/gRPC collector, e.g. `http://jaeger:4317` or `https://…` (TLS). Unset: no traces.
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
     pub otlp_endpoint: Option<String>,
+
+    /// `https://` collector: PEM CA its certificate must chain to (default: the system's roots).
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_CERTIFICATE")]
+    pub otlp_certificate: Option<PathBuf>,
+
+    /// `https://` collector: PEM client certificate, for collectors that require one.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", requires = "otlp_client_key")]
+    pub otlp_client_certificate: Option<PathBuf>,
+
+    /// PEM private key of `OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE`.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_CLIENT_KEY", requires = "otlp_client_certificate")]
+    pub otlp_client_key: Option<PathBuf>,
 
     /// `service.name` of the spans (default: the binary's name).
     #[arg(long, env = "OTEL_SERVICE_NAME")]
@@ -134,10 +149,34 @@ pub fn unsampled_traceparent() -> http::HeaderValue {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("OTLP exporter for {endpoint}: {source}")]
-pub struct ExporterError {
-    endpoint: String,
-    source: opentelemetry_otlp::ExporterBuildError,
+pub enum ExporterError {
+    #[error("OTLP exporter for {endpoint}: {source}")]
+    Build { endpoint: String, source: opentelemetry_otlp::ExporterBuildError },
+    #[error("OTLP exporter for {endpoint}: {reason}")]
+    Tls { endpoint: String, reason: String },
+}
+
+/// The gRPC channel to an `https://` collector: rustls with the CA and
+/// client certificate settings (read at startup).
+fn tls_channel(args: &TelemetryArgs, endpoint: &str) -> Result<tonic::transport::Channel, ExporterError> {
+    let fail = |reason: String| ExporterError::Tls { endpoint: crate::redact::userinfo(endpoint).into_owned(), reason };
+    let ca = args.otlp_certificate.as_ref().map(|ca| SettingFile::new("OTEL_EXPORTER_OTLP_CERTIFICATE", ca));
+    if ca.is_none() && !endpoint.starts_with("https://") {
+        return Err(fail("client certificate settings are set, but the endpoint is not https://".into()));
+    }
+    let identity = args.otlp_client_certificate.as_ref().zip(args.otlp_client_key.as_ref()).map(|(cert, key)| {
+        (
+            SettingFile::new("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", cert),
+            SettingFile::new("OTEL_EXPORTER_OTLP_CLIENT_KEY", key),
+        )
+    });
+    let config = tls::client(tls::ClientFiles { ca, identity }, tls::ALPN_H2).map_err(|err| fail(err.to_string()))?;
+    let upstream = tls::UpstreamTls { config: std::sync::Arc::new(config), server_name: None };
+    let channel = tonic::transport::Endpoint::from_shared(endpoint.to_string())
+        .map_err(|err| fail(err.to_string()))?
+        .timeout(Duration::from_secs(5))
+        .connect_with_connector_lazy(tls::Connector::new(upstream));
+    Ok(channel)
 }
 
 /// The tracer provider; [`Tracing::shutdown`] exports what is queued.
@@ -166,12 +205,17 @@ pub fn build(
     version: &str,
 ) -> Result<Option<(Tracing, BoxedLayer)>, ExporterError> {
     let Some(endpoint) = &args.otlp_endpoint else { return Ok(None) };
-    let exporter = opentelemetry_otlp::SpanExporter::builder()
+    let mut exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_tonic()
         .with_endpoint(endpoint)
-        .with_timeout(Duration::from_secs(5))
+        .with_timeout(Duration::from_secs(5));
+    let tls_settings = args.otlp_certificate.is_some() || args.otlp_client_certificate.is_some();
+    if endpoint.starts_with("https://") || tls_settings {
+        exporter = exporter.with_channel(tls_channel(args, endpoint)?);
+    }
+    let exporter = exporter
         .build()
-        .map_err(|source| ExporterError { endpoint: crate::redact::userinfo(endpoint).into_owned(), source })?;
+        .map_err(|source| ExporterError::Build { endpoint: crate::redact::userinfo(endpoint).into_owned(), source })?;
     // OTEL_BSP_* variables tune the processor; only the queue gets a larger
     // default than the SDK's 2048, for bursts at high request rates.
     let mut batch = BatchConfigBuilder::default();

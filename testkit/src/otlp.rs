@@ -92,6 +92,7 @@ impl TraceService for Collector {
 /// The running receiver; stops when dropped.
 pub struct OtlpReceiver {
     addr: SocketAddr,
+    https: bool,
     received: Arc<Received>,
     _stop: oneshot::Sender<()>,
 }
@@ -99,26 +100,41 @@ pub struct OtlpReceiver {
 impl OtlpReceiver {
     /// Listens on a free loopback port.
     pub async fn start() -> OtlpReceiver {
+        Self::start_with(None).await
+    }
+
+    /// Listens on a free loopback port, over TLS with `certs`' server certificate.
+    pub async fn start_tls(certs: &crate::TestCerts) -> OtlpReceiver {
+        Self::start_with(Some(certs)).await
+    }
+
+    async fn start_with(certs: Option<&crate::TestCerts>) -> OtlpReceiver {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind the OTLP receiver");
         let addr = listener.local_addr().expect("local addr");
         let received = Arc::new(Received::default());
         let (stop, stopped) = oneshot::channel::<()>();
-        let service = TraceServiceServer::new(Collector(received.clone()));
-        tokio::spawn(async move {
-            let incoming = tonic::transport::server::TcpIncoming::from(listener);
-            let _ = tonic::transport::Server::builder()
-                .add_service(service)
-                .serve_with_incoming_shutdown(incoming, async {
-                    let _ = stopped.await;
-                })
-                .await;
-        });
-        OtlpReceiver { addr, received, _stop: stop }
+        let server =
+            tonic::transport::Server::builder().add_service(TraceServiceServer::new(Collector(received.clone())));
+        let stopped = async {
+            let _ = stopped.await;
+        };
+        match certs {
+            None => {
+                let incoming = tonic::transport::server::TcpIncoming::from(listener);
+                tokio::spawn(server.serve_with_incoming_shutdown(incoming, stopped));
+            }
+            Some(certs) => {
+                let incoming = crate::tls::TlsListener::new(listener, certs).incoming();
+                tokio::spawn(server.serve_with_incoming_shutdown(incoming, stopped));
+            }
+        }
+        OtlpReceiver { addr, https: certs.is_some(), received, _stop: stop }
     }
 
     /// `OTEL_EXPORTER_OTLP_ENDPOINT` for the services under test.
     pub fn endpoint(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.https { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
     pub fn spans(&self) -> Vec<ReceivedSpan> {

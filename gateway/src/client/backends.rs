@@ -26,7 +26,7 @@ use arc_swap::ArcSwap;
 use super::ClientSettings;
 use super::balance::{self, Candidate, Policy};
 use super::breaker::Breaker;
-use super::tls::Connector;
+use tally_runtime::tls::Connector;
 
 /// The URI an endpoint is dialled at: with TLS to the counters configured,
 /// every endpoint is TLS (discovery yields `http://` addresses; they are

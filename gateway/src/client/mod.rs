@@ -13,7 +13,6 @@ pub mod discovery;
 pub mod kubernetes;
 pub mod retry;
 mod single;
-pub mod tls;
 
 pub use single::{Incrementer, Reader};
 
@@ -37,7 +36,7 @@ use balance::Policy;
 use breaker::BreakerSettings;
 use coalesce::CallSlots;
 use retry::{CallKind, RetryBudget};
-pub use tls::UpstreamTls;
+pub use tally_runtime::tls::UpstreamTls;
 
 #[derive(Debug, Clone)]
 pub struct ClientSettings {

@@ -1,13 +1,14 @@
-//! TLS to the counters (mutual when the gateway has a client certificate):
-//! a connector for tonic's channels that dials TCP and then handshakes with
-//! the client configuration in force at that moment. Certificates rotate
-//! (cert-manager renews them in place) without dropping traffic: open
-//! HTTP/2 connections keep the session they made, and every new connection
-//! — a pool member reconnecting, a new endpoint — uses the renewed files.
+//! TLS for tonic's client channels (the gateway's to the counters, mutual
+//! when it has a client certificate; the OTLP exporter's): a connector that
+//! dials TCP and then handshakes with the client configuration in force at
+//! that moment. Certificates rotate (cert-manager renews them in place)
+//! without dropping traffic: open HTTP/2 connections keep the session they
+//! made, and every new connection — a pool member reconnecting, a new
+//! endpoint — uses the renewed files.
 //!
 //! Written as a connector rather than with tonic's own `ClientTlsConfig`
-//! because that one is fixed when the channel is made; a channel here
-//! lives as long as its endpoint.
+//! because that one is fixed when the channel is made (a channel here
+//! lives as long as its endpoint), and so one TLS stack serves every hop.
 
 use std::fmt;
 use std::future::Future;
@@ -16,20 +17,20 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use super::ClientTls;
 use http::Uri;
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
-use tally_runtime::tls::ClientTls;
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
-/// The gateway's TLS to the counters: whom it trusts, what it presents,
-/// and which name it expects in the counters' certificates.
+/// A client's TLS to its servers: whom it trusts, what it presents, and
+/// which name it expects in their certificates.
 #[derive(Clone)]
 pub struct UpstreamTls {
     pub config: Arc<ClientTls>,
-    /// Expected in every counter's certificate instead of the endpoint's
-    /// host (`TALLY_COUNTER_TLS_SERVER_NAME`): discovered endpoints are pod
+    /// Expected in every server's certificate instead of the endpoint's
+    /// host (`TALLY_COUNTER_TLS_SERVER_NAME`): discovered counters are pod
     /// IPs, while certificates usually name the Service.
     pub server_name: Option<ServerName<'static>>,
 }
@@ -51,7 +52,7 @@ impl UpstreamTls {
     }
 }
 
-/// Dials a counter: TCP (no Nagle), then TLS.
+/// Dials a server: TCP (no Nagle), then TLS.
 #[derive(Clone, Debug)]
 pub struct Connector {
     tls: UpstreamTls,

@@ -23,6 +23,10 @@ use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
 use crate::reload::{ReloadError, Reloading, SettingFile};
 
+mod connector;
+
+pub use connector::{Connector, UpstreamTls};
+
 /// ALPN for gRPC: HTTP/2 only.
 pub const ALPN_H2: &[&[u8]] = &[b"h2"];
 
