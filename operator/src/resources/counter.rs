@@ -7,7 +7,7 @@ use k8s_openapi::api::core::v1::{
 use kube::ResourceExt;
 
 use super::config::{self, Settings};
-use super::{deployment_for, env, http_probe, locked_down, pull_policy, redis, service_for};
+use super::{deployment_for, env, http_probe, locked_down, pull_policy, redis, secrets, service_for};
 use crate::crd::{BufferFullPolicy, CounterCluster, DiscoveryMode};
 
 pub const GRPC_PORT: i32 = 9001;
@@ -52,6 +52,7 @@ pub fn settings(cc: &CounterCluster) -> Settings {
     if let Some(workers) = super::threads::worker_threads(&spec.resources) {
         settings.insert("TALLY_WORKER_THREADS".into(), workers.to_string());
     }
+    settings.extend(secrets::counter(cc).settings);
     if cc.spec.discovery.mode == DiscoveryMode::Consul {
         // Counters register themselves; the gateways query the same service.
         let address = cc.spec.discovery.consul_address.clone().unwrap_or_default();
@@ -94,8 +95,10 @@ pub fn store_env(cc: &CounterCluster) -> EnvVar {
 
 pub fn deployment(cc: &CounterCluster) -> Deployment {
     let spec = &cc.spec.counter;
+    let mounted = secrets::counter(cc);
     let mut vars = vec![store_env(cc)];
     vars.extend(config::pod_identity());
+    vars.extend(secrets::consul_token(cc));
     if cc.spec.discovery.mode == DiscoveryMode::Consul {
         // Registered under the pod IP (`$(POD_IP)` expands an earlier variable).
         vars.push(EnvVar {
@@ -122,11 +125,13 @@ pub fn deployment(cc: &CounterCluster) -> Deployment {
         liveness_probe: Some(http_probe("/health", ADMIN_PORT)),
         resources: Some(spec.resources.clone()),
         security_context: Some(locked_down()),
+        volume_mounts: mounted.mounts(),
         ..Container::default()
     };
     let annotations = config::pod_annotations(ADMIN_PORT, &settings(cc));
     let grace = config::grace_period(spec.shutdown_timeout_ms);
-    let pod = PodSpec { termination_grace_period_seconds: Some(grace), ..PodSpec::default() };
+    let pod =
+        PodSpec { termination_grace_period_seconds: Some(grace), volumes: mounted.volumes(), ..PodSpec::default() };
     deployment_for(cc, "counter", name(cc), spec.replicas, container, Some(annotations), pod)
 }
 

@@ -1,13 +1,11 @@
 //! The gateway Deployment, its Service and settings.
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{
-    ConfigMap, Container, ContainerPort, KeyToPath, PodSpec, SecretVolumeSource, Service, Volume, VolumeMount,
-};
+use k8s_openapi::api::core::v1::{ConfigMap, Container, ContainerPort, PodSpec, Service};
 use kube::ResourceExt;
 
 use super::config::{self, Settings};
-use super::{counter, deployment_for, http_probe, locked_down, pull_policy, service_for};
+use super::{counter, deployment_for, http_probe, locked_down, pull_policy, secrets, service_for};
 use crate::crd::{CounterCluster, DiscoveryMode, LbPolicy};
 
 pub const HTTP_PORT: i32 = 8080;
@@ -59,10 +57,7 @@ pub fn settings(cc: &CounterCluster) -> Settings {
         ("TALLY_SHUTDOWN_TIMEOUT_MS", spec.shutdown_timeout_ms.to_string()),
     ];
     settings.extend(pairs.into_iter().map(|(k, v)| (k.to_string(), v)));
-    if cc.spec.auth.is_some() {
-        settings.insert("TALLY_AUTH".into(), "api_keys".into());
-        settings.insert("TALLY_AUTH_KEYS_FILE".into(), format!("{AUTH_DIR}/{AUTH_FILE}"));
-    }
+    settings.extend(secrets::gateway(cc).settings);
     if let Some(workers) = super::threads::worker_threads(&spec.resources) {
         settings.insert("TALLY_WORKER_THREADS".into(), workers.to_string());
     }
@@ -93,40 +88,13 @@ pub fn config_map(cc: &CounterCluster) -> ConfigMap {
     config::config_map(cc, "gateway", settings(cc))
 }
 
-/// Where the keys Secret is mounted. A whole-volume mount (no `subPath`),
-/// so the kubelet updates the file in place and the gateway reloads it.
-const AUTH_DIR: &str = "/etc/tally/auth";
-const AUTH_FILE: &str = "keys.yaml";
-
-/// The keys Secret as a read-only volume and its mount, when `spec.auth` is set.
-fn auth_volume(cc: &CounterCluster) -> Option<(Volume, VolumeMount)> {
-    let secret = &cc.spec.auth.as_ref()?.keys_secret;
-    let volume = Volume {
-        name: "auth-keys".into(),
-        secret: Some(SecretVolumeSource {
-            secret_name: Some(secret.name.clone()),
-            items: Some(vec![KeyToPath { key: secret.key.clone(), path: AUTH_FILE.into(), ..KeyToPath::default() }]),
-            default_mode: Some(0o440),
-            ..SecretVolumeSource::default()
-        }),
-        ..Volume::default()
-    };
-    let mount = VolumeMount {
-        name: "auth-keys".into(),
-        mount_path: AUTH_DIR.into(),
-        read_only: Some(true),
-        ..VolumeMount::default()
-    };
-    Some((volume, mount))
-}
-
 pub fn deployment(cc: &CounterCluster) -> Deployment {
     let spec = &cc.spec.gateway;
     let container = Container {
         name: "gateway".into(),
         image: Some(spec.image.clone()),
         image_pull_policy: Some(pull_policy(cc)),
-        env: Some(config::pod_identity()),
+        env: Some(config::pod_identity().into_iter().chain(secrets::consul_token(cc)).collect()),
         env_from: Some(config::env_from(cc, "gateway")),
         ports: Some(vec![
             ContainerPort { name: Some("http".into()), container_port: HTTP_PORT, ..ContainerPort::default() },
@@ -138,14 +106,14 @@ pub fn deployment(cc: &CounterCluster) -> Deployment {
         security_context: Some(locked_down()),
         ..Container::default()
     };
-    let auth = auth_volume(cc);
-    let container = Container { volume_mounts: auth.as_ref().map(|(_, mount)| vec![mount.clone()]), ..container };
+    let mounted = secrets::gateway(cc);
+    let container = Container { volume_mounts: mounted.mounts(), ..container };
     let annotations = config::pod_annotations(ADMIN_PORT, &settings(cc));
     let grace = config::grace_period(spec.shutdown_timeout_ms);
     let pod = PodSpec {
         service_account_name: Some(name(cc)),
         termination_grace_period_seconds: Some(grace),
-        volumes: auth.map(|(volume, _)| vec![volume]),
+        volumes: mounted.volumes(),
         ..PodSpec::default()
     };
     deployment_for(cc, "gateway", name(cc), spec.replicas, container, Some(annotations), pod)

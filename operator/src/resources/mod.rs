@@ -6,6 +6,7 @@ pub mod config;
 pub mod counter;
 pub mod gateway;
 pub mod redis;
+pub mod secrets;
 pub mod threads;
 
 use std::collections::BTreeMap;

@@ -12,6 +12,10 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+mod security;
+
+pub use security::{AuthSpec, StoreTlsSpec, TlsSpec};
+
 /// A tally deployment: counters, gateways, the store, discovery, telemetry.
 #[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
 #[kube(
@@ -53,16 +57,12 @@ pub struct CounterClusterSpec {
     /// the original project's clients).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<AuthSpec>,
-}
-
-/// Where the gateways' API keys come from (docs/security.md).
-#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct AuthSpec {
-    /// The Secret key holding the keys file: SHA-256 digests of the keys,
-    /// their scopes, resource prefixes and rates. Mounted into the gateways
-    /// and re-read there when the Secret changes, without a restart.
-    pub keys_secret: SecretKeyRef,
+    /// TLS between gateways and counters (mutual) and on the gateways'
+    /// public port; unset: plain text inside the cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("has(self.counterSecret) == has(self.gatewayClientSecret)")
+        .message("counterSecret and gatewayClientSecret go together: TLS between gateways and counters is mutual"))]
+    pub tls: Option<TlsSpec>,
 }
 
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
@@ -276,6 +276,10 @@ pub enum LbPolicy {
 ).message("set exactly one of url, urlSecret or managed: true"))]
 #[x_kube(validation = Rule::new("!has(self.url) || !self.url.matches('^[a-z+]+://[^/@]*:[^/@]*@')")
     .message("store.url may not carry a password (it would be readable by anyone who can read the CounterCluster): put the URL in urlSecret"))]
+#[x_kube(validation = Rule::new("!has(self.tls) || !has(self.url) || self.url.startsWith('rediss')")
+    .message("store.tls needs a rediss:// or rediss+cluster:// url"))]
+#[x_kube(validation = Rule::new("!has(self.tls) || !(has(self.managed) && self.managed)")
+    .message("store.tls is for your own Redis; the managed Redis is reached in plain text inside the namespace"))]
 pub struct StoreSpec {
     /// `redis://…`, `rediss://…` (TLS), `redis+cluster://…` or `rediss+cluster://…` (a Cluster over TLS).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -287,6 +291,9 @@ pub struct StoreSpec {
     /// Run a single-node Redis StatefulSet (for trying it out, not production).
     #[serde(default)]
     pub managed: bool,
+    /// TLS material for a `rediss://` store beyond the system's roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<StoreTlsSpec>,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
@@ -304,11 +311,17 @@ pub struct DiscoverySpec {
     /// counter Service, its DNS name, or Consul (counters self-register).
     #[serde(default)]
     pub mode: DiscoveryMode,
-    /// Consul agent address when `mode: consul`, e.g. `http://consul.consul.svc:8500`
-    /// (`https://` is not built yet).
+    /// Consul agent address when `mode: consul`, e.g. `http://consul.consul.svc:8500` or `https://…`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^http://"))]
+    #[schemars(regex(pattern = r"^https?://"))]
     pub consul_address: Option<String>,
+    /// `https://` Consul: a Secret whose `ca.crt` Consul's certificate must chain to
+    /// (default: the system's roots).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consul_ca_secret: Option<String>,
+    /// The Secret key holding Consul's ACL token (`TALLY_CONSUL_TOKEN`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consul_token_secret: Option<SecretKeyRef>,
 }
 
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
@@ -325,11 +338,14 @@ pub enum DiscoveryMode {
 #[serde(rename_all = "camelCase", default)]
 pub struct TelemetrySpec {
     /// OTLP/gRPC endpoint traces go to (`OTEL_EXPORTER_OTLP_ENDPOINT`),
-    /// e.g. `http://jaeger.tally.svc:4317`; unset exports nothing (`https://`
-    /// is not built yet).
+    /// e.g. `http://jaeger.tally.svc:4317` or `https://…`; unset exports nothing.
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^http://"))]
+    #[schemars(regex(pattern = r"^https?://"))]
     pub otlp_endpoint: Option<String>,
+    /// `https://` collector: a Secret whose `ca.crt` the collector's certificate must chain to
+    /// (default: the system's roots).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub otlp_ca_secret: Option<String>,
     /// Share of new traces sampled; a sampled caller is followed by the counters, and by the
     /// gateways only with `gateway.traceTrustCaller` (`OTEL_TRACES_SAMPLER_ARG`, parent-based
     /// ratio sampler).
@@ -436,6 +452,7 @@ impl Default for TelemetrySpec {
     fn default() -> Self {
         TelemetrySpec {
             otlp_endpoint: None,
+            otlp_ca_secret: None,
             sampling_ratio: 0.1,
             log_format: LogFormat::Json,
             log_level: "info".into(),
@@ -450,5 +467,4 @@ pub fn crd_yaml() -> String {
 }
 
 #[cfg(test)]
-#[path = "crd_tests.rs"]
 mod tests;

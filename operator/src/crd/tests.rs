@@ -1,0 +1,199 @@
+//! The CRD against the services it configures, its CEL rules, and the
+//! committed copies of it.
+
+use std::collections::BTreeMap;
+
+use clap::CommandFactory;
+
+use super::*;
+use crate::resources::{counter, gateway, sample};
+
+/// `env var → default` of a service's settings, read from its clap definition.
+fn service_defaults(command: clap::Command) -> BTreeMap<String, String> {
+    command
+        .get_arguments()
+        .filter_map(|arg| {
+            let env = arg.get_env()?.to_string_lossy().into_owned();
+            let default = arg.get_default_values().iter().map(|v| v.to_string_lossy()).collect::<Vec<_>>().join(",");
+            Some((env, default))
+        })
+        .collect()
+}
+
+/// Numbers compare by value (`20` = `20.0`), everything else as text.
+fn same_value(a: &str, b: &str) -> bool {
+    match (a.parse::<f64>(), b.parse::<f64>()) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => a == b,
+    }
+}
+
+/// Every service setting is either set by the operator from the spec, with
+/// the service's own default when the spec leaves it out, or listed here
+/// with the reason it is not part of the spec. A new setting in a service
+/// fails this test until the CRD covers it or it is listed.
+fn check_component(settings: BTreeMap<String, String>, command: clap::Command, not_in_spec: &[&str], set_by: &[&str]) {
+    let defaults = service_defaults(command);
+    for (env, default) in &defaults {
+        if not_in_spec.contains(&env.as_str()) {
+            continue;
+        }
+        let Some(value) = settings.get(env) else {
+            panic!("{env} is a service setting the CounterCluster spec does not cover");
+        };
+        if !set_by.contains(&env.as_str()) {
+            assert!(same_value(value, default), "{env}: CRD default {value:?}, service default {default:?}");
+        }
+    }
+    for env in settings.keys().filter(|k| k.starts_with("TALLY_")) {
+        assert!(defaults.contains_key(env), "the operator sets {env}, which the service does not read");
+    }
+}
+
+#[test]
+fn defaults_equal_the_services_defaults_and_every_tunable_is_covered() {
+    let cc = sample(serde_json::json!({"store": {"managed": true}}));
+    check_component(
+        counter::settings(&cc),
+        tally_counter::config::Config::command(),
+        &[
+            "TALLY_STORE",                           // from the store spec (env, may be a Secret)
+            "TALLY_STORE_TLS_CA_FILE",               // the mounted store.tls Secret, when set
+            "TALLY_STORE_TLS_CERT_FILE",             // idem, with clientCertificate
+            "TALLY_STORE_TLS_KEY_FILE",              // idem
+            "TALLY_TLS_CERT_FILE",                   // the mounted tls.counterSecret, when set
+            "TALLY_TLS_KEY_FILE",                    // idem
+            "TALLY_TLS_CLIENT_CA_FILE",              // idem (its ca.crt: mutual TLS)
+            "TALLY_TLS_RELOAD_MS",                   // service default
+            "TALLY_CONSUL_CA_FILE",                  // the mounted discovery.consulCaSecret, in consul mode
+            "TALLY_CONSUL_TOKEN",                    // from discovery.consulTokenSecret (env from the Secret)
+            "OTEL_EXPORTER_OTLP_CERTIFICATE",        // the mounted telemetry.otlpCaSecret, when set
+            "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", // collectors requiring client certificates: not in the spec
+            "OTEL_EXPORTER_OTLP_CLIENT_KEY",         // idem
+            "TALLY_WORKER_THREADS",                  // from the CPU limit, else request (resources/threads.rs)
+            "TALLY_STREAM_WINDOW",                   // per-stream protocol detail, not a deployment tunable
+            "TALLY_MAX_CONCURRENT_STREAMS",          // idem
+            "TALLY_HTTP_HEADER_TIMEOUT_MS",          // admin port (probes, scrapes): service defaults
+            "TALLY_HTTP_IDLE_TIMEOUT_MS",            // idem
+            "TALLY_HTTP_MAX_CONNECTIONS",            // idem
+            "TALLY_HTTP_MAX_HEADER_BYTES",           // idem
+            "TALLY_HTTP2_MAX_CONCURRENT_STREAMS",    // idem
+            "TALLY_HEALTH_INTERVAL_MS",              // store readiness probe period: fixed 1 s
+            "TALLY_CONSUL_ADDR",                     // set from discovery.consulAddress in consul mode only
+            "TALLY_CONSUL_SERVICE",                  // per CounterCluster, set in consul mode only
+            "TALLY_CONSUL_SERVICE_ADDRESS",          // the pod IP, from the downward API
+            "TALLY_CONSUL_TAGS",                     // service defaults
+            "TALLY_CONSUL_CHECK_INTERVAL_S",         // idem
+            "TALLY_CONSUL_DEREGISTER_AFTER_S",       // idem
+            "OTEL_EXPORTER_OTLP_ENDPOINT",           // set when telemetry.otlpEndpoint is
+        ],
+        &["TALLY_LISTEN", "TALLY_ADMIN_LISTEN", "TALLY_LOG_FORMAT", "OTEL_SERVICE_NAME"],
+    );
+    check_component(
+        gateway::settings(&cc),
+        tally_gateway::config::Config::command(),
+        &[
+            "TALLY_WORKER_THREADS",                  // from the CPU limit, else request (resources/threads.rs)
+            "TALLY_AUTH",                            // api_keys when spec.auth is set
+            "TALLY_AUTH_KEYS_FILE",                  // the mounted keys Secret, when spec.auth is set
+            "TALLY_AUTH_RELOAD_MS",                  // service default
+            "TALLY_COUNTER_TLS_CA_FILE",             // the mounted tls.gatewayClientSecret, when set
+            "TALLY_COUNTER_TLS_CERT_FILE",           // idem
+            "TALLY_COUNTER_TLS_KEY_FILE",            // idem
+            "TALLY_COUNTER_TLS_SERVER_NAME",         // the counter Service's DNS name, with TLS
+            "TALLY_TLS_CERT_FILE",                   // the mounted tls.gatewaySecret, when set
+            "TALLY_TLS_KEY_FILE",                    // idem
+            "TALLY_TLS_CLIENT_CA_FILE",              // client certificates at the edge: not in the spec
+            "TALLY_TLS_RELOAD_MS",                   // service default
+            "TALLY_CONSUL_CA_FILE",                  // the mounted discovery.consulCaSecret, in consul mode
+            "TALLY_CONSUL_TOKEN",                    // from discovery.consulTokenSecret (env from the Secret)
+            "OTEL_EXPORTER_OTLP_CERTIFICATE",        // the mounted telemetry.otlpCaSecret, when set
+            "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", // not in the spec
+            "OTEL_EXPORTER_OTLP_CLIENT_KEY",         // idem
+            "TALLY_COUNTER_ENDPOINTS",               // static discovery: outside Kubernetes only
+            "TALLY_DNS_INTERVAL_MS",                 // service default
+            "TALLY_K8S_NAMESPACE",                   // the pod's own namespace
+            "TALLY_K8S_PORT_NAME",                   // the counter Service's port name, fixed
+            "TALLY_CONSUL_SERVICE",                  // per CounterCluster, set in consul mode only
+            "TALLY_CONSUL_TAG",                      // idem
+            "TALLY_CONSUL_WAIT_S",                   // service default
+            "TALLY_COALESCE_MAX_OPS",                // coalescing internals; `coalesce` turns it off
+            "TALLY_COALESCE_MAX_INFLIGHT",           // idem
+            "TALLY_DNS_NAME",                        // set in dns mode only
+            "TALLY_CONSUL_ADDR",                     // set in consul mode only
+            "OTEL_EXPORTER_OTLP_ENDPOINT",           // set when telemetry.otlpEndpoint is
+        ],
+        &[
+            "TALLY_LISTEN",
+            "TALLY_ADMIN_LISTEN",
+            "TALLY_LOG_FORMAT",
+            "TALLY_DISCOVERY",
+            "TALLY_K8S_SERVICE",
+            "OTEL_SERVICE_NAME",
+        ],
+    );
+}
+
+#[test]
+fn the_schema_carries_the_defaults() {
+    use kube::CustomResourceExt;
+    let crd = serde_json::to_value(CounterCluster::crd()).expect("crd");
+    let spec = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"];
+    assert_eq!(spec["counter"]["properties"]["batchSize"]["default"], 100);
+    assert_eq!(spec["gateway"]["properties"]["poolSize"]["default"], 20);
+    assert_eq!(spec["gateway"]["properties"]["lbPolicy"]["default"], "round_robin");
+    assert_eq!(spec["telemetry"]["properties"]["samplingRatio"]["default"], 0.1);
+    assert_eq!(spec["counter"]["properties"]["batchSize"]["minimum"], 1.0);
+}
+
+fn cel_errors(spec: serde_json::Value) -> String {
+    crate::validate::validate(&sample(spec)).err().map(|e| e.0).unwrap_or_default()
+}
+
+#[test]
+fn cel_rules_reject_contradictory_specs() {
+    assert_eq!(cel_errors(serde_json::json!({"store": {"managed": true}})), "");
+    assert_eq!(cel_errors(serde_json::json!({"store": {"url": "redis://r:6379"}})), "");
+    let both = cel_errors(serde_json::json!({"store": {"url": "redis://r:6379", "managed": true}}));
+    assert!(both.contains("exactly one"), "{both:?}");
+    let breaker = cel_errors(serde_json::json!({
+        "store": {"managed": true}, "gateway": {"breakerRecoveryMs": 5000, "breakerMaxRecoveryMs": 1000},
+    }));
+    assert!(breaker.contains("breakerMaxRecoveryMs must be at least"), "{breaker:?}");
+    for url in ["redis://:s3cret@r:6379", "rediss://user:s3cret@r:6380/0", "redis+cluster://:pw@a:1,b:2"] {
+        let password = cel_errors(serde_json::json!({"store": {"url": url}}));
+        assert!(password.contains("may not carry a password"), "{url}: {password:?}");
+    }
+    for url in ["redis://r:6379", "rediss://user@r:6380/0", "redis+cluster://a:1,b:2", "rediss+cluster://a:1,b:2"] {
+        assert_eq!(cel_errors(serde_json::json!({"store": {"url": url}})), "", "{url}");
+    }
+    let ca = serde_json::json!({"secret": "redis-ca"});
+    let plain = cel_errors(serde_json::json!({"store": {"url": "redis://r:6379", "tls": ca}}));
+    assert!(plain.contains("needs a rediss://"), "{plain:?}");
+    let managed = cel_errors(serde_json::json!({"store": {"managed": true, "tls": ca}}));
+    assert!(managed.contains("for your own Redis"), "{managed:?}");
+    assert_eq!(cel_errors(serde_json::json!({"store": {"url": "rediss+cluster://a:1", "tls": ca}})), "");
+    let one_sided = cel_errors(serde_json::json!({"store": {"managed": true}, "tls": {"counterSecret": "c"}}));
+    assert!(one_sided.contains("mutual"), "{one_sided:?}");
+    let both = serde_json::json!({"counterSecret": "c", "gatewayClientSecret": "g"});
+    assert_eq!(cel_errors(serde_json::json!({"store": {"managed": true}, "tls": both})), "");
+}
+
+#[test]
+fn url_patterns_accept_only_what_the_services_support() {
+    use kube::CustomResourceExt;
+    let crd = serde_json::to_value(CounterCluster::crd()).expect("crd");
+    let spec = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"];
+    assert_eq!(spec["store"]["properties"]["url"]["pattern"], r"^(redis|rediss|redis\+cluster|rediss\+cluster)://");
+    assert_eq!(spec["telemetry"]["properties"]["otlpEndpoint"]["pattern"], "^https?://");
+    assert_eq!(spec["discovery"]["properties"]["consulAddress"]["pattern"], "^https?://");
+}
+
+#[test]
+fn the_committed_crds_match_the_rust_types() {
+    let committed = include_str!("../../../deploy/crds/countercluster.yaml");
+    // Not assert_eq: the whole CRD twice would bury the message.
+    assert!(committed == crd_yaml(), "deploy/crds/countercluster.yaml drifted from crd.rs: run `make crd`");
+    let in_chart = include_str!("../../../charts/tally-operator/crds/countercluster.yaml");
+    assert!(in_chart == crd_yaml(), "the chart's CRD drifted from crd.rs: run `make crd`");
+}
