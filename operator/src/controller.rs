@@ -30,6 +30,8 @@ pub enum Error {
     NoNamespace,
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
+    #[error("the system's random number generator failed")]
+    Random,
 }
 
 /// What every reconcile shares: the API client, the Event recorder and the
@@ -57,6 +59,32 @@ where
     let api: Api<K> = Api::namespaced(client.clone(), namespace);
     let name = object.meta().name.clone().unwrap_or_default();
     Ok(api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(object)).await?)
+}
+
+/// Creates `object` unless it exists (an existing one is left as it is: a
+/// generated password must not change on the next reconcile).
+async fn create_once<K>(client: &Client, namespace: &str, object: &K) -> Result<(), Error>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope> + Clone + DeserializeOwned + Serialize + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), namespace);
+    match api
+        .create(&kube::api::PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() }, object)
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 409 => Ok(()),
+        Err(err) => Err(err.into()),
+    }
+}
+
+/// 32 random bytes, hex: the managed Redis's password.
+fn new_password() -> Result<String, Error> {
+    use ring::rand::SecureRandom;
+    let mut bytes = [0u8; 32];
+    ring::rand::SystemRandom::new().fill(&mut bytes).map_err(|_| Error::Random)?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// Applies the desired objects for `cc` and reports what it saw.
@@ -116,8 +144,10 @@ async fn reconcile_inner(cc: &CounterCluster, ctx: &Context) -> Result<Outcome, 
         }
         Ok(()) => {
             if cc.spec.store.managed {
+                create_once(client, &namespace, &redis::password_secret(cc, new_password()?)).await?;
                 apply(client, &namespace, &redis::service(cc)).await?;
                 apply(client, &namespace, &redis::stateful_set(cc)).await?;
+                apply(client, &namespace, &redis::network_policy(cc)).await?;
             }
             apply(client, &namespace, &counter::config_map(cc)).await?;
             apply(client, &namespace, &counter::service(cc)).await?;

@@ -26,8 +26,14 @@ type Seen = (Method, String, Value);
 
 /// Runs one reconcile against a mock API that answers like an API server:
 /// a PATCH (server-side apply) echoes the applied object (the whole resource
-/// for status), a POST (an Event) echoes the Event. Returns every request.
+/// for status), a POST (an Event, a created Secret) echoes it. Returns every
+/// request.
 async fn run(cc: CounterCluster) -> Vec<Seen> {
+    run_with(cc, false).await
+}
+
+/// As [`run`]; with `secret_exists`, creating a Secret answers 409 AlreadyExists.
+async fn run_with(cc: CounterCluster, secret_exists: bool) -> Vec<Seen> {
     let (service, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
     let client = Client::new(service, "tally");
     let resource = serde_json::to_vec(&cc).expect("resource");
@@ -39,7 +45,16 @@ async fn run(cc: CounterCluster) -> Vec<Seen> {
             let body = request.into_body().collect_bytes().await.expect("body");
             let json: Value = serde_json::from_slice(&body).expect("json body");
             let answer = if uri.contains("/status") { resource.clone() } else { body.to_vec() };
-            respond.send_response(Response::builder().body(Body::from(answer)).expect("response"));
+            let response = if secret_exists && method == Method::POST && json["kind"] == "Secret" {
+                let status = serde_json::json!({
+                    "kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "AlreadyExists",
+                    "code": 409, "message": "secrets \"demo-redis-auth\" already exists",
+                });
+                Response::builder().status(409).body(Body::from(status.to_string().into_bytes()))
+            } else {
+                Response::builder().body(Body::from(answer))
+            };
+            respond.send_response(response.expect("response"));
             seen.push((method, uri, json));
         }
         seen
@@ -59,7 +74,7 @@ fn applied(seen: &[Seen]) -> Vec<Seen> {
 }
 
 fn events(seen: &[Seen]) -> Vec<&Value> {
-    seen.iter().filter(|(m, _, _)| m == Method::POST).map(|(_, _, body)| body).collect()
+    seen.iter().filter(|(m, _, body)| m == Method::POST && body["kind"] == "Event").map(|(_, _, body)| body).collect()
 }
 
 #[tokio::test]
@@ -68,8 +83,10 @@ async fn first_reconcile_applies_everything_with_one_field_manager_and_owner_ref
     assert_eq!(
         kinds(&seen),
         vec![
+            "Secret",
             "Service",
             "StatefulSet",
+            "NetworkPolicy",
             "ConfigMap",
             "Service",
             "Deployment",
@@ -102,6 +119,29 @@ async fn first_reconcile_applies_everything_with_one_field_manager_and_owner_ref
     assert_eq!(status["status"]["observedGeneration"], 3);
     let ready = status["status"]["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Ready").unwrap();
     assert_eq!(ready["status"], "False", "nothing is ready in the mock");
+}
+
+#[tokio::test]
+async fn the_managed_redis_password_is_created_once_and_never_overwritten() {
+    let cc = serde_json::json!({"store": {"managed": true}});
+    let seen = run(cluster(cc.clone())).await;
+    let (method, uri, secret) = &seen[0];
+    assert_eq!((method, secret["kind"].as_str()), (&Method::POST, Some("Secret")), "created, not applied");
+    assert!(uri.contains("fieldManager=tally-operator"), "{uri}");
+    let password = secret["stringData"]["password"].as_str().expect("a password");
+    assert_eq!(password.len(), 64, "32 random bytes, hex");
+    assert_eq!(secret["metadata"]["ownerReferences"][0]["uid"], "uid-1", "deleted with the CounterCluster");
+    // Nowhere else: not in the applied objects, Events or status.
+    for (_, _, body) in &seen[1..] {
+        assert!(!body.to_string().contains(password), "the password leaked into {}", body["kind"]);
+    }
+    let again = run(cluster(cc.clone())).await;
+    assert_ne!(again[0].2["stringData"]["password"], secret["stringData"]["password"], "a fresh one is offered each time");
+    // The Secret exists: the create is refused and nothing overwrites it.
+    let existing = run_with(cluster(cc), true).await;
+    let secrets: Vec<_> = existing.iter().filter(|(_, _, b)| b["kind"] == "Secret").collect();
+    assert_eq!(secrets.len(), 1, "one create attempt, no apply");
+    assert!(existing.last().expect("status").1.contains("/status"), "reconcile went on to the status");
 }
 
 #[tokio::test]

@@ -72,10 +72,11 @@ pub fn consul_service(cc: &CounterCluster) -> String {
     format!("{}-{}", cc.namespace().unwrap_or_else(|| "default".into()), name(cc))
 }
 
-/// The store URL: from the Secret, the spec, or the managed Redis. Kept out
-/// of the ConfigMap: it may carry a password.
-pub fn store_env(cc: &CounterCluster) -> EnvVar {
-    match (&cc.spec.store.url_secret, &cc.spec.store.url) {
+/// The store URL: from the Secret, the spec, or the managed Redis (whose
+/// password comes from its Secret first, expanded into the URL by
+/// Kubernetes). Kept out of the ConfigMap: it may carry a password.
+pub fn store_env(cc: &CounterCluster) -> Vec<EnvVar> {
+    let url = match (&cc.spec.store.url_secret, &cc.spec.store.url) {
         (Some(secret), _) => EnvVar {
             name: "TALLY_STORE".into(),
             value_from: Some(EnvVarSource {
@@ -89,14 +90,19 @@ pub fn store_env(cc: &CounterCluster) -> EnvVar {
             ..EnvVar::default()
         },
         (None, Some(url)) => env("TALLY_STORE", url),
-        (None, None) => env("TALLY_STORE", format!("redis://{}:{}", redis::name(cc), redis::PORT)),
-    }
+        (None, None) => {
+            let password = redis::password_env(cc, "REDIS_PASSWORD");
+            let url = env("TALLY_STORE", format!("redis://:$(REDIS_PASSWORD)@{}:{}", redis::name(cc), redis::PORT));
+            return vec![password, url];
+        }
+    };
+    vec![url]
 }
 
 pub fn deployment(cc: &CounterCluster) -> Deployment {
     let spec = &cc.spec.counter;
     let mounted = secrets::counter(cc);
-    let mut vars = vec![store_env(cc)];
+    let mut vars = store_env(cc);
     vars.extend(config::pod_identity());
     vars.extend(secrets::consul_token(cc));
     if cc.spec.discovery.mode == DiscoveryMode::Consul {
@@ -203,10 +209,11 @@ mod tests {
     #[test]
     fn store_from_secret_or_managed_redis() {
         let secret = sample(serde_json::json!({"store": {"urlSecret": {"name": "redis", "key": "url"}}}));
-        let selector = store_env(&secret).value_from.unwrap().secret_key_ref.unwrap();
+        let selector = store_env(&secret)[0].value_from.clone().unwrap().secret_key_ref.unwrap();
         assert_eq!((selector.name.as_str(), selector.key.as_str()), ("redis", "url"));
         let managed = sample(serde_json::json!({"store": {"managed": true}}));
-        assert_eq!(store_env(&managed).value.as_deref(), Some("redis://demo-redis:6379"));
+        let vars = store_env(&managed);
+        assert_eq!(vars[1].value.as_deref(), Some("redis://:$(REDIS_PASSWORD)@demo-redis:6379"));
     }
 
     #[test]
