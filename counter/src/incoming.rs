@@ -13,9 +13,10 @@ use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
-use tally_runtime::conn::{Held, HeldConn, handshake};
+use tally_runtime::conn::{Held, HeldConn, Transport, handshake};
 use tally_runtime::tls::ServerTls;
 use tally_runtime::workers::{LeastBusy, OpenConn};
+use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Handle;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
@@ -97,9 +98,10 @@ pub fn bounded(
                 let (worker, on_worker) = busy.pick();
                 let Some((runtime, sender)) = senders.get(worker).cloned() else { return };
                 runtime.spawn(async move {
+                    let deadline = tokio::time::Instant::now() + limits.handshake_timeout;
                     // The socket joins the worker's reactor here.
                     let Ok(stream) = TcpStream::from_std(stream) else { return };
-                    let transport = match handshake(stream, tls.as_deref(), limits.handshake_timeout).await {
+                    let mut transport = match handshake(stream, tls.as_deref(), limits.handshake_timeout).await {
                         Ok(transport) => transport,
                         Err(err) => {
                             metrics.tls_failures.inc();
@@ -107,14 +109,30 @@ pub fn bounded(
                             return;
                         }
                     };
+                    // Over TLS the preface comes after the handshake, within the same time.
+                    let mut unread = Vec::new();
+                    if tls.is_some() {
+                        if !read_preface(&mut transport, deadline).await {
+                            metrics.handshake_timeouts.inc();
+                            return;
+                        }
+                        unread = PREFACE.to_vec();
+                    }
                     metrics.open.inc();
                     let slot = Slot { _permit: permit, _on_worker: on_worker, open: metrics.open.clone() };
-                    let _ = sender.send(HeldConn::new(transport, slot)).await;
+                    let _ = sender.send(HeldConn::with_unread(transport, unread, slot)).await;
                 });
             });
         }
     });
     streams
+}
+
+/// Reads the HTTP/2 preface from a (decrypted) connection by `deadline`;
+/// false when something else came, the peer closed, or time ran out.
+async fn read_preface(transport: &mut Transport, deadline: tokio::time::Instant) -> bool {
+    let mut buf = [0u8; PREFACE.len()];
+    matches!(tokio::time::timeout_at(deadline, transport.read_exact(&mut buf)).await, Ok(Ok(_))) && buf == *PREFACE
 }
 
 /// Waits (without consuming anything) until the client has sent the

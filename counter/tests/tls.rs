@@ -147,3 +147,48 @@ fn tls_settings_that_cannot_work_stop_startup_with_the_setting_named() {
         "a certificate without its key: {out}"
     );
 }
+
+/// Over TLS the HTTP/2 preface follows the handshake: a client that
+/// completes the (mutual) handshake and then says nothing is cut at the
+/// handshake timeout too, as a silent plain-text client is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_client_that_handshakes_and_then_says_nothing_is_cut_at_the_handshake_timeout() {
+    let certs = TestCerts::generate("tally-tls-silent");
+    let path = |p: &std::path::Path| p.to_string_lossy().to_string();
+    let (cert, key, ca) = (path(&certs.server_cert), path(&certs.server_key), path(&certs.ca));
+    let counter = start_counter(
+        "memory",
+        &[
+            ("TALLY_TLS_CERT_FILE", &cert),
+            ("TALLY_TLS_KEY_FILE", &key),
+            ("TALLY_TLS_CLIENT_CA_FILE", &ca),
+            ("TALLY_GRPC_HANDSHAKE_TIMEOUT_MS", "500"),
+        ],
+    );
+    let addr = counter.addr("grpc").to_string();
+    let started = std::time::Instant::now();
+    // s_client completes the handshake with a trusted client certificate,
+    // then waits on its (never written) stdin; it exits when the server closes.
+    let mut client = tokio::process::Command::new("openssl")
+        .args(["s_client", "-quiet", "-connect", &addr, "-CAfile", &ca])
+        .args(["-cert", &path(&certs.client_cert), "-key", &path(&certs.client_key)])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("openssl s_client");
+    let _stdin = client.stdin.take();
+    let exited = tokio::time::timeout(std::time::Duration::from_secs(10), client.wait()).await;
+    assert!(exited.is_ok(), "the silent TLS connection stayed open");
+    let took = started.elapsed();
+    assert!(took >= std::time::Duration::from_millis(400), "closed after {took:?}, before the timeout");
+    let text = reqwest::get(format!("{}/metrics", counter.admin_base())).await.unwrap().text().await.unwrap();
+    let value =
+        |name: &str| text.lines().find(|l| l.starts_with(name)).and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok());
+    assert_eq!(value("tally_counter_grpc_handshake_timeouts_total"), Some(1.0), "counted as a handshake timeout");
+    assert_eq!(
+        value("tally_counter_grpc_tls_handshake_failures_total"),
+        Some(0.0),
+        "the TLS handshake itself succeeded"
+    );
+}

@@ -126,11 +126,20 @@ pub trait Held: Send + Unpin + 'static {
 pub struct HeldConn<H: Held> {
     stream: Transport,
     held: H,
+    /// Bytes already read from `stream` (to check them) that the server
+    /// must still see first; empty on most connections.
+    unread: Vec<u8>,
 }
 
 impl<H: Held> HeldConn<H> {
     pub fn new(stream: Transport, held: H) -> HeldConn<H> {
-        HeldConn { stream, held }
+        HeldConn { stream, held, unread: Vec::new() }
+    }
+
+    /// As [`HeldConn::new`], with `unread` (read from `stream` already)
+    /// served before anything else `stream` reads.
+    pub fn with_unread(stream: Transport, unread: Vec<u8>, held: H) -> HeldConn<H> {
+        HeldConn { stream, held, unread }
     }
 }
 
@@ -146,6 +155,13 @@ impl<H: Held> AsyncRead for HeldConn<H> {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let before = buf.filled().len();
+        if !this.unread.is_empty() {
+            let n = this.unread.len().min(buf.remaining());
+            buf.put_slice(&this.unread[..n]);
+            this.unread.drain(..n);
+            this.held.on_read(&buf.filled()[before..]);
+            return Poll::Ready(Ok(()));
+        }
         let result = Pin::new(&mut this.stream).poll_read(cx, buf);
         if buf.filled().len() > before {
             this.held.on_read(&buf.filled()[before..]);
