@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 . scripts/lib.sh
 
 SECONDS_PER_RUN=${SECONDS_PER_RUN:-10}
-require_tools redis-server redis-cli wrk python3
+require_tools redis-server redis-cli wrk python3 openssl
 
 cargo build --release -q -p tally-counter -p tally-gateway -p tally-bench
 work=$(mktemp -d)
@@ -106,6 +106,39 @@ pids+=("$auth_pid")
 WRK_HEADER="Authorization: Bearer $key" run_wrk chain-inc-hot-keys-auth \
   "http://127.0.0.1:$auth_port/api/v1/counter/increment" hot.lua -- "$auth_pid" "$counter_pid" "$redis_pid"
 counter_rss=$(peak_rss_mib "$counter_pid")
+stop_pids "$auth_pid" "$gateway_pid" "$counter_pid"
+
+# The cost of TLS on every hop: HTTPS from wrk to the gateway, mutual TLS
+# from the gateway to the counter, TLS with a client certificate from the
+# counter to Redis. wrk keeps its connections, as production clients do,
+# so this is the steady-state cost (handshakes are not in it).
+certs="$work/certs"
+make_test_certs "$certs"
+tls_redis_port=$(free_port)
+redis-server --port 0 --bind 127.0.0.1 --save "" --appendonly no --logfile "$work/redis-tls.log" \
+  --tls-port "$tls_redis_port" --tls-cert-file "$certs/server.crt" --tls-key-file "$certs/server.key" \
+  --tls-ca-cert-file "$certs/ca.crt" --tls-auth-clients yes >/dev/null 2>&1 &
+tls_redis_pid=$!
+pids+=("$tls_redis_pid")
+wait_for_log "$work/redis-tls.log" "Ready to accept connections"
+tls_grpc_port=$(free_port); tls_http_port=$(free_port)
+TALLY_STORE="rediss://127.0.0.1:$tls_redis_port" TALLY_STORE_TLS_CA_FILE="$certs/ca.crt" \
+  TALLY_STORE_TLS_CERT_FILE="$certs/client.crt" TALLY_STORE_TLS_KEY_FILE="$certs/client.key" \
+  TALLY_TLS_CERT_FILE="$certs/server.crt" TALLY_TLS_KEY_FILE="$certs/server.key" TALLY_TLS_CLIENT_CA_FILE="$certs/ca.crt" \
+  TALLY_LISTEN="127.0.0.1:$tls_grpc_port" TALLY_ADMIN_LISTEN="127.0.0.1:0" \
+  target/release/tally-counter >"$work/counter-tls.log" 2>&1 &
+tls_counter_pid=$!
+pids+=("$tls_counter_pid")
+wait_for_log "$work/counter-tls.log" "tally-counter listening"
+tls_gateway_pid=$(TALLY_COUNTER_TLS_CA_FILE="$certs/ca.crt" TALLY_COUNTER_TLS_CERT_FILE="$certs/client.crt" \
+  TALLY_COUNTER_TLS_KEY_FILE="$certs/client.key" TALLY_TLS_CERT_FILE="$certs/server.crt" \
+  TALLY_TLS_KEY_FILE="$certs/server.key" \
+  start_gateway "$tls_http_port" "https://127.0.0.1:$tls_grpc_port" "$work/gateway-tls.log")
+pids+=("$tls_gateway_pid")
+run_wrk chain-inc-hot-tls "https://127.0.0.1:$tls_http_port/api/v1/counter/increment" hot.lua -- \
+  "$tls_gateway_pid" "$tls_counter_pid" "$tls_redis_pid"
+run_wrk chain-get-hot-tls "https://127.0.0.1:$tls_http_port/api/v1/counter/bench:hot/likes" "" -- \
+  "$tls_gateway_pid" "$tls_counter_pid" "$tls_redis_pid"
 
 mkdir -p bench-results
 report="bench-results/compare-$(date -u +%Y%m%d-%H%M%S).md"
@@ -138,6 +171,11 @@ auth, plain = rows["chain-inc-hot-keys-auth"], rows["chain-inc-hot"]
 print(f"\nIncrement, one hot key, every request with an API key (`TALLY_AUTH=api_keys`): {auth['rps']:,.0f} req/s, "
       f"p99 {auth['p99']:.2f} ms, {auth['cpu']:.1f} µs/req ({auth['cpu'] / plain['cpu']:.2f} × the chain without keys), "
       f"non-2xx {auth['bad']}.")
+for key, title in [("inc-hot", "Increment, one hot key"), ("get-hot", "GET, one hot key")]:
+    tls, plain = rows[f"chain-{key}-tls"], rows[f"chain-{key}"]
+    print(f"\n{title}, TLS on every hop (HTTPS, mutual TLS to the counter, TLS to Redis): {tls['rps']:,.0f} req/s "
+          f"({tls['rps'] / plain['rps']:.2f} × plain text), p99 {tls['p99']:.2f} ms, {tls['cpu']:.1f} µs/req "
+          f"({tls['cpu'] / plain['cpu']:.2f} × plain text), non-2xx {tls['bad']}.")
 fresh, after = rows["chain-get-hot-fresh"], rows["chain-get-hot"]
 print(f"\nGET, one hot key, on the fresh gateway (before any write): {fresh['rps']:,.0f} req/s, "
       f"{fresh['cpu']:.1f} µs/req; after the write runs: {after['rps'] / fresh['rps']:.2f} × its req/s.")

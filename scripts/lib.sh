@@ -92,3 +92,23 @@ stop_pids() {
     done
   done
 }
+
+# Test certificates in directory $1 (openssl, P-256, valid 2 days): ca.crt,
+# server.crt/key for 127.0.0.1 and localhost, client.crt/key.
+make_test_certs() {
+  local dir=$1 name
+  mkdir -p "$dir"
+  (
+    cd "$dir"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout ca.key -out ca.crt \
+      -days 2 -subj "/CN=tally bench CA" 2>/dev/null
+    printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n' >server.ext
+    printf 'extendedKeyUsage=clientAuth\n' >client.ext
+    for name in server client; do
+      openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout "$name.key" \
+        -out "$name.csr" -subj "/CN=tally-$name" 2>/dev/null
+      openssl x509 -req -in "$name.csr" -CA ca.crt -CAkey ca.key -CAcreateserial -out "$name.crt" -days 2 \
+        -extfile "$name.ext" 2>/dev/null
+    done
+  )
+}
