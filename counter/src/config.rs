@@ -15,8 +15,9 @@ use crate::service::BufferFullPolicy;
 use crate::store::{StoreError, StoreOptions, StoreTimeouts, StoreTls};
 use tally_runtime::consul::ConsulAccess;
 use tally_runtime::http::HttpArgs;
+use tally_runtime::reload::SettingFile;
 use tally_runtime::rt::RuntimeArgs;
-use tally_runtime::tls::ListenerTlsArgs;
+use tally_runtime::tls::{ClientFiles, ListenerTlsArgs};
 
 #[derive(Debug, Clone, Parser)]
 #[command(name = "tally-counter", version, about = "tally's gRPC counter service")]
@@ -175,6 +176,20 @@ impl Config {
                 .map(|p| std::fs::read(p).map_err(|e| StoreError::config(format!("{setting} {}: {e}", p.display()))))
                 .transpose()
         };
+        // Checked the way every other TLS file is, so a file that is not a
+        // certificate, or a key that does not match, names its setting.
+        if self.store_tls_ca_file.is_some() || self.store_tls_cert_file.is_some() {
+            let ca = self.store_tls_ca_file.as_ref().map(|ca| SettingFile::new("TALLY_STORE_TLS_CA_FILE", ca));
+            let identity =
+                self.store_tls_cert_file.as_ref().zip(self.store_tls_key_file.as_ref()).map(|(cert, key)| {
+                    (
+                        SettingFile::new("TALLY_STORE_TLS_CERT_FILE", cert),
+                        SettingFile::new("TALLY_STORE_TLS_KEY_FILE", key),
+                    )
+                });
+            tally_runtime::tls::client(ClientFiles { ca, identity }, &[])
+                .map_err(|err| StoreError::config(err.to_string()))?;
+        }
         let ca = read("TALLY_STORE_TLS_CA_FILE", &self.store_tls_ca_file)?;
         let cert = read("TALLY_STORE_TLS_CERT_FILE", &self.store_tls_cert_file)?;
         let key = read("TALLY_STORE_TLS_KEY_FILE", &self.store_tls_key_file)?;

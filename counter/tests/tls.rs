@@ -141,6 +141,18 @@ fn tls_settings_that_cannot_work_stop_startup_with_the_setting_named() {
     let ca = certs.ca.to_string_lossy().to_string();
     let (ok, out) = run(&[("TALLY_STORE", "redis://127.0.0.1:1"), ("TALLY_STORE_TLS_CA_FILE", ca.as_str())]);
     assert!(!ok && out.contains("rediss://"), "a CA for a plaintext store: {out}");
+    let key = certs.client_key.to_string_lossy().to_string();
+    let (ok, out) = run(&[("TALLY_STORE", "rediss://127.0.0.1:1"), ("TALLY_STORE_TLS_CA_FILE", key.as_str())]);
+    assert!(!ok && out.contains("TALLY_STORE_TLS_CA_FILE") && out.contains("no PEM certificate"), "a key as CA: {out}");
+    let server_key = certs.server_key.to_string_lossy().to_string();
+    let cert = certs.client_cert.to_string_lossy().to_string();
+    let mismatched = [
+        ("TALLY_STORE", "rediss://127.0.0.1:1"),
+        ("TALLY_STORE_TLS_CERT_FILE", cert.as_str()),
+        ("TALLY_STORE_TLS_KEY_FILE", server_key.as_str()),
+    ];
+    let (ok, out) = run(&mismatched);
+    assert!(!ok && out.contains("TALLY_STORE_TLS_KEY_FILE"), "another certificate's key: {out}");
     let (ok, out) = run(&[("TALLY_STORE", "rediss://127.0.0.1:1"), ("TALLY_STORE_TLS_CERT_FILE", ca.as_str())]);
     assert!(
         !ok && out.contains("TALLY_STORE_TLS_KEY_FILE") || out.contains("store-tls-key-file"),

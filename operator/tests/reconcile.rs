@@ -136,7 +136,10 @@ async fn the_managed_redis_password_is_created_once_and_never_overwritten() {
         assert!(!body.to_string().contains(password), "the password leaked into {}", body["kind"]);
     }
     let again = run(cluster(cc.clone())).await;
-    assert_ne!(again[0].2["stringData"]["password"], secret["stringData"]["password"], "a fresh one is offered each time");
+    assert_ne!(
+        again[0].2["stringData"]["password"], secret["stringData"]["password"],
+        "a fresh one is offered each time"
+    );
     // The Secret exists: the create is refused and nothing overwrites it.
     let existing = run_with(cluster(cc), true).await;
     let secrets: Vec<_> = existing.iter().filter(|(_, _, b)| b["kind"] == "Secret").collect();
