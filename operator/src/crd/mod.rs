@@ -27,6 +27,15 @@ pub use security::{AuthSpec, StoreTlsSpec, TlsSpec};
     shortname = "cc",
     category = "tally",
     cel,
+    // Every derived name must stay valid: `<name>-gateway` is a Service (a
+    // DNS-1035 label, at most 63), `<name>-redis` a StatefulSet (at most 52,
+    // or its pods' controller-revision-hash label overflows), and the name
+    // is a label value (at most 63).
+    validation = Rule::new(
+        "self.metadata.name.size() <= 46 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')"
+    ).message(
+        "metadata.name must be at most 46 lowercase letters, digits or '-', starting with a letter and not ending with '-' (the names derived from it must be valid Service and StatefulSet names)"
+    ),
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Counters","type":"integer","jsonPath":".status.counterReadyReplicas"}"#,
     printcolumn = r#"{"name":"Wanted","type":"integer","jsonPath":".spec.counter.replicas"}"#,

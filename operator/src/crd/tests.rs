@@ -197,3 +197,59 @@ fn the_committed_crds_match_the_rust_types() {
     let in_chart = include_str!("../../../charts/tally-operator/crds/countercluster.yaml");
     assert!(in_chart == crd_yaml(), "the chart's CRD drifted from crd.rs: run `make crd`");
 }
+
+/// DNS-1035 label (Service names): lowercase alphanumerics and '-', starting
+/// with a letter, ending alphanumeric, at most 63.
+fn dns_1035_label(s: &str) -> bool {
+    s.len() <= 63
+        && s.starts_with(|c: char| c.is_ascii_lowercase())
+        && s.ends_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+}
+
+/// A label value: at most 63, alphanumerics, '-', '_', '.', alphanumeric at both ends.
+fn label_value(s: &str) -> bool {
+    s.is_empty()
+        || (s.len() <= 63
+            && s.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && s.ends_with(|c: char| c.is_ascii_alphanumeric())
+            && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+}
+
+#[test]
+fn the_longest_allowed_name_makes_valid_names_and_labels_and_longer_ones_are_refused() {
+    let longest = format!("t{}", "x".repeat(45));
+    let mut cc = sample(serde_json::json!({"store": {"managed": true}}));
+    cc.metadata.name = Some(longest.clone());
+    assert_eq!(crate::validate::validate(&cc).err().map(|e| e.0), None, "46 characters are allowed");
+    for owned in crate::resources::desired::desired(&cc) {
+        let object = owned.to_json();
+        let (kind, name) = owned.key();
+        assert!(dns_1035_label(&name), "{kind} {name}: not a DNS-1035 label");
+        if kind == "StatefulSet" {
+            assert!(name.len() <= 52, "{name}: a StatefulSet name over 52 breaks controller-revision-hash");
+        }
+        let mut labels: Vec<(String, serde_json::Value)> = Vec::new();
+        for path in ["/metadata/labels", "/spec/template/metadata/labels", "/spec/selector/matchLabels"] {
+            if let Some(map) = object.pointer(path).and_then(|v| v.as_object()) {
+                labels.extend(map.clone());
+            }
+        }
+        for (key, value) in labels {
+            let value = value.as_str().unwrap_or_default();
+            assert!(label_value(value), "{kind} {name}: label {key}={value} is not a valid label value");
+        }
+    }
+    for (bad, why) in [
+        (format!("t{}", "x".repeat(46)), "47 characters"),
+        ("demo.tally".to_string(), "a dot"),
+        ("Demo".to_string(), "upper case"),
+        ("9demo".to_string(), "a leading digit"),
+        ("demo-".to_string(), "a trailing '-'"),
+    ] {
+        let mut cc = sample(serde_json::json!({"store": {"managed": true}}));
+        cc.metadata.name = Some(bad.clone());
+        let err = crate::validate::validate(&cc).err().map(|e| e.0).unwrap_or_default();
+        assert!(err.contains("metadata.name must be at most 46"), "{why} ({bad}): {err:?}");
+    }
+}

@@ -149,10 +149,9 @@ pub fn stateful_set(cc: &CounterCluster) -> StatefulSet {
                     containers: vec![container],
                     // The image's `redis` user; the volume is made writable for it.
                     security_context: Some(PodSecurityContext {
-                        run_as_non_root: Some(true),
                         run_as_user: Some(999),
                         fs_group: Some(999),
-                        ..PodSecurityContext::default()
+                        ..super::restricted_pod()
                     }),
                     ..PodSpec::default()
                 }),
