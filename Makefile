@@ -17,11 +17,13 @@ release:
 run:
 	scripts/run.sh
 
-## All tests. Installs what they need first when it is missing
-## (redis-server, redis-cli: scripts/install-test-deps.sh, shared with .ci/run).
+## All tests. Installs what they need first when it is missing (redis,
+## openssl, curl, helm, kubectl, kubernetes-validate:
+## scripts/install-test-deps.sh, shared with .ci/run); with them installed,
+## a test that finds one missing fails instead of skipping.
 test:
 	scripts/install-test-deps.sh
-	$(CARGO) test --workspace --all-targets
+	TALLY_REQUIRE_TOOLS=1 $(CARGO) test --workspace --all-targets
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -45,4 +45,21 @@ pub struct Config {
 
     #[command(flatten)]
     pub runtime: RuntimeArgs,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Print every object the operator would apply for the CounterClusters in a file, as YAML
+    /// (no cluster needed).
+    Render {
+        /// The CounterCluster manifest (`-` for standard input).
+        #[arg(short = 'f', long = "filename")]
+        file: std::path::PathBuf,
+        /// Namespace for CounterClusters that name none.
+        #[arg(short = 'n', long, default_value = "default")]
+        namespace: String,
+    },
 }

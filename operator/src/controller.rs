@@ -8,8 +8,15 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use std::collections::BTreeSet;
+
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Patch, PatchParams};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Api, Client, Resource, ResourceExt};
@@ -18,8 +25,9 @@ use serde::de::DeserializeOwned;
 
 use crate::crd::CounterCluster;
 use crate::metrics::Metrics;
-use crate::resources::{access, counter, gateway, redis};
-use crate::status::{Rollout, status_for};
+use crate::resources::desired::{Owned, desired};
+use crate::resources::{counter, redis};
+use crate::status::{Problem, Rollout, status_for};
 use crate::validate::validate;
 
 pub const FIELD_MANAGER: &str = "tally-operator";
@@ -32,6 +40,8 @@ pub enum Error {
     Kube(#[from] kube::Error),
     #[error("the system's random number generator failed")]
     Random,
+    #[error("apply failed: {0}")]
+    Apply(#[from] ApplyFailure),
 }
 
 /// What every reconcile shares: the API client, the Event recorder and the
@@ -139,50 +149,173 @@ async fn reconcile_inner(cc: &CounterCluster, ctx: &Context) -> Result<Outcome, 
                 action: "Validate".into(),
                 secondary: None,
             };
-            ctx.recorder.publish(&event, &reference).await?;
-            (Outcome::Invalid, status_for(cc, Some(invalid.to_string()), Rollout::default(), Rollout::default(), now))
+            publish_event(ctx, &reference, event).await;
+            let problem = Problem { reason: "InvalidSpec", message: invalid.to_string() };
+            (Outcome::Invalid, status_for(cc, Some(problem), Rollout::default(), Rollout::default(), now))
         }
-        Ok(()) => {
-            if cc.spec.store.managed {
-                create_once(client, &namespace, &redis::password_secret(cc, new_password()?)).await?;
-                apply(client, &namespace, &redis::service(cc)).await?;
-                apply(client, &namespace, &redis::stateful_set(cc)).await?;
-                apply(client, &namespace, &redis::network_policy(cc)).await?;
+        Ok(()) => match apply_all(cc, client, &namespace).await {
+            Ok((counters, gateways)) => {
+                let observed = cc.status.as_ref().and_then(|s| s.observed_generation);
+                if observed != cc.metadata.generation {
+                    let note = format!("applied generation {}", cc.metadata.generation.unwrap_or(0));
+                    publish(ctx, &reference, EventType::Normal, "Applied", note).await;
+                }
+                (Outcome::Applied, status_for(cc, None, Rollout::of(&counters), Rollout::of(&gateways), now))
             }
-            apply(client, &namespace, &counter::config_map(cc)).await?;
-            apply(client, &namespace, &counter::service(cc)).await?;
-            let counters = apply(client, &namespace, &counter::deployment(cc)).await?;
-            apply(client, &namespace, &access::gateway_service_account(cc)).await?;
-            apply(client, &namespace, &access::gateway_role(cc)).await?;
-            apply(client, &namespace, &access::gateway_role_binding(cc)).await?;
-            apply(client, &namespace, &gateway::config_map(cc)).await?;
-            apply(client, &namespace, &gateway::service(cc)).await?;
-            let gateways = apply(client, &namespace, &gateway::deployment(cc)).await?;
-            apply(client, &namespace, &access::pod_disruption_budget(cc, "counter")).await?;
-            apply(client, &namespace, &access::pod_disruption_budget(cc, "gateway")).await?;
-            apply(client, &namespace, &access::counter_network_policy(cc)).await?;
-            let observed = cc.status.as_ref().and_then(|s| s.observed_generation);
-            if observed != cc.metadata.generation {
-                let event = Event {
-                    type_: EventType::Normal,
-                    reason: "Applied".into(),
-                    note: Some(format!("applied generation {}", cc.metadata.generation.unwrap_or(0))),
-                    action: "Apply".into(),
-                    secondary: None,
-                };
-                ctx.recorder.publish(&event, &reference).await?;
+            Err(failure) => {
+                // Seen in the status and as an Event, then retried with back-off.
+                tracing::warn!(%failure, "apply failed");
+                publish(ctx, &reference, EventType::Warning, "ApplyFailed", failure.to_string()).await;
+                let problem = Problem { reason: "ApplyFailed", message: failure.to_string() };
+                let status = status_for(cc, Some(problem), Rollout::default(), Rollout::default(), now);
+                patch_status(client, &namespace, cc, &status).await?;
+                return Err(Error::Apply(failure));
             }
-            (Outcome::Applied, status_for(cc, None, Rollout::of(&counters), Rollout::of(&gateways), now))
-        }
+        },
     };
-    let api: Api<CounterCluster> = Api::namespaced(client.clone(), &namespace);
+    patch_status(client, &namespace, cc, &status).await?;
+    Ok(outcome)
+}
+
+async fn patch_status(
+    client: &Client,
+    namespace: &str,
+    cc: &CounterCluster,
+    status: &crate::crd::CounterClusterStatus,
+) -> Result<(), Error> {
+    let api: Api<CounterCluster> = Api::namespaced(client.clone(), namespace);
     let patch = serde_json::json!({
         "apiVersion": "tally.dev/v1alpha1",
         "kind": "CounterCluster",
         "status": status,
     });
     api.patch_status(&cc.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch)).await?;
-    Ok(outcome)
+    Ok(())
+}
+
+/// An object the API server refused (or that could not be made), and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{kind} {name}: {reason}")]
+pub struct ApplyFailure {
+    kind: &'static str,
+    name: String,
+    reason: String,
+}
+
+impl ApplyFailure {
+    fn new(kind: &'static str, name: &str, err: &Error) -> ApplyFailure {
+        // The API server's own words (e.g. a 422's field errors), not kube's wrapping.
+        let reason = match err {
+            Error::Kube(kube::Error::Api(status)) => format!("{} ({} {})", status.message, status.code, status.reason),
+            other => other.to_string(),
+        };
+        ApplyFailure { kind, name: name.to_string(), reason }
+    }
+}
+
+/// Applies the desired set in order, then removes what this CounterCluster
+/// owns but no longer wants. Returns the counter and gateway Deployments as
+/// the API server answered them (for the status).
+async fn apply_all(
+    cc: &CounterCluster,
+    client: &Client,
+    namespace: &str,
+) -> Result<(Deployment, Deployment), ApplyFailure> {
+    let (mut counters, mut gateways) = (Deployment::default(), Deployment::default());
+    let set = desired(cc);
+    for owned in &set {
+        let (kind, name) = owned.key();
+        let failed = |err: Error| ApplyFailure::new(kind, &name, &err);
+        match owned {
+            Owned::PasswordSecret(_) => {
+                let secret = redis::password_secret(cc, new_password().map_err(failed)?);
+                create_once(client, namespace, &secret).await.map_err(failed)?
+            }
+            Owned::Service(o) => drop(apply(client, namespace, o).await.map_err(failed)?),
+            Owned::StatefulSet(o) => drop(apply(client, namespace, o).await.map_err(failed)?),
+            Owned::NetworkPolicy(o) => drop(apply(client, namespace, o).await.map_err(failed)?),
+            Owned::ConfigMap(o) => drop(apply(client, namespace, o).await.map_err(failed)?),
+            Owned::ServiceAccount(o) => drop(apply(client, namespace, o).await.map_err(failed)?),
+            Owned::Role(o) => drop(apply(client, namespace, o).await.map_err(failed)?),
+            Owned::RoleBinding(o) => drop(apply(client, namespace, o).await.map_err(failed)?),
+            Owned::PodDisruptionBudget(o) => drop(apply(client, namespace, o).await.map_err(failed)?),
+            Owned::Deployment(o) => {
+                let applied = apply(client, namespace, o).await.map_err(failed)?;
+                if name == counter::name(cc) { counters = applied } else { gateways = applied }
+            }
+        }
+    }
+    prune(cc, client, namespace, &set).await?;
+    Ok((counters, gateways))
+}
+
+/// Deletes what `cc` controls but `set` no longer has (a managed Redis
+/// after `store.managed: false`, say). Only objects with this
+/// CounterCluster as their controller are touched, found by the labels
+/// every owned object carries. The managed Redis's password Secret is kept
+/// (the operator may not read Secrets to check who owns one); it goes with
+/// the CounterCluster.
+async fn prune(cc: &CounterCluster, client: &Client, namespace: &str, set: &[Owned]) -> Result<(), ApplyFailure> {
+    let keep: BTreeSet<(&str, String)> = set.iter().map(Owned::key).collect();
+    let selector = format!("app.kubernetes.io/instance={},app.kubernetes.io/managed-by=tally-operator", cc.name_any());
+    let target = Prune { cc, client, namespace, selector: &selector, keep: &keep };
+    target.kind::<Service>("Service").await?;
+    target.kind::<StatefulSet>("StatefulSet").await?;
+    target.kind::<NetworkPolicy>("NetworkPolicy").await?;
+    target.kind::<ConfigMap>("ConfigMap").await?;
+    target.kind::<Deployment>("Deployment").await?;
+    target.kind::<ServiceAccount>("ServiceAccount").await?;
+    target.kind::<Role>("Role").await?;
+    target.kind::<RoleBinding>("RoleBinding").await?;
+    target.kind::<PodDisruptionBudget>("PodDisruptionBudget").await
+}
+
+struct Prune<'a> {
+    cc: &'a CounterCluster,
+    client: &'a Client,
+    namespace: &'a str,
+    selector: &'a str,
+    keep: &'a BTreeSet<(&'a str, String)>,
+}
+
+impl Prune<'_> {
+    async fn kind<K>(&self, kind: &'static str) -> Result<(), ApplyFailure>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope> + Clone + DeserializeOwned + std::fmt::Debug,
+        K::DynamicType: Default,
+    {
+        let api: Api<K> = Api::namespaced(self.client.clone(), self.namespace);
+        let failed = |name: &str, err: kube::Error| ApplyFailure::new(kind, name, &Error::Kube(err));
+        let found = api.list(&ListParams::default().labels(self.selector)).await.map_err(|e| failed("(list)", e))?;
+        let uid = self.cc.metadata.uid.as_deref();
+        for object in found {
+            let name = object.name_any();
+            let ours =
+                object.owner_references().iter().any(|o| o.controller == Some(true) && Some(o.uid.as_str()) == uid);
+            if !ours || self.keep.contains(&(kind, name.clone())) {
+                continue;
+            }
+            match api.delete(&name, &DeleteParams::background()).await {
+                Ok(_) => tracing::info!(kind, %name, "pruned: no longer wanted"),
+                Err(kube::Error::Api(status)) if status.code == 404 => {}
+                Err(err) => return Err(failed(&name, err)),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Publishes an Event; a failure to publish is logged, never fatal (the
+/// status carries the same news).
+async fn publish(ctx: &Context, reference: &ObjectReference, type_: EventType, reason: &str, note: String) {
+    let event = Event { type_, reason: reason.into(), note: Some(note), action: reason.into(), secondary: None };
+    publish_event(ctx, reference, event).await
+}
+
+async fn publish_event(ctx: &Context, reference: &ObjectReference, event: Event) {
+    if let Err(err) = ctx.recorder.publish(&event, reference).await {
+        tracing::warn!(%err, reason = %event.reason, "could not publish an Event");
+    }
 }
 
 /// Retry failed reconciles with a per-object pause (the controller's queue

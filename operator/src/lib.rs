@@ -6,6 +6,7 @@ pub mod controller;
 pub mod crd;
 pub mod leader;
 pub mod metrics;
+pub mod render;
 pub mod resources;
 pub mod server;
 pub mod status;

@@ -9,10 +9,13 @@ use clap::Parser;
 use futures_util::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::runtime::{Controller, watcher};
 use kube::{Api, Client};
-use tally_operator::config::Config;
+use tally_operator::config::{Command, Config};
 use tally_operator::controller::{Context, error_policy, reconcile};
 use tally_operator::crd::CounterCluster;
 use tally_operator::metrics::Metrics;
@@ -32,7 +35,29 @@ enum Error {
 
 fn main() -> ExitCode {
     let config = Config::parse();
+    if let Some(Command::Render { file, namespace }) = &config.command {
+        return render(file, namespace);
+    }
     tally_runtime::rt::run(&config.runtime.clone(), "tally-operator", run(config))
+}
+
+/// `tally-operator render`: the objects to standard output, or the reason to standard error.
+fn render(file: &std::path::Path, namespace: &str) -> ExitCode {
+    let text =
+        if file.as_os_str() == "-" { std::io::read_to_string(std::io::stdin()) } else { std::fs::read_to_string(file) };
+    let rendered = text
+        .map_err(|err| format!("{}: {err}", file.display()))
+        .and_then(|text| tally_operator::render::render(&text, namespace).map_err(|err| err.to_string()));
+    match rendered {
+        Ok(yaml) => {
+            print!("{yaml}");
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("tally-operator render: {err}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 async fn run(config: Config) -> Result<(), Error> {
@@ -120,7 +145,12 @@ async fn controller(
         .owns(Api::<Deployment>::all(client.clone()), owned.clone())
         .owns(Api::<StatefulSet>::all(client.clone()), owned.clone())
         .owns(Api::<Service>::all(client.clone()), owned.clone())
-        .owns(Api::<ConfigMap>::all(client), owned)
+        .owns(Api::<ConfigMap>::all(client.clone()), owned.clone())
+        .owns(Api::<ServiceAccount>::all(client.clone()), owned.clone())
+        .owns(Api::<Role>::all(client.clone()), owned.clone())
+        .owns(Api::<RoleBinding>::all(client.clone()), owned.clone())
+        .owns(Api::<PodDisruptionBudget>::all(client.clone()), owned.clone())
+        .owns(Api::<NetworkPolicy>::all(client), owned)
         .graceful_shutdown_on(stop)
         .run(reconcile, error_policy, context)
         .for_each(|result| async move {

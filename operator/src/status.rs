@@ -46,22 +46,32 @@ fn condition(kind: &str, ok: bool, reason: &str, message: String, generation: Op
     }
 }
 
+/// Why a CounterCluster could not be brought to its desired state.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Problem {
+    /// `InvalidSpec` (the spec breaks a rule) or `ApplyFailed` (the API
+    /// server refused an object).
+    pub reason: &'static str,
+    pub message: String,
+}
+
 /// The status for what was observed.
 pub fn status_for(
     cc: &CounterCluster,
-    invalid: Option<String>,
+    problem: Option<Problem>,
     counters: Rollout,
     gateways: Rollout,
     now: Time,
 ) -> CounterClusterStatus {
     let generation = cc.metadata.generation;
     let want = (cc.spec.counter.replicas, cc.spec.gateway.replicas);
-    let done = invalid.is_none() && counters.done && gateways.done;
-    let mut conditions = match &invalid {
-        Some(message) => vec![
-            condition("Ready", false, "InvalidSpec", message.clone(), generation, &now),
-            condition("Progressing", false, "InvalidSpec", message.clone(), generation, &now),
-            condition("Degraded", true, "InvalidSpec", message.clone(), generation, &now),
+    let done = problem.is_none() && counters.done && gateways.done;
+    let invalid = problem.as_ref().is_some_and(|p| p.reason == "InvalidSpec");
+    let mut conditions = match &problem {
+        Some(Problem { reason, message }) => vec![
+            condition("Ready", false, reason, message.clone(), generation, &now),
+            condition("Progressing", false, reason, message.clone(), generation, &now),
+            condition("Degraded", true, reason, message.clone(), generation, &now),
         ],
         None => vec![
             condition(
@@ -90,7 +100,7 @@ pub fn status_for(
         observed_generation: generation,
         counter_ready_replicas: counters.ready,
         gateway_ready_replicas: gateways.ready,
-        gateway_url: invalid.is_none().then(|| {
+        gateway_url: (!invalid).then(|| {
             format!("http://{}.{}.svc:{}", gateway::name(cc), cc.namespace().unwrap_or_default(), gateway::HTTP_PORT)
         }),
         conditions,
@@ -182,7 +192,13 @@ mod tests {
     fn an_invalid_spec_is_degraded_with_the_message() {
         let cc = sample(serde_json::json!({"store": {}}));
         let message = "spec.store: set exactly one of url, urlSecret or managed: true";
-        let s = status_for(&cc, Some(message.into()), Rollout::default(), Rollout::default(), at(0));
+        let s = status_for(
+            &cc,
+            Some(Problem { reason: "InvalidSpec", message: message.into() }),
+            Rollout::default(),
+            Rollout::default(),
+            at(0),
+        );
         let degraded = cond(&s, "Degraded");
         assert_eq!((degraded.status.as_str(), degraded.reason.as_str()), ("True", "InvalidSpec"));
         assert!(degraded.message.contains("spec.store"));

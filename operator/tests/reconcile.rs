@@ -2,80 +2,11 @@
 //! kube-rs/controller-rs does: the requests the operator makes, in order,
 //! with what it sends.
 
-use std::sync::Arc;
+mod support;
 
-use http::{Method, Request, Response};
-use kube::Client;
-use kube::client::Body;
-use serde_json::Value;
-use tally_operator::controller::{Context, reconcile};
+use http::Method;
+use support::{Api, applied, cluster, events, kinds, run, run_against};
 use tally_operator::crd::{CounterCluster, CounterClusterStatus};
-use tally_operator::metrics::Metrics;
-use tower_test::mock;
-
-fn cluster(spec: Value) -> CounterCluster {
-    let mut cc = CounterCluster::new("demo", serde_json::from_value(spec).expect("spec"));
-    cc.metadata.namespace = Some("tally".into());
-    cc.metadata.uid = Some("uid-1".into());
-    cc.metadata.generation = Some(3);
-    cc
-}
-
-/// One request the operator made: method, path and query, JSON body.
-type Seen = (Method, String, Value);
-
-/// Runs one reconcile against a mock API that answers like an API server:
-/// a PATCH (server-side apply) echoes the applied object (the whole resource
-/// for status), a POST (an Event, a created Secret) echoes it. Returns every
-/// request.
-async fn run(cc: CounterCluster) -> Vec<Seen> {
-    run_with(cc, false).await
-}
-
-/// As [`run`]; with `secret_exists`, creating a Secret answers 409 AlreadyExists.
-async fn run_with(cc: CounterCluster, secret_exists: bool) -> Vec<Seen> {
-    let (service, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
-    let client = Client::new(service, "tally");
-    let resource = serde_json::to_vec(&cc).expect("resource");
-    let server = tokio::spawn(async move {
-        let mut seen = Vec::new();
-        while let Some((request, respond)) = handle.next_request().await {
-            let method = request.method().clone();
-            let uri = request.uri().to_string();
-            let body = request.into_body().collect_bytes().await.expect("body");
-            let json: Value = serde_json::from_slice(&body).expect("json body");
-            let answer = if uri.contains("/status") { resource.clone() } else { body.to_vec() };
-            let response = if secret_exists && method == Method::POST && json["kind"] == "Secret" {
-                let status = serde_json::json!({
-                    "kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "AlreadyExists",
-                    "code": 409, "message": "secrets \"demo-redis-auth\" already exists",
-                });
-                Response::builder().status(409).body(Body::from(status.to_string().into_bytes()))
-            } else {
-                Response::builder().body(Body::from(answer))
-            };
-            respond.send_response(response.expect("response"));
-            seen.push((method, uri, json));
-        }
-        seen
-    });
-    let context = Context::new(client, Arc::new(Metrics::new()));
-    reconcile(Arc::new(cc), Arc::new(context)).await.expect("reconcile");
-    server.await.expect("mock server")
-}
-
-fn kinds(seen: &[Seen]) -> Vec<&str> {
-    seen.iter().map(|(_, _, body)| body["kind"].as_str().unwrap_or("?")).collect()
-}
-
-/// The applied objects (not Events, not the status).
-fn applied(seen: &[Seen]) -> Vec<Seen> {
-    seen.iter().filter(|(m, uri, _)| m == Method::PATCH && !uri.contains("/status")).cloned().collect()
-}
-
-fn events(seen: &[Seen]) -> Vec<&Value> {
-    seen.iter().filter(|(m, _, body)| m == Method::POST && body["kind"] == "Event").map(|(_, _, body)| body).collect()
-}
 
 #[tokio::test]
 async fn first_reconcile_applies_everything_with_one_field_manager_and_owner_refs() {
@@ -141,7 +72,7 @@ async fn the_managed_redis_password_is_created_once_and_never_overwritten() {
         "a fresh one is offered each time"
     );
     // The Secret exists: the create is refused and nothing overwrites it.
-    let existing = run_with(cluster(cc), true).await;
+    let existing = run_against(Api { secret_exists: true, ..Api::default() }, cluster(cc)).await.1;
     let secrets: Vec<_> = existing.iter().filter(|(_, _, b)| b["kind"] == "Secret").collect();
     assert_eq!(secrets.len(), 1, "one create attempt, no apply");
     assert!(existing.last().expect("status").1.contains("/status"), "reconcile went on to the status");
@@ -172,7 +103,9 @@ async fn an_unchanged_resource_writes_nothing_new_but_status() {
     assert_eq!(applied(&first), applied(&second));
     assert_eq!(events(&first).len(), 1);
     assert!(events(&second).is_empty(), "no Event for a generation already applied");
-    assert_eq!(second.len(), applied(&second).len() + 1, "plus the status");
+    let lists = second.iter().filter(|(m, _, _)| m == Method::GET).count();
+    assert_eq!(lists, 9, "one list per owned kind, for pruning");
+    assert_eq!(second.len(), applied(&second).len() + lists + 1, "plus the status: nothing else written");
     let second_status = &second.last().expect("status patch").2["status"];
     assert_eq!(second_status, first_status, "the same status, transition times included");
 }

@@ -1,0 +1,87 @@
+//! Reconcile scenarios where the API server says no (422 on apply, 403,
+//! an Event it will not take) and where objects are no longer wanted
+//! (pruning), against the mocked API server in `support`.
+
+mod support;
+
+use http::Method;
+use serde_json::json;
+use support::{Api, cluster, condition, deleted, events, run_against};
+
+#[tokio::test]
+async fn an_apply_the_api_server_refuses_is_degraded_with_its_message_and_a_warning_event() {
+    for (code, message) in [
+        (422, "Deployment.apps \"demo-gateway\" is invalid: spec.template.spec.containers[0].image: Required value"),
+        (403, "deployments.apps \"demo-gateway\" is forbidden: User cannot patch resource"),
+    ] {
+        let api = Api { refuse: vec![(Method::PATCH, "/deployments/demo-gateway", code, message)], ..Api::default() };
+        let (result, seen) = run_against(api, cluster(json!({"store": {"url": "redis://r:6379"}}))).await;
+        assert!(result.is_err(), "{code}: the reconcile fails, so the controller backs off and retries");
+        let degraded = condition(&seen, "Degraded");
+        assert_eq!((degraded["status"].as_str(), degraded["reason"].as_str()), (Some("True"), Some("ApplyFailed")));
+        let said = degraded["message"].as_str().unwrap_or_default();
+        assert!(said.contains("Deployment demo-gateway") && said.contains(message), "{code}: {said}");
+        assert_eq!(condition(&seen, "Ready")["status"], "False");
+        let warning = events(&seen).into_iter().find(|e| e["reason"] == "ApplyFailed").expect("a Warning Event");
+        assert_eq!(warning["type"], "Warning");
+        assert!(warning["note"].as_str().unwrap_or_default().contains(message));
+        // Nothing after the refused object was applied.
+        assert!(!seen.iter().any(|(m, uri, _)| m == Method::PATCH && uri.contains("poddisruptionbudgets")));
+    }
+}
+
+#[tokio::test]
+async fn an_event_the_api_server_will_not_take_does_not_stop_the_reconcile() {
+    let api = Api { refuse: vec![(Method::POST, "/events", 403, "events are forbidden")], ..Api::default() };
+    let (result, seen) = run_against(api, cluster(json!({"store": {"url": "redis://r:6379"}}))).await;
+    result.expect("reconciled although the Event was refused");
+    assert_eq!(condition(&seen, "Degraded")["status"], "False");
+}
+
+/// An object as a list returns it: owned (as controller) by `uid`.
+fn owned(kind: &str, name: &str, uid: &str) -> serde_json::Value {
+    let api_version = match kind {
+        "StatefulSet" | "Deployment" => "apps/v1",
+        "NetworkPolicy" => "networking.k8s.io/v1",
+        _ => "v1",
+    };
+    json!({
+        "apiVersion": api_version, "kind": kind,
+        "metadata": {
+            "name": name, "namespace": "tally",
+            "labels": {"app.kubernetes.io/instance": "demo", "app.kubernetes.io/managed-by": "tally-operator"},
+            "ownerReferences": [{"apiVersion": "tally.dev/v1alpha1", "kind": "CounterCluster", "name": "demo",
+                                 "uid": uid, "controller": true}],
+        },
+    })
+}
+
+#[tokio::test]
+async fn objects_no_longer_wanted_are_pruned_and_others_are_left_alone() {
+    // The managed Redis was switched off; its StatefulSet, Service and
+    // NetworkPolicy remain. Another CounterCluster's StatefulSet carries the
+    // same labels (a name reused after a delete) but not this owner.
+    let api = Api {
+        existing: vec![
+            ("statefulsets", owned("StatefulSet", "demo-redis", "uid-1")),
+            ("statefulsets", owned("StatefulSet", "demo-redis-old", "uid-0")),
+            ("services", owned("Service", "demo-redis", "uid-1")),
+            ("services", owned("Service", "demo-counter", "uid-1")),
+            ("networkpolicies", owned("NetworkPolicy", "demo-redis", "uid-1")),
+        ],
+        ..Api::default()
+    };
+    let (result, seen) = run_against(api, cluster(json!({"store": {"url": "redis://r:6379"}}))).await;
+    result.expect("reconcile");
+    let deleted = deleted(&seen);
+    assert_eq!(deleted.len(), 3, "{deleted:?}");
+    for path in ["/statefulsets/demo-redis?", "/services/demo-redis?", "/networkpolicies/demo-redis?"] {
+        assert!(deleted.iter().any(|uri| uri.contains(path)), "{path} not pruned: {deleted:?}");
+    }
+    // Lists ask only for this CounterCluster's objects.
+    let lists: Vec<&String> = seen.iter().filter(|(m, _, _)| m == Method::GET).map(|(_, uri, _)| uri).collect();
+    assert!(!lists.is_empty());
+    for uri in lists {
+        assert!(uri.contains("labelSelector=app.kubernetes.io%2Finstance%3Ddemo"), "{uri}");
+    }
+}
