@@ -50,8 +50,8 @@ mod tests {
     #[test]
     fn the_sample_renders_and_a_broken_spec_says_why() {
         let yaml = render(include_str!("../../deploy/samples/countercluster.yaml"), "default").expect("renders");
-        assert!(yaml.contains("kind: StatefulSet") && yaml.contains("name: demo-gateway"), "{yaml}");
-        assert!(yaml.contains("namespace: tally"));
+        assert!(yaml.contains("kind: \"StatefulSet\"") && yaml.contains("name: \"demo-gateway\""), "{yaml}");
+        assert!(yaml.contains("namespace: \"tally\""));
         let broken = "apiVersion: tally.dev/v1alpha1\nkind: CounterCluster\nmetadata: {name: x}\nspec: {store: {}}\n";
         let err = render(broken, "default").unwrap_err();
         assert!(err.to_string().contains("exactly one of url"), "{err}");

@@ -123,28 +123,140 @@ fn the_charts_documented_spec_equals_the_crd_defaults() {
     assert_eq!(documented, defaults, "values.yaml counterCluster.spec differs from the CRD defaults");
 }
 
-/// The real check, where helm is installed (not on the development machines).
+/// The chart rendered by the real helm, with `extra` values.
+fn helm_template(helm: &Path, extra: &[&str]) -> String {
+    let chart = repo().join("charts/tally-operator");
+    let rendered =
+        Command::new(helm).args(["template", "tally-operator"]).arg(&chart).args(extra).output().expect("helm");
+    assert!(rendered.status.success(), "helm template {extra:?}: {}", String::from_utf8_lossy(&rendered.stderr));
+    String::from_utf8_lossy(&rendered.stdout).into_owned()
+}
+
+/// Every option of the chart on.
+const EVERY_OPTION: &[&str] = &[
+    "--set",
+    "serviceMonitor.enabled=true",
+    "--set",
+    "counterCluster.create=true",
+    "--set",
+    "watchNamespace=tally",
+    "--set",
+    "otlpEndpoint=https://collector:4317",
+];
+
+/// The real check with the real helm (installed by `make test`).
 #[test]
 fn helm_lints_and_renders_the_chart() {
-    if Command::new("helm").arg("version").output().is_err() {
-        eprintln!("SKIPPED: helm is not installed; the chart was only parsed (chart_files_parse)");
-        return;
-    }
+    let Some(helm) = tally_testkit::tool("helm") else { return };
     let chart = repo().join("charts/tally-operator");
-    let lint = Command::new("helm").arg("lint").arg(&chart).output().expect("helm lint");
-    assert!(lint.status.success(), "helm lint: {}", String::from_utf8_lossy(&lint.stdout));
-    let rendered = Command::new("helm")
-        .args(["template", "tally-operator"])
-        .arg(&chart)
-        .args(["--set", "serviceMonitor.enabled=true", "--set", "counterCluster.create=true"])
-        .output()
-        .expect("helm template");
-    assert!(rendered.status.success(), "helm template: {}", String::from_utf8_lossy(&rendered.stderr));
-    let docs = documents(&String::from_utf8_lossy(&rendered.stdout)).expect("rendered YAML parses");
+    let lint = Command::new(&helm).args(["lint", "--strict"]).arg(&chart).output().expect("helm lint");
+    assert!(lint.status.success(), "helm lint --strict: {}", String::from_utf8_lossy(&lint.stdout));
+    documents(&helm_template(&helm, &[])).expect("the default rendering parses");
+    let docs = documents(&helm_template(&helm, EVERY_OPTION)).expect("rendered YAML parses");
     let kinds: Vec<&str> = docs.iter().filter_map(|d| d["kind"].as_str()).collect();
     for kind in
         ["Deployment", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "ServiceMonitor", "CounterCluster"]
     {
         assert!(kinds.contains(&kind), "{kind} missing from {kinds:?}");
     }
+}
+
+/// Kubernetes releases the manifests are validated against: the oldest
+/// supported, one in between, the newest kubernetes-validate knows.
+const KUBERNETES_VERSIONS: &[&str] = &["1.29.0", "1.32.0", "1.37.0"];
+
+/// Kinds of other projects' CRDs, which kubernetes-validate has no schema for.
+const FOREIGN_KINDS: &[&str] = &["CounterCluster", "ServiceMonitor"];
+
+/// Runs `kubernetes-validate --strict` on every document of `streams`
+/// (name, YAML stream) for each release; built-in kinds only.
+fn kubernetes_validate(validate: &Path, streams: &[(String, String)]) {
+    let dir = std::env::temp_dir().join(tally_testkit::unique("tally-validate"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut files = Vec::new();
+    for (name, stream) in streams {
+        // Each document as written (not re-serialized): how a YAML 1.1
+        // reader takes the text is part of what is checked.
+        let raw = format!("\n{stream}");
+        for (i, text) in raw.split("\n---").enumerate() {
+            let doc: Value = serde_yaml_ng::from_str(text).unwrap_or_else(|e| panic!("{name} #{i}: {e}"));
+            if doc.is_null() || FOREIGN_KINDS.contains(&doc["kind"].as_str().unwrap_or_default()) {
+                continue;
+            }
+            let file = dir.join(format!("{name}-{i}.yaml"));
+            std::fs::write(&file, text).unwrap();
+            files.push(file);
+        }
+    }
+    assert!(files.len() > 20, "only {} documents to validate", files.len());
+    for version in KUBERNETES_VERSIONS {
+        let out =
+            Command::new(validate).args(["--strict", "--quiet", "-k", version]).args(&files).output().expect("run");
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "Kubernetes {version} rejects:\n{text}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A CounterCluster with every option the operator renders differently for.
+const EVERY_OPTION_SPEC: &str = r#"
+apiVersion: tally.dev/v1alpha1
+kind: CounterCluster
+metadata: {name: full, namespace: tally}
+spec:
+  store: {url: "rediss://redis.tally.svc:6380", tls: {secret: redis-ca, clientCertificate: true}}
+  auth: {keysSecret: {name: tally-keys, key: keys.yaml}}
+  tls: {counterSecret: counter-tls, gatewayClientSecret: gateway-client-tls, gatewaySecret: gateway-tls}
+  discovery:
+    mode: consul
+    consulAddress: "https://consul.consul.svc:8501"
+    consulCaSecret: consul-ca
+    consulTokenSecret: {name: consul, key: token}
+  telemetry: {otlpEndpoint: "https://collector:4317", otlpCaSecret: collector-ca}
+  counter:
+    resources: {requests: {cpu: "2"}, limits: {cpu: "4", memory: 1Gi}}
+"#;
+
+/// The CRD, `deploy/`, the chart (default values and every option) and what
+/// `tally-operator render` makes of the samples pass the real OpenAPI
+/// schemas of three Kubernetes releases, strictly (no unknown fields).
+#[test]
+fn every_manifest_passes_kubernetes_validate_for_three_releases() {
+    let Some(validate) = tally_testkit::tool("kubernetes-validate") else { return };
+    let read = |path: &str| std::fs::read_to_string(repo().join(path)).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let render = |name: &str, text: &str| {
+        (
+            format!("render-{name}"),
+            tally_operator::render::render(text, "default").unwrap_or_else(|e| panic!("{name}: {e}")),
+        )
+    };
+    let mut streams = vec![
+        ("crd".to_string(), read("deploy/crds/countercluster.yaml")),
+        render("sample", &read("deploy/samples/countercluster.yaml")),
+        render("tryout", &read("deploy/tryout/countercluster.yaml")),
+        render("every-option", EVERY_OPTION_SPEC),
+    ];
+    for file in ["00-namespace.yaml", "redis.yaml", "jaeger.yaml"] {
+        streams.push((format!("tryout-{file}"), read(&format!("deploy/tryout/{file}"))));
+    }
+    if let Some(helm) = tally_testkit::tool("helm") {
+        streams.push(("chart-default".into(), helm_template(&helm, &[])));
+        streams.push(("chart-every-option".into(), helm_template(&helm, EVERY_OPTION)));
+    }
+    kubernetes_validate(&validate, &streams);
+}
+
+/// `tally-operator render -f` prints the objects, and says why when it cannot.
+#[test]
+fn the_render_command_prints_the_objects_or_the_reason() {
+    let bin = env!("CARGO_BIN_EXE_tally-operator");
+    let sample = repo().join("deploy/samples/countercluster.yaml");
+    let out = Command::new(bin).arg("render").arg("-f").arg(&sample).output().expect("render");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let docs = documents(&String::from_utf8_lossy(&out.stdout)).expect("YAML");
+    let kinds: Vec<&str> = docs.iter().filter_map(|d| d["kind"].as_str()).collect();
+    assert!(kinds.contains(&"StatefulSet") && kinds.contains(&"Deployment"), "{kinds:?}");
+    let out = Command::new(bin).args(["render", "-f", "/nonexistent.yaml"]).output().expect("render");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent.yaml"));
 }

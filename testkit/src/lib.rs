@@ -25,3 +25,26 @@ pub fn unique(prefix: &str) -> String {
     let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     format!("{prefix}-{}-{nanos:x}-{seq}", std::process::id())
 }
+
+/// A command-line tool the tests use (helm, kubectl, kubernetes-validate):
+/// on `PATH`, or in the directory `scripts/install-test-deps.sh` installs
+/// into. `None` when missing — and then, under `make test`
+/// (`TALLY_REQUIRE_TOOLS=1`, set after installing them), the calling test
+/// fails instead of skipping, so a missing install step cannot pass silently.
+pub fn tool(name: &str) -> Option<std::path::PathBuf> {
+    let on_path = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
+        .map(|dir| dir.join(name));
+    let cached = std::env::var_os("TALLY_TOOLS_DIR")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| std::path::Path::new(&home).join(".cache/tally-tools")))
+        .map(|dir| dir.join("bin").join(name));
+    let found = on_path.chain(cached).find(|candidate| candidate.is_file());
+    if found.is_none() {
+        let message = format!("{name} is not installed (scripts/install-test-deps.sh installs it)");
+        assert!(std::env::var_os("TALLY_REQUIRE_TOOLS").is_none(), "{message}");
+        eprintln!("SKIPPED: {message}");
+    }
+    found
+}

@@ -108,9 +108,64 @@ pub fn to_yaml(set: &[Owned]) -> String {
             out.push_str("# Created once with a generated password (never applied again).\n");
         }
         out.push_str("---\n");
-        out.push_str(&serde_yaml_ng::to_string(&owned.to_json()).unwrap_or_default());
+        emit(&owned.to_json(), 0, &mut out);
     }
     out
+}
+
+/// A mapping key, plain when no YAML reader could take it for anything
+/// but a string (`app.kubernetes.io/name`), else double-quoted.
+fn yaml_key(key: &str) -> String {
+    let plain = key.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && key.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '/' | '-' | '_'))
+        && !matches!(
+            key.to_ascii_lowercase().as_str(),
+            "y" | "n" | "yes" | "no" | "on" | "off" | "true" | "false" | "null" | "~"
+        )
+        && key.parse::<f64>().is_err();
+    if plain { key.to_string() } else { serde_json::Value::String(key.to_string()).to_string() }
+}
+
+/// Block-style YAML with every string value double-quoted (as JSON writes it):
+/// YAML 1.1 readers — kubectl's among them — would otherwise take an
+/// argument such as `yes` or `on` for a boolean.
+fn emit(value: &serde_json::Value, indent: usize, out: &mut String) {
+    use serde_json::Value;
+    let pad = " ".repeat(indent);
+    let scalar = |v: &Value| match v {
+        Value::Object(m) if m.is_empty() => Some("{}".to_string()),
+        Value::Array(a) if a.is_empty() => Some("[]".to_string()),
+        Value::Object(_) | Value::Array(_) => None,
+        other => Some(other.to_string()),
+    };
+    match value {
+        Value::Object(map) => {
+            for (key, v) in map {
+                out.push_str(&format!("{pad}{}:", yaml_key(key)));
+                match scalar(v) {
+                    Some(text) => out.push_str(&format!(" {text}\n")),
+                    None => {
+                        out.push('\n');
+                        emit(v, indent + 2, out);
+                    }
+                }
+            }
+        }
+        Value::Array(items) => {
+            for item in items {
+                match scalar(item) {
+                    Some(text) => out.push_str(&format!("{pad}- {text}\n")),
+                    None => {
+                        // The item's block, its first line's indent replaced by the dash.
+                        let mut block = String::new();
+                        emit(item, indent + 2, &mut block);
+                        out.push_str(&format!("{pad}- {}", &block[indent + 2..]));
+                    }
+                }
+            }
+        }
+        other => out.push_str(&format!("{pad}{}\n", scalar(other).unwrap_or_default())),
+    }
 }
 
 #[cfg(test)]
@@ -153,5 +208,9 @@ mod tests {
             assert!(doc["apiVersion"].as_str().is_some_and(|v| !v.is_empty()));
         }
         assert_eq!(docs[0]["stringData"]["password"], "", "the password is generated on creation, not rendered");
+        for (doc, owned) in docs.iter().zip(&set) {
+            assert_eq!(doc, &owned.to_json(), "the YAML says exactly what is applied");
+        }
+        assert!(yaml.contains("- \"yes\""), "strings are quoted, so YAML 1.1 readers do not see booleans");
     }
 }
