@@ -86,8 +86,11 @@ pub enum PullPolicy {
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase", default)]
 pub struct CounterSpec {
-    /// Counter image.
-    pub image: String,
+    /// Counter image; unset: the image of the operator's own release
+    /// (`ghcr.io/tally-dev/tally-counter:<operator version>`), so an
+    /// operator upgrade rolls the counters too.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
     /// Counter pods; the gateways balance over all ready ones.
     #[schemars(range(min = 1, max = 100))]
     pub replicas: i32,
@@ -158,8 +161,10 @@ pub enum BufferFullPolicy {
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase", default)]
 pub struct GatewaySpec {
-    /// Gateway image.
-    pub image: String,
+    /// Gateway image; unset: the image of the operator's own release
+    /// (`ghcr.io/tally-dev/tally-gateway:<operator version>`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
     /// Gateway pods behind the gateway Service.
     #[schemars(range(min = 1, max = 100))]
     pub replicas: i32,
@@ -403,7 +408,7 @@ fn resources(cpu: &str, memory: &str, memory_limit: &str) -> ResourceRequirement
 impl Default for CounterSpec {
     fn default() -> Self {
         CounterSpec {
-            image: "ghcr.io/tally-dev/tally-counter:0.1.0".into(),
+            image: None,
             replicas: 2,
             resources: resources("250m", "128Mi", "512Mi"),
             store_connect_timeout_ms: 500,
@@ -429,7 +434,7 @@ impl Default for CounterSpec {
 impl Default for GatewaySpec {
     fn default() -> Self {
         GatewaySpec {
-            image: "ghcr.io/tally-dev/tally-gateway:0.1.0".into(),
+            image: None,
             replicas: 2,
             resources: resources("250m", "64Mi", "256Mi"),
             pool_size: 20,
@@ -467,6 +472,14 @@ impl Default for TelemetrySpec {
             log_level: "info".into(),
         }
     }
+}
+
+/// The image of `component` (`tally-counter`, `tally-gateway`) when the
+/// spec names none: the operator's own release, decided at reconcile time
+/// (not a schema default, which the API server would persist into every
+/// object and so freeze at creation).
+pub fn default_image(component: &str) -> String {
+    format!("ghcr.io/tally-dev/{component}:{}", env!("CARGO_PKG_VERSION"))
 }
 
 /// The CRD as YAML, as committed under `deploy/crds/` and in the chart.

@@ -119,7 +119,7 @@ pub fn deployment(cc: &CounterCluster) -> Deployment {
     }
     let container = Container {
         name: "counter".into(),
-        image: Some(spec.image.clone()),
+        image: Some(spec.image.clone().unwrap_or_else(|| crate::crd::default_image("tally-counter"))),
         image_pull_policy: Some(pull_policy(cc)),
         env: Some(vars),
         env_from: Some(config::env_from(cc, "counter")),
@@ -204,6 +204,25 @@ mod tests {
         let gateway_only = sample(serde_json::json!({"store": {"managed": true}, "gateway": {"poolSize": 7}}));
         assert_ne!(hash(&before), hash(&after));
         assert_eq!(hash(&before), hash(&gateway_only), "a gateway tunable leaves counters alone");
+    }
+
+    #[test]
+    fn without_an_image_the_operators_own_release_is_used_and_not_stored_in_the_spec() {
+        let cc = sample(serde_json::json!({"store": {"managed": true}}));
+        let image = |d: Deployment| d.spec.template.spec.unwrap().containers[0].image.clone().unwrap();
+        let version = env!("CARGO_PKG_VERSION");
+        assert_eq!(image(deployment(&cc)), format!("ghcr.io/tally-dev/tally-counter:{version}"));
+        assert_eq!(
+            image(crate::resources::gateway::deployment(&cc)),
+            format!("ghcr.io/tally-dev/tally-gateway:{version}")
+        );
+        let spec = serde_json::to_value(&cc.spec).unwrap();
+        assert!(spec["counter"].get("image").is_none(), "no image persisted into the object: {spec}");
+        use kube::CustomResourceExt;
+        let crd = serde_json::to_value(crate::crd::CounterCluster::crd()).unwrap();
+        let schema = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"];
+        assert!(schema["counter"]["properties"]["image"].get("default").is_none(), "no schema default");
+        assert!(schema["counter"]["default"].get("image").is_none(), "{}", schema["counter"]["default"]);
     }
 
     #[test]

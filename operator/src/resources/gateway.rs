@@ -92,7 +92,7 @@ pub fn deployment(cc: &CounterCluster) -> Deployment {
     let spec = &cc.spec.gateway;
     let container = Container {
         name: "gateway".into(),
-        image: Some(spec.image.clone()),
+        image: Some(spec.image.clone().unwrap_or_else(|| crate::crd::default_image("tally-gateway"))),
         image_pull_policy: Some(pull_policy(cc)),
         env: Some(config::pod_identity().into_iter().chain(secrets::consul_token(cc)).collect()),
         env_from: Some(config::env_from(cc, "gateway")),
