@@ -23,11 +23,11 @@ use tally_runtime::tls::{ClientFiles, ListenerTlsArgs};
 #[command(name = "tally-counter", version, about = "tally's gRPC counter service")]
 pub struct Config {
     /// gRPC listen address (CounterService, grpc.health.v1, reflection).
-    #[arg(long, env = "TALLY_LISTEN", default_value = "0.0.0.0:9001")]
+    #[arg(long, env = "TALLY_LISTEN", default_value = "[::]:9001")]
     pub listen: SocketAddr,
 
     /// HTTP side port for /health, /ready and /metrics.
-    #[arg(long, env = "TALLY_ADMIN_LISTEN", default_value = "0.0.0.0:8081")]
+    #[arg(long, env = "TALLY_ADMIN_LISTEN", default_value = "[::]:8081")]
     pub admin_listen: SocketAddr,
 
     /// `memory`, `redis://[:password@]host:port[/db]`, `rediss://…` (TLS), or
@@ -134,7 +134,7 @@ pub struct Config {
     #[arg(long, env = "TALLY_CONSUL_SERVICE", default_value = "counter-service")]
     pub consul_service: String,
 
-    /// Address registered in Consul (default: the gRPC listen IP; required when that is 0.0.0.0).
+    /// Address registered in Consul (default: the gRPC listen IP; required when that is unspecified, e.g. [::]).
     #[arg(long, env = "TALLY_CONSUL_SERVICE_ADDRESS")]
     pub consul_service_address: Option<String>,
 

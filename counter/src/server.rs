@@ -51,7 +51,7 @@ pub enum StartupError {
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, StartupError> {
-    TcpListener::bind(addr).await.map_err(|source| StartupError::Bind { addr, source })
+    tally_runtime::net::bind(addr).await.map_err(|source| StartupError::Bind { addr, source })
 }
 
 pub async fn run(config: Config) -> Result<(), StartupError> {

@@ -54,12 +54,12 @@ pub enum AuthMode {
 #[command(name = "tally-gateway", version, about = "tally's HTTP/JSON gateway")]
 pub struct Config {
     /// Public HTTP listen address: the API and `/api/v1/health`.
-    #[arg(long, env = "TALLY_LISTEN", default_value = "0.0.0.0:8080")]
+    #[arg(long, env = "TALLY_LISTEN", default_value = "[::]:8080")]
     pub listen: SocketAddr,
 
     /// Admin HTTP listen address: probes (`/health`, `/ready`), `/metrics` and the backend view
     /// (`/api/v1/system/backends`, which shows pod addresses). Keep it off the public network.
-    #[arg(long, env = "TALLY_ADMIN_LISTEN", default_value = "0.0.0.0:8082")]
+    #[arg(long, env = "TALLY_ADMIN_LISTEN", default_value = "[::]:8082")]
     pub admin_listen: SocketAddr,
 
     /// Requests served at once on the public port; more are answered 503 with `Retry-After` at once.

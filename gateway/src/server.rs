@@ -196,5 +196,5 @@ async fn backends(config: &Config, settings: &ClientSettings) -> Result<Arc<Back
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, StartupError> {
-    TcpListener::bind(addr).await.map_err(|source| StartupError::Bind { addr, source })
+    tally_runtime::net::bind(addr).await.map_err(|source| StartupError::Bind { addr, source })
 }

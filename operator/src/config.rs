@@ -10,7 +10,7 @@ use tally_runtime::rt::RuntimeArgs;
 #[command(name = "tally-operator", about = "Reconciles tally.dev CounterClusters", version)]
 pub struct Config {
     /// Address of `/metrics`, `/health` and `/ready`.
-    #[arg(long, env = "TALLY_OPERATOR_LISTEN", default_value = "0.0.0.0:8080")]
+    #[arg(long, env = "TALLY_OPERATOR_LISTEN", default_value = "[::]:8080")]
     pub listen: SocketAddr,
 
     /// Elect one active replica through a Lease; off only for a single

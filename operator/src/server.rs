@@ -35,7 +35,7 @@ pub async fn serve(
     metrics: Arc<Metrics>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(listen).await?;
+    let listener = tally_runtime::net::bind(listen).await?;
     tracing::info!(%listen, "metrics and probes listening");
     let connections = metrics.connections.clone();
     tally_runtime::http::serve(listener, router(metrics), limits, connections, shutdown).await;

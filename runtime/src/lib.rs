@@ -6,6 +6,7 @@ pub mod consul;
 pub mod http;
 pub mod logging;
 pub mod metrics;
+pub mod net;
 pub mod redact;
 pub mod reload;
 pub mod rt;

@@ -22,8 +22,8 @@ pub fn settings(cc: &CounterCluster) -> Settings {
     let spec = &cc.spec.counter;
     let mut settings = config::telemetry(cc, "tally-counter");
     let pairs = [
-        ("TALLY_LISTEN", format!("0.0.0.0:{GRPC_PORT}")),
-        ("TALLY_ADMIN_LISTEN", format!("0.0.0.0:{ADMIN_PORT}")),
+        ("TALLY_LISTEN", format!("[::]:{GRPC_PORT}")),
+        ("TALLY_ADMIN_LISTEN", format!("[::]:{ADMIN_PORT}")),
         ("TALLY_STORE_CONNECT_TIMEOUT_MS", spec.store_connect_timeout_ms.to_string()),
         ("TALLY_STORE_TIMEOUT_MS", spec.store_timeout_ms.to_string()),
         ("TALLY_COMMIT_MAX_OPS", spec.commit_max_ops.to_string()),

@@ -26,8 +26,8 @@ pub fn settings(cc: &CounterCluster) -> Settings {
         LbPolicy::Weighted => "weighted",
     };
     let pairs = [
-        ("TALLY_LISTEN", format!("0.0.0.0:{HTTP_PORT}")),
-        ("TALLY_ADMIN_LISTEN", format!("0.0.0.0:{ADMIN_PORT}")),
+        ("TALLY_LISTEN", format!("[::]:{HTTP_PORT}")),
+        ("TALLY_ADMIN_LISTEN", format!("[::]:{ADMIN_PORT}")),
         ("TALLY_HTTP_HEADER_TIMEOUT_MS", spec.listener.header_timeout_ms.to_string()),
         ("TALLY_HTTP_BODY_TIMEOUT_MS", spec.listener.body_timeout_ms.to_string()),
         ("TALLY_HTTP_IDLE_TIMEOUT_MS", spec.listener.idle_timeout_ms.to_string()),
