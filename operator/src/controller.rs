@@ -151,7 +151,7 @@ async fn reconcile_inner(cc: &CounterCluster, ctx: &Context) -> Result<Outcome, 
             };
             publish_event(ctx, &reference, event).await;
             let problem = Problem { reason: "InvalidSpec", message: invalid.to_string() };
-            (Outcome::Invalid, status_for(cc, Some(problem), Rollout::default(), Rollout::default(), now))
+            (Outcome::Invalid, status_for(cc, Some(problem), &Rollout::default(), &Rollout::default(), now))
         }
         Ok(()) => match apply_all(cc, client, &namespace).await {
             Ok((counters, gateways)) => {
@@ -160,14 +160,14 @@ async fn reconcile_inner(cc: &CounterCluster, ctx: &Context) -> Result<Outcome, 
                     let note = format!("applied generation {}", cc.metadata.generation.unwrap_or(0));
                     publish(ctx, &reference, EventType::Normal, "Applied", note).await;
                 }
-                (Outcome::Applied, status_for(cc, None, Rollout::of(&counters), Rollout::of(&gateways), now))
+                (Outcome::Applied, status_for(cc, None, &Rollout::of(&counters), &Rollout::of(&gateways), now))
             }
             Err(failure) => {
                 // Seen in the status and as an Event, then retried with back-off.
                 tracing::warn!(%failure, "apply failed");
                 publish(ctx, &reference, EventType::Warning, "ApplyFailed", failure.to_string()).await;
                 let problem = Problem { reason: "ApplyFailed", message: failure.to_string() };
-                let status = status_for(cc, Some(problem), Rollout::default(), Rollout::default(), now);
+                let status = status_for(cc, Some(problem), &Rollout::default(), &Rollout::default(), now);
                 patch_status(client, &namespace, cc, &status).await?;
                 return Err(Error::Apply(failure));
             }

@@ -15,10 +15,15 @@ use crate::crd::{CounterCluster, CounterClusterStatus};
 use crate::resources::gateway;
 
 /// What one Deployment reports about its rollout.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Rollout {
     pub ready: i32,
     pub done: bool,
+    /// Why the Deployment controller gave up on the rollout, when it did:
+    /// `ProgressDeadlineExceeded` (pods that never become ready: an image
+    /// that cannot be pulled, a crash loop) or a `ReplicaFailure` (pods that
+    /// cannot be created: quota, admission).
+    pub stuck: Option<String>,
 }
 
 impl Rollout {
@@ -31,7 +36,16 @@ impl Rollout {
         let available = status.available_replicas.unwrap_or(0) >= want;
         // Old pods still terminating would make `replicas` exceed `want`.
         let settled = status.replicas.unwrap_or(0) <= want;
-        Rollout { ready: status.ready_replicas.unwrap_or(0), done: current && updated && available && settled }
+        let stuck = status.conditions.iter().flatten().find_map(|c| {
+            let (kind, state, reason) = (c.type_.as_deref(), c.status.as_deref(), c.reason.as_deref());
+            let gave_up = (kind, state, reason)
+                == (Some("Progressing"), Some("False"), Some("ProgressDeadlineExceeded"))
+                || (kind, state) == (Some("ReplicaFailure"), Some("True"));
+            gave_up
+                .then(|| format!("{}: {}", c.reason.clone().unwrap_or_default(), c.message.clone().unwrap_or_default()))
+        });
+        let done = current && updated && available && settled;
+        Rollout { ready: status.ready_replicas.unwrap_or(0), done, stuck: stuck.filter(|_| !done) }
     }
 }
 
@@ -59,12 +73,20 @@ pub struct Problem {
 pub fn status_for(
     cc: &CounterCluster,
     problem: Option<Problem>,
-    counters: Rollout,
-    gateways: Rollout,
+    counters: &Rollout,
+    gateways: &Rollout,
     now: Time,
 ) -> CounterClusterStatus {
     let generation = cc.metadata.generation;
     let want = (cc.spec.counter.replicas, cc.spec.gateway.replicas);
+    // A rollout the Deployment controller gave up on is a problem too, not
+    // "RollingOut" forever.
+    let stuck: Vec<String> = [("counters", &counters.stuck), ("gateways", &gateways.stuck)]
+        .into_iter()
+        .filter_map(|(what, stuck)| stuck.as_ref().map(|why| format!("{what}: {why}")))
+        .collect();
+    let problem =
+        problem.or_else(|| (!stuck.is_empty()).then(|| Problem { reason: "RolloutStuck", message: stuck.join("; ") }));
     let done = problem.is_none() && counters.done && gateways.done;
     let invalid = problem.as_ref().is_some_and(|p| p.reason == "InvalidSpec");
     let mut conditions = match &problem {
@@ -164,26 +186,64 @@ mod tests {
     }
 
     #[test]
+    fn a_rollout_the_deployment_controller_gave_up_on_is_degraded_not_rolling_out_forever() {
+        use k8s_openapi::api::apps::v1::DeploymentCondition;
+        let mut status = reported(4, 2, 1, 1);
+        status.conditions = Some(vec![DeploymentCondition {
+            type_: Some("Progressing".into()),
+            status: Some("False".into()),
+            reason: Some("ProgressDeadlineExceeded".into()),
+            message: Some("ReplicaSet \"demo-counter-5d\" has timed out progressing.".into()),
+            ..DeploymentCondition::default()
+        }]);
+        let counters = Rollout::of(&deployment(4, status));
+        assert!(counters.stuck.as_deref().is_some_and(|s| s.contains("timed out progressing")), "{counters:?}");
+        let cc = sample(serde_json::json!({"store": {"managed": true}}));
+        let gateways = Rollout { ready: 2, done: true, stuck: None };
+        let s = status_for(&cc, None, &counters, &gateways, at(0));
+        assert_eq!(
+            (cond(&s, "Degraded").status.as_str(), cond(&s, "Degraded").reason.as_str()),
+            ("True", "RolloutStuck")
+        );
+        assert!(
+            cond(&s, "Degraded").message.starts_with("counters: ProgressDeadlineExceeded"),
+            "{}",
+            cond(&s, "Degraded").message
+        );
+        assert_eq!(cond(&s, "Ready").status, "False");
+        assert_eq!(cond(&s, "Progressing").status, "False");
+        let mut failure = reported(4, 0, 0, 0);
+        failure.conditions = Some(vec![DeploymentCondition {
+            type_: Some("ReplicaFailure".into()),
+            status: Some("True".into()),
+            reason: Some("FailedCreate".into()),
+            message: Some("pods \"demo-gateway-x\" is forbidden: violates PodSecurity".into()),
+            ..DeploymentCondition::default()
+        }]);
+        assert!(Rollout::of(&deployment(4, failure)).stuck.is_some_and(|s| s.starts_with("FailedCreate")));
+    }
+
+    #[test]
     fn ready_when_both_rollouts_are_done() {
         let mut cc = sample(serde_json::json!({"store": {"managed": true}}));
         cc.metadata.generation = Some(7);
-        let done = Rollout { ready: 2, done: true };
-        let rolling = status_for(&cc, None, Rollout { ready: 2, done: false }, done, at(0));
+        let done = Rollout { ready: 2, done: true, stuck: None };
+        let rolling = status_for(&cc, None, &Rollout { ready: 2, done: false, stuck: None }, &done, at(0));
         assert_eq!(cond(&rolling, "Ready").status, "False");
         assert_eq!(cond(&rolling, "Progressing").status, "True");
-        let finished = status_for(&cc, None, done, done, at(0));
+        let finished = status_for(&cc, None, &done, &done, at(0));
         assert_eq!((cond(&finished, "Ready").status.as_str(), finished.observed_generation), ("True", Some(7)));
         assert_eq!(finished.gateway_url.as_deref(), Some("http://demo-gateway.tally.svc:8080"));
     }
 
     #[test]
     fn transition_times_move_only_when_a_condition_changes() {
-        let done = Rollout { ready: 2, done: true };
+        let done = Rollout { ready: 2, done: true, stuck: None };
         let mut cc = sample(serde_json::json!({"store": {"managed": true}}));
-        cc.status = Some(status_for(&cc, None, done, done, at(100)));
-        let again = status_for(&cc, None, done, done, at(200));
+        cc.status = Some(status_for(&cc, None, &done, &done, at(100)));
+        let again = status_for(&cc, None, &done, &done, at(200));
         assert_eq!(cond(&again, "Ready").last_transition_time, at(100), "still ready: unchanged");
-        let rolling = status_for(&cc, None, Rollout { ready: 2, done: false }, done, at(300));
+        let rolling = status_for(&cc, None, &Rollout { ready: 2, done: false, stuck: None }, &done, at(300));
         assert_eq!(cond(&rolling, "Ready").last_transition_time, at(300), "became not ready now");
         assert_eq!(cond(&rolling, "Degraded").last_transition_time, at(100), "still not degraded");
     }
@@ -195,8 +255,8 @@ mod tests {
         let s = status_for(
             &cc,
             Some(Problem { reason: "InvalidSpec", message: message.into() }),
-            Rollout::default(),
-            Rollout::default(),
+            &Rollout::default(),
+            &Rollout::default(),
             at(0),
         );
         let degraded = cond(&s, "Degraded");
