@@ -11,6 +11,7 @@ use std::time::Duration;
 use std::collections::BTreeSet;
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -239,6 +240,7 @@ async fn apply_all(
             Owned::Role(o) => drop(apply(client, namespace, o).await.map_err(failed)?),
             Owned::RoleBinding(o) => drop(apply(client, namespace, o).await.map_err(failed)?),
             Owned::PodDisruptionBudget(o) => drop(apply(client, namespace, o).await.map_err(failed)?),
+            Owned::HorizontalPodAutoscaler(o) => drop(apply(client, namespace, o).await.map_err(failed)?),
             Owned::Deployment(o) => {
                 let applied = apply(client, namespace, o).await.map_err(failed)?;
                 if name == counter::name(cc) { counters = applied } else { gateways = applied }
@@ -267,7 +269,8 @@ async fn prune(cc: &CounterCluster, client: &Client, namespace: &str, set: &[Own
     target.kind::<ServiceAccount>("ServiceAccount").await?;
     target.kind::<Role>("Role").await?;
     target.kind::<RoleBinding>("RoleBinding").await?;
-    target.kind::<PodDisruptionBudget>("PodDisruptionBudget").await
+    target.kind::<PodDisruptionBudget>("PodDisruptionBudget").await?;
+    target.kind::<HorizontalPodAutoscaler>("HorizontalPodAutoscaler").await
 }
 
 struct Prune<'a> {

@@ -85,3 +85,33 @@ async fn objects_no_longer_wanted_are_pruned_and_others_are_left_alone() {
         assert!(uri.contains("labelSelector=app.kubernetes.io%2Finstance%3Ddemo"), "{uri}");
     }
 }
+
+#[tokio::test]
+async fn with_autoscaling_the_hpa_owns_replicas_and_without_it_the_hpa_goes() {
+    let scaled =
+        json!({"store": {"url": "redis://r:6379"}, "gateway": {"autoscaling": {"minReplicas": 2, "maxReplicas": 8}}});
+    let (result, seen) = run_against(Api::default(), cluster(scaled)).await;
+    result.expect("reconcile");
+    let patched = |path: &str| {
+        seen.iter().find(|(m, uri, _)| m == Method::PATCH && uri.contains(path)).map(|(_, _, body)| body.clone())
+    };
+    let gateway = patched("/deployments/demo-gateway").expect("the gateway Deployment");
+    assert!(gateway["spec"].get("replicas").is_none(), "replicas left to the HPA: {}", gateway["spec"]);
+    let counter = patched("/deployments/demo-counter").expect("the counter Deployment");
+    assert_eq!(counter["spec"]["replicas"], 2, "the counters are not autoscaled");
+    let hpa = patched("/horizontalpodautoscalers/demo-gateway").expect("an HPA");
+    assert_eq!((hpa["spec"]["minReplicas"].as_i64(), hpa["spec"]["maxReplicas"].as_i64()), (Some(2), Some(8)));
+
+    // Autoscaling switched off: the HPA is pruned and replicas are applied again.
+    let mut hpa_as_listed = owned("HorizontalPodAutoscaler", "demo-gateway", "uid-1");
+    hpa_as_listed["apiVersion"] = "autoscaling/v2".into();
+    hpa_as_listed["spec"] = json!({"scaleTargetRef": {"kind": "Deployment", "name": "demo-gateway"}, "maxReplicas": 8});
+    let api = Api { existing: vec![("horizontalpodautoscalers", hpa_as_listed)], ..Api::default() };
+    let (result, seen) = run_against(api, cluster(json!({"store": {"url": "redis://r:6379"}}))).await;
+    result.expect("reconcile");
+    assert!(
+        deleted(&seen).iter().any(|uri| uri.contains("/horizontalpodautoscalers/demo-gateway?")),
+        "{:?}",
+        deleted(&seen)
+    );
+}

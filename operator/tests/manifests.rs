@@ -215,6 +215,12 @@ spec:
   telemetry: {otlpEndpoint: "https://collector:4317", otlpCaSecret: collector-ca}
   counter:
     resources: {requests: {cpu: "2"}, limits: {cpu: "4", memory: 1Gi}}
+  gateway:
+    autoscaling:
+      minReplicas: 2
+      maxReplicas: 10
+      targetCpuUtilization: 60
+      podsMetric: {name: tally_gateway_http_requests_in_flight, averageValue: "200"}
 "#;
 
 /// The CRD, `deploy/`, the chart (default values and every option) and what

@@ -14,6 +14,9 @@ use serde::{Deserialize, Serialize};
 
 mod security;
 
+mod autoscaling;
+
+pub use autoscaling::{AutoscalingSpec, PodsMetricSpec};
 pub use security::{AuthSpec, StoreTlsSpec, TlsSpec};
 
 /// A tally deployment: counters, gateways, the store, discovery, telemetry.
@@ -91,9 +94,12 @@ pub struct CounterSpec {
     /// operator upgrade rolls the counters too.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
-    /// Counter pods; the gateways balance over all ready ones.
+    /// Counter pods; the gateways balance over all ready ones. Ignored with `autoscaling`.
     #[schemars(range(min = 1, max = 100))]
     pub replicas: i32,
+    /// Scale the counters with a HorizontalPodAutoscaler instead of `replicas`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<AutoscalingSpec>,
     /// Requests and limits of the counter container.
     pub resources: ResourceRequirements,
     /// Store connect timeout, ms (`TALLY_STORE_CONNECT_TIMEOUT_MS`).
@@ -165,9 +171,12 @@ pub struct GatewaySpec {
     /// (`ghcr.io/tally-dev/tally-gateway:<operator version>`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
-    /// Gateway pods behind the gateway Service.
+    /// Gateway pods behind the gateway Service. Ignored with `autoscaling`.
     #[schemars(range(min = 1, max = 100))]
     pub replicas: i32,
+    /// Scale the gateways with a HorizontalPodAutoscaler instead of `replicas`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<AutoscalingSpec>,
     /// Requests and limits of the gateway container.
     pub resources: ResourceRequirements,
     /// HTTP/2 connections per counter endpoint (`TALLY_POOL_SIZE`).
@@ -408,6 +417,7 @@ fn resources(cpu: &str, memory: &str, memory_limit: &str) -> ResourceRequirement
 impl Default for CounterSpec {
     fn default() -> Self {
         CounterSpec {
+            autoscaling: None,
             image: None,
             replicas: 2,
             resources: resources("250m", "128Mi", "512Mi"),
@@ -434,6 +444,7 @@ impl Default for CounterSpec {
 impl Default for GatewaySpec {
     fn default() -> Self {
         GatewaySpec {
+            autoscaling: None,
             image: None,
             replicas: 2,
             resources: resources("250m", "64Mi", "256Mi"),

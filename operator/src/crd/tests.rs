@@ -175,6 +175,9 @@ fn cel_rules_reject_contradictory_specs() {
     assert_eq!(cel_errors(serde_json::json!({"store": {"url": "rediss+cluster://a:1", "tls": ca}})), "");
     let one_sided = cel_errors(serde_json::json!({"store": {"managed": true}, "tls": {"counterSecret": "c"}}));
     assert!(one_sided.contains("mutual"), "{one_sided:?}");
+    let scaling = serde_json::json!({"minReplicas": 5, "maxReplicas": 2});
+    let inverted = cel_errors(serde_json::json!({"store": {"managed": true}, "gateway": {"autoscaling": scaling}}));
+    assert!(inverted.contains("minReplicas must be at most maxReplicas"), "{inverted:?}");
     let both = serde_json::json!({"counterSecret": "c", "gatewayClientSecret": "g"});
     assert_eq!(cel_errors(serde_json::json!({"store": {"managed": true}, "tls": both})), "");
 }

@@ -138,7 +138,10 @@ pub fn deployment(cc: &CounterCluster) -> Deployment {
     let grace = config::grace_period(spec.shutdown_timeout_ms);
     let pod =
         PodSpec { termination_grace_period_seconds: Some(grace), volumes: mounted.volumes(), ..PodSpec::default() };
-    deployment_for(cc, "counter", name(cc), spec.replicas, container, Some(annotations), pod)
+    // With autoscaling the HPA owns `replicas`: not applying it keeps
+    // server-side apply from resetting what the autoscaler chose.
+    let replicas = spec.autoscaling.is_none().then_some(spec.replicas);
+    deployment_for(cc, "counter", name(cc), replicas, container, Some(annotations), pod)
 }
 
 /// Headless, so DNS and EndpointSlices list every ready counter pod.

@@ -3,13 +3,14 @@
 //! prints. Pure, so the set is unit-tested without an API server.
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use serde::Serialize;
 
-use super::{access, counter, gateway, redis};
+use super::{access, autoscaling, counter, gateway, redis};
 use crate::crd::CounterCluster;
 
 /// One object the operator owns.
@@ -27,6 +28,7 @@ pub enum Owned {
     Role(Role),
     RoleBinding(RoleBinding),
     PodDisruptionBudget(PodDisruptionBudget),
+    HorizontalPodAutoscaler(HorizontalPodAutoscaler),
 }
 
 impl Owned {
@@ -43,6 +45,7 @@ impl Owned {
             Owned::Role(o) => ("Role", &o.metadata),
             Owned::RoleBinding(o) => ("RoleBinding", &o.metadata),
             Owned::PodDisruptionBudget(o) => ("PodDisruptionBudget", &o.metadata),
+            Owned::HorizontalPodAutoscaler(o) => ("HorizontalPodAutoscaler", &o.metadata),
         };
         (kind, meta.name.clone().unwrap_or_default())
     }
@@ -66,6 +69,7 @@ impl Owned {
             Owned::Role(o) => json(o),
             Owned::RoleBinding(o) => json(o),
             Owned::PodDisruptionBudget(o) => json(o),
+            Owned::HorizontalPodAutoscaler(o) => json(o),
         }
     }
 }
@@ -96,6 +100,11 @@ pub fn desired(cc: &CounterCluster) -> Vec<Owned> {
         Owned::PodDisruptionBudget(access::pod_disruption_budget(cc, "gateway")),
         Owned::NetworkPolicy(access::counter_network_policy(cc)),
     ]);
+    let scaled = [
+        autoscaling::hpa(cc, "counter", counter::name(cc), cc.spec.counter.autoscaling.as_ref()),
+        autoscaling::hpa(cc, "gateway", gateway::name(cc), cc.spec.gateway.autoscaling.as_ref()),
+    ];
+    set.extend(scaled.into_iter().flatten().map(Owned::HorizontalPodAutoscaler));
     set
 }
 

@@ -116,7 +116,10 @@ pub fn deployment(cc: &CounterCluster) -> Deployment {
         volumes: mounted.volumes(),
         ..PodSpec::default()
     };
-    deployment_for(cc, "gateway", name(cc), spec.replicas, container, Some(annotations), pod)
+    // With autoscaling the HPA owns `replicas`: not applying it keeps
+    // server-side apply from resetting what the autoscaler chose.
+    let replicas = spec.autoscaling.is_none().then_some(spec.replicas);
+    deployment_for(cc, "gateway", name(cc), replicas, container, Some(annotations), pod)
 }
 
 pub fn service(cc: &CounterCluster) -> Service {

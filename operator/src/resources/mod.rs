@@ -2,6 +2,7 @@
 //! calls here, so every field's journey from spec to object is unit-tested.
 
 pub mod access;
+pub mod autoscaling;
 pub mod config;
 pub mod counter;
 pub mod desired;
@@ -125,13 +126,14 @@ pub fn service_for(cc: &CounterCluster, component: &str, name: String, port: (&s
     }
 }
 
-/// A Deployment of `replicas` pods of `component` running `container`;
+/// A Deployment of `replicas` pods of `component` running `container`
+/// (`None`: left to its autoscaler, not applied at all);
 /// `pod` carries the pod-level settings (the containers are filled in here).
 pub fn deployment_for(
     cc: &CounterCluster,
     component: &str,
     name: String,
-    replicas: i32,
+    replicas: Option<i32>,
     container: Container,
     annotations: Option<BTreeMap<String, String>>,
     pod: PodSpec,
@@ -140,7 +142,7 @@ pub fn deployment_for(
     Deployment {
         metadata: owned_meta(cc, name, component),
         spec: DeploymentSpec {
-            replicas: Some(replicas),
+            replicas,
             selector: LabelSelector { match_labels: Some(selector.clone()), ..LabelSelector::default() },
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta { labels: Some(selector), annotations, ..ObjectMeta::default() }),
