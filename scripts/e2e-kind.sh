@@ -179,8 +179,8 @@ generation_above() {
 
 observed_generation_is_current() {
   local gen observed
-  gen=$(k -n "$NS" get cc demo -o jsonpath='{.metadata.generation}') || return 1
-  observed=$(k -n "$NS" get cc demo -o jsonpath='{.status.observedGeneration}') || return 1
+  gen=$(k -n "$NS" get tcc demo -o jsonpath='{.metadata.generation}') || return 1
+  observed=$(k -n "$NS" get tcc demo -o jsonpath='{.status.observedGeneration}') || return 1
   [ "$gen" = "$observed" ]
 }
 
@@ -254,9 +254,9 @@ k patch --local -f deploy/tryout/countercluster.yaml --type merge -p "{\"spec\":
   >"$work/countercluster.yaml"
 k apply -f "$work/countercluster.yaml"
 # (observedGeneration first: on a reused cluster an older Ready may still stand.)
-wait_until 120 "the operator to observe cc/demo (status.observedGeneration)" observed_generation_is_current
-k -n "$NS" wait --for=condition=Ready cc/demo --timeout="${TIMEOUT}s" ||
-  fail "cc/demo did not become Ready within ${TIMEOUT}s"
+wait_until 120 "the operator to observe tcc/demo (status.observedGeneration)" observed_generation_is_current
+k -n "$NS" wait --for=condition=Ready tcc/demo --timeout="${TIMEOUT}s" ||
+  fail "tcc/demo did not become Ready within ${TIMEOUT}s"
 step "CounterCluster demo is Ready"
 
 # --- 1. increments through the gateway --------------------------------------
@@ -294,13 +294,13 @@ step "count is $N"
 counter_gen=$(k -n "$NS" get deploy demo-counter -o jsonpath='{.metadata.generation}')
 gateway_gen=$(k -n "$NS" get deploy demo-gateway -o jsonpath='{.metadata.generation}')
 step "patching counter.batchSize to 250"
-k -n "$NS" patch cc demo --type merge -p '{"spec":{"counter":{"batchSize":250}}}'
+k -n "$NS" patch tcc demo --type merge -p '{"spec":{"counter":{"batchSize":250}}}'
 wait_until 120 "the operator to update deploy/demo-counter after the patch" generation_above demo-counter "$counter_gen"
 k -n "$NS" rollout status deploy/demo-counter --timeout="${TIMEOUT}s" ||
   fail "deploy/demo-counter did not finish rolling out within ${TIMEOUT}s"
 wait_until 120 "status.observedGeneration to catch up with the patch" observed_generation_is_current
-k -n "$NS" wait --for=condition=Ready cc/demo --timeout="${TIMEOUT}s" ||
-  fail "cc/demo not Ready again within ${TIMEOUT}s after the patch"
+k -n "$NS" wait --for=condition=Ready tcc/demo --timeout="${TIMEOUT}s" ||
+  fail "tcc/demo not Ready again within ${TIMEOUT}s after the patch"
 
 # The pods of the rolled Deployment (terminating old ones left out).
 pods=$(k -n "$NS" get pods -l app.kubernetes.io/instance=demo,app.kubernetes.io/component=counter \
@@ -327,7 +327,7 @@ k -n "$NS" delete cc demo --timeout=120s
 deadline=$((SECONDS + 120))
 until owned_objects_gone; do
   [ "$SECONDS" -lt "$deadline" ] ||
-    fail "120s after deleting cc/demo, objects labelled app.kubernetes.io/instance=demo remain: $(owned_objects 2>/dev/null | tr '\n' ' ')"
+    fail "120s after deleting tcc/demo, objects labelled app.kubernetes.io/instance=demo remain: $(owned_objects 2>/dev/null | tr '\n' ' ')"
   sleep 1
 done
 step "owned Deployments, Services and ConfigMaps are gone"

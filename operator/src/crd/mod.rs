@@ -27,7 +27,8 @@ pub use security::{AuthSpec, StoreTlsSpec, TlsSpec};
     kind = "CounterCluster",
     namespaced,
     status = "CounterClusterStatus",
-    shortname = "cc",
+    // Not `cc`: Cluster API's ClusterClass has that short name.
+    shortname = "tcc",
     category = "tally",
     cel,
     // Every derived name must stay valid: `<name>-gateway` is a Service (a
@@ -104,53 +105,53 @@ pub struct CounterSpec {
     pub resources: ResourceRequirements,
     /// Store connect timeout, ms (`TALLY_STORE_CONNECT_TIMEOUT_MS`).
     #[schemars(range(min = 1, max = 60000))]
-    pub store_connect_timeout_ms: u32,
+    pub store_connect_timeout_ms: i32,
     /// Store call timeout, ms (`TALLY_STORE_TIMEOUT_MS`).
     #[schemars(range(min = 1, max = 60000))]
-    pub store_timeout_ms: u32,
+    pub store_timeout_ms: i32,
     /// Most operations in one group commit (`TALLY_COMMIT_MAX_OPS`).
     #[schemars(range(min = 1, max = 100000))]
-    pub commit_max_ops: u32,
+    pub commit_max_ops: i32,
     /// Group commits in flight at once (`TALLY_COMMIT_MAX_INFLIGHT`).
     #[schemars(range(min = 1, max = 256))]
-    pub commit_max_inflight: u32,
+    pub commit_max_inflight: i32,
     /// Async writes: flush once this many operations are buffered (`TALLY_BATCH_SIZE`).
     #[schemars(range(min = 1, max = 100000))]
-    pub batch_size: u32,
+    pub batch_size: i32,
     /// Async writes: flush at least this often, ms (`TALLY_FLUSH_INTERVAL_MS`).
     #[schemars(range(min = 1, max = 60000))]
-    pub flush_interval_ms: u32,
+    pub flush_interval_ms: i32,
     /// Most distinct counters buffered (`TALLY_BUFFER_CAPACITY`).
     #[schemars(range(min = 1, max = 10000000))]
-    pub buffer_capacity: u32,
+    pub buffer_capacity: i32,
     /// What an async write does when the buffer is full (`TALLY_BUFFER_FULL_POLICY`).
     pub buffer_full_policy: BufferFullPolicy,
     /// How long idempotency keys are remembered, s (`TALLY_IDEMPOTENCY_RETENTION_S`).
     #[schemars(range(min = 1, max = 604800))]
-    pub idempotency_retention_s: u32,
+    pub idempotency_retention_s: i32,
     /// Operations waiting for (or in) a group commit at most; a request that does not fit is refused at once (`TALLY_COMMIT_MAX_QUEUE`).
     #[schemars(range(min = 1000, max = 10000000))]
-    pub commit_max_queue: u32,
+    pub commit_max_queue: i32,
     /// Life of write-behind batch markers in Redis, s; unconfirmed flushes are resent for half of
     /// it (`TALLY_BATCH_MARKER_TTL_S`).
     #[schemars(range(min = 60, max = 86400))]
-    pub batch_marker_ttl_s: u32,
+    pub batch_marker_ttl_s: i32,
     /// Largest gRPC message, bytes (`TALLY_GRPC_MAX_MESSAGE_BYTES`).
     #[schemars(range(min = 4096, max = 4194304))]
-    pub grpc_max_message_bytes: u32,
+    pub grpc_max_message_bytes: i32,
     /// Most open gRPC connections (`TALLY_GRPC_MAX_CONNECTIONS`).
     #[schemars(range(min = 1, max = 1000000))]
-    pub grpc_max_connections: u32,
+    pub grpc_max_connections: i32,
     /// Time for a new gRPC connection's HTTP/2 preface, ms (`TALLY_GRPC_HANDSHAKE_TIMEOUT_MS`).
     #[schemars(range(min = 100, max = 600000))]
-    pub grpc_handshake_timeout_ms: u32,
+    pub grpc_handshake_timeout_ms: i32,
     /// HTTP/2 keep-alive ping interval, ms (`TALLY_HTTP2_KEEPALIVE_MS`).
     #[schemars(range(min = 1000, max = 3600000))]
-    pub keepalive_ms: u32,
+    pub keepalive_ms: i32,
     /// Drain budget on SIGTERM, ms (`TALLY_SHUTDOWN_TIMEOUT_MS`); the pod's
     /// grace period is this plus 15 s.
     #[schemars(range(min = 1000, max = 600000))]
-    pub shutdown_timeout_ms: u32,
+    pub shutdown_timeout_ms: i32,
 }
 
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
@@ -181,59 +182,59 @@ pub struct GatewaySpec {
     pub resources: ResourceRequirements,
     /// HTTP/2 connections per counter endpoint (`TALLY_POOL_SIZE`).
     #[schemars(range(min = 1, max = 256))]
-    pub pool_size: u32,
+    pub pool_size: i32,
     /// HTTP/2 keep-alive ping interval, ms (`TALLY_KEEPALIVE_MS`).
     #[schemars(range(min = 1000, max = 3600000))]
-    pub keepalive_ms: u32,
+    pub keepalive_ms: i32,
     /// Connect timeout, ms (`TALLY_CONNECT_TIMEOUT_MS`).
     #[schemars(range(min = 1, max = 60000))]
-    pub connect_timeout_ms: u32,
+    pub connect_timeout_ms: i32,
     /// Per-call deadline, ms (`TALLY_REQUEST_TIMEOUT_MS`).
     #[schemars(range(min = 1, max = 600000))]
-    pub request_timeout_ms: u32,
+    pub request_timeout_ms: i32,
     /// Active health check interval, ms (`TALLY_HEALTH_INTERVAL_MS`).
     #[schemars(range(min = 10, max = 60000))]
-    pub health_interval_ms: u32,
+    pub health_interval_ms: i32,
     /// Coalesce single increments into batch calls (`TALLY_COALESCE`).
     pub coalesce: bool,
     /// `round_robin`, `least_request` or `weighted` (`TALLY_LB_POLICY`).
     pub lb_policy: LbPolicy,
     /// Attempts per call, first included (`TALLY_RETRY_ATTEMPTS`).
     #[schemars(range(min = 1, max = 10))]
-    pub retry_attempts: u32,
+    pub retry_attempts: i32,
     /// Retries allowed as a percentage of calls (`TALLY_RETRY_BUDGET_PERCENT`).
     #[schemars(range(min = 0, max = 100))]
-    pub retry_budget_percent: u32,
+    pub retry_budget_percent: i32,
     /// Retries always allowed per second (`TALLY_RETRY_MIN_PER_SECOND`).
     #[schemars(range(min = 0, max = 100000))]
-    pub retry_min_per_second: u32,
+    pub retry_min_per_second: i32,
     /// Consecutive failures that open a breaker (`TALLY_BREAKER_FAILURES`).
     #[schemars(range(min = 1, max = 1000))]
-    pub breaker_failures: u32,
+    pub breaker_failures: i32,
     /// First open period, ms; doubles per reopen (`TALLY_BREAKER_RECOVERY_MS`).
     #[schemars(range(min = 1, max = 600000))]
-    pub breaker_recovery_ms: u32,
+    pub breaker_recovery_ms: i32,
     /// Longest open period, ms (`TALLY_BREAKER_MAX_RECOVERY_MS`).
     #[schemars(range(min = 1, max = 3600000))]
-    pub breaker_max_recovery_ms: u32,
+    pub breaker_max_recovery_ms: i32,
     /// Trial calls let through when half-open (`TALLY_BREAKER_HALF_OPEN_PROBES`).
     #[schemars(range(min = 1, max = 100))]
-    pub breaker_half_open_probes: u32,
+    pub breaker_half_open_probes: i32,
     /// Most endpoints ejected at once, percent (`TALLY_BREAKER_MAX_EJECTION_PERCENT`).
     #[schemars(range(min = 0, max = 100))]
-    pub breaker_max_ejection_percent: u32,
+    pub breaker_max_ejection_percent: i32,
     /// Read cache TTL, ms; 0 disables (`TALLY_CACHE_TTL_MS`).
     #[schemars(range(min = 0, max = 3600000))]
-    pub cache_ttl_ms: u32,
+    pub cache_ttl_ms: i32,
     /// Read cache size (`TALLY_CACHE_MAX_ENTRIES`).
     #[schemars(range(min = 0, max = 10000000))]
-    pub cache_max_entries: u32,
+    pub cache_max_entries: i32,
     /// Drain budget on SIGTERM, ms (`TALLY_SHUTDOWN_TIMEOUT_MS`).
     #[schemars(range(min = 1000, max = 600000))]
-    pub shutdown_timeout_ms: u32,
+    pub shutdown_timeout_ms: i32,
     /// Increments waiting for a coalesced call at most (`TALLY_COALESCE_MAX_QUEUE`).
     #[schemars(range(min = 1, max = 1000000))]
-    pub coalesce_max_queue: u32,
+    pub coalesce_max_queue: i32,
     /// Follow callers' `traceparent` sampled flags (`TALLY_TRACE_TRUST_CALLER`).
     pub trace_trust_caller: bool,
     /// Bounds of the public HTTP listener.
@@ -246,25 +247,25 @@ pub struct GatewaySpec {
 pub struct ListenerSpec {
     /// Time for a request head, ms (`TALLY_HTTP_HEADER_TIMEOUT_MS`).
     #[schemars(range(min = 100, max = 600000))]
-    pub header_timeout_ms: u32,
+    pub header_timeout_ms: i32,
     /// Time for a request body, ms (`TALLY_HTTP_BODY_TIMEOUT_MS`).
     #[schemars(range(min = 100, max = 600000))]
-    pub body_timeout_ms: u32,
+    pub body_timeout_ms: i32,
     /// Idle connection timeout, ms (`TALLY_HTTP_IDLE_TIMEOUT_MS`).
     #[schemars(range(min = 1000, max = 86400000))]
-    pub idle_timeout_ms: u32,
+    pub idle_timeout_ms: i32,
     /// Most open connections per pod (`TALLY_HTTP_MAX_CONNECTIONS`).
     #[schemars(range(min = 1, max = 1000000))]
-    pub max_connections: u32,
+    pub max_connections: i32,
     /// Largest request head, bytes (`TALLY_HTTP_MAX_HEADER_BYTES`).
     #[schemars(range(min = 8192, max = 1048576))]
-    pub max_header_bytes: u32,
+    pub max_header_bytes: i32,
     /// Concurrent HTTP/2 streams per connection (`TALLY_HTTP2_MAX_CONCURRENT_STREAMS`).
     #[schemars(range(min = 1, max = 10000))]
-    pub http2_max_concurrent_streams: u32,
+    pub http2_max_concurrent_streams: i32,
     /// Requests served at once per pod; more get 503 with Retry-After (`TALLY_MAX_IN_FLIGHT`).
     #[schemars(range(min = 1, max = 1000000))]
-    pub max_in_flight: u32,
+    pub max_in_flight: i32,
 }
 
 impl Default for ListenerSpec {
@@ -400,7 +401,10 @@ pub struct CounterClusterStatus {
     pub gateway_ready_replicas: i32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gateway_url: Option<String>,
+    /// Ready, Progressing, Degraded: one of each (a map keyed by `type`,
+    /// so server-side apply merges them by type).
     #[serde(default)]
+    #[schemars(length(max = 8), extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>,
 }
 

@@ -256,3 +256,18 @@ fn the_longest_allowed_name_makes_valid_names_and_labels_and_longer_ones_are_ref
         assert!(err.contains("metadata.name must be at most 46"), "{why} ({bad}): {err:?}");
     }
 }
+
+#[test]
+fn the_schema_is_one_the_api_server_takes_without_warnings() {
+    let yaml = crd_yaml();
+    // Unsigned formats are not OpenAPI formats Kubernetes knows: 1.34+ warns on every apply.
+    assert!(!yaml.contains("format: uint"), "an unsigned integer format in the CRD");
+    use kube::CustomResourceExt;
+    let crd = serde_json::to_value(CounterCluster::crd()).expect("crd");
+    assert_eq!(crd["spec"]["names"]["shortNames"], serde_json::json!(["tcc"]), "not `cc` (Cluster API's ClusterClass)");
+    let status = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"];
+    let conditions = &status["conditions"];
+    assert_eq!(conditions["x-kubernetes-list-type"], "map");
+    assert_eq!(conditions["x-kubernetes-list-map-keys"], serde_json::json!(["type"]));
+    assert!(conditions["maxItems"].as_f64().is_some_and(|n| n > 0.0));
+}

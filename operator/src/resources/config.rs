@@ -6,7 +6,8 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    ConfigMap, ConfigMapEnvSource, EnvFromSource, EnvVar, EnvVarSource, ObjectFieldSelector,
+    ConfigMap, ConfigMapEnvSource, EnvFromSource, EnvVar, EnvVarSource, Lifecycle, LifecycleHandler,
+    ObjectFieldSelector, SleepAction,
 };
 use kube::ResourceExt;
 
@@ -74,10 +75,28 @@ pub fn pod_annotations(metrics_port: i32, settings: &Settings) -> BTreeMap<Strin
     ])
 }
 
-/// Seconds Kubernetes waits after SIGTERM: longer than the service's own
-/// drain budget, so SIGKILL never cuts a drain short.
-pub fn grace_period(shutdown_timeout_ms: u32) -> i64 {
-    i64::from(shutdown_timeout_ms.div_ceil(1000)) + 15
+/// Seconds a terminating pod goes on serving before it gets SIGTERM (a
+/// `preStop` sleep): the endpoint controllers, kube-proxy and the gateways'
+/// discovery need a moment to stop sending it new requests, and a listener
+/// closed before then would refuse some.
+pub const PRE_STOP_SLEEP_S: i64 = 5;
+
+/// Seconds Kubernetes allows from the start of termination to SIGKILL: the
+/// `preStop` sleep plus more than the service's own drain budget, so
+/// SIGKILL never cuts a drain short.
+pub fn grace_period(shutdown_timeout_ms: i32) -> i64 {
+    PRE_STOP_SLEEP_S + i64::from(shutdown_timeout_ms.max(0).unsigned_abs().div_ceil(1000)) + 15
+}
+
+/// The `preStop` sleep (the kubelet's own sleep action: the images have no shell).
+pub fn pre_stop() -> Lifecycle {
+    Lifecycle {
+        pre_stop: Some(LifecycleHandler {
+            sleep: Some(SleepAction { seconds: PRE_STOP_SLEEP_S }),
+            ..LifecycleHandler::default()
+        }),
+        ..Lifecycle::default()
+    }
 }
 
 /// `envFrom` the component's ConfigMap.

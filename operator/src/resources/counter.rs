@@ -131,6 +131,7 @@ pub fn deployment(cc: &CounterCluster) -> Deployment {
         liveness_probe: Some(http_probe("/health", ADMIN_PORT)),
         resources: Some(spec.resources.clone()),
         security_context: Some(locked_down()),
+        lifecycle: Some(config::pre_stop()),
         volume_mounts: mounted.mounts(),
         ..Container::default()
     };
@@ -168,8 +169,10 @@ mod tests {
         let d = deployment(&cc);
         assert_eq!(d.spec.replicas, Some(3));
         let pod = d.spec.template.spec.as_ref().unwrap();
-        assert_eq!(pod.termination_grace_period_seconds, Some(45), "drain budget + 15 s");
+        assert_eq!(pod.termination_grace_period_seconds, Some(50), "preStop sleep 5 s + drain budget 30 s + 15 s");
         let c = &pod.containers[0];
+        let sleep = c.lifecycle.as_ref().and_then(|l| l.pre_stop.as_ref()).and_then(|p| p.sleep.as_ref());
+        assert_eq!(sleep.map(|s| s.seconds), Some(5), "endpoints are removed before the listener closes");
         assert_eq!(c.image.as_deref(), Some("registry/counter:1"));
         assert_eq!(c.image_pull_policy.as_deref(), Some("Always"));
         let requests = c.resources.as_ref().unwrap().requests.as_ref().unwrap();

@@ -104,6 +104,7 @@ pub fn deployment(cc: &CounterCluster) -> Deployment {
         liveness_probe: Some(http_probe("/health", ADMIN_PORT)),
         resources: Some(spec.resources.clone()),
         security_context: Some(locked_down()),
+        lifecycle: Some(config::pre_stop()),
         ..Container::default()
     };
     let mounted = secrets::gateway(cc);

@@ -93,7 +93,10 @@ pub fn stateful_set(cc: &CounterCluster) -> StatefulSet {
     let container = Container {
         name: "redis".into(),
         image: Some("redis:7.4-alpine".into()),
-        image_pull_policy: Some(super::pull_policy(cc)),
+        // A pinned public tag: pulled once, whatever the services' policy
+        // (`imagePullPolicy: Never` for locally loaded tally images must not
+        // stop Redis from starting).
+        image_pull_policy: Some("IfNotPresent".into()),
         // redis-cli reads REDISCLI_AUTH, so the probe authenticates too.
         env: Some(vec![password_env(cc, "REDIS_PASSWORD"), password_env(cc, "REDISCLI_AUTH")]),
         args: Some(
