@@ -17,7 +17,7 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use kube::api::{DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Api, Client, Resource, ResourceExt};
@@ -27,7 +27,7 @@ use serde::de::DeserializeOwned;
 use crate::crd::CounterCluster;
 use crate::metrics::Metrics;
 use crate::resources::desired::{Owned, desired};
-use crate::resources::{counter, redis};
+use crate::resources::{counter, monitoring, redis};
 use crate::status::{Problem, Rollout, status_for};
 use crate::validate::validate;
 
@@ -241,6 +241,12 @@ async fn apply_all(
             Owned::RoleBinding(o) => drop(apply(client, namespace, o).await.map_err(failed)?),
             Owned::PodDisruptionBudget(o) => drop(apply(client, namespace, o).await.map_err(failed)?),
             Owned::HorizontalPodAutoscaler(o) => drop(apply(client, namespace, o).await.map_err(failed)?),
+            Owned::PodMonitor(o) => {
+                let api: Api<DynamicObject> =
+                    Api::namespaced_with(client.clone(), namespace, &monitoring::pod_monitor_resource());
+                let params = PatchParams::apply(FIELD_MANAGER).force();
+                api.patch(&name, &params, &Patch::Apply(o)).await.map_err(|e| failed(e.into()))?;
+            }
             Owned::Deployment(o) => {
                 let applied = apply(client, namespace, o).await.map_err(failed)?;
                 if name == counter::name(cc) { counters = applied } else { gateways = applied }
@@ -270,7 +276,8 @@ async fn prune(cc: &CounterCluster, client: &Client, namespace: &str, set: &[Own
     target.kind::<Role>("Role").await?;
     target.kind::<RoleBinding>("RoleBinding").await?;
     target.kind::<PodDisruptionBudget>("PodDisruptionBudget").await?;
-    target.kind::<HorizontalPodAutoscaler>("HorizontalPodAutoscaler").await
+    target.kind::<HorizontalPodAutoscaler>("HorizontalPodAutoscaler").await?;
+    target.pod_monitors().await
 }
 
 struct Prune<'a> {
@@ -282,6 +289,32 @@ struct Prune<'a> {
 }
 
 impl Prune<'_> {
+    /// PodMonitors, where their CRD is installed (without it there is none to prune).
+    async fn pod_monitors(&self) -> Result<(), ApplyFailure> {
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(self.client.clone(), self.namespace, &monitoring::pod_monitor_resource());
+        let failed = |name: &str, err: kube::Error| ApplyFailure::new("PodMonitor", name, &Error::Kube(err));
+        let found = match api.list(&ListParams::default().labels(self.selector)).await {
+            Ok(found) => found,
+            Err(kube::Error::Api(status)) if status.code == 404 => return Ok(()),
+            Err(err) => return Err(failed("(list)", err)),
+        };
+        let uid = self.cc.metadata.uid.as_deref();
+        for object in found {
+            let name = object.name_any();
+            let ours =
+                object.owner_references().iter().any(|o| o.controller == Some(true) && Some(o.uid.as_str()) == uid);
+            if ours && !self.keep.contains(&("PodMonitor", name.clone())) {
+                match api.delete(&name, &DeleteParams::background()).await {
+                    Ok(_) => tracing::info!(kind = "PodMonitor", %name, "pruned: no longer wanted"),
+                    Err(kube::Error::Api(status)) if status.code == 404 => {}
+                    Err(err) => return Err(failed(&name, err)),
+                }
+            }
+        }
+        Ok(())
+    }
+
     async fn kind<K>(&self, kind: &'static str) -> Result<(), ApplyFailure>
     where
         K: Resource<Scope = k8s_openapi::NamespaceResourceScope> + Clone + DeserializeOwned + std::fmt::Debug,

@@ -129,6 +129,20 @@ async fn run(config: Config) -> Result<(), Error> {
     Ok(http.await.map_err(std::io::Error::other)??)
 }
 
+/// Objects of kind `K` in `namespace`, or in every namespace: with
+/// `TALLY_WATCH_NAMESPACE` the chart grants a Role in that namespace only,
+/// so watching cluster-wide would be refused.
+fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    K::DynamicType: Default,
+{
+    match namespace {
+        Some(namespace) => Api::namespaced(client.clone(), namespace),
+        None => Api::all(client.clone()),
+    }
+}
+
 /// Runs the controller until `stop` resolves.
 async fn controller(
     config: &Config,
@@ -142,17 +156,18 @@ async fn controller(
     };
     // Owned objects carry the instance label; watching only those keeps the cache small.
     let owned = watcher::Config::default().labels("app.kubernetes.io/managed-by=tally-operator");
+    let ns = config.watch_namespace.as_deref();
     Controller::new(clusters, watcher::Config::default())
-        .owns(Api::<Deployment>::all(client.clone()), owned.clone())
-        .owns(Api::<StatefulSet>::all(client.clone()), owned.clone())
-        .owns(Api::<Service>::all(client.clone()), owned.clone())
-        .owns(Api::<ConfigMap>::all(client.clone()), owned.clone())
-        .owns(Api::<ServiceAccount>::all(client.clone()), owned.clone())
-        .owns(Api::<Role>::all(client.clone()), owned.clone())
-        .owns(Api::<RoleBinding>::all(client.clone()), owned.clone())
-        .owns(Api::<PodDisruptionBudget>::all(client.clone()), owned.clone())
-        .owns(Api::<NetworkPolicy>::all(client.clone()), owned.clone())
-        .owns(Api::<HorizontalPodAutoscaler>::all(client), owned)
+        .owns(scoped::<Deployment>(&client, ns), owned.clone())
+        .owns(scoped::<StatefulSet>(&client, ns), owned.clone())
+        .owns(scoped::<Service>(&client, ns), owned.clone())
+        .owns(scoped::<ConfigMap>(&client, ns), owned.clone())
+        .owns(scoped::<ServiceAccount>(&client, ns), owned.clone())
+        .owns(scoped::<Role>(&client, ns), owned.clone())
+        .owns(scoped::<RoleBinding>(&client, ns), owned.clone())
+        .owns(scoped::<PodDisruptionBudget>(&client, ns), owned.clone())
+        .owns(scoped::<NetworkPolicy>(&client, ns), owned.clone())
+        .owns(scoped::<HorizontalPodAutoscaler>(&client, ns), owned)
         .graceful_shutdown_on(stop)
         .run(reconcile, error_policy, context)
         .for_each(|result| async move {

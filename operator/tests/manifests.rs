@@ -151,14 +151,18 @@ fn helm_lints_and_renders_the_chart() {
     let chart = repo().join("charts/tally-operator");
     let lint = Command::new(&helm).args(["lint", "--strict"]).arg(&chart).output().expect("helm lint");
     assert!(lint.status.success(), "helm lint --strict: {}", String::from_utf8_lossy(&lint.stdout));
-    documents(&helm_template(&helm, &[])).expect("the default rendering parses");
-    let docs = documents(&helm_template(&helm, EVERY_OPTION)).expect("rendered YAML parses");
-    let kinds: Vec<&str> = docs.iter().filter_map(|d| d["kind"].as_str()).collect();
-    for kind in
-        ["Deployment", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "ServiceMonitor", "CounterCluster"]
-    {
-        assert!(kinds.contains(&kind), "{kind} missing from {kinds:?}");
+    let kinds_of =
+        |docs: &[Value]| docs.iter().filter_map(|d| d["kind"].as_str().map(str::to_string)).collect::<Vec<_>>();
+    let default = kinds_of(&documents(&helm_template(&helm, &[])).expect("the default rendering parses"));
+    for kind in ["Deployment", "ServiceAccount", "ClusterRole", "ClusterRoleBinding"] {
+        assert!(default.iter().any(|k| k == kind), "{kind} missing from {default:?}");
     }
+    // With watchNamespace the operator's rights are a Role in that namespace only.
+    let every = kinds_of(&documents(&helm_template(&helm, EVERY_OPTION)).expect("rendered YAML parses"));
+    for kind in ["Deployment", "ServiceAccount", "Role", "RoleBinding", "ServiceMonitor", "CounterCluster"] {
+        assert!(every.iter().any(|k| k == kind), "{kind} missing from {every:?}");
+    }
+    assert!(!every.iter().any(|k| k == "ClusterRole"), "no cluster-wide rights with watchNamespace: {every:?}");
 }
 
 /// Kubernetes releases the manifests are validated against: the oldest
@@ -166,7 +170,7 @@ fn helm_lints_and_renders_the_chart() {
 const KUBERNETES_VERSIONS: &[&str] = &["1.29.0", "1.32.0", "1.37.0"];
 
 /// Kinds of other projects' CRDs, which kubernetes-validate has no schema for.
-const FOREIGN_KINDS: &[&str] = &["CounterCluster", "ServiceMonitor"];
+const FOREIGN_KINDS: &[&str] = &["CounterCluster", "ServiceMonitor", "PodMonitor"];
 
 /// Runs `kubernetes-validate --strict` on every document of `streams`
 /// (name, YAML stream) for each release; built-in kinds only.
@@ -212,7 +216,7 @@ spec:
     consulAddress: "https://consul.consul.svc:8501"
     consulCaSecret: consul-ca
     consulTokenSecret: {name: consul, key: token}
-  telemetry: {otlpEndpoint: "https://collector:4317", otlpCaSecret: collector-ca}
+  telemetry: {otlpEndpoint: "https://collector:4317", otlpCaSecret: collector-ca, podMonitor: true}
   counter:
     resources: {requests: {cpu: "2"}, limits: {cpu: "4", memory: 1Gi}}
   gateway:

@@ -380,6 +380,10 @@ pub struct TelemetrySpec {
     /// Log filter (`RUST_LOG`), e.g. `info` or `info,tally_gateway=debug`.
     #[schemars(length(min = 1, max = 512))]
     pub log_level: String,
+    /// Also make a prometheus-operator PodMonitor for the counters' and
+    /// gateways' `/metrics` (prometheus-operator ignores the `prometheus.io/*`
+    /// annotations the pods carry; needs the monitoring.coreos.com CRDs).
+    pub pod_monitor: bool,
 }
 
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
@@ -482,6 +486,7 @@ impl Default for TelemetrySpec {
         TelemetrySpec {
             otlp_endpoint: None,
             otlp_ca_secret: None,
+            pod_monitor: false,
             sampling_ratio: 0.1,
             log_format: LogFormat::Json,
             log_level: "info".into(),

@@ -8,9 +8,10 @@ use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use kube::api::DynamicObject;
 use serde::Serialize;
 
-use super::{access, autoscaling, counter, gateway, redis};
+use super::{access, autoscaling, counter, gateway, monitoring, redis};
 use crate::crd::CounterCluster;
 
 /// One object the operator owns.
@@ -29,6 +30,8 @@ pub enum Owned {
     RoleBinding(RoleBinding),
     PodDisruptionBudget(PodDisruptionBudget),
     HorizontalPodAutoscaler(HorizontalPodAutoscaler),
+    /// A prometheus-operator PodMonitor (another project's CRD).
+    PodMonitor(DynamicObject),
 }
 
 impl Owned {
@@ -46,6 +49,7 @@ impl Owned {
             Owned::RoleBinding(o) => ("RoleBinding", &o.metadata),
             Owned::PodDisruptionBudget(o) => ("PodDisruptionBudget", &o.metadata),
             Owned::HorizontalPodAutoscaler(o) => ("HorizontalPodAutoscaler", &o.metadata),
+            Owned::PodMonitor(o) => ("PodMonitor", &o.metadata),
         };
         (kind, meta.name.clone().unwrap_or_default())
     }
@@ -70,6 +74,7 @@ impl Owned {
             Owned::RoleBinding(o) => json(o),
             Owned::PodDisruptionBudget(o) => json(o),
             Owned::HorizontalPodAutoscaler(o) => json(o),
+            Owned::PodMonitor(o) => serde_json::to_value(o).unwrap_or_default(),
         }
     }
 }
@@ -105,6 +110,7 @@ pub fn desired(cc: &CounterCluster) -> Vec<Owned> {
         autoscaling::hpa(cc, "gateway", gateway::name(cc), cc.spec.gateway.autoscaling.as_ref()),
     ];
     set.extend(scaled.into_iter().flatten().map(Owned::HorizontalPodAutoscaler));
+    set.extend(monitoring::pod_monitor(cc).map(Owned::PodMonitor));
     set
 }
 

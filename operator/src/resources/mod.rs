@@ -7,6 +7,7 @@ pub mod config;
 pub mod counter;
 pub mod desired;
 pub mod gateway;
+pub mod monitoring;
 pub mod redis;
 #[cfg(test)]
 pub mod restricted;
