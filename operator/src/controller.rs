@@ -72,6 +72,35 @@ where
     Ok(api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(object)).await?)
 }
 
+/// Applies a Deployment or StatefulSet whose selector may differ from the
+/// one it was created with (an operator upgrade narrowed selectors to the
+/// instance and component). Kubernetes refuses to change a selector, so
+/// the object is deleted with its pods orphaned — they keep serving — and
+/// created again; the new one adopts them (their labels still match) and
+/// rolls them as usual.
+async fn apply_selecting<K>(client: &Client, namespace: &str, object: &K) -> Result<K, Error>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope> + Clone + DeserializeOwned + Serialize + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    match apply(client, namespace, object).await {
+        Err(Error::Kube(kube::Error::Api(status)))
+            if status.code == 422 && status.message.contains("selector") && status.message.contains("immutable") =>
+        {
+            let name = object.meta().name.clone().unwrap_or_default();
+            tracing::info!(%name, "selector changed: recreating the object, its pods kept (orphaned, then adopted)");
+            let api: Api<K> = Api::namespaced(client.clone(), namespace);
+            let orphan = DeleteParams {
+                propagation_policy: Some(kube::api::PropagationPolicy::Orphan),
+                ..DeleteParams::default()
+            };
+            api.delete(&name, &orphan).await?;
+            apply(client, namespace, object).await
+        }
+        other => other,
+    }
+}
+
 /// Creates `object` unless it exists (an existing one is left as it is: a
 /// generated password must not change on the next reconcile).
 async fn create_once<K>(client: &Client, namespace: &str, object: &K) -> Result<(), Error>
@@ -233,7 +262,7 @@ async fn apply_all(
                 create_once(client, namespace, &secret).await.map_err(failed)?
             }
             Owned::Service(o) => drop(apply(client, namespace, o).await.map_err(failed)?),
-            Owned::StatefulSet(o) => drop(apply(client, namespace, o).await.map_err(failed)?),
+            Owned::StatefulSet(o) => drop(apply_selecting(client, namespace, o).await.map_err(failed)?),
             Owned::NetworkPolicy(o) => drop(apply(client, namespace, o).await.map_err(failed)?),
             Owned::ConfigMap(o) => drop(apply(client, namespace, o).await.map_err(failed)?),
             Owned::ServiceAccount(o) => drop(apply(client, namespace, o).await.map_err(failed)?),
@@ -248,7 +277,7 @@ async fn apply_all(
                 api.patch(&name, &params, &Patch::Apply(o)).await.map_err(|e| failed(e.into()))?;
             }
             Owned::Deployment(o) => {
-                let applied = apply(client, namespace, o).await.map_err(failed)?;
+                let applied = apply_selecting(client, namespace, o).await.map_err(failed)?;
                 if name == counter::name(cc) { counters = applied } else { gateways = applied }
             }
         }

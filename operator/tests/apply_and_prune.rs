@@ -115,3 +115,29 @@ async fn with_autoscaling_the_hpa_owns_replicas_and_without_it_the_hpa_goes() {
         deleted(&seen)
     );
 }
+
+#[tokio::test]
+async fn a_deployment_whose_selector_cannot_change_is_recreated_with_its_pods_kept() {
+    let immutable =
+        "Deployment.apps \"demo-counter\" is invalid: spec.selector: Invalid value: ...: field is immutable";
+    let api = Api {
+        refuse_once: std::sync::Arc::new(std::sync::Mutex::new(vec![(
+            Method::PATCH,
+            "/deployments/demo-counter",
+            422,
+            immutable,
+        )])),
+        ..Api::default()
+    };
+    let (result, seen) = run_against(api, cluster(json!({"store": {"url": "redis://r:6379"}}))).await;
+    result.expect("reconciled after recreating the Deployment");
+    let at = |method: Method, path: &str| seen.iter().position(|(m, uri, _)| *m == method && uri.contains(path));
+    let trail: Vec<String> = seen.iter().map(|(m, u, _)| format!("{m} {u}")).collect();
+    let deleted = at(Method::DELETE, "/deployments/demo-counter").unwrap_or_else(|| panic!("not deleted: {trail:#?}"));
+    let (_, _, options) = &seen[deleted];
+    assert_eq!(options["propagationPolicy"], "Orphan", "its pods keep running: {options}");
+    let reapplied =
+        seen.iter().rposition(|(m, uri, _)| *m == Method::PATCH && uri.contains("/deployments/demo-counter"));
+    assert!(reapplied.is_some_and(|i| i > deleted), "applied again after the delete");
+    assert_eq!(condition(&seen, "Degraded")["status"], "False");
+}

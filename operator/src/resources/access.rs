@@ -12,7 +12,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 
-use super::{counter, gateway, labels, owned_meta};
+use super::{counter, gateway, owned_meta, selector_labels};
 use crate::crd::{CounterCluster, DiscoveryMode};
 
 pub fn gateway_service_account(cc: &CounterCluster) -> ServiceAccount {
@@ -55,7 +55,10 @@ pub fn pod_disruption_budget(cc: &CounterCluster, component: &str) -> PodDisrupt
         metadata: owned_meta(cc, format!("{}-{component}", cc.name_any()), component),
         spec: Some(PodDisruptionBudgetSpec {
             max_unavailable: Some(IntOrString::Int(1)),
-            selector: Some(LabelSelector { match_labels: Some(labels(cc, component)), ..LabelSelector::default() }),
+            selector: Some(LabelSelector {
+                match_labels: Some(selector_labels(cc, component)),
+                ..LabelSelector::default()
+            }),
             ..PodDisruptionBudgetSpec::default()
         }),
         ..PodDisruptionBudget::default()
@@ -69,7 +72,8 @@ pub fn pod_disruption_budget(cc: &CounterCluster, component: &str) -> PodDisrupt
 pub fn counter_network_policy(cc: &CounterCluster) -> NetworkPolicy {
     let port = |p: i32| NetworkPolicyPort { port: Some(IntOrString::Int(p)), ..NetworkPolicyPort::default() };
     let selector = |labels| Some(LabelSelector { match_labels: Some(labels), ..LabelSelector::default() });
-    let gateways = NetworkPolicyPeer { pod_selector: selector(labels(cc, "gateway")), ..NetworkPolicyPeer::default() };
+    let gateways =
+        NetworkPolicyPeer { pod_selector: selector(selector_labels(cc, "gateway")), ..NetworkPolicyPeer::default() };
     let prometheus = NetworkPolicyPeer {
         pod_selector: selector([("app.kubernetes.io/name".to_string(), "prometheus".to_string())].into()),
         // Every namespace: Prometheus usually runs in its own.
@@ -81,7 +85,7 @@ pub fn counter_network_policy(cc: &CounterCluster) -> NetworkPolicy {
     NetworkPolicy {
         metadata: owned_meta(cc, counter::name(cc), "counter"),
         spec: Some(NetworkPolicySpec {
-            pod_selector: selector(labels(cc, "counter")),
+            pod_selector: selector(selector_labels(cc, "counter")),
             policy_types: Some(vec!["Ingress".into()]),
             ingress: Some(vec![
                 NetworkPolicyIngressRule { from: grpc_from, ports: Some(vec![port(counter::GRPC_PORT)]) },

@@ -27,6 +27,17 @@ use kube::{Resource, ResourceExt};
 
 use crate::crd::{CounterCluster, PullPolicy};
 
+/// What selects a component's pods: the least that tells them apart (the
+/// CounterCluster and the component), separate from the labels, so a label
+/// added later never changes a selector (which Kubernetes does not allow
+/// on a Deployment or StatefulSet).
+pub fn selector_labels(cc: &CounterCluster, component: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/instance".to_string(), cc.name_any()),
+        ("app.kubernetes.io/component".to_string(), component.to_string()),
+    ])
+}
+
 /// Labels every owned object carries; `component` is `counter` or `gateway`.
 pub fn labels(cc: &CounterCluster, component: &str) -> BTreeMap<String, String> {
     BTreeMap::from([
@@ -114,7 +125,7 @@ pub fn service_for(cc: &CounterCluster, component: &str, name: String, port: (&s
         metadata: owned_meta(cc, name, component),
         spec: Some(ServiceSpec {
             cluster_ip: headless.then(|| "None".into()),
-            selector: Some(labels(cc, component)),
+            selector: Some(selector_labels(cc, component)),
             ports: Some(vec![ServicePort {
                 name: Some(port.0.into()),
                 port: port.1,
@@ -139,14 +150,17 @@ pub fn deployment_for(
     annotations: Option<BTreeMap<String, String>>,
     pod: PodSpec,
 ) -> Deployment {
-    let selector = labels(cc, component);
     Deployment {
         metadata: owned_meta(cc, name, component),
         spec: DeploymentSpec {
             replicas,
-            selector: LabelSelector { match_labels: Some(selector.clone()), ..LabelSelector::default() },
+            selector: LabelSelector { match_labels: Some(selector_labels(cc, component)), ..LabelSelector::default() },
             template: PodTemplateSpec {
-                metadata: Some(ObjectMeta { labels: Some(selector), annotations, ..ObjectMeta::default() }),
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels(cc, component)),
+                    annotations,
+                    ..ObjectMeta::default()
+                }),
                 spec: Some(PodSpec {
                     containers: vec![container],
                     security_context: Some(pod.security_context.clone().unwrap_or_else(restricted_pod)),

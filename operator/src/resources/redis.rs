@@ -68,13 +68,19 @@ pub fn password_env(cc: &CounterCluster, name: &str) -> EnvVar {
 /// Only the counters reach Redis.
 pub fn network_policy(cc: &CounterCluster) -> NetworkPolicy {
     let counters = NetworkPolicyPeer {
-        pod_selector: Some(LabelSelector { match_labels: Some(labels(cc, "counter")), ..LabelSelector::default() }),
+        pod_selector: Some(LabelSelector {
+            match_labels: Some(super::selector_labels(cc, "counter")),
+            ..LabelSelector::default()
+        }),
         ..NetworkPolicyPeer::default()
     };
     NetworkPolicy {
         metadata: owned_meta(cc, name(cc), "redis"),
         spec: Some(NetworkPolicySpec {
-            pod_selector: Some(LabelSelector { match_labels: Some(labels(cc, "redis")), ..LabelSelector::default() }),
+            pod_selector: Some(LabelSelector {
+                match_labels: Some(super::selector_labels(cc, "redis")),
+                ..LabelSelector::default()
+            }),
             policy_types: Some(vec!["Ingress".into()]),
             ingress: Some(vec![NetworkPolicyIngressRule {
                 from: Some(vec![counters]),
@@ -89,7 +95,7 @@ pub fn network_policy(cc: &CounterCluster) -> NetworkPolicy {
 }
 
 pub fn stateful_set(cc: &CounterCluster) -> StatefulSet {
-    let selector = labels(cc, "redis");
+    let selector = super::selector_labels(cc, "redis");
     let container = Container {
         name: "redis".into(),
         image: Some("redis:7.4-alpine".into()),
@@ -147,7 +153,7 @@ pub fn stateful_set(cc: &CounterCluster) -> StatefulSet {
             service_name: Some(name(cc)),
             selector: LabelSelector { match_labels: Some(selector.clone()), ..LabelSelector::default() },
             template: PodTemplateSpec {
-                metadata: Some(ObjectMeta { labels: Some(selector), ..ObjectMeta::default() }),
+                metadata: Some(ObjectMeta { labels: Some(labels(cc, "redis")), ..ObjectMeta::default() }),
                 spec: Some(PodSpec {
                     containers: vec![container],
                     // The image's `redis` user; the volume is made writable for it.

@@ -37,6 +37,8 @@ pub struct Api {
     pub existing: Vec<(&'static str, Value)>,
     /// Requests whose method and path contain these are refused with this status and message.
     pub refuse: Vec<(Method, &'static str, u16, &'static str)>,
+    /// As `refuse`, but only the first matching request.
+    pub refuse_once: Arc<std::sync::Mutex<Vec<(Method, &'static str, u16, &'static str)>>>,
 }
 
 fn status(code: u16, reason: &str, message: &str) -> Value {
@@ -45,6 +47,12 @@ fn status(code: u16, reason: &str, message: &str) -> Value {
 
 impl Api {
     fn answer(&self, method: &Method, uri: &str, body: &[u8], json: &Value, resource: &[u8]) -> (u16, Vec<u8>) {
+        let mut once = self.refuse_once.lock().expect("lock");
+        if let Some(i) = once.iter().position(|(m, path, _, _)| m == method && uri.contains(path)) {
+            let (_, _, code, message) = once.remove(i);
+            return (code, status(code, "Invalid", message).to_string().into_bytes());
+        }
+        drop(once);
         if let Some((_, _, code, message)) =
             self.refuse.iter().find(|(m, path, _, _)| m == method && uri.contains(path))
         {
