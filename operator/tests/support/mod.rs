@@ -28,6 +28,9 @@ pub fn cluster(spec: Value) -> CounterCluster {
     cc
 }
 
+/// A refusal: requests with this method whose path contains this get this status and message.
+pub type Refusal = (Method, &'static str, u16, &'static str);
+
 /// How the mock answers besides echoing.
 #[derive(Default, Clone)]
 pub struct Api {
@@ -36,9 +39,9 @@ pub struct Api {
     /// Objects a list returns: (plural resource, e.g. `statefulsets`, object).
     pub existing: Vec<(&'static str, Value)>,
     /// Requests whose method and path contain these are refused with this status and message.
-    pub refuse: Vec<(Method, &'static str, u16, &'static str)>,
+    pub refuse: Vec<Refusal>,
     /// As `refuse`, but only the first matching request.
-    pub refuse_once: Arc<std::sync::Mutex<Vec<(Method, &'static str, u16, &'static str)>>>,
+    pub refuse_once: Arc<std::sync::Mutex<Vec<Refusal>>>,
 }
 
 fn status(code: u16, reason: &str, message: &str) -> Value {
