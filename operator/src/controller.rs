@@ -12,7 +12,7 @@ use std::collections::BTreeSet;
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, Pod, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
@@ -142,7 +142,7 @@ pub async fn reconcile(cc: Arc<CounterCluster>, ctx: Arc<Context>) -> Result<Act
     }
     ctx.metrics.reconcile_duration.observe(started.elapsed().as_secs_f64());
     ctx.metrics.count(match &result {
-        Ok(Outcome::Applied) => "applied",
+        Ok(Outcome::Applied | Outcome::RollingOut) => "applied",
         Ok(Outcome::Invalid) => "invalid",
         Ok(Outcome::Deleting) => "deleting",
         Err(_) => "error",
@@ -151,11 +151,15 @@ pub async fn reconcile(cc: Arc<CounterCluster>, ctx: Arc<Context>) -> Result<Act
         Outcome::Deleting => Action::await_change(),
         // Re-check now and then even without changes, so drift made by hand is undone.
         Outcome::Applied | Outcome::Invalid => Action::requeue(Duration::from_secs(300)),
+        // Pods' states change without touching the Deployment: look again soon.
+        Outcome::RollingOut => Action::requeue(Duration::from_secs(30)),
     })
 }
 
 enum Outcome {
     Applied,
+    /// Applied, with a rollout still under way.
+    RollingOut,
     Invalid,
     Deleting,
 }
@@ -190,7 +194,11 @@ async fn reconcile_inner(cc: &CounterCluster, ctx: &Context) -> Result<Outcome, 
                     let note = format!("applied generation {}", cc.metadata.generation.unwrap_or(0));
                     publish(ctx, &reference, EventType::Normal, "Applied", note).await;
                 }
-                (Outcome::Applied, status_for(cc, None, &Rollout::of(&counters), &Rollout::of(&gateways), now))
+                let counters = rollout(client, &namespace, cc, "counter", &counters).await;
+                let gateways = rollout(client, &namespace, cc, "gateway", &gateways).await;
+                let settled = counters.done && gateways.done;
+                let outcome = if settled { Outcome::Applied } else { Outcome::RollingOut };
+                (outcome, status_for(cc, None, &counters, &gateways, now))
             }
             Err(failure) => {
                 // Seen in the status and as an Event, then retried with back-off.
@@ -367,6 +375,32 @@ impl Prune<'_> {
             }
         }
         Ok(())
+    }
+}
+
+/// `component`'s rollout as its Deployment reports it and, while it is
+/// not done, as its pods show it (an image that cannot be pulled, a crash
+/// loop: known long before the Deployment's progress deadline). A failed
+/// pod list only loses that detail.
+async fn rollout(
+    client: &Client,
+    namespace: &str,
+    cc: &CounterCluster,
+    component: &str,
+    deployment: &Deployment,
+) -> Rollout {
+    let rollout = Rollout::of(deployment);
+    if rollout.done {
+        return rollout;
+    }
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let selector = format!("app.kubernetes.io/instance={},app.kubernetes.io/component={component}", cc.name_any());
+    match pods.list(&ListParams::default().labels(&selector)).await {
+        Ok(list) => rollout.with_pods(&list.items),
+        Err(err) => {
+            tracing::debug!(%err, component, "could not list pods");
+            rollout
+        }
     }
 }
 

@@ -8,6 +8,7 @@
 //! `lastTransitionTime` while its status stays the same.
 
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::ResourceExt;
 
@@ -129,6 +130,35 @@ pub fn status_for(
     }
 }
 
+/// Container states that will not resolve by waiting: what a rollout is
+/// stuck on long before the Deployment's progress deadline says so.
+const STUCK_REASONS: &[&str] =
+    &["ErrImagePull", "ImagePullBackOff", "InvalidImageName", "CrashLoopBackOff", "CreateContainerConfigError"];
+
+/// The first pod of `pods` whose container waits for a reason that will
+/// not resolve by itself, as `pod <name>: <reason>: <message>`.
+pub fn pod_problem(pods: &[Pod]) -> Option<String> {
+    pods.iter().find_map(|pod| {
+        let statuses = pod.status.as_ref()?.container_statuses.as_ref()?;
+        statuses.iter().find_map(|status| {
+            let waiting = status.state.as_ref()?.waiting.as_ref()?;
+            let reason = waiting.reason.as_deref().filter(|r| STUCK_REASONS.contains(r))?;
+            let message = waiting.message.clone().unwrap_or_default();
+            Some(format!("pod {}: {reason}: {message}", pod.metadata.name.clone().unwrap_or_default()))
+        })
+    })
+}
+
+impl Rollout {
+    /// This rollout, also stuck when one of its pods is (see [`pod_problem`]).
+    pub fn with_pods(mut self, pods: &[Pod]) -> Rollout {
+        if !self.done && self.stuck.is_none() {
+            self.stuck = pod_problem(pods);
+        }
+        self
+    }
+}
+
 /// A condition whose status did not change keeps its transition time.
 fn keep_transition_times(conditions: &mut [Condition], previous: &[Condition]) {
     for condition in conditions {
@@ -221,6 +251,32 @@ mod tests {
             ..DeploymentCondition::default()
         }]);
         assert!(Rollout::of(&deployment(4, failure)).stuck.is_some_and(|s| s.starts_with("FailedCreate")));
+    }
+
+    #[test]
+    fn a_pod_that_cannot_pull_its_image_makes_the_rollout_stuck_at_once() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "demo-gateway-7f9-abc"},
+            "status": {"containerStatuses": [{
+                "name": "gateway", "image": "tally-gateway:typo", "imageID": "", "ready": false, "restartCount": 0,
+                "state": {"waiting": {"reason": "ImagePullBackOff", "message": "Back-off pulling image \"tally-gateway:typo\""}},
+            }]},
+        }))
+        .unwrap();
+        let healthy: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "demo-gateway-7f9-def"},
+            "status": {"containerStatuses": [{
+                "name": "gateway", "image": "x", "imageID": "", "ready": false, "restartCount": 0,
+                "state": {"waiting": {"reason": "ContainerCreating"}},
+            }]},
+        }))
+        .unwrap();
+        assert_eq!(pod_problem(std::slice::from_ref(&healthy)), None, "still starting is not stuck");
+        let rolling = Rollout { ready: 1, done: false, stuck: None };
+        let stuck = rolling.clone().with_pods(&[healthy.clone(), pod.clone()]).stuck.expect("stuck");
+        assert!(stuck.starts_with("pod demo-gateway-7f9-abc: ImagePullBackOff: Back-off pulling"), "{stuck}");
+        let done = Rollout { ready: 2, done: true, stuck: None };
+        assert_eq!(done.with_pods(&[pod]).stuck, None, "a finished rollout is not stuck on a leftover pod");
     }
 
     #[test]

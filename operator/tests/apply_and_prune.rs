@@ -141,3 +141,28 @@ async fn a_deployment_whose_selector_cannot_change_is_recreated_with_its_pods_ke
     assert!(reapplied.is_some_and(|i| i > deleted), "applied again after the delete");
     assert_eq!(condition(&seen, "Degraded")["status"], "False");
 }
+
+#[tokio::test]
+async fn a_pod_that_cannot_pull_its_image_shows_as_degraded_at_once() {
+    let pod = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "demo-gateway-7f9-abc", "namespace": "tally",
+                     "labels": {"app.kubernetes.io/instance": "demo", "app.kubernetes.io/component": "gateway"}},
+        "status": {"containerStatuses": [{
+            "name": "gateway", "image": "tally-gateway:typo", "imageID": "", "ready": false, "restartCount": 0,
+            "state": {"waiting": {"reason": "ErrImagePull", "message": "pull access denied for tally-gateway"}},
+        }]},
+    });
+    let api = Api { existing: vec![("pods", pod)], ..Api::default() };
+    let (result, seen) = run_against(api, cluster(json!({"store": {"url": "redis://r:6379"}}))).await;
+    result.expect("reconcile");
+    let degraded = condition(&seen, "Degraded");
+    assert_eq!((degraded["status"].as_str(), degraded["reason"].as_str()), (Some("True"), Some("RolloutStuck")));
+    assert!(
+        degraded["message"].as_str().unwrap_or_default().contains("ErrImagePull: pull access denied"),
+        "{degraded}"
+    );
+    let pod_lists: Vec<&String> =
+        seen.iter().filter(|(m, uri, _)| m == Method::GET && uri.contains("/pods?")).map(|(_, u, _)| u).collect();
+    assert!(pod_lists.iter().all(|uri| uri.contains("app.kubernetes.io%2Finstance%3Ddemo")), "{pod_lists:?}");
+}

@@ -104,7 +104,9 @@ async fn an_unchanged_resource_writes_nothing_new_but_status() {
     assert_eq!(events(&first).len(), 1);
     assert!(events(&second).is_empty(), "no Event for a generation already applied");
     let lists = second.iter().filter(|(m, _, _)| m == Method::GET).count();
-    assert_eq!(lists, 11, "one list per owned kind, for pruning");
+    let pod_lists = second.iter().filter(|(m, uri, _)| m == Method::GET && uri.contains("/pods?")).count();
+    assert_eq!(pod_lists, 2, "nothing is ready in the mock: each rollout's pods are looked at");
+    assert_eq!(lists - pod_lists, 11, "one list per owned kind, for pruning");
     assert_eq!(second.len(), applied(&second).len() + lists + 1, "plus the status: nothing else written");
     let second_status = &second.last().expect("status patch").2["status"];
     assert_eq!(second_status, first_status, "the same status, transition times included");
