@@ -43,6 +43,7 @@ fn owned(kind: &str, name: &str, uid: &str) -> serde_json::Value {
     let api_version = match kind {
         "StatefulSet" | "Deployment" => "apps/v1",
         "NetworkPolicy" => "networking.k8s.io/v1",
+        "Role" | "RoleBinding" => "rbac.authorization.k8s.io/v1",
         _ => "v1",
     };
     json!({
@@ -83,6 +84,24 @@ async fn objects_no_longer_wanted_are_pruned_and_others_are_left_alone() {
     assert!(!lists.is_empty());
     for uri in lists {
         assert!(uri.contains("labelSelector=app.kubernetes.io%2Finstance%3Ddemo"), "{uri}");
+    }
+}
+
+#[tokio::test]
+async fn leaving_kubernetes_discovery_prunes_the_gateways_endpointslice_rights() {
+    let api = Api {
+        existing: vec![
+            ("roles", owned("Role", "demo-gateway", "uid-1")),
+            ("rolebindings", owned("RoleBinding", "demo-gateway", "uid-1")),
+        ],
+        ..Api::default()
+    };
+    let spec = json!({"store": {"url": "redis://r:6379"}, "discovery": {"mode": "dns"}});
+    let (result, seen) = run_against(api, cluster(spec)).await;
+    result.expect("reconcile");
+    let deleted = deleted(&seen);
+    for path in ["/roles/demo-gateway?", "/rolebindings/demo-gateway?"] {
+        assert!(deleted.iter().any(|uri| uri.contains(path)), "{path} not pruned: {deleted:?}");
     }
 }
 

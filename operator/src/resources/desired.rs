@@ -12,7 +12,7 @@ use kube::api::DynamicObject;
 use serde::Serialize;
 
 use super::{access, autoscaling, counter, gateway, monitoring, redis};
-use crate::crd::CounterCluster;
+use crate::crd::{CounterCluster, DiscoveryMode};
 
 /// One object the operator owns.
 #[derive(Debug, Clone)]
@@ -96,8 +96,14 @@ pub fn desired(cc: &CounterCluster) -> Vec<Owned> {
         Owned::Service(counter::service(cc)),
         Owned::Deployment(counter::deployment(cc)),
         Owned::ServiceAccount(access::gateway_service_account(cc)),
-        Owned::Role(access::gateway_role(cc)),
-        Owned::RoleBinding(access::gateway_role_binding(cc)),
+    ]);
+    // The gateways read EndpointSlices only in kubernetes discovery; in the
+    // other modes they get no rights (and switching away prunes them).
+    if cc.spec.discovery.mode == DiscoveryMode::Kubernetes {
+        set.push(Owned::Role(access::gateway_role(cc)));
+        set.push(Owned::RoleBinding(access::gateway_role_binding(cc)));
+    }
+    set.extend([
         Owned::ConfigMap(gateway::config_map(cc)),
         Owned::Service(gateway::service(cc)),
         Owned::Deployment(gateway::deployment(cc)),
@@ -203,6 +209,15 @@ mod tests {
         let own = keys(&sample(serde_json::json!({"store": {"url": "redis://r:6379"}})));
         assert!(own.iter().all(|k| !k.contains("redis")), "nothing of a managed Redis: {own:?}");
         assert_eq!(managed.len(), own.len() + 4);
+        assert!(
+            own.contains(&"Role/demo-gateway".to_string()),
+            "kubernetes discovery: the gateways may read EndpointSlices"
+        );
+        let dns = keys(&sample(serde_json::json!({"store": {"url": "redis://r:6379"}, "discovery": {"mode": "dns"}})));
+        assert!(
+            !dns.iter().any(|k| k.starts_with("Role/") || k.starts_with("RoleBinding/")),
+            "no rights without need: {dns:?}"
+        );
         let unique: std::collections::BTreeSet<_> = managed.iter().collect();
         assert_eq!(unique.len(), managed.len(), "no object twice");
     }
