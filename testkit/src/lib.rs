@@ -40,7 +40,9 @@ pub fn tool(name: &str) -> Option<std::path::PathBuf> {
         .map(std::path::PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|home| std::path::Path::new(&home).join(".cache/tally-tools")))
         .map(|dir| dir.join("bin").join(name));
-    let found = on_path.chain(cached).find(|candidate| candidate.is_file());
+    // pip's user scheme puts console scripts here, off PATH on some machines.
+    let user_scripts = std::env::var_os("HOME").map(|home| std::path::Path::new(&home).join(".local/bin").join(name));
+    let found = on_path.chain(cached).chain(user_scripts).find(|candidate| candidate.is_file());
     if found.is_none() {
         let message = format!("{name} is not installed (scripts/install-test-deps.sh installs it)");
         assert!(std::env::var_os("TALLY_REQUIRE_TOOLS").is_none(), "{message}");
