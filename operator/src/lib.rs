@@ -1,6 +1,7 @@
 //! tally's Kubernetes operator: the `CounterCluster` CRD, pure builders of
 //! the objects it owns, the reconciler, leader election and its metrics.
 
+pub mod apply;
 pub mod config;
 pub mod controller;
 pub mod crd;
