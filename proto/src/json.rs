@@ -6,41 +6,141 @@
 //! Bodies reject fields they do not define: a typo such as `"dleta": 5`
 //! would otherwise be applied as +1.
 
-use serde::Deserialize;
+use std::fmt;
 
+use serde::de::{self, Deserialize, Deserializer, MapAccess, Visitor};
+
+use crate::fields::{each_field, set_once};
 use crate::validate::{self, CounterKey, InvalidInput};
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+// The bodies are decoded field by field (`crate::fields`): keys match the
+// documented names as Go's encoding/json does (exact, else ignoring case),
+// unknown keys are refused, a field given twice is refused.
+
+#[derive(Debug)]
 struct IncrementBody {
     resource_id: String,
     counter_type: String,
     /// Omitted (or null) means 1.
-    #[serde(default)]
     delta: Option<i64>,
-    #[serde(default)]
     idempotency_key: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug)]
 struct BatchIncrementBody {
     operations: Vec<IncrementBody>,
-    #[serde(default, rename = "async")]
     is_async: bool,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug)]
 struct CounterRefBody {
     resource_id: String,
     counter_type: String,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug)]
 struct BatchGetBody {
     items: Vec<CounterRefBody>,
+}
+
+impl<'de> Deserialize<'de> for IncrementBody {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        const FIELDS: &[&str] = &["resource_id", "counter_type", "delta", "idempotency_key"];
+        struct Body;
+        impl<'de> Visitor<'de> for Body {
+            type Value = IncrementBody;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an increment object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<IncrementBody, A::Error> {
+                let (mut resource_id, mut counter_type, mut delta, mut key) = (None, None, None, None);
+                each_field(&mut map, FIELDS, |field, map| match field {
+                    0 => set_once(&mut resource_id, map.next_value::<String>()?, FIELDS[0]),
+                    1 => set_once(&mut counter_type, map.next_value::<String>()?, FIELDS[1]),
+                    2 => set_once(&mut delta, map.next_value::<Option<i64>>()?, FIELDS[2]),
+                    _ => set_once(&mut key, map.next_value::<Option<String>>()?, FIELDS[3]),
+                })?;
+                Ok(IncrementBody {
+                    resource_id: resource_id.ok_or_else(|| de::Error::missing_field(FIELDS[0]))?,
+                    counter_type: counter_type.ok_or_else(|| de::Error::missing_field(FIELDS[1]))?,
+                    delta: delta.flatten(),
+                    idempotency_key: key.flatten(),
+                })
+            }
+        }
+        deserializer.deserialize_map(Body)
+    }
+}
+
+impl<'de> Deserialize<'de> for BatchIncrementBody {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        const FIELDS: &[&str] = &["operations", "async"];
+        struct Body;
+        impl<'de> Visitor<'de> for Body {
+            type Value = BatchIncrementBody;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a batch increment object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<BatchIncrementBody, A::Error> {
+                let (mut operations, mut is_async) = (None, None);
+                each_field(&mut map, FIELDS, |field, map| match field {
+                    0 => set_once(&mut operations, map.next_value::<Vec<IncrementBody>>()?, FIELDS[0]),
+                    _ => set_once(&mut is_async, map.next_value::<bool>()?, FIELDS[1]),
+                })?;
+                Ok(BatchIncrementBody {
+                    operations: operations.ok_or_else(|| de::Error::missing_field(FIELDS[0]))?,
+                    is_async: is_async.unwrap_or(false),
+                })
+            }
+        }
+        deserializer.deserialize_map(Body)
+    }
+}
+
+impl<'de> Deserialize<'de> for CounterRefBody {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        const FIELDS: &[&str] = &["resource_id", "counter_type"];
+        struct Body;
+        impl<'de> Visitor<'de> for Body {
+            type Value = CounterRefBody;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a counter object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<CounterRefBody, A::Error> {
+                let (mut resource_id, mut counter_type) = (None, None);
+                each_field(&mut map, FIELDS, |field, map| match field {
+                    0 => set_once(&mut resource_id, map.next_value::<String>()?, FIELDS[0]),
+                    _ => set_once(&mut counter_type, map.next_value::<String>()?, FIELDS[1]),
+                })?;
+                Ok(CounterRefBody {
+                    resource_id: resource_id.ok_or_else(|| de::Error::missing_field(FIELDS[0]))?,
+                    counter_type: counter_type.ok_or_else(|| de::Error::missing_field(FIELDS[1]))?,
+                })
+            }
+        }
+        deserializer.deserialize_map(Body)
+    }
+}
+
+impl<'de> Deserialize<'de> for BatchGetBody {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        const FIELDS: &[&str] = &["items"];
+        struct Body;
+        impl<'de> Visitor<'de> for Body {
+            type Value = BatchGetBody;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a batch get object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<BatchGetBody, A::Error> {
+                let mut items = None;
+                each_field(&mut map, FIELDS, |_, map| {
+                    set_once(&mut items, map.next_value::<Vec<CounterRefBody>>()?, FIELDS[0])
+                })?;
+                Ok(BatchGetBody { items: items.ok_or_else(|| de::Error::missing_field(FIELDS[0]))? })
+            }
+        }
+        deserializer.deserialize_map(Body)
+    }
 }
 
 /// One validated increment.
@@ -139,6 +239,26 @@ mod tests {
         assert_eq!((inc.key.to_string(), inc.delta, inc.idempotency_key), ("p:1/likes".into(), 1, None));
         let keyed = increment(br#"{"resource_id":"p","counter_type":"likes","delta":-2,"idempotency_key":"k1"}"#);
         assert_eq!(keyed.map(|i| (i.delta, i.idempotency_key)), Ok((-2, Some("k1".into()))));
+    }
+
+    #[test]
+    fn field_names_match_as_the_original_gos_decoder_matched_them() {
+        // As the original's scripts send them: a capitalised `Items`, a trailing newline.
+        let keys = batch_get(b"{\"Items\":[{\"Resource_ID\":\"p:1\",\"COUNTER_TYPE\":\"likes\"}]}\n").expect("valid");
+        assert_eq!(keys[0].to_string(), "p:1/likes");
+        let inc =
+            increment(br#"{"RESOURCE_ID":"p","Counter_Type":"views","Delta":5,"Idempotency_Key":"k"}"#).expect("valid");
+        assert_eq!((inc.key.to_string(), inc.delta, inc.idempotency_key.as_deref()), ("p/views".into(), 5, Some("k")));
+        let batch = batch_increment(br#"{"Operations":[{"resource_id":"p","counter_type":"likes"}],"ASYNC":true}"#);
+        assert!(batch.expect("valid").is_async);
+        assert_eq!(increment(br#"{"resource_id":"p","counter_type":"likes","delta":null}"#).unwrap().delta, 1);
+        // Still refused: a key naming no field, and one field given twice in two spellings.
+        let unknown = increment(br#"{"resource_id":"p","counter_type":"likes","dleta":5}"#).unwrap_err();
+        assert!(unknown.to_string().contains("unknown field `dleta`"), "{unknown}");
+        let twice = increment(br#"{"resource_id":"p","Resource_Id":"q","counter_type":"likes"}"#).unwrap_err();
+        assert!(twice.to_string().contains("duplicate field `resource_id`"), "{twice}");
+        let missing = increment(br#"{"counter_type":"likes"}"#).unwrap_err();
+        assert!(missing.to_string().contains("missing field `resource_id`"), "{missing}");
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! enforces, kept together so the gateway and the counter can never disagree
 //! on what a valid counter is.
 
+mod fields;
 pub mod json;
 pub mod validate;
 
