@@ -301,3 +301,52 @@ async fn an_idempotency_key_counts_once_across_gateways() {
     assert_eq!(response.status().as_u16(), 400);
     assert_eq!(stack.redis.cli(&["HGET", &format!("tally:{{{post}}}"), "likes"]), "7");
 }
+
+/// The original project's requests as its scripts send them (curl with a
+/// body ending in a newline, `Items` capitalised), answered with the fields
+/// they read: `"success":true` (grepped for in the raw text), `timestamp`,
+/// `updated_at`, `total`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_original_projects_requests_get_the_answers_its_scripts_expect() {
+    let stack = Stack::start(&[]);
+    let base = &stack.http.base;
+    let client = reqwest::Client::new();
+    let post = unique("original");
+    let before = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let raw = client
+        .post(format!("{base}/api/v1/counter/increment"))
+        .header("content-type", "application/json")
+        .body(format!("{{\"resource_id\": \"{post}\", \"counter_type\": \"likes\", \"delta\": 1}}\n"))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(raw.status(), 200);
+    let text = raw.text().await.expect("text");
+    assert!(text.contains("\"success\":true"), "the integration script greps for it: {text}");
+    let body: Value = serde_json::from_str(&text).unwrap();
+    let timestamp = body["data"]["timestamp"].as_u64().expect("a timestamp");
+    assert!(timestamp >= before && timestamp <= before + 60, "{timestamp} vs {before}");
+
+    let (status, body) = stack
+        .http
+        .send(
+            "POST",
+            "/api/v1/counter/batch",
+            Some(
+                format!("{{\"Items\": [{{\"Resource_ID\": \"{post}\", \"Counter_Type\": \"likes\"}}]}}\n").into_bytes(),
+            ),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"]["total"], 1);
+    assert_eq!(body["data"]["results"][0]["current_value"], 1);
+    assert!(body["data"]["results"][0]["updated_at"].as_u64().is_some_and(|t| t >= before));
+
+    let (_, body) = stack.http.get(&format!("/api/v1/counter/{post}/likes")).await;
+    assert!(body["data"]["updated_at"].as_u64().is_some_and(|t| t >= before), "{body}");
+    let (_, body) = stack.http.get("/api/v1/health").await;
+    assert!(body["timestamp"].as_u64().is_some_and(|t| t >= before), "{body}");
+    // Still refused: a key no spelling of a documented field matches.
+    let (status, body) = stack.http.send("POST", "/api/v1/counter/batch", Some(br#"{"Itemz": []}"#.to_vec())).await;
+    assert_eq!(status, 400, "{body}");
+}

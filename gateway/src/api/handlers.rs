@@ -119,6 +119,8 @@ pub async fn increment(
         counter_type: key.counter_type(),
         delta,
         current_value: applied.value,
+        success: true,
+        timestamp: unix_now(),
         replayed: applied.replayed,
     }));
     if applied.replayed {
@@ -218,7 +220,12 @@ pub async fn get_counter(
     let key = CounterKey::new(resource_id, counter_type)?;
     caller::permit(&state, &caller, Scope::Read, [&key], 1)?;
     let current_value = read_one(&state, &key).await?;
-    let body = CounterValue { resource_id: key.resource_id(), counter_type: key.counter_type(), current_value };
+    let body = CounterValue {
+        resource_id: key.resource_id(),
+        counter_type: key.counter_type(),
+        current_value,
+        updated_at: unix_now(),
+    };
     Ok(Json(success(body)).into_response())
 }
 
@@ -275,20 +282,28 @@ pub async fn batch_get(
             values[i] = Some(result.current_value);
         }
     }
-    let results = keys
+    let updated_at = unix_now();
+    let results: Vec<CounterValue> = keys
         .iter()
         .zip(values)
         .map(|(key, value)| CounterValue {
             resource_id: key.resource_id(),
             counter_type: key.counter_type(),
             current_value: value.unwrap_or(0),
+            updated_at,
         })
         .collect();
-    Ok(Json(success(Values { results })).into_response())
+    let total = results.len();
+    Ok(Json(success(Values { results, total })).into_response())
 }
 
 pub async fn health() -> impl IntoResponse {
-    Json(json!({ "status": "healthy", "service": "tally-gateway", "version": env!("CARGO_PKG_VERSION") }))
+    Json(json!({
+        "status": "healthy",
+        "service": "tally-gateway",
+        "version": env!("CARGO_PKG_VERSION"),
+        "timestamp": unix_now(),
+    }))
 }
 
 /// Ready while at least one counter endpoint is warm and healthy.

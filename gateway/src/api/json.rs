@@ -16,12 +16,20 @@ pub fn success<T>(data: T) -> Success<T> {
     Success { status: "success", data }
 }
 
+/// Now, in Unix seconds: the `timestamp` / `updated_at` fields the
+/// original project's responses carry (its clients read them).
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
 /// (Response bodies borrow the request's validated key: no copies per request.)
 #[derive(Debug, Serialize)]
 pub struct CounterValue<'a> {
     pub resource_id: &'a str,
     pub counter_type: &'a str,
     pub current_value: i64,
+    /// When the value was read, Unix seconds (as the original reports it).
+    pub updated_at: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -30,6 +38,11 @@ pub struct Incremented<'a> {
     pub counter_type: &'a str,
     pub delta: i64,
     pub current_value: i64,
+    /// Always true in a 200 answer: the original's clients check it
+    /// (failures come as the error envelope with a non-2xx status).
+    pub success: bool,
+    /// When it was applied, Unix seconds.
+    pub timestamp: u64,
     /// Present (true) when the idempotency key was seen before.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub replayed: bool,
@@ -68,4 +81,6 @@ pub struct Accepted {
 #[derive(Debug, Serialize)]
 pub struct Values<'a> {
     pub results: Vec<CounterValue<'a>>,
+    /// How many results (the original's batch GET carries it).
+    pub total: usize,
 }
