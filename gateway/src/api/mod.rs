@@ -8,6 +8,7 @@ mod caller;
 mod error;
 mod handlers;
 mod json;
+mod system;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -45,6 +46,10 @@ pub fn public_router(state: AppState, limits: RequestLimits, in_flight: Arc<Sema
         .route(ROUTES[2], post(handlers::batch_get))
         .route(ROUTES[3], get(handlers::get_counter))
         .route(ROUTES[4], get(handlers::health))
+        .route(ROUTES[5], get(system::grpc_pools))
+        .route(ROUTES[6], get(system::services_health))
+        .route(ROUTES[7], get(system::metrics_stats))
+        .route(ROUTES[8], get(system::object_pools))
         .fallback(handlers::not_found)
         .method_not_allowed_fallback(handlers::method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -68,12 +73,16 @@ pub fn admin_router(state: AppState) -> Router {
 /// Every public route, in the order [`public_router`] registers them; also
 /// the `route` label of the HTTP metrics (static strings: no allocation per
 /// request).
-const ROUTES: [&str; 5] = [
+const ROUTES: [&str; 9] = [
     "/api/v1/counter/increment",
     "/api/v1/counter/batch-increment",
     "/api/v1/counter/batch",
     "/api/v1/counter/{*path}",
     "/api/v1/health",
+    "/api/v1/system/grpc-pools",
+    "/api/v1/system/services/health",
+    "/api/v1/system/metrics/stats",
+    "/api/v1/system/object-pools",
 ];
 
 /// What every public request passes through, in one layer (one boxed

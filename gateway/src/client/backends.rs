@@ -186,6 +186,8 @@ pub struct Backends {
     next: AtomicU64,
     pub policy: Policy,
     max_ejection_percent: u32,
+    /// When the endpoint set last changed, Unix seconds (0: never).
+    changed_at: AtomicU64,
 }
 
 impl Backends {
@@ -211,7 +213,13 @@ impl Backends {
             next: AtomicU64::new(0),
             policy: settings.policy,
             max_ejection_percent: settings.max_ejection_percent,
+            changed_at: AtomicU64::new(0),
         }
+    }
+
+    /// When the set of endpoints last changed (discovery or startup), Unix seconds; 0 before any.
+    pub fn changed_at(&self) -> u64 {
+        self.changed_at.load(Ordering::Relaxed)
     }
 
     /// The current endpoints.
@@ -261,6 +269,8 @@ impl Backends {
         }
         if next.len() != current.len() || !plan.remove.is_empty() {
             self.list.store(Arc::new(next));
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+            self.changed_at.store(now, Ordering::Relaxed);
         }
         skipped
     }
