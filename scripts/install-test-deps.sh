@@ -49,6 +49,14 @@ PY
   "$tools/helm" version --short
 fi
 
+# grpcio and grpcio-reflection (PyPI): a gRPC client nobody on the project
+# wrote, whose reflection speaks only v1alpha.
+if ! python3 -c "import grpc, grpc_reflection.v1alpha.reflection_pb2_grpc" 2>/dev/null; then
+  echo "install-test-deps: installing grpcio and grpcio-reflection"
+  python3 -m pip install --quiet --disable-pip-version-check grpcio grpcio-reflection 2>/dev/null ||
+    python3 -m pip install --quiet --disable-pip-version-check --break-system-packages grpcio grpcio-reflection
+fi
+
 # kubernetes-validate (PyPI): manifests against the real OpenAPI schemas
 # of each Kubernetes release.
 if ! command -v kubernetes-validate >/dev/null; then

@@ -128,10 +128,14 @@ pub async fn run(config: Config) -> Result<(), StartupError> {
             stream_window: config.stream_window as usize,
             shutdown: shutdown_rx.clone(),
         };
-        let reflection = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(tally_proto::v1::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1()?;
+        // Both reflection versions: grpcio's reflection client, older
+        // grpcurl/grpcui and Postman speak only v1alpha.
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(tally_proto::v1::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        };
+        let (reflection_v1, reflection_v1alpha) = (reflection().build_v1()?, reflection().build_v1alpha()?);
         let mut stop = shutdown_rx.clone();
         let grpc = Server::builder()
             .trace_fn(crate::spans::rpc_server)
@@ -140,7 +144,8 @@ pub async fn run(config: Config) -> Result<(), StartupError> {
             .max_concurrent_streams(config.max_concurrent_streams)
             .http2_max_header_list_size(GRPC_MAX_HEADER_BYTES)
             .add_service(health_service.clone())
-            .add_service(reflection)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
             .add_service(
                 CounterServiceServer::new(api)
                     .max_decoding_message_size(max_message)

@@ -99,3 +99,46 @@ async fn health_reflection_and_admin_endpoints() {
         assert!(metrics.contains(expected), "missing {expected:?} in\n{metrics}");
     }
 }
+
+/// grpcio's own reflection client (PyPI `grpcio-reflection`), which speaks
+/// only `grpc.reflection.v1alpha` — as older grpcurl, grpcui and Postman
+/// builds do — lists the API and resolves the counter service's file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpcios_v1alpha_reflection_client_lists_and_describes_the_api() {
+    let has_grpcio = std::process::Command::new("python3")
+        .args(["-c", "import grpc, grpc_reflection.v1alpha.reflection_pb2_grpc"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !has_grpcio {
+        let message =
+            "python3 with grpcio and grpcio-reflection is not installed (scripts/install-test-deps.sh installs them)";
+        assert!(std::env::var_os("TALLY_REQUIRE_TOOLS").is_none(), "{message}");
+        eprintln!("SKIPPED: {message}");
+        return;
+    }
+    let stack = Stack::start(Backend::Memory, &[]);
+    let target = stack.counter.addr("grpc").to_string();
+    let script = r#"
+import sys, grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+stub = reflection_pb2_grpc.ServerReflectionStub(grpc.insecure_channel(sys.argv[1]))
+asks = [reflection_pb2.ServerReflectionRequest(list_services=""),
+        reflection_pb2.ServerReflectionRequest(file_containing_symbol="tally.counter.v1.CounterService")]
+for answer in stub.ServerReflectionInfo(iter(asks), timeout=10):
+    if answer.HasField("list_services_response"):
+        for service in answer.list_services_response.service:
+            print("service", service.name)
+    elif answer.HasField("file_descriptor_response"):
+        print("files", len(answer.file_descriptor_response.file_descriptor_proto))
+    else:
+        print("error", answer.error_response.error_message)
+"#;
+    let output = tokio::process::Command::new("python3").args(["-c", script, &target]).output().await.expect("python3");
+    let text = String::from_utf8_lossy(&output.stdout).to_string() + &String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{text}");
+    for service in ["tally.counter.v1.CounterService", "grpc.health.v1.Health"] {
+        assert!(text.lines().any(|l| l == format!("service {service}")), "{service} not listed over v1alpha:\n{text}");
+    }
+    assert!(text.lines().any(|l| l.starts_with("files ") && l != "files 0"), "no file descriptor:\n{text}");
+    assert!(!text.contains("error "), "{text}");
+}

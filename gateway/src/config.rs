@@ -179,7 +179,7 @@ pub struct Config {
     pub coalesce_max_inflight: u64,
 
     /// Balancing policy: `round_robin`, `least_request` (power of two choices over calls in
-    /// flight) or `weighted` (endpoint weights, `http://h:p;weight=N`).
+    /// flight; `least_conn` is accepted for it) or `weighted` (endpoint weights, `http://h:p;weight=N`).
     #[arg(long, env = "TALLY_LB_POLICY", value_enum, default_value_t = Policy::RoundRobin)]
     pub lb_policy: Policy,
 
@@ -328,6 +328,8 @@ mod tests {
             let config = Config::try_parse_from(["tally-gateway", "--lb-policy", name]).expect(name);
             assert_eq!(config.lb_policy.name(), name);
         }
+        let plan = Config::try_parse_from(["tally-gateway", "--lb-policy", "least_conn"]).expect("the plan's name");
+        assert_eq!(plan.lb_policy, Policy::LeastRequest, "least_conn is the least-request policy");
     }
 
     #[test]

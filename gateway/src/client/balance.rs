@@ -15,7 +15,11 @@ pub enum Policy {
     /// Each endpoint in turn.
     RoundRobin,
     /// Power of two choices: of two random endpoints, the one with fewer
-    /// calls in flight (adapts to slow or overloaded counters).
+    /// calls in flight (adapts to slow or overloaded counters). Also
+    /// accepted as `least_conn`, the seed plan's name for it: over pooled
+    /// HTTP/2 connections, calls in flight are what "least connections"
+    /// can mean.
+    #[value(alias = "least_conn")]
     LeastRequest,
     /// At random, in proportion to each endpoint's weight.
     Weighted,
