@@ -75,10 +75,30 @@ pub struct RedisServer {
 
 impl RedisServer {
     pub fn start() -> RedisServer {
-        Self::start_on(free_port(), &[])
+        Self::start_with(|| Vec::new())
+    }
+
+    /// A server on a free port with the arguments `extra` gives; a port
+    /// taken between choosing it and binding it (another test's process)
+    /// means another try with new ports, not a failed test.
+    pub fn start_with(extra: impl Fn() -> Vec<String>) -> RedisServer {
+        for _ in 0..5 {
+            let args = extra();
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            if let Some(server) = Self::try_start_on(free_port(), &args) {
+                return server;
+            }
+        }
+        panic!("redis-server found its ports taken five times in a row");
     }
 
     pub fn start_on(port: u16, extra: &[&str]) -> RedisServer {
+        Self::try_start_on(port, extra)
+            .unwrap_or_else(|| panic!("redis-server: port {port} (or another of its ports) is taken"))
+    }
+
+    /// `None` when a port it was given is already in use.
+    fn try_start_on(port: u16, extra: &[&str]) -> Option<RedisServer> {
         let mut args = vec!["--port".to_string(), port.to_string(), "--bind".into(), "127.0.0.1".into()];
         args.extend(["--save", "", "--appendonly", "no", "--logfile", ""].map(String::from));
         args.extend(extra.iter().map(|s| s.to_string()));
@@ -96,8 +116,12 @@ impl RedisServer {
         let log = LogTail::follow(child.stdout.take().expect("stdout"));
         let pid_line = log.wait_for("redis watchdog", |l| l.starts_with("watchdog pid="));
         let pid = pid_line.trim_start_matches("watchdog pid=").trim().parse().expect("pid");
-        log.wait_for(&format!("redis-server on {port}"), |l| l.contains("Ready to accept connections"));
-        RedisServer { port, pid, child, watchdog: Some(stdin), _log: log }
+        let up = log.wait_for(&format!("redis-server on {port}"), |l| {
+            l.contains("Ready to accept connections") || l.contains("Address already in use")
+        });
+        let server = RedisServer { port, pid, child, watchdog: Some(stdin), _log: log };
+        // Dropped when a port was taken: the watchdog kills what is left.
+        (!up.contains("Address already in use")).then_some(server)
     }
 
     pub fn url(&self) -> String {
@@ -150,11 +174,12 @@ impl RedisCluster {
     /// themselves; `redis-cli` still reaches them on their plain ports.
     /// Returns the cluster and its `rediss+cluster://` URL.
     pub fn start_tls(certs: &crate::TestCerts) -> (RedisCluster, String) {
-        let tls_ports = std::sync::Mutex::new(Vec::new());
+        // Node port → its TLS port (a node retried on fresh ports gets new ones).
+        let tls_ports = std::sync::Mutex::new(HashMap::new());
         let path = |p: &Path| p.to_string_lossy().to_string();
-        let cluster = Self::start_with(|_| {
+        let cluster = Self::start_with(|port| {
             let tls_port = free_port();
-            tls_ports.lock().unwrap().push(tls_port);
+            tls_ports.lock().unwrap().insert(port, tls_port);
             [
                 "--tls-port",
                 &tls_port.to_string(),
@@ -176,7 +201,8 @@ impl RedisCluster {
             .map(String::from)
             .to_vec()
         });
-        let seeds: Vec<String> = tls_ports.lock().unwrap().iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let tls_ports = tls_ports.into_inner().unwrap();
+        let seeds: Vec<String> = cluster.nodes.iter().map(|n| format!("127.0.0.1:{}", tls_ports[&n.port])).collect();
         (cluster, format!("rediss+cluster://{}", seeds.join(",")))
     }
 
@@ -184,14 +210,21 @@ impl RedisCluster {
     fn start_with(extra: impl Fn(u16) -> Vec<String>) -> RedisCluster {
         let nodes: Vec<RedisServer> = (0..3)
             .map(|_| {
-                let port = free_port();
-                let conf = std::env::temp_dir().join(format!("tally-test-cluster-{port}-{}.conf", std::process::id()));
-                let conf = conf.to_string_lossy().to_string();
-                let mut args: Vec<String> =
-                    ["--cluster-enabled", "yes", "--cluster-config-file", &conf].map(String::from).to_vec();
-                args.extend(extra(port));
-                let args: Vec<&str> = args.iter().map(String::as_str).collect();
-                RedisServer::start_on(port, &args)
+                // Fresh ports (and TLS ports from `extra`) on every try: a
+                // port chosen here may be taken by another test before binding.
+                (0..5)
+                    .find_map(|_| {
+                        let port = free_port();
+                        let conf =
+                            std::env::temp_dir().join(format!("tally-test-cluster-{port}-{}.conf", std::process::id()));
+                        let conf = conf.to_string_lossy().to_string();
+                        let mut args: Vec<String> =
+                            ["--cluster-enabled", "yes", "--cluster-config-file", &conf].map(String::from).to_vec();
+                        args.extend(extra(port));
+                        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                        RedisServer::try_start_on(port, &args)
+                    })
+                    .expect("a cluster node found its ports taken five times in a row")
             })
             .collect();
         let addrs: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
