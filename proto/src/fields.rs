@@ -7,6 +7,7 @@
 //! given twice in any spelling.
 
 use std::fmt;
+use std::marker::PhantomData;
 
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, Visitor};
 
@@ -62,17 +63,45 @@ pub fn set_once<T, E: de::Error>(slot: &mut Option<T>, value: T, field: &'static
     Ok(())
 }
 
-/// Reads an object field by field: `visit(index, map)` for each key, by
-/// the index of the field it names in `fields`.
-pub fn each_field<'de, A: MapAccess<'de>>(
-    map: &mut A,
-    fields: &'static [&'static str],
-    mut visit: impl FnMut(usize, &mut A) -> Result<(), A::Error>,
-) -> Result<(), A::Error> {
-    while let Some(index) = map.next_key_seed(FieldSeed(fields))? {
-        visit(index, map)?;
+/// A JSON object decoded field by field with Go's key matching: which
+/// fields it has, and what reading each one does.
+pub trait Object: Sized {
+    /// The documented field names.
+    const FIELDS: &'static [&'static str];
+    /// What the object is, for "expected …" errors.
+    const WHAT: &'static str;
+    /// The fields read so far.
+    type Partial: Default;
+    /// Reads the value of field `index` (of [`Object::FIELDS`]).
+    fn read<'de, A: MapAccess<'de>>(partial: &mut Self::Partial, index: usize, map: &mut A) -> Result<(), A::Error>;
+    /// The object from its fields, or the first required one missing.
+    fn finish<E: de::Error>(partial: Self::Partial) -> Result<Self, E>;
+}
+
+/// `T` from `deserializer`, as [`Object`] describes it.
+pub fn deserialize<'de, T: Object, D: Deserializer<'de>>(deserializer: D) -> Result<T, D::Error> {
+    struct ObjectVisitor<T>(PhantomData<T>);
+    impl<'de, T: Object> Visitor<'de> for ObjectVisitor<T> {
+        type Value = T;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str(T::WHAT)
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<T, A::Error> {
+            let mut partial = T::Partial::default();
+            while let Some(index) = map.next_key_seed(FieldSeed(T::FIELDS))? {
+                T::read(&mut partial, index, &mut map)?;
+            }
+            T::finish(partial)
+        }
     }
-    Ok(())
+    deserializer.deserialize_map(ObjectVisitor(PhantomData))
+}
+
+/// A required field's value, or the error naming it.
+pub fn required<T, E: de::Error>(value: Option<T>, field: &'static str) -> Result<T, E> {
+    value.ok_or_else(|| E::missing_field(field))
 }
 
 #[cfg(test)]

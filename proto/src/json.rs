@@ -6,11 +6,9 @@
 //! Bodies reject fields they do not define: a typo such as `"dleta": 5`
 //! would otherwise be applied as +1.
 
-use std::fmt;
+use serde::de::{self, Deserialize, Deserializer, MapAccess};
 
-use serde::de::{self, Deserialize, Deserializer, MapAccess, Visitor};
-
-use crate::fields::{each_field, set_once};
+use crate::fields::{self, Object, required, set_once};
 use crate::validate::{self, CounterKey, InvalidInput};
 
 // The bodies are decoded field by field (`crate::fields`): keys match the
@@ -43,103 +41,106 @@ struct BatchGetBody {
     items: Vec<CounterRefBody>,
 }
 
+impl Object for IncrementBody {
+    const FIELDS: &'static [&'static str] = &["resource_id", "counter_type", "delta", "idempotency_key"];
+    const WHAT: &'static str = "an increment object";
+    type Partial = (Option<String>, Option<String>, Option<Option<i64>>, Option<Option<String>>);
+
+    fn read<'de, A: MapAccess<'de>>(p: &mut Self::Partial, index: usize, map: &mut A) -> Result<(), A::Error> {
+        let name = Self::FIELDS[index];
+        match index {
+            0 => set_once(&mut p.0, map.next_value()?, name),
+            1 => set_once(&mut p.1, map.next_value()?, name),
+            2 => set_once(&mut p.2, map.next_value()?, name),
+            _ => set_once(&mut p.3, map.next_value()?, name),
+        }
+    }
+
+    fn finish<E: de::Error>(p: Self::Partial) -> Result<Self, E> {
+        Ok(IncrementBody {
+            resource_id: required(p.0, Self::FIELDS[0])?,
+            counter_type: required(p.1, Self::FIELDS[1])?,
+            delta: p.2.flatten(),
+            idempotency_key: p.3.flatten(),
+        })
+    }
+}
+
+impl Object for BatchIncrementBody {
+    const FIELDS: &'static [&'static str] = &["operations", "async"];
+    const WHAT: &'static str = "a batch increment object";
+    type Partial = (Option<Vec<IncrementBody>>, Option<bool>);
+
+    fn read<'de, A: MapAccess<'de>>(p: &mut Self::Partial, index: usize, map: &mut A) -> Result<(), A::Error> {
+        let name = Self::FIELDS[index];
+        match index {
+            0 => set_once(&mut p.0, map.next_value()?, name),
+            _ => set_once(&mut p.1, map.next_value()?, name),
+        }
+    }
+
+    fn finish<E: de::Error>(p: Self::Partial) -> Result<Self, E> {
+        Ok(BatchIncrementBody { operations: required(p.0, Self::FIELDS[0])?, is_async: p.1.unwrap_or(false) })
+    }
+}
+
+impl Object for CounterRefBody {
+    const FIELDS: &'static [&'static str] = &["resource_id", "counter_type"];
+    const WHAT: &'static str = "a counter object";
+    type Partial = (Option<String>, Option<String>);
+
+    fn read<'de, A: MapAccess<'de>>(p: &mut Self::Partial, index: usize, map: &mut A) -> Result<(), A::Error> {
+        let name = Self::FIELDS[index];
+        match index {
+            0 => set_once(&mut p.0, map.next_value()?, name),
+            _ => set_once(&mut p.1, map.next_value()?, name),
+        }
+    }
+
+    fn finish<E: de::Error>(p: Self::Partial) -> Result<Self, E> {
+        Ok(CounterRefBody {
+            resource_id: required(p.0, Self::FIELDS[0])?,
+            counter_type: required(p.1, Self::FIELDS[1])?,
+        })
+    }
+}
+
+impl Object for BatchGetBody {
+    const FIELDS: &'static [&'static str] = &["items"];
+    const WHAT: &'static str = "a batch get object";
+    type Partial = Option<Vec<CounterRefBody>>;
+
+    fn read<'de, A: MapAccess<'de>>(p: &mut Self::Partial, _: usize, map: &mut A) -> Result<(), A::Error> {
+        set_once(p, map.next_value()?, Self::FIELDS[0])
+    }
+
+    fn finish<E: de::Error>(p: Self::Partial) -> Result<Self, E> {
+        Ok(BatchGetBody { items: required(p, Self::FIELDS[0])? })
+    }
+}
+
+// serde's entry points, through the one field-by-field decoder.
 impl<'de> Deserialize<'de> for IncrementBody {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        const FIELDS: &[&str] = &["resource_id", "counter_type", "delta", "idempotency_key"];
-        struct Body;
-        impl<'de> Visitor<'de> for Body {
-            type Value = IncrementBody;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("an increment object")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<IncrementBody, A::Error> {
-                let (mut resource_id, mut counter_type, mut delta, mut key) = (None, None, None, None);
-                each_field(&mut map, FIELDS, |field, map| match field {
-                    0 => set_once(&mut resource_id, map.next_value::<String>()?, FIELDS[0]),
-                    1 => set_once(&mut counter_type, map.next_value::<String>()?, FIELDS[1]),
-                    2 => set_once(&mut delta, map.next_value::<Option<i64>>()?, FIELDS[2]),
-                    _ => set_once(&mut key, map.next_value::<Option<String>>()?, FIELDS[3]),
-                })?;
-                Ok(IncrementBody {
-                    resource_id: resource_id.ok_or_else(|| de::Error::missing_field(FIELDS[0]))?,
-                    counter_type: counter_type.ok_or_else(|| de::Error::missing_field(FIELDS[1]))?,
-                    delta: delta.flatten(),
-                    idempotency_key: key.flatten(),
-                })
-            }
-        }
-        deserializer.deserialize_map(Body)
+        fields::deserialize(deserializer)
     }
 }
 
 impl<'de> Deserialize<'de> for BatchIncrementBody {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        const FIELDS: &[&str] = &["operations", "async"];
-        struct Body;
-        impl<'de> Visitor<'de> for Body {
-            type Value = BatchIncrementBody;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a batch increment object")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<BatchIncrementBody, A::Error> {
-                let (mut operations, mut is_async) = (None, None);
-                each_field(&mut map, FIELDS, |field, map| match field {
-                    0 => set_once(&mut operations, map.next_value::<Vec<IncrementBody>>()?, FIELDS[0]),
-                    _ => set_once(&mut is_async, map.next_value::<bool>()?, FIELDS[1]),
-                })?;
-                Ok(BatchIncrementBody {
-                    operations: operations.ok_or_else(|| de::Error::missing_field(FIELDS[0]))?,
-                    is_async: is_async.unwrap_or(false),
-                })
-            }
-        }
-        deserializer.deserialize_map(Body)
+        fields::deserialize(deserializer)
     }
 }
 
 impl<'de> Deserialize<'de> for CounterRefBody {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        const FIELDS: &[&str] = &["resource_id", "counter_type"];
-        struct Body;
-        impl<'de> Visitor<'de> for Body {
-            type Value = CounterRefBody;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a counter object")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<CounterRefBody, A::Error> {
-                let (mut resource_id, mut counter_type) = (None, None);
-                each_field(&mut map, FIELDS, |field, map| match field {
-                    0 => set_once(&mut resource_id, map.next_value::<String>()?, FIELDS[0]),
-                    _ => set_once(&mut counter_type, map.next_value::<String>()?, FIELDS[1]),
-                })?;
-                Ok(CounterRefBody {
-                    resource_id: resource_id.ok_or_else(|| de::Error::missing_field(FIELDS[0]))?,
-                    counter_type: counter_type.ok_or_else(|| de::Error::missing_field(FIELDS[1]))?,
-                })
-            }
-        }
-        deserializer.deserialize_map(Body)
+        fields::deserialize(deserializer)
     }
 }
 
 impl<'de> Deserialize<'de> for BatchGetBody {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        const FIELDS: &[&str] = &["items"];
-        struct Body;
-        impl<'de> Visitor<'de> for Body {
-            type Value = BatchGetBody;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a batch get object")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<BatchGetBody, A::Error> {
-                let mut items = None;
-                each_field(&mut map, FIELDS, |_, map| {
-                    set_once(&mut items, map.next_value::<Vec<CounterRefBody>>()?, FIELDS[0])
-                })?;
-                Ok(BatchGetBody { items: items.ok_or_else(|| de::Error::missing_field(FIELDS[0]))? })
-            }
-        }
-        deserializer.deserialize_map(Body)
+        fields::deserialize(deserializer)
     }
 }
 
