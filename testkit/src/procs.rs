@@ -75,7 +75,7 @@ pub struct RedisServer {
 
 impl RedisServer {
     pub fn start() -> RedisServer {
-        Self::start_with(|| Vec::new())
+        Self::start_with(Vec::new)
     }
 
     /// A server on a free port with the arguments `extra` gives; a port
