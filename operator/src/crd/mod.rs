@@ -288,6 +288,8 @@ pub enum LbPolicy {
     #[default]
     RoundRobin,
     LeastRequest,
+    /// The seed plan's name for `least_request` (the same policy).
+    LeastConn,
     Weighted,
 }
 

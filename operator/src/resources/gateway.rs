@@ -22,7 +22,7 @@ pub fn settings(cc: &CounterCluster) -> Settings {
     let mut settings = config::telemetry(cc, "tally-gateway");
     let policy = match spec.lb_policy {
         LbPolicy::RoundRobin => "round_robin",
-        LbPolicy::LeastRequest => "least_request",
+        LbPolicy::LeastRequest | LbPolicy::LeastConn => "least_request",
         LbPolicy::Weighted => "weighted",
     };
     let pairs = [
@@ -131,6 +131,12 @@ pub fn service(cc: &CounterCluster) -> Service {
 mod tests {
     use super::*;
     use crate::resources::sample;
+
+    #[test]
+    fn the_seed_plans_least_conn_is_the_least_request_policy() {
+        let cc = sample(serde_json::json!({"store": {"managed": true}, "gateway": {"lbPolicy": "least_conn"}}));
+        assert_eq!(settings(&cc)["TALLY_LB_POLICY"], "least_request");
+    }
 
     #[test]
     fn tunables_and_discovery_land_in_the_settings() {
