@@ -184,28 +184,9 @@ struct Prune<'a> {
 impl Prune<'_> {
     /// PodMonitors, where their CRD is installed (without it there is none to prune).
     async fn pod_monitors(&self) -> Result<(), ApplyFailure> {
-        let api: Api<DynamicObject> =
-            Api::namespaced_with(self.client.clone(), self.namespace, &monitoring::pod_monitor_resource());
-        let failed = |name: &str, err: kube::Error| ApplyFailure::new("PodMonitor", name, &Error::Kube(err));
-        let found = match api.list(&ListParams::default().labels(self.selector)).await {
-            Ok(found) => found,
-            Err(kube::Error::Api(status)) if status.code == 404 => return Ok(()),
-            Err(err) => return Err(failed("(list)", err)),
-        };
-        let uid = self.cc.metadata.uid.as_deref();
-        for object in found {
-            let name = object.name_any();
-            let ours =
-                object.owner_references().iter().any(|o| o.controller == Some(true) && Some(o.uid.as_str()) == uid);
-            if ours && !self.keep.contains(&("PodMonitor", name.clone())) {
-                match api.delete(&name, &DeleteParams::background()).await {
-                    Ok(_) => tracing::info!(kind = "PodMonitor", %name, "pruned: no longer wanted"),
-                    Err(kube::Error::Api(status)) if status.code == 404 => {}
-                    Err(err) => return Err(failed(&name, err)),
-                }
-            }
-        }
-        Ok(())
+        let resource = monitoring::pod_monitor_resource();
+        let api: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), self.namespace, &resource);
+        self.prune_in(api, "PodMonitor", true).await
     }
 
     async fn kind<K>(&self, kind: &'static str) -> Result<(), ApplyFailure>
@@ -213,9 +194,22 @@ impl Prune<'_> {
         K: Resource<Scope = k8s_openapi::NamespaceResourceScope> + Clone + DeserializeOwned + std::fmt::Debug,
         K::DynamicType: Default,
     {
-        let api: Api<K> = Api::namespaced(self.client.clone(), self.namespace);
+        self.prune_in(Api::<K>::namespaced(self.client.clone(), self.namespace), kind, false).await
+    }
+
+    /// Deletes what `api` lists under this CounterCluster's labels, is
+    /// controlled by it, and is not kept. `optional_kind`: a 404 on the
+    /// list (its CRD is not installed) means nothing to prune.
+    async fn prune_in<K>(&self, api: Api<K>, kind: &'static str, optional_kind: bool) -> Result<(), ApplyFailure>
+    where
+        K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
+    {
         let failed = |name: &str, err: kube::Error| ApplyFailure::new(kind, name, &Error::Kube(err));
-        let found = api.list(&ListParams::default().labels(self.selector)).await.map_err(|e| failed("(list)", e))?;
+        let found = match api.list(&ListParams::default().labels(self.selector)).await {
+            Ok(found) => found,
+            Err(kube::Error::Api(status)) if optional_kind && status.code == 404 => return Ok(()),
+            Err(err) => return Err(failed("(list)", err)),
+        };
         let uid = self.cc.metadata.uid.as_deref();
         for object in found {
             let name = object.name_any();

@@ -58,11 +58,10 @@ impl Transport {
         }
     }
 
-    /// The protocol the client chose by ALPN (TLS only).
-    pub fn alpn(&self) -> Option<&[u8]> {
-        match self {
-            Transport::Plain(_) => None,
-            Transport::Tls(stream) => stream.get_ref().1.alpn_protocol(),
+    fn io(self: Pin<&mut Self>) -> Pin<&mut dyn Io> {
+        match self.get_mut() {
+            Transport::Plain(stream) => Pin::new(stream),
+            Transport::Tls(stream) => Pin::new(stream.as_mut()),
         }
     }
 }
@@ -71,15 +70,6 @@ impl Transport {
 trait Io: AsyncRead + AsyncWrite + Unpin {}
 
 impl<T: AsyncRead + AsyncWrite + Unpin> Io for T {}
-
-impl Transport {
-    fn io(self: Pin<&mut Self>) -> Pin<&mut dyn Io> {
-        match self.get_mut() {
-            Transport::Plain(stream) => Pin::new(stream),
-            Transport::Tls(stream) => Pin::new(stream.as_mut()),
-        }
-    }
-}
 
 impl AsyncRead for Transport {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
