@@ -99,6 +99,7 @@ fn cluster(gateway_env: &[(&str, &str)]) -> Cluster {
     let listens: Vec<String> = (0..3).map(|_| format!("127.0.0.1:{}", free_port())).collect();
     let counters: Vec<Option<Service>> =
         listens.iter().map(|l| Some(start_counter(&redis.url(), &[("TALLY_LISTEN", l)]))).collect();
+    counters.iter().flatten().for_each(common::wait_store_up);
     let endpoints: Vec<String> = listens.iter().map(|l| format!("http://{l}")).collect();
     let gateway = start_gateway(&endpoints.join(","), gateway_env);
     for _ in 1..3 {
@@ -207,6 +208,7 @@ async fn a_write_that_times_out_after_it_was_sent_is_retried_only_with_a_key() {
     let redis = RedisServer::start();
     let env = [("TALLY_STORE_TIMEOUT_MS", "10000")];
     let counters: Vec<Service> = (0..2).map(|_| start_counter(&redis.url(), &env)).collect();
+    counters.iter().for_each(common::wait_store_up);
     let endpoints: Vec<String> = counters.iter().map(Service::grpc_endpoint).collect();
     let gateway = start_gateway(
         &endpoints.join(","),

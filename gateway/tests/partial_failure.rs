@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Http, metric, start_counter, start_gateway, unique};
+use common::{Http, metric, start_counter, start_gateway, unique, wait_store_up};
 use serde_json::json;
 use tally_testkit::RedisCluster;
 
@@ -36,6 +36,7 @@ fn resource_on(cluster: &RedisCluster, node: usize, prefix: &str) -> (String, u1
 async fn a_batch_half_refused_half_hung_is_not_resent() {
     let cluster = RedisCluster::start(); // its own: nodes are stopped and broken here
     let counter = start_counter(&cluster.url(), &[("TALLY_STORE_TIMEOUT_MS", "500")]);
+    wait_store_up(&counter); // the gateway below checks health once a minute
     let gateway = start_gateway(&counter.grpc_endpoint(), &[("TALLY_HEALTH_INTERVAL_MS", "60000")]);
     let http = Http::new(gateway.http_base());
     let admin = gateway.admin_base();

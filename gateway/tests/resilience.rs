@@ -47,6 +47,8 @@ async fn writes_that_never_reached_a_dead_counter_are_retried_on_another() {
     let redis = common::RedisServer::start();
     let first = start_counter(&redis.url(), &[]);
     let second = start_counter(&redis.url(), &[]);
+    common::wait_store_up(&first);
+    common::wait_store_up(&second);
     let endpoints = format!("{},{}", first.grpc_endpoint(), second.grpc_endpoint());
     // A long health interval keeps the dead endpoint in rotation, so every
     // other call really meets a refused connection.

@@ -15,6 +15,13 @@ pub fn start_counter(store: &str, env: &[(&str, &str)]) -> Service {
     Service::start(&workspace_binary("tally-counter"), &all)
 }
 
+/// Waits until `counter` reports its store up. A gateway that checks health
+/// rarely (to keep checks out of a test's way) must find the counter already
+/// serving at its first check, or it waits a whole interval for the next.
+pub fn wait_store_up(counter: &Service) {
+    counter.wait_for_log("the counter's store up", |l| l.contains("store readiness changed") && l.contains("up=true"));
+}
+
 pub fn start_gateway(endpoints: &str, env: &[(&str, &str)]) -> Service {
     let mut all = vec![("TALLY_COUNTER_ENDPOINTS", endpoints), ("TALLY_HEALTH_INTERVAL_MS", "100")];
     all.extend_from_slice(env);
