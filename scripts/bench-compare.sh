@@ -54,6 +54,28 @@ print(f"{name},{requests},{rps:.0f},{lat.get('50', 0):.2f},{lat.get('99', 0):.2f
 PY
 }
 
+# run_h2load <name> <url> -- pids...: one h2load run (HTTP/2: h2c for
+# http://, ALPN h2 for https://), 100 connections x 10 concurrent streams,
+# POSTing $work/h2.json; appends name,rps,mean,cpu_us_per_request,non_2xx
+# to $work/h2.csv. Skipped where h2load is missing (Debian: nghttp2-client).
+run_h2load() {
+  local name=$1 url=$2 before after; shift 3
+  command -v h2load >/dev/null || return 0
+  before=$(cpu_ticks "$@")
+  h2load -D "$SECONDS_PER_RUN" -t 2 -c 100 -m 10 -d "$work/h2.json" -H 'content-type: application/json' \
+    "$url" >"$work/$name.txt"
+  after=$(cpu_ticks "$@")
+  python3 - "$name" "$work/$name.txt" "$((after - before))" "$tick_us" >>"$work/h2.csv" <<'PY'
+import re, sys
+name, text, ticks, tick_us = sys.argv[1], open(sys.argv[2]).read(), int(sys.argv[3]), int(sys.argv[4])
+rps = float(re.search(r"finished in [\d.]+s, ([\d.]+) req/s", text).group(1))
+done = int(re.search(r"requests: \d+ total, \d+ started, (\d+) done", text).group(1))
+ok = int(re.search(r"status codes: (\d+) 2xx", text).group(1))
+mean = re.search(r"time for request:\s+\S+\s+\S+\s+(\S+)", text).group(1)
+print(f"{name},{rps:.0f},{mean},{ticks * tick_us / max(done, 1):.1f},{done - ok}")
+PY
+}
+
 redis_port=$(free_port)
 redis_pid=$(start_redis "$redis_port" "$work/redis.log")
 pids+=("$redis_pid")
@@ -86,26 +108,9 @@ run_wrk chain-inc-hot "$chain/increment" hot.lua -- "$gateway_pid" "$counter_pid
 run_wrk chain-inc-keys "$chain/increment" keys.lua -- "$gateway_pid" "$counter_pid" "$redis_pid"
 run_wrk chain-get-hot "$chain/bench:hot/likes" "" -- "$gateway_pid" "$counter_pid" "$redis_pid"
 run_wrk chain-get-keys "$chain/" get-keys.lua -- "$gateway_pid" "$counter_pid" "$redis_pid"
-# HTTP/2 without TLS (h2c, prior knowledge) to the same gateway: h2load,
-# 100 connections x 10 concurrent streams (skipped where h2load is missing:
-# Debian's nghttp2-client).
-if command -v h2load >/dev/null; then
-  printf '{"resource_id":"bench:hot","counter_type":"likes"}' >"$work/h2.json"
-  before=$(cpu_ticks "$gateway_pid" "$counter_pid" "$redis_pid")
-  h2load -D "$SECONDS_PER_RUN" -t 2 -c 100 -m 10 -d "$work/h2.json" -H 'content-type: application/json' \
-    "$chain/increment" >"$work/h2-inc.txt"
-  after=$(cpu_ticks "$gateway_pid" "$counter_pid" "$redis_pid")
-  python3 - "$work/h2-inc.txt" "$((after - before))" "$tick_us" >"$work/h2.csv" <<'PY'
-import re, sys
-text, ticks, tick_us = open(sys.argv[1]).read(), int(sys.argv[2]), int(sys.argv[3])
-rps = float(re.search(r"finished in [\d.]+s, ([\d.]+) req/s", text).group(1))
-done = int(re.search(r"requests: \d+ total, \d+ started, (\d+) done", text).group(1))
-codes = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", text)
-mean = re.search(r"time for request:\s+\S+\s+\S+\s+(\S+)", text).group(1)
-bad = sum(int(codes.group(i)) for i in (2, 3, 4)) + (done - int(codes.group(1)) - sum(int(codes.group(i)) for i in (2, 3, 4)))
-print(f"{rps:.0f},{mean},{ticks * tick_us / max(done, 1):.1f},{bad}")
-PY
-fi
+# HTTP/2 without TLS (h2c, prior knowledge) to the same gateway.
+printf '{"resource_id":"bench:hot","counter_type":"likes"}' >"$work/h2.json"
+run_h2load chain-inc-hot-h2c "$chain/increment" -- "$gateway_pid" "$counter_pid" "$redis_pid"
 gateway_rss=$(peak_rss_mib "$gateway_pid")
 stop_pids "$gateway_pid"
 nocache_pid=$(TALLY_CACHE_TTL_MS=0 start_gateway "$nocache_port" "http://127.0.0.1:$grpc_port" "$work/nocache.log")
@@ -159,6 +164,8 @@ run_wrk chain-inc-hot-tls "https://127.0.0.1:$tls_http_port/api/v1/counter/incre
   "$tls_gateway_pid" "$tls_counter_pid" "$tls_redis_pid"
 run_wrk chain-get-hot-tls "https://127.0.0.1:$tls_http_port/api/v1/counter/bench:hot/likes" "" -- \
   "$tls_gateway_pid" "$tls_counter_pid" "$tls_redis_pid"
+run_h2load chain-inc-hot-h2-tls "https://127.0.0.1:$tls_http_port/api/v1/counter/increment" -- \
+  "$tls_gateway_pid" "$tls_counter_pid" "$tls_redis_pid"
 
 mkdir -p bench-results
 report="bench-results/compare-$(date -u +%Y%m%d-%H%M%S).md"
@@ -197,15 +204,21 @@ for key, title in [("inc-hot", "Increment, one hot key"), ("get-hot", "GET, one 
           f"({tls['rps'] / plain['rps']:.2f} × plain text), p99 {tls['p99']:.2f} ms, {tls['cpu']:.1f} µs/req "
           f"({tls['cpu'] / plain['cpu']:.2f} × plain text), non-2xx {tls['bad']}.")
 import os
-h2 = os.path.join(os.path.dirname(sys.argv[1]), "h2.csv")
-if os.path.exists(h2):
-    rps, mean, cpu, bad = open(h2).read().strip().split(",")
-    plain = rows["chain-inc-hot"]
-    print(f"\nIncrement, one hot key, over HTTP/2 without TLS (h2c; h2load, 100 connections x 10 streams): {float(rps):,.0f} req/s "
-          f"({float(rps) / plain['rps']:.2f} x HTTP/1.1), mean {mean}, {float(cpu):.1f} µs/req ({float(cpu) / plain['cpu']:.2f} x HTTP/1.1), "
-          f"non-2xx {bad}.")
-else:
-    print("\nHTTP/2: h2load is not installed (Debian: nghttp2-client); not measured.")
+h2_rows = os.path.join(os.path.dirname(sys.argv[1]), "h2.csv")
+h2 = {}
+if os.path.exists(h2_rows):
+    for line in open(h2_rows):
+        name, rps, mean, cpu, bad = line.strip().split(",")
+        h2[name] = dict(rps=float(rps), mean=mean, cpu=float(cpu), bad=int(bad))
+for name, title, base in [("chain-inc-hot-h2c", "without TLS (h2c, prior knowledge)", "chain-inc-hot"),
+                          ("chain-inc-hot-h2-tls", "with TLS on every hop (h2 by ALPN)", "chain-inc-hot-tls")]:
+    row, http1 = h2.get(name), rows[base]
+    if row is None:
+        print(f"\nHTTP/2 {title}: h2load is not installed (Debian: nghttp2-client); not measured.")
+        continue
+    print(f"\nIncrement, one hot key, over HTTP/2 {title}; h2load, 100 connections x 10 streams: {row['rps']:,.0f} req/s "
+          f"({row['rps'] / http1['rps']:.2f} x HTTP/1.1 the same way), mean {row['mean']}, {row['cpu']:.1f} µs/req "
+          f"({row['cpu'] / http1['cpu']:.2f} x HTTP/1.1), non-2xx {row['bad']}.")
 fresh, after = rows["chain-get-hot-fresh"], rows["chain-get-hot"]
 print(f"\nGET, one hot key, on the fresh gateway (before any write): {fresh['rps']:,.0f} req/s, "
       f"{fresh['cpu']:.1f} µs/req; after the write runs: {after['rps'] / fresh['rps']:.2f} × its req/s.")

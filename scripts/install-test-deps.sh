@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what `make test` needs when it is missing: redis-server and
 # redis-cli (Debian's packages), openssl for the test certificates of the
-# TLS tests, curl as a real HTTPS client (HTTP/1.1 and HTTP/2), and for the
+# TLS tests, curl as a real HTTPS client (HTTP/1.1 and HTTP/2), h2load
+# (nghttp2-client) as an HTTP/2 load generator, and for the
 # Kubernetes manifest tests helm, kubectl and kubernetes-validate.
 # Shared by `make test` and `.ci/run`, so a
 # fresh machine needs no manual step. Needs root (or sudo) only when
@@ -13,6 +14,7 @@ command -v redis-server >/dev/null || missing+=(redis-server)
 command -v redis-cli >/dev/null || missing+=(redis-tools)
 command -v openssl >/dev/null || missing+=(openssl)
 command -v curl >/dev/null || missing+=(curl)
+command -v h2load >/dev/null || missing+=(nghttp2-client)
 command -v npm >/dev/null || missing+=(nodejs npm)
 python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
 

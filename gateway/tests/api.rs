@@ -350,22 +350,3 @@ async fn the_original_projects_requests_get_the_answers_its_scripts_expect() {
     let (status, body) = stack.http.send("POST", "/api/v1/counter/batch", Some(br#"{"Itemz": []}"#.to_vec())).await;
     assert_eq!(status, 400, "{body}");
 }
-
-/// HTTP/2 without TLS (h2c, prior knowledge) on the plain-text port, as
-/// service meshes and ingress controllers talk upstream: curl's own client.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn curl_speaks_h2c_with_prior_knowledge_to_the_plain_text_port() {
-    let stack = Stack::start(&[]);
-    let post = unique("h2c");
-    let url = format!("{}/api/v1/counter/increment", stack.http.base);
-    let body = format!(r#"{{"resource_id":"{post}","counter_type":"likes"}}"#);
-    let output = std::process::Command::new("curl")
-        .args(["--silent", "--show-error", "--max-time", "10", "--http2-prior-knowledge"])
-        .args(["-H", "content-type: application/json", "-d", &body, "-w", "\nversion=%{http_version}", &url])
-        .output()
-        .expect("curl must be installed (scripts/install-test-deps.sh installs it)");
-    let text = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success() && text.contains("version=2"), "{text}{}", String::from_utf8_lossy(&output.stderr));
-    assert!(text.contains("\"current_value\":1"), "{text}");
-    assert_eq!(stack.http.value(&post, "likes").await, 1);
-}
