@@ -22,27 +22,43 @@ use tracing::{Instrument, Span};
 use crate::coalesce::{plan, values_after};
 use crate::metrics::Metrics;
 use crate::spans;
-use crate::store::{IdempotentOutcome, IncrOutcome, KeyedCmd, Store, StoreError};
+use crate::store::{Change, IdempotentOutcome, IncrOutcome, KeyedCmd, Store, StoreError};
 
-/// One validated increment.
+/// One validated write: an increment, or a reset.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Op {
     pub key: CounterKey,
-    pub delta: i64,
+    pub change: Change,
     /// Applied at most once per counter within the retention window.
     pub idempotency_key: Option<String>,
 }
 
 impl Op {
     pub fn new(key: CounterKey, delta: i64) -> Op {
-        Op { key, delta, idempotency_key: None }
+        Op { key, change: Change::Add(delta), idempotency_key: None }
+    }
+
+    /// The amount it adds; 0 for a reset (which never joins a summed group).
+    pub fn delta(&self) -> i64 {
+        match self.change {
+            Change::Add(delta) => delta,
+            Change::Reset => 0,
+        }
+    }
+
+    /// Whether it must go through the store's ordered path, one command of
+    /// its own: it carries an idempotency key, or it is a reset (which a sum
+    /// cannot express).
+    fn is_ordered(&self) -> bool {
+        self.idempotency_key.is_some() || self.change == Change::Reset
     }
 }
 
 /// What happened to one submitted operation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OpResult {
-    /// Applied; the counter's value right after this operation.
+    /// Applied; the counter's value right after this operation (right
+    /// before it, for a reset).
     Applied(i64),
     /// Its idempotency key was applied before: nothing applied now; the
     /// value the first application returned.
@@ -192,22 +208,24 @@ async fn run(
 
 /// One group commit: sum per counter, one store round trip (plus one more
 /// only if a summed command overflowed), then answer every caller.
-/// Requests carrying idempotency keys go, concurrently, through the store's
-/// ordered path instead (each operation its own command, keyed ones checked
-/// and applied atomically), whole, so a batch's operations on one counter
-/// still apply in the batch's order.
+/// Requests carrying idempotency keys or resets go, concurrently, through
+/// the store's ordered path instead (each operation its own command, keyed
+/// ones checked and applied atomically), whole, so a batch's operations on
+/// one counter still apply in the batch's order. Every command is atomic in
+/// the store, so the values handed out (prefix sums of a summed group, a
+/// reset's value before) all fit one serial order of the operations.
 async fn flush(store: &Store, jobs: Vec<Job>, retention: Duration, metrics: &Metrics) {
     let ops: Vec<(&Op, bool)> = jobs
         .iter()
         .flat_map(|job| {
-            let ordered = job.ops.iter().any(|op| op.idempotency_key.is_some());
+            let ordered = job.ops.iter().any(Op::is_ordered);
             job.ops.iter().map(move |op| (op, ordered))
         })
         .collect();
     let (keyed_at, plain_at): (Vec<usize>, Vec<usize>) = (0..ops.len()).partition(|&i| ops[i].1);
-    let plain: Vec<(&CounterKey, i64)> = plain_at.iter().map(|&i| (&ops[i].0.key, ops[i].0.delta)).collect();
+    let plain: Vec<(&CounterKey, i64)> = plain_at.iter().map(|&i| (&ops[i].0.key, ops[i].0.delta())).collect();
     let keyed: Vec<KeyedCmd<'_>> =
-        keyed_at.iter().map(|&i| (&ops[i].0.key, ops[i].0.delta, ops[i].0.idempotency_key.as_deref())).collect();
+        keyed_at.iter().map(|&i| (&ops[i].0.key, ops[i].0.change, ops[i].0.idempotency_key.as_deref())).collect();
     let span = if tally_runtime::telemetry::enabled() {
         let members: Vec<Span> = jobs.iter().map(|job| job.span.clone()).collect();
         spans::group_commit(spans::db_system(store.kind()), &members, ops.len())
@@ -244,7 +262,7 @@ async fn apply_keyed(store: &Store, cmds: &[KeyedCmd<'_>], retention: Duration) 
         return Vec::new();
     }
     store
-        .incr_each(cmds, retention)
+        .apply_ordered(cmds, retention)
         .await
         .into_iter()
         .map(|outcome| match outcome {

@@ -127,6 +127,8 @@ impl Metrics {
             get: RpcMetrics::new("Get", &requests, &request_duration),
             batch_get: RpcMetrics::new("BatchGet", &requests, &request_duration),
             stream_increments: RpcMetrics::new("StreamIncrements", &requests, &request_duration),
+            reset: RpcMetrics::new("Reset", &requests, &request_duration),
+            get_resource: RpcMetrics::new("GetResource", &requests, &request_duration),
         };
         let store_op = |op| store_duration.get_or_create(&[("op", op)]).clone();
         let (store_incr, store_get, store_flush) = (store_op("incr"), store_op("get"), store_op("flush"));
@@ -168,6 +170,8 @@ pub struct RpcSet {
     pub get: RpcMetrics,
     pub batch_get: RpcMetrics,
     pub stream_increments: RpcMetrics,
+    pub reset: RpcMetrics,
+    pub get_resource: RpcMetrics,
 }
 
 /// One gRPC method's request count and latency. Its `OK` series and its

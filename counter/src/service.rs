@@ -9,8 +9,9 @@ use std::time::Instant;
 use futures_util::stream::StreamExt;
 use tally_proto::v1::counter_service_server::CounterService;
 use tally_proto::v1::{
-    BatchGetRequest, BatchGetResponse, BatchIncrementRequest, BatchIncrementResponse, GetRequest, GetResponse,
-    IncrementOperation, IncrementRequest, IncrementResponse, OperationResult,
+    BatchGetRequest, BatchGetResponse, BatchIncrementRequest, BatchIncrementResponse, CounterValue, GetRequest,
+    GetResourceRequest, GetResourceResponse, GetResponse, IncrementOperation, IncrementRequest, IncrementResponse,
+    OperationResult, ResetRequest, ResetResponse,
 };
 use tally_proto::{CounterKey, validate};
 use tokio::sync::{mpsc, watch};
@@ -23,7 +24,7 @@ use crate::commit::{GroupCommitter, Op, OpResult};
 use crate::metrics::Metrics;
 use crate::spans;
 use crate::status;
-use crate::store::Store;
+use crate::store::{Change, Listing, Store};
 
 /// What to do with an async batch when the write-behind buffer is full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -114,6 +115,38 @@ impl CounterService for CounterApi {
         result.map(Response::new)
     }
 
+    async fn reset(&self, request: Request<ResetRequest>) -> Result<Response<ResetResponse>, Status> {
+        let started = Instant::now();
+        let result = reset_one(&self.committer, request.into_inner()).await;
+        self.metrics.rpc.reset.observe(started, code_of(&result));
+        result.map(Response::new)
+    }
+
+    async fn get_resource(
+        &self,
+        request: Request<GetResourceRequest>,
+    ) -> Result<Response<GetResourceResponse>, Status> {
+        let started = Instant::now();
+        let GetResourceRequest { resource_id } = request.into_inner();
+        let result = async {
+            validate::resource_id(&resource_id).map_err(status::invalid)?;
+            let listing = self.store.get_resource(&resource_id).await.map_err(|err| self.read_failed(&err))?;
+            match listing {
+                Listing::Counters(counters) => {
+                    let counters = counters
+                        .into_iter()
+                        .map(|(counter_type, current_value)| CounterValue { counter_type, current_value })
+                        .collect();
+                    Ok(GetResourceResponse { resource_id, counters })
+                }
+                Listing::TooMany(n) => Err(status::too_many_counters(&resource_id, n)),
+            }
+        }
+        .await;
+        self.metrics.rpc.get_resource.observe(started, code_of(&result));
+        result.map(Response::new)
+    }
+
     type StreamIncrementsStream = ResponseStream;
 
     async fn stream_increments(
@@ -143,7 +176,7 @@ impl CounterApi {
         // so an async batch carrying any is applied synchronously.
         let bufferable = ops.iter().all(|op| op.idempotency_key.is_none());
         if request.r#async && bufferable {
-            let plain: Vec<(CounterKey, i64)> = ops.iter().map(|op| (op.key.clone(), op.delta)).collect();
+            let plain: Vec<(CounterKey, i64)> = ops.iter().map(|op| (op.key.clone(), op.delta())).collect();
             if self.buffer.offer(&plain) == Offer::Accepted {
                 self.count_async("buffered", ops.len());
                 return Ok(BatchIncrementResponse { results: Vec::new(), accepted: true });
@@ -169,7 +202,7 @@ impl CounterApi {
             .into_iter()
             .zip(results)
             .map(|(op, result)| {
-                let error = status::op_status(&result, &op.key, op.delta).map(|s| status::to_operation_error(&s));
+                let error = status::op_status(&result, &op.key, op.delta()).map(|s| status::to_operation_error(&s));
                 let (resource_id, counter_type) = names(op.key, request.omit_names);
                 OperationResult {
                     current_value: match result {
@@ -190,10 +223,13 @@ impl CounterApi {
         let started = Instant::now();
         let values = self.store.get(keys).await;
         self.metrics.store_get.observe(started.elapsed().as_secs_f64());
-        values.map_err(|err| {
-            self.metrics.store_errors.get_or_create(&[("kind", crate::commit::error_kind(&err))]).inc();
-            status::store(&err)
-        })
+        values.map_err(|err| self.read_failed(&err))
+    }
+
+    /// Counts a failed store read and says why.
+    fn read_failed(&self, err: &crate::store::StoreError) -> Status {
+        self.metrics.store_errors.get_or_create(&[("kind", crate::commit::error_kind(err))]).inc();
+        status::store(err)
     }
 
     fn count_async(&self, outcome: &'static str, ops: usize) {
@@ -235,7 +271,7 @@ fn parse_op(
 ) -> Result<Op, tally_proto::InvalidInput> {
     Ok(Op {
         key: CounterKey::new(resource_id, counter_type)?,
-        delta: validate::delta_or_default(delta)?,
+        change: Change::Add(validate::delta_or_default(delta)?),
         idempotency_key: validate::idempotency_key(idempotency_key)?.map(str::to_string),
     })
 }
@@ -247,6 +283,23 @@ async fn increment_one(committer: &GroupCommitter, request: IncrementRequest) ->
     let (mut ops, results) = committer.submit(vec![op]).await.map_err(status::not_submitted)?;
     match (ops.pop(), results.into_iter().next()) {
         (Some(op), Some(result)) => answer(op, result),
+        _ => Err(Status::unavailable("the committer returned no result")),
+    }
+}
+
+/// One reset through the group committer, ordered with the increments
+/// around it (see [`crate::commit`]).
+async fn reset_one(committer: &GroupCommitter, request: ResetRequest) -> Result<ResetResponse, Status> {
+    let key = CounterKey::new(request.resource_id, request.counter_type).map_err(status::invalid)?;
+    let idempotency_key = validate::idempotency_key(&request.idempotency_key).map_err(status::invalid)?;
+    let op = Op { key, change: Change::Reset, idempotency_key: idempotency_key.map(str::to_string) };
+    let (mut ops, results) = committer.submit(vec![op]).await.map_err(status::not_submitted)?;
+    match (ops.pop(), results.into_iter().next()) {
+        (Some(op), Some(result)) => {
+            let (previous_value, replayed) = outcome(&op, result)?;
+            let (resource_id, counter_type) = op.key.into_parts();
+            Ok(ResetResponse { resource_id, counter_type, previous_value, replayed })
+        }
         _ => Err(Status::unavailable("the committer returned no result")),
     }
 }
@@ -263,7 +316,7 @@ pub(crate) fn outcome(op: &Op, result: OpResult) -> Result<(i64, bool), Status> 
     match result {
         OpResult::Applied(value) => Ok((value, false)),
         OpResult::Replayed(value) => Ok((value, true)),
-        OpResult::Overflow => Err(status::overflow(&op.key, op.delta)),
+        OpResult::Overflow => Err(status::overflow(&op.key, op.delta())),
         OpResult::Failed(err) => Err(status::store(&err)),
     }
 }

@@ -53,6 +53,14 @@ pub fn not_submitted(err: crate::commit::SubmitError) -> Status {
     status
 }
 
+/// A resource too large to list whole: refused, never answered in part.
+pub fn too_many_counters(resource_id: &str, count: usize) -> Status {
+    Status::failed_precondition(format!(
+        "resource {resource_id} holds {count} counters, more than the {} one listing returns; read them by name",
+        tally_proto::validate::limits::MAX_RESOURCE_COUNTERS
+    ))
+}
+
 pub fn overflow(what: &dyn std::fmt::Display, delta: i64) -> Status {
     Status::out_of_range(format!("adding {delta} to {what} would overflow a 64-bit counter; nothing was applied"))
 }

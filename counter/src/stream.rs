@@ -14,6 +14,7 @@ use crate::commit::{GroupCommitter, Op};
 use crate::metrics::RpcMetrics;
 use crate::service::outcome;
 use crate::status;
+use crate::store::Change;
 
 /// A streamed request's answers, in request order; `Err` ends the stream.
 pub(crate) type Answers = Vec<Result<IncrementResponse, Status>>;
@@ -150,7 +151,7 @@ fn parse_streamed(request: IncrementRequest) -> Result<Op, IncrementResponse> {
     let delta = validate::delta_or_default(delta).map_err(echo)?;
     let idempotency_key = validate::idempotency_key(&idempotency_key).map_err(echo)?.map(str::to_string);
     let key = CounterKey::new(resource_id, counter_type).map_err(|err| refused("", "", &status::invalid(err)))?;
-    Ok(Op { key, delta, idempotency_key })
+    Ok(Op { key, change: Change::Add(delta), idempotency_key })
 }
 
 /// The answer to a streamed request that was not applied. Its fields are

@@ -15,6 +15,9 @@ pub mod limits {
     pub const MAX_BATCH_LEN: usize = 1000;
     /// Longest idempotency key, in bytes.
     pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 128;
+    /// Most counters one resource's listing returns; a resource holding
+    /// more is refused rather than answered in part.
+    pub const MAX_RESOURCE_COUNTERS: usize = 1000;
 }
 
 /// Why a request was rejected. Every variant is the client's fault
@@ -68,8 +71,8 @@ impl CounterKey {
     /// What [`CounterKey::new`] would say about these parts, without taking
     /// them: for callers that still need the raw parts when they are invalid.
     pub fn check(resource_id: &str, counter_type: &str) -> Result<(), InvalidInput> {
-        check_field("resource_id", resource_id, limits::MAX_RESOURCE_ID_LEN, is_resource_id_char, "[A-Za-z0-9_.:@/-]")?;
-        check_field("counter_type", counter_type, limits::MAX_COUNTER_TYPE_LEN, is_counter_type_char, "[a-z0-9_]")
+        self::resource_id(resource_id)?;
+        self::counter_type(counter_type)
     }
 
     pub fn resource_id(&self) -> &str {
@@ -90,6 +93,16 @@ impl fmt::Display for CounterKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.resource_id, self.counter_type)
     }
+}
+
+/// A resource id alone (for the calls that address every counter of one).
+pub fn resource_id(resource_id: &str) -> Result<(), InvalidInput> {
+    check_field("resource_id", resource_id, limits::MAX_RESOURCE_ID_LEN, is_resource_id_char, "[A-Za-z0-9_.:@/-]")
+}
+
+/// A counter type alone (e.g. a field read back from the store).
+pub fn counter_type(counter_type: &str) -> Result<(), InvalidInput> {
+    check_field("counter_type", counter_type, limits::MAX_COUNTER_TYPE_LEN, is_counter_type_char, "[a-z0-9_]")
 }
 
 /// An omitted delta means 1; an explicit 0 is an error (it would be a write

@@ -13,9 +13,10 @@ use tally_proto::CounterKey;
 use tokio::sync::OnceCell;
 
 use super::batch::{self, BatchOutcome};
-use super::redis::{each_outcomes, each_pipeline, get_pipeline, incr_pipeline, outcomes};
+use super::ordered::{each_outcomes, each_pipeline};
+use super::redis::{get_pipeline, incr_pipeline, outcomes};
 use super::slot::slot_of_resource;
-use super::{Cmd, IdempotentOutcome, IncrOutcome, KeyedCmd, StoreError, StoreOptions};
+use super::{Cmd, IdempotentOutcome, IncrOutcome, KeyedCmd, Listing, StoreError, StoreOptions};
 
 pub struct ClusterStore {
     client: ClusterClient,
@@ -94,7 +95,7 @@ impl ClusterStore {
         .await
     }
 
-    pub async fn incr_each(&self, cmds: &[KeyedCmd<'_>], retention: Duration) -> Vec<IdempotentOutcome> {
+    pub async fn apply_ordered(&self, cmds: &[KeyedCmd<'_>], retention: Duration) -> Vec<IdempotentOutcome> {
         let conn = match self.conn().await {
             Ok(conn) => conn,
             Err(err) => return vec![IdempotentOutcome::Failed(err); cmds.len()],
@@ -113,6 +114,12 @@ impl ClusterStore {
             }
         })
         .await
+    }
+
+    /// One script on the resource's slot (redis-rs routes it by its key).
+    pub async fn get_resource(&self, resource_id: &str) -> Result<Listing, StoreError> {
+        let mut conn = self.conn().await?;
+        super::resource::list(&mut conn, resource_id).await
     }
 
     pub async fn get(&self, keys: &[CounterKey]) -> Result<Vec<i64>, StoreError> {

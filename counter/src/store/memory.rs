@@ -8,24 +8,26 @@ use std::time::{Duration, Instant};
 
 use tally_proto::CounterKey;
 
-use super::{Cmd, IdempotentOutcome, IncrOutcome, KeyedCmd};
+use tally_proto::validate::limits::MAX_RESOURCE_COUNTERS;
+
+use super::{Change, Cmd, IdempotentOutcome, IncrOutcome, KeyedCmd, Listing};
 
 #[derive(Default)]
 pub struct MemoryStore {
     values: Mutex<HashMap<CounterKey, i64>>,
-    /// (counter, idempotency key) → (first result, expiry).
+    /// (counter, is a reset, idempotency key) → (first result, expiry).
     seen: Mutex<Seen>,
 }
 
 #[derive(Default)]
 struct Seen {
-    results: HashMap<(CounterKey, String), (i64, Instant)>,
+    results: HashMap<(CounterKey, bool, String), (i64, Instant)>,
     /// Size after the last purge of expired keys; purge again at twice that.
     purged_at: usize,
 }
 
 impl MemoryStore {
-    pub fn incr_each(&self, cmds: &[KeyedCmd<'_>], retention: Duration) -> Vec<IdempotentOutcome> {
+    pub fn apply_ordered(&self, cmds: &[KeyedCmd<'_>], retention: Duration) -> Vec<IdempotentOutcome> {
         let mut seen = self.seen.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let now = Instant::now();
         if seen.results.len() > 2 * seen.purged_at.max(1024) {
@@ -33,30 +35,49 @@ impl MemoryStore {
             seen.purged_at = seen.results.len();
         }
         cmds.iter()
-            .map(|&(key, delta, idempotency_key)| {
-                let Some(idempotency_key) = idempotency_key else {
-                    return match self.incr(&[(key, delta)]).pop() {
-                        Some(IncrOutcome::Applied(value)) => IdempotentOutcome::Applied(value),
-                        Some(IncrOutcome::Failed(err)) => IdempotentOutcome::Failed(err),
-                        _ => IdempotentOutcome::Overflow,
-                    };
-                };
-                let id = (key.clone(), idempotency_key.to_string());
-                if let Some(&(first, expires)) = seen.results.get(&id)
+            .map(|&(key, change, idempotency_key)| {
+                let id = idempotency_key.map(|k| (key.clone(), matches!(change, Change::Reset), k.to_string()));
+                if let Some(&(first, expires)) = id.as_ref().and_then(|id| seen.results.get(id))
                     && expires > now
                 {
                     return IdempotentOutcome::Replayed(first);
                 }
-                match self.incr(&[(key, delta)]).pop() {
-                    Some(IncrOutcome::Applied(value)) => {
-                        seen.results.insert(id, (value, now + retention));
-                        IdempotentOutcome::Applied(value)
-                    }
-                    Some(IncrOutcome::Failed(err)) => IdempotentOutcome::Failed(err),
-                    _ => IdempotentOutcome::Overflow,
+                let outcome = match change {
+                    Change::Add(delta) => match self.incr(&[(key, delta)]).pop() {
+                        Some(IncrOutcome::Applied(value)) => IdempotentOutcome::Applied(value),
+                        Some(IncrOutcome::Failed(err)) => IdempotentOutcome::Failed(err),
+                        _ => IdempotentOutcome::Overflow,
+                    },
+                    Change::Reset => IdempotentOutcome::Applied(self.reset(key)),
+                };
+                if let (Some(id), IdempotentOutcome::Applied(value)) = (id, &outcome) {
+                    seen.results.insert(id, (*value, now + retention));
                 }
+                outcome
             })
             .collect()
+    }
+
+    /// Sets `key` to 0 (forgets it); the value it had.
+    fn reset(&self, key: &CounterKey) -> i64 {
+        let mut values = self.values.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        values.remove(key).unwrap_or(0)
+    }
+
+    /// Every counter of `resource_id`. A scan of every counter held: this
+    /// store is for development and tests, not for large key counts.
+    pub fn get_resource(&self, resource_id: &str) -> Listing {
+        let values = self.values.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut counters: Vec<(String, i64)> = values
+            .iter()
+            .filter(|(key, _)| key.resource_id() == resource_id)
+            .map(|(key, value)| (key.counter_type().to_string(), *value))
+            .collect();
+        if counters.len() > MAX_RESOURCE_COUNTERS {
+            return Listing::TooMany(counters.len());
+        }
+        counters.sort_unstable();
+        Listing::Counters(counters)
     }
 
     pub fn incr(&self, cmds: &[Cmd<'_>]) -> Vec<IncrOutcome> {

@@ -14,7 +14,9 @@ pub mod batch;
 mod cluster;
 mod error;
 mod memory;
+mod ordered;
 mod redis;
+mod resource;
 mod slot;
 
 use std::sync::Arc;
@@ -38,10 +40,11 @@ pub enum IncrOutcome {
     Failed(StoreError),
 }
 
-/// The result of one increment carrying an idempotency key.
+/// The result of one command of the ordered path ([`KeyedCmd`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IdempotentOutcome {
-    /// Applied now; the value right after it.
+    /// Applied now; the value right after it (right before it for a
+    /// [`Change::Reset`]).
     Applied(i64),
     /// The key was seen within the retention window: nothing applied now;
     /// the value the first application returned.
@@ -52,13 +55,39 @@ pub enum IdempotentOutcome {
     Failed(StoreError),
 }
 
-/// One increment of an ordered batch: (counter, delta, idempotency key).
-pub type KeyedCmd<'a> = (&'a CounterKey, i64, Option<&'a str>);
+/// What one command of the ordered path does to its counter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// Add the delta; the outcome carries the value right after.
+    Add(i64),
+    /// Set to 0 (the field is deleted: a counter never written reads 0);
+    /// the outcome carries the value right before.
+    Reset,
+}
+
+/// One command of an ordered batch: (counter, change, idempotency key).
+pub type KeyedCmd<'a> = (&'a CounterKey, Change, Option<&'a str>);
 
 /// The Redis key remembering an idempotency key of one counter; it shares
 /// the resource's hash tag, so it lives in the counter's cluster slot.
-pub fn idempotency_marker(key: &CounterKey, idempotency_key: &str) -> String {
-    format!("tally:idem:{{{}}}:{}:{idempotency_key}", key.resource_id(), key.counter_type())
+/// Resets remember their keys apart from increments (a client reusing one
+/// key for both gets each applied once, not one replayed as the other).
+pub fn idempotency_marker(key: &CounterKey, change: Change, idempotency_key: &str) -> String {
+    let kind = match change {
+        Change::Add(_) => "idem",
+        Change::Reset => "idem-reset",
+    };
+    format!("tally:{kind}:{{{}}}:{}:{idempotency_key}", key.resource_id(), key.counter_type())
+}
+
+/// Every counter of one resource, as the store holds them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Listing {
+    /// `(counter type, value)`, sorted by counter type.
+    Counters(Vec<(String, i64)>),
+    /// The resource holds this many counters, more than
+    /// [`tally_proto::validate::limits::MAX_RESOURCE_COUNTERS`]: none are returned.
+    TooMany(usize),
 }
 
 /// Connection settings shared by the Redis backends.
@@ -226,16 +255,26 @@ impl Store {
         }
     }
 
-    /// Applies each command on its own, in order (no summing). A command
-    /// with an idempotency key is skipped when that key was applied to the
+    /// Applies each command (increment or reset) on its own, in order (no
+    /// summing). A command with an idempotency key is skipped when that key was applied to the
     /// same counter within `retention`; check and apply are one atomic step
     /// in the store, so concurrent duplicates (from any number of gateways)
     /// count once. One outcome per command, in order.
-    pub async fn incr_each(&self, cmds: &[KeyedCmd<'_>], retention: Duration) -> Vec<IdempotentOutcome> {
+    pub async fn apply_ordered(&self, cmds: &[KeyedCmd<'_>], retention: Duration) -> Vec<IdempotentOutcome> {
         match self {
-            Store::Memory(s) => s.incr_each(cmds, retention),
-            Store::Redis(s) => s.incr_each(cmds, retention).await,
-            Store::Cluster(s) => s.incr_each(cmds, retention).await,
+            Store::Memory(s) => s.apply_ordered(cmds, retention),
+            Store::Redis(s) => s.apply_ordered(cmds, retention).await,
+            Store::Cluster(s) => s.apply_ordered(cmds, retention).await,
+        }
+    }
+
+    /// Every counter of `resource_id` (one read of its hash), or how many
+    /// it holds when that is more than the listing limit.
+    pub async fn get_resource(&self, resource_id: &str) -> Result<Listing, StoreError> {
+        match self {
+            Store::Memory(s) => Ok(s.get_resource(resource_id)),
+            Store::Redis(s) => s.get_resource(resource_id).await,
+            Store::Cluster(s) => s.get_resource(resource_id).await,
         }
     }
 

@@ -12,7 +12,8 @@ use futures_util::future::join_all;
 
 use super::batch::{self, BatchOutcome};
 use super::error::is_overflow;
-use super::{Cmd, IdempotentOutcome, IncrOutcome, KeyedCmd, StoreError, StoreOptions, hash_key, idempotency_marker};
+use super::ordered::{each_outcomes, each_pipeline};
+use super::{Cmd, IdempotentOutcome, IncrOutcome, KeyedCmd, Listing, StoreError, StoreOptions, hash_key};
 
 pub struct RedisStore {
     conn: ConnectionManager,
@@ -63,13 +64,18 @@ impl RedisStore {
         runs.into_iter().flatten().collect()
     }
 
-    pub async fn incr_each(&self, cmds: &[KeyedCmd<'_>], retention: Duration) -> Vec<IdempotentOutcome> {
+    pub async fn apply_ordered(&self, cmds: &[KeyedCmd<'_>], retention: Duration) -> Vec<IdempotentOutcome> {
         let mut conn = self.conn.clone();
         let pipe = each_pipeline(cmds.iter(), retention);
         match pipe.query_async::<Vec<RedisResult<Value>>>(&mut conn).await {
             Ok(replies) => each_outcomes(cmds.iter(), replies, cmds.len()),
             Err(err) => vec![IdempotentOutcome::Failed(StoreError::from_redis(&err)); cmds.len()],
         }
+    }
+
+    pub async fn get_resource(&self, resource_id: &str) -> Result<Listing, StoreError> {
+        let mut conn = self.conn.clone();
+        super::resource::list(&mut conn, resource_id).await
     }
 
     pub async fn get(&self, keys: &[CounterKey]) -> Result<Vec<i64>, StoreError> {
@@ -94,80 +100,6 @@ pub(super) fn incr_pipeline<'a, 'k: 'a>(cmds: impl Iterator<Item = &'a Cmd<'k>>)
         pipe.cmd("HINCRBY").arg(hash_key(key.resource_id())).arg(key.counter_type()).arg(*delta);
     }
     pipe
-}
-
-/// Check-and-apply of one idempotent increment, atomic in Redis. The value
-/// is read back with HGET (a bulk string) because Lua numbers are doubles and
-/// would round counters beyond 2^53.
-const INCR_ONCE: &str = r#"
--- KEYS[1] hash, KEYS[2] idempotency marker; ARGV field, delta, retention seconds
-local first = redis.call('GET', KEYS[2])
-if first then return {1, first} end
-local r = redis.pcall('HINCRBY', KEYS[1], ARGV[1], ARGV[2])
-if type(r) == 'table' and r.err then return {2, r.err} end
-local value = redis.call('HGET', KEYS[1], ARGV[1])
-redis.call('SET', KEYS[2], value, 'EX', ARGV[3])
-return {0, value}
-"#;
-
-/// One command per increment, in order: `EVAL` of [`INCR_ONCE`] when it has
-/// an idempotency key, a plain `HINCRBY` when not.
-pub(super) fn each_pipeline<'a, 'k: 'a>(cmds: impl Iterator<Item = &'a KeyedCmd<'k>>, retention: Duration) -> Pipeline {
-    let mut pipe = redis::pipe();
-    pipe.ignore_errors();
-    let seconds = retention.as_secs().max(1);
-    for &(key, delta, idempotency_key) in cmds {
-        match idempotency_key {
-            Some(idempotency_key) => pipe
-                .cmd("EVAL")
-                .arg(INCR_ONCE)
-                .arg(2)
-                .arg(hash_key(key.resource_id()))
-                .arg(idempotency_marker(key, idempotency_key))
-                .arg(key.counter_type())
-                .arg(delta)
-                .arg(seconds),
-            None => pipe.cmd("HINCRBY").arg(hash_key(key.resource_id())).arg(key.counter_type()).arg(delta),
-        };
-    }
-    pipe
-}
-
-/// Decodes the replies of [`each_pipeline`]: a script's `{status, value or
-/// error}`, or a plain `HINCRBY` result.
-pub(super) fn each_outcomes<'a, 'k: 'a>(
-    cmds: impl Iterator<Item = &'a KeyedCmd<'k>>,
-    replies: Vec<RedisResult<Value>>,
-    expected: usize,
-) -> Vec<IdempotentOutcome> {
-    if replies.len() != expected {
-        let err = StoreError::Unknown(format!("expected {expected} replies, got {}", replies.len()));
-        return vec![IdempotentOutcome::Failed(err); expected];
-    }
-    cmds.zip(replies)
-        .map(|(&(_, _, idempotency_key), reply)| {
-            let reply = match reply {
-                Ok(reply) => reply,
-                Err(err) if is_overflow(&err) => return IdempotentOutcome::Overflow,
-                Err(err) => return IdempotentOutcome::Failed(StoreError::from_redis(&err)),
-            };
-            if idempotency_key.is_none() {
-                return match redis::from_redis_value::<i64>(reply) {
-                    Ok(value) => IdempotentOutcome::Applied(value),
-                    Err(err) => IdempotentOutcome::Failed(StoreError::Unknown(err.to_string())),
-                };
-            }
-            match redis::from_redis_value::<(i64, String)>(reply) {
-                Ok((status, text)) => match (status, text.parse::<i64>()) {
-                    (0, Ok(value)) => IdempotentOutcome::Applied(value),
-                    (1, Ok(value)) => IdempotentOutcome::Replayed(value),
-                    (2, _) if text.contains("overflow") => IdempotentOutcome::Overflow,
-                    _ => IdempotentOutcome::Failed(StoreError::Rejected(text)),
-                },
-                Err(err) => IdempotentOutcome::Failed(StoreError::Unknown(err.to_string())),
-            }
-        })
-        .collect()
 }
 
 pub(super) fn get_pipeline<'a>(keys: impl Iterator<Item = &'a CounterKey>) -> Pipeline {
