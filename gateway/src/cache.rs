@@ -14,10 +14,14 @@
 //!
 //! Values written by *other* gateways become visible when the entry expires
 //! (TTL, 5 s by default).
+//!
+//! Listings of whole resources (`GET /api/v1/counter/{resource_id}`) are
+//! cached the same way with their own stripes, by resource: any write
+//! through this gateway to a counter of the resource drops its listing.
 
 use std::hash::{BuildHasher, RandomState};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use moka::sync::Cache;
@@ -39,9 +43,15 @@ struct Stripe {
     last_write: u64,
 }
 
+/// Every counter of one resource: `(counter type, value)`, sorted.
+pub type Listing = Arc<[(String, i64)]>;
+
 pub struct ReadCache {
     entries: Option<Cache<CounterKey, i64>>,
     stripes: Vec<Mutex<Stripe>>,
+    /// Listings by resource id, and their write bookkeeping.
+    listings: Option<Cache<String, Listing>>,
+    resource_stripes: Vec<Mutex<Stripe>>,
     hasher: RandomState,
     clock: AtomicU64,
 }
@@ -53,11 +63,22 @@ impl ReadCache {
     /// A cache of at most `max_entries` counters for `ttl`; a zero TTL or
     /// size turns caching off (every read goes to the counter service).
     pub fn new(ttl: Duration, max_entries: u64) -> ReadCache {
-        let entries = (!ttl.is_zero() && max_entries > 0)
-            .then(|| Cache::builder().max_capacity(max_entries).time_to_live(ttl).build());
+        let on = !ttl.is_zero() && max_entries > 0;
+        let entries = on.then(|| Cache::builder().max_capacity(max_entries).time_to_live(ttl).build());
+        // A listing holds up to 1,000 counters: weighed by its counters, so
+        // the bound stays one of values held, as for single counters.
+        let listings = on.then(|| {
+            Cache::builder()
+                .max_capacity(max_entries)
+                .weigher(|_: &String, listing: &Listing| u32::try_from(listing.len().max(1)).unwrap_or(u32::MAX))
+                .time_to_live(ttl)
+                .build()
+        });
         ReadCache {
             entries,
             stripes: (0..STRIPES).map(|_| Mutex::default()).collect(),
+            listings,
+            resource_stripes: (0..STRIPES).map(|_| Mutex::default()).collect(),
             hasher: RandomState::new(),
             clock: AtomicU64::new(0),
         }
@@ -66,6 +87,26 @@ impl ReadCache {
     fn stripe(&self, key: &CounterKey) -> std::sync::MutexGuard<'_, Stripe> {
         let index = (self.hasher.hash_one(key) as usize) % STRIPES;
         self.stripes[index].lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn resource_stripe(&self, resource_id: &str) -> std::sync::MutexGuard<'_, Stripe> {
+        let index = (self.hasher.hash_one(resource_id) as usize) % STRIPES;
+        self.resource_stripes[index].lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The cached listing of `resource_id`, if known.
+    pub fn get_listing(&self, resource_id: &str) -> Option<Listing> {
+        self.listings.as_ref()?.get(resource_id)
+    }
+
+    /// Stores a fetched listing unless a write to a counter of the resource
+    /// is in flight or finished since the read started.
+    pub fn fill_listing(&self, resource_id: &str, listing: Listing, stamp: &ReadStamp) {
+        let Some(listings) = &self.listings else { return };
+        let stripe = self.resource_stripe(resource_id);
+        if stripe.in_flight == 0 && stripe.last_write <= stamp.0 {
+            listings.insert(resource_id.to_string(), listing);
+        }
     }
 
     /// The cached value, if known.
@@ -104,6 +145,8 @@ impl ReadCache {
                 let mut stripe = self.stripe(key);
                 stripe.overlapped |= stripe.in_flight > 0;
                 stripe.in_flight += 1;
+                drop(stripe);
+                self.resource_stripe(key.resource_id()).in_flight += 1;
             }
         }
         WriteGuard { cache: self, keys: Some(keys) }
@@ -123,13 +166,23 @@ impl ReadCache {
         if stripe.in_flight == 0 {
             stripe.overlapped = false;
         }
-        stripe.last_write = self.clock.fetch_add(1, Ordering::SeqCst) + 1;
+        let now = self.clock.fetch_add(1, Ordering::SeqCst) + 1;
+        stripe.last_write = now;
         // Still holding the stripe: no fill or other write can interleave.
         if entries.contains_key(key) {
             match value.filter(|_| !overlapped) {
                 Some(value) => entries.insert(key.clone(), value),
                 None => entries.invalidate(key),
             }
+        }
+        drop(stripe);
+        // The resource's listing is dropped, not patched: the write may have
+        // added a counter type, and the order of overlapping writes is unknown.
+        let mut stripe = self.resource_stripe(key.resource_id());
+        stripe.in_flight = stripe.in_flight.saturating_sub(1);
+        stripe.last_write = now;
+        if let Some(listings) = &self.listings {
+            listings.invalidate(key.resource_id());
         }
     }
 }
@@ -256,6 +309,33 @@ mod tests {
         assert_eq!(c.get(&k), None, "its outcome is unknown: the cached value may be stale");
         c.fill(&k, 4, &c.read_stamp());
         assert_eq!(c.get(&k), Some(4), "the stripe is no longer marked in flight");
+    }
+
+    #[test]
+    fn a_write_to_any_counter_of_a_resource_drops_its_listing() {
+        let c = cache();
+        let listing: Listing = vec![("likes".to_string(), 3)].into();
+        c.fill_listing("a", listing.clone(), &c.read_stamp());
+        assert_eq!(c.get_listing("a"), Some(listing.clone()));
+        c.write_started([&CounterKey::new("b", "likes").unwrap()]).finish([Some(1)]);
+        assert_eq!(c.get_listing("a"), Some(listing.clone()), "another resource's write");
+        c.write_started([&CounterKey::new("a", "views").unwrap()]).finish([Some(1)]);
+        assert_eq!(c.get_listing("a"), None, "a new counter type of the resource");
+    }
+
+    #[test]
+    fn a_listing_read_across_a_write_is_not_cached() {
+        let c = cache();
+        let listing: Listing = vec![("likes".to_string(), 3)].into();
+        let (k, stamp) = (key("a"), c.read_stamp());
+        let write = c.write_started([&k]);
+        c.fill_listing("a", listing.clone(), &stamp);
+        assert_eq!(c.get_listing("a"), None, "a write is in flight");
+        write.finish([Some(4)]);
+        c.fill_listing("a", listing.clone(), &stamp);
+        assert_eq!(c.get_listing("a"), None, "the read started before the write finished");
+        c.fill_listing("a", listing.clone(), &c.read_stamp());
+        assert_eq!(c.get_listing("a"), Some(listing));
     }
 
     #[test]

@@ -5,7 +5,6 @@
 use axum::extract::FromRequestParts;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
-use tally_proto::CounterKey;
 
 use super::ApiError;
 use super::handlers::AppState;
@@ -29,13 +28,13 @@ impl FromRequestParts<AppState> for Authenticated {
 
 /// [`Caller::permit`], counted and answered in the JSON envelope.
 pub fn permit<'a>(
-    state: &AppState,
+    state: &super::App,
     caller: &Caller,
     scope: Scope,
-    keys: impl IntoIterator<Item = &'a CounterKey>,
+    resource_ids: impl IntoIterator<Item = &'a str>,
     operations: usize,
 ) -> Result<(), ApiError> {
-    caller.permit(scope, keys, operations).map_err(|refusal| refused(&state.metrics, refusal))
+    caller.permit(scope, resource_ids, operations).map_err(|refusal| refused(&state.metrics, refusal))
 }
 
 fn refused(metrics: &Metrics, refusal: Refusal) -> ApiError {

@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, PathRejection};
-use axum::extract::{FromRequestParts, Path, State};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -19,7 +19,7 @@ use tally_proto::{CounterKey, validate};
 use super::caller::{self, Authenticated};
 use super::error::{ApiError, ErrorBody};
 use super::json::*;
-use crate::auth::Scope;
+use crate::auth::{Caller, Scope};
 use crate::cache::ReadCache;
 use crate::client::{CallError, Counter, Incrementer, Reader, operation_error};
 use crate::metrics::Metrics;
@@ -78,7 +78,7 @@ impl<S: Send + Sync> FromRequestParts<S> for IdempotencyHeader {
 
 impl IdempotencyHeader {
     /// The header's key, validated like every other input.
-    fn validated(&self) -> Result<Option<&str>, ApiError> {
+    pub(super) fn validated(&self) -> Result<Option<&str>, ApiError> {
         let Some(value) = &self.0 else { return Ok(None) };
         let text = value.to_str().map_err(|_| ApiError::bad_request("Idempotency-Key must be ASCII"))?;
         Ok(validate::idempotency_key(text)?)
@@ -104,7 +104,7 @@ pub async fn increment(
 ) -> Result<Response, ApiError> {
     let Increment { key, delta, idempotency_key: body_key } = request::increment(&bytes(body)?)?;
     let idempotency_key = idempotency_key(&header, body_key.as_deref())?;
-    caller::permit(&state, &caller, Scope::Write, [&key], 1)?;
+    caller::permit(&state, &caller, Scope::Write, [key.resource_id()], 1)?;
     let idempotency_key = caller.scoped_idempotency_key(idempotency_key);
     let write = state.cache.write_started([&key]);
     let result = state.incrementer.increment(operation(&key, delta, idempotency_key.as_deref())).await;
@@ -135,7 +135,7 @@ pub async fn batch_increment(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let batch = request::batch_increment(&bytes(body)?)?;
-    let keys = batch.operations.iter().map(|op| &op.key);
+    let keys = batch.operations.iter().map(|op| op.key.resource_id());
     caller::permit(&state, &caller, Scope::Write, keys, batch.operations.len())?;
     let ops: Vec<(CounterKey, i64, Option<String>)> = batch
         .operations
@@ -204,22 +204,11 @@ pub async fn batch_increment(
     }
 }
 
-/// `GET /api/v1/counter/{resource_id}/{counter_type}`. The resource id may
-/// itself contain `/` (allowed by the limits): the counter type is the last
-/// segment.
-pub async fn get_counter(
-    State(state): State<AppState>,
-    Authenticated(caller): Authenticated,
-    path: Result<Path<String>, PathRejection>,
-) -> Result<Response, ApiError> {
-    // e.g. a percent-encoding that decodes to invalid UTF-8
-    let Path(path) = path.map_err(|rejection| ApiError::bad_request(rejection.body_text()))?;
-    let (resource_id, counter_type) = path
-        .rsplit_once('/')
-        .ok_or_else(|| ApiError::not_found("expected /api/v1/counter/{resource_id}/{counter_type}"))?;
-    let key = CounterKey::new(resource_id, counter_type)?;
-    caller::permit(&state, &caller, Scope::Read, [&key], 1)?;
-    let current_value = read_one(&state, &key).await?;
+/// `GET /api/v1/counter/{resource_id}/{counter_type}` (the path is split
+/// by [`super::path`]).
+pub(super) async fn get_counter(state: &App, caller: &Caller, key: CounterKey) -> Result<Response, ApiError> {
+    caller::permit(state, caller, Scope::Read, [key.resource_id()], 1)?;
+    let current_value = read_one(state, &key).await?;
     let body = CounterValue {
         resource_id: key.resource_id(),
         counter_type: key.counter_type(),
@@ -251,7 +240,7 @@ pub async fn batch_get(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let keys = request::batch_get(&bytes(body)?)?;
-    caller::permit(&state, &caller, Scope::Read, &keys, keys.len())?;
+    caller::permit(&state, &caller, Scope::Read, keys.iter().map(CounterKey::resource_id), keys.len())?;
     let mut values: Vec<Option<i64>> = keys.iter().map(|k| state.cache.get(k)).collect();
     let missing: Vec<usize> = (0..keys.len()).filter(|&i| values[i].is_none()).collect();
     for hit in [true, false] {

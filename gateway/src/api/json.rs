@@ -84,3 +84,38 @@ pub struct Values<'a> {
     /// How many results (the original's batch GET carries it).
     pub total: usize,
 }
+
+/// The answer to a reset.
+#[derive(Debug, Serialize)]
+pub struct Reset<'a> {
+    pub resource_id: &'a str,
+    pub counter_type: &'a str,
+    /// The value right before the reset.
+    pub previous_value: i64,
+    /// Always 0: the value right after it.
+    pub current_value: i64,
+    pub success: bool,
+    /// When it was applied, Unix seconds.
+    pub timestamp: u64,
+    /// Present (true) when the idempotency key was seen before: nothing was
+    /// reset now and `previous_value` is the first reset's.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub replayed: bool,
+}
+
+/// Every counter of one resource.
+#[derive(Debug, Serialize)]
+pub struct ResourceCounters<'a> {
+    pub resource_id: &'a str,
+    /// Sorted by counter type.
+    pub counters: Vec<CounterEntry<'a>>,
+    pub total: usize,
+    /// When the values were read, Unix seconds.
+    pub updated_at: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct CounterEntry<'a> {
+    pub counter_type: &'a str,
+    pub current_value: i64,
+}

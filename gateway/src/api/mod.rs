@@ -8,6 +8,8 @@ mod caller;
 mod error;
 mod handlers;
 mod json;
+mod path;
+mod resource;
 mod system;
 
 use std::sync::Arc;
@@ -44,7 +46,7 @@ pub fn public_router(state: AppState, limits: RequestLimits, in_flight: Arc<Sema
         .route(ROUTES[0], post(handlers::increment))
         .route(ROUTES[1], post(handlers::batch_increment))
         .route(ROUTES[2], post(handlers::batch_get))
-        .route(ROUTES[3], get(handlers::get_counter))
+        .route(ROUTES[3], get(resource::get).delete(resource::reset))
         .route(ROUTES[4], get(handlers::health))
         .route(ROUTES[5], get(system::grpc_pools))
         .route(ROUTES[6], get(system::services_health))

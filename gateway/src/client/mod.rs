@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 
 use tally_proto::v1::counter_service_client::CounterServiceClient;
 use tally_proto::v1::{
-    BatchGetRequest, BatchGetResponse, BatchIncrementRequest, BatchIncrementResponse, GetRequest, GetResponse,
-    IncrementRequest, OperationResult,
+    BatchGetRequest, BatchGetResponse, BatchIncrementRequest, BatchIncrementResponse, GetRequest, GetResourceRequest,
+    GetResourceResponse, GetResponse, IncrementRequest, OperationResult, ResetRequest, ResetResponse,
 };
 use tonic::Code;
 use tonic::transport::Channel;
@@ -213,6 +213,17 @@ impl Counter {
             c.batch_increment(r).await
         })
         .await
+    }
+
+    /// A reset is a write like an increment: resent after an ambiguous
+    /// failure only when it carries an idempotency key.
+    pub async fn reset(&self, request: ResetRequest) -> Result<ResetResponse, CallError> {
+        let kind = CallKind::Write { idempotent: !request.idempotency_key.is_empty() };
+        self.call("Reset", kind, &request, |mut c, r| async move { c.reset(r).await }).await
+    }
+
+    pub async fn get_resource(&self, request: GetResourceRequest) -> Result<GetResourceResponse, CallError> {
+        self.call("GetResource", CallKind::Read, &request, |mut c, r| async move { c.get_resource(r).await }).await
     }
 
     pub async fn get(&self, request: GetRequest) -> Result<GetResponse, CallError> {
