@@ -3,7 +3,7 @@
 
 CARGO ?= cargo
 
-.PHONY: build release run test lint fmt crd e2e-kind bench bench-counter bench-gateway bench-scale bench-tracing bench-markers bench-compare chaos
+.PHONY: build release run test lint fmt crd openapi e2e-kind bench bench-counter bench-gateway bench-scale bench-tracing bench-markers bench-compare chaos
 
 build:
 	$(CARGO) build --workspace --all-targets
@@ -18,7 +18,8 @@ run:
 	scripts/run.sh
 
 ## All tests. Installs what they need first when it is missing (redis,
-## openssl, curl, helm, kubectl, kubernetes-validate:
+## openssl, curl, h2load, helm, kubectl, kubernetes-validate, Python's grpcio and
+## openapi-spec-validator:
 ## scripts/install-test-deps.sh, shared with .ci/run); with them installed,
 ## a test that finds one missing fails instead of skipping.
 test:
@@ -33,6 +34,11 @@ fmt:
 	$(CARGO) fmt --all
 
 ## Regenerates the CounterCluster CRD from the Rust types (a test fails on drift).
+## Regenerates docs/openapi.json from the gateway's types (a test fails
+## while the committed copy differs from what the gateway serves).
+openapi:
+	TALLY_UPDATE_OPENAPI=1 cargo test -q -p tally-gateway --lib openapi
+
 crd:
 	$(CARGO) run -q -p tally-operator --bin crdgen > deploy/crds/countercluster.yaml
 	cp deploy/crds/countercluster.yaml charts/tally-operator/crds/countercluster.yaml

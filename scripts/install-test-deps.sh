@@ -59,6 +59,14 @@ if ! python3 -c "import grpc, grpc_reflection.v1alpha.reflection_pb2_grpc" 2>/de
     python3 -m pip install --quiet --disable-pip-version-check --break-system-packages grpcio grpcio-reflection
 fi
 
+# openapi-spec-validator (PyPI, with jsonschema): the OpenAPI document and
+# real responses validated against it.
+if ! python3 -c "import openapi_spec_validator, jsonschema, referencing" 2>/dev/null; then
+  echo "install-test-deps: installing openapi-spec-validator"
+  python3 -m pip install --quiet --disable-pip-version-check openapi-spec-validator 2>/dev/null ||
+    python3 -m pip install --quiet --disable-pip-version-check --break-system-packages openapi-spec-validator
+fi
+
 # kubernetes-validate (PyPI): manifests against the real OpenAPI schemas
 # of each Kubernetes release.
 if ! command -v kubernetes-validate >/dev/null; then

@@ -125,14 +125,20 @@ fn from_grpc(code: Code, message: String) -> ApiError {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ErrorBody<'a> {
+    /// The failure class, e.g. `invalid_argument`, `unavailable`.
+    #[schema(example = "invalid_argument")]
     pub code: &'a str,
+    /// What went wrong, for people.
     pub message: &'a str,
 }
 
-#[derive(Serialize)]
-struct Envelope<'a> {
+/// Every error answer: `{"status":"error","error":{"code","message"}}`.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Envelope<'a> {
+    /// Always `error`.
+    #[schema(value_type = String, example = "error")]
     status: &'static str,
     error: ErrorBody<'a>,
 }

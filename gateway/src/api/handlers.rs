@@ -194,11 +194,7 @@ pub async fn batch_increment(
         // which were applied.
         Some(first) => {
             let message = format!("{failed} of {} operations failed; see data.results", ops.len());
-            let body = json!({
-                "status": "error",
-                "error": { "code": first.code, "message": message },
-                "data": data,
-            });
+            let body = BatchFailure { status: "error", error: ErrorBody { code: first.code, message: &message }, data };
             Ok((first.status, Json(body)).into_response())
         }
     }
@@ -287,12 +283,12 @@ pub async fn batch_get(
 }
 
 pub async fn health() -> impl IntoResponse {
-    Json(json!({
-        "status": "healthy",
-        "service": "tally-gateway",
-        "version": env!("CARGO_PKG_VERSION"),
-        "timestamp": unix_now(),
-    }))
+    Json(Health {
+        status: "healthy",
+        service: "tally-gateway",
+        version: env!("CARGO_PKG_VERSION"),
+        timestamp: unix_now(),
+    })
 }
 
 /// Ready while at least one counter endpoint is warm and healthy.

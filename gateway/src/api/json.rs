@@ -2,12 +2,15 @@
 //! project's clients and load scripts (request bodies: `tally_proto::json`).
 
 use serde::Serialize;
+use utoipa::ToSchema;
 
 use super::error::ErrorBody;
 
 /// `{"status":"success","data":…}`
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Success<T> {
+    /// Always `success`.
+    #[schema(value_type = String, example = "success")]
     pub status: &'static str,
     pub data: T,
 }
@@ -23,7 +26,7 @@ pub fn unix_now() -> u64 {
 }
 
 /// (Response bodies borrow the request's validated key: no copies per request.)
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct CounterValue<'a> {
     pub resource_id: &'a str,
     pub counter_type: &'a str,
@@ -32,7 +35,7 @@ pub struct CounterValue<'a> {
     pub updated_at: u64,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Incremented<'a> {
     pub resource_id: &'a str,
     pub counter_type: &'a str,
@@ -49,11 +52,13 @@ pub struct Incremented<'a> {
 }
 
 /// One operation of a sync batch: applied (with its value) or not (with why).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct OperationOutcome<'a> {
     pub resource_id: String,
     pub counter_type: String,
     pub delta: i64,
+    /// `success` or `error`.
+    #[schema(value_type = String, example = "success")]
     pub status: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub current_value: Option<i64>,
@@ -63,7 +68,7 @@ pub struct OperationOutcome<'a> {
     pub error: Option<ErrorBody<'a>>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct BatchResults<'a> {
     pub results: Vec<OperationOutcome<'a>>,
     pub processed: usize,
@@ -71,14 +76,14 @@ pub struct BatchResults<'a> {
     pub is_async: bool,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Accepted {
     pub accepted: usize,
     #[serde(rename = "async")]
     pub is_async: bool,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Values<'a> {
     pub results: Vec<CounterValue<'a>>,
     /// How many results (the original's batch GET carries it).
@@ -86,7 +91,7 @@ pub struct Values<'a> {
 }
 
 /// The answer to a reset.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Reset<'a> {
     pub resource_id: &'a str,
     pub counter_type: &'a str,
@@ -104,7 +109,7 @@ pub struct Reset<'a> {
 }
 
 /// Every counter of one resource.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ResourceCounters<'a> {
     pub resource_id: &'a str,
     /// Sorted by counter type.
@@ -114,8 +119,33 @@ pub struct ResourceCounters<'a> {
     pub updated_at: u64,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct CounterEntry<'a> {
     pub counter_type: &'a str,
     pub current_value: i64,
+}
+
+/// A sync batch with a failed operation: the first failure's error, and
+/// every operation's outcome so the client knows exactly what was applied.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BatchFailure<'a> {
+    /// Always `error`.
+    #[schema(value_type = String, example = "error")]
+    pub status: &'static str,
+    pub error: ErrorBody<'a>,
+    pub data: BatchResults<'a>,
+}
+
+/// `GET /api/v1/health`, as the original project answered it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Health {
+    /// Always `healthy`.
+    #[schema(value_type = String, example = "healthy")]
+    pub status: &'static str,
+    #[schema(value_type = String, example = "tally-gateway")]
+    pub service: &'static str,
+    #[schema(value_type = String)]
+    pub version: &'static str,
+    /// Now, Unix seconds.
+    pub timestamp: u64,
 }

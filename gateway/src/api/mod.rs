@@ -8,6 +8,7 @@ mod caller;
 mod error;
 mod handlers;
 mod json;
+pub mod openapi;
 mod path;
 mod resource;
 mod system;
@@ -52,6 +53,7 @@ pub fn public_router(state: AppState, limits: RequestLimits, in_flight: Arc<Sema
         .route(ROUTES[6], get(system::services_health))
         .route(ROUTES[7], get(system::metrics_stats))
         .route(ROUTES[8], get(system::object_pools))
+        .route(ROUTES[9], get(openapi::serve))
         .fallback(handlers::not_found)
         .method_not_allowed_fallback(handlers::method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -75,7 +77,7 @@ pub fn admin_router(state: AppState) -> Router {
 /// Every public route, in the order [`public_router`] registers them; also
 /// the `route` label of the HTTP metrics (static strings: no allocation per
 /// request).
-const ROUTES: [&str; 9] = [
+const ROUTES: [&str; 10] = [
     "/api/v1/counter/increment",
     "/api/v1/counter/batch-increment",
     "/api/v1/counter/batch",
@@ -85,6 +87,7 @@ const ROUTES: [&str; 9] = [
     "/api/v1/system/services/health",
     "/api/v1/system/metrics/stats",
     "/api/v1/system/object-pools",
+    "/api/v1/openapi.json",
 ];
 
 /// What every public request passes through, in one layer (one boxed
