@@ -1,9 +1,10 @@
-//! The write-behind buffer for async increments (plan item 5).
+//! The write-behind buffer for async increments.
 //!
 //! Async operations are acknowledged once they are in this buffer, where they
-//! are summed per counter. The flusher sends the buffer to the store through
-//! the group committer every `flush_interval`, or as soon as `batch_size`
-//! operations arrived, whichever comes first.
+//! are summed per counter. The flusher sends the buffer to the store itself
+//! (`Store::incr_batch_once`, not through the group committer) every
+//! `flush_interval`, or as soon as `batch_size` operations arrived, whichever
+//! comes first.
 //!
 //! Bounded: at most `capacity` distinct counters wait here (including a batch
 //! awaiting a resend); an offer that does not fit is refused

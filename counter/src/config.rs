@@ -1,6 +1,6 @@
 //! Every setting of `tally-counter`: a flag with a `TALLY_*` environment
-//! variable of the same name (12-factor; the operator sets these). The README
-//! configuration table lists them all.
+//! variable of the same name (12-factor; the operator sets these).
+//! docs/configuration.md lists them all.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

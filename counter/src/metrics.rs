@@ -1,4 +1,4 @@
-//! Prometheus metrics of the counter service (README "Metrics").
+//! Prometheus metrics of the counter service (docs/observability.md, "Metrics").
 //!
 //! One registry, created at startup and shared; every metric a request path
 //! touches is a field here so recording is a field access, not a lookup by name.
@@ -38,7 +38,7 @@ pub struct Metrics {
     pub commit_commands: Histogram,
     /// Store round-trip latency by operation (`incr`, `get`).
     pub store_duration: HistogramFamily<Labels>,
-    /// Store failures by kind (`not_applied`, `unknown`, `rejected`).
+    /// Store failures by kind (`not_applied`, `unknown`, `rejected`, `config`).
     pub store_errors: Family<Labels, Counter>,
     /// 1 while the last readiness probe of the store succeeded.
     pub store_up: Gauge,

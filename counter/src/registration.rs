@@ -1,4 +1,4 @@
-//! Self-registration in Consul (plan item 6): once the gRPC port listens,
+//! Self-registration in Consul: once the gRPC port listens,
 //! the counter registers `TALLY_CONSUL_SERVICE` with a grpc.health.v1 check
 //! and `DeregisterCriticalServiceAfter`, retrying in the background while
 //! Consul is unreachable; on shutdown it deregisters before draining, so

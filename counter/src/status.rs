@@ -1,5 +1,5 @@
 //! How internal outcomes become gRPC statuses: one place, so every RPC reports
-//! the same failure the same way (BRIEF §4).
+//! the same failure the same way (docs/api.md, the gRPC API's errors).
 
 use tally_proto::InvalidInput;
 use tally_proto::v1::OperationError;

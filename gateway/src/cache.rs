@@ -1,4 +1,4 @@
-//! The gateway's read cache (plan item 4): counter values for `GET` and
+//! The gateway's read cache: counter values for `GET` and
 //! batch get, with a TTL and a size bound (moka), kept consistent with the
 //! gateway's own writes so a client always reads its own increment.
 //!

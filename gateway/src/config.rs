@@ -1,5 +1,5 @@
 //! Every setting of `tally-gateway`: a flag with a `TALLY_*` environment
-//! variable of the same name. The README configuration table lists them all.
+//! variable of the same name. docs/configuration.md lists them all.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -1,7 +1,7 @@
 //! `/metrics` of both services after a short load: valid Prometheus text
-//! exposition, every metric the README documents present, and values that
-//! agree with the traffic sent. The Grafana dashboard only uses documented
-//! metrics.
+//! exposition, every metric documented in `docs/observability.md` present,
+//! and values that agree with the traffic sent. The Grafana dashboard only
+//! uses documented metrics.
 
 mod common;
 
@@ -61,11 +61,11 @@ fn value(samples: &[Sample], name: &str, want: &[(&str, &str)]) -> f64 {
         .sum()
 }
 
-/// Metric names in the README's metric tables, by prefix.
+/// Metric names in the metric tables of `docs/observability.md` (rows
+/// starting ``| `tally_…` |``), by prefix.
 fn documented(prefix: &str) -> BTreeSet<String> {
-    let readme = include_str!("../../README.md");
-    readme
-        .lines()
+    let docs = include_str!("../../docs/observability.md");
+    docs.lines()
         .filter_map(|l| l.strip_prefix("| `"))
         .filter_map(|l| l.split('`').next())
         .filter(|name| name.starts_with(prefix))
@@ -79,7 +79,7 @@ fn family(name: &str) -> &str {
 }
 
 #[tokio::test]
-async fn metrics_parse_match_the_readme_and_count_the_traffic() {
+async fn metrics_parse_match_the_docs_and_count_the_traffic() {
     let stack = Stack::start(&[]);
     let resource = unique("metrics");
     for _ in 0..50 {
@@ -105,7 +105,7 @@ async fn metrics_parse_match_the_readme_and_count_the_traffic() {
     let (gateway, typed) = parse(&text).unwrap_or_else(|e| panic!("gateway /metrics: {e}"));
     let missing: Vec<String> =
         documented("tally_gateway_").into_iter().filter(|n| !typed.contains(family(n))).collect();
-    assert!(missing.is_empty(), "documented in the README, not exported by the gateway: {missing:?}");
+    assert!(missing.is_empty(), "documented in docs/observability.md, not exported by the gateway: {missing:?}");
     let increments = [("route", "/api/v1/counter/increment"), ("method", "POST")];
     assert_eq!(
         value(&gateway, "tally_gateway_http_requests_total", &[increments[0], increments[1], ("status", "200")]),
@@ -125,7 +125,7 @@ async fn metrics_parse_match_the_readme_and_count_the_traffic() {
     let (counter, typed) = parse(&text).unwrap_or_else(|e| panic!("counter /metrics: {e}"));
     let missing: Vec<String> =
         documented("tally_counter_").into_iter().filter(|n| !typed.contains(family(n))).collect();
-    assert!(missing.is_empty(), "documented in the README, not exported by the counter: {missing:?}");
+    assert!(missing.is_empty(), "documented in docs/observability.md, not exported by the counter: {missing:?}");
     let calls = value(&counter, "tally_counter_grpc_requests_total", &[("method", "BatchIncrement"), ("code", "OK")]);
     assert_eq!(calls, value(&gateway, "tally_gateway_upstream_requests_total", &[("method", "BatchIncrement")]));
     assert_eq!(value(&counter, "tally_counter_commit_batch_operations_sum", &[]), 50.0, "50 operations committed");
@@ -150,5 +150,5 @@ fn the_dashboard_uses_only_documented_metrics() {
     }
     assert!(used.len() >= 10, "{used:?}");
     let unknown: Vec<&String> = used.iter().filter(|n| !known.contains(*n)).collect();
-    assert!(unknown.is_empty(), "dashboard metrics missing from the README: {unknown:?}");
+    assert!(unknown.is_empty(), "dashboard metrics missing from docs/observability.md: {unknown:?}");
 }

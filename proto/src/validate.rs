@@ -5,7 +5,7 @@
 
 use std::fmt;
 
-/// The documented input limits (README "Limits").
+/// The documented input limits (docs/api.md, "Limits").
 pub mod limits {
     /// Longest `resource_id`, in bytes.
     pub const MAX_RESOURCE_ID_LEN: usize = 128;

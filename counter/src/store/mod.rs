@@ -5,7 +5,7 @@
 //! store every increment collected during one round trip, and the store sends
 //! them in as few round trips as its topology allows.
 //!
-//! Redis layout (README "Redis layout"): one hash per resource,
+//! Redis layout (docs/architecture.md, "Redis layout"): one hash per resource,
 //! `tally:{<resource_id>}`, with one field per counter type. The braces are a
 //! Redis Cluster hash tag, so every counter of a resource lives in one slot
 //! and a batch touching one resource is a single-slot pipeline.

@@ -1,4 +1,4 @@
-//! The JSON error envelope and the HTTP status of every failure (BRIEF §3):
+//! The JSON error envelope and the HTTP status of every failure (docs/api.md, "Errors"):
 //! `{"status":"error","error":{"code":"…","message":"…"}}`.
 
 use axum::Json;

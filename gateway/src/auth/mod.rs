@@ -1,4 +1,4 @@
-//! Who may call the public API (README "Security"): nobody is asked
+//! Who may call the public API (docs/security.md, "API keys"): nobody is asked
 //! (`TALLY_AUTH=none`), or every API request carries `Authorization:
 //! Bearer <key>` for a key in `TALLY_AUTH_KEYS_FILE` (`api_keys`), whose
 //! scopes, resource prefix and rate it must keep to. Probes and the admin

@@ -1,10 +1,10 @@
-//! Choice of endpoint per call (plan item 7): pure functions over the
+//! Choice of endpoint per call: pure functions over the
 //! usable endpoints, unit-tested for their distributions.
 //!
 //! Why not `tower::balance::p2c` or tonic's balanced channel: both choose
 //! among services by *readiness*, and a tonic `Channel` is always ready (it
 //! buffers), so they would keep routing to an endpoint that is dead, hung or
-//! ejected by its breaker — the failure the brief warns about. Choosing here
+//! ejected by its breaker — the failure balancing must avoid. Choosing here
 //! lets one decision see health, warm-up, the breaker's half-open probe
 //! slots and the endpoint a retry must avoid, and keeps each input testable.
 

@@ -1,4 +1,4 @@
-//! Per-endpoint circuit breaker (plan item 10), as a small state machine
+//! Per-endpoint circuit breaker, as a small state machine
 //! with the clock passed in, so every transition is unit-tested.
 //!
 //! Closed → Open after `failure_threshold` consecutive failures; Open for a

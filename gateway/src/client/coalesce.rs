@@ -1,4 +1,4 @@
-//! Coalescing of concurrent single calls into batch calls (plan item 3),
+//! Coalescing of concurrent single calls into batch calls,
 //! so a busy gateway does not pay one gRPC round trip per HTTP request:
 //! single increments become `BatchIncrement` calls, single reads `BatchGet`
 //! calls ([`Batched`] says how for each).

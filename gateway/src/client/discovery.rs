@@ -1,4 +1,4 @@
-//! Where counter endpoints come from (plan item 6). `static` is the fixed
+//! Where counter endpoints come from. `static` is the fixed
 //! `TALLY_COUNTER_ENDPOINTS`; `dns` resolves a name — in Kubernetes the
 //! counter's headless Service, which answers with one address per ready
 //! pod — every interval and hands the set to [`Backends::update`].

@@ -1,4 +1,4 @@
-//! When a failed call to a counter may be sent again (plan item 2), as pure
+//! When a failed call to a counter may be sent again, as pure
 //! decisions, plus the retry budget that bounds how much extra load retries
 //! may add.
 //!
