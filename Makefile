@@ -33,12 +33,12 @@ lint:
 fmt:
 	$(CARGO) fmt --all
 
-## Regenerates the CounterCluster CRD from the Rust types (a test fails on drift).
 ## Regenerates docs/openapi.json from the gateway's types (a test fails
 ## while the committed copy differs from what the gateway serves).
 openapi:
 	TALLY_UPDATE_OPENAPI=1 cargo test -q -p tally-gateway --lib openapi
 
+## Regenerates the CounterCluster CRD from the Rust types (a test fails on drift).
 crd:
 	$(CARGO) run -q -p tally-operator --bin crdgen > deploy/crds/countercluster.yaml
 	cp deploy/crds/countercluster.yaml charts/tally-operator/crds/countercluster.yaml
@@ -49,7 +49,7 @@ crd:
 e2e-kind:
 	scripts/e2e-kind.sh
 
-## Benchmarks (BRIEF §10); reports go to bench-results/.
+## Benchmarks (docs/benchmarks.md); reports go to bench-results/.
 bench: bench-compare bench-gateway bench-counter bench-scale bench-tracing
 
 bench-gateway:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The counter service alone, over gRPC, next to redis-benchmark against the
-# same Redis in the same run (BRIEF §10). Starts its own redis-server and
+# same Redis in the same run. Starts its own redis-server and
 # tally-counter on free loopback ports, writes a Markdown report under
 # bench-results/ and prints it.
 #

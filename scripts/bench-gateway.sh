@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole path over HTTP — load generator → tally-gateway → tally-counter →
 # Redis — next to redis-benchmark against the same Redis, in one run
-# (BRIEF §10). Starts its own processes on free loopback ports; writes a
+#. Starts its own processes on free loopback ports; writes a
 # Markdown report and an SVG plot under bench-results/ and prints the report.
 #
 #   SECONDS_PER_RUN=10 [GATEWAY_THREADS=n] [COUNTER_THREADS=n] scripts/bench-gateway.sh
@@ -34,7 +34,7 @@ requests=$((SECONDS_PER_RUN * 150000))
 redis-benchmark -p "$redis_port" -t incr -c 100 -n "$requests" --csv >"$work/rb.csv" 2>/dev/null
 redis-benchmark -p "$redis_port" -t incr -c 100 -P 16 -n $((requests * 8)) --csv >"$work/rb16.csv" 2>/dev/null
 
-# The seed plan's own command, unchanged.
+# The original performance plan's own command, unchanged.
 hey -n 10000 -c 100 -m POST -T application/json \
   -d '{"resource_id":"post:1","counter_type":"likes","delta":1}' "$url/increment" >"$work/hey.txt"
 for scenario in hot keys batch; do

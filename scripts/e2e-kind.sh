@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The real-environment end-to-end test (BRIEF §7, §9): a kind cluster, the
+# The real-environment end-to-end test: a kind cluster, the
 # three images built from the Dockerfile, the operator installed from the
 # Helm chart, the try-out Redis, and the CounterCluster of
 # deploy/tryout/countercluster.yaml running the images just built. It then

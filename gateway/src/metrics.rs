@@ -1,4 +1,4 @@
-//! Prometheus metrics of the gateway (README "Metrics").
+//! Prometheus metrics of the gateway (docs/observability.md, "Metrics").
 
 use std::time::Duration;
 
@@ -96,8 +96,9 @@ impl Metrics {
         let retries: Family<Labels<2>, Counter> = Family::default();
         registry.register("retries", "Calls sent again, by method and reason", retries.clone());
         // Present at zero from the start, so `rate()` and alerts see them before the first retry.
-        for method in ["Increment", "BatchIncrement", "Get", "BatchGet"] {
-            for reason in ["not_sent", "unknown", "refused"] {
+        // (A refused call is never resent, so there is no `refused` reason.)
+        for method in ["Increment", "BatchIncrement", "Get", "BatchGet", "Reset", "GetResource"] {
+            for reason in ["not_sent", "unknown"] {
                 let _ = retries.get_or_create(&[("method", method.into()), ("reason", reason.into())]);
             }
         }

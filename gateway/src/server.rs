@@ -23,10 +23,6 @@ use crate::metrics::Metrics;
 pub enum StartupError {
     #[error(transparent)]
     Backends(#[from] BackendError),
-    #[error(
-        "TALLY_DISCOVERY={0:?} is not implemented yet; use `static` (TALLY_COUNTER_ENDPOINTS) or `dns` (TALLY_DNS_NAME)"
-    )]
-    DiscoveryNotImplemented(Discovery),
     #[error("TALLY_DISCOVERY=dns needs TALLY_DNS_NAME (host:port of the counters' headless Service)")]
     DnsNameMissing,
     #[error("TALLY_DISCOVERY=kubernetes: no usable Kubernetes client configuration (in-cluster or KUBECONFIG): {0}")]

@@ -92,7 +92,7 @@ async fn every_endpoint_answers_in_the_documented_shape() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_concurrent_increments_count_exactly() {
-    // The seed's `hey -n 10000 -c 100` of delta 1 on one key, as a test.
+    // The original performance plan's `hey -n 10000 -c 100` of delta 1 on one key, as a test.
     let stack = Stack::start(&[]);
     let post = unique("hey");
     let mut tasks = Vec::new();

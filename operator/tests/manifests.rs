@@ -1,7 +1,7 @@
 //! The YAML and JSON shipped under `deploy/` and `charts/`: every file parses,
 //! every CounterCluster in them is valid, the chart's documented spec equals
 //! the CRD's defaults, and — where `helm` is installed — the chart lints and
-//! renders. (The chart's CRD equals the generated one: `crd_tests.rs`.)
+//! renders. (The chart's CRD equals the generated one: `operator/src/crd/tests.rs`.)
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

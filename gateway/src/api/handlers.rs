@@ -24,7 +24,7 @@ use crate::cache::ReadCache;
 use crate::client::{CallError, Counter, Incrementer, Reader, operation_error};
 use crate::metrics::Metrics;
 
-/// Largest accepted request body (BRIEF §3).
+/// Largest accepted request body: 1 MiB (docs/api.md, "Limits").
 pub const MAX_BODY_BYTES: usize = 1 << 20;
 
 /// Everything a handler needs; shared behind one `Arc` so the per-request
@@ -355,7 +355,7 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
 }
 
 pub async fn not_found() -> ApiError {
-    ApiError::not_found("no such route; see the API reference in the README")
+    ApiError::not_found("no such route; the routes are listed at /api/v1/openapi.json and in docs/api.md")
 }
 
 pub async fn method_not_allowed() -> ApiError {
