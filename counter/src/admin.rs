@@ -1,6 +1,14 @@
 //! The admin side port (`TALLY_ADMIN_LISTEN`): `/health` (liveness),
-//! `/ready` (readiness: store reachable and not shutting down) and `/metrics`.
-//! Kept off the gRPC port so probes and scrapes never queue behind traffic.
+//! `/ready` (readiness) and `/metrics`. Kept off the gRPC port so probes
+//! and scrapes never queue behind traffic.
+//!
+//! The readiness rule: a counter is ready while it takes writes of some
+//! kind, that is from start until shutdown, store up or not. With the store
+//! down it still takes async writes into its write-behind buffer, so
+//! Kubernetes (and Consul, whose check asks the same) must keep routing to
+//! it; whether it can serve reads and sync writes is the gRPC health of
+//! `tally.counter.v1.CounterService`, which gateways check per endpoint,
+//! and `/ready`'s body says it as `store_up`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -30,7 +38,11 @@ impl Readiness {
     }
 
     pub fn is_ready(&self) -> bool {
-        self.store_up.load(Ordering::Relaxed) && !self.shutting_down.load(Ordering::Relaxed)
+        !self.shutting_down.load(Ordering::Relaxed)
+    }
+
+    pub fn store_up(&self) -> bool {
+        self.store_up.load(Ordering::Relaxed)
     }
 }
 
@@ -53,10 +65,11 @@ async fn health() -> impl IntoResponse {
 }
 
 async fn ready(State(state): State<AdminState>) -> impl IntoResponse {
-    let (status, body) = if state.readiness.is_ready() {
-        (StatusCode::OK, r#"{"status":"ready"}"#)
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, r#"{"status":"not_ready"}"#)
+    let store_up = state.readiness.store_up();
+    let (status, body) = match (state.readiness.is_ready(), store_up) {
+        (true, true) => (StatusCode::OK, r#"{"status":"ready","store_up":true}"#),
+        (true, false) => (StatusCode::OK, r#"{"status":"ready","store_up":false}"#),
+        (false, _) => (StatusCode::SERVICE_UNAVAILABLE, r#"{"status":"not_ready"}"#),
     };
     (status, [(header::CONTENT_TYPE, "application/json")], body)
 }

@@ -100,6 +100,7 @@ pub struct WriteBuffer {
 
 impl WriteBuffer {
     pub fn new(settings: BufferSettings, store: Arc<Store>, metrics: Arc<Metrics>) -> WriteBuffer {
+        metrics.buffer_capacity.set(i64::try_from(settings.capacity).unwrap_or(i64::MAX));
         WriteBuffer { pending: Mutex::default(), batch_ready: Notify::new(), settings, store, metrics }
     }
 
@@ -150,13 +151,23 @@ impl WriteBuffer {
         let period = self.settings.flush_interval;
         let mut tick = tokio::time::interval_at(Instant::now() + period, period);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut pause = None;
         while !*shutdown.borrow() {
-            tokio::select! {
-                _ = tick.tick() => {}
-                _ = self.batch_ready.notified() => {}
-                _ = shutdown.changed() => break,
+            match pause.take() {
+                // Draining a backlog (e.g. after a store outage): paced.
+                Some(pause) => tokio::select! {
+                    _ = tokio::time::sleep(pause) => {}
+                    _ = shutdown.changed() => break,
+                },
+                None => tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = self.batch_ready.notified() => {}
+                    _ = shutdown.changed() => break,
+                },
             }
-            self.flush_once().await;
+            let started = Instant::now();
+            let more = self.flush_once().await;
+            pause = drain_pause(started.elapsed(), more, period);
         }
         self.drain(drain_timeout).await;
     }
@@ -198,8 +209,9 @@ impl WriteBuffer {
 
     /// Sends one batch to the store: the batch left over from a failed
     /// attempt if there is one (resent unchanged, under the same id, so the
-    /// store applies it at most once), otherwise everything buffered.
-    async fn flush_once(&self) {
+    /// store applies it at most once), otherwise what is buffered, up to
+    /// [`MAX_FLUSH_COUNTERS`]. True when more is waiting (a backlog to drain).
+    async fn flush_once(&self) -> bool {
         let batch = {
             let mut pending = self.lock();
             match pending.in_doubt.take() {
@@ -210,7 +222,7 @@ impl WriteBuffer {
                         self.lost(key, *delta, "unconfirmed", "outcome unknown past the resend window; not resent");
                     }
                     self.metrics.buffer_keys.set(self.held() as i64);
-                    return;
+                    return !self.lock().deltas.is_empty();
                 }
                 Some(batch) => batch,
                 None => {
@@ -219,14 +231,12 @@ impl WriteBuffer {
                         pending.ops_since_flush = 0;
                         pending.oldest.take()
                     } else {
-                        // More is waiting: the next flush follows at once.
-                        self.batch_ready.notify_one();
-                        pending.oldest
+                        pending.oldest // more is waiting: see `drain_pause`
                     };
                     let links = std::mem::take(&mut pending.links);
                     if cmds.is_empty() {
                         self.metrics.buffer_oldest_age.set(0.0);
-                        return;
+                        return false;
                     }
                     Batch { id: batch::new_batch_id(), cmds, links, oldest, ambiguous_since: None }
                 }
@@ -261,6 +271,9 @@ impl WriteBuffer {
             pending.in_doubt = Some(batch);
         }
         self.metrics.buffer_keys.set(pending.held() as i64);
+        // A failed batch waits for the next tick; a backlog behind a good
+        // flush is drained (paced).
+        pending.in_doubt.is_none() && !pending.deltas.is_empty()
     }
 
     /// True when `batch` failed ambiguously longer ago than the resend window.
@@ -272,6 +285,16 @@ impl WriteBuffer {
         tracing::error!(%key, delta, reason, why, "acknowledged async increment not applied");
         self.metrics.async_lost.get_or_create(&[("reason", reason)]).inc();
     }
+}
+
+/// How long to wait before the next flush when a flush that took `took`
+/// left `more` waiting: as long as it took (capped at the flush interval),
+/// so draining a backlog — after a store outage, say — uses at most about
+/// half of the store's time and live requests interleave with it, instead
+/// of back-to-back flushes queueing them behind thousands of increments.
+/// `None`: nothing waiting, the usual cadence applies.
+fn drain_pause(took: Duration, more: bool, interval: Duration) -> Option<Duration> {
+    more.then(|| took.min(interval))
 }
 
 /// Counters sent by one flush at most. A full buffer (`capacity`, 100,000 by
@@ -336,6 +359,18 @@ mod tests {
         assert_eq!(total, 45, "nothing is lost");
         assert_eq!(take_at_most(&mut deltas, 100).len(), 6);
         assert!(deltas.is_empty());
+    }
+
+    #[test]
+    fn a_backlog_drains_paced_by_the_time_each_flush_took() {
+        let interval = Duration::from_millis(100);
+        assert_eq!(drain_pause(Duration::from_millis(7), true, interval), Some(Duration::from_millis(7)));
+        assert_eq!(
+            drain_pause(Duration::from_secs(2), true, interval),
+            Some(interval),
+            "never slower than the cadence"
+        );
+        assert_eq!(drain_pause(Duration::from_millis(7), false, interval), None);
     }
 
     #[test]

@@ -44,6 +44,9 @@ pub struct Metrics {
     pub store_up: Gauge,
     /// Counters waiting in the write-behind buffer.
     pub buffer_keys: Gauge,
+    /// The most counters the buffer holds (`TALLY_BUFFER_CAPACITY`): with
+    /// `buffer_keys`, how full it is.
+    pub buffer_capacity: Gauge,
     /// Age of the oldest operation in the batch at the last flush attempt.
     pub buffer_oldest_age: Gauge<f64, AtomicU64>,
     /// Async operations by what happened to them (`buffered`, `applied_sync`, `rejected`).
@@ -83,6 +86,8 @@ impl Metrics {
         registry.register("store_up", "1 while the store answers readiness probes", store_up.clone());
         let buffer_keys = Gauge::default();
         registry.register("buffer_keys", "Counters waiting in the write-behind buffer", buffer_keys.clone());
+        let buffer_capacity = Gauge::default();
+        registry.register("buffer_capacity", "Most counters the write-behind buffer holds", buffer_capacity.clone());
         let async_ops: Family<Labels, Counter> = Family::default();
         registry.register("async_operations", "Async operations by outcome", async_ops.clone());
         let async_lost: Family<Labels, Counter> = Family::default();
@@ -151,6 +156,7 @@ impl Metrics {
             store_up,
             buffer_keys,
             buffer_oldest_age,
+            buffer_capacity,
             async_ops,
             async_lost,
             idempotency_replays,

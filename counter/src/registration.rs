@@ -11,7 +11,7 @@ use tally_runtime::consul::{Check, Consul, ConsulError, Registration};
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
-use crate::server::HEALTH_SERVICE;
+use tally_proto::health;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistrationError {
@@ -45,7 +45,10 @@ pub fn start(config: &Config, grpc: SocketAddr) -> Result<Option<Registered>, Re
         tags: config.consul_tags.clone(),
         check: Check {
             grpc_use_tls: config.tls.tls_cert_file.is_some(),
-            grpc: format!("{address}:{}/{HEALTH_SERVICE}", grpc.port()),
+            // The readiness rule (see `admin`): passing while it takes
+            // writes of some kind, so async writes reach it during a store
+            // outage; gateways check the store-dependent service themselves.
+            grpc: format!("{address}:{}/{}", grpc.port(), health::ASYNC_WRITES),
             interval: format!("{}s", config.consul_check_interval_s),
             timeout: "2s".into(),
             deregister_critical_service_after: format!("{}s", config.consul_deregister_after_s),

@@ -6,6 +6,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+use tally_proto::health;
 
 use tally_proto::v1::counter_service_server::CounterServiceServer;
 use tally_runtime::http::HttpLimits;
@@ -30,9 +31,6 @@ const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Largest gRPC request head (metadata), in bytes.
 const GRPC_MAX_HEADER_BYTES: u32 = 16 * 1024;
-
-/// The grpc.health.v1 service name that reports whether counters can be served.
-pub const HEALTH_SERVICE: &str = "tally.counter.v1.CounterService";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -73,9 +71,10 @@ pub async fn run(config: Config) -> Result<(), StartupError> {
     let (reporter, health_service) = tonic_health::server::health_reporter();
     // Known but NOT_SERVING until the first store probe, so an early
     // health check or watch gets an answer rather than NOT_FOUND.
-    for service in ["", HEALTH_SERVICE] {
+    for service in ["", health::COUNTER_SERVICE] {
         reporter.set_service_status(service, ServingStatus::NotServing).await;
     }
+    reporter.set_service_status(health::ASYNC_WRITES, ServingStatus::Serving).await;
 
     let admin_app = admin::router(readiness.clone(), metrics.clone());
     let mut admin_stop = shutdown_rx.clone();
@@ -221,9 +220,10 @@ async fn all_up(stores: &[StoreOn]) -> Result<(), String> {
 }
 
 /// Probes the stores (the control thread's and each worker's) and publishes
-/// the result to /ready, grpc.health.v1 and the `store_up` gauge: ready
-/// only when every one answers, so no worker takes requests it would fail.
-/// Reports NOT_SERVING once shutdown begins.
+/// the result to grpc.health.v1 ([`health::COUNTER_SERVICE`]), /ready's body and the
+/// `store_up` gauge: up only when every one answers, so no worker takes
+/// requests it would fail. Reports NOT_SERVING (also for
+/// [`health::ASYNC_WRITES`]) once shutdown begins.
 async fn health_loop(
     stores: Vec<StoreOn>,
     readiness: Arc<Readiness>,
@@ -241,7 +241,7 @@ async fn health_loop(
         if last != Some(up) {
             let status = if up { ServingStatus::Serving } else { ServingStatus::NotServing };
             reporter.set_service_status("", status).await;
-            reporter.set_service_status(HEALTH_SERVICE, status).await;
+            reporter.set_service_status(health::COUNTER_SERVICE, status).await;
             match &probed {
                 Ok(()) => tracing::info!(store = stores[0].store.kind(), up, "store readiness changed"),
                 Err(reason) if *shutdown.borrow() => {
@@ -257,6 +257,7 @@ async fn health_loop(
             _ = shutdown.changed() => {}
         }
         if *shutdown.borrow() && last == Some(false) {
+            reporter.set_service_status(health::ASYNC_WRITES, ServingStatus::NotServing).await;
             return;
         }
     }

@@ -8,6 +8,18 @@ pub mod validate;
 
 pub use validate::{CounterKey, InvalidInput, limits};
 
+/// The `grpc.health.v1` service names a counter reports, which gateways
+/// (and Consul's check) ask.
+pub mod health {
+    /// Whether counters can be served: reads and sync writes, which need
+    /// the store. SERVING while the store answers.
+    pub const COUNTER_SERVICE: &str = "tally.counter.v1.CounterService";
+    /// Whether async writes are taken: SERVING from start until shutdown,
+    /// store up or not (the write-behind buffer holds them until the store
+    /// answers again).
+    pub const ASYNC_WRITES: &str = "tally.counter.v1.CounterService.AsyncWrites";
+}
+
 /// Generated code for package `tally.counter.v1`.
 pub mod v1 {
     tonic::include_proto!("tally.counter.v1");

@@ -71,6 +71,8 @@ pub struct RedisServer {
     /// Closing it tells the watchdog to kill redis-server.
     watchdog: Option<ChildStdin>,
     _log: LogTail,
+    /// The arguments it was started with beyond the defaults, for a restart.
+    extra: Vec<String>,
 }
 
 impl RedisServer {
@@ -119,7 +121,8 @@ impl RedisServer {
         let up = log.wait_for(&format!("redis-server on {port}"), |l| {
             l.contains("Ready to accept connections") || l.contains("Address already in use")
         });
-        let server = RedisServer { port, pid, child, watchdog: Some(stdin), _log: log };
+        let extra = extra.iter().map(|s| s.to_string()).collect();
+        let server = RedisServer { port, pid, child, watchdog: Some(stdin), _log: log, extra };
         // Dropped when a port was taken: the watchdog kills what is left.
         (!up.contains("Address already in use")).then_some(server)
     }
@@ -137,6 +140,30 @@ impl RedisServer {
     /// Kills redis-server and waits until it is gone (its port is free again).
     pub fn kill(self) {
         drop(self);
+    }
+
+    /// Kills it (SIGKILL: no shutdown save) and starts it again on the same
+    /// port with the same arguments, as a crash and a restart would; with
+    /// `--appendonly yes --appendfsync always` it comes back with every
+    /// write it acknowledged.
+    pub fn restarted(self) -> RedisServer {
+        self.restarted_after(Duration::ZERO)
+    }
+
+    /// [`RedisServer::restarted`], down for `down` between the kill and the start.
+    pub fn restarted_after(self, down: Duration) -> RedisServer {
+        let (port, extra) = (self.port, self.extra.clone());
+        drop(self);
+        thread::sleep(down); // the outage itself
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        RedisServer::start_on(port, &extra)
+    }
+
+    /// Arguments that make a server keep every acknowledged write across a
+    /// crash (an fsync'ed append-only file in `dir`).
+    pub fn durable_args(dir: &Path) -> Vec<String> {
+        let dir = dir.to_string_lossy().to_string();
+        ["--appendonly", "yes", "--appendfsync", "always", "--dir", &dir].map(String::from).to_vec()
     }
 
     pub fn cli(&self, args: &[&str]) -> String {
@@ -167,6 +194,18 @@ pub struct RedisCluster {
 impl RedisCluster {
     pub fn start() -> RedisCluster {
         Self::start_with(|_| Vec::new())
+    }
+
+    /// A cluster whose nodes keep every acknowledged write across a crash
+    /// ([`RedisServer::durable_args`], a directory per node under `dir`),
+    /// so a node can be restarted ([`RedisServer::restarted`]) with its
+    /// data and its cluster configuration.
+    pub fn start_durable(dir: &Path) -> RedisCluster {
+        Self::start_with(|port| {
+            let node_dir = dir.join(port.to_string());
+            std::fs::create_dir_all(&node_dir).expect("node directory");
+            RedisServer::durable_args(&node_dir)
+        })
     }
 
     /// A cluster whose nodes also serve TLS with `certs`' server certificate

@@ -3,6 +3,8 @@
 //! topology changes.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::future::join_all;
@@ -10,7 +12,6 @@ use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
 use redis::{RedisResult, Value};
 use tally_proto::CounterKey;
-use tokio::sync::OnceCell;
 
 use super::batch::{self, BatchOutcome};
 use super::ordered::{each_outcomes, each_pipeline};
@@ -20,7 +21,14 @@ use super::{Cmd, IdempotentOutcome, IncrOutcome, KeyedCmd, Listing, StoreError, 
 
 pub struct ClusterStore {
     client: ClusterClient,
-    conn: OnceCell<ClusterConnection>,
+    /// The shared connection and its generation; `None` until first use.
+    conn: Arc<Mutex<Option<(ClusterConnection, u64)>>>,
+    /// Held while the first connection is made, so one caller makes it.
+    connecting: tokio::sync::Mutex<()>,
+    /// Set while a replacement connection is being made in the background.
+    reconnecting: Arc<AtomicBool>,
+    /// Limit on making a connection (the library's own can hang).
+    connect_timeout: Duration,
 }
 
 impl ClusterStore {
@@ -43,28 +51,78 @@ impl ClusterStore {
             }
         }
         let client = builder.build().map_err(|e| StoreError::config(format!("TALLY_STORE (Redis Cluster): {e}")))?;
-        Ok(ClusterStore { client, conn: OnceCell::new() })
+        Ok(ClusterStore {
+            client,
+            conn: Arc::default(),
+            connecting: tokio::sync::Mutex::new(()),
+            reconnecting: Arc::default(),
+            connect_timeout: options.timeouts.connect * 2,
+        })
     }
 
-    /// The shared connection, created on first use so the counter can start
-    /// before the cluster is reachable.
-    async fn conn(&self) -> Result<ClusterConnection, StoreError> {
-        self.conn
-            .get_or_try_init(|| self.client.get_async_connection())
-            .await
-            .cloned()
-            .map_err(|e| StoreError::NotApplied(format!("connecting to the cluster: {e}")))
+    /// The shared connection and its generation, made on first use (so the
+    /// counter can start before the cluster is reachable).
+    async fn conn(&self) -> Result<(ClusterConnection, u64), StoreError> {
+        if let Some(current) = self.current() {
+            return Ok(current);
+        }
+        let _connecting = self.connecting.lock().await;
+        if let Some(current) = self.current() {
+            return Ok(current);
+        }
+        let conn = connect(&self.client, self.connect_timeout).await?;
+        *lock(&self.conn) = Some((conn.clone(), 1));
+        Ok((conn, 1))
+    }
+
+    /// After a call on connection `generation` failed short of an answer
+    /// (timed out, connection lost, cluster down), makes a fresh connection
+    /// in the background — at most one attempt a second — and swaps it in
+    /// once it works; calls go on over the current one meanwhile, so a
+    /// stalled node does not cost the healthy ones their connection. The
+    /// library reconnects by itself in most cases, but a node killed and
+    /// restarted on the same address was measured to leave its slots timing
+    /// out for good; a fresh connection (with a fresh view of the slots)
+    /// heals that. Refusals of a command keep the connection as it is.
+    fn check<'a>(&self, generation: u64, errors: impl IntoIterator<Item = Option<&'a StoreError>>) {
+        let broken =
+            errors.into_iter().flatten().any(|e| matches!(e, StoreError::Unknown(_) | StoreError::NotApplied(_)));
+        if !broken || self.reconnecting.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (client, slot, reconnecting, limit) =
+            (self.client.clone(), self.conn.clone(), self.reconnecting.clone(), self.connect_timeout);
+        tokio::spawn(async move {
+            match connect(&client, limit).await {
+                Ok(fresh) => {
+                    let mut slot = lock(&slot);
+                    if slot.as_ref().is_some_and(|(_, current)| *current == generation) {
+                        tracing::info!(generation = generation + 1, "reconnected to the Redis Cluster");
+                        *slot = Some((fresh, generation + 1));
+                    }
+                }
+                Err(err) => {
+                    tracing::warn!(%err, "reconnecting to the Redis Cluster failed; the current connection stays")
+                }
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            reconnecting.store(false, Ordering::Release);
+        });
+    }
+
+    fn current(&self) -> Option<(ClusterConnection, u64)> {
+        lock(&self.conn).clone()
     }
 
     pub async fn incr(&self, cmds: &[Cmd<'_>]) -> Vec<IncrOutcome> {
-        let conn = match self.conn().await {
+        let (conn, generation) = match self.conn().await {
             Ok(conn) => conn,
             Err(err) => return vec![IncrOutcome::Failed(err); cmds.len()],
         };
         let groups = by_slot(cmds.iter().map(|(key, _)| *key));
         let groups: Vec<&[usize]> = groups.values().map(Vec::as_slice).collect();
         let missing = IncrOutcome::Failed(StoreError::Unknown("no reply".into()));
-        scatter(&groups, cmds.len(), missing, |_, indices| {
+        let outcomes = scatter(&groups, cmds.len(), missing, |_, indices| {
             let mut conn = conn.clone();
             let pipe = incr_pipeline(indices.iter().map(|&i| &cmds[i]));
             async move {
@@ -74,11 +132,13 @@ impl ClusterStore {
                 }
             }
         })
-        .await
+        .await;
+        self.check(generation, outcomes.iter().map(|o| if let IncrOutcome::Failed(e) = o { Some(e) } else { None }));
+        outcomes
     }
 
     pub async fn incr_batch_once(&self, batch_id: &str, cmds: &[Cmd<'_>], marker_ttl: Duration) -> Vec<BatchOutcome> {
-        let conn = match self.conn().await {
+        let (conn, generation) = match self.conn().await {
             Ok(conn) => conn,
             Err(err) => return vec![BatchOutcome::Failed(err); cmds.len()],
         };
@@ -87,23 +147,25 @@ impl ClusterStore {
         let missing = BatchOutcome::Failed(StoreError::Unknown("no reply".into()));
         // Chunk numbers follow the deterministic slot/chunk order, so a resend
         // of the same commands claims the same markers.
-        scatter(&chunks, cmds.len(), missing, |chunk_no, chunk| {
+        let outcomes = scatter(&chunks, cmds.len(), missing, |chunk_no, chunk| {
             let mut conn = conn.clone();
             let chunk_cmds: Vec<&Cmd<'_>> = chunk.iter().map(|&i| &cmds[i]).collect();
             async move { batch::apply_chunk(&mut conn, batch_id, chunk_no, &chunk_cmds, marker_ttl).await }
         })
-        .await
+        .await;
+        self.check(generation, outcomes.iter().map(|o| if let BatchOutcome::Failed(e) = o { Some(e) } else { None }));
+        outcomes
     }
 
     pub async fn apply_ordered(&self, cmds: &[KeyedCmd<'_>], retention: Duration) -> Vec<IdempotentOutcome> {
-        let conn = match self.conn().await {
+        let (conn, generation) = match self.conn().await {
             Ok(conn) => conn,
             Err(err) => return vec![IdempotentOutcome::Failed(err); cmds.len()],
         };
         let groups = by_slot(cmds.iter().map(|(key, _, _)| *key));
         let groups: Vec<&[usize]> = groups.values().map(Vec::as_slice).collect();
         let missing = IdempotentOutcome::Failed(StoreError::Unknown("no reply".into()));
-        scatter(&groups, cmds.len(), missing, |_, indices| {
+        let outcomes = scatter(&groups, cmds.len(), missing, |_, indices| {
             let mut conn = conn.clone();
             let pipe = each_pipeline(indices.iter().map(|&i| &cmds[i]), retention);
             async move {
@@ -113,17 +175,22 @@ impl ClusterStore {
                 }
             }
         })
-        .await
+        .await;
+        let errors = outcomes.iter().map(|o| if let IdempotentOutcome::Failed(e) = o { Some(e) } else { None });
+        self.check(generation, errors);
+        outcomes
     }
 
     /// One script on the resource's slot (redis-rs routes it by its key).
     pub async fn get_resource(&self, resource_id: &str) -> Result<Listing, StoreError> {
-        let mut conn = self.conn().await?;
-        super::resource::list(&mut conn, resource_id).await
+        let (mut conn, generation) = self.conn().await?;
+        let listing = super::resource::list(&mut conn, resource_id).await;
+        self.check(generation, [listing.as_ref().err()]);
+        listing
     }
 
     pub async fn get(&self, keys: &[CounterKey]) -> Result<Vec<i64>, StoreError> {
-        let conn = self.conn().await?;
+        let (conn, generation) = self.conn().await?;
         let groups = by_slot(keys.iter());
         let replies = join_all(groups.values().map(|indices| {
             let mut conn = conn.clone();
@@ -133,7 +200,9 @@ impl ClusterStore {
         .await;
         let mut result = vec![0; keys.len()];
         for (indices, group) in groups.values().zip(replies) {
-            let group = group.map_err(|e| StoreError::from_redis(&e))?;
+            let group = group.map_err(|e| StoreError::from_redis(&e));
+            self.check(generation, [group.as_ref().err()]);
+            let group = group?;
             for (&i, value) in indices.iter().zip(group) {
                 result[i] = value.unwrap_or(0);
             }
@@ -141,10 +210,26 @@ impl ClusterStore {
         Ok(result)
     }
 
+    /// Also heals: a failed probe drops a broken connection (see
+    /// [`ClusterStore::check`]), so the next probe or call reconnects.
     pub async fn ping(&self) -> Result<(), StoreError> {
-        let mut conn = self.conn().await?;
-        redis::cmd("PING").query_async::<()>(&mut conn).await.map_err(|e| StoreError::from_redis(&e))
+        let (mut conn, generation) = self.conn().await?;
+        let pong = redis::cmd("PING").query_async::<()>(&mut conn).await.map_err(|e| StoreError::from_redis(&e));
+        self.check(generation, [pong.as_ref().err()]);
+        pong
     }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// A new connection to the cluster, within `limit`.
+async fn connect(client: &ClusterClient, limit: Duration) -> Result<ClusterConnection, StoreError> {
+    tokio::time::timeout(limit, client.get_async_connection())
+        .await
+        .map_err(|_| StoreError::NotApplied("connecting to the cluster: timed out".into()))?
+        .map_err(|e| StoreError::NotApplied(format!("connecting to the cluster: {e}")))
 }
 
 /// Runs `run(group number, command indices)` for every group concurrently

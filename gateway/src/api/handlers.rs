@@ -291,14 +291,17 @@ pub async fn health() -> impl IntoResponse {
     })
 }
 
-/// Ready while at least one counter endpoint is warm and healthy.
+/// Ready while at least one counter endpoint is warm and takes calls of
+/// some kind: healthy, or taking async writes while its store is down (so
+/// async writes still reach the gateway during a store outage).
 pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
     let backends = state.counter.backends();
-    let healthy = backends.healthy_count();
-    let status = if healthy > 0 { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let usable = backends.usable_count();
+    let status = if usable > 0 { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     let body = json!({
-        "status": if healthy > 0 { "ready" } else { "not_ready" },
-        "healthy_endpoints": healthy,
+        "status": if usable > 0 { "ready" } else { "not_ready" },
+        "healthy_endpoints": backends.healthy_count(),
+        "async_only_endpoints": usable - backends.healthy_count().min(usable),
         "endpoints": backends.all().len(),
     });
     (status, Json(body))
@@ -314,6 +317,7 @@ pub async fn backends(State(state): State<AppState>) -> impl IntoResponse {
             json!({
                 "address": b.name,
                 "healthy": b.is_healthy(),
+                "takes_async_writes": b.takes_async(),
                 "pool_size": b.pool_size(),
                 "in_flight": b.in_flight(),
                 "weight": b.weight,

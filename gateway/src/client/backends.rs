@@ -13,6 +13,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+use tally_proto::health;
 use tally_runtime::redact;
 
 use tally_proto::v1::counter_service_client::CounterServiceClient;
@@ -41,8 +42,16 @@ fn dial_uri(uri: &str, tls: bool) -> Result<String, &'static str> {
     }
 }
 
-/// The gRPC service name whose health decides whether an endpoint takes traffic.
-pub const HEALTH_SERVICE: &str = "tally.counter.v1.CounterService";
+/// What a call needs of an endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Need {
+    /// Its store: reads and sync writes (`grpc.health.v1` service
+    /// [`health::COUNTER_SERVICE`] SERVING).
+    Store,
+    /// Only its write-behind buffer: async batches, which a counter takes
+    /// while its store is down ([`health::ASYNC_WRITES`] SERVING).
+    AsyncWrites,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
@@ -64,6 +73,7 @@ pub struct Backend {
     pools: Vec<Vec<Channel>>,
     next_channel: AtomicUsize,
     healthy: AtomicBool,
+    takes_async: AtomicBool,
     in_flight: AtomicUsize,
     /// Calls the balancer sent here (every attempt counts).
     picks: AtomicU64,
@@ -108,6 +118,7 @@ impl Backend {
             pools,
             next_channel: AtomicUsize::new(0),
             healthy: AtomicBool::new(false),
+            takes_async: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
             picks: AtomicU64::new(0),
             opened: AtomicU64::new(0),
@@ -127,8 +138,22 @@ impl Backend {
         CounterServiceClient::new(self.channel())
     }
 
+    /// Whether its store-backed service is SERVING (reads, sync writes).
     pub fn is_healthy(&self) -> bool {
         self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Whether it takes async writes (possibly with its store down).
+    pub fn takes_async(&self) -> bool {
+        self.takes_async.load(Ordering::Relaxed)
+    }
+
+    /// Whether its last health check says it can serve a call that needs `need`.
+    pub fn serves(&self, need: Need) -> bool {
+        match need {
+            Need::Store => self.is_healthy(),
+            Need::AsyncWrites => self.is_healthy() || self.takes_async(),
+        }
     }
 
     /// Connections to this endpoint, every worker's pool counted.
@@ -157,10 +182,10 @@ impl Backend {
         InFlight(self.clone())
     }
 
-    /// Asks the endpoint's grpc.health.v1 whether the counter service is SERVING.
-    async fn check(&self, timeout: Duration) -> bool {
+    /// Asks the endpoint's grpc.health.v1 whether `service` is SERVING.
+    async fn check(&self, service: &str, timeout: Duration) -> bool {
         let mut health = HealthClient::new(self.channel());
-        let request = HealthCheckRequest { service: HEALTH_SERVICE.to_string() };
+        let request = HealthCheckRequest { service: service.to_string() };
         match tokio::time::timeout(timeout, health.check(request)).await {
             Ok(Ok(response)) => response.into_inner().status == ServingStatus::Serving as i32,
             _ => false,
@@ -236,6 +261,12 @@ impl Backends {
         self.list.load().iter().filter(|b| b.is_healthy()).count()
     }
 
+    /// Endpoints that take some kind of call: healthy, or taking async
+    /// writes with their store down.
+    pub fn usable_count(&self) -> usize {
+        self.list.load().iter().filter(|b| b.serves(Need::AsyncWrites)).count()
+    }
+
     /// Replaces the set of endpoints. Endpoints already known keep their
     /// pool, health and breaker; new ones start unwarmed (they take traffic
     /// after their first health check); removed ones drain. A malformed
@@ -277,17 +308,17 @@ impl Backends {
 
     /// An endpoint chosen by the balancing policy among the usable ones
     /// (`None` when none is), not `avoid` (the endpoint a retry just failed
-    /// on) while another usable endpoint exists. Usable: healthy, and
-    /// its breaker lets the call through (a half-open breaker hands out its
-    /// probe slots here).
-    pub fn pick_avoiding(&self, avoid: Option<&Arc<Backend>>) -> Option<Arc<Backend>> {
+    /// on) while another usable endpoint exists. Usable: it serves what the
+    /// call needs (see [`Need`]), and its breaker lets the call through (a
+    /// half-open breaker hands out its probe slots here).
+    pub fn pick_avoiding(&self, avoid: Option<&Arc<Backend>>, need: Need) -> Option<Arc<Backend>> {
         let now = Instant::now();
         let ticket = self.next.fetch_add(1, Ordering::Relaxed);
         let list = self.list.load();
         let candidates: Vec<Candidate> = list
             .iter()
             .enumerate()
-            .filter(|(_, b)| b.is_healthy() && b.breaker.admits(now))
+            .filter(|(_, b)| b.serves(need) && b.breaker.admits(now))
             .map(|(index, b)| Candidate { index, in_flight: b.in_flight(), weight: b.weight })
             .collect();
         let order = balance::order(self.policy, &candidates, ticket);
@@ -319,9 +350,14 @@ impl Backends {
     pub async fn health_loop(self: Arc<Self>, interval: Duration, timeout: Duration) {
         loop {
             for backend in self.all().iter() {
-                let healthy = backend.check(timeout).await;
+                let healthy = backend.check(health::COUNTER_SERVICE, timeout).await;
+                // A healthy counter takes async writes too: one call, not two.
+                let takes_async = healthy || backend.check(health::ASYNC_WRITES, timeout).await;
                 if backend.healthy.swap(healthy, Ordering::Relaxed) != healthy {
                     tracing::info!(endpoint = %backend.name, healthy, "counter endpoint health changed");
+                }
+                if backend.takes_async.swap(takes_async, Ordering::Relaxed) != takes_async {
+                    tracing::info!(endpoint = %backend.name, takes_async, "counter endpoint async writes changed");
                 }
             }
             tokio::time::sleep(interval).await;
@@ -424,6 +460,6 @@ mod tests {
         assert!(matches!(Backends::new(&["not a uri".into()], &settings), Err(BackendError::InvalidUri { .. })));
         let ok = Backends::new(&["http://127.0.0.1:1".into()], &settings).expect("valid");
         assert_eq!(ok.all()[0].pool_size(), settings.pool_size);
-        assert!(ok.pick_avoiding(None).is_none(), "not warmed up yet");
+        assert!(ok.pick_avoiding(None, Need::Store).is_none(), "not warmed up yet");
     }
 }

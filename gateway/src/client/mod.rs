@@ -31,7 +31,7 @@ use tracing::Instrument;
 
 use crate::metrics::Metrics;
 use crate::spans;
-use backends::Backends;
+use backends::{Backends, Need};
 use balance::Policy;
 use breaker::BreakerSettings;
 use coalesce::CallSlots;
@@ -156,7 +156,14 @@ impl Counter {
     /// Runs one call on a healthy endpoint, counting it in flight and in
     /// metrics, and sends it again (to another endpoint where there is one)
     /// when [`retry::may_retry`] allows and the retry budget has room.
-    async fn call<R, T, F, Fut>(&self, method: &'static str, kind: CallKind, request: &R, f: F) -> Result<T, CallError>
+    async fn call<R, T, F, Fut>(
+        &self,
+        method: &'static str,
+        kind: CallKind,
+        need: Need,
+        request: &R,
+        f: F,
+    ) -> Result<T, CallError>
     where
         R: Clone,
         F: Fn(CounterServiceClient<Channel>, tonic::Request<R>) -> Fut,
@@ -167,7 +174,7 @@ impl Counter {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let backend = self.backends.pick_avoiding(previous.as_ref()).ok_or(CallError::NoBackend)?;
+            let backend = self.backends.pick_avoiding(previous.as_ref(), need).ok_or(CallError::NoBackend)?;
             let span = spans::rpc_client(method, backend.name.as_str(), attempt);
             let mut request = tonic::Request::new(request.clone());
             spans::inject(&span, &mut request);
@@ -203,13 +210,17 @@ impl Counter {
 
     pub async fn increment(&self, request: IncrementRequest) -> Result<Applied, CallError> {
         let kind = CallKind::Write { idempotent: !request.idempotency_key.is_empty() };
-        let response = self.call("Increment", kind, &request, |mut c, r| async move { c.increment(r).await }).await?;
+        let response =
+            self.call("Increment", kind, Need::Store, &request, |mut c, r| async move { c.increment(r).await }).await?;
         Ok(Applied { value: response.current_value, replayed: response.replayed })
     }
 
     pub async fn batch_increment(&self, request: BatchIncrementRequest) -> Result<BatchIncrementResponse, CallError> {
         let idempotent = request.operations.iter().all(|op| !op.idempotency_key.is_empty());
-        self.call("BatchIncrement", CallKind::Write { idempotent }, &request, |mut c, r| async move {
+        // An async batch only needs the counter's buffer, which takes it
+        // while the counter's store is down.
+        let need = if request.r#async { Need::AsyncWrites } else { Need::Store };
+        self.call("BatchIncrement", CallKind::Write { idempotent }, need, &request, |mut c, r| async move {
             c.batch_increment(r).await
         })
         .await
@@ -219,19 +230,27 @@ impl Counter {
     /// failure only when it carries an idempotency key.
     pub async fn reset(&self, request: ResetRequest) -> Result<ResetResponse, CallError> {
         let kind = CallKind::Write { idempotent: !request.idempotency_key.is_empty() };
-        self.call("Reset", kind, &request, |mut c, r| async move { c.reset(r).await }).await
+        self.call("Reset", kind, Need::Store, &request, |mut c, r| async move { c.reset(r).await }).await
     }
 
     pub async fn get_resource(&self, request: GetResourceRequest) -> Result<GetResourceResponse, CallError> {
-        self.call("GetResource", CallKind::Read, &request, |mut c, r| async move { c.get_resource(r).await }).await
+        self.call(
+            "GetResource",
+            CallKind::Read,
+            Need::Store,
+            &request,
+            |mut c, r| async move { c.get_resource(r).await },
+        )
+        .await
     }
 
     pub async fn get(&self, request: GetRequest) -> Result<GetResponse, CallError> {
-        self.call("Get", CallKind::Read, &request, |mut c, r| async move { c.get(r).await }).await
+        self.call("Get", CallKind::Read, Need::Store, &request, |mut c, r| async move { c.get(r).await }).await
     }
 
     pub async fn batch_get(&self, request: BatchGetRequest) -> Result<BatchGetResponse, CallError> {
-        self.call("BatchGet", CallKind::Read, &request, |mut c, r| async move { c.batch_get(r).await }).await
+        self.call("BatchGet", CallKind::Read, Need::Store, &request, |mut c, r| async move { c.batch_get(r).await })
+            .await
     }
 }
 
