@@ -89,6 +89,36 @@ async fn sigterm_waits_for_a_store_that_comes_back() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_in_an_outage_logs_every_unconfirmed_delta_at_the_deadline() {
+    let redis = RedisServer::start();
+    let mut env = HOLD_BUFFER.to_vec();
+    env.push(("TALLY_SHUTDOWN_TIMEOUT_MS", "1500"));
+    let counter = common::start_counter(&redis.url(), &env);
+    let prefix = unique("deadline");
+    let expected = send_async_load(&counter, &prefix).await;
+
+    // Redis is gone for good: the drain retries until the deadline, then
+    // every acknowledged delta it could not apply is logged, not dropped silently.
+    redis.kill();
+    counter.signal("-TERM");
+    let (status, log) = tokio::task::spawn_blocking(move || counter.wait()).await.expect("wait");
+    assert!(status.success(), "exit status {status:?}");
+    let unconfirmed: Vec<&String> = log.iter().filter(|l| l.contains("not confirmed applied")).collect();
+    let mut logged: HashMap<String, i64> = HashMap::new();
+    for line in &unconfirmed {
+        let field = |name: &str| {
+            line.split_whitespace()
+                .find_map(|f| f.strip_prefix(&format!("{name}=")))
+                .map(|v| v.trim_matches('"').to_string())
+        };
+        let key = field("key").expect("the line names the counter");
+        let delta: i64 = field("delta").and_then(|d| d.parse().ok()).expect("the line says the delta");
+        *logged.entry(key.trim_end_matches("/views").to_string()).or_default() += delta;
+    }
+    assert_eq!(logged, expected, "every acknowledged delta is in the log, once");
+}
+
 async fn health_status(counter: &CounterProcess) -> tonic::Streaming<tonic_health::pb::HealthCheckResponse> {
     let channel = tonic::transport::Endpoint::from_shared(counter.grpc_endpoint()).expect("endpoint").connect().await;
     let mut health = HealthClient::new(channel.expect("connect"));
