@@ -214,7 +214,7 @@ impl RpcMetrics {
             self.ok.inc_by(calls);
         } else {
             self.requests
-                .get_or_create(&[("method", self.method), ("code", crate::status::code_label(code))])
+                .get_or_create(&[("method", self.method), ("code", tally_proto::contract::code_label(code))])
                 .inc_by(calls);
         }
         for _ in 0..calls {

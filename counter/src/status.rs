@@ -2,15 +2,12 @@
 //! the same failure the same way (docs/api.md, the gRPC API's errors).
 
 use tally_proto::InvalidInput;
+use tally_proto::contract::WriteOutcome;
 use tally_proto::v1::OperationError;
-use tonic::{Code, Status};
+use tonic::Status;
 
 use crate::commit::OpResult;
 use crate::store::StoreError;
-
-/// Trailer telling a client whether a failed write may have been applied:
-/// `not-applied` (safe to retry) or `unknown` (retry only with an idempotency key).
-pub const WRITE_OUTCOME_HEADER: &str = "tally-write-outcome";
 
 pub fn invalid(err: InvalidInput) -> Status {
     Status::invalid_argument(err.to_string())
@@ -21,8 +18,8 @@ pub fn store(err: &StoreError) -> Status {
         StoreError::Rejected(_) => Status::failed_precondition(err.to_string()),
         _ => Status::unavailable(err.to_string()),
     };
-    let outcome = if err.is_not_applied() { "not-applied" } else { "unknown" };
-    status.metadata_mut().insert(WRITE_OUTCOME_HEADER, tonic::metadata::MetadataValue::from_static(outcome));
+    let outcome = if err.is_not_applied() { WriteOutcome::NotApplied } else { WriteOutcome::Unknown };
+    outcome.mark(&mut status);
     status
 }
 
@@ -49,7 +46,7 @@ pub fn all_failed(results: &[OpResult]) -> Option<Status> {
 /// so a gateway may send it to another counter.
 pub fn not_submitted(err: crate::commit::SubmitError) -> Status {
     let mut status = Status::unavailable(err.to_string());
-    status.metadata_mut().insert(WRITE_OUTCOME_HEADER, tonic::metadata::MetadataValue::from_static("not-applied"));
+    WriteOutcome::NotApplied.mark(&mut status);
     status
 }
 
@@ -78,35 +75,13 @@ pub fn to_operation_error(status: &Status) -> OperationError {
     OperationError { code: status.code() as i32, message: status.message().to_string() }
 }
 
-/// The `code` label of request metrics, as grpc-go and grpc-prometheus spell it.
-pub fn code_label(code: Code) -> &'static str {
-    match code {
-        Code::Ok => "OK",
-        Code::Cancelled => "Canceled",
-        Code::Unknown => "Unknown",
-        Code::InvalidArgument => "InvalidArgument",
-        Code::DeadlineExceeded => "DeadlineExceeded",
-        Code::NotFound => "NotFound",
-        Code::AlreadyExists => "AlreadyExists",
-        Code::PermissionDenied => "PermissionDenied",
-        Code::ResourceExhausted => "ResourceExhausted",
-        Code::FailedPrecondition => "FailedPrecondition",
-        Code::Aborted => "Aborted",
-        Code::OutOfRange => "OutOfRange",
-        Code::Unimplemented => "Unimplemented",
-        Code::Internal => "Internal",
-        Code::Unavailable => "Unavailable",
-        Code::DataLoss => "DataLoss",
-        Code::Unauthenticated => "Unauthenticated",
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tonic::Code;
 
     fn outcome(status: &Status) -> &str {
-        status.metadata().get(WRITE_OUTCOME_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("")
+        WriteOutcome::of(status).map_or("", WriteOutcome::as_str)
     }
 
     #[test]

@@ -179,7 +179,8 @@ impl Metrics {
     }
 
     pub fn observe_upstream(&self, method: &'static str, code: tonic::Code, elapsed: Duration) {
-        self.upstream_requests.get_or_create(&[("method", method.into()), ("code", format!("{code:?}"))]).inc();
+        let code = tally_proto::contract::code_label(code);
+        self.upstream_requests.get_or_create(&[("method", method.into()), ("code", code.into())]).inc();
         self.upstream_duration.get_or_create(&[("method", method.into())]).observe(elapsed.as_secs_f64());
     }
 

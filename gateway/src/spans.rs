@@ -9,7 +9,7 @@ use tracing::Span;
 use tracing::field::Empty;
 
 /// The gRPC service the counters implement.
-const RPC_SERVICE: &str = "tally.counter.v1.CounterService";
+const RPC_SERVICE: &str = tally_proto::contract::SERVICE_NAME;
 
 /// The server span of one HTTP request, continuing the caller's trace when
 /// the request carries `traceparent`; whether the caller's sampled flag

@@ -2,6 +2,7 @@
 //! enforces, kept together so the gateway and the counter can never disagree
 //! on what a valid counter is.
 
+pub mod contract;
 mod fields;
 pub mod json;
 pub mod validate;
@@ -13,7 +14,7 @@ pub use validate::{CounterKey, InvalidInput, limits};
 pub mod health {
     /// Whether counters can be served: reads and sync writes, which need
     /// the store. SERVING while the store answers.
-    pub const COUNTER_SERVICE: &str = "tally.counter.v1.CounterService";
+    pub const COUNTER_SERVICE: &str = crate::contract::SERVICE_NAME;
     /// Whether async writes are taken: SERVING from start until shutdown,
     /// store up or not (the write-behind buffer holds them until the store
     /// answers again).

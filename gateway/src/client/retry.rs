@@ -7,6 +7,7 @@
 //! (then the store applies it at most once). Reads are resent freely.
 
 use std::time::Duration;
+use tally_proto::contract::WriteOutcome;
 
 use tonic::{Code, Status};
 use tower::retry::budget::{Budget, TpsBudget};
@@ -41,8 +42,11 @@ pub fn classify(status: &Status) -> Failure {
         }
         _ => {}
     }
-    let counter_says = status.metadata().get("tally-write-outcome").and_then(|v| v.to_str().ok());
-    if counter_says == Some("not-applied") || connection_refused(status) { Failure::NotSent } else { Failure::Unknown }
+    if WriteOutcome::of(status) == Some(WriteOutcome::NotApplied) || connection_refused(status) {
+        Failure::NotSent
+    } else {
+        Failure::Unknown
+    }
 }
 
 /// True when the error chain ends in "connection refused": nothing was sent.
@@ -98,9 +102,9 @@ impl RetryBudget {
 mod tests {
     use super::*;
 
-    fn with_outcome(code: Code, outcome: &'static str) -> Status {
+    fn with_outcome(code: Code, outcome: WriteOutcome) -> Status {
         let mut status = Status::new(code, "x");
-        status.metadata_mut().insert("tally-write-outcome", tonic::metadata::MetadataValue::from_static(outcome));
+        outcome.mark(&mut status);
         status
     }
 
@@ -108,8 +112,8 @@ mod tests {
     fn classification() {
         assert_eq!(classify(&Status::invalid_argument("bad")), Failure::Refused);
         assert_eq!(classify(&Status::out_of_range("overflow")), Failure::Refused);
-        assert_eq!(classify(&with_outcome(Code::Unavailable, "not-applied")), Failure::NotSent);
-        assert_eq!(classify(&with_outcome(Code::Unavailable, "unknown")), Failure::Unknown);
+        assert_eq!(classify(&with_outcome(Code::Unavailable, WriteOutcome::NotApplied)), Failure::NotSent);
+        assert_eq!(classify(&with_outcome(Code::Unavailable, WriteOutcome::Unknown)), Failure::Unknown);
         assert_eq!(classify(&Status::deadline_exceeded("timeout")), Failure::Unknown);
         let refused = Status::from_error(Box::new(std::io::Error::from(std::io::ErrorKind::ConnectionRefused)));
         assert_eq!(classify(&refused), Failure::NotSent);
