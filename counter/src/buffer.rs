@@ -45,6 +45,15 @@ pub struct BufferSettings {
     pub marker_ttl: Duration,
 }
 
+/// What to do with an async batch when the write-behind buffer is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BufferFullPolicy {
+    /// Apply it synchronously (slower, never refused).
+    Sync,
+    /// Refuse it with RESOURCE_EXHAUSTED (HTTP 429) so the client backs off.
+    Reject,
+}
+
 /// The answer to [`WriteBuffer::offer`].
 #[derive(Debug, PartialEq, Eq)]
 pub enum Offer {
@@ -267,7 +276,7 @@ impl WriteBuffer {
             }
             spans::failed(&span, &err);
             tracing::warn!(%err, batch_id = %batch.id, counters = batch.cmds.len(), "flush failed; the batch will be resent");
-            self.metrics.store_errors.get_or_create(&[("kind", crate::commit::error_kind(&err))]).inc();
+            self.metrics.store_errors.get_or_create(&[("kind", err.kind())]).inc();
             pending.in_doubt = Some(batch);
         }
         self.metrics.buffer_keys.set(pending.held() as i64);

@@ -19,7 +19,7 @@ use tally_proto::CounterKey;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError, mpsc, oneshot};
 use tracing::{Instrument, Span};
 
-use crate::coalesce::{plan, values_after};
+use crate::group_sums::{plan, values_after};
 use crate::metrics::Metrics;
 use crate::spans;
 use crate::store::{Change, IdempotentOutcome, IncrOutcome, KeyedCmd, Store, StoreError};
@@ -333,19 +333,9 @@ async fn timed_incr(store: &Store, cmds: &[(&CounterKey, i64)], metrics: &Metric
         IncrOutcome::Failed(err) => Some(err),
         _ => None,
     }) {
-        metrics.store_errors.get_or_create(&[("kind", error_kind(err))]).inc();
+        metrics.store_errors.get_or_create(&[("kind", err.kind())]).inc();
     }
     outcomes
-}
-
-/// The `kind` label of `tally_counter_store_errors_total`.
-pub fn error_kind(err: &StoreError) -> &'static str {
-    match err {
-        StoreError::NotApplied(_) => "not_applied",
-        StoreError::Unknown(_) => "unknown",
-        StoreError::Rejected(_) => "rejected",
-        StoreError::Config(_) => "config",
-    }
 }
 
 #[cfg(test)]

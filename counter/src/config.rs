@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use crate::buffer::BufferFullPolicy;
 use crate::buffer::BufferSettings;
 use crate::commit::CommitSettings;
 use crate::incoming::ConnectionLimits;
-use crate::service::BufferFullPolicy;
 use crate::store::{StoreError, StoreOptions, StoreTimeouts, StoreTls};
 use tally_runtime::consul::ConsulAccess;
 use tally_runtime::http::HttpArgs;

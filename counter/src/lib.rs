@@ -4,9 +4,9 @@
 
 pub mod admin;
 pub mod buffer;
-pub mod coalesce;
 pub mod commit;
 pub mod config;
+pub mod group_sums;
 pub mod incoming;
 pub mod metrics;
 pub mod registration;

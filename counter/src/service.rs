@@ -19,21 +19,12 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::buffer::{Offer, WriteBuffer};
+use crate::buffer::{BufferFullPolicy, Offer, WriteBuffer};
 use crate::commit::{GroupCommitter, Op, OpResult};
 use crate::metrics::Metrics;
 use crate::spans;
 use crate::status;
 use crate::store::{Change, Listing, Store};
-
-/// What to do with an async batch when the write-behind buffer is full.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum BufferFullPolicy {
-    /// Apply it synchronously (slower, never refused).
-    Sync,
-    /// Refuse it with RESOURCE_EXHAUSTED (HTTP 429) so the client backs off.
-    Reject,
-}
 
 #[derive(Clone)]
 pub struct CounterApi {
@@ -228,7 +219,7 @@ impl CounterApi {
 
     /// Counts a failed store read and says why.
     fn read_failed(&self, err: &crate::store::StoreError) -> Status {
-        self.metrics.store_errors.get_or_create(&[("kind", crate::commit::error_kind(err))]).inc();
+        self.metrics.store_errors.get_or_create(&[("kind", err.kind())]).inc();
         status::store(err)
     }
 

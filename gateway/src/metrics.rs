@@ -184,12 +184,8 @@ impl Metrics {
         self.upstream_duration.get_or_create(&[("method", method.into())]).observe(elapsed.as_secs_f64());
     }
 
-    pub fn retry(&self, method: &'static str, failure: crate::client::retry::Failure) {
-        let reason = match failure {
-            crate::client::retry::Failure::NotSent => "not_sent",
-            crate::client::retry::Failure::Unknown => "unknown",
-            crate::client::retry::Failure::Refused => "refused",
-        };
+    /// A call sent again, for `reason` (`Failure::label`).
+    pub fn retry(&self, method: &'static str, reason: &'static str) {
         self.retries.get_or_create(&[("method", method.into()), ("reason", reason.into())]).inc();
     }
 

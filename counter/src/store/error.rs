@@ -53,6 +53,16 @@ impl StoreError {
         }
     }
 
+    /// Its class, also the `kind` label of `tally_counter_store_errors_total`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            StoreError::NotApplied(_) => "not_applied",
+            StoreError::Unknown(_) => "unknown",
+            StoreError::Rejected(_) => "rejected",
+            StoreError::Config(_) => "config",
+        }
+    }
+
     /// True when the write provably did not happen, so retrying it is safe.
     pub fn is_not_applied(&self) -> bool {
         matches!(self, StoreError::NotApplied(_) | StoreError::Rejected(_) | StoreError::Config(_))

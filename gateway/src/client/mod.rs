@@ -1,14 +1,14 @@
 //! The gateway's client of the counter service.
 //!
 //! Layers, each in its own file: [`backends`] (endpoint pools, health,
-//! choice of endpoint) and [`coalesce`] (single increments → batches). The
+//! choice of endpoint) and [`batching`] (single increments → batches). The
 //! [`Counter`] facade is the only thing handlers see; resilience layers
 //! (breaker, retries) and dynamic discovery slot in behind it.
 
 pub mod backends;
 pub mod balance;
+pub mod batching;
 pub mod breaker;
-pub mod coalesce;
 pub mod discovery;
 pub mod kubernetes;
 pub mod retry;
@@ -33,8 +33,8 @@ use crate::metrics::Metrics;
 use crate::spans;
 use backends::{Backends, Need};
 use balance::Policy;
+use batching::CallSlots;
 use breaker::BreakerSettings;
-use coalesce::CallSlots;
 use retry::{CallKind, RetryBudget};
 pub use tally_runtime::tls::UpstreamTls;
 
@@ -203,7 +203,7 @@ impl Counter {
                 self.metrics.retries_refused.inc();
                 return Err(status.into());
             }
-            self.metrics.retry(method, failure);
+            self.metrics.retry(method, failure.label());
             previous = Some(backend);
         }
     }

@@ -25,6 +25,17 @@ pub enum Failure {
     Unknown,
 }
 
+impl Failure {
+    /// The `reason` label of `tally_gateway_retries_total`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Failure::NotSent => "not_sent",
+            Failure::Refused => "refused",
+            Failure::Unknown => "unknown",
+        }
+    }
+}
+
 /// What kind of call is being retried.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CallKind {

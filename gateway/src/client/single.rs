@@ -1,12 +1,12 @@
 //! Single increments and single reads as the handlers see them: coalesced
-//! into batch calls ([`coalesce`](super::coalesce)), or one call each when
+//! into batch calls ([`batching`](super::batching)), or one call each when
 //! coalescing is off (`TALLY_COALESCE=false`).
 
 use tally_proto::CounterKey;
 use tally_proto::v1::{CounterRef, GetRequest, IncrementOperation, IncrementRequest};
 use tonic::Code;
 
-use super::coalesce::{CoalesceLimits, Coalescer, Increments, Reads};
+use super::batching::{CoalesceLimits, Coalescer, Increments, Reads};
 use super::{Applied, CallError, ClientSettings, Counter};
 
 fn limits(settings: &ClientSettings) -> CoalesceLimits {
