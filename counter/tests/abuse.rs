@@ -146,11 +146,7 @@ async fn silent_connections_time_out_and_a_flood_above_the_cap_is_closed() {
     let metrics = reqwest::get(format!("{}/metrics", counter.admin_base())).await.expect("scrape");
     let text = metrics.text().await.expect("text");
     for name in ["tally_counter_grpc_connections_rejected_total", "tally_counter_grpc_handshake_timeouts_total"] {
-        let value = text
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .unwrap_or_else(|| panic!("{name} missing"));
+        let value = tally_testkit::prometheus::sum(&text, name, &[]).unwrap_or_else(|| panic!("{name} missing"));
         assert!(value >= 10.0, "{name} = {value}");
     }
 }

@@ -195,8 +195,7 @@ async fn a_tls_client_that_handshakes_and_then_says_nothing_is_cut_at_the_handsh
     let took = started.elapsed();
     assert!(took >= std::time::Duration::from_millis(400), "closed after {took:?}, before the timeout");
     let text = reqwest::get(format!("{}/metrics", counter.admin_base())).await.unwrap().text().await.unwrap();
-    let value =
-        |name: &str| text.lines().find(|l| l.starts_with(name)).and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok());
+    let value = |name: &str| tally_testkit::prometheus::sum(&text, name, &[]);
     assert_eq!(value("tally_counter_grpc_handshake_timeouts_total"), Some(1.0), "counted as a handshake timeout");
     assert_eq!(
         value("tally_counter_grpc_tls_handshake_failures_total"),

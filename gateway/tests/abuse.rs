@@ -274,10 +274,7 @@ async fn a_connection_flood_above_the_cap_is_closed_at_once() {
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"), "the existing client is served");
     let metrics = reqwest::get(format!("{}/metrics", stack.gateway.admin_base())).await.expect("scrape");
     let text = metrics.text().await.expect("text");
-    let rejected = text
-        .lines()
-        .find(|l| l.starts_with("tally_gateway_http_connections_rejected_total") && l.contains("public"))
-        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+    let rejected = tally_testkit::prometheus::sum(&text, "tally_gateway_http_connections_rejected_total", &["public"])
         .expect("rejected connections metric");
     assert!(rejected >= 200.0, "{rejected}");
     // Slots come back when connections close.

@@ -11,10 +11,7 @@ const REQUESTS: usize = 600;
 /// Unary Increment calls each counter served, from its /metrics.
 async fn served(counter: &Service) -> f64 {
     let text = reqwest::get(format!("http://{}/metrics", counter.addr("admin"))).await.unwrap().text().await.unwrap();
-    text.lines()
-        .filter(|l| l.starts_with("tally_counter_grpc_requests_total{method=\"Increment\""))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    tally_testkit::prometheus::sum(&text, "tally_counter_grpc_requests_total", &["method=\"Increment\""]).unwrap_or(0.0)
 }
 
 /// Shares of REQUESTS sequential increments per counter under `policy`.

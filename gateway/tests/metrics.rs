@@ -5,53 +5,10 @@
 
 mod common;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 
 use common::{Stack, unique};
-
-/// One sample: name, labels, value.
-type Sample = (String, HashMap<String, String>, f64);
-
-/// Parses the text exposition strictly enough that a malformed line fails:
-/// `# HELP`/`# TYPE`/`# EOF` comments and `name{label="value",…} number`.
-fn parse(text: &str) -> Result<(Vec<Sample>, BTreeSet<String>), String> {
-    let mut samples = Vec::new();
-    let mut typed = BTreeSet::new();
-    for line in text.lines().filter(|l| !l.is_empty()) {
-        if let Some(rest) = line.strip_prefix("# TYPE ") {
-            let mut parts = rest.split(' ');
-            let (Some(name), Some(kind)) = (parts.next(), parts.next()) else { return Err(line.into()) };
-            if !["counter", "gauge", "histogram", "info", "unknown"].contains(&kind) {
-                return Err(format!("unknown type: {line}"));
-            }
-            typed.insert(name.to_string());
-            continue;
-        }
-        if line.starts_with("# HELP ") || line == "# EOF" {
-            continue;
-        }
-        let (series, value) = line.rsplit_once(' ').ok_or_else(|| format!("no value: {line}"))?;
-        let value: f64 = value.parse().map_err(|_| format!("bad value: {line}"))?;
-        let (name, labels) = match series.split_once('{') {
-            None => (series, HashMap::new()),
-            Some((name, rest)) => {
-                let body = rest.strip_suffix('}').ok_or_else(|| format!("unclosed labels: {line}"))?;
-                let mut labels = HashMap::new();
-                for pair in body.split(',').filter(|p| !p.is_empty()) {
-                    let (key, quoted) = pair.split_once('=').ok_or_else(|| format!("bad label: {line}"))?;
-                    let value = quoted.strip_prefix('"').and_then(|v| v.strip_suffix('"'));
-                    labels.insert(key.to_string(), value.ok_or_else(|| format!("unquoted: {line}"))?.to_string());
-                }
-                (name, labels)
-            }
-        };
-        if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':') {
-            return Err(format!("bad metric name: {line}"));
-        }
-        samples.push((name.to_string(), labels, value));
-    }
-    Ok((samples, typed))
-}
+use tally_testkit::prometheus::{Sample, parse};
 
 fn value(samples: &[Sample], name: &str, want: &[(&str, &str)]) -> f64 {
     samples

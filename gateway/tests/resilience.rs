@@ -66,11 +66,7 @@ async fn writes_that_never_reached_a_dead_counter_are_retried_on_another() {
     assert_eq!(redis.cli(&["HGET", &format!("tally:{{{post}}}"), "likes"]), "100", "each counted exactly once");
     let metrics = reqwest::get(format!("{}/metrics", gateway.admin_base())).await.unwrap().text().await.unwrap();
     // Summed over methods: every method/reason pair is exported, at zero until used.
-    let retried: f64 = metrics
-        .lines()
-        .filter(|l| l.starts_with("tally_gateway_retries_total") && l.contains("not_sent"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum();
+    let retried = tally_testkit::prometheus::sum(&metrics, "tally_gateway_retries_total", &["not_sent"]).unwrap_or(0.0);
     assert!(retried >= 1.0, "the dead endpoint was never hit:\n{metrics}");
 }
 

@@ -8,6 +8,7 @@ mod kubernetes;
 mod lease;
 mod otlp;
 mod procs;
+pub mod prometheus;
 pub mod serial;
 mod tls;
 

@@ -96,11 +96,8 @@ impl Http {
 }
 
 /// Sum of a gateway metric's samples (scraped from `admin`, the admin base
-/// URL) whose line starts with `name` and contains every `filter`.
+/// URL) named exactly `name` whose line contains every `filter` (0 when none).
 pub async fn metric(admin: &str, name: &str, filters: &[&str]) -> f64 {
     let text = reqwest::get(format!("{admin}/metrics")).await.expect("scrape").text().await.expect("text");
-    text.lines()
-        .filter(|l| l.starts_with(name) && filters.iter().all(|f| l.contains(f)))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    tally_testkit::prometheus::sum(&text, name, filters).unwrap_or(0.0)
 }
