@@ -155,7 +155,12 @@ mod tests {
         tx.send(true).expect("send");
         let rx = waiting.await.expect("became leader");
         let stop = tokio::spawn(until_not_leading(rx));
-        assert!(!stop.is_finished());
+        // Still leading (the lease renewed): it keeps running.
+        tx.send(true).expect("send");
+        for _ in 0..10 {
+            tokio::task::yield_now().await; // the spawned task sees the renewal
+        }
+        assert!(!stop.is_finished(), "stopped while still leading");
         tx.send(false).expect("send");
         stop.await.expect("stopped on losing the lease");
     }

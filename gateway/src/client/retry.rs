@@ -144,8 +144,18 @@ mod tests {
 
     #[test]
     fn the_budget_runs_out() {
+        // No deposits: only the floor, 1 a second over the 10 s window.
         let budget = RetryBudget::new(0.0, 1);
         let allowed = (0..100).filter(|_| budget.withdraw()).count();
-        assert!(allowed < 100, "a budget with no deposits must refuse eventually");
+        assert_eq!(allowed, 10);
+    }
+
+    #[test]
+    fn the_budget_grows_with_the_calls() {
+        // No floor: 20 % of 100 calls.
+        let budget = RetryBudget::new(20.0, 0);
+        (0..100).for_each(|_| budget.deposit());
+        let allowed = (0..100).filter(|_| budget.withdraw()).count();
+        assert_eq!(allowed, 20);
     }
 }
