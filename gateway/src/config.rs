@@ -257,6 +257,13 @@ pub struct Config {
 }
 
 impl Config {
+    /// The defaults, from the one place they are defined (the `clap`
+    /// attributes above): for unit tests, with no command line.
+    #[cfg(test)]
+    pub fn defaults() -> Config {
+        Config::parse_from(["tally-gateway"])
+    }
+
     /// TLS to the counters as configured, loaded now; `None`: plain text.
     pub fn upstream_tls(&self) -> Result<Option<UpstreamTls>, UpstreamTlsError> {
         let Some(ca) = &self.counter_tls_ca_file else { return Ok(None) };

@@ -425,7 +425,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_update_keeps_the_state_of_known_endpoints() {
-        let backends = Backends::new(&["http://127.0.0.1:1".into()], &ClientSettings::default()).unwrap();
+        let backends = Backends::new(&["http://127.0.0.1:1".into()], &crate::config::Config::defaults().client()).unwrap();
         let before = backends.all()[0].clone();
         assert!(backends.update(&["http://127.0.0.1:1".into(), "http://127.0.0.1:2".into()]).is_empty());
         let after = backends.all();
@@ -437,7 +437,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_malformed_entry_is_skipped_alone() {
-        let backends = Backends::empty(&ClientSettings::default());
+        let backends = Backends::empty(&crate::config::Config::defaults().client());
         let specs = ["http://127.0.0.1:1".into(), "http://bad host:1".into(), "http://127.0.0.1:2;weight=0".into()];
         let skipped = backends.update(&specs);
         assert_eq!(skipped.len(), 2, "{skipped:?}");
@@ -455,7 +455,7 @@ mod tests {
 
     #[tokio::test]
     async fn rejects_bad_uris_and_empty_lists() {
-        let settings = ClientSettings::default();
+        let settings = crate::config::Config::defaults().client();
         assert!(matches!(Backends::new(&[" ".into()], &settings), Err(BackendError::Empty)));
         assert!(matches!(Backends::new(&["not a uri".into()], &settings), Err(BackendError::InvalidUri { .. })));
         let ok = Backends::new(&["http://127.0.0.1:1".into()], &settings).expect("valid");

@@ -19,17 +19,6 @@ pub struct BreakerSettings {
     pub half_open_probes: u32,
 }
 
-impl Default for BreakerSettings {
-    fn default() -> Self {
-        BreakerSettings {
-            failure_threshold: 5,
-            recovery: Duration::from_secs(1),
-            max_recovery: Duration::from_secs(30),
-            half_open_probes: 1,
-        }
-    }
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
     Closed { failures: u32 },

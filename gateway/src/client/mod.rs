@@ -68,30 +68,6 @@ pub struct ClientSettings {
     pub tls: Option<UpstreamTls>,
 }
 
-impl Default for ClientSettings {
-    fn default() -> Self {
-        ClientSettings {
-            pool_size: 20,
-            keepalive: Duration::from_secs(30),
-            connect_timeout: Duration::from_secs(1),
-            request_timeout: Duration::from_secs(3),
-            health_interval: Duration::from_secs(1),
-            coalesce: true,
-            coalesce_max_ops: 1000,
-            coalesce_max_inflight: 1,
-            coalesce_max_queue: 4096,
-            retry_attempts: 3,
-            retry_budget_percent: 20.0,
-            retry_min_per_second: 10,
-            policy: Policy::RoundRobin,
-            breaker: BreakerSettings::default(),
-            max_ejection_percent: 50,
-            workers: Vec::new(),
-            tls: None,
-        }
-    }
-}
-
 /// Why a call to the counter service failed.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum CallError {
