@@ -36,8 +36,6 @@ pub struct Metrics {
     pub public_connections: ConnMetrics,
     /// Connections of the admin listener.
     pub admin_connections: ConnMetrics,
-    /// Serialises scrapes: the per-endpoint series are rebuilt on each.
-    pub scrape: std::sync::Mutex<()>,
     /// HTTP requests by route, method and status.
     pub http_requests: Family<HttpLabels, Counter>,
     /// HTTP latency by route.
@@ -56,18 +54,9 @@ pub struct Metrics {
     pub retries_refused: Counter,
     /// Read cache lookups by result (`hit`, `miss`).
     pub cache_lookups: Family<Labels<1>, Counter>,
-    /// 1 while an endpoint passes its health check.
-    pub endpoint_healthy: Family<Labels<1>, Gauge>,
-    /// Calls in flight per endpoint.
-    pub endpoint_in_flight: Family<Labels<1>, Gauge>,
-    /// Connections in each endpoint's pool.
-    pub endpoint_pool_size: Family<Labels<1>, Gauge>,
-    /// Breaker state per endpoint: 0 closed, 1 half-open, 2 open.
-    pub endpoint_breaker: Family<Labels<1>, Gauge>,
-    /// Calls the balancer sent to each endpoint (copied from the endpoint at scrape time).
-    pub endpoint_picks: Family<Labels<1>, Counter>,
-    /// Breaker transitions per endpoint and target state (`open`, `closed`).
-    pub breaker_transitions: Family<Labels<2>, Counter>,
+    /// The per-endpoint series (health, in-flight calls, pool, breaker,
+    /// picks, transitions), read off the endpoints at scrape time.
+    pub endpoints: crate::client::endpoint_metrics::EndpointMetrics,
     /// API keys in force (`TALLY_AUTH=api_keys`).
     pub auth_keys: Gauge,
     /// Reloads of the keys file by result (`ok`, `failed`).
@@ -106,19 +95,8 @@ impl Metrics {
         registry.register("retries_refused", "Retries refused by the retry budget", retries_refused.clone());
         let cache_lookups = Family::default();
         registry.register("cache_lookups", "Read cache lookups by result", cache_lookups.clone());
-        let endpoint_healthy = Family::default();
-        registry.register("endpoint_healthy", "1 while the endpoint passes health checks", endpoint_healthy.clone());
-        let endpoint_in_flight = Family::default();
-        registry.register("endpoint_in_flight", "Calls in flight per endpoint", endpoint_in_flight.clone());
-        let endpoint_pool_size = Family::default();
-        registry.register("endpoint_pool_connections", "Connections per endpoint pool", endpoint_pool_size.clone());
-        let endpoint_breaker = Family::default();
-        registry.register("endpoint_breaker_state", "Breaker: 0 closed, 1 half-open, 2 open", endpoint_breaker.clone());
-        let endpoint_picks = Family::default();
-        registry.register("endpoint_picks", "Calls the balancer sent to each endpoint", endpoint_picks.clone());
-        let breaker_transitions = Family::default();
-        let help = "Breaker transitions per endpoint and target state";
-        registry.register("breaker_transitions", help, breaker_transitions.clone());
+        let endpoints = crate::client::endpoint_metrics::EndpointMetrics::default();
+        registry.register_collector(Box::new(endpoints.clone()));
         let shed = Family::default();
         registry.register("requests_shed", "Requests answered 503 at once by load shedding, by bound", shed.clone());
         for bound in ["in_flight", "queue"] {
@@ -154,10 +132,7 @@ impl Metrics {
             shed,
             public_connections,
             admin_connections,
-            scrape: std::sync::Mutex::new(()),
-            endpoint_breaker,
-            endpoint_picks,
-            breaker_transitions,
+            endpoints,
             http_requests,
             http_duration,
             upstream_requests,
@@ -167,9 +142,6 @@ impl Metrics {
             retries,
             retries_refused,
             cache_lookups,
-            endpoint_healthy,
-            endpoint_in_flight,
-            endpoint_pool_size,
         }
     }
 
@@ -192,18 +164,6 @@ impl Metrics {
     /// A request shed by `bound` (`in_flight` or `queue`).
     pub fn shed(&self, bound: &'static str) {
         self.shed.get_or_create(&[("bound", bound)]).inc();
-    }
-
-    /// Drops every per-endpoint series, so endpoints that left discovery
-    /// stop being exported (no stale `breaker_state=2` forever); the scrape
-    /// then writes the current endpoints' series again.
-    pub fn clear_endpoints(&self) {
-        self.endpoint_healthy.clear();
-        self.endpoint_in_flight.clear();
-        self.endpoint_pool_size.clear();
-        self.endpoint_breaker.clear();
-        self.endpoint_picks.clear();
-        self.breaker_transitions.clear();
     }
 
     pub fn cache_lookup(&self, hit: bool) {

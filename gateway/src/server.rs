@@ -68,6 +68,7 @@ pub async fn run(config: Config) -> Result<(), StartupError> {
         tokio::spawn(tally_runtime::tls::keep_current(config, reload_every, "upstream", metrics.tls_reloads.clone()));
     }
     let backends = backends(&config, &settings).await?;
+    metrics.endpoints.watch(backends.clone());
     let counter = Counter::new(backends.clone(), metrics.clone(), &settings);
     let cache = Arc::new(ReadCache::new(Duration::from_millis(config.cache_ttl_ms), config.cache_max_entries));
     let trace_caller = if config.trace_trust_caller { Caller::Trusted } else { Caller::Untrusted };

@@ -330,30 +330,6 @@ pub async fn backends(State(state): State<AppState>) -> impl IntoResponse {
 }
 
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    let _scrape = state.metrics.scrape.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    state.metrics.clear_endpoints();
-    for b in state.counter.backends().all().iter() {
-        let label = [("endpoint", b.name.clone())];
-        state.metrics.endpoint_healthy.get_or_create(&label).set(i64::from(b.is_healthy()));
-        state.metrics.endpoint_in_flight.get_or_create(&label).set(b.in_flight() as i64);
-        state.metrics.endpoint_pool_size.get_or_create(&label).set(b.pool_size() as i64);
-        let breaker = match b.breaker.state().name() {
-            "closed" => 0,
-            "half_open" => 1,
-            _ => 2,
-        };
-        state.metrics.endpoint_breaker.get_or_create(&label).set(breaker);
-        // Counted by the endpoint itself (no label lookup per call), copied here.
-        let store = |counter: &prometheus_client::metrics::counter::Counter, value: u64| {
-            counter.inner().store(value, std::sync::atomic::Ordering::Relaxed);
-        };
-        store(&state.metrics.endpoint_picks.get_or_create(&label), b.picks());
-        let (opened, closed) = b.transitions();
-        let endpoint = b.name.clone();
-        let to = |state: &str| [("endpoint", endpoint.clone()), ("to", state.to_string())];
-        store(&state.metrics.breaker_transitions.get_or_create(&to("open")), opened);
-        store(&state.metrics.breaker_transitions.get_or_create(&to("closed")), closed);
-    }
     let text = state.metrics.render();
     ([(axum::http::header::CONTENT_TYPE, tally_runtime::metrics::CONTENT_TYPE)], text)
 }

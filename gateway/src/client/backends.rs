@@ -425,7 +425,8 @@ mod tests {
 
     #[tokio::test]
     async fn an_update_keeps_the_state_of_known_endpoints() {
-        let backends = Backends::new(&["http://127.0.0.1:1".into()], &crate::config::Config::defaults().client()).unwrap();
+        let backends =
+            Backends::new(&["http://127.0.0.1:1".into()], &crate::config::Config::defaults().client()).unwrap();
         let before = backends.all()[0].clone();
         assert!(backends.update(&["http://127.0.0.1:1".into(), "http://127.0.0.1:2".into()]).is_empty());
         let after = backends.all();

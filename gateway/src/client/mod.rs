@@ -10,6 +10,7 @@ pub mod balance;
 pub mod batching;
 pub mod breaker;
 pub mod discovery;
+pub mod endpoint_metrics;
 pub mod kubernetes;
 pub mod retry;
 mod single;
