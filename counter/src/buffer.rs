@@ -29,8 +29,8 @@ use tracing::Instrument;
 
 use crate::metrics::Metrics;
 use crate::spans;
-use crate::store::Store;
-use crate::store::batch::{self, BatchOutcome};
+use crate::store::batch;
+use crate::store::{Outcome, Store, StoreError};
 
 #[derive(Debug, Clone, Copy)]
 pub struct BufferSettings {
@@ -262,10 +262,10 @@ impl WriteBuffer {
         let mut failure = None;
         for ((key, delta), outcome) in refs.iter().zip(outcomes) {
             match outcome {
-                BatchOutcome::Applied => {}
-                BatchOutcome::Overflow => self.lost(key, *delta, "overflow", "the counter would overflow i64"),
-                BatchOutcome::Rejected(why) => self.lost(key, *delta, "rejected", &why),
-                BatchOutcome::Failed(err) => failure = Some(err),
+                Outcome::Applied(_) | Outcome::Replayed(_) => {}
+                Outcome::Overflow => self.lost(key, *delta, "overflow", "the counter would overflow i64"),
+                Outcome::Failed(StoreError::Rejected(why)) => self.lost(key, *delta, "rejected", &why),
+                Outcome::Failed(err) => failure = Some(err),
             }
         }
         let mut pending = self.lock();

@@ -22,7 +22,7 @@ use tracing::{Instrument, Span};
 use crate::group_sums::{plan, values_after};
 use crate::metrics::Metrics;
 use crate::spans;
-use crate::store::{Change, IdempotentOutcome, IncrOutcome, KeyedCmd, Store, StoreError};
+use crate::store::{Change, KeyedCmd, Outcome, Store, StoreError};
 
 /// One validated write: an increment, or a reset.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,21 +52,6 @@ impl Op {
     fn is_ordered(&self) -> bool {
         self.idempotency_key.is_some() || self.change == Change::Reset
     }
-}
-
-/// What happened to one submitted operation.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum OpResult {
-    /// Applied; the counter's value right after this operation (right
-    /// before it, for a reset).
-    Applied(i64),
-    /// Its idempotency key was applied before: nothing applied now; the
-    /// value the first application returned.
-    Replayed(i64),
-    /// Not applied: the counter would leave the i64 range.
-    Overflow,
-    /// Not applied, or not known to be (see [`StoreError`]).
-    Failed(StoreError),
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -99,7 +84,7 @@ struct Job {
     /// The submitting request's span, linked with the flush that applies it.
     span: Span,
     /// The operations handed back with their results (no copy is kept).
-    reply: oneshot::Sender<(Vec<Op>, Vec<OpResult>)>,
+    reply: oneshot::Sender<(Vec<Op>, Vec<Outcome>)>,
 }
 
 /// The bounds all committers of a process share.
@@ -148,7 +133,7 @@ impl GroupCommitter {
 
     /// Applies `ops`; hands them back with one result per operation, in
     /// order.
-    pub async fn submit(&self, ops: Vec<Op>) -> Result<(Vec<Op>, Vec<OpResult>), SubmitError> {
+    pub async fn submit(&self, ops: Vec<Op>) -> Result<(Vec<Op>, Vec<Outcome>), SubmitError> {
         // A request that does not fit is refused at once (UNAVAILABLE,
         // provably not applied) instead of waiting behind an ever longer queue.
         let wanted = u32::try_from(ops.len()).unwrap_or(u32::MAX);
@@ -236,46 +221,36 @@ async fn flush(store: &Store, jobs: Vec<Job>, retention: Duration, metrics: &Met
         async { tokio::join!(apply(store, &plain, metrics), apply_keyed(store, &keyed, retention)) }
             .instrument(span.clone())
             .await;
-    let replays = keyed_results.iter().filter(|r| matches!(r, OpResult::Replayed(_))).count();
+    let replays = keyed_results.iter().filter(|r| matches!(r, Outcome::Replayed(_))).count();
     metrics.idempotency_replays.inc_by(replays as u64);
-    if let Some(OpResult::Failed(err)) =
-        plain_results.iter().chain(&keyed_results).find(|r| matches!(r, OpResult::Failed(_)))
+    if let Some(Outcome::Failed(err)) =
+        plain_results.iter().chain(&keyed_results).find(|r| matches!(r, Outcome::Failed(_)))
     {
         spans::failed(&span, err);
     }
-    let mut results = vec![OpResult::Failed(StoreError::Unknown("operation lost track of".into())); ops.len()];
+    let mut results = vec![Outcome::Failed(StoreError::Unknown("operation lost track of".into())); ops.len()];
     for (i, result) in plain_at.into_iter().zip(plain_results).chain(keyed_at.into_iter().zip(keyed_results)) {
         results[i] = result;
     }
     drop(ops);
     let mut results = results.into_iter();
     for job in jobs {
-        let mine: Vec<OpResult> = results.by_ref().take(job.ops.len()).collect();
+        let mine: Vec<Outcome> = results.by_ref().take(job.ops.len()).collect();
         // A caller that gave up (cancelled request) no longer listens; its
         // operations were applied all the same, as for any cancelled write.
         let _ = job.reply.send((job.ops, mine));
     }
 }
 
-async fn apply_keyed(store: &Store, cmds: &[KeyedCmd<'_>], retention: Duration) -> Vec<OpResult> {
+async fn apply_keyed(store: &Store, cmds: &[KeyedCmd<'_>], retention: Duration) -> Vec<Outcome> {
     if cmds.is_empty() {
         return Vec::new();
     }
-    store
-        .apply_ordered(cmds, retention)
-        .await
-        .into_iter()
-        .map(|outcome| match outcome {
-            IdempotentOutcome::Applied(value) => OpResult::Applied(value),
-            IdempotentOutcome::Replayed(value) => OpResult::Replayed(value),
-            IdempotentOutcome::Overflow => OpResult::Overflow,
-            IdempotentOutcome::Failed(err) => OpResult::Failed(err),
-        })
-        .collect()
+    store.apply_ordered(cmds, retention).await
 }
 
 /// Applies `ops` with per-counter summing; one result per op, in order.
-pub async fn apply(store: &Store, ops: &[(&CounterKey, i64)], metrics: &Metrics) -> Vec<OpResult> {
+pub async fn apply(store: &Store, ops: &[(&CounterKey, i64)], metrics: &Metrics) -> Vec<Outcome> {
     if ops.is_empty() {
         return Vec::new();
     }
@@ -285,25 +260,30 @@ pub async fn apply(store: &Store, ops: &[(&CounterKey, i64)], metrics: &Metrics)
     metrics.commit_commands.observe(cmds.len() as f64);
     let outcomes = timed_incr(store, &cmds, metrics).await;
 
-    let mut results: Vec<Option<OpResult>> = vec![None; ops.len()];
+    let mut results: Vec<Option<Outcome>> = vec![None; ops.len()];
     // Members of a summed command that overflowed: retried one by one, so only
     // the operations that really overflow are refused.
     let mut one_by_one: Vec<usize> = Vec::new();
     for (group, outcome) in groups.iter().zip(outcomes) {
         match outcome {
-            IncrOutcome::Applied(after) => {
+            Outcome::Applied(after) => {
                 let before = after.wrapping_sub(group.total); // exact: both ends fit in i64
                 for (index, value) in values_after(before, &group.members) {
-                    results[index] = Some(OpResult::Applied(value));
+                    results[index] = Some(Outcome::Applied(value));
                 }
             }
-            IncrOutcome::Overflow if group.members.len() > 1 => {
+            Outcome::Overflow if group.members.len() > 1 => {
                 one_by_one.extend(group.members.iter().map(|&(index, _)| index));
             }
-            IncrOutcome::Overflow => results[group.members[0].0] = Some(OpResult::Overflow),
-            IncrOutcome::Failed(err) => {
+            Outcome::Overflow => results[group.members[0].0] = Some(Outcome::Overflow),
+            // A summed command carries no idempotency key: never replayed.
+            Outcome::Replayed(_) | Outcome::Failed(_) => {
+                let err = match outcome {
+                    Outcome::Failed(err) => err,
+                    _ => StoreError::Unknown("a plain increment answered as a replay".into()),
+                };
                 for &(index, _) in &group.members {
-                    results[index] = Some(OpResult::Failed(err.clone()));
+                    results[index] = Some(Outcome::Failed(err.clone()));
                 }
             }
         }
@@ -312,25 +292,21 @@ pub async fn apply(store: &Store, ops: &[(&CounterKey, i64)], metrics: &Metrics)
         one_by_one.sort_unstable(); // arrival order
         let cmds: Vec<(&CounterKey, i64)> = one_by_one.iter().map(|&i| ops[i]).collect();
         for (&index, outcome) in one_by_one.iter().zip(timed_incr(store, &cmds, metrics).await) {
-            results[index] = Some(match outcome {
-                IncrOutcome::Applied(value) => OpResult::Applied(value),
-                IncrOutcome::Overflow => OpResult::Overflow,
-                IncrOutcome::Failed(err) => OpResult::Failed(err),
-            });
+            results[index] = Some(outcome);
         }
     }
     results
         .into_iter()
-        .map(|r| r.unwrap_or_else(|| OpResult::Failed(StoreError::Unknown("operation lost track of".into()))))
+        .map(|r| r.unwrap_or_else(|| Outcome::Failed(StoreError::Unknown("operation lost track of".into()))))
         .collect()
 }
 
-async fn timed_incr(store: &Store, cmds: &[(&CounterKey, i64)], metrics: &Metrics) -> Vec<IncrOutcome> {
+async fn timed_incr(store: &Store, cmds: &[(&CounterKey, i64)], metrics: &Metrics) -> Vec<Outcome> {
     let started = Instant::now();
     let outcomes = store.incr(cmds).await;
     metrics.store_incr.observe(started.elapsed().as_secs_f64());
     if let Some(err) = outcomes.iter().find_map(|o| match o {
-        IncrOutcome::Failed(err) => Some(err),
+        Outcome::Failed(err) => Some(err),
         _ => None,
     }) {
         metrics.store_errors.get_or_create(&[("kind", err.kind())]).inc();
@@ -363,7 +339,7 @@ mod tests {
             // A committer idling with the only slot would leave this waiting forever.
             let submitted = tokio::time::timeout(Duration::from_secs(5), committer.submit(ops(1))).await;
             let (_, results) = submitted.expect("answered while the others idle").expect("submitted");
-            assert_eq!(results, vec![OpResult::Applied(i as i64 + 1)]);
+            assert_eq!(results, vec![Outcome::Applied(i as i64 + 1)]);
         }
     }
 

@@ -20,10 +20,11 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::buffer::{BufferFullPolicy, Offer, WriteBuffer};
-use crate::commit::{GroupCommitter, Op, OpResult};
+use crate::commit::{GroupCommitter, Op};
 use crate::metrics::Metrics;
 use crate::spans;
 use crate::status;
+use crate::store::Outcome;
 use crate::store::{Change, Listing, Store};
 
 #[derive(Clone)]
@@ -197,10 +198,10 @@ impl CounterApi {
                 let (resource_id, counter_type) = names(op.key, request.omit_names);
                 OperationResult {
                     current_value: match result {
-                        OpResult::Applied(value) | OpResult::Replayed(value) => value,
+                        Outcome::Applied(value) | Outcome::Replayed(value) => value,
                         _ => 0,
                     },
-                    replayed: matches!(result, OpResult::Replayed(_)),
+                    replayed: matches!(result, Outcome::Replayed(_)),
                     error,
                     resource_id,
                     counter_type,
@@ -296,18 +297,18 @@ async fn reset_one(committer: &GroupCommitter, request: ResetRequest) -> Result<
 }
 
 /// The answer to one increment, from what the committer did with it.
-fn answer(op: Op, result: OpResult) -> Result<IncrementResponse, Status> {
+fn answer(op: Op, result: Outcome) -> Result<IncrementResponse, Status> {
     let (current_value, replayed) = outcome(&op, result)?;
     let (resource_id, counter_type) = op.key.into_parts();
     Ok(IncrementResponse { resource_id, counter_type, current_value, replayed, error: None })
 }
 
 /// The value after `op` and whether it was a replay, or why it failed.
-pub(crate) fn outcome(op: &Op, result: OpResult) -> Result<(i64, bool), Status> {
+pub(crate) fn outcome(op: &Op, result: Outcome) -> Result<(i64, bool), Status> {
     match result {
-        OpResult::Applied(value) => Ok((value, false)),
-        OpResult::Replayed(value) => Ok((value, true)),
-        OpResult::Overflow => Err(status::overflow(&op.key, op.delta())),
-        OpResult::Failed(err) => Err(status::store(&err)),
+        Outcome::Applied(value) => Ok((value, false)),
+        Outcome::Replayed(value) => Ok((value, true)),
+        Outcome::Overflow => Err(status::overflow(&op.key, op.delta())),
+        Outcome::Failed(err) => Err(status::store(&err)),
     }
 }

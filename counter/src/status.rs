@@ -6,7 +6,7 @@ use tally_proto::contract::WriteOutcome;
 use tally_proto::v1::OperationError;
 use tonic::Status;
 
-use crate::commit::OpResult;
+use crate::store::Outcome;
 use crate::store::StoreError;
 
 pub fn invalid(err: InvalidInput) -> Status {
@@ -30,11 +30,11 @@ pub fn store(err: &StoreError) -> Status {
 /// when *every* failure is provably not applied: with one shard refusing and
 /// another hung, the hung shard may still apply its part, so the batch as a
 /// whole is `unknown` and is reported with that failure's status.
-pub fn all_failed(results: &[OpResult]) -> Option<Status> {
+pub fn all_failed(results: &[Outcome]) -> Option<Status> {
     let mut errors = Vec::with_capacity(results.len());
     for result in results {
         match result {
-            OpResult::Failed(err) => errors.push(err),
+            Outcome::Failed(err) => errors.push(err),
             _ => return None,
         }
     }
@@ -63,11 +63,11 @@ pub fn overflow(what: &dyn std::fmt::Display, delta: i64) -> Status {
 }
 
 /// The status for an operation that did not succeed.
-pub fn op_status(result: &OpResult, what: &dyn std::fmt::Display, delta: i64) -> Option<Status> {
+pub fn op_status(result: &Outcome, what: &dyn std::fmt::Display, delta: i64) -> Option<Status> {
     match result {
-        OpResult::Applied(_) | OpResult::Replayed(_) => None,
-        OpResult::Overflow => Some(overflow(what, delta)),
-        OpResult::Failed(err) => Some(store(err)),
+        Outcome::Applied(_) | Outcome::Replayed(_) => None,
+        Outcome::Overflow => Some(overflow(what, delta)),
+        Outcome::Failed(err) => Some(store(err)),
     }
 }
 
@@ -86,8 +86,8 @@ mod tests {
 
     #[test]
     fn a_batch_is_not_applied_only_when_every_failure_is() {
-        let refused = OpResult::Failed(StoreError::NotApplied("CLUSTERDOWN".into()));
-        let hung = OpResult::Failed(StoreError::Unknown("timed out".into()));
+        let refused = Outcome::Failed(StoreError::NotApplied("CLUSTERDOWN".into()));
+        let hung = Outcome::Failed(StoreError::Unknown("timed out".into()));
         let status = all_failed(&[refused.clone(), refused.clone()]).expect("all failed");
         assert_eq!(outcome(&status), "not-applied");
         for mixed in [[refused.clone(), hung.clone()], [hung.clone(), refused.clone()]] {
@@ -95,15 +95,15 @@ mod tests {
             assert_eq!(outcome(&status), "unknown", "{mixed:?}");
             assert_eq!(status.code(), Code::Unavailable);
         }
-        let rejected = OpResult::Failed(StoreError::Rejected("WRONGTYPE".into()));
+        let rejected = Outcome::Failed(StoreError::Rejected("WRONGTYPE".into()));
         assert_eq!(outcome(&all_failed(&[rejected, hung.clone()]).expect("all failed")), "unknown");
     }
 
     #[test]
     fn a_batch_with_any_success_reports_per_operation() {
-        let hung = OpResult::Failed(StoreError::Unknown("timed out".into()));
-        assert!(all_failed(&[hung.clone(), OpResult::Applied(1)]).is_none());
-        assert!(all_failed(&[hung, OpResult::Overflow]).is_none());
+        let hung = Outcome::Failed(StoreError::Unknown("timed out".into()));
+        assert!(all_failed(&[hung.clone(), Outcome::Applied(1)]).is_none());
+        assert!(all_failed(&[hung, Outcome::Overflow]).is_none());
         assert!(all_failed(&[]).is_none());
     }
 }

@@ -7,8 +7,8 @@ mod common;
 use std::time::Duration;
 
 use common::{Backend, store_url, unique};
-use tally_counter::store::batch::{BatchOutcome, DEFAULT_MARKER_TTL, new_batch_id};
-use tally_counter::store::{IncrOutcome, Store, StoreOptions, StoreTimeouts};
+use tally_counter::store::batch::{DEFAULT_MARKER_TTL, new_batch_id};
+use tally_counter::store::{Outcome, Store, StoreOptions, StoreTimeouts};
 use tally_proto::CounterKey;
 
 const TIMEOUTS: StoreTimeouts = StoreTimeouts { connect: Duration::from_secs(1), response: Duration::from_secs(2) };
@@ -32,14 +32,14 @@ async fn a_batch_resent_under_its_id_applies_once(backend: Backend) {
         (0..1200).map(|i| key(&format!("{prefix}-{}", i % 400), &format!("c{}", i / 400))).collect();
     let big = key(&prefix, "big");
     let mut cmds: Vec<(&CounterKey, i64)> = keys.iter().map(|k| (k, 2)).collect();
-    assert_eq!(store.incr(&[(&big, i64::MAX)]).await, vec![IncrOutcome::Applied(i64::MAX)]);
+    assert_eq!(store.incr(&[(&big, i64::MAX)]).await, vec![Outcome::Applied(i64::MAX)]);
     cmds.push((&big, 1)); // overflows: refused alone
 
     let id = new_batch_id();
     let first = store.incr_batch_once(&id, &cmds, DEFAULT_MARKER_TTL).await;
     let resent = store.incr_batch_once(&id, &cmds, DEFAULT_MARKER_TTL).await;
-    let mut want = vec![BatchOutcome::Applied; 1200];
-    want.push(BatchOutcome::Overflow);
+    let mut want = vec![Outcome::Applied(0); 1200];
+    want.push(Outcome::Overflow);
     if !matches!(backend, Backend::Memory) {
         // The in-memory store cannot fail ambiguously and keeps no markers;
         // for Redis the resend must report exactly what the first attempt did.
@@ -76,8 +76,8 @@ async fn many_resources_in_one_call(backend: Backend) {
     // Each key twice: commands on one key apply in order.
     let cmds: Vec<(&CounterKey, i64)> = keys.iter().map(|k| (k, 1)).chain(keys.iter().map(|k| (k, 10))).collect();
     let outcomes = store.incr(&cmds).await;
-    assert!(outcomes[..500].iter().all(|o| *o == IncrOutcome::Applied(1)));
-    assert!(outcomes[500..].iter().all(|o| *o == IncrOutcome::Applied(11)));
+    assert!(outcomes[..500].iter().all(|o| *o == Outcome::Applied(1)));
+    assert!(outcomes[500..].iter().all(|o| *o == Outcome::Applied(11)));
     assert!(store.get(&keys).await.expect("get").iter().all(|&v| v == 11));
     store.ping().await.expect("ping");
 }

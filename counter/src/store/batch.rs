@@ -16,7 +16,7 @@ use std::time::Duration;
 use redis::Script;
 use redis::aio::ConnectionLike;
 
-use super::{Cmd, StoreError, hash_key};
+use super::{Cmd, Outcome, StoreError, hash_key};
 
 /// Commands per script call: bounds how long one call holds Redis.
 pub const CHUNK: usize = 512;
@@ -33,15 +33,6 @@ pub const DEFAULT_MARKER_TTL: Duration = Duration::from_secs(600);
 /// at or after the first ambiguous one lives at least until then + TTL).
 pub fn resend_window(marker_ttl: Duration) -> Duration {
     marker_ttl / 2
-}
-
-/// The outcome of one command of an idempotent batch.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum BatchOutcome {
-    Applied,
-    Overflow,
-    Rejected(String),
-    Failed(StoreError),
 }
 
 const APPLY_ONCE: &str = r#"
@@ -69,7 +60,7 @@ pub async fn apply_chunk<C: ConnectionLike>(
     chunk_no: usize,
     cmds: &[&Cmd<'_>],
     marker_ttl: Duration,
-) -> Vec<BatchOutcome> {
+) -> Vec<Outcome> {
     let Some(first) = cmds.first() else { return Vec::new() };
     let script = Script::new(APPLY_ONCE);
     let mut call = script.prepare_invoke();
@@ -85,20 +76,20 @@ pub async fn apply_chunk<C: ConnectionLike>(
             }
             outcomes(cmds.len(), &failures)
         }
-        Err(err) => vec![BatchOutcome::Failed(StoreError::from_redis(&err)); cmds.len()],
+        Err(err) => vec![Outcome::Failed(StoreError::from_redis(&err)); cmds.len()],
     }
 }
 
 /// Decodes the script's failure list (`o3,e7`: command 3 overflowed, 7 was refused).
-fn outcomes(len: usize, failures: &str) -> Vec<BatchOutcome> {
-    let mut result = vec![BatchOutcome::Applied; len];
+fn outcomes(len: usize, failures: &str) -> Vec<Outcome> {
+    let mut result = vec![Outcome::Applied(0); len];
     for entry in failures.split(',').filter(|e| !e.is_empty()) {
         let (kind, index) = entry.split_at(1);
         if let Some(slot) = index.parse::<usize>().ok().and_then(|i| result.get_mut(i)) {
             *slot = if kind == "o" {
-                BatchOutcome::Overflow
+                Outcome::Overflow
             } else {
-                BatchOutcome::Rejected("hash field is not an integer".into())
+                Outcome::Failed(StoreError::Rejected("hash field is not an integer".into()))
             };
         }
     }
@@ -116,26 +107,17 @@ pub fn chunks(indices: &[usize]) -> impl Iterator<Item = &[usize]> {
     indices.chunks(CHUNK)
 }
 
-/// For the in-memory store, which cannot fail ambiguously.
-pub fn from_incr(outcome: super::IncrOutcome) -> BatchOutcome {
-    match outcome {
-        super::IncrOutcome::Applied(_) => BatchOutcome::Applied,
-        super::IncrOutcome::Overflow => BatchOutcome::Overflow,
-        super::IncrOutcome::Failed(err) => BatchOutcome::Failed(err),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn decodes_failure_lists() {
-        assert_eq!(outcomes(2, ""), vec![BatchOutcome::Applied, BatchOutcome::Applied]);
+        assert_eq!(outcomes(2, ""), vec![Outcome::Applied(0), Outcome::Applied(0)]);
         let decoded = outcomes(4, "o1,e3,o9");
-        assert_eq!(decoded[0], BatchOutcome::Applied);
-        assert_eq!(decoded[1], BatchOutcome::Overflow);
-        assert!(matches!(decoded[3], BatchOutcome::Rejected(_)));
+        assert_eq!(decoded[0], Outcome::Applied(0));
+        assert_eq!(decoded[1], Outcome::Overflow);
+        assert!(matches!(decoded[3], Outcome::Failed(StoreError::Rejected(_))));
     }
 
     #[test]

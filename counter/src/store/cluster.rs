@@ -13,11 +13,11 @@ use redis::cluster_async::ClusterConnection;
 use redis::{RedisResult, Value};
 use tally_proto::CounterKey;
 
-use super::batch::{self, BatchOutcome};
+use super::batch;
 use super::ordered::{each_outcomes, each_pipeline};
 use super::redis::{get_pipeline, incr_pipeline, outcomes};
 use super::slot::slot_of_resource;
-use super::{Cmd, IdempotentOutcome, IncrOutcome, KeyedCmd, Listing, StoreError, StoreOptions};
+use super::{Cmd, KeyedCmd, Listing, Outcome, StoreError, StoreOptions};
 
 pub struct ClusterStore {
     client: ClusterClient,
@@ -114,37 +114,37 @@ impl ClusterStore {
         lock(&self.conn).clone()
     }
 
-    pub async fn incr(&self, cmds: &[Cmd<'_>]) -> Vec<IncrOutcome> {
+    pub async fn incr(&self, cmds: &[Cmd<'_>]) -> Vec<Outcome> {
         let (conn, generation) = match self.conn().await {
             Ok(conn) => conn,
-            Err(err) => return vec![IncrOutcome::Failed(err); cmds.len()],
+            Err(err) => return vec![Outcome::Failed(err); cmds.len()],
         };
         let groups = by_slot(cmds.iter().map(|(key, _)| *key));
         let groups: Vec<&[usize]> = groups.values().map(Vec::as_slice).collect();
-        let missing = IncrOutcome::Failed(StoreError::Unknown("no reply".into()));
+        let missing = Outcome::Failed(StoreError::Unknown("no reply".into()));
         let outcomes = scatter(&groups, cmds.len(), missing, |_, indices| {
             let mut conn = conn.clone();
             let pipe = incr_pipeline(indices.iter().map(|&i| &cmds[i]));
             async move {
                 match pipe.query_async::<Vec<RedisResult<i64>>>(&mut conn).await {
                     Ok(replies) => outcomes(replies, indices.len()),
-                    Err(err) => vec![IncrOutcome::Failed(StoreError::from_redis(&err)); indices.len()],
+                    Err(err) => vec![Outcome::Failed(StoreError::from_redis(&err)); indices.len()],
                 }
             }
         })
         .await;
-        self.check(generation, outcomes.iter().map(|o| if let IncrOutcome::Failed(e) = o { Some(e) } else { None }));
+        self.check(generation, outcomes.iter().map(|o| if let Outcome::Failed(e) = o { Some(e) } else { None }));
         outcomes
     }
 
-    pub async fn incr_batch_once(&self, batch_id: &str, cmds: &[Cmd<'_>], marker_ttl: Duration) -> Vec<BatchOutcome> {
+    pub async fn incr_batch_once(&self, batch_id: &str, cmds: &[Cmd<'_>], marker_ttl: Duration) -> Vec<Outcome> {
         let (conn, generation) = match self.conn().await {
             Ok(conn) => conn,
-            Err(err) => return vec![BatchOutcome::Failed(err); cmds.len()],
+            Err(err) => return vec![Outcome::Failed(err); cmds.len()],
         };
         let groups = by_slot(cmds.iter().map(|(key, _)| *key));
         let chunks: Vec<&[usize]> = groups.values().flat_map(|indices| batch::chunks(indices)).collect();
-        let missing = BatchOutcome::Failed(StoreError::Unknown("no reply".into()));
+        let missing = Outcome::Failed(StoreError::Unknown("no reply".into()));
         // Chunk numbers follow the deterministic slot/chunk order, so a resend
         // of the same commands claims the same markers.
         let outcomes = scatter(&chunks, cmds.len(), missing, |chunk_no, chunk| {
@@ -153,30 +153,30 @@ impl ClusterStore {
             async move { batch::apply_chunk(&mut conn, batch_id, chunk_no, &chunk_cmds, marker_ttl).await }
         })
         .await;
-        self.check(generation, outcomes.iter().map(|o| if let BatchOutcome::Failed(e) = o { Some(e) } else { None }));
+        self.check(generation, outcomes.iter().map(|o| if let Outcome::Failed(e) = o { Some(e) } else { None }));
         outcomes
     }
 
-    pub async fn apply_ordered(&self, cmds: &[KeyedCmd<'_>], retention: Duration) -> Vec<IdempotentOutcome> {
+    pub async fn apply_ordered(&self, cmds: &[KeyedCmd<'_>], retention: Duration) -> Vec<Outcome> {
         let (conn, generation) = match self.conn().await {
             Ok(conn) => conn,
-            Err(err) => return vec![IdempotentOutcome::Failed(err); cmds.len()],
+            Err(err) => return vec![Outcome::Failed(err); cmds.len()],
         };
         let groups = by_slot(cmds.iter().map(|(key, _, _)| *key));
         let groups: Vec<&[usize]> = groups.values().map(Vec::as_slice).collect();
-        let missing = IdempotentOutcome::Failed(StoreError::Unknown("no reply".into()));
+        let missing = Outcome::Failed(StoreError::Unknown("no reply".into()));
         let outcomes = scatter(&groups, cmds.len(), missing, |_, indices| {
             let mut conn = conn.clone();
             let pipe = each_pipeline(indices.iter().map(|&i| &cmds[i]), retention);
             async move {
                 match pipe.query_async::<Vec<RedisResult<Value>>>(&mut conn).await {
                     Ok(replies) => each_outcomes(indices.iter().map(|&i| &cmds[i]), replies, indices.len()),
-                    Err(err) => vec![IdempotentOutcome::Failed(StoreError::from_redis(&err)); indices.len()],
+                    Err(err) => vec![Outcome::Failed(StoreError::from_redis(&err)); indices.len()],
                 }
             }
         })
         .await;
-        let errors = outcomes.iter().map(|o| if let IdempotentOutcome::Failed(e) = o { Some(e) } else { None });
+        let errors = outcomes.iter().map(|o| if let Outcome::Failed(e) = o { Some(e) } else { None });
         self.check(generation, errors);
         outcomes
     }

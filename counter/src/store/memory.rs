@@ -10,7 +10,7 @@ use tally_proto::CounterKey;
 
 use tally_proto::validate::limits::MAX_RESOURCE_COUNTERS;
 
-use super::{Change, Cmd, IdempotentOutcome, IncrOutcome, KeyedCmd, Listing};
+use super::{Change, Cmd, KeyedCmd, Listing, Outcome};
 
 #[derive(Default)]
 pub struct MemoryStore {
@@ -27,7 +27,7 @@ struct Seen {
 }
 
 impl MemoryStore {
-    pub fn apply_ordered(&self, cmds: &[KeyedCmd<'_>], retention: Duration) -> Vec<IdempotentOutcome> {
+    pub fn apply_ordered(&self, cmds: &[KeyedCmd<'_>], retention: Duration) -> Vec<Outcome> {
         let mut seen = self.seen.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let now = Instant::now();
         if seen.results.len() > 2 * seen.purged_at.max(1024) {
@@ -40,17 +40,17 @@ impl MemoryStore {
                 if let Some(&(first, expires)) = id.as_ref().and_then(|id| seen.results.get(id))
                     && expires > now
                 {
-                    return IdempotentOutcome::Replayed(first);
+                    return Outcome::Replayed(first);
                 }
                 let outcome = match change {
                     Change::Add(delta) => match self.incr(&[(key, delta)]).pop() {
-                        Some(IncrOutcome::Applied(value)) => IdempotentOutcome::Applied(value),
-                        Some(IncrOutcome::Failed(err)) => IdempotentOutcome::Failed(err),
-                        _ => IdempotentOutcome::Overflow,
+                        Some(Outcome::Applied(value)) => Outcome::Applied(value),
+                        Some(Outcome::Failed(err)) => Outcome::Failed(err),
+                        _ => Outcome::Overflow,
                     },
-                    Change::Reset => IdempotentOutcome::Applied(self.reset(key)),
+                    Change::Reset => Outcome::Applied(self.reset(key)),
                 };
-                if let (Some(id), IdempotentOutcome::Applied(value)) = (id, &outcome) {
+                if let (Some(id), Outcome::Applied(value)) = (id, &outcome) {
                     seen.results.insert(id, (*value, now + retention));
                 }
                 outcome
@@ -80,7 +80,7 @@ impl MemoryStore {
         Listing::Counters(counters)
     }
 
-    pub fn incr(&self, cmds: &[Cmd<'_>]) -> Vec<IncrOutcome> {
+    pub fn incr(&self, cmds: &[Cmd<'_>]) -> Vec<Outcome> {
         let mut values = self.values.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         cmds.iter()
             .map(|(key, delta)| {
@@ -88,9 +88,9 @@ impl MemoryStore {
                 match current.checked_add(*delta) {
                     Some(next) => {
                         values.insert((*key).clone(), next);
-                        IncrOutcome::Applied(next)
+                        Outcome::Applied(next)
                     }
-                    None => IncrOutcome::Overflow,
+                    None => Outcome::Overflow,
                 }
             })
             .collect()

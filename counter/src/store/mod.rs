@@ -29,29 +29,23 @@ pub use error::StoreError;
 /// One increment command for a store: add the delta to the counter.
 pub type Cmd<'a> = (&'a CounterKey, i64);
 
-/// The result of one `HINCRBY`-like command.
+/// What happened to one write: the outcome of a store command, and of an
+/// operation submitted to the committer. One type for every path, so a
+/// result moves from the store to the caller without translation.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum IncrOutcome {
-    /// Applied; the value right after this command.
+pub enum Outcome {
+    /// Applied now; the counter's value right after it (right before it
+    /// for a [`Change::Reset`]; 0 for a write-behind chunk, whose script
+    /// returns no values).
     Applied(i64),
-    /// Not applied: the result would not fit in an i64.
-    Overflow,
-    /// Not applied, or not known to be applied (see [`StoreError`]).
-    Failed(StoreError),
-}
-
-/// The result of one command of the ordered path ([`KeyedCmd`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum IdempotentOutcome {
-    /// Applied now; the value right after it (right before it for a
-    /// [`Change::Reset`]).
-    Applied(i64),
-    /// The key was seen within the retention window: nothing applied now;
-    /// the value the first application returned.
+    /// Its idempotency key was applied before, within the retention
+    /// window: nothing applied now; the value the first application returned.
     Replayed(i64),
-    /// Not applied: the result would not fit in an i64.
+    /// Not applied: the counter would leave the i64 range.
     Overflow,
-    /// Not applied, or not known to be (see [`StoreError`]).
+    /// Not applied, or not known to be (see [`StoreError`]); a command the
+    /// store refused (a hash field that is not an integer) is
+    /// [`StoreError::Rejected`].
     Failed(StoreError),
 }
 
@@ -231,7 +225,7 @@ impl Store {
 
     /// Applies `cmds` (key, delta) and returns one outcome per command, in
     /// order. Commands on the same key are applied in the given order.
-    pub async fn incr(&self, cmds: &[Cmd<'_>]) -> Vec<IncrOutcome> {
+    pub async fn incr(&self, cmds: &[Cmd<'_>]) -> Vec<Outcome> {
         match self {
             Store::Memory(s) => s.incr(cmds),
             Store::Redis(s) => s.incr(cmds).await,
@@ -242,14 +236,15 @@ impl Store {
     /// Applies `cmds` at most once for `batch_id`, however often it is called
     /// with the same id and commands within `marker_ttl` (see [`batch`]).
     /// One outcome per command.
-    pub async fn incr_batch_once(
-        &self,
-        batch_id: &str,
-        cmds: &[Cmd<'_>],
-        marker_ttl: Duration,
-    ) -> Vec<batch::BatchOutcome> {
+    pub async fn incr_batch_once(&self, batch_id: &str, cmds: &[Cmd<'_>], marker_ttl: Duration) -> Vec<Outcome> {
         match self {
-            Store::Memory(s) => s.incr(cmds).into_iter().map(batch::from_incr).collect(),
+            // The in-memory store cannot fail ambiguously: no markers needed.
+            // Chunks report no values, whatever the store (see `Outcome`).
+            Store::Memory(s) => s
+                .incr(cmds)
+                .into_iter()
+                .map(|o| if let Outcome::Applied(_) = o { Outcome::Applied(0) } else { o })
+                .collect(),
             Store::Redis(s) => s.incr_batch_once(batch_id, cmds, marker_ttl).await,
             Store::Cluster(s) => s.incr_batch_once(batch_id, cmds, marker_ttl).await,
         }
@@ -260,7 +255,7 @@ impl Store {
     /// same counter within `retention`; check and apply are one atomic step
     /// in the store, so concurrent duplicates (from any number of gateways)
     /// count once. One outcome per command, in order.
-    pub async fn apply_ordered(&self, cmds: &[KeyedCmd<'_>], retention: Duration) -> Vec<IdempotentOutcome> {
+    pub async fn apply_ordered(&self, cmds: &[KeyedCmd<'_>], retention: Duration) -> Vec<Outcome> {
         match self {
             Store::Memory(s) => s.apply_ordered(cmds, retention),
             Store::Redis(s) => s.apply_ordered(cmds, retention).await,

@@ -8,7 +8,7 @@ use std::time::Duration;
 use redis::{Pipeline, RedisResult, Value};
 
 use super::error::is_overflow;
-use super::{Change, IdempotentOutcome, KeyedCmd, StoreError, hash_key, idempotency_marker};
+use super::{Change, KeyedCmd, Outcome, StoreError, hash_key, idempotency_marker};
 
 /// Check-and-apply of one idempotent increment, atomic in Redis. The value
 /// is read back with HGET (a bulk string) because Lua numbers are doubles and
@@ -77,27 +77,27 @@ pub(super) fn each_outcomes<'a, 'k: 'a>(
     cmds: impl Iterator<Item = &'a KeyedCmd<'k>>,
     replies: Vec<RedisResult<Value>>,
     expected: usize,
-) -> Vec<IdempotentOutcome> {
+) -> Vec<Outcome> {
     if replies.len() != expected {
         let err = StoreError::Unknown(format!("expected {expected} replies, got {}", replies.len()));
-        return vec![IdempotentOutcome::Failed(err); expected];
+        return vec![Outcome::Failed(err); expected];
     }
     cmds.zip(replies)
         .map(|(&(_, change, idempotency_key), reply)| {
             let reply = match reply {
                 Ok(reply) => reply,
-                Err(err) if is_overflow(&err) => return IdempotentOutcome::Overflow,
-                Err(err) => return IdempotentOutcome::Failed(StoreError::from_redis(&err)),
+                Err(err) if is_overflow(&err) => return Outcome::Overflow,
+                Err(err) => return Outcome::Failed(StoreError::from_redis(&err)),
             };
             if matches!(change, Change::Add(_)) && idempotency_key.is_none() {
                 return match redis::from_redis_value::<i64>(reply) {
-                    Ok(value) => IdempotentOutcome::Applied(value),
-                    Err(err) => IdempotentOutcome::Failed(StoreError::Unknown(err.to_string())),
+                    Ok(value) => Outcome::Applied(value),
+                    Err(err) => Outcome::Failed(StoreError::Unknown(err.to_string())),
                 };
             }
             match redis::from_redis_value::<(i64, String)>(reply) {
                 Ok((status, text)) => script_outcome(status, text),
-                Err(err) => IdempotentOutcome::Failed(StoreError::Unknown(err.to_string())),
+                Err(err) => Outcome::Failed(StoreError::Unknown(err.to_string())),
             }
         })
         .collect()
@@ -105,13 +105,13 @@ pub(super) fn each_outcomes<'a, 'k: 'a>(
 
 /// A script's `{status, text}`: 0 applied, 1 replayed (text is the value),
 /// 2 refused (text is Redis's error, e.g. an overflow).
-fn script_outcome(status: i64, text: String) -> IdempotentOutcome {
+fn script_outcome(status: i64, text: String) -> Outcome {
     match (status, text.parse::<i64>()) {
-        (0, Ok(value)) => IdempotentOutcome::Applied(value),
-        (1, Ok(value)) => IdempotentOutcome::Replayed(value),
-        (2, _) if text.contains("overflow") => IdempotentOutcome::Overflow,
+        (0, Ok(value)) => Outcome::Applied(value),
+        (1, Ok(value)) => Outcome::Replayed(value),
+        (2, _) if text.contains("overflow") => Outcome::Overflow,
         // e.g. a reset of a field that holds no integer: reported, not applied.
-        _ => IdempotentOutcome::Failed(StoreError::Rejected(text)),
+        _ => Outcome::Failed(StoreError::Rejected(text)),
     }
 }
 
@@ -121,9 +121,9 @@ mod tests {
 
     #[test]
     fn script_replies_decode_to_outcomes() {
-        assert_eq!(script_outcome(0, "12".into()), IdempotentOutcome::Applied(12));
-        assert_eq!(script_outcome(1, "-3".into()), IdempotentOutcome::Replayed(-3));
-        assert_eq!(script_outcome(2, "ERR increment or decrement would overflow".into()), IdempotentOutcome::Overflow);
-        assert!(matches!(script_outcome(0, "abc".into()), IdempotentOutcome::Failed(StoreError::Rejected(_))));
+        assert_eq!(script_outcome(0, "12".into()), Outcome::Applied(12));
+        assert_eq!(script_outcome(1, "-3".into()), Outcome::Replayed(-3));
+        assert_eq!(script_outcome(2, "ERR increment or decrement would overflow".into()), Outcome::Overflow);
+        assert!(matches!(script_outcome(0, "abc".into()), Outcome::Failed(StoreError::Rejected(_))));
     }
 }

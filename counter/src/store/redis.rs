@@ -10,10 +10,10 @@ use tally_proto::CounterKey;
 
 use futures_util::future::join_all;
 
-use super::batch::{self, BatchOutcome};
+use super::batch;
 use super::error::is_overflow;
 use super::ordered::{each_outcomes, each_pipeline};
-use super::{Cmd, IdempotentOutcome, IncrOutcome, KeyedCmd, Listing, StoreError, StoreOptions, hash_key};
+use super::{Cmd, KeyedCmd, Listing, Outcome, StoreError, StoreOptions, hash_key};
 
 pub struct RedisStore {
     conn: ConnectionManager,
@@ -44,16 +44,16 @@ impl RedisStore {
         Ok(RedisStore { conn })
     }
 
-    pub async fn incr(&self, cmds: &[Cmd<'_>]) -> Vec<IncrOutcome> {
+    pub async fn incr(&self, cmds: &[Cmd<'_>]) -> Vec<Outcome> {
         let mut conn = self.conn.clone();
         let pipe = incr_pipeline(cmds.iter());
         match pipe.query_async::<Vec<RedisResult<i64>>>(&mut conn).await {
             Ok(replies) => outcomes(replies, cmds.len()),
-            Err(err) => vec![IncrOutcome::Failed(StoreError::from_redis(&err)); cmds.len()],
+            Err(err) => vec![Outcome::Failed(StoreError::from_redis(&err)); cmds.len()],
         }
     }
 
-    pub async fn incr_batch_once(&self, batch_id: &str, cmds: &[Cmd<'_>], marker_ttl: Duration) -> Vec<BatchOutcome> {
+    pub async fn incr_batch_once(&self, batch_id: &str, cmds: &[Cmd<'_>], marker_ttl: Duration) -> Vec<Outcome> {
         let indices: Vec<usize> = (0..cmds.len()).collect();
         let runs = join_all(batch::chunks(&indices).enumerate().map(|(chunk_no, chunk)| {
             let mut conn = self.conn.clone();
@@ -64,12 +64,12 @@ impl RedisStore {
         runs.into_iter().flatten().collect()
     }
 
-    pub async fn apply_ordered(&self, cmds: &[KeyedCmd<'_>], retention: Duration) -> Vec<IdempotentOutcome> {
+    pub async fn apply_ordered(&self, cmds: &[KeyedCmd<'_>], retention: Duration) -> Vec<Outcome> {
         let mut conn = self.conn.clone();
         let pipe = each_pipeline(cmds.iter(), retention);
         match pipe.query_async::<Vec<RedisResult<Value>>>(&mut conn).await {
             Ok(replies) => each_outcomes(cmds.iter(), replies, cmds.len()),
-            Err(err) => vec![IdempotentOutcome::Failed(StoreError::from_redis(&err)); cmds.len()],
+            Err(err) => vec![Outcome::Failed(StoreError::from_redis(&err)); cmds.len()],
         }
     }
 
@@ -112,17 +112,17 @@ pub(super) fn get_pipeline<'a>(keys: impl Iterator<Item = &'a CounterKey>) -> Pi
 
 /// Turns pipeline replies into outcomes. A reply count that does not match is
 /// a protocol surprise: report every command as unknown rather than guess.
-pub(super) fn outcomes(replies: Vec<RedisResult<i64>>, expected: usize) -> Vec<IncrOutcome> {
+pub(super) fn outcomes(replies: Vec<RedisResult<i64>>, expected: usize) -> Vec<Outcome> {
     if replies.len() != expected {
         let err = StoreError::Unknown(format!("expected {expected} replies, got {}", replies.len()));
-        return vec![IncrOutcome::Failed(err); expected];
+        return vec![Outcome::Failed(err); expected];
     }
     replies
         .into_iter()
         .map(|reply| match reply {
-            Ok(value) => IncrOutcome::Applied(value),
-            Err(err) if is_overflow(&err) => IncrOutcome::Overflow,
-            Err(err) => IncrOutcome::Failed(StoreError::from_redis(&err)),
+            Ok(value) => Outcome::Applied(value),
+            Err(err) if is_overflow(&err) => Outcome::Overflow,
+            Err(err) => Outcome::Failed(StoreError::from_redis(&err)),
         })
         .collect()
 }
