@@ -6,6 +6,7 @@
 //! them, so a leader cut off from the API server stops reconciling once its
 //! Lease could have expired, before a standby can take it over.
 
+use std::future::Future;
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
@@ -115,6 +116,96 @@ pub async fn until_leading(leading: &mut watch::Receiver<bool>) -> bool {
 pub async fn until_not_leading(mut leading: watch::Receiver<bool>) {
     let _ = leading.wait_for(|l| !*l).await;
 }
+
+/// Why standing for election stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ElectionError {
+    #[error("leader election: {0}")]
+    Lease(#[from] LeaseManagerError),
+    #[error("the leader election stopped; restarting to stand again")]
+    Ended,
+}
+
+/// The Lease this replica stands for.
+#[derive(Debug, Clone)]
+pub struct Election {
+    pub lease: String,
+    pub namespace: String,
+    pub identity: String,
+    pub duration: Duration,
+}
+
+/// Stands for `election` until `shutdown`, running `run(stop)` while this
+/// replica leads; `stop` resolves when it no longer does (the election
+/// says so, or the Lease could have expired: see [`until_lease_lost`]),
+/// after which the replica stands by for the next term. `leader` is the
+/// 0/1 gauge of leadership. Dropping the election on the way out releases
+/// the Lease, so a standby takes it at its next check.
+pub async fn reconcile_while_leading<R, F>(
+    client: Client,
+    election: Election,
+    leader: &prometheus_client::metrics::gauge::Gauge<i64, std::sync::atomic::AtomicI64>,
+    shutdown: impl Future<Output = ()>,
+    run: R,
+) -> Result<(), ElectionError>
+where
+    R: Fn(Stop) -> F,
+    F: Future<Output = ()>,
+{
+    let Election { lease, namespace, identity, duration } = election;
+    let (mut leading, task) = elect(client.clone(), &lease, &namespace, &identity, duration.as_secs()).await?;
+    let leases: Api<Lease> = Api::namespaced(client, &namespace);
+    tracing::info!(%identity, %lease, "standing for election");
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            became = until_leading(&mut leading) => if !became {
+                // The election task ended: exit, so the pod restarts and stands again.
+                return Err(ElectionError::Ended);
+            },
+        }
+        tokio::select! {
+            _ = &mut shutdown => break,
+            () = until_lease_held(&leases, &lease, &identity, duration) => {}
+        }
+        tracing::info!(%identity, "leading: reconciling");
+        leader.set(1);
+        // The watchdog runs as its own task (the controller's stop signal
+        // must be Sync, an API call's future is not).
+        let (lost_tx, lost_rx) = tokio::sync::oneshot::channel::<()>();
+        let watchdog = tokio::spawn({
+            let lost = until_lease_lost(leases.clone(), lease.clone(), identity.clone(), duration);
+            async move {
+                lost.await;
+                let _ = lost_tx.send(());
+            }
+        });
+        let not_leading = until_not_leading(leading.clone());
+        let stop: Stop = Box::pin(async move {
+            tokio::select! {
+                _ = lost_rx => {}
+                () = not_leading => {}
+            }
+        });
+        let finished = tokio::select! {
+            _ = &mut shutdown => false,
+            () = run(stop) => true,
+        };
+        watchdog.abort();
+        if !finished {
+            break;
+        }
+        leader.set(0);
+        tracing::warn!(%identity, "lost the lease: standing by");
+    }
+    drop(leading);
+    let _ = task.await;
+    Ok(())
+}
+
+/// Resolves when the controller must stop reconciling.
+pub type Stop = std::pin::Pin<Box<dyn Future<Output = ()> + Send + Sync + 'static>>;
 
 #[cfg(test)]
 mod tests {

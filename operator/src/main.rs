@@ -9,7 +9,6 @@ use clap::Parser;
 use futures_util::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -26,12 +25,10 @@ use tally_operator::{leader, server};
 enum Error {
     #[error("cannot reach the Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
-    #[error("leader election: {0}")]
-    Lease(#[from] kube_lease_manager::LeaseManagerError),
+    #[error(transparent)]
+    Election(#[from] leader::ElectionError),
     #[error("metrics endpoint: {0}")]
     Listen(#[from] std::io::Error),
-    #[error("the leader election stopped; restarting to stand again")]
-    ElectionEnded,
 }
 
 fn main() -> ExitCode {
@@ -72,60 +69,15 @@ async fn run(config: Config) -> Result<(), Error> {
         controller(&config, client, context, tally_runtime::signal::shutdown()).await;
         return Ok(http.await.map_err(std::io::Error::other)??);
     }
-    let identity = leader::identity(config.identity.as_deref());
-    let (mut leading, election) =
-        leader::elect(client.clone(), &config.lease_name, &config.lease_namespace, &identity, config.lease_duration_s)
-            .await?;
-    let leases: Api<Lease> = Api::namespaced(client.clone(), &config.lease_namespace);
-    let duration = Duration::from_secs(config.lease_duration_s);
-    tracing::info!(%identity, lease = %config.lease_name, "standing for election");
-    let mut shutdown = std::pin::pin!(tally_runtime::signal::shutdown());
-    loop {
-        tokio::select! {
-            _ = &mut shutdown => break,
-            became = leader::until_leading(&mut leading) => if !became {
-                // The election task ended: exit, so the pod restarts and stands again.
-                return Err(Error::ElectionEnded);
-            },
-        }
-        tokio::select! {
-            _ = &mut shutdown => break,
-            () = leader::until_lease_held(&leases, &config.lease_name, &identity, duration) => {}
-        }
-        tracing::info!(%identity, "leading: reconciling");
-        metrics.leader.set(1);
-        // The watchdog runs as its own task (the controller's stop signal
-        // must be Sync, an API call's future is not).
-        let (lost_tx, lost_rx) = tokio::sync::oneshot::channel::<()>();
-        let watchdog = tokio::spawn({
-            let lost = leader::until_lease_lost(leases.clone(), config.lease_name.clone(), identity.clone(), duration);
-            async move {
-                lost.await;
-                let _ = lost_tx.send(());
-            }
-        });
-        let not_leading = leader::until_not_leading(leading.clone());
-        let stop = async move {
-            tokio::select! {
-                _ = lost_rx => {}
-                () = not_leading => {}
-            }
-        };
-        let finished = tokio::select! {
-            _ = &mut shutdown => false,
-            () = controller(&config, client.clone(), context.clone(), stop) => true,
-        };
-        watchdog.abort();
-        if !finished {
-            break;
-        }
-        metrics.leader.set(0);
-        tracing::warn!(%identity, "lost the lease: standing by");
-    }
-    // Dropping the receiver releases the Lease; a standby takes it at its
-    // next check (within a lease duration).
-    drop(leading);
-    let _ = election.await;
+    let election = leader::Election {
+        lease: config.lease_name.clone(),
+        namespace: config.lease_namespace.clone(),
+        identity: leader::identity(config.identity.as_deref()),
+        duration: Duration::from_secs(config.lease_duration_s),
+    };
+    let run = |stop| controller(&config, client.clone(), context.clone(), stop);
+    leader::reconcile_while_leading(client.clone(), election, &metrics.leader, tally_runtime::signal::shutdown(), run)
+        .await?;
     Ok(http.await.map_err(std::io::Error::other)??)
 }
 
