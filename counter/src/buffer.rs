@@ -187,7 +187,7 @@ impl WriteBuffer {
         loop {
             self.flush_once().await;
             if self.held() == 0 {
-                tracing::info!("write-behind buffer drained");
+                tracing::info!("{}", tally_runtime::log_events::BUFFER_DRAINED);
                 return;
             }
             if Instant::now() >= deadline {
@@ -196,10 +196,7 @@ impl WriteBuffer {
             // More than one flush's worth left: go on at once. A batch left
             // in doubt means the store refused it: retry at the flush cadence.
             if self.lock().in_doubt.is_some() {
-                tracing::warn!(
-                    counters = self.held(),
-                    "store refused the flush; retrying drain of the write-behind buffer"
-                );
+                tracing::warn!(counters = self.held(), "{}", tally_runtime::log_events::DRAIN_RETRYING);
                 tokio::time::sleep(self.settings.flush_interval.min(Duration::from_millis(200))).await;
             }
         }
@@ -210,7 +207,7 @@ impl WriteBuffer {
             left
         };
         for (key, delta) in &left {
-            tracing::error!(%key, delta, "shutdown deadline passed: acknowledged async increment not confirmed applied");
+            tracing::error!(%key, delta, "{}", tally_runtime::log_events::UNCONFIRMED_AT_SHUTDOWN);
         }
         self.metrics.async_lost.get_or_create(&[("reason", "shutdown_timeout")]).inc_by(left.len() as u64);
         self.metrics.buffer_keys.set(0);

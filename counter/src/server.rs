@@ -243,12 +243,19 @@ async fn health_loop(
             reporter.set_service_status("", status).await;
             reporter.set_service_status(health::COUNTER_SERVICE, status).await;
             match &probed {
-                Ok(()) => tracing::info!(store = stores[0].store.kind(), up, "store readiness changed"),
+                Ok(()) => tracing::info!(
+                    store = stores[0].store.kind(),
+                    up,
+                    "{}",
+                    tally_runtime::log_events::STORE_READINESS_CHANGED
+                ),
                 Err(reason) if *shutdown.borrow() => {
-                    tracing::info!(store = stores[0].store.kind(), up, %reason, "store readiness changed")
+                    tracing::info!(store = stores[0].store.kind(), up, %reason, "{}", tally_runtime::log_events::STORE_READINESS_CHANGED)
                 }
                 // Why, e.g. a refused connection or an untrusted certificate (redacted: no password).
-                Err(reason) => tracing::warn!(store = stores[0].store.kind(), up, %reason, "store readiness changed"),
+                Err(reason) => {
+                    tracing::warn!(store = stores[0].store.kind(), up, %reason, "{}", tally_runtime::log_events::STORE_READINESS_CHANGED)
+                }
             }
             last = Some(up);
         }

@@ -62,7 +62,7 @@ async fn sigterm_flushes_every_acknowledged_async_write() {
 
     let (status, log) = tokio::task::spawn_blocking(move || counter.terminate()).await.expect("terminate");
     assert!(status.success(), "exit status {status:?}");
-    assert!(log.iter().any(|l| l.contains("write-behind buffer drained")), "log:\n{}", log.join("\n"));
+    assert!(log.iter().any(|l| l.contains(tally_runtime::log_events::BUFFER_DRAINED)), "log:\n{}", log.join("\n"));
     for (resource, want) in &expected {
         assert_eq!(stored(&redis, resource), Some(*want), "{resource}");
     }
@@ -80,7 +80,7 @@ async fn sigterm_waits_for_a_store_that_comes_back() {
     // acknowledged writes and retry until Redis is back.
     redis.kill();
     counter.signal("-TERM");
-    counter.wait_for_log("a failed drain attempt", |l| l.contains("retrying drain"));
+    counter.wait_for_log("a failed drain attempt", |l| l.contains(tally_runtime::log_events::DRAIN_RETRYING));
     let redis = RedisServer::start_on(port, &[]);
     let (status, log) = tokio::task::spawn_blocking(move || counter.wait()).await.expect("wait");
     assert!(status.success(), "exit status {status:?}\n{}", log.join("\n"));
@@ -104,7 +104,8 @@ async fn sigterm_in_an_outage_logs_every_unconfirmed_delta_at_the_deadline() {
     counter.signal("-TERM");
     let (status, log) = tokio::task::spawn_blocking(move || counter.wait()).await.expect("wait");
     assert!(status.success(), "exit status {status:?}");
-    let unconfirmed: Vec<&String> = log.iter().filter(|l| l.contains("not confirmed applied")).collect();
+    let unconfirmed: Vec<&String> =
+        log.iter().filter(|l| l.contains(tally_runtime::log_events::UNCONFIRMED_AT_SHUTDOWN)).collect();
     let mut logged: HashMap<String, i64> = HashMap::new();
     for line in &unconfirmed {
         let field = |name: &str| {

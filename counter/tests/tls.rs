@@ -65,7 +65,9 @@ async fn increments_are_stored_in_a_redis_cluster_over_tls() {
     let certs = TestCerts::generate("tally-tls-cluster");
     let (cluster, url) = RedisCluster::start_tls(&certs);
     let counter = tls_counter_on(&url, &certs);
-    counter.wait_for_log("the cluster over TLS", |l| l.contains("store readiness changed") && l.contains("up=true"));
+    counter.wait_for_log("the cluster over TLS", |l| {
+        l.contains(tally_runtime::log_events::STORE_READINESS_CHANGED) && l.contains("up=true")
+    });
     let mut client = common::client(&counter).await;
     // Enough resources to land on every master.
     let resources: Vec<String> = (0..30).map(|i| unique(&format!("tls-cluster-{i}"))).collect();
@@ -90,7 +92,9 @@ async fn increments_are_stored_over_tls_with_a_client_certificate() {
     let (redis, tls_port) = tls_redis(&certs);
     let counter = tls_counter(tls_port, &certs);
     // Ready once every worker's TLS connection answered its probe.
-    counter.wait_for_log("the store over TLS", |l| l.contains("store readiness changed") && l.contains("up=true"));
+    counter.wait_for_log("the store over TLS", |l| {
+        l.contains(tally_runtime::log_events::STORE_READINESS_CHANGED) && l.contains("up=true")
+    });
     let mut client = common::client(&counter).await;
     let resource = unique("tls");
     let mut answered = Vec::new();

@@ -42,7 +42,7 @@ async fn counters_register_and_the_gateway_follows_them() {
     let (status, _) = tokio::task::spawn_blocking(move || second.terminate()).await.expect("terminate");
     assert!(status.success());
     consul.wait_for_registrations(1).await;
-    gateway.wait_for_log("the endpoint removed", |l| l.contains("removed; draining"));
+    gateway.wait_for_log("the endpoint removed", |l| l.contains(tally_runtime::log_events::ENDPOINT_REMOVED));
     for _ in 0..20 {
         let (status, body) =
             http.post("/api/v1/counter/increment", json!({"resource_id": post, "counter_type": "likes"})).await;

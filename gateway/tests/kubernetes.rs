@@ -59,7 +59,9 @@ async fn ready_endpoints_are_followed_and_a_relist_resyncs_fully() {
     // a's slice vanishes while the watch is down; after the relist it is gone.
     api.delete_slice_silently("counter-a");
     api.cut_watches();
-    gateway.wait_for_log("a dropped by the resync", |l| l.contains(&a) && l.contains("removed; draining"));
+    gateway.wait_for_log("a dropped by the resync", |l| {
+        l.contains(&a) && l.contains(tally_runtime::log_events::ENDPOINT_REMOVED)
+    });
     // Its metric series go with it (no stale breaker state exported forever).
     let text = scrape().await;
     assert!(!text.contains(&format!("endpoint=\"{a}\"")), "series of a removed endpoint are still exported");
@@ -69,7 +71,7 @@ async fn ready_endpoints_are_followed_and_a_relist_resyncs_fully() {
     // Deletion through the watch too.
     api.wait_for_watches(3).await;
     api.delete_slice("counter-b");
-    gateway.wait_for_log("b dropped", |l| l.contains(&b) && l.contains("removed; draining"));
+    gateway.wait_for_log("b dropped", |l| l.contains(&b) && l.contains(tally_runtime::log_events::ENDPOINT_REMOVED));
     let (status, body) =
         http.post("/api/v1/counter/increment", json!({"resource_id": post, "counter_type": "likes"})).await;
     assert_eq!((status, body["error"]["code"].clone()), (503, json!("unavailable")), "{body}");

@@ -4,6 +4,7 @@
 pub mod conn;
 pub mod consul;
 pub mod http;
+pub mod log_events;
 pub mod logging;
 pub mod metrics;
 pub mod net;

@@ -293,10 +293,10 @@ impl Backends {
                     continue;
                 }
             }
-            tracing::info!(endpoint = %redact::userinfo(uri), weight, "counter endpoint discovered; warming up");
+            tracing::info!(endpoint = %redact::userinfo(uri), weight, "{}", tally_runtime::log_events::ENDPOINT_DISCOVERED);
         }
         for &i in &plan.remove {
-            tracing::info!(endpoint = %current[i].name, in_flight = current[i].in_flight(), "counter endpoint removed; draining");
+            tracing::info!(endpoint = %current[i].name, in_flight = current[i].in_flight(), "{}", tally_runtime::log_events::ENDPOINT_REMOVED);
         }
         if next.len() != current.len() || !plan.remove.is_empty() {
             self.list.store(Arc::new(next));
@@ -342,7 +342,7 @@ impl Backends {
         if let Some(state) = change {
             let counter = if state.name() == "closed" { &backend.closed } else { &backend.opened };
             counter.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(endpoint = %backend.name, state = state.name(), "circuit breaker changed state");
+            tracing::warn!(endpoint = %backend.name, state = state.name(), "{}", tally_runtime::log_events::BREAKER_CHANGED);
         }
     }
 
@@ -354,10 +354,10 @@ impl Backends {
                 // A healthy counter takes async writes too: one call, not two.
                 let takes_async = healthy || backend.check(health::ASYNC_WRITES, timeout).await;
                 if backend.healthy.swap(healthy, Ordering::Relaxed) != healthy {
-                    tracing::info!(endpoint = %backend.name, healthy, "counter endpoint health changed");
+                    tracing::info!(endpoint = %backend.name, healthy, "{}", tally_runtime::log_events::ENDPOINT_HEALTH_CHANGED);
                 }
                 if backend.takes_async.swap(takes_async, Ordering::Relaxed) != takes_async {
-                    tracing::info!(endpoint = %backend.name, takes_async, "counter endpoint async writes changed");
+                    tracing::info!(endpoint = %backend.name, takes_async, "{}", tally_runtime::log_events::ENDPOINT_ASYNC_CHANGED);
                 }
             }
             tokio::time::sleep(interval).await;

@@ -19,7 +19,9 @@ pub fn start_counter(store: &str, env: &[(&str, &str)]) -> Service {
 /// rarely (to keep checks out of a test's way) must find the counter already
 /// serving at its first check, or it waits a whole interval for the next.
 pub fn wait_store_up(counter: &Service) {
-    counter.wait_for_log("the counter's store up", |l| l.contains("store readiness changed") && l.contains("up=true"));
+    counter.wait_for_log("the counter's store up", |l| {
+        l.contains(tally_runtime::log_events::STORE_READINESS_CHANGED) && l.contains("up=true")
+    });
 }
 
 pub fn start_gateway(endpoints: &str, env: &[(&str, &str)]) -> Service {
@@ -28,7 +30,8 @@ pub fn start_gateway(endpoints: &str, env: &[(&str, &str)]) -> Service {
     let gateway = Service::start(Path::new(env!("CARGO_BIN_EXE_tally-gateway")), &all);
     // Warm-up: the gateway takes traffic once an endpoint passed its health check.
     gateway.wait_for_log("a healthy counter endpoint", |l| {
-        l.contains("health changed") && (l.contains("healthy=true") || l.contains(r#""healthy":true"#))
+        l.contains(tally_runtime::log_events::ENDPOINT_HEALTH_CHANGED)
+            && (l.contains("healthy=true") || l.contains(r#""healthy":true"#))
     });
     gateway
 }
