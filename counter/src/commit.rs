@@ -14,6 +14,7 @@
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tally_runtime::batch_loop::next_batch;
 
 use tally_proto::CounterKey;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError, mpsc, oneshot};
@@ -158,23 +159,14 @@ async fn run(
     metrics: Arc<Metrics>,
 ) {
     loop {
-        let Some(first) = rx.recv().await else { return };
-        // Then a free flush slot: while all are busy, callers queue in the
-        // channel and the next flush takes them together. (Taken only once
-        // there is work: an idle committer holding a shared slot would
-        // starve the others.)
-        let Ok(slot) = slots.clone().acquire_owned().await else { return };
-        let mut ops = first.ops.len();
-        let mut jobs = vec![first];
-        while ops < settings.max_ops {
-            match rx.try_recv() {
-                Ok(job) => {
-                    ops += job.ops.len();
-                    jobs.push(job);
-                }
-                Err(_) => break,
-            }
-        }
+        // The shared loop (tally_runtime::batch_loop): a flush slot is taken
+        // only once there is work, since an idle committer holding a shared
+        // slot would starve the others.
+        let slot = || async { slots.clone().acquire_owned().await.ok() };
+        let Some((mut jobs, slot)) = next_batch(&mut rx, slot, settings.max_ops, |job: &Job| job.ops.len()).await
+        else {
+            return;
+        };
         // A caller that gave up while queued (its deadline passed, or the
         // client cancelled) is not flushed: nothing of it was applied, and
         // its wait ended with its deadline.

@@ -1,6 +1,7 @@
 //! Process glue shared by `tally-counter` and `tally-gateway`, so both start,
 //! log, stop and expose metrics the same way.
 
+pub mod batch_loop;
 pub mod conn;
 pub mod consul;
 pub mod http;

@@ -3,9 +3,10 @@
 //! single increments become `BatchIncrement` calls, single reads `BatchGet`
 //! calls ([`Batched`] says how for each).
 //!
-//! Same shape as the counter's group committer: one loop per worker thread
-//! takes every item queued there (up to `max_ops`) as soon as a call slot
-//! is free and sends them as one batch. The slots ([`CallSlots`]) are the
+//! The same loop as the counter's group committer
+//! (`tally_runtime::batch_loop`): one per worker thread takes every item
+//! queued there (up to `max_ops`) as soon as a call slot is free and sends
+//! them as one batch. The slots ([`CallSlots`]) are the
 //! gateway's, shared by the workers: `max_inflight` per known endpoint
 //! ([`call_slots`]). An idle gateway sends a lone item at once, so nothing
 //! waits for a timer. Each caller gets the result of its own item; the
@@ -23,6 +24,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+use tally_runtime::batch_loop::next_batch;
 
 use tally_proto::v1::{
     BatchGetRequest, BatchIncrementRequest, CounterRef, GetResponse, IncrementOperation, OperationResult,
@@ -202,18 +204,8 @@ impl Drop for Slot {
 async fn run<B: Batched>(mut rx: mpsc::Receiver<Job<B>>, counter: Counter, limits: CoalesceLimits) {
     let slots = B::slots(&counter).clone();
     loop {
-        let Some(first) = rx.recv().await else { return };
-        // Then a free slot (never held while idle: another worker may need
-        // it); while all are busy, callers queue in the channel and this
-        // call takes them together.
-        let slot = slots.take(|| counter.backends().endpoint_count()).await;
-        let mut jobs = vec![first];
-        while jobs.len() < limits.max_ops.max(1) {
-            match rx.try_recv() {
-                Ok(job) => jobs.push(job),
-                Err(_) => break,
-            }
-        }
+        let slot = || async { Some(slots.take(|| counter.backends().endpoint_count()).await) };
+        let Some((jobs, slot)) = next_batch(&mut rx, slot, limits.max_ops, |_| 1).await else { return };
         let jobs = sendable(jobs, limits.max_wait);
         if jobs.is_empty() {
             continue;
