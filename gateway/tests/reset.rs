@@ -128,19 +128,9 @@ async fn concurrent_increments_and_resets_fit_one_serial_order(store: &str) {
             })
         })
         .collect();
-    let mut increments = Vec::new();
-    for task in incrementers {
-        increments.extend(task.await.expect("incrementer"));
-    }
-    let mut resets = Vec::new();
-    for task in resetters {
-        resets.extend(task.await.expect("resetter"));
-    }
+    let (increments, resets) = (serial::joined(incrementers).await, serial::joined(resetters).await);
     let final_value = http.value(&post, "likes").await;
-    assert_eq!(increments.len(), 1200);
-    assert!(resets.iter().any(|&v| v > 0), "some reset ran between increments: {resets:?}");
-    assert_eq!(resets.iter().sum::<i64>() + final_value, 1200, "each increment cleared once or still there");
-    serial::explains(&increments, &resets, final_value).unwrap_or_else(|why| panic!("{why}"));
+    serial::check_race(&increments, &resets, final_value, 1200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

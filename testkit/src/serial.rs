@@ -40,6 +40,27 @@ pub fn explains(increments: &[i64], resets: &[i64], final_value: i64) -> Result<
     Ok(())
 }
 
+/// Every value the tasks saw, in no particular order.
+pub async fn joined(tasks: Vec<tokio::task::JoinHandle<Vec<i64>>>) -> Vec<i64> {
+    let mut seen = Vec::new();
+    for task in tasks {
+        seen.extend(task.await.expect("a racing task panicked"));
+    }
+    seen
+}
+
+/// Checks a finished race of `sent` increments of +1 and some resets on
+/// one counter: every increment answered, some reset ran between them,
+/// each increment cleared by one reset or still counted, and one serial
+/// order explains every value ([`explains`]).
+pub fn check_race(increments: &[i64], resets: &[i64], final_value: i64, sent: usize) {
+    assert_eq!(increments.len(), sent, "every increment answered");
+    assert!(resets.iter().any(|&v| v > 0), "some reset ran between increments: {resets:?}");
+    let cleared: i64 = resets.iter().sum();
+    assert_eq!(cleared + final_value, sent as i64, "each increment cleared by one reset or still there");
+    explains(increments, resets, final_value).unwrap_or_else(|why| panic!("{why}"));
+}
+
 #[cfg(test)]
 mod tests {
     use super::explains;
