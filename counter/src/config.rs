@@ -238,6 +238,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn every_setting_is_documented_with_its_default() {
+        use clap::CommandFactory;
+        let docs = include_str!("../../docs/configuration.md");
+        let problems = tally_testkit::docs::undocumented_settings_of(&Config::command(), docs);
+        assert!(
+            problems.is_empty(),
+            "docs/configuration.md and the code disagree:
+{}",
+            problems.join(
+                "
+"
+            )
+        );
+    }
+
+    #[test]
     fn defaults_follow_the_plan() {
         let config = Config::try_parse_from(["tally-counter"]).expect("defaults parse");
         assert_eq!(config.listen.port(), 9001);

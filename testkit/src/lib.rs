@@ -4,6 +4,7 @@
 //! lines and cleanup guaranteed when the test binary exits.
 
 mod consul;
+pub mod docs;
 mod kubernetes;
 mod lease;
 mod otlp;

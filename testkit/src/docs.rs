@@ -1,0 +1,82 @@
+//! Reading the settings tables of `docs/configuration.md`, so each service
+//! can check its `clap` definitions against what the documentation says.
+
+/// Every table row whose first cell names settings: (the backticked names
+/// in the first cell, the second cell as written).
+pub fn settings_rows(markdown: &str) -> Vec<(Vec<String>, String)> {
+    markdown
+        .lines()
+        .filter(|line| line.starts_with("| `"))
+        .filter_map(|line| {
+            let mut cells = line.split('|').skip(1);
+            let (names, default) = (cells.next()?, cells.next()?);
+            Some((backticked(names), default.trim().to_string()))
+        })
+        .collect()
+}
+
+/// The backticked tokens of a cell.
+pub fn backticked(cell: &str) -> Vec<String> {
+    cell.split('`').skip(1).step_by(2).map(str::to_string).collect()
+}
+
+/// Checks that every `(env, default)` of a service is documented in
+/// `markdown`'s settings tables, with its default among the backticked
+/// values of a row naming it; returns every mismatch, for one message.
+pub fn undocumented<'a>(markdown: &str, settings: impl IntoIterator<Item = (&'a str, Option<String>)>) -> Vec<String> {
+    let rows = settings_rows(markdown);
+    let mut problems = Vec::new();
+    for (env, default) in settings {
+        let naming: Vec<&(Vec<String>, String)> =
+            rows.iter().filter(|(names, _)| names.iter().any(|n| n == env)).collect();
+        if naming.is_empty() {
+            problems.push(format!("{env} is not in docs/configuration.md"));
+            continue;
+        }
+        if let Some(default) = default
+            && !naming.iter().any(|(_, cell)| backticked(cell).contains(&default))
+        {
+            let cells: Vec<&str> = naming.iter().map(|(_, cell)| cell.as_str()).collect();
+            problems.push(format!("{env}: default {default:?} in code, documented as {cells:?}"));
+        }
+    }
+    problems
+}
+
+/// [`undocumented`] for every setting of a `clap` command: each argument
+/// read from an environment variable, with its default.
+pub fn undocumented_settings_of(command: &clap::Command, markdown: &str) -> Vec<String> {
+    let settings: Vec<(String, Option<String>)> = command
+        .get_arguments()
+        .filter_map(|arg| {
+            let env = arg.get_env()?.to_string_lossy().to_string();
+            let default = arg.get_default_values().first().map(|d| d.to_string_lossy().to_string());
+            Some((env, default))
+        })
+        .collect();
+    assert!(!settings.is_empty(), "no settings read from {}", command.get_name());
+    undocumented(markdown, settings.iter().map(|(env, default)| (env.as_str(), default.clone())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DOC: &str = "| env var | default | meaning |\n|---|---|---|\n\
+        | `TALLY_A` / `TALLY_B` | `10` / `20` | two |\n| `TALLY_C` | unset | none |\n";
+
+    #[test]
+    fn rows_name_their_settings_and_defaults() {
+        let rows = settings_rows(DOC);
+        assert_eq!(rows[0], (vec!["TALLY_A".to_string(), "TALLY_B".to_string()], "`10` / `20`".to_string()));
+        assert_eq!(rows.len(), 2);
+    }
+
+    #[test]
+    fn mismatches_are_reported() {
+        let ok = undocumented(DOC, [("TALLY_A", Some("20".to_string())), ("TALLY_C", None)]);
+        assert!(ok.is_empty(), "{ok:?}");
+        let bad = undocumented(DOC, [("TALLY_A", Some("30".to_string())), ("TALLY_D", None)]);
+        assert_eq!(bad.len(), 2, "{bad:?}");
+    }
+}
