@@ -319,18 +319,7 @@ mod tests {
 
     #[test]
     fn every_setting_is_documented_with_its_default() {
-        use clap::CommandFactory;
-        let docs = include_str!("../../docs/configuration.md");
-        let problems = tally_testkit::docs::undocumented_settings_of(&Config::command(), docs);
-        assert!(
-            problems.is_empty(),
-            "docs/configuration.md and the code disagree:
-{}",
-            problems.join(
-                "
-"
-            )
-        );
+        tally_testkit::docs::assert_settings_documented(&<Config as clap::CommandFactory>::command());
     }
 
     #[test]

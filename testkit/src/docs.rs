@@ -58,6 +58,15 @@ pub fn undocumented_settings_of(command: &clap::Command, markdown: &str) -> Vec<
     undocumented(markdown, settings.iter().map(|(env, default)| (env.as_str(), default.clone())))
 }
 
+/// Asserts every setting of `command` is in the workspace's
+/// `docs/configuration.md` with its default ([`undocumented_settings_of`]).
+pub fn assert_settings_documented(command: &clap::Command) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/configuration.md");
+    let docs = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let problems = undocumented_settings_of(command, &docs);
+    assert!(problems.is_empty(), "docs/configuration.md and the code disagree:\n{}", problems.join("\n"));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
