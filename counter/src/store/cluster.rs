@@ -229,7 +229,13 @@ async fn connect(client: &ClusterClient, limit: Duration) -> Result<ClusterConne
     tokio::time::timeout(limit, client.get_async_connection())
         .await
         .map_err(|_| StoreError::NotApplied("connecting to the cluster: timed out".into()))?
-        .map_err(|e| StoreError::NotApplied(format!("connecting to the cluster: {e}")))
+        // Masked: the library may repeat a node URL, password included, and
+        // the reconnect task logs this.
+        .map_err(|e| {
+            StoreError::NotApplied(
+                tally_runtime::redact::userinfo(&format!("connecting to the cluster: {e}")).into_owned(),
+            )
+        })
 }
 
 /// Runs `run(group number, command indices)` for every group concurrently

@@ -296,12 +296,12 @@ pub async fn health() -> impl IntoResponse {
 /// async writes still reach the gateway during a store outage).
 pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
     let backends = state.counter.backends();
-    let usable = backends.usable_count();
+    let (usable, healthy) = (backends.usable_count(), backends.healthy_count());
     let status = if usable > 0 { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     let body = json!({
         "status": if usable > 0 { "ready" } else { "not_ready" },
-        "healthy_endpoints": backends.healthy_count(),
-        "async_only_endpoints": usable - backends.healthy_count().min(usable),
+        "healthy_endpoints": healthy,
+        "async_only_endpoints": usable.saturating_sub(healthy),
         "endpoints": backends.all().len(),
     });
     (status, Json(body))

@@ -114,5 +114,5 @@ pub async fn object_pools() -> ApiError {
 }
 
 /// Why `/api/v1/system/object-pools` is a 404.
-pub const OBJECT_POOLS: &str = "no object pools to report: the original project's Go sync.Pool statistics have no \
+const OBJECT_POOLS: &str = "no object pools to report: the original project's Go sync.Pool statistics have no \
      equivalent in tally (request memory is bounded by the request limits instead); see /api/v1/system/metrics/stats";
