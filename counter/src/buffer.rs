@@ -27,6 +27,8 @@ use tokio::sync::{Notify, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 use tracing::Instrument;
 
+use arc_swap::ArcSwap;
+
 use crate::metrics::Metrics;
 use crate::spans;
 use crate::store::batch;
@@ -42,7 +44,10 @@ pub struct BufferSettings {
     pub capacity: usize,
     /// Life of the store's batch markers; bounds how long a batch whose
     /// outcome is unknown may still be resent ([`batch::resend_window`]).
+    /// Fixed at startup: [`WriteBuffer::retune`] keeps it.
     pub marker_ttl: Duration,
+    /// What an async batch that does not fit gets.
+    pub full_policy: BufferFullPolicy,
 }
 
 /// What to do with an async batch when the write-behind buffer is full.
@@ -102,7 +107,10 @@ struct Batch {
 pub struct WriteBuffer {
     pending: Mutex<Pending>,
     batch_ready: Notify,
-    settings: BufferSettings,
+    /// Live: [`WriteBuffer::retune`].
+    settings: ArcSwap<BufferSettings>,
+    /// Wakes the flusher to take a new flush interval.
+    retuned: Notify,
     store: Arc<Store>,
     metrics: Arc<Metrics>,
 }
@@ -110,7 +118,34 @@ pub struct WriteBuffer {
 impl WriteBuffer {
     pub fn new(settings: BufferSettings, store: Arc<Store>, metrics: Arc<Metrics>) -> WriteBuffer {
         metrics.buffer_capacity.set(i64::try_from(settings.capacity).unwrap_or(i64::MAX));
-        WriteBuffer { pending: Mutex::default(), batch_ready: Notify::new(), settings, store, metrics }
+        WriteBuffer {
+            pending: Mutex::default(),
+            batch_ready: Notify::new(),
+            settings: ArcSwap::from_pointee(settings),
+            retuned: Notify::new(),
+            store,
+            metrics,
+        }
+    }
+
+    /// Takes new batch size, flush interval, capacity and full-buffer
+    /// policy. A smaller capacity refuses new counters until the buffer is
+    /// under it; nothing already buffered is dropped.
+    pub fn retune(&self, new: &BufferSettings) {
+        let marker_ttl = self.settings.load().marker_ttl;
+        self.settings.store(Arc::new(BufferSettings { marker_ttl, ..*new }));
+        self.metrics.buffer_capacity.set(i64::try_from(new.capacity).unwrap_or(i64::MAX));
+        self.retuned.notify_one();
+        self.batch_ready.notify_one();
+    }
+
+    /// What an async batch that does not fit gets now.
+    pub fn full_policy(&self) -> BufferFullPolicy {
+        self.settings.load().full_policy
+    }
+
+    fn settings(&self) -> BufferSettings {
+        **self.settings.load()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Pending> {
@@ -119,8 +154,9 @@ impl WriteBuffer {
 
     /// Buffers all of `ops` or none of them.
     pub fn offer(&self, ops: &[(CounterKey, i64)]) -> Offer {
+        let settings = self.settings();
         let mut pending = self.lock();
-        let room = self.settings.capacity.saturating_sub(pending.in_doubt.as_ref().map_or(0, |b| b.cmds.len()));
+        let room = settings.capacity.saturating_sub(pending.in_doubt.as_ref().map_or(0, |b| b.cmds.len()));
         if pending.closed || !fits(&pending.deltas, ops, room) {
             return Offer::Full;
         }
@@ -141,7 +177,7 @@ impl WriteBuffer {
             }
         }
         self.metrics.buffer_keys.set(pending.deltas.len() as i64);
-        if pending.ops_since_flush >= self.settings.batch_size {
+        if pending.ops_since_flush >= settings.batch_size {
             self.batch_ready.notify_one();
         }
         Offer::Accepted
@@ -157,7 +193,7 @@ impl WriteBuffer {
     pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>, drain_timeout: Duration) {
         // First tick one interval from now (a plain `interval` fires at once,
         // which would flush whatever arrived first early).
-        let period = self.settings.flush_interval;
+        let mut period = self.settings().flush_interval;
         let mut tick = tokio::time::interval_at(Instant::now() + period, period);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut pause = None;
@@ -171,6 +207,13 @@ impl WriteBuffer {
                 None => tokio::select! {
                     _ = tick.tick() => {}
                     _ = self.batch_ready.notified() => {}
+                    _ = self.retuned.notified() => {
+                        // A new interval counts from now.
+                        period = self.settings().flush_interval;
+                        tick = tokio::time::interval_at(Instant::now() + period, period);
+                        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+                        continue;
+                    }
                     _ = shutdown.changed() => break,
                 },
             }
@@ -197,7 +240,7 @@ impl WriteBuffer {
             // in doubt means the store refused it: retry at the flush cadence.
             if self.lock().in_doubt.is_some() {
                 tracing::warn!(counters = self.held(), "{}", tally_runtime::log_events::DRAIN_RETRYING);
-                tokio::time::sleep(self.settings.flush_interval.min(Duration::from_millis(200))).await;
+                tokio::time::sleep(self.settings().flush_interval.min(Duration::from_millis(200))).await;
             }
         }
         let left: Vec<(CounterKey, i64)> = {
@@ -254,7 +297,7 @@ impl WriteBuffer {
         let started = std::time::Instant::now();
         let span = spans::buffer_flush(spans::db_system(self.store.kind()), &batch.links, refs.len());
         let outcomes =
-            self.store.incr_batch_once(&batch.id, &refs, self.settings.marker_ttl).instrument(span.clone()).await;
+            self.store.incr_batch_once(&batch.id, &refs, self.settings().marker_ttl).instrument(span.clone()).await;
         self.metrics.store_flush.observe(started.elapsed().as_secs_f64());
         let mut failure = None;
         for ((key, delta), outcome) in refs.iter().zip(outcomes) {
@@ -284,7 +327,7 @@ impl WriteBuffer {
 
     /// True when `batch` failed ambiguously longer ago than the resend window.
     fn resend_expired(&self, batch: &Batch) -> bool {
-        batch.ambiguous_since.is_some_and(|since| since.elapsed() >= batch::resend_window(self.settings.marker_ttl))
+        batch.ambiguous_since.is_some_and(|since| since.elapsed() >= batch::resend_window(self.settings().marker_ttl))
     }
 
     fn lost(&self, key: &CounterKey, delta: i64, reason: &'static str, why: &str) {

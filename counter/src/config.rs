@@ -8,8 +8,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use crate::buffer::BufferFullPolicy;
-use crate::buffer::BufferSettings;
+use crate::buffer::{BufferFullPolicy, BufferSettings};
 use crate::commit::CommitSettings;
 use crate::incoming::ConnectionLimits;
 use crate::store::{StoreError, StoreOptions, StoreTimeouts, StoreTls};
@@ -218,6 +217,7 @@ impl Config {
             flush_interval: Duration::from_millis(self.flush_interval_ms),
             capacity: self.buffer_capacity as usize,
             marker_ttl: Duration::from_secs(self.batch_marker_ttl_s),
+            full_policy: self.buffer_full_policy,
         }
     }
 
@@ -240,6 +240,12 @@ mod tests {
     #[test]
     fn every_setting_is_documented_with_its_default() {
         tally_testkit::docs::assert_settings_documented(&<Config as clap::CommandFactory>::command());
+    }
+
+    #[test]
+    fn live_settings_are_settings_of_this_binary_and_documented() {
+        let command = <Config as clap::CommandFactory>::command();
+        tally_testkit::docs::assert_live_settings_documented(&command, tally_runtime::live::COUNTER, "| live in `tally-counter`");
     }
 
     #[test]

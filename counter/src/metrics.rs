@@ -22,6 +22,8 @@ type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 pub struct Metrics {
     registry: Registry,
+    /// Reloads of the settings file (`*_settings_*`).
+    pub settings: tally_runtime::live::SettingsMetrics,
     /// Per-method handles of `requests` and `request_duration`.
     pub rpc: RpcSet,
     /// `store_duration` of `incr`, `get` and `flush`, resolved once.
@@ -137,8 +139,11 @@ impl Metrics {
         };
         let store_op = |op| store_duration.get_or_create(&[("op", op)]).clone();
         let (store_incr, store_get, store_flush) = (store_op("incr"), store_op("get"), store_op("flush"));
+        let settings = tally_runtime::live::SettingsMetrics::default();
+        settings.register(&mut registry);
         Metrics {
             registry,
+            settings,
             rpc,
             store_incr,
             store_get,

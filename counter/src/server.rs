@@ -5,11 +5,14 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use tally_proto::health;
 
 use tally_proto::v1::counter_service_server::CounterServiceServer;
 use tally_runtime::http::HttpLimits;
+use tally_runtime::reload::ReloadError;
+use tally_runtime::settings_file::{SettingsError, Source};
 use tally_runtime::workers::Workers;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -46,13 +49,17 @@ pub enum StartupError {
     Workers(std::io::Error),
     #[error(transparent)]
     Tls(#[from] tally_runtime::tls::TlsReloadError),
+    #[error(transparent)]
+    Settings(#[from] ReloadError<SettingsError>),
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, StartupError> {
     tally_runtime::net::bind(addr).await.map_err(|source| StartupError::Bind { addr, source })
 }
 
-pub async fn run(config: Config) -> Result<(), StartupError> {
+/// Runs the counter; `settings` is the settings file it started with, if
+/// any, whose live settings ([`tally_runtime::live::COUNTER`]) apply while it runs.
+pub async fn run(config: Config, settings: Option<Source>) -> Result<(), StartupError> {
     let metrics = Arc::new(Metrics::new());
     let store_options = config.store_options()?;
     let store = Arc::new(Store::from_url(&config.store, &store_options)?);
@@ -76,7 +83,17 @@ pub async fn run(config: Config) -> Result<(), StartupError> {
     }
     reporter.set_service_status(health::ASYNC_WRITES, ServingStatus::Serving).await;
 
-    let admin_app = admin::router(readiness.clone(), metrics.clone());
+    let stream_window = Arc::new(AtomicUsize::new(config.stream_window as usize));
+    let apply = {
+        let (buffer, stream_window) = (buffer.clone(), stream_window.clone());
+        move |new: &Config| {
+            buffer.retune(&new.buffer());
+            stream_window.store(new.stream_window as usize, Ordering::Relaxed);
+            tally_runtime::live::apply_runtime(&new.runtime);
+        }
+    };
+    let settings = tally_runtime::live::start(settings, tally_runtime::live::COUNTER, metrics.settings.clone(), apply)?;
+    let admin_app = admin::router(readiness.clone(), metrics.clone()).merge(tally_runtime::live::router(settings));
     let mut admin_stop = shutdown_rx.clone();
     let admin = tokio::spawn(tally_runtime::http::serve(
         admin_listener,
@@ -123,8 +140,7 @@ pub async fn run(config: Config) -> Result<(), StartupError> {
             buffer: buffer.clone(),
             store,
             metrics: metrics.clone(),
-            buffer_full: config.buffer_full_policy,
-            stream_window: config.stream_window as usize,
+            stream_window: stream_window.clone(),
             shutdown: shutdown_rx.clone(),
         };
         // Both reflection versions: grpcio's reflection client, older

@@ -4,6 +4,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use futures_util::stream::StreamExt;
@@ -33,9 +34,8 @@ pub struct CounterApi {
     pub buffer: Arc<WriteBuffer>,
     pub store: Arc<Store>,
     pub metrics: Arc<Metrics>,
-    pub buffer_full: BufferFullPolicy,
-    /// Requests of one stream being applied at once.
-    pub stream_window: usize,
+    /// Requests of one stream being applied at once (live: shared by every worker).
+    pub stream_window: Arc<AtomicUsize>,
     /// Fires when the service shuts down: open streams stop reading.
     pub shutdown: watch::Receiver<bool>,
 }
@@ -152,7 +152,7 @@ impl CounterService for CounterApi {
             request.into_inner(),
             tx,
             self.committer.clone(),
-            self.stream_window,
+            self.stream_window.load(Ordering::Relaxed),
             self.shutdown.clone(),
             self.metrics.rpc.stream_increments.clone(),
         ));
@@ -173,7 +173,7 @@ impl CounterApi {
                 self.count_async("buffered", ops.len());
                 return Ok(BatchIncrementResponse { results: Vec::new(), accepted: true });
             }
-            if self.buffer_full == BufferFullPolicy::Reject {
+            if self.buffer.full_policy() == BufferFullPolicy::Reject {
                 self.count_async("rejected", ops.len());
                 return Err(Status::resource_exhausted(
                     "write-behind buffer is full; retry later or send the batch synchronously",

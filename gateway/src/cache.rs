@@ -15,6 +15,11 @@
 //! Values written by *other* gateways become visible when the entry expires
 //! (TTL, 5 s by default).
 //!
+//! The TTL and size change live ([`ReadCache::retune`]): the cache starts
+//! over empty with the new bounds, while the write bookkeeping (kept
+//! whether caching is on or not) carries on, so no change can let a stale
+//! value in.
+//!
 //! Listings of whole resources (`GET /api/v1/counter/{resource_id}`) are
 //! cached the same way with their own stripes, by resource: any write
 //! through this gateway to a counter of the resource drops its listing.
@@ -24,6 +29,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use arc_swap::ArcSwapOption;
 use moka::sync::Cache;
 use tally_proto::CounterKey;
 
@@ -46,11 +52,35 @@ struct Stripe {
 /// Every counter of one resource: `(counter type, value)`, sorted.
 pub type Listing = Arc<[(String, i64)]>;
 
+/// The cached values, and listings by resource id.
+struct Caches {
+    entries: Cache<CounterKey, i64>,
+    listings: Cache<String, Listing>,
+}
+
+impl Caches {
+    /// `None`: a zero TTL or size turns caching off.
+    fn new(ttl: Duration, max_entries: u64) -> Option<Caches> {
+        if ttl.is_zero() || max_entries == 0 {
+            return None;
+        }
+        // A listing holds up to 1,000 counters: weighed by its counters, so
+        // the bound stays one of values held, as for single counters.
+        let listings = Cache::builder()
+            .max_capacity(max_entries)
+            .weigher(|_: &String, listing: &Listing| u32::try_from(listing.len().max(1)).unwrap_or(u32::MAX))
+            .time_to_live(ttl)
+            .build();
+        Some(Caches { entries: Cache::builder().max_capacity(max_entries).time_to_live(ttl).build(), listings })
+    }
+}
+
 pub struct ReadCache {
-    entries: Option<Cache<CounterKey, i64>>,
+    caches: ArcSwapOption<Caches>,
+    /// The TTL and size `caches` was made with.
+    bounds: Mutex<(Duration, u64)>,
     stripes: Vec<Mutex<Stripe>>,
-    /// Listings by resource id, and their write bookkeeping.
-    listings: Option<Cache<String, Listing>>,
+    /// The listings' write bookkeeping.
     resource_stripes: Vec<Mutex<Stripe>>,
     hasher: RandomState,
     clock: AtomicU64,
@@ -63,25 +93,29 @@ impl ReadCache {
     /// A cache of at most `max_entries` counters for `ttl`; a zero TTL or
     /// size turns caching off (every read goes to the counter service).
     pub fn new(ttl: Duration, max_entries: u64) -> ReadCache {
-        let on = !ttl.is_zero() && max_entries > 0;
-        let entries = on.then(|| Cache::builder().max_capacity(max_entries).time_to_live(ttl).build());
-        // A listing holds up to 1,000 counters: weighed by its counters, so
-        // the bound stays one of values held, as for single counters.
-        let listings = on.then(|| {
-            Cache::builder()
-                .max_capacity(max_entries)
-                .weigher(|_: &String, listing: &Listing| u32::try_from(listing.len().max(1)).unwrap_or(u32::MAX))
-                .time_to_live(ttl)
-                .build()
-        });
         ReadCache {
-            entries,
+            caches: ArcSwapOption::new(Caches::new(ttl, max_entries).map(Arc::new)),
+            bounds: Mutex::new((ttl, max_entries)),
             stripes: (0..STRIPES).map(|_| Mutex::default()).collect(),
-            listings,
             resource_stripes: (0..STRIPES).map(|_| Mutex::default()).collect(),
             hasher: RandomState::new(),
             clock: AtomicU64::new(0),
         }
+    }
+
+    /// New bounds: when they differ from those in force, the cache starts
+    /// over empty with them (moka's bounds are fixed when it is built).
+    pub fn retune(&self, ttl: Duration, max_entries: u64) {
+        let mut bounds = self.bounds.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if *bounds != (ttl, max_entries) {
+            self.caches.store(Caches::new(ttl, max_entries).map(Arc::new));
+            *bounds = (ttl, max_entries);
+        }
+    }
+
+    /// Whether reads are cached now.
+    pub fn is_on(&self) -> bool {
+        self.caches.load().is_some()
     }
 
     fn stripe(&self, key: &CounterKey) -> std::sync::MutexGuard<'_, Stripe> {
@@ -96,22 +130,23 @@ impl ReadCache {
 
     /// The cached listing of `resource_id`, if known.
     pub fn get_listing(&self, resource_id: &str) -> Option<Listing> {
-        self.listings.as_ref()?.get(resource_id)
+        self.caches.load().as_ref()?.listings.get(resource_id)
     }
 
     /// Stores a fetched listing unless a write to a counter of the resource
     /// is in flight or finished since the read started.
     pub fn fill_listing(&self, resource_id: &str, listing: Listing, stamp: &ReadStamp) {
-        let Some(listings) = &self.listings else { return };
+        let caches = self.caches.load();
+        let Some(caches) = caches.as_ref() else { return };
         let stripe = self.resource_stripe(resource_id);
         if stripe.in_flight == 0 && stripe.last_write <= stamp.0 {
-            listings.insert(resource_id.to_string(), listing);
+            caches.listings.insert(resource_id.to_string(), listing);
         }
     }
 
     /// The cached value, if known.
     pub fn get(&self, key: &CounterKey) -> Option<i64> {
-        self.entries.as_ref()?.get(key)
+        self.caches.load().as_ref()?.entries.get(key)
     }
 
     /// Call before fetching a value that missed.
@@ -122,10 +157,11 @@ impl ReadCache {
     /// Stores a fetched value unless a write on the counter's stripe is in
     /// flight or finished since the read started (the value may be older).
     pub fn fill(&self, key: &CounterKey, value: i64, stamp: &ReadStamp) {
-        let Some(entries) = &self.entries else { return };
+        let caches = self.caches.load();
+        let Some(caches) = caches.as_ref() else { return };
         let stripe = self.stripe(key);
         if stripe.in_flight == 0 && stripe.last_write <= stamp.0 {
-            entries.insert(key.clone(), value);
+            caches.entries.insert(key.clone(), value);
         }
     }
 
@@ -140,14 +176,13 @@ impl ReadCache {
         I::IntoIter: Clone,
     {
         let keys = keys.into_iter();
-        if self.entries.is_some() {
-            for key in keys.clone() {
-                let mut stripe = self.stripe(key);
-                stripe.overlapped |= stripe.in_flight > 0;
-                stripe.in_flight += 1;
-                drop(stripe);
-                self.resource_stripe(key.resource_id()).in_flight += 1;
-            }
+        // Kept with caching off too: it may be turned on while these run.
+        for key in keys.clone() {
+            let mut stripe = self.stripe(key);
+            stripe.overlapped |= stripe.in_flight > 0;
+            stripe.in_flight += 1;
+            drop(stripe);
+            self.resource_stripe(key.resource_id()).in_flight += 1;
         }
         WriteGuard { cache: self, keys: Some(keys) }
     }
@@ -159,7 +194,7 @@ impl ReadCache {
     /// not known here). An uncached counter stays uncached: its next read
     /// fetches the current value anyway.
     fn write_finished(&self, key: &CounterKey, value: Option<i64>) {
-        let Some(entries) = &self.entries else { return };
+        let caches = self.caches.load();
         let mut stripe = self.stripe(key);
         stripe.in_flight = stripe.in_flight.saturating_sub(1);
         let overlapped = stripe.overlapped;
@@ -169,10 +204,12 @@ impl ReadCache {
         let now = self.clock.fetch_add(1, Ordering::SeqCst) + 1;
         stripe.last_write = now;
         // Still holding the stripe: no fill or other write can interleave.
-        if entries.contains_key(key) {
+        if let Some(caches) = caches.as_ref()
+            && caches.entries.contains_key(key)
+        {
             match value.filter(|_| !overlapped) {
-                Some(value) => entries.insert(key.clone(), value),
-                None => entries.invalidate(key),
+                Some(value) => caches.entries.insert(key.clone(), value),
+                None => caches.entries.invalidate(key),
             }
         }
         drop(stripe);
@@ -181,8 +218,8 @@ impl ReadCache {
         let mut stripe = self.resource_stripe(key.resource_id());
         stripe.in_flight = stripe.in_flight.saturating_sub(1);
         stripe.last_write = now;
-        if let Some(listings) = &self.listings {
-            listings.invalidate(key.resource_id());
+        if let Some(caches) = caches.as_ref() {
+            caches.listings.invalidate(key.resource_id());
         }
     }
 }
@@ -344,5 +381,25 @@ mod tests {
         let k = key("a");
         c.fill(&k, 3, &c.read_stamp());
         assert_eq!(c.get(&k), None);
+    }
+
+    #[test]
+    fn new_bounds_start_the_cache_over_and_a_write_across_the_change_still_counts() {
+        let c = ReadCache::new(Duration::ZERO, 100);
+        let (k, stamp) = (key("a"), c.read_stamp());
+        let write = c.write_started([&k]);
+        c.retune(Duration::from_secs(60), 100);
+        assert!(c.is_on());
+        c.fill(&k, 3, &stamp);
+        assert_eq!(c.get(&k), None, "a write that started while caching was off is still in flight");
+        write.finish([Some(4)]);
+        c.fill(&k, 4, &c.read_stamp());
+        assert_eq!(c.get(&k), Some(4));
+        c.retune(Duration::from_secs(60), 100);
+        assert_eq!(c.get(&k), Some(4), "unchanged bounds keep the entries");
+        c.retune(Duration::from_secs(30), 100);
+        assert_eq!(c.get(&k), None, "new bounds start over empty");
+        c.retune(Duration::from_secs(30), 0);
+        assert!(!c.is_on(), "size 0 turns caching off");
     }
 }

@@ -323,6 +323,12 @@ mod tests {
     }
 
     #[test]
+    fn live_settings_are_settings_of_this_binary_and_documented() {
+        let command = <Config as clap::CommandFactory>::command();
+        tally_testkit::docs::assert_live_settings_documented(&command, tally_runtime::live::GATEWAY, "| live in `tally-gateway`");
+    }
+
+    #[test]
     fn defaults_follow_the_plan() {
         let config = Config::try_parse_from(["tally-gateway"]).expect("defaults parse");
         assert_eq!(config.listen.port(), 8080);

@@ -1,6 +1,5 @@
 use std::process::ExitCode;
 
-use clap::Parser;
 use tally_gateway::{config::Config, server};
 
 /// mimalloc: the request path allocates small, short-lived buffers on
@@ -12,7 +11,7 @@ use tally_gateway::{config::Config, server};
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    let config = Config::parse();
+    let (config, settings) = tally_runtime::settings_file::load::<Config>();
     let runtime = config.runtime.clone();
-    tally_runtime::rt::run_control(&runtime, "tally-gateway", server::run(config))
+    tally_runtime::rt::run_control(&runtime, "tally-gateway", server::run(config, settings))
 }

@@ -30,6 +30,8 @@ pub struct RouteLabel {
 
 pub struct Metrics {
     registry: Registry,
+    /// Reloads of the settings file (`*_settings_*`).
+    pub settings: tally_runtime::live::SettingsMetrics,
     /// Requests answered 503 at once by load shedding, by bound (`in_flight`, `queue`).
     pub shed: Family<[(&'static str, &'static str); 1], Counter>,
     /// Connections of the public listener.
@@ -123,8 +125,11 @@ impl Metrics {
         let (public_connections, admin_connections) = (ConnMetrics::default(), ConnMetrics::default());
         public_connections.register(registry.sub_registry_with_label(("listener".into(), "public".into())));
         admin_connections.register(registry.sub_registry_with_label(("listener".into(), "admin".into())));
+        let settings = tally_runtime::live::SettingsMetrics::default();
+        settings.register(&mut registry);
         Metrics {
             registry,
+            settings,
             auth_keys,
             auth_reloads,
             tls_reloads,

@@ -1,11 +1,13 @@
 //! Startup and shutdown of the gateway.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tally_runtime::http::{self, HttpLimits};
+use tally_runtime::reload::ReloadError;
 use tally_runtime::rt;
+use tally_runtime::settings_file::{SettingsError, Source};
 use tally_runtime::telemetry::Caller;
 use tally_runtime::workers::Workers;
 use tokio::net::TcpListener;
@@ -36,6 +38,8 @@ pub enum StartupError {
     #[error(transparent)]
     UpstreamTls(#[from] crate::config::UpstreamTlsError),
     #[error(transparent)]
+    Settings(#[from] ReloadError<SettingsError>),
+    #[error(transparent)]
     ListenerTls(#[from] tally_runtime::tls::TlsReloadError),
     #[error("TALLY_CONSUL_ADDR: {0}")]
     Consul(#[from] tally_runtime::consul::ConsulError),
@@ -47,7 +51,10 @@ pub enum StartupError {
 /// caller's runtime (one control thread) accepts and hands each connection
 /// to the least busy worker, and runs the admin port, discovery, health
 /// checks and shutdown.
-pub async fn run(config: Config) -> Result<(), StartupError> {
+///
+/// `settings` is the settings file the gateway started with, if any, whose
+/// live settings ([`tally_runtime::live::GATEWAY`]) apply while it runs.
+pub async fn run(config: Config, settings_file: Option<Source>) -> Result<(), StartupError> {
     let workers = Workers::start(rt::worker_threads(&config.runtime), "tally-worker").map_err(StartupError::Workers)?;
     let mut settings = config.client();
     settings.workers = workers.handles().to_vec();
@@ -124,6 +131,19 @@ pub async fn run(config: Config) -> Result<(), StartupError> {
     };
     // The in-flight cap is the port's, whichever worker a request lands on.
     let in_flight = Arc::new(Semaphore::new(request_limits.max_in_flight));
+    let apply = {
+        let (counter, cache, in_flight) = (counter.clone(), cache.clone(), in_flight.clone());
+        let cap = Mutex::new(request_limits.max_in_flight);
+        move |new: &Config| {
+            counter.retune(&new.client());
+            cache.retune(Duration::from_millis(new.cache_ttl_ms), new.cache_max_entries);
+            let mut cap = cap.lock().unwrap_or_else(PoisonError::into_inner);
+            tally_runtime::live::resize_semaphore(&in_flight, *cap, new.max_in_flight as usize);
+            *cap = new.max_in_flight as usize;
+            tally_runtime::live::apply_runtime(&new.runtime);
+        }
+    };
+    let view = tally_runtime::live::start(settings_file, tally_runtime::live::GATEWAY, metrics.settings.clone(), apply)?;
     let public_workers = (workers.handles().iter().zip(&apps))
         .map(|(worker, app)| {
             http::Worker::on(worker.clone(), api::public_router(app.clone(), request_limits, in_flight.clone()))
@@ -141,7 +161,7 @@ pub async fn run(config: Config) -> Result<(), StartupError> {
     let admin_conns = metrics.admin_connections.clone();
     let admin = tokio::spawn(http::serve(
         admin_listener,
-        api::admin_router(apps[0].clone()),
+        api::admin_router(apps[0].clone()).merge(tally_runtime::live::router(view)),
         limits,
         admin_conns,
         stopped(stop_rx),

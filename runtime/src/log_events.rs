@@ -24,3 +24,9 @@ pub const ENDPOINT_DISCOVERED: &str = "counter endpoint discovered; warming up";
 pub const ENDPOINT_REMOVED: &str = "counter endpoint removed; draining";
 /// The gateway: an endpoint's circuit breaker opened or closed (field `state`).
 pub const BREAKER_CHANGED: &str = "circuit breaker changed state";
+/// Either service: a new version of the settings file passed and its live
+/// settings apply (fields `digest`, `applied`, `restart_pending`).
+pub const SETTINGS_APPLIED: &str = "settings file reloaded";
+/// Either service: a new version of the settings file was refused; the
+/// settings in force stay (field `err`).
+pub const SETTINGS_REFUSED: &str = "settings file refused; the settings in force stay";

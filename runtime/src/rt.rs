@@ -23,9 +23,17 @@ pub struct RuntimeArgs {
     #[arg(long, env = "TALLY_WORKER_THREADS", value_parser = clap::value_parser!(u64).range(1..=1024))]
     pub worker_threads: Option<u64>,
 
-    /// Log format: `text` or `json`. Level comes from RUST_LOG.
+    /// Log format: `text` or `json`.
     #[arg(long, env = "TALLY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+
+    /// Log filter, `tracing` directives such as `info` or `warn,tally_gateway=debug` (default: `info`).
+    #[arg(long, env = "RUST_LOG")]
+    pub log_filter: Option<String>,
+
+    /// The settings file and how often it is re-read (`TALLY_SETTINGS_*`).
+    #[command(flatten)]
+    pub settings: crate::settings_file::SettingsFileArgs,
 
     #[command(flatten)]
     pub telemetry: TelemetryArgs,
@@ -86,7 +94,7 @@ where
             return ExitCode::FAILURE;
         }
     };
-    logging::init(args.log_format, layer);
+    logging::init(args.log_format, args.log_filter.as_deref(), layer);
     if let Some(endpoint) = &args.telemetry.otlp_endpoint {
         let endpoint = crate::redact::userinfo(endpoint);
         tracing::info!(%endpoint, sampler = ?args.telemetry.sampler, ratio = args.telemetry.sampler_arg, "exporting traces over OTLP/gRPC");

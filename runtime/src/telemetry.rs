@@ -10,7 +10,7 @@
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
@@ -107,7 +107,21 @@ pub fn decide(kind: SamplerKind, ratio: f64, parent_sampled: Option<bool>, draw:
     }
 }
 
-static HEAD: OnceLock<(SamplerKind, f64)> = OnceLock::new();
+static HEAD: OnceLock<SamplerKind> = OnceLock::new();
+/// The sampling ratio in force, as `f64` bits: changed live by the settings
+/// file ([`set_ratio`]).
+static RATIO: AtomicU64 = AtomicU64::new(0);
+
+/// Changes the share of new traces sampled, at once (`OTEL_TRACES_SAMPLER_ARG`
+/// re-read from the settings file). Out-of-range values are clamped.
+pub fn set_ratio(ratio: f64) {
+    RATIO.store(ratio.clamp(0.0, 1.0).to_bits(), Ordering::Relaxed);
+}
+
+/// The sampling ratio in force.
+pub fn sampling_ratio() -> f64 {
+    f64::from_bits(RATIO.load(Ordering::Relaxed))
+}
 
 /// Whether the caller's sampled flag counts: trusted callers (a gateway
 /// calling a counter) decide for the callee; untrusted ones (any client of
@@ -122,7 +136,8 @@ pub enum Caller {
 
 /// Whether to trace a request arriving with `parent` (see [`decide`]).
 pub fn sample(parent: &Context, caller: Caller) -> bool {
-    let Some(&(kind, ratio)) = HEAD.get().filter(|_| enabled()) else { return false };
+    let Some(&kind) = HEAD.get().filter(|_| enabled()) else { return false };
+    let ratio = sampling_ratio();
     let span = parent.span();
     let context = span.span_context();
     let parent_sampled = (context.is_valid() && caller == Caller::Trusted).then(|| context.is_sampled());
@@ -249,7 +264,8 @@ pub fn build(
         .with_tracked_inactivity(false)
         .with_context_activation(false)
         .boxed();
-    let _ = HEAD.set((args.sampler, args.sampler_arg));
+    let _ = HEAD.set(args.sampler);
+    set_ratio(args.sampler_arg);
     ENABLED.store(true, Ordering::Relaxed);
     Ok(Some((Tracing { provider }, layer)))
 }

@@ -67,6 +67,33 @@ pub fn assert_settings_documented(command: &clap::Command) {
     assert!(problems.is_empty(), "docs/configuration.md and the code disagree:\n{}", problems.join("\n"));
 }
 
+/// Asserts every name of a service's `live` list is one of `command`'s
+/// settings, and is named in docs/configuration.md's "Live settings"
+/// tables, and that those tables name no other setting of the service as
+/// live for it (the shared table counts for both services).
+pub fn assert_live_settings_documented(command: &clap::Command, live: &[&str], table: &str) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/configuration.md");
+    let docs = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let section = docs.split("## Live settings").nth(1).unwrap_or_else(|| panic!("no Live settings section"));
+    let mut documented: Vec<String> = Vec::new();
+    for block in section.split("\n\n").filter(|b| b.starts_with("| live in both") || b.starts_with(table)) {
+        for (names, _) in settings_rows(block) {
+            documented.extend(names);
+        }
+    }
+    for name in live {
+        assert!(
+            command.get_arguments().any(|arg| arg.get_env() == Some(std::ffi::OsStr::new(name))),
+            "{name} is listed as live but is not a setting of {}",
+            command.get_name()
+        );
+    }
+    let mut listed: Vec<String> = live.iter().map(|s| s.to_string()).collect();
+    listed.sort();
+    documented.sort();
+    assert_eq!(listed, documented, "live settings in code and in docs/configuration.md ({table})");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -325,7 +325,7 @@ pub async fn backends(State(state): State<AppState>) -> impl IntoResponse {
             })
         })
         .collect();
-    let policy = state.counter.backends().policy.name();
+    let policy = state.counter.backends().policy().name();
     Json(success(json!({ "load_balancing": policy, "endpoints": endpoints })))
 }
 

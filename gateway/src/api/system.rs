@@ -74,7 +74,7 @@ pub async fn grpc_pools(State(state): State<AppState>) -> impl IntoResponse {
         instances: all.len(),
         healthy_instances: all.iter().filter(|b| b.is_healthy()).count(),
         connections: all.iter().map(|b| b.pool_size()).sum(),
-        load_balancing: backends.policy.name(),
+        load_balancing: backends.policy().name(),
         last_update: backends.changed_at(),
     };
     Json(success(ByService { counter_service: view }))

@@ -1,14 +1,10 @@
-//! Counter endpoints: a pool of HTTP/2 channels per endpoint, its health,
-//! and the choice of endpoint per call.
+//! Counter endpoints: each one's connection pool ([`super::pool`]), its
+//! health, and the choice of endpoint per call. An endpoint takes traffic
+//! only while its last grpc.health.v1 check said SERVING (warm-up: none
+//! does before its first successful check).
 //!
-//! Each endpoint holds `pool_size` lazily-connected tonic channels (one
-//! HTTP/2 connection each, PING keep-alive on) used round-robin, so load
-//! spreads over several connections and server worker threads. Under
-//! thread-per-core serving the pool is split between the workers, each
-//! owning its share (at least one), as Envoy's workers own their connection
-//! pools: a call never wakes another thread. An endpoint
-//! takes traffic only while its last grpc.health.v1 check said SERVING
-//! (warm-up: none does before its first successful check).
+//! The balancing policy, the breaker thresholds, the ejection cap and the
+//! pool size change live ([`Backends::retune`]).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -17,7 +13,7 @@ use tally_proto::health;
 use tally_runtime::redact;
 
 use tally_proto::v1::counter_service_client::CounterServiceClient;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
@@ -26,8 +22,8 @@ use arc_swap::ArcSwap;
 
 use super::ClientSettings;
 use super::balance::{self, Candidate, Policy};
-use super::breaker::Breaker;
-use tally_runtime::tls::Connector;
+use super::breaker::{Breaker, BreakerSettings};
+use super::pool::ChannelPool;
 
 /// The URI an endpoint is dialled at: with TLS to the counters configured,
 /// every endpoint is TLS (discovery yields `http://` addresses; they are
@@ -69,9 +65,7 @@ pub struct Backend {
     pub name: String,
     /// Share of traffic under the `weighted` policy.
     pub weight: u32,
-    /// One pool per worker ([`ClientSettings::workers`]), or a single pool.
-    pools: Vec<Vec<Channel>>,
-    next_channel: AtomicUsize,
+    pool: ChannelPool,
     healthy: AtomicBool,
     takes_async: AtomicBool,
     in_flight: AtomicUsize,
@@ -84,39 +78,21 @@ pub struct Backend {
 }
 
 impl Backend {
-    fn new(uri: &str, weight: u32, settings: &ClientSettings) -> Result<Backend, BackendError> {
+    fn new(
+        uri: &str,
+        weight: u32,
+        settings: &ClientSettings,
+        breaker: &Arc<ArcSwap<BreakerSettings>>,
+    ) -> Result<Backend, BackendError> {
         let invalid = |reason: String| BackendError::InvalidUri { uri: redact::userinfo(uri).into_owned(), reason };
         let dial = dial_uri(uri, settings.tls.is_some()).map_err(|reason| invalid(reason.to_string()))?;
-        let endpoint = Endpoint::from_shared(dial.clone())
-            .map_err(|e| invalid(e.to_string()))?
-            .connect_timeout(settings.connect_timeout)
-            .timeout(settings.request_timeout)
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(settings.keepalive)
-            .keep_alive_timeout(settings.keepalive.min(Duration::from_secs(20)))
-            .keep_alive_while_idle(true);
-        let connect = || match &settings.tls {
-            Some(tls) => endpoint.connect_with_connector_lazy(Connector::new(tls.clone())),
-            None => endpoint.connect_lazy(),
-        };
-        let pools = if settings.workers.is_empty() {
-            vec![(0..settings.pool_size.max(1)).map(|_| connect()).collect()]
-        } else {
-            let share = settings.pool_size.div_ceil(settings.workers.len()).max(1);
-            // A channel's tasks run on the runtime it was made in: the worker's.
-            let pool = |worker: &tokio::runtime::Handle| {
-                let _in_worker = worker.enter();
-                (0..share).map(|_| connect()).collect()
-            };
-            settings.workers.iter().map(pool).collect()
-        };
+        let pool = ChannelPool::new(dial.clone(), settings).map_err(|e| invalid(e.to_string()))?;
         Ok(Backend {
             uri: uri.to_string(),
             name: redact::userinfo(&dial).into_owned(),
             weight,
-            breaker: Breaker::new(settings.breaker),
-            pools,
-            next_channel: AtomicUsize::new(0),
+            breaker: Breaker::new(breaker.clone()),
+            pool,
             healthy: AtomicBool::new(false),
             takes_async: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
@@ -126,12 +102,9 @@ impl Backend {
         })
     }
 
-    /// The next channel of the calling worker's pool (off the workers: the
-    /// first pool), round-robin.
+    /// The next channel of the calling worker's pool, round-robin.
     pub fn channel(&self) -> Channel {
-        let pool = &self.pools[tally_runtime::workers::current().unwrap_or(0) % self.pools.len()];
-        let i = self.next_channel.fetch_add(1, Ordering::Relaxed) % pool.len();
-        pool[i].clone()
+        self.pool.channel()
     }
 
     pub fn client(&self) -> CounterServiceClient<Channel> {
@@ -158,7 +131,7 @@ impl Backend {
 
     /// Connections to this endpoint, every worker's pool counted.
     pub fn pool_size(&self) -> usize {
-        self.pools.iter().map(Vec::len).sum()
+        self.pool.size()
     }
 
     pub fn in_flight(&self) -> usize {
@@ -207,10 +180,11 @@ pub struct Backends {
     /// their `Arc<Backend>`, so a removed endpoint drains (its calls finish)
     /// and its connections close when the last call drops it.
     list: ArcSwap<Vec<Arc<Backend>>>,
-    settings: ClientSettings,
+    /// The settings new endpoints are made with; live ones swapped by [`Backends::retune`].
+    settings: ArcSwap<ClientSettings>,
+    /// Every endpoint's breaker reads its thresholds here.
+    breaker: Arc<ArcSwap<BreakerSettings>>,
     next: AtomicU64,
-    pub policy: Policy,
-    max_ejection_percent: u32,
     /// When the endpoint set last changed, Unix seconds (0: never).
     changed_at: AtomicU64,
 }
@@ -234,12 +208,33 @@ impl Backends {
     pub fn empty(settings: &ClientSettings) -> Backends {
         Backends {
             list: ArcSwap::from_pointee(Vec::new()),
-            settings: settings.clone(),
+            settings: ArcSwap::from_pointee(settings.clone()),
+            breaker: Arc::new(ArcSwap::from_pointee(settings.breaker)),
             next: AtomicU64::new(0),
-            policy: settings.policy,
-            max_ejection_percent: settings.max_ejection_percent,
             changed_at: AtomicU64::new(0),
         }
+    }
+
+    /// Applies the live client settings: balancing policy, breaker
+    /// thresholds, ejection cap and pool size (every endpoint's pool is
+    /// resized in place). The rest of `new` is ignored: it needs a restart.
+    pub fn retune(&self, new: &ClientSettings) {
+        let mut settings = ClientSettings::clone(&self.settings.load());
+        settings.policy = new.policy;
+        settings.breaker = new.breaker;
+        settings.max_ejection_percent = new.max_ejection_percent;
+        let resize = settings.pool_size != new.pool_size;
+        settings.pool_size = new.pool_size;
+        self.settings.store(Arc::new(settings));
+        self.breaker.store(Arc::new(new.breaker));
+        if resize {
+            self.all().iter().for_each(|backend| backend.pool.resize(new.pool_size));
+        }
+    }
+
+    /// The balancing policy in force.
+    pub fn policy(&self) -> Policy {
+        self.settings.load().policy
     }
 
     /// When the set of endpoints last changed (discovery or startup), Unix seconds; 0 before any.
@@ -286,7 +281,7 @@ impl Backends {
         let plan = plan_update(&known, &wanted);
         let mut next: Vec<Arc<Backend>> = plan.keep.iter().map(|&i| current[i].clone()).collect();
         for &(uri, weight) in &plan.add {
-            match Backend::new(uri, weight, &self.settings) {
+            match Backend::new(uri, weight, &self.settings.load(), &self.breaker) {
                 Ok(backend) => next.push(Arc::new(backend)),
                 Err(err) => {
                     skipped.push(err);
@@ -321,7 +316,7 @@ impl Backends {
             .filter(|(_, b)| b.serves(need) && b.breaker.admits(now))
             .map(|(index, b)| Candidate { index, in_flight: b.in_flight(), weight: b.weight })
             .collect();
-        let order = balance::order(self.policy, &candidates, ticket);
+        let order = balance::order(self.policy(), &candidates, ticket);
         let is_avoided = |i: usize| avoid.is_some_and(|a| Arc::ptr_eq(a, &list[i]));
         let preferred = order.iter().copied().filter(|&i| !is_avoided(i));
         let fallback = order.iter().copied().filter(|&i| is_avoided(i));
@@ -334,7 +329,8 @@ impl Backends {
         let change = if failed {
             let list = self.list.load();
             let open = list.iter().filter(|b| b.breaker.is_open()).count() as u32;
-            let may_eject = (open + 1) * 100 <= self.max_ejection_percent * list.len() as u32;
+            let max_percent = self.settings.load().max_ejection_percent;
+            let may_eject = (open + 1) * 100 <= max_percent * list.len() as u32;
             backend.breaker.on_failure(Instant::now(), may_eject, jitter)
         } else {
             backend.breaker.on_success()

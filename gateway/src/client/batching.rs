@@ -105,45 +105,43 @@ struct Job<B: Batched> {
 }
 
 pub struct Coalescer<B: Batched> {
-    tx: mpsc::Sender<Job<B>>,
+    tx: mpsc::UnboundedSender<Job<B>>,
+    /// Items in the queue: bounded by the live `coalesce_max_queue`.
+    queued: Arc<AtomicUsize>,
+    counter: Counter,
 }
 
 impl<B: Batched> Clone for Coalescer<B> {
     fn clone(&self) -> Self {
-        Coalescer { tx: self.tx.clone() }
+        Coalescer { tx: self.tx.clone(), queued: self.queued.clone(), counter: self.counter.clone() }
     }
 }
 
-/// Bounds of the coalescing queue.
-#[derive(Debug, Clone, Copy)]
-pub struct CoalesceLimits {
-    /// Most items carried by one call.
-    pub max_ops: usize,
-    /// Items waiting at most.
-    pub max_queue: usize,
-    /// Longest wait in the queue (the request deadline).
-    pub max_wait: Duration,
-}
-
 impl<B: Batched> Coalescer<B> {
-    /// Starts the loop. At most `limits.max_queue` items wait for a call; a
-    /// full queue answers [`CallError::Overloaded`] at once (load shedding
-    /// rather than an ever longer wait), and so does an item that waited
-    /// longer than `limits.max_wait` (it is never sent).
-    pub fn start(counter: Counter, limits: CoalesceLimits) -> Coalescer<B> {
-        let (tx, rx) = mpsc::channel(limits.max_queue.max(1));
-        tokio::spawn(run::<B>(rx, counter, limits));
-        Coalescer { tx }
+    /// Starts the loop. At most `coalesce_max_queue` items wait for a call
+    /// (a live setting, [`Counter::tuning`]); a full queue answers
+    /// [`CallError::Overloaded`] at once (load shedding rather than an ever
+    /// longer wait), and so does an item that waited longer than `max_wait`,
+    /// the request deadline (it is never sent).
+    pub fn start(counter: Counter, max_wait: Duration) -> Coalescer<B> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let queued = Arc::new(AtomicUsize::new(0));
+        tokio::spawn(run::<B>(rx, counter.clone(), queued.clone(), max_wait));
+        Coalescer { tx, queued, counter }
     }
 
     /// Queues `item` and waits for its own result.
     pub async fn call(&self, item: B::Item) -> Result<B::Output, CallError> {
         let (reply, rx) = oneshot::channel();
         let span = if tally_runtime::telemetry::enabled() { Span::current() } else { Span::none() };
-        self.tx.try_send(Job { item, span, reply, queued: Instant::now() }).map_err(|err| match err {
-            mpsc::error::TrySendError::Full(_) => CallError::Overloaded,
-            mpsc::error::TrySendError::Closed(_) => CallError::ShuttingDown,
-        })?;
+        if self.queued.fetch_add(1, Ordering::AcqRel) >= self.counter.tuning().coalesce_max_queue() {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+            return Err(CallError::Overloaded);
+        }
+        if self.tx.send(Job { item, span, reply, queued: Instant::now() }).is_err() {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+            return Err(CallError::ShuttingDown);
+        }
         rx.await.map_err(|_| CallError::ShuttingDown)?
     }
 }
@@ -156,14 +154,21 @@ pub fn call_slots(per_endpoint: usize, endpoints: usize) -> usize {
 
 /// The coalesced calls of one kind in flight, counted across every worker.
 pub struct CallSlots {
-    per_endpoint: usize,
+    /// A live setting (`coalesce_max_inflight`).
+    per_endpoint: AtomicUsize,
     in_flight: AtomicUsize,
     freed: Notify,
 }
 
 impl CallSlots {
     pub fn new(per_endpoint: usize) -> CallSlots {
-        CallSlots { per_endpoint, in_flight: AtomicUsize::new(0), freed: Notify::new() }
+        CallSlots { per_endpoint: AtomicUsize::new(per_endpoint), in_flight: AtomicUsize::new(0), freed: Notify::new() }
+    }
+
+    /// Changes the slots per endpoint; more slots wake the waiting loops.
+    pub fn set_per_endpoint(&self, per_endpoint: usize) {
+        self.per_endpoint.store(per_endpoint, Ordering::Release);
+        self.freed.notify_waiters();
     }
 
     /// Waits for a free slot, given the endpoints now.
@@ -174,7 +179,7 @@ impl CallSlots {
             // Registered before the check: a slot freed meanwhile still wakes us.
             freed.as_mut().enable();
             let taken = self.in_flight.load(Ordering::Acquire);
-            if taken < call_slots(self.per_endpoint, endpoints()) {
+            if taken < call_slots(self.per_endpoint.load(Ordering::Acquire), endpoints()) {
                 if self.in_flight.compare_exchange(taken, taken + 1, Ordering::AcqRel, Ordering::Acquire).is_ok() {
                     return Slot(self.clone());
                 }
@@ -201,12 +206,19 @@ impl Drop for Slot {
     }
 }
 
-async fn run<B: Batched>(mut rx: mpsc::Receiver<Job<B>>, counter: Counter, limits: CoalesceLimits) {
+async fn run<B: Batched>(
+    mut rx: mpsc::UnboundedReceiver<Job<B>>,
+    counter: Counter,
+    queued: Arc<AtomicUsize>,
+    max_wait: Duration,
+) {
     let slots = B::slots(&counter).clone();
     loop {
         let slot = || async { Some(slots.take(|| counter.backends().endpoint_count()).await) };
-        let Some((jobs, slot)) = next_batch(&mut rx, slot, limits.max_ops, |_| 1).await else { return };
-        let jobs = sendable(jobs, limits.max_wait);
+        let max_ops = counter.tuning().coalesce_max_ops();
+        let Some((jobs, slot)) = next_batch(&mut rx, slot, max_ops, |_| 1).await else { return };
+        queued.fetch_sub(jobs.len(), Ordering::AcqRel);
+        let jobs = sendable(jobs, max_wait);
         if jobs.is_empty() {
             continue;
         }

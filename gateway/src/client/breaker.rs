@@ -8,7 +8,9 @@
 //! failure opens it again for longer. Whether an endpoint may be ejected at
 //! all (the cap on ejected endpoints) is decided by the caller.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone, Copy)]
@@ -37,13 +39,17 @@ impl State {
 }
 
 pub struct Breaker {
-    settings: BreakerSettings,
+    settings: Arc<ArcSwap<BreakerSettings>>,
     state: Mutex<State>,
 }
 
 impl Breaker {
-    pub fn new(settings: BreakerSettings) -> Breaker {
+    pub fn new(settings: Arc<ArcSwap<BreakerSettings>>) -> Breaker {
         Breaker { settings, state: Mutex::new(State::Closed { failures: 0 }) }
+    }
+
+    fn settings(&self) -> BreakerSettings {
+        **self.settings.load()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -63,7 +69,7 @@ impl Breaker {
         match *self.lock() {
             State::Closed { .. } => true,
             State::Open { until, .. } => now >= until,
-            State::HalfOpen { probes, .. } => probes < self.settings.half_open_probes,
+            State::HalfOpen { probes, .. } => probes < self.settings().half_open_probes,
         }
     }
 
@@ -78,7 +84,7 @@ impl Breaker {
                 true
             }
             State::Open { .. } => false,
-            State::HalfOpen { probes, ejections } if probes < self.settings.half_open_probes => {
+            State::HalfOpen { probes, ejections } if probes < self.settings().half_open_probes => {
                 *state = State::HalfOpen { probes: probes + 1, ejections };
                 true
             }
@@ -101,7 +107,7 @@ impl Breaker {
     pub fn on_failure(&self, now: Instant, may_eject: bool, jitter: f64) -> Option<State> {
         let mut state = self.lock();
         let next = match *state {
-            State::Closed { failures } if failures + 1 >= self.settings.failure_threshold && may_eject => {
+            State::Closed { failures } if failures + 1 >= self.settings().failure_threshold && may_eject => {
                 self.open(now, 1, jitter)
             }
             State::Closed { failures } => State::Closed { failures: failures + 1 },
@@ -115,7 +121,8 @@ impl Breaker {
 
     fn open(&self, now: Instant, ejections: u32, jitter: f64) -> State {
         let factor = 2u32.saturating_pow(ejections.saturating_sub(1).min(16));
-        let base = self.settings.recovery.saturating_mul(factor).min(self.settings.max_recovery);
+        let settings = self.settings();
+        let base = settings.recovery.saturating_mul(factor).min(settings.max_recovery);
         let spread = 0.8 + 0.4 * jitter.clamp(0.0, 1.0);
         State::Open { until: now + base.mul_f64(spread), ejections }
     }
@@ -125,13 +132,33 @@ impl Breaker {
 mod tests {
     use super::*;
 
+    const SETTINGS: BreakerSettings = BreakerSettings {
+        failure_threshold: 3,
+        recovery: Duration::from_secs(1),
+        max_recovery: Duration::from_secs(4),
+        half_open_probes: 2,
+    };
+
     fn breaker() -> Breaker {
-        Breaker::new(BreakerSettings {
-            failure_threshold: 3,
-            recovery: Duration::from_secs(1),
-            max_recovery: Duration::from_secs(4),
-            half_open_probes: 2,
-        })
+        Breaker::new(Arc::new(ArcSwap::from_pointee(SETTINGS)))
+    }
+
+    #[test]
+    fn new_thresholds_apply_to_the_next_transition() {
+        let shared = Arc::new(ArcSwap::from_pointee(SETTINGS));
+        let b = Breaker::new(shared.clone());
+        let now = Instant::now();
+        b.on_failure(now, true, 0.5);
+        shared.store(Arc::new(BreakerSettings { failure_threshold: 10, ..SETTINGS }));
+        for _ in 0..8 {
+            assert_eq!(b.on_failure(now, true, 0.5), None, "under the raised threshold");
+        }
+        assert_eq!(b.on_failure(now, true, 0.5).map(|s| s.name()), Some("open"), "the tenth failure opens it");
+        shared.store(Arc::new(BreakerSettings { recovery: Duration::from_secs(3), ..SETTINGS }));
+        b.try_acquire(now + Duration::from_secs(10));
+        b.on_failure(now, true, 0.5);
+        let State::Open { until, .. } = b.state() else { panic!("reopened") };
+        assert_eq!(until - now, Duration::from_secs(4), "doubled new recovery, capped at max_recovery");
     }
 
     #[test]

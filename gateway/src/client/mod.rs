@@ -12,8 +12,10 @@ pub mod breaker;
 pub mod discovery;
 pub mod endpoint_metrics;
 pub mod kubernetes;
+pub mod pool;
 pub mod retry;
 mod single;
+pub mod tuning;
 
 pub use single::{Incrementer, Reader};
 
@@ -36,7 +38,8 @@ use backends::{Backends, Need};
 use balance::Policy;
 use batching::CallSlots;
 use breaker::BreakerSettings;
-use retry::{CallKind, RetryBudget};
+use retry::CallKind;
+use tuning::Tuning;
 pub use tally_runtime::tls::UpstreamTls;
 
 #[derive(Debug, Clone)]
@@ -103,19 +106,30 @@ pub struct Counter {
     backends: Arc<Backends>,
     batch_slots: Arc<BatchSlots>,
     metrics: Arc<Metrics>,
-    budget: Arc<RetryBudget>,
-    max_attempts: u32,
+    tuning: Arc<Tuning>,
 }
 
 impl Counter {
     pub fn new(backends: Arc<Backends>, metrics: Arc<Metrics>, settings: &ClientSettings) -> Counter {
-        let budget = Arc::new(RetryBudget::new(settings.retry_budget_percent, settings.retry_min_per_second));
         let per_endpoint = settings.coalesce_max_inflight;
         let batch_slots = Arc::new(BatchSlots {
             increments: Arc::new(CallSlots::new(per_endpoint)),
             reads: Arc::new(CallSlots::new(per_endpoint)),
         });
-        Counter { backends, batch_slots, metrics, budget, max_attempts: settings.retry_attempts.max(1) }
+        Counter { backends, batch_slots, metrics, tuning: Arc::new(Tuning::new(settings)) }
+    }
+
+    /// Applies the live client settings: retries, coalescing, call slots,
+    /// and those of the endpoints ([`Backends::retune`]).
+    pub fn retune(&self, settings: &ClientSettings) {
+        self.tuning.retune(settings);
+        self.batch_slots.increments.set_per_endpoint(settings.coalesce_max_inflight);
+        self.batch_slots.reads.set_per_endpoint(settings.coalesce_max_inflight);
+        self.backends.retune(settings);
+    }
+
+    pub fn tuning(&self) -> &Tuning {
+        &self.tuning
     }
 
     pub fn batch_slots(&self) -> &BatchSlots {
@@ -146,7 +160,7 @@ impl Counter {
         F: Fn(CounterServiceClient<Channel>, tonic::Request<R>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
-        self.budget.deposit();
+        self.tuning.budget().deposit();
         let mut previous = None;
         let mut attempt = 0;
         loop {
@@ -173,10 +187,10 @@ impl Counter {
             // Refusals say nothing about the endpoint's health.
             let jitter = (started.elapsed().subsec_nanos() % 1000) as f64 / 1000.0;
             self.backends.report(&backend, failure != retry::Failure::Refused, jitter);
-            if !retry::may_retry(kind, failure, attempt, self.max_attempts) {
+            if !retry::may_retry(kind, failure, attempt, self.tuning.max_attempts()) {
                 return Err(status.into());
             }
-            if !self.budget.withdraw() {
+            if !self.tuning.budget().withdraw() {
                 self.metrics.retries_refused.inc();
                 return Err(status.into());
             }

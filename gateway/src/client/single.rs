@@ -6,16 +6,8 @@ use tally_proto::CounterKey;
 use tally_proto::v1::{CounterRef, GetRequest, IncrementOperation, IncrementRequest};
 use tonic::Code;
 
-use super::batching::{CoalesceLimits, Coalescer, Increments, Reads};
+use super::batching::{Coalescer, Increments, Reads};
 use super::{Applied, CallError, ClientSettings, Counter};
-
-fn limits(settings: &ClientSettings) -> CoalesceLimits {
-    CoalesceLimits {
-        max_ops: settings.coalesce_max_ops,
-        max_queue: settings.coalesce_max_queue,
-        max_wait: settings.request_timeout,
-    }
-}
 
 /// Single increments: coalesced into batches, or one call each.
 #[derive(Clone)]
@@ -27,7 +19,7 @@ pub enum Incrementer {
 impl Incrementer {
     pub fn new(counter: &Counter, settings: &ClientSettings) -> Incrementer {
         if settings.coalesce {
-            Incrementer::Coalesced(Coalescer::start(counter.clone(), limits(settings)))
+            Incrementer::Coalesced(Coalescer::start(counter.clone(), settings.request_timeout))
         } else {
             Incrementer::Direct(counter.clone())
         }
@@ -61,7 +53,7 @@ pub enum Reader {
 impl Reader {
     pub fn new(counter: &Counter, settings: &ClientSettings) -> Reader {
         if settings.coalesce {
-            Reader::Coalesced(Coalescer::start(counter.clone(), limits(settings)))
+            Reader::Coalesced(Coalescer::start(counter.clone(), settings.request_timeout))
         } else {
             Reader::Direct(counter.clone())
         }

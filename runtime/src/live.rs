@@ -1,0 +1,335 @@
+//! Live settings: the settings file ([`crate::settings_file`]) re-read while
+//! the process runs, as Redis's `CONFIG SET` and Envoy's runtime layer allow
+//! tuning without a restart.
+//!
+//! Each version of the file is checked whole with the startup parser. One
+//! that is refused changes nothing: the settings in force stay, and the
+//! refusal is logged, counted and shown by the admin port's
+//! `/api/v1/system/settings` (which the operator reads for the
+//! CounterCluster's status). One that passes is handed to the service,
+//! which applies the settings it lists as live; any other setting that
+//! changed keeps its startup value until the process restarts, and is
+//! reported as pending (the operator rolls the pods for those anyway).
+
+use std::ffi::OsString;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use clap::Parser;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use serde::Serialize;
+
+use crate::reload::{ReloadError, Reloading, SettingFile};
+use crate::settings_file::{self, Entries, SettingsError, Source};
+
+impl SettingsState {
+    /// The view of a process started without a settings file.
+    pub fn without_file(live: &[&str]) -> SettingsState {
+        SettingsState {
+            file: None,
+            in_force: None,
+            refused: None,
+            restart_pending: Vec::new(),
+            live: live.iter().map(|name| name.to_string()).collect(),
+        }
+    }
+}
+
+/// One version of the file, parsed.
+struct Parsed<C> {
+    config: C,
+    entries: Entries,
+    digest: String,
+}
+
+/// What the admin port shows about the settings file.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct SettingsState {
+    /// The file, as `TALLY_SETTINGS_FILE` names it (`None`: no settings
+    /// file, every setting comes from the environment).
+    pub file: Option<String>,
+    /// SHA-256 of the version of the file whose settings are in force.
+    pub in_force: Option<String>,
+    /// Why the file's latest version was refused; `None` once a version is
+    /// applied again.
+    pub refused: Option<String>,
+    /// Settings the file changed that apply only at the next start.
+    pub restart_pending: Vec<String>,
+    /// The settings this process applies live.
+    pub live: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ResultLabel {
+    result: &'static str,
+}
+
+/// `*_settings_reloads_total{result="applied|refused"}`,
+/// `*_settings_refused` (1 while the file's latest version is refused) and
+/// `*_settings_restart_pending` (settings waiting for a restart).
+#[derive(Clone, Default)]
+pub struct SettingsMetrics {
+    reloads: Family<ResultLabel, Counter>,
+    refused: Gauge,
+    restart_pending: Gauge,
+}
+
+impl SettingsMetrics {
+    pub fn register(&self, registry: &mut Registry) {
+        for result in ["applied", "refused"] {
+            let _ = self.reloads.get_or_create(&ResultLabel { result });
+        }
+        registry.register("settings_reloads", "Versions of the settings file read, by result", self.reloads.clone());
+        registry.register(
+            "settings_refused",
+            "1 while the settings file's latest version is refused (the settings in force stay)",
+            self.refused.clone(),
+        );
+        registry.register(
+            "settings_restart_pending",
+            "Settings the file changed that apply only at the next start",
+            self.restart_pending.clone(),
+        );
+    }
+}
+
+/// The settings file being watched, and what came of each version.
+pub struct LiveSettings<C> {
+    source: Source,
+    live: &'static [&'static str],
+    file: Reloading<Parsed<C>, SettingsError>,
+    state: Mutex<SettingsState>,
+    metrics: SettingsMetrics,
+}
+
+/// Settings the file changed between two versions, among `names` (or
+/// outside them, with `inside` false).
+fn changed(before: &Entries, after: &Entries, names: &[&str], inside: bool) -> Vec<String> {
+    let keys = before.keys().chain(after.keys().filter(|k| !before.contains_key(*k)));
+    let mut out: Vec<String> = keys
+        .filter(|key| names.contains(&key.as_str()) == inside)
+        .filter(|key| before.get(*key) != after.get(*key))
+        .cloned()
+        .collect();
+    out.sort();
+    out
+}
+
+impl<C: Parser + Send + Sync + 'static> LiveSettings<C> {
+    /// Watches `source`; `live` names the settings the service applies
+    /// while running.
+    pub fn new(
+        source: Source,
+        live: &'static [&'static str],
+        metrics: SettingsMetrics,
+    ) -> Result<LiveSettings<C>, ReloadError<SettingsError>> {
+        let cli: Vec<OsString> = source.cli.clone();
+        let file = Reloading::load(
+            vec![SettingFile::new("TALLY_SETTINGS_FILE", &source.path)],
+            move |contents: &[Vec<u8>]| {
+                let bytes = contents.first().map(Vec::as_slice).unwrap_or_default();
+                let entries = settings_file::parse_entries(bytes)?;
+                let config = settings_file::parse::<C>(&cli, &entries)?;
+                Ok(Parsed { config, entries, digest: settings_file::digest(bytes) })
+            },
+        )?;
+        let state = SettingsState {
+            file: Some(source.path.display().to_string()),
+            in_force: Some(source.digest.clone()),
+            ..SettingsState::without_file(live)
+        };
+        Ok(LiveSettings { source, live, file, state: Mutex::new(state), metrics })
+    }
+
+    /// What the admin port shows.
+    pub fn state(&self) -> SettingsState {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// Reads the file again; when a new version passes, hands it to `apply`.
+    /// `Ok(false)`: unchanged.
+    pub fn reload(&self, apply: &impl Fn(&C)) -> Result<bool, ReloadError<SettingsError>> {
+        let before = self.file.current();
+        match self.file.reload() {
+            Ok(false) => Ok(false),
+            Ok(true) => {
+                let now = self.file.current();
+                apply(&now.config);
+                let applied = changed(&before.entries, &now.entries, self.live, true);
+                let pending = changed(&self.source.entries, &now.entries, self.live, false);
+                self.metrics.reloads.get_or_create(&ResultLabel { result: "applied" }).inc();
+                self.metrics.refused.set(0);
+                self.metrics.restart_pending.set(i64::try_from(pending.len()).unwrap_or(i64::MAX));
+                tracing::info!(
+                    digest = %now.digest,
+                    applied = %applied.join(","),
+                    restart_pending = %pending.join(","),
+                    "{}",
+                    crate::log_events::SETTINGS_APPLIED
+                );
+                let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+                state.in_force = Some(now.digest.clone());
+                state.refused = None;
+                state.restart_pending = pending;
+                Ok(true)
+            }
+            Err(err) => {
+                self.metrics.reloads.get_or_create(&ResultLabel { result: "refused" }).inc();
+                self.metrics.refused.set(1);
+                tracing::warn!(%err, "{}", crate::log_events::SETTINGS_REFUSED);
+                self.state.lock().unwrap_or_else(PoisonError::into_inner).refused = Some(err.to_string());
+                Err(err)
+            }
+        }
+    }
+
+    /// Re-reads the file every `TALLY_SETTINGS_RELOAD_MS` until the process ends.
+    pub async fn watch(self: Arc<Self>, apply: impl Fn(&C)) {
+        loop {
+            tokio::time::sleep(self.source.reload_every).await;
+            let _ = self.reload(&apply);
+        }
+    }
+}
+
+/// What the admin port shows, whether or not there is a settings file.
+#[derive(Clone)]
+pub struct SettingsView(Arc<dyn Fn() -> SettingsState + Send + Sync>);
+
+impl SettingsView {
+    pub fn state(&self) -> SettingsState {
+        (self.0)()
+    }
+}
+
+/// Where the admin ports show the settings.
+pub const SETTINGS_PATH: &str = "/api/v1/system/settings";
+
+/// The admin route showing `view` at [`SETTINGS_PATH`].
+pub fn router(view: SettingsView) -> axum::Router {
+    axum::Router::new().route(SETTINGS_PATH, axum::routing::get(move || async move { axum::Json(view.state()) }))
+}
+
+/// Starts watching the settings file the process started with (when it
+/// started with one), handing every version that passes to `apply`.
+pub fn start<C: Parser + Send + Sync + 'static>(
+    source: Option<Source>,
+    live: &'static [&'static str],
+    metrics: SettingsMetrics,
+    apply: impl Fn(&C) + Send + 'static,
+) -> Result<SettingsView, ReloadError<SettingsError>> {
+    let Some(source) = source else {
+        return Ok(SettingsView(Arc::new(move || SettingsState::without_file(live))));
+    };
+    let settings = Arc::new(LiveSettings::<C>::new(source, live, metrics)?);
+    tokio::spawn(settings.clone().watch(apply));
+    Ok(SettingsView(Arc::new(move || settings.state())))
+}
+
+/// A semaphore's permits changed from `from` to `to` in all: more are
+/// added at once; fewer are taken out as soon as they are free (a cap on
+/// requests in flight lowered under load lets those in flight finish).
+pub fn resize_semaphore(semaphore: &Arc<tokio::sync::Semaphore>, from: usize, to: usize) {
+    if to >= from {
+        semaphore.add_permits(to - from);
+        return;
+    }
+    let excess = from - to;
+    let taken = semaphore.forget_permits(excess);
+    if taken < excess {
+        let semaphore = semaphore.clone();
+        tokio::spawn(async move {
+            let rest = u32::try_from(excess - taken).unwrap_or(u32::MAX);
+            if let Ok(permits) = semaphore.acquire_many_owned(rest).await {
+                permits.forget();
+            }
+        });
+    }
+}
+
+/// Applies the live settings every service shares: the log filter and the
+/// trace sampling ratio (the first two of [`GATEWAY`] and [`COUNTER`]).
+pub fn apply_runtime(args: &crate::rt::RuntimeArgs) {
+    if let Some(filter) = &args.log_filter
+        && let Err(err) = crate::logging::set_filter(filter)
+    {
+        tracing::warn!(%err, "log filter unchanged");
+    }
+    crate::telemetry::set_ratio(args.telemetry.sampler_arg);
+}
+
+/// The gateway's live settings; the operator changes them without rolling
+/// the gateway's pods. Each service checks its list names its own settings.
+pub const GATEWAY: &[&str] = &[
+    "RUST_LOG",
+    "OTEL_TRACES_SAMPLER_ARG",
+    "TALLY_POOL_SIZE",
+    "TALLY_COALESCE_MAX_OPS",
+    "TALLY_COALESCE_MAX_QUEUE",
+    "TALLY_COALESCE_MAX_INFLIGHT",
+    "TALLY_LB_POLICY",
+    "TALLY_BREAKER_FAILURES",
+    "TALLY_BREAKER_RECOVERY_MS",
+    "TALLY_BREAKER_MAX_RECOVERY_MS",
+    "TALLY_BREAKER_HALF_OPEN_PROBES",
+    "TALLY_BREAKER_MAX_EJECTION_PERCENT",
+    "TALLY_RETRY_ATTEMPTS",
+    "TALLY_RETRY_BUDGET_PERCENT",
+    "TALLY_RETRY_MIN_PER_SECOND",
+    "TALLY_CACHE_TTL_MS",
+    "TALLY_CACHE_MAX_ENTRIES",
+    "TALLY_MAX_IN_FLIGHT",
+];
+
+/// The counter's live settings.
+pub const COUNTER: &[&str] = &[
+    "RUST_LOG",
+    "OTEL_TRACES_SAMPLER_ARG",
+    "TALLY_BATCH_SIZE",
+    "TALLY_FLUSH_INTERVAL_MS",
+    "TALLY_BUFFER_CAPACITY",
+    "TALLY_BUFFER_FULL_POLICY",
+    "TALLY_STREAM_WINDOW",
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entries(pairs: &[(&str, &str)]) -> Entries {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn both_services_apply_the_shared_settings_live() {
+        assert_eq!(GATEWAY[..2], COUNTER[..2]);
+        assert_eq!(GATEWAY[..2], ["RUST_LOG", "OTEL_TRACES_SAMPLER_ARG"]);
+    }
+
+    #[tokio::test]
+    async fn a_semaphore_grows_at_once_and_shrinks_as_permits_come_back() {
+        let semaphore = Arc::new(tokio::sync::Semaphore::new(4));
+        let held = semaphore.clone().acquire_many_owned(3).await.expect("open");
+        resize_semaphore(&semaphore, 4, 2);
+        assert_eq!(semaphore.available_permits(), 0, "the free one is taken out at once");
+        tokio::task::yield_now().await; // the task waiting for one more queues up
+        drop(held);
+        let two = semaphore.clone().acquire_many_owned(2).await.expect("open");
+        assert_eq!(semaphore.available_permits(), 0, "two of the three returned went out");
+        drop(two);
+        resize_semaphore(&semaphore, 2, 5);
+        assert_eq!(semaphore.available_permits(), 5);
+    }
+
+    #[test]
+    fn changes_split_into_live_and_restart_only_settings() {
+        let before = entries(&[("A", "1"), ("B", "1"), ("C", "1")]);
+        let after = entries(&[("A", "2"), ("B", "1"), ("D", "1")]);
+        assert_eq!(changed(&before, &after, &["A", "B"], true), vec!["A"]);
+        assert_eq!(changed(&before, &after, &["A", "B"], false), vec!["C", "D"], "removed and added count");
+        assert!(changed(&before, &before, &["A"], false).is_empty());
+    }
+}
