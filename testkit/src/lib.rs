@@ -11,6 +11,7 @@ mod otlp;
 mod procs;
 pub mod prometheus;
 pub mod serial;
+mod settings;
 mod tls;
 
 pub use consul::ConsulDouble;
@@ -19,6 +20,7 @@ pub use lease::LeaseDouble;
 pub use otlp::{OtlpReceiver, ReceivedSpan};
 
 pub use procs::{RedisCluster, RedisServer, Service, free_port, redis_cli, rss_bytes, workspace_binary};
+pub use settings::SettingsFile;
 pub use tls::TestCerts;
 
 /// A resource id no other test (or earlier run against a shared cluster) uses.
