@@ -32,7 +32,7 @@ enum Error {
 }
 
 fn main() -> ExitCode {
-    let config = Config::parse();
+    let (config, _settings_file) = tally_runtime::settings_file::load::<Config>();
     if let Some(Command::Render { file, namespace }) = &config.command {
         return render(file, namespace);
     }

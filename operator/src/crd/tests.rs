@@ -86,8 +86,10 @@ fn defaults_equal_the_services_defaults_and_every_tunable_is_covered() {
             "TALLY_CONSUL_CHECK_INTERVAL_S",         // idem
             "TALLY_CONSUL_DEREGISTER_AFTER_S",       // idem
             "OTEL_EXPORTER_OTLP_ENDPOINT",           // set when telemetry.otlpEndpoint is
+            "TALLY_SETTINGS_FILE",                   // env var naming the mounted ConfigMap itself
+            "TALLY_SETTINGS_RELOAD_MS",              // service default
         ],
-        &["TALLY_LISTEN", "TALLY_ADMIN_LISTEN", "TALLY_LOG_FORMAT", "OTEL_SERVICE_NAME"],
+        &["TALLY_LISTEN", "TALLY_ADMIN_LISTEN", "TALLY_LOG_FORMAT", "OTEL_SERVICE_NAME", "RUST_LOG"],
     );
     check_component(
         gateway::settings(&cc),
@@ -122,8 +124,11 @@ fn defaults_equal_the_services_defaults_and_every_tunable_is_covered() {
             "TALLY_DNS_NAME",                        // set in dns mode only
             "TALLY_CONSUL_ADDR",                     // set in consul mode only
             "OTEL_EXPORTER_OTLP_ENDPOINT",           // set when telemetry.otlpEndpoint is
+            "TALLY_SETTINGS_FILE",                   // env var naming the mounted ConfigMap itself
+            "TALLY_SETTINGS_RELOAD_MS",              // service default
         ],
         &[
+            "RUST_LOG",
             "TALLY_LISTEN",
             "TALLY_ADMIN_LISTEN",
             "TALLY_LOG_FORMAT",

@@ -1,21 +1,33 @@
-//! Settings as ConfigMaps: each component's `TALLY_*`/`OTEL_*` variables
-//! live in one ConfigMap the pods load with `envFrom`, and the pod template
-//! carries a hash of it, so changing a tunable rolls exactly the Deployment
-//! whose settings changed (a ConfigMap edit alone would not restart pods).
+//! Settings as ConfigMaps: each component's `TALLY_*`/`OTEL_*` settings
+//! live in one ConfigMap as a settings file (`settings.env`, `KEY=value`
+//! lines), mounted whole (no `subPath`) at [`SETTINGS_FILE`], so the kubelet
+//! updates it in place and the services re-read it
+//! ([`tally_runtime::live`]). The pod template carries a hash of the
+//! settings that only a restart applies: changing one of those rolls
+//! exactly the Deployment whose settings changed, while a live setting
+//! (pool size, batch size, breaker thresholds, …) changes the ConfigMap
+//! alone and the running pods take it.
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    ConfigMap, ConfigMapEnvSource, EnvFromSource, EnvVar, EnvVarSource, Lifecycle, LifecycleHandler,
-    ObjectFieldSelector, SleepAction,
+    ConfigMap, ConfigMapVolumeSource, EnvVar, EnvVarSource, Lifecycle, LifecycleHandler, ObjectFieldSelector,
+    SleepAction, Volume, VolumeMount,
 };
 use kube::ResourceExt;
 
 use super::owned_meta;
 use crate::crd::{CounterCluster, LogFormat};
 
-/// The pod-template annotation holding the settings' hash.
+/// The pod-template annotation holding the restart-only settings' hash.
 pub const HASH_ANNOTATION: &str = "tally.dev/config-hash";
+
+/// The ConfigMap key holding the settings file.
+pub const SETTINGS_KEY: &str = "settings.env";
+/// Where the pods find it (`TALLY_SETTINGS_FILE`).
+pub const SETTINGS_DIR: &str = "/etc/tally/settings";
+pub const SETTINGS_FILE: &str = "/etc/tally/settings/settings.env";
+const SETTINGS_VOLUME: &str = "settings";
 
 pub type Settings = BTreeMap<String, String>;
 
@@ -46,8 +58,56 @@ pub fn telemetry(cc: &CounterCluster, service_name: &str) -> Settings {
     settings
 }
 
-pub fn config_map(cc: &CounterCluster, component: &str, settings: Settings) -> ConfigMap {
-    ConfigMap { metadata: owned_meta(cc, name(cc, component), component), data: Some(settings), ..ConfigMap::default() }
+/// The settings file: one `KEY=value` line per setting, sorted. Values
+/// holding a line break are refused by validation before this runs
+/// ([`crate::validate`]): one could smuggle in a line of its own.
+pub fn render(settings: &Settings) -> String {
+    settings.iter().map(|(key, value)| format!("{key}={value}\n")).collect()
+}
+
+/// The SHA-256 the pods report for the settings file in force once they
+/// run `settings` (`in_force` of `/api/v1/system/settings`).
+pub fn digest(settings: &Settings) -> String {
+    tally_runtime::settings_file::digest(render(settings).as_bytes())
+}
+
+pub fn config_map(cc: &CounterCluster, component: &str, settings: &Settings) -> ConfigMap {
+    ConfigMap {
+        metadata: owned_meta(cc, name(cc, component), component),
+        data: Some(BTreeMap::from([(SETTINGS_KEY.to_string(), render(settings))])),
+        ..ConfigMap::default()
+    }
+}
+
+/// The component's ConfigMap as a read-only volume, and its mount.
+pub fn settings_volume(cc: &CounterCluster, component: &str) -> (Volume, VolumeMount) {
+    let volume = Volume {
+        name: SETTINGS_VOLUME.into(),
+        config_map: Some(ConfigMapVolumeSource {
+            name: name(cc, component),
+            optional: Some(false),
+            default_mode: Some(0o444),
+            ..ConfigMapVolumeSource::default()
+        }),
+        ..Volume::default()
+    };
+    let mount = VolumeMount {
+        name: SETTINGS_VOLUME.into(),
+        mount_path: SETTINGS_DIR.into(),
+        read_only: Some(true),
+        ..VolumeMount::default()
+    };
+    (volume, mount)
+}
+
+/// `TALLY_SETTINGS_FILE`, pointing at the mounted settings file.
+pub fn settings_file_env() -> EnvVar {
+    EnvVar { name: "TALLY_SETTINGS_FILE".into(), value: Some(SETTINGS_FILE.into()), ..EnvVar::default() }
+}
+
+/// The settings a running pod cannot take: every one not in `live`.
+pub fn restart_only(settings: &Settings, live: &[&str]) -> Settings {
+    settings.iter().filter(|(key, _)| !live.contains(&key.as_str())).map(|(k, v)| (k.clone(), v.clone())).collect()
 }
 
 /// SHA-256 of the settings, hex: stable across operator versions, so an
@@ -65,13 +125,14 @@ pub fn hash(settings: &Settings) -> String {
 }
 
 /// Pod-template annotations: Prometheus scrape hints for `metrics_port`,
-/// and the settings' hash, whose change rolls the Deployment.
-pub fn pod_annotations(metrics_port: i32, settings: &Settings) -> BTreeMap<String, String> {
+/// and the hash of the settings not in `live`, whose change rolls the
+/// Deployment.
+pub fn pod_annotations(metrics_port: i32, settings: &Settings, live: &[&str]) -> BTreeMap<String, String> {
     BTreeMap::from([
         ("prometheus.io/scrape".to_string(), "true".to_string()),
         ("prometheus.io/port".to_string(), metrics_port.to_string()),
         ("prometheus.io/path".to_string(), "/metrics".to_string()),
-        (HASH_ANNOTATION.to_string(), hash(settings)),
+        (HASH_ANNOTATION.to_string(), hash(&restart_only(settings, live))),
     ])
 }
 
@@ -97,14 +158,6 @@ pub fn pre_stop() -> Lifecycle {
         }),
         ..Lifecycle::default()
     }
-}
-
-/// `envFrom` the component's ConfigMap.
-pub fn env_from(cc: &CounterCluster, component: &str) -> Vec<EnvFromSource> {
-    vec![EnvFromSource {
-        config_map_ref: Some(ConfigMapEnvSource { name: name(cc, component), optional: Some(false) }),
-        ..EnvFromSource::default()
-    }]
 }
 
 /// The pod's own name and namespace (downward API), which the services
@@ -138,6 +191,34 @@ mod tests {
         let a_bc = Settings::from([("a".to_string(), "bc".to_string())]);
         assert_ne!(hash(&ab), hash(&a_bc));
         assert_eq!(hash(&a).len(), 64);
+    }
+
+    #[test]
+    fn the_file_is_one_sorted_line_per_setting_and_its_digest_is_what_pods_report() {
+        let settings = Settings::from([
+            ("TALLY_POOL_SIZE".to_string(), "20".to_string()),
+            ("RUST_LOG".to_string(), "info".to_string()),
+        ]);
+        assert_eq!(render(&settings), "RUST_LOG=info\nTALLY_POOL_SIZE=20\n");
+        let parsed = tally_runtime::settings_file::parse_entries(render(&settings).as_bytes()).expect("parses");
+        assert_eq!(parsed, settings, "the services read back exactly what was written");
+        assert_eq!(digest(&settings), tally_runtime::settings_file::digest(b"RUST_LOG=info\nTALLY_POOL_SIZE=20\n"));
+    }
+
+    #[test]
+    fn only_restart_only_settings_count_in_the_hash() {
+        let live = tally_runtime::live::GATEWAY;
+        let a = Settings::from([
+            ("TALLY_POOL_SIZE".to_string(), "20".to_string()),
+            ("TALLY_LISTEN".to_string(), "[::]:8080".to_string()),
+        ]);
+        let mut pool = a.clone();
+        pool.insert("TALLY_POOL_SIZE".into(), "40".into());
+        let mut listen = a.clone();
+        listen.insert("TALLY_LISTEN".into(), "[::]:9090".into());
+        let annotation = |s: &Settings| pod_annotations(8082, s, live)[HASH_ANNOTATION].clone();
+        assert_eq!(annotation(&a), annotation(&pool), "a live setting does not roll the pods");
+        assert_ne!(annotation(&a), annotation(&listen), "a restart-only one does");
     }
 
     #[test]

@@ -63,7 +63,7 @@ pub fn settings(cc: &CounterCluster) -> Settings {
 }
 
 pub fn config_map(cc: &CounterCluster) -> ConfigMap {
-    config::config_map(cc, "counter", settings(cc))
+    config::config_map(cc, "counter", &settings(cc))
 }
 
 /// The Consul service the counters register as and the gateways look up:
@@ -101,8 +101,12 @@ pub fn store_env(cc: &CounterCluster) -> Vec<EnvVar> {
 
 pub fn deployment(cc: &CounterCluster) -> Deployment {
     let spec = &cc.spec.counter;
-    let mounted = secrets::counter(cc);
+    let mut mounted = secrets::counter(cc);
+    let (volume, mount) = config::settings_volume(cc, "counter");
+    mounted.volumes.push(volume);
+    mounted.mounts.push(mount);
     let mut vars = store_env(cc);
+    vars.push(config::settings_file_env());
     vars.extend(config::pod_identity());
     vars.extend(secrets::consul_token(cc));
     if cc.spec.discovery.mode == DiscoveryMode::Consul {
@@ -122,7 +126,6 @@ pub fn deployment(cc: &CounterCluster) -> Deployment {
         image: Some(spec.image.clone().unwrap_or_else(|| crate::crd::default_image("tally-counter"))),
         image_pull_policy: Some(pull_policy(cc)),
         env: Some(vars),
-        env_from: Some(config::env_from(cc, "counter")),
         ports: Some(vec![
             ContainerPort { name: Some("grpc".into()), container_port: GRPC_PORT, ..ContainerPort::default() },
             ContainerPort { name: Some("admin".into()), container_port: ADMIN_PORT, ..ContainerPort::default() },
@@ -135,7 +138,7 @@ pub fn deployment(cc: &CounterCluster) -> Deployment {
         volume_mounts: mounted.mounts(),
         ..Container::default()
     };
-    let annotations = config::pod_annotations(ADMIN_PORT, &settings(cc));
+    let annotations = config::pod_annotations(ADMIN_PORT, &settings(cc), tally_runtime::live::COUNTER);
     let grace = config::grace_period(spec.shutdown_timeout_ms);
     let pod =
         PodSpec { termination_grace_period_seconds: Some(grace), volumes: mounted.volumes(), ..PodSpec::default() };
@@ -189,9 +192,13 @@ mod tests {
         let env = crate::resources::env_map(c.env.clone().unwrap());
         assert_eq!(env["TALLY_STORE"].as_deref(), Some("redis://redis:6379"));
         assert!(env.contains_key("POD_NAME") && env.contains_key("POD_NAMESPACE"));
-        let from = &c.env_from.as_ref().unwrap()[0];
-        assert_eq!(from.config_map_ref.as_ref().unwrap().name, "demo-counter-config");
-        assert_eq!(config_map(&cc).data.unwrap(), s);
+        assert_eq!(env["TALLY_SETTINGS_FILE"].as_deref(), Some(config::SETTINGS_FILE));
+        let pod = d.spec.template.spec.as_ref().unwrap();
+        let volume = pod.volumes.as_ref().unwrap().iter().find(|v| v.name == "settings").unwrap();
+        assert_eq!(volume.config_map.as_ref().unwrap().name, "demo-counter-config");
+        let mount = c.volume_mounts.as_ref().unwrap().iter().find(|m| m.name == "settings").unwrap();
+        assert_eq!((mount.mount_path.as_str(), mount.sub_path.as_ref()), (config::SETTINGS_DIR, None), "no subPath: updated in place");
+        assert_eq!(config_map(&cc).data.unwrap()[config::SETTINGS_KEY], config::render(&s));
         assert_eq!(c.readiness_probe.as_ref().unwrap().http_get.as_ref().unwrap().path.as_deref(), Some("/ready"));
         let sc = c.security_context.as_ref().unwrap();
         assert_eq!((sc.run_as_non_root, sc.read_only_root_filesystem), (Some(true), Some(true)));
@@ -206,9 +213,12 @@ mod tests {
             deployment(cc).spec.template.metadata.unwrap().annotations.unwrap()[config::HASH_ANNOTATION].clone()
         };
         let before = sample(serde_json::json!({"store": {"managed": true}}));
-        let after = sample(serde_json::json!({"store": {"managed": true}, "counter": {"batchSize": 7}}));
+        let live = sample(serde_json::json!({"store": {"managed": true}, "counter": {"batchSize": 7}}));
+        let restart = sample(serde_json::json!({"store": {"managed": true}, "counter": {"commitMaxOps": 7}}));
         let gateway_only = sample(serde_json::json!({"store": {"managed": true}, "gateway": {"poolSize": 7}}));
-        assert_ne!(hash(&before), hash(&after));
+        assert_eq!(hash(&before), hash(&live), "a live setting changes the ConfigMap only");
+        assert_ne!(config_map(&before).data, config_map(&live).data);
+        assert_ne!(hash(&before), hash(&restart), "a restart-only setting rolls the counters");
         assert_eq!(hash(&before), hash(&gateway_only), "a gateway tunable leaves counters alone");
     }
 

@@ -85,7 +85,7 @@ pub fn settings(cc: &CounterCluster) -> Settings {
 }
 
 pub fn config_map(cc: &CounterCluster) -> ConfigMap {
-    config::config_map(cc, "gateway", settings(cc))
+    config::config_map(cc, "gateway", &settings(cc))
 }
 
 pub fn deployment(cc: &CounterCluster) -> Deployment {
@@ -94,8 +94,13 @@ pub fn deployment(cc: &CounterCluster) -> Deployment {
         name: "gateway".into(),
         image: Some(spec.image.clone().unwrap_or_else(|| crate::crd::default_image("tally-gateway"))),
         image_pull_policy: Some(pull_policy(cc)),
-        env: Some(config::pod_identity().into_iter().chain(secrets::consul_token(cc)).collect()),
-        env_from: Some(config::env_from(cc, "gateway")),
+        env: Some(
+            [config::settings_file_env()]
+                .into_iter()
+                .chain(config::pod_identity())
+                .chain(secrets::consul_token(cc))
+                .collect(),
+        ),
         ports: Some(vec![
             ContainerPort { name: Some("http".into()), container_port: HTTP_PORT, ..ContainerPort::default() },
             ContainerPort { name: Some("admin".into()), container_port: ADMIN_PORT, ..ContainerPort::default() },
@@ -107,9 +112,12 @@ pub fn deployment(cc: &CounterCluster) -> Deployment {
         lifecycle: Some(config::pre_stop()),
         ..Container::default()
     };
-    let mounted = secrets::gateway(cc);
+    let mut mounted = secrets::gateway(cc);
+    let (volume, mount) = config::settings_volume(cc, "gateway");
+    mounted.volumes.push(volume);
+    mounted.mounts.push(mount);
     let container = Container { volume_mounts: mounted.mounts(), ..container };
-    let annotations = config::pod_annotations(ADMIN_PORT, &settings(cc));
+    let annotations = config::pod_annotations(ADMIN_PORT, &settings(cc), tally_runtime::live::GATEWAY);
     let grace = config::grace_period(spec.shutdown_timeout_ms);
     let pod = PodSpec {
         service_account_name: Some(name(cc)),
@@ -196,18 +204,21 @@ mod tests {
         assert_eq!(d.spec.replicas, Some(4));
         let template = d.spec.template;
         let annotations = template.metadata.unwrap().annotations.unwrap();
-        assert_eq!(annotations[config::HASH_ANNOTATION], config::hash(&settings(&cc)));
+        let restart_only = config::restart_only(&settings(&cc), tally_runtime::live::GATEWAY);
+        assert_eq!(annotations[config::HASH_ANNOTATION], config::hash(&restart_only));
         assert_eq!(annotations["prometheus.io/port"], "8082", "metrics are on the admin port");
         let pod = template.spec.unwrap();
         assert_eq!(pod.service_account_name.as_deref(), Some("demo-gateway"));
         let c = &pod.containers[0];
-        assert_eq!(c.env_from.as_ref().unwrap()[0].config_map_ref.as_ref().unwrap().name, "demo-gateway-config");
+        let volume = pod.volumes.as_ref().unwrap().iter().find(|v| v.name == "settings").unwrap();
+        assert_eq!(volume.config_map.as_ref().unwrap().name, "demo-gateway-config");
         let probe = c.readiness_probe.as_ref().unwrap();
         assert_eq!(probe.http_get.as_ref().unwrap().path.as_deref(), Some("/ready"));
         let limits = c.resources.as_ref().unwrap().limits.as_ref().unwrap();
         assert_eq!(limits["memory"].0, "256Mi", "default");
         assert_eq!(service(&cc).spec.unwrap().ports.unwrap()[0].port, 8080);
-        assert!(pod.volumes.is_none() && c.volume_mounts.is_none(), "no auth: nothing mounted");
+        assert_eq!(pod.volumes.as_ref().map(Vec::len), Some(1), "no auth: only the settings are mounted");
+        assert_eq!(c.volume_mounts.as_ref().map(Vec::len), Some(1));
         assert!(!settings(&cc).contains_key("TALLY_AUTH"), "no auth: the gateway's default (none)");
     }
 
