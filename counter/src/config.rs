@@ -245,7 +245,11 @@ mod tests {
     #[test]
     fn live_settings_are_settings_of_this_binary_and_documented() {
         let command = <Config as clap::CommandFactory>::command();
-        tally_testkit::docs::assert_live_settings_documented(&command, tally_runtime::live::COUNTER, "| live in `tally-counter`");
+        tally_testkit::docs::assert_live_settings_documented(
+            &command,
+            tally_runtime::live::COUNTER,
+            "| live in `tally-counter`",
+        );
     }
 
     #[test]

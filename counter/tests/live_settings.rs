@@ -51,7 +51,11 @@ async fn the_write_behind_buffer_is_retuned_live() {
     }
 
     // A smaller capacity with the `reject` policy refuses what does not fit.
-    file.write(&[("TALLY_FLUSH_INTERVAL_MS", "60000"), ("TALLY_BUFFER_CAPACITY", "2"), ("TALLY_BUFFER_FULL_POLICY", "reject")]);
+    file.write(&[
+        ("TALLY_FLUSH_INTERVAL_MS", "60000"),
+        ("TALLY_BUFFER_CAPACITY", "2"),
+        ("TALLY_BUFFER_FULL_POLICY", "reject"),
+    ]);
     counter.wait_for_log("the new capacity", |l| l.contains(SETTINGS_APPLIED) && l.contains("TALLY_BUFFER_CAPACITY"));
     assert_eq!(gauge(&admin, "tally_counter_buffer_capacity").await, 2.0);
     let prefix = unique("full");

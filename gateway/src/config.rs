@@ -325,7 +325,11 @@ mod tests {
     #[test]
     fn live_settings_are_settings_of_this_binary_and_documented() {
         let command = <Config as clap::CommandFactory>::command();
-        tally_testkit::docs::assert_live_settings_documented(&command, tally_runtime::live::GATEWAY, "| live in `tally-gateway`");
+        tally_testkit::docs::assert_live_settings_documented(
+            &command,
+            tally_runtime::live::GATEWAY,
+            "| live in `tally-gateway`",
+        );
     }
 
     #[test]

@@ -143,7 +143,8 @@ pub async fn run(config: Config, settings_file: Option<Source>) -> Result<(), St
             tally_runtime::live::apply_runtime(&new.runtime);
         }
     };
-    let view = tally_runtime::live::start(settings_file, tally_runtime::live::GATEWAY, metrics.settings.clone(), apply)?;
+    let view =
+        tally_runtime::live::start(settings_file, tally_runtime::live::GATEWAY, metrics.settings.clone(), apply)?;
     let public_workers = (workers.handles().iter().zip(&apps))
         .map(|(worker, app)| {
             http::Worker::on(worker.clone(), api::public_router(app.clone(), request_limits, in_flight.clone()))

@@ -73,7 +73,10 @@ async fn live_settings_apply_under_load_and_a_bad_version_is_refused() {
     let applied = gateway.wait_for_log("the first reload", |l| l.contains(SETTINGS_APPLIED));
     assert!(applied.contains("TALLY_LB_POLICY,TALLY_POOL_SIZE"), "{applied}");
     let now = backends(&admin).await;
-    assert_eq!((now["endpoints"][0]["pool_size"].clone(), now["load_balancing"].clone()), (json!(6), json!("least_request")));
+    assert_eq!(
+        (now["endpoints"][0]["pool_size"].clone(), now["load_balancing"].clone()),
+        (json!(6), json!("least_request"))
+    );
 
     // Cache TTL: reads hit the cache, then, with the TTL at 0, none does
     // (of a counter no write is in flight on, which the cache would skip).
@@ -103,7 +106,11 @@ async fn live_settings_apply_under_load_and_a_bad_version_is_refused() {
     file.write(&[("TALLY_POOL_SIZE", "3"), ("TALLY_COALESCE_MAX_OPS", "0")]);
     let refused = gateway.wait_for_log("the refusal", |l| l.contains(SETTINGS_REFUSED));
     assert!(refused.contains("TALLY_COALESCE_MAX_OPS"), "{refused}");
-    assert_eq!(backends(&admin).await["endpoints"][0]["pool_size"], 6, "the valid line of a refused version is not applied");
+    assert_eq!(
+        backends(&admin).await["endpoints"][0]["pool_size"],
+        6,
+        "the valid line of a refused version is not applied"
+    );
     let view = settings_view(&admin).await;
     assert!(view["refused"].as_str().is_some_and(|r| r.contains("TALLY_COALESCE_MAX_OPS")), "{view}");
     assert_eq!(metric(&admin_base, "tally_gateway_settings_refused", &[]).await, 1.0);
@@ -114,7 +121,9 @@ async fn live_settings_apply_under_load_and_a_bad_version_is_refused() {
     // A restart-only setting keeps its value and is reported pending; the
     // live ones of the same version apply.
     file.write(&[("TALLY_POOL_SIZE", "4"), ("TALLY_LISTEN", "127.0.0.1:1")]);
-    gateway.wait_for_log("the mixed version", |l| l.contains(SETTINGS_APPLIED) && l.contains("restart_pending=TALLY_LISTEN"));
+    gateway.wait_for_log("the mixed version", |l| {
+        l.contains(SETTINGS_APPLIED) && l.contains("restart_pending=TALLY_LISTEN")
+    });
     let view = settings_view(&admin).await;
     assert!(view["refused"].is_null(), "a version applied clears the refusal: {view}");
     assert_eq!(view["restart_pending"], json!(["TALLY_LISTEN"]));

@@ -24,7 +24,9 @@ pub fn validate(cc: &CounterCluster) -> Result<(), InvalidSpec> {
 fn one_line_settings(cc: &CounterCluster) -> Result<(), InvalidSpec> {
     let all = [crate::resources::counter::settings(cc), crate::resources::gateway::settings(cc)];
     match all.iter().flatten().find(|(_, value)| value.chars().any(char::is_control)) {
-        Some((key, _)) => Err(InvalidSpec(format!("{key}: a setting may not contain line breaks or control characters"))),
+        Some((key, _)) => {
+            Err(InvalidSpec(format!("{key}: a setting may not contain line breaks or control characters")))
+        }
         None => Ok(()),
     }
 }
@@ -56,6 +58,9 @@ mod tests {
             "store": {"managed": true},
             "telemetry": {"logLevel": "info\nTALLY_LISTEN=0.0.0.0:1"},
         }));
-        assert_eq!(validate(&smuggled).unwrap_err().0, "RUST_LOG: a setting may not contain line breaks or control characters");
+        assert_eq!(
+            validate(&smuggled).unwrap_err().0,
+            "RUST_LOG: a setting may not contain line breaks or control characters"
+        );
     }
 }

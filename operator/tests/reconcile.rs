@@ -5,7 +5,7 @@
 mod support;
 
 use http::Method;
-use support::{Api, applied, cluster, events, kinds, run, run_against};
+use support::{Api, Seen, applied, cluster, events, kinds, run, run_against};
 use tally_operator::crd::{CounterCluster, CounterClusterStatus};
 
 #[tokio::test]
@@ -112,17 +112,34 @@ async fn an_unchanged_resource_writes_nothing_new_but_status() {
     assert_eq!(second_status, first_status, "the same status, transition times included");
 }
 
+/// The objects whose applied bodies differ between two runs, by URI.
+fn changed_between(before: &[Seen], after: &[Seen]) -> Vec<String> {
+    let (before, after) = (applied(before), applied(after));
+    before.iter().zip(&after).filter(|(a, b)| a.2 != b.2).map(|((_, uri, _), _)| uri.clone()).collect()
+}
+
 #[tokio::test]
-async fn a_changed_tunable_changes_only_its_settings_and_deployment() {
+async fn a_live_tunable_changes_only_its_configmap_and_a_restart_only_one_rolls_its_deployment() {
     let before = run(cluster(serde_json::json!({"store": {"managed": true}}))).await;
-    let after = run(cluster(serde_json::json!({"store": {"managed": true}, "counter": {"batchSize": 500}}))).await;
-    let (before, after) = (applied(&before), applied(&after));
-    let changed: Vec<String> =
-        before.iter().zip(&after).filter(|(a, b)| a.2 != b.2).map(|((_, uri, _), _)| uri.clone()).collect();
+    // The write-behind batch size is live: the running counters take it
+    // from their mounted settings file, no pod restarts.
+    let live = run(cluster(serde_json::json!({"store": {"managed": true}, "counter": {"batchSize": 500}}))).await;
+    let changed = changed_between(&before, &live);
+    assert_eq!(changed.len(), 1, "{changed:?}");
+    assert!(changed[0].contains("/configmaps/demo-counter-config"), "{changed:?}");
+    let config_map =
+        &applied(&live).into_iter().find(|(_, uri, _)| uri.contains("/configmaps/demo-counter-config")).unwrap().2;
+    let file = config_map["data"]["settings.env"].as_str().expect("the settings file");
+    assert!(file.lines().any(|line| line == "TALLY_BATCH_SIZE=500"), "{file}");
+
+    // The group commit's batch bound is read once at startup: the pods roll.
+    let restart = run(cluster(serde_json::json!({"store": {"managed": true}, "counter": {"commitMaxOps": 500}}))).await;
+    let changed = changed_between(&before, &restart);
     assert_eq!(changed.len(), 2, "{changed:?}");
     assert!(changed[0].contains("/configmaps/demo-counter-config"), "{changed:?}");
     assert!(changed[1].contains("/deployments/demo-counter?"), "{changed:?}");
-    let deployment = &after.iter().find(|(_, uri, _)| uri.contains("/deployments/demo-counter?")).unwrap().2;
+    let deployment =
+        &applied(&restart).into_iter().find(|(_, uri, _)| uri.contains("/deployments/demo-counter?")).unwrap().2;
     let hash = &deployment["spec"]["template"]["metadata"]["annotations"]["tally.dev/config-hash"];
     assert!(hash.as_str().is_some_and(|h| h.len() == 64), "the pod template changes, so the pods roll: {hash}");
 }

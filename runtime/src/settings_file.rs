@@ -69,7 +69,8 @@ pub fn parse_entries(contents: &[u8]) -> Result<Entries, SettingsError> {
             continue;
         }
         let Some((key, value)) = line.split_once('=') else { return Err(SettingsError::Syntax { line: index + 1 }) };
-        let valid_key = !key.is_empty() && key.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
+        let valid_key =
+            !key.is_empty() && key.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
         if !valid_key {
             return Err(SettingsError::Syntax { line: index + 1 });
         }
@@ -158,8 +159,8 @@ pub fn load<C: Parser>() -> (C, Option<Source>) {
         let _ = C::command().error(clap::error::ErrorKind::ValueValidation, message).print();
         std::process::exit(2)
     };
-    let contents = std::fs::read(&path)
-        .unwrap_or_else(|err| fail(format!("TALLY_SETTINGS_FILE {}: {err}", path.display())));
+    let contents =
+        std::fs::read(&path).unwrap_or_else(|err| fail(format!("TALLY_SETTINGS_FILE {}: {err}", path.display())));
     let entries =
         parse_entries(&contents).unwrap_or_else(|err| fail(format!("TALLY_SETTINGS_FILE {}: {err}", path.display())));
     let config = match parse::<C>(&cli, &entries) {

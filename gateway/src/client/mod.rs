@@ -39,8 +39,8 @@ use balance::Policy;
 use batching::CallSlots;
 use breaker::BreakerSettings;
 use retry::CallKind;
-use tuning::Tuning;
 pub use tally_runtime::tls::UpstreamTls;
+use tuning::Tuning;
 
 #[derive(Debug, Clone)]
 pub struct ClientSettings {

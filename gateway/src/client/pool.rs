@@ -64,7 +64,8 @@ impl ChannelPool {
     pub fn resize(&self, size: usize) {
         let current = self.pools.load_full();
         let grow = |worker: usize, want: usize| -> Vec<Channel> {
-            let mut channels: Vec<Channel> = current.get(worker).map(|c| c.iter().take(want).cloned().collect()).unwrap_or_default();
+            let mut channels: Vec<Channel> =
+                current.get(worker).map(|c| c.iter().take(want).cloned().collect()).unwrap_or_default();
             while channels.len() < want {
                 channels.push(self.connect());
             }

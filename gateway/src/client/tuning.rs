@@ -73,7 +73,11 @@ mod tests {
 
     #[test]
     fn retuning_changes_what_callers_read_and_renews_the_budget_only_on_change() {
-        let settings = ClientSettings { retry_budget_percent: 0.0, retry_min_per_second: 1, ..crate::config::Config::defaults().client() };
+        let settings = ClientSettings {
+            retry_budget_percent: 0.0,
+            retry_min_per_second: 1,
+            ..crate::config::Config::defaults().client()
+        };
         let tuning = Tuning::new(&settings);
         assert_eq!(tuning.max_attempts(), 3);
         assert_eq!((0..20).filter(|_| tuning.budget().withdraw()).count(), 10, "1 a second over 10 s");

@@ -197,7 +197,11 @@ mod tests {
         let volume = pod.volumes.as_ref().unwrap().iter().find(|v| v.name == "settings").unwrap();
         assert_eq!(volume.config_map.as_ref().unwrap().name, "demo-counter-config");
         let mount = c.volume_mounts.as_ref().unwrap().iter().find(|m| m.name == "settings").unwrap();
-        assert_eq!((mount.mount_path.as_str(), mount.sub_path.as_ref()), (config::SETTINGS_DIR, None), "no subPath: updated in place");
+        assert_eq!(
+            (mount.mount_path.as_str(), mount.sub_path.as_ref()),
+            (config::SETTINGS_DIR, None),
+            "no subPath: updated in place"
+        );
         assert_eq!(config_map(&cc).data.unwrap()[config::SETTINGS_KEY], config::render(&s));
         assert_eq!(c.readiness_probe.as_ref().unwrap().http_get.as_ref().unwrap().path.as_deref(), Some("/ready"));
         let sc = c.security_context.as_ref().unwrap();
