@@ -8,7 +8,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ObjectReference, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{ListParams, Patch, PatchParams};
@@ -19,7 +18,9 @@ use kube::{Api, Client, Resource, ResourceExt};
 use crate::apply::{ApplyFailure, apply_all};
 use crate::crd::CounterCluster;
 use crate::metrics::Metrics;
-use crate::status::{Problem, Rollout, status_for};
+use crate::resources::{self, config};
+use crate::settings;
+use crate::status::{Problem, Rollout, add_condition, status_for};
 use crate::validate::validate;
 
 pub const FIELD_MANAGER: &str = "tally-operator";
@@ -120,11 +121,33 @@ async fn reconcile_inner(cc: &CounterCluster, ctx: &Context) -> Result<Outcome, 
                     let note = format!("applied generation {}", cc.metadata.generation.unwrap_or(0));
                     publish(ctx, &reference, EventType::Normal, "Applied", note).await;
                 }
-                let counters = rollout(client, &namespace, cc, "counter", &counters).await;
-                let gateways = rollout(client, &namespace, cc, "gateway", &gateways).await;
-                let settled = counters.done && gateways.done;
+                let counter_pods = pods(client, &namespace, cc, "counter").await;
+                let gateway_pods = pods(client, &namespace, cc, "gateway").await;
+                let counters = Rollout::of(&counters).with_pods(&counter_pods);
+                let gateways = Rollout::of(&gateways).with_pods(&gateway_pods);
+                let expected = [
+                    settings::Expected {
+                        component: "counter",
+                        digest: config::digest(&resources::counter::settings(cc)),
+                        pods: &counter_pods,
+                        admin_port: resources::counter::ADMIN_PORT,
+                    },
+                    settings::Expected {
+                        component: "gateway",
+                        digest: config::digest(&resources::gateway::settings(cc)),
+                        pods: &gateway_pods,
+                        admin_port: resources::gateway::ADMIN_PORT,
+                    },
+                ];
+                let reports = settings::observe(client, &namespace, &expected).await;
+                let digests: Vec<(&'static str, String)> =
+                    expected.iter().map(|e| (e.component, e.digest.clone())).collect();
+                let (applied, reason, message) = settings::condition_for(&digests, &reports);
+                let settled = counters.done && gateways.done && applied;
                 let outcome = if settled { Outcome::Applied } else { Outcome::RollingOut };
-                (outcome, status_for(cc, None, &counters, &gateways, now))
+                let mut status = status_for(cc, None, &counters, &gateways, now.clone());
+                add_condition(&mut status, cc, "SettingsApplied", applied, reason, message, now);
+                (outcome, status)
             }
             Err(failure) => {
                 // Seen in the status and as an Event, then retried with back-off.
@@ -157,28 +180,18 @@ async fn patch_status(
     Ok(())
 }
 
-/// `component`'s rollout as its Deployment reports it and, while it is
-/// not done, as its pods show it (an image that cannot be pulled, a crash
-/// loop: known long before the Deployment's progress deadline). A failed
-/// pod list only loses that detail.
-async fn rollout(
-    client: &Client,
-    namespace: &str,
-    cc: &CounterCluster,
-    component: &str,
-    deployment: &Deployment,
-) -> Rollout {
-    let rollout = Rollout::of(deployment);
-    if rollout.done {
-        return rollout;
-    }
+/// `component`'s pods: what its rollout is stuck on (an image that cannot
+/// be pulled, a crash loop: known long before the Deployment's progress
+/// deadline) and whose settings to read. A failed list only loses that
+/// detail.
+async fn pods(client: &Client, namespace: &str, cc: &CounterCluster, component: &str) -> Vec<Pod> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
     let selector = format!("app.kubernetes.io/instance={},app.kubernetes.io/component={component}", cc.name_any());
     match pods.list(&ListParams::default().labels(&selector)).await {
-        Ok(list) => rollout.with_pods(&list.items),
+        Ok(list) => list.items,
         Err(err) => {
             tracing::debug!(%err, component, "could not list pods");
-            rollout
+            Vec::new()
         }
     }
 }

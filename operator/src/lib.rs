@@ -10,5 +10,6 @@ pub mod metrics;
 pub mod render;
 pub mod resources;
 pub mod server;
+pub mod settings;
 pub mod status;
 pub mod validate;

@@ -130,6 +130,24 @@ pub fn status_for(
     }
 }
 
+/// Adds condition `kind` to `status`, keeping its transition time from
+/// `cc`'s current status while its value stays the same.
+pub fn add_condition(
+    status: &mut CounterClusterStatus,
+    cc: &CounterCluster,
+    kind: &str,
+    ok: bool,
+    reason: &str,
+    message: String,
+    now: Time,
+) {
+    let mut added = [condition(kind, ok, reason, message, cc.metadata.generation, &now)];
+    if let Some(previous) = &cc.status {
+        keep_transition_times(&mut added, &previous.conditions);
+    }
+    status.conditions.extend(added);
+}
+
 /// Container states that will not resolve by waiting: what a rollout is
 /// stuck on long before the Deployment's progress deadline says so.
 const STUCK_REASONS: &[&str] =

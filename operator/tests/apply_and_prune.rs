@@ -185,3 +185,62 @@ async fn a_pod_that_cannot_pull_its_image_shows_as_degraded_at_once() {
         seen.iter().filter(|(m, uri, _)| m == Method::GET && uri.contains("/pods?")).map(|(_, u, _)| u).collect();
     assert!(pod_lists.iter().all(|uri| uri.contains("app.kubernetes.io%2Finstance%3Ddemo")), "{pod_lists:?}");
 }
+
+/// A ready pod of `component` named `name`.
+fn ready_pod(name: &str, component: &str) -> serde_json::Value {
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": "tally",
+                     "labels": {"app.kubernetes.io/instance": "demo", "app.kubernetes.io/component": component}},
+        "status": {"conditions": [{"type": "Ready", "status": "True"}]},
+    })
+}
+
+/// A pod's `/api/v1/system/settings` view.
+fn settings_view(in_force: &str, refused: Option<&str>) -> serde_json::Value {
+    json!({"file": "/etc/tally/settings/settings.env", "in_force": in_force, "refused": refused,
+           "restart_pending": [], "live": []})
+}
+
+#[tokio::test]
+async fn settings_applied_says_whether_every_ready_pod_runs_the_written_settings_file() {
+    use tally_operator::resources::{config, counter, gateway};
+    let cc = cluster(json!({"store": {"url": "redis://r:6379"}}));
+    let (counter_digest, gateway_digest) =
+        (config::digest(&counter::settings(&cc)), config::digest(&gateway::settings(&cc)));
+    let pods = vec![("pods", ready_pod("demo-counter-a", "counter")), ("pods", ready_pod("demo-gateway-a", "gateway"))];
+    let proxy = |pod: &str, port: i32| format!("/pods/{pod}:{port}/proxy/api/v1/system/settings");
+    let refusal = "TALLY_BATCH_SIZE: invalid value '0' for '--batch-size <BATCH_SIZE>'";
+    let api = Api {
+        existing: pods.clone(),
+        answers: vec![
+            (proxy("demo-counter-a", counter::ADMIN_PORT), settings_view("an-older-version", Some(refusal))),
+            (proxy("demo-gateway-a", gateway::ADMIN_PORT), settings_view(&gateway_digest, None)),
+        ],
+        ..Api::default()
+    };
+    let (result, seen) = run_against(api, cc.clone()).await;
+    result.expect("reconcile");
+    let settings = condition(&seen, "SettingsApplied");
+    assert_eq!((settings["status"].as_str(), settings["reason"].as_str()), (Some("False"), Some("SettingsRefused")));
+    assert_eq!(
+        settings["message"].as_str(),
+        Some(format!("the settings in force stay: counter pod demo-counter-a: {refusal}").as_str())
+    );
+    let proxied: Vec<&String> =
+        seen.iter().filter(|(m, uri, _)| m == Method::GET && uri.contains("/proxy/")).map(|(_, u, _)| u).collect();
+    assert_eq!(proxied.len(), 2, "one read per ready pod: {proxied:?}");
+
+    let api = Api {
+        existing: pods,
+        answers: vec![
+            (proxy("demo-counter-a", counter::ADMIN_PORT), settings_view(&counter_digest, None)),
+            (proxy("demo-gateway-a", gateway::ADMIN_PORT), settings_view(&gateway_digest, None)),
+        ],
+        ..Api::default()
+    };
+    let (result, seen) = run_against(api, cc).await;
+    result.expect("reconcile");
+    let settings = condition(&seen, "SettingsApplied");
+    assert_eq!((settings["status"].as_str(), settings["reason"].as_str()), (Some("True"), Some("SettingsApplied")));
+}

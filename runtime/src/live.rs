@@ -20,7 +20,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::reload::{ReloadError, Reloading, SettingFile};
 use crate::settings_file::{self, Entries, SettingsError, Source};
@@ -46,7 +46,7 @@ struct Parsed<C> {
 }
 
 /// What the admin port shows about the settings file.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct SettingsState {
     /// The file, as `TALLY_SETTINGS_FILE` names it (`None`: no settings
     /// file, every setting comes from the environment).

@@ -42,6 +42,22 @@ pub struct Api {
     pub refuse: Vec<Refusal>,
     /// As `refuse`, but only the first matching request.
     pub refuse_once: Arc<std::sync::Mutex<Vec<Refusal>>>,
+    /// GETs of paths containing the first part are answered with the second
+    /// (e.g. a pod's settings view through the API server's pod proxy).
+    pub answers: Vec<(String, Value)>,
+}
+
+/// The `labelSelector` of a list request, as (key, value) pairs.
+fn label_selector(uri: &str) -> Vec<(String, String)> {
+    let Some(query) = uri.split_once("labelSelector=").map(|(_, q)| q.split('&').next().unwrap_or_default()) else {
+        return Vec::new();
+    };
+    let decoded = query.replace("%2F", "/").replace("%3D", "=").replace("%2C", ",");
+    decoded.split(',').filter_map(|pair| pair.split_once('=')).map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+fn matches_labels(object: &Value, selector: &[(String, String)]) -> bool {
+    selector.iter().all(|(key, value)| object["metadata"]["labels"][key.as_str()] == value.as_str())
 }
 
 fn status(code: u16, reason: &str, message: &str) -> Value {
@@ -66,12 +82,19 @@ impl Api {
             let message = "secrets \"demo-redis-auth\" already exists";
             return (409, status(409, "AlreadyExists", message).to_string().into_bytes());
         }
+        if *method == Method::GET
+            && let Some((_, answer)) = self.answers.iter().find(|(path, _)| uri.contains(path.as_str()))
+        {
+            return (200, answer.to_string().into_bytes());
+        }
         if *method == Method::GET {
+            let selector = label_selector(uri);
             let items: Vec<&Value> = self
                 .existing
                 .iter()
                 .filter(|(plural, _)| uri.contains(&format!("/{plural}?")))
                 .map(|(_, o)| o)
+                .filter(|o| matches_labels(o, &selector))
                 .collect();
             let list =
                 json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": "1"}, "items": items});
