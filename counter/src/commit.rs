@@ -163,7 +163,7 @@ async fn run(
         // only once there is work, since an idle committer holding a shared
         // slot would starve the others.
         let slot = || async { slots.clone().acquire_owned().await.ok() };
-        let Some((mut jobs, slot)) = next_batch(&mut rx, slot, settings.max_ops, |job: &Job| job.ops.len()).await
+        let Some((mut jobs, slot)) = next_batch(&mut rx, slot, || settings.max_ops, |job: &Job| job.ops.len()).await
         else {
             return;
         };

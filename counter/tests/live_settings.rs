@@ -50,6 +50,18 @@ async fn the_write_behind_buffer_is_retuned_live() {
         interval.tick().await;
     }
 
+    // A batch size of 1: the next async increment is flushed at once,
+    // though the interval is back at a minute.
+    file.write(&[("TALLY_FLUSH_INTERVAL_MS", "60000"), ("TALLY_BATCH_SIZE", "1")]);
+    counter.wait_for_log("the new batch size", |l| l.contains(SETTINGS_APPLIED) && l.contains("TALLY_BATCH_SIZE"));
+    let accepted = grpc.batch_increment(async_batch(vec![op(&resource, "views", 2)])).await.expect("async");
+    assert!(accepted.into_inner().accepted);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while grpc.get(read()).await.expect("get").into_inner().current_value != 7 {
+        assert!(tokio::time::Instant::now() < deadline, "the increment was not flushed at the new batch size");
+        interval.tick().await;
+    }
+
     // A smaller capacity with the `reject` policy refuses what does not fit.
     file.write(&[
         ("TALLY_FLUSH_INTERVAL_MS", "60000"),

@@ -78,6 +78,33 @@ async fn live_settings_apply_under_load_and_a_bad_version_is_refused() {
         (json!(6), json!("least_request"))
     );
 
+    // Coalescing bound: with at most one increment per call, every batch
+    // sent from then on carries one (the histogram's sum grows with its count).
+    file.write(&[
+        ("TALLY_POOL_SIZE", "6"),
+        ("TALLY_LB_POLICY", "least_request"),
+        ("TALLY_CACHE_TTL_MS", "60000"),
+        ("TALLY_COALESCE_MAX_OPS", "1"),
+    ]);
+    gateway
+        .wait_for_log("the coalescing bound", |l| l.contains(SETTINGS_APPLIED) && l.contains("TALLY_COALESCE_MAX_OPS"));
+    // Both from one scrape: batches go on being sent between two.
+    let batches = || async {
+        let text = reqwest::get(format!("{admin_base}/metrics")).await.expect("scrape").text().await.expect("text");
+        let series = |name| tally_testkit::prometheus::sum(&text, name, &[]).unwrap_or(0.0);
+        (series("tally_gateway_coalesced_operations_count"), series("tally_gateway_coalesced_operations_sum"))
+    };
+    let settled = batches().await.0 + 10.0;
+    while batches().await.0 < settled {
+        tokio::task::yield_now().await;
+    }
+    let before = batches().await;
+    let mut after = batches().await;
+    while after.0 < before.0 + 50.0 {
+        after = batches().await;
+    }
+    assert_eq!(after.1 - before.1, after.0 - before.0, "one increment per batch: {before:?} → {after:?}");
+
     // Cache TTL: reads hit the cache, then, with the TTL at 0, none does
     // (of a counter no write is in flight on, which the cache would skip).
     let quiet = unique("quiet");
@@ -145,4 +172,111 @@ async fn live_settings_apply_under_load_and_a_bad_version_is_refused() {
     assert_eq!(stored, acknowledged, "every acknowledged increment stored once");
     let (status, _) = http.get("/api/v1/health").await;
     assert_eq!(status, 200, "the same process serves on its old port");
+}
+
+/// Reads through a gateway in front of two counters, one of them hung
+/// (SIGSTOP) and never health-checked again: only the breaker can eject it.
+/// Every read succeeds (a read that timed out on the hung counter is
+/// retried on the other); the breaker's threshold decides when it opens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lowered_breaker_threshold_ejects_a_hung_counter_that_the_old_one_tolerated() {
+    let redis = RedisServer::start();
+    let counters = [start_counter(&redis.url(), &[]), start_counter(&redis.url(), &[])];
+    counters.iter().for_each(common::wait_store_up);
+    let endpoints: Vec<String> = counters.iter().map(|c| c.grpc_endpoint()).collect();
+    let file = SettingsFile::new(&[("TALLY_BREAKER_FAILURES", "1000"), ("TALLY_CACHE_TTL_MS", "0")]);
+    let path = file.env_value();
+    let gateway = start_gateway(
+        &endpoints.join(","),
+        &[
+            ("TALLY_SETTINGS_FILE", path.as_str()),
+            ("TALLY_SETTINGS_RELOAD_MS", "100"),
+            ("TALLY_HEALTH_INTERVAL_MS", "60000"),
+            ("TALLY_REQUEST_TIMEOUT_MS", "300"),
+            ("TALLY_COALESCE", "false"),
+        ],
+    );
+    gateway.wait_for_log("both endpoints warm", |l| l.contains("healthy=true"));
+    let (http, admin) = (Http::new(gateway.http_base()), Http::new(gateway.admin_base()));
+    let resource = unique("breaker");
+    let once = json!({"resource_id": resource, "counter_type": "likes", "delta": 1});
+    assert_eq!(http.post("/api/v1/counter/increment", once).await.0, 200);
+    let hung = endpoints[1].clone();
+    counters[1].signal("-STOP");
+    let read = format!("/api/v1/counter/{resource}/likes");
+    let breaker_of_hung = || async {
+        let view = backends(&admin).await;
+        let endpoints = view["endpoints"].as_array().cloned().unwrap_or_default();
+        let entry = endpoints.into_iter().find(|e| e["address"] == hung.as_str()).expect("the hung endpoint");
+        entry["breaker"].as_str().unwrap_or_default().to_string()
+    };
+    for i in 0..10 {
+        let (status, body) = http.get(&read).await;
+        assert_eq!(status, 200, "read {i}: {body}");
+    }
+    assert_eq!(breaker_of_hung().await, "closed", "1000 failures tolerated");
+
+    file.write(&[("TALLY_BREAKER_FAILURES", "2"), ("TALLY_CACHE_TTL_MS", "0")]);
+    gateway.wait_for_log("the new threshold", |l| l.contains(SETTINGS_APPLIED) && l.contains("TALLY_BREAKER_FAILURES"));
+    let mut reads = 0;
+    while breaker_of_hung().await != "open" {
+        let (status, body) = http.get(&read).await;
+        assert_eq!(status, 200, "read {reads} after the change: {body}");
+        reads += 1;
+        assert!(reads <= 20, "the breaker did not open at the new threshold");
+    }
+    gateway
+        .wait_for_log("the ejection", |l| l.contains(tally_runtime::log_events::BREAKER_CHANGED) && l.contains("open"));
+    counters[1].signal("-CONT");
+}
+
+/// The cap on requests in flight, lowered and raised live: while one
+/// request waits on a hung counter, a cap of 1 sheds the others at once;
+/// raised again, the same burst is served whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_in_flight_cap_is_lowered_and_raised_live() {
+    let redis = RedisServer::start();
+    let counter = start_counter(&redis.url(), &[]);
+    common::wait_store_up(&counter);
+    let file = SettingsFile::new(&[("TALLY_MAX_IN_FLIGHT", "1")]);
+    let path = file.env_value();
+    let gateway = start_gateway(
+        &counter.grpc_endpoint(),
+        &[
+            ("TALLY_SETTINGS_FILE", path.as_str()),
+            ("TALLY_SETTINGS_RELOAD_MS", "100"),
+            ("TALLY_HEALTH_INTERVAL_MS", "60000"),
+            ("TALLY_REQUEST_TIMEOUT_MS", "1000"),
+        ],
+    );
+    let (http, admin_base) = (Http::new(gateway.http_base()), gateway.admin_base());
+    let burst = |n: usize| {
+        let futures: Vec<_> = (0..n)
+            .map(|_| {
+                let http = http.clone();
+                let body = json!({"resource_id": unique("cap"), "counter_type": "likes", "delta": 1});
+                tokio::spawn(async move { http.post("/api/v1/counter/increment", body).await.0 })
+            })
+            .collect();
+        async move {
+            let mut statuses = Vec::new();
+            for f in futures {
+                statuses.push(f.await.expect("request task"));
+            }
+            statuses
+        }
+    };
+    counter.signal("-STOP");
+    let statuses = burst(10).await;
+    counter.signal("-CONT");
+    let shed = metric(&admin_base, "tally_gateway_requests_shed_total", &["in_flight"]).await;
+    assert!(shed >= 5.0, "a cap of 1 sheds most of a burst while one request waits: {statuses:?}");
+    let unavailable = statuses.iter().filter(|s| **s == 503).count() as f64;
+    assert!(unavailable >= shed, "each shed request answered 503: {statuses:?}");
+
+    file.write(&[("TALLY_MAX_IN_FLIGHT", "4096")]);
+    gateway.wait_for_log("the raised cap", |l| l.contains(SETTINGS_APPLIED) && l.contains("TALLY_MAX_IN_FLIGHT"));
+    let statuses = burst(10).await;
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    assert_eq!(metric(&admin_base, "tally_gateway_requests_shed_total", &["in_flight"]).await, shed);
 }

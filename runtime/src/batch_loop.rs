@@ -39,12 +39,14 @@ impl<T: Send> Queue<T> for mpsc::UnboundedReceiver<T> {
 
 /// The next batch and the slot it holds: the first item queued, a slot
 /// from `slot` (taken only once there is work), then every item queued
-/// meanwhile while the batch's `weight` stays under `max` (at least one
-/// item is always taken). `None` when the queue closed or no slot will come.
+/// meanwhile while the batch's `weight` stays under `max()` (at least one
+/// item is always taken). `max` is read once the slot is held, so a bound
+/// changed live while the loop waited applies to this batch. `None` when
+/// the queue closed or no slot will come.
 pub async fn next_batch<T, Q, S, F>(
     queue: &mut Q,
     slot: impl FnOnce() -> F,
-    max: usize,
+    max: impl FnOnce() -> usize,
     weight: impl Fn(&T) -> usize,
 ) -> Option<(Vec<T>, S)>
 where
@@ -53,6 +55,7 @@ where
 {
     let first = queue.next().await?;
     let slot = slot().await?;
+    let max = max();
     let mut taken = weight(&first);
     let mut batch = vec![first];
     while taken < max {
@@ -74,13 +77,13 @@ mod tests {
             tx.send(n).expect("send");
         }
         let slot = || async { Some("slot") };
-        let (batch, held) = next_batch(&mut rx, slot, 7, |n: &usize| *n).await.expect("batch");
+        let (batch, held) = next_batch(&mut rx, slot, || 7, |n: &usize| *n).await.expect("batch");
         assert_eq!((batch, held), (vec![3, 4], "slot"), "stops once the weight reaches the bound");
-        let (batch, _) = next_batch(&mut rx, slot, 1, |n: &usize| *n).await.expect("batch");
+        let (batch, _) = next_batch(&mut rx, slot, || 1, |n: &usize| *n).await.expect("batch");
         assert_eq!(batch, vec![5], "an item heavier than the bound still goes, alone");
         drop(tx);
-        assert_eq!(next_batch(&mut rx, slot, 7, |n: &usize| *n).await.map(|(b, _)| b), Some(vec![6]));
-        assert!(next_batch(&mut rx, slot, 7, |n: &usize| *n).await.is_none(), "closed and empty");
+        assert_eq!(next_batch(&mut rx, slot, || 7, |n: &usize| *n).await.map(|(b, _)| b), Some(vec![6]));
+        assert!(next_batch(&mut rx, slot, || 7, |n: &usize| *n).await.is_none(), "closed and empty");
     }
 
     #[tokio::test]
@@ -88,6 +91,6 @@ mod tests {
         let (tx, mut rx) = mpsc::channel(4);
         tx.send(1).await.expect("send");
         let none = || async { None::<()> };
-        assert!(next_batch(&mut rx, none, 10, |_: &i32| 1).await.is_none());
+        assert!(next_batch(&mut rx, none, || 10, |_: &i32| 1).await.is_none());
     }
 }

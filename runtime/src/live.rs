@@ -156,24 +156,7 @@ impl<C: Parser + Send + Sync + 'static> LiveSettings<C> {
         match self.file.reload() {
             Ok(false) => Ok(false),
             Ok(true) => {
-                let now = self.file.current();
-                apply(&now.config);
-                let applied = changed(&before.entries, &now.entries, self.live, true);
-                let pending = changed(&self.source.entries, &now.entries, self.live, false);
-                self.metrics.reloads.get_or_create(&ResultLabel { result: "applied" }).inc();
-                self.metrics.refused.set(0);
-                self.metrics.restart_pending.set(i64::try_from(pending.len()).unwrap_or(i64::MAX));
-                tracing::info!(
-                    digest = %now.digest,
-                    applied = %applied.join(","),
-                    restart_pending = %pending.join(","),
-                    "{}",
-                    crate::log_events::SETTINGS_APPLIED
-                );
-                let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-                state.in_force = Some(now.digest.clone());
-                state.refused = None;
-                state.restart_pending = pending;
+                self.applied(&before.entries, apply);
                 Ok(true)
             }
             Err(err) => {
@@ -186,8 +169,40 @@ impl<C: Parser + Send + Sync + 'static> LiveSettings<C> {
         }
     }
 
+    /// Hands the version now read to `apply` and records it; `before`: the
+    /// settings of the version applied until now.
+    fn applied(&self, before: &Entries, apply: &impl Fn(&C)) {
+        let now = self.file.current();
+        apply(&now.config);
+        let applied = changed(before, &now.entries, self.live, true);
+        let pending = changed(&self.source.entries, &now.entries, self.live, false);
+        self.metrics.reloads.get_or_create(&ResultLabel { result: "applied" }).inc();
+        self.metrics.refused.set(0);
+        self.metrics.restart_pending.set(i64::try_from(pending.len()).unwrap_or(i64::MAX));
+        tracing::info!(
+            digest = %now.digest,
+            applied = %applied.join(","),
+            restart_pending = %pending.join(","),
+            "{}",
+            crate::log_events::SETTINGS_APPLIED
+        );
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state.in_force = Some(now.digest.clone());
+        state.refused = None;
+        state.restart_pending = pending;
+    }
+
+    /// Applies the version read when watching started if the file changed
+    /// since the process read it at startup (a ConfigMap updated meanwhile).
+    fn catch_up(&self, apply: &impl Fn(&C)) {
+        if self.file.current().digest != self.source.digest {
+            self.applied(&self.source.entries, apply);
+        }
+    }
+
     /// Re-reads the file every `TALLY_SETTINGS_RELOAD_MS` until the process ends.
     pub async fn watch(self: Arc<Self>, apply: impl Fn(&C)) {
+        self.catch_up(&apply);
         loop {
             tokio::time::sleep(self.source.reload_every).await;
             let _ = self.reload(&apply);
@@ -322,6 +337,49 @@ mod tests {
         drop(two);
         resize_semaphore(&semaphore, 2, 5);
         assert_eq!(semaphore.available_permits(), 5);
+    }
+
+    #[derive(Debug, Parser)]
+    struct Demo {
+        #[arg(long, env = "DEMO_LIVE_SIZE", default_value_t = 1)]
+        size: u64,
+        #[arg(long, env = "DEMO_LIVE_PORT", default_value_t = 80)]
+        port: u64,
+    }
+
+    #[test]
+    fn versions_are_caught_up_refused_and_applied_with_restart_only_changes_pending() {
+        let dir = std::env::temp_dir().join(format!("tally-live-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("settings.env");
+        let startup = b"DEMO_LIVE_SIZE=2\n";
+        let source = Source {
+            path: path.clone(),
+            reload_every: std::time::Duration::from_secs(1),
+            cli: vec!["demo".into()],
+            entries: settings_file::parse_entries(startup).expect("valid"),
+            digest: settings_file::digest(startup),
+        };
+        // The ConfigMap changed between startup and the first watch.
+        std::fs::write(&path, "DEMO_LIVE_SIZE=3\n").expect("write");
+        let live = LiveSettings::<Demo>::new(source, &["DEMO_LIVE_SIZE"], SettingsMetrics::default()).expect("valid");
+        let seen = Mutex::new(Vec::new());
+        let apply = |demo: &Demo| seen.lock().expect("lock").push((demo.size, demo.port));
+        live.catch_up(&apply);
+        assert_eq!(*seen.lock().expect("lock"), vec![(3, 80)], "caught up with the version read at watch start");
+
+        std::fs::write(&path, "DEMO_LIVE_SIZE=x\n").expect("write");
+        assert!(live.reload(&apply).is_err());
+        assert_eq!(seen.lock().expect("lock").len(), 1, "a refused version is not applied");
+        assert!(live.state().refused.is_some_and(|r| r.starts_with("DEMO_LIVE_SIZE")));
+
+        std::fs::write(&path, "DEMO_LIVE_SIZE=4\nDEMO_LIVE_PORT=81\n").expect("write");
+        assert!(live.reload(&apply).expect("valid"));
+        assert_eq!(seen.lock().expect("lock").last(), Some(&(4, 81)));
+        let state = live.state();
+        assert_eq!((state.refused, state.restart_pending), (None, vec!["DEMO_LIVE_PORT".to_string()]));
+        assert_eq!(state.in_force, Some(settings_file::digest(b"DEMO_LIVE_SIZE=4\nDEMO_LIVE_PORT=81\n")));
+        std::fs::remove_dir_all(&dir).expect("cleanup");
     }
 
     #[test]

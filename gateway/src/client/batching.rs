@@ -215,7 +215,7 @@ async fn run<B: Batched>(
     let slots = B::slots(&counter).clone();
     loop {
         let slot = || async { Some(slots.take(|| counter.backends().endpoint_count()).await) };
-        let max_ops = counter.tuning().coalesce_max_ops();
+        let max_ops = || counter.tuning().coalesce_max_ops();
         let Some((jobs, slot)) = next_batch(&mut rx, slot, max_ops, |_| 1).await else { return };
         queued.fetch_sub(jobs.len(), Ordering::AcqRel);
         let jobs = sendable(jobs, max_wait);
