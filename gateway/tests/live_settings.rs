@@ -280,3 +280,58 @@ async fn the_in_flight_cap_is_lowered_and_raised_live() {
     assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
     assert_eq!(metric(&admin_base, "tally_gateway_requests_shed_total", &["in_flight"]).await, shed);
 }
+
+/// The trace sampling ratio, changed live: the gateway exports to an
+/// in-process OTLP receiver (**a test double for Jaeger**); at ratio 0 no
+/// request of an untrusted caller is traced, at ratio 1 every one is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sampling_ratio_changes_live() {
+    let receiver = tally_testkit::OtlpReceiver::start().await;
+    let redis = RedisServer::start();
+    let counter = start_counter(&redis.url(), &[]);
+    let file = SettingsFile::new(&[("OTEL_TRACES_SAMPLER_ARG", "0")]);
+    let (path, endpoint) = (file.env_value(), receiver.endpoint());
+    let gateway = start_gateway(
+        &counter.grpc_endpoint(),
+        &[
+            ("TALLY_SETTINGS_FILE", path.as_str()),
+            ("TALLY_SETTINGS_RELOAD_MS", "100"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ],
+    );
+    let client = reqwest::Client::new();
+    let base = gateway.http_base();
+    // Unsampled callers' trace ids: the gateway's own sampler decides, and
+    // continues the caller's trace when it samples.
+    let send = |phase: u8| {
+        let (client, base) = (client.clone(), base.clone());
+        async move {
+            let mut traces = Vec::new();
+            for n in 0..10u8 {
+                let trace = format!("{phase:02x}{n:02x}{}", "ab".repeat(14));
+                let response = client
+                    .post(format!("{base}/api/v1/counter/increment"))
+                    .header("traceparent", format!("00-{trace}-00f067aa0ba902b7-00"))
+                    .json(&json!({"resource_id": unique("sampled"), "counter_type": "likes"}))
+                    .send()
+                    .await
+                    .expect("send");
+                assert_eq!(response.status().as_u16(), 200);
+                traces.push(trace);
+            }
+            traces
+        }
+    };
+    let unsampled = send(1).await;
+    file.write(&[("OTEL_TRACES_SAMPLER_ARG", "1")]);
+    gateway.wait_for_log("the new ratio", |l| l.contains(SETTINGS_APPLIED) && l.contains("OTEL_TRACES_SAMPLER_ARG"));
+    let sampled = send(2).await;
+    let spans = receiver
+        .wait_until(std::time::Duration::from_secs(20), |spans| {
+            sampled.iter().all(|t| spans.iter().any(|s| &s.trace_id == t && s.service == "tally-gateway"))
+        })
+        .await;
+    assert!(sampled.iter().all(|t| spans.iter().any(|s| &s.trace_id == t)), "ratio 1 traces every request");
+    assert!(!spans.iter().any(|s| unsampled.contains(&s.trace_id)), "ratio 0 traced none");
+}
