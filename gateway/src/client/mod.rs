@@ -1,10 +1,14 @@
 //! The gateway's client of the counter service.
 //!
-//! Layers, each in its own file: [`backends`] (endpoint pools, health,
-//! choice of endpoint) and [`batching`] (single increments → batches). The
-//! [`Counter`] facade is the only thing handlers see; resilience layers
-//! (breaker, retries) and dynamic discovery slot in behind it.
+//! Each behaviour in its own file, testable alone: [`backends`] (endpoints,
+//! health, choice of endpoint) with [`pool`] (connections), [`balance`]
+//! (policies) and [`breaker`]; [`attempt`] (every call as a tower stack:
+//! retry with [`retry::RetryPolicy`], pick an endpoint, one attempt);
+//! [`batching`] (single increments → batches); [`tuning`] (what changes
+//! live); discovery in [`discovery`] and [`kubernetes`]. The [`Counter`]
+//! facade is the only thing handlers see.
 
+pub mod attempt;
 pub mod backends;
 pub mod balance;
 pub mod batching;
@@ -21,7 +25,7 @@ pub use single::{Incrementer, Reader};
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tally_proto::v1::counter_service_client::CounterServiceClient;
 use tally_proto::v1::{
@@ -30,16 +34,17 @@ use tally_proto::v1::{
 };
 use tonic::Code;
 use tonic::transport::Channel;
-use tracing::Instrument;
 
 use crate::metrics::Metrics;
-use crate::spans;
+use attempt::{Attempt, Call, Pick};
 use backends::{Backends, Need};
 use balance::Policy;
 use batching::CallSlots;
 use breaker::BreakerSettings;
-use retry::CallKind;
+use retry::{CallKind, RetryPolicy};
 pub use tally_runtime::tls::UpstreamTls;
+use tower::Service;
+use tower::retry::Retry;
 use tuning::Tuning;
 
 #[derive(Debug, Clone)]
@@ -107,6 +112,7 @@ pub struct Counter {
     batch_slots: Arc<BatchSlots>,
     metrics: Arc<Metrics>,
     tuning: Arc<Tuning>,
+    retry_policy: RetryPolicy,
 }
 
 impl Counter {
@@ -116,7 +122,9 @@ impl Counter {
             increments: Arc::new(CallSlots::new(per_endpoint)),
             reads: Arc::new(CallSlots::new(per_endpoint)),
         });
-        Counter { backends, batch_slots, metrics, tuning: Arc::new(Tuning::new(settings)) }
+        let tuning = Arc::new(Tuning::new(settings));
+        let retry_policy = RetryPolicy::new(tuning.clone(), metrics.clone());
+        Counter { backends, batch_slots, metrics, tuning, retry_policy }
     }
 
     /// Applies the live client settings: retries, coalescing, call slots,
@@ -144,65 +152,35 @@ impl Counter {
         &self.metrics
     }
 
-    /// Runs one call on a healthy endpoint, counting it in flight and in
-    /// metrics, and sends it again (to another endpoint where there is one)
-    /// when [`retry::may_retry`] allows and the retry budget has room.
+    /// Runs one call through the call stack ([`attempt`]): on an endpoint
+    /// that serves what it needs, counted in flight and in metrics, and sent
+    /// again (to another endpoint where there is one) when
+    /// [`retry::may_retry`] allows and the retry budget has room.
     async fn call<R, T, F, Fut>(
         &self,
         method: &'static str,
         kind: CallKind,
         need: Need,
-        request: &R,
-        f: F,
+        request: R,
+        rpc: F,
     ) -> Result<T, CallError>
     where
         R: Clone,
-        F: Fn(CounterServiceClient<Channel>, tonic::Request<R>) -> Fut,
-        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+        F: Fn(CounterServiceClient<Channel>, tonic::Request<R>) -> Fut + Clone,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>> + Send + 'static,
+        T: Send + 'static,
     {
-        self.tuning.budget().deposit();
-        let mut previous = None;
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let backend = self.backends.pick_avoiding(previous.as_ref(), need).ok_or(CallError::NoBackend)?;
-            let span = spans::rpc_client(method, backend.name.as_str(), attempt);
-            let mut request = tonic::Request::new(request.clone());
-            spans::inject(&span, &mut request);
-            let in_flight = backend.start_call();
-            let started = Instant::now();
-            let result = f(backend.client(), request).instrument(span.clone()).await;
-            drop(in_flight);
-            let code = result.as_ref().map_or_else(|s| s.code(), |_| Code::Ok);
-            spans::rpc_status(&span, code);
-            self.metrics.observe_upstream(method, code, started.elapsed());
-            let status = match result {
-                Ok(response) => {
-                    self.backends.report(&backend, false, 0.0);
-                    return Ok(response.into_inner());
-                }
-                Err(status) => status,
-            };
-            let failure = retry::classify(&status);
-            // Refusals say nothing about the endpoint's health.
-            let jitter = (started.elapsed().subsec_nanos() % 1000) as f64 / 1000.0;
-            self.backends.report(&backend, failure != retry::Failure::Refused, jitter);
-            if !retry::may_retry(kind, failure, attempt, self.tuning.max_attempts()) {
-                return Err(status.into());
-            }
-            if !self.tuning.budget().withdraw() {
-                self.metrics.retries_refused.inc();
-                return Err(status.into());
-            }
-            self.metrics.retry(method, failure.label());
-            previous = Some(backend);
-        }
+        let attempt = Attempt::new(rpc, self.backends.clone(), self.metrics.clone());
+        let mut stack = Retry::new(self.retry_policy.clone(), Pick::new(self.backends.clone(), attempt));
+        // Every layer is always ready: nothing here waits.
+        std::future::poll_fn(|cx| stack.poll_ready(cx)).await?;
+        Ok(stack.call(Call::new(method, kind, need, request)).await?)
     }
 
     pub async fn increment(&self, request: IncrementRequest) -> Result<Applied, CallError> {
         let kind = CallKind::Write { idempotent: !request.idempotency_key.is_empty() };
         let response =
-            self.call("Increment", kind, Need::Store, &request, |mut c, r| async move { c.increment(r).await }).await?;
+            self.call("Increment", kind, Need::Store, request, |mut c, r| async move { c.increment(r).await }).await?;
         Ok(Applied { value: response.current_value, replayed: response.replayed })
     }
 
@@ -211,7 +189,7 @@ impl Counter {
         // An async batch only needs the counter's buffer, which takes it
         // while the counter's store is down.
         let need = if request.r#async { Need::AsyncWrites } else { Need::Store };
-        self.call("BatchIncrement", CallKind::Write { idempotent }, need, &request, |mut c, r| async move {
+        self.call("BatchIncrement", CallKind::Write { idempotent }, need, request, |mut c, r| async move {
             c.batch_increment(r).await
         })
         .await
@@ -221,7 +199,7 @@ impl Counter {
     /// failure only when it carries an idempotency key.
     pub async fn reset(&self, request: ResetRequest) -> Result<ResetResponse, CallError> {
         let kind = CallKind::Write { idempotent: !request.idempotency_key.is_empty() };
-        self.call("Reset", kind, Need::Store, &request, |mut c, r| async move { c.reset(r).await }).await
+        self.call("Reset", kind, Need::Store, request, |mut c, r| async move { c.reset(r).await }).await
     }
 
     pub async fn get_resource(&self, request: GetResourceRequest) -> Result<GetResourceResponse, CallError> {
@@ -229,18 +207,18 @@ impl Counter {
             "GetResource",
             CallKind::Read,
             Need::Store,
-            &request,
+            request,
             |mut c, r| async move { c.get_resource(r).await },
         )
         .await
     }
 
     pub async fn get(&self, request: GetRequest) -> Result<GetResponse, CallError> {
-        self.call("Get", CallKind::Read, Need::Store, &request, |mut c, r| async move { c.get(r).await }).await
+        self.call("Get", CallKind::Read, Need::Store, request, |mut c, r| async move { c.get(r).await }).await
     }
 
     pub async fn batch_get(&self, request: BatchGetRequest) -> Result<BatchGetResponse, CallError> {
-        self.call("BatchGet", CallKind::Read, Need::Store, &request, |mut c, r| async move { c.batch_get(r).await })
+        self.call("BatchGet", CallKind::Read, Need::Store, request, |mut c, r| async move { c.batch_get(r).await })
             .await
     }
 }

@@ -5,12 +5,18 @@
 //! The rule that keeps counts exact: a write is resent only when it provably
 //! never reached the counter's store, or when it carries an idempotency key
 //! (then the store applies it at most once). Reads are resent freely.
+//!
+//! [`RetryPolicy`] puts them to work as tower's retry `Policy` in the call
+//! stack ([`super::attempt`]).
 
+use std::sync::Arc;
 use std::time::Duration;
 use tally_proto::contract::WriteOutcome;
 
 use tonic::{Code, Status};
 use tower::retry::budget::{Budget, TpsBudget};
+
+use super::attempt::{AttemptError, Call};
 
 /// What a failure says about whether the request took effect.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,6 +112,49 @@ impl RetryBudget {
 
     pub fn withdraw(&self) -> bool {
         self.budget.withdraw()
+    }
+}
+
+/// tower's retry `Policy` for calls to the counters: an attempt that failed
+/// is followed by another when [`classify`] and [`may_retry`] allow it and
+/// the budget has room (every call deposits once, on its first attempt);
+/// the next attempt avoids the endpoint this one failed on.
+#[derive(Clone)]
+pub struct RetryPolicy {
+    tuning: Arc<super::tuning::Tuning>,
+    metrics: Arc<crate::metrics::Metrics>,
+}
+
+impl RetryPolicy {
+    pub fn new(tuning: Arc<super::tuning::Tuning>, metrics: Arc<crate::metrics::Metrics>) -> RetryPolicy {
+        RetryPolicy { tuning, metrics }
+    }
+}
+
+impl<R: Clone, T> tower::retry::Policy<Call<R>, T, AttemptError> for RetryPolicy {
+    type Future = std::future::Ready<()>;
+
+    fn retry(&mut self, call: &mut Call<R>, result: &mut Result<T, AttemptError>) -> Option<Self::Future> {
+        let Err(AttemptError::Status { status, backend }) = result else { return None };
+        let failure = classify(status);
+        if !may_retry(call.kind, failure, call.attempt, self.tuning.max_attempts()) {
+            return None;
+        }
+        if !self.tuning.budget().withdraw() {
+            self.metrics.retries_refused.inc();
+            return None;
+        }
+        self.metrics.retry(call.method, failure.label());
+        call.attempt += 1;
+        call.avoid = Some(backend.clone());
+        Some(std::future::ready(()))
+    }
+
+    fn clone_request(&mut self, call: &Call<R>) -> Option<Call<R>> {
+        if call.attempt == 1 {
+            self.tuning.budget().deposit();
+        }
+        Some(call.clone())
     }
 }
 
