@@ -7,6 +7,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::collector::Collector;
 use prometheus_client::registry::Registry;
 use tally_runtime::http::ConnMetrics;
 use tally_runtime::metrics::{latency_histogram, render, size_histogram};
@@ -56,9 +57,6 @@ pub struct Metrics {
     pub retries_refused: Counter,
     /// Read cache lookups by result (`hit`, `miss`).
     pub cache_lookups: Family<Labels<1>, Counter>,
-    /// The per-endpoint series (health, in-flight calls, pool, breaker,
-    /// picks, transitions), read off the endpoints at scrape time.
-    pub endpoints: crate::client::endpoint_metrics::EndpointMetrics,
     /// API keys in force (`TALLY_AUTH=api_keys`).
     pub auth_keys: Gauge,
     /// Reloads of the keys file by result (`ok`, `failed`).
@@ -71,6 +69,13 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn new() -> Metrics {
+        Metrics::with_collectors(Vec::new())
+    }
+
+    /// With `collectors` registered too: series computed at scrape time
+    /// from state that lives elsewhere (the client's per-endpoint series),
+    /// so this module needs to know nothing of it.
+    pub fn with_collectors(collectors: Vec<Box<dyn Collector>>) -> Metrics {
         let mut registry = Registry::with_prefix("tally_gateway");
         let http_requests = Family::default();
         registry.register("http_requests", "HTTP requests by route, method and status", http_requests.clone());
@@ -97,8 +102,9 @@ impl Metrics {
         registry.register("retries_refused", "Retries refused by the retry budget", retries_refused.clone());
         let cache_lookups = Family::default();
         registry.register("cache_lookups", "Read cache lookups by result", cache_lookups.clone());
-        let endpoints = crate::client::endpoint_metrics::EndpointMetrics::default();
-        registry.register_collector(Box::new(endpoints.clone()));
+        for collector in collectors {
+            registry.register_collector(collector);
+        }
         let shed = Family::default();
         registry.register("requests_shed", "Requests answered 503 at once by load shedding, by bound", shed.clone());
         for bound in ["in_flight", "queue"] {
@@ -137,7 +143,6 @@ impl Metrics {
             shed,
             public_connections,
             admin_connections,
-            endpoints,
             http_requests,
             http_duration,
             upstream_requests,

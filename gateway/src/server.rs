@@ -17,6 +17,7 @@ use crate::api::{self, App, AppState, RequestLimits};
 use crate::auth::Auth;
 use crate::cache::ReadCache;
 use crate::client::backends::{BackendError, Backends};
+use crate::client::endpoint_metrics::EndpointMetrics;
 use crate::client::{ClientSettings, Counter, Incrementer, Reader, discovery, kubernetes};
 use crate::config::{AuthMode, Config, Discovery};
 use crate::metrics::Metrics;
@@ -59,7 +60,8 @@ pub async fn run(config: Config, settings_file: Option<Source>) -> Result<(), St
     let mut settings = config.client();
     settings.workers = workers.handles().to_vec();
     settings.tls = config.upstream_tls()?;
-    let metrics = Arc::new(Metrics::new());
+    let endpoint_metrics = EndpointMetrics::default();
+    let metrics = Arc::new(Metrics::with_collectors(vec![Box::new(endpoint_metrics.clone())]));
     let listener_tls = config.tls.load(tally_runtime::tls::ALPN_HTTP)?.map(Arc::new);
     let reload_every = config.tls.reload_interval();
     if let Some(tls) = &listener_tls {
@@ -75,7 +77,7 @@ pub async fn run(config: Config, settings_file: Option<Source>) -> Result<(), St
         tokio::spawn(tally_runtime::tls::keep_current(config, reload_every, "upstream", metrics.tls_reloads.clone()));
     }
     let backends = backends(&config, &settings).await?;
-    metrics.endpoints.watch(backends.clone());
+    endpoint_metrics.watch(backends.clone());
     let counter = Counter::new(backends.clone(), metrics.clone(), &settings);
     let cache = Arc::new(ReadCache::new(Duration::from_millis(config.cache_ttl_ms), config.cache_max_entries));
     let trace_caller = if config.trace_trust_caller { Caller::Trusted } else { Caller::Untrusted };
