@@ -288,7 +288,7 @@ async fn reset_one(committer: &GroupCommitter, request: ResetRequest) -> Result<
     let (mut ops, results) = committer.submit(vec![op]).await.map_err(status::not_submitted)?;
     match (ops.pop(), results.into_iter().next()) {
         (Some(op), Some(result)) => {
-            let (previous_value, replayed) = outcome(&op, result)?;
+            let (previous_value, replayed) = status::outcome(&op, result)?;
             let (resource_id, counter_type) = op.key.into_parts();
             Ok(ResetResponse { resource_id, counter_type, previous_value, replayed })
         }
@@ -298,17 +298,7 @@ async fn reset_one(committer: &GroupCommitter, request: ResetRequest) -> Result<
 
 /// The answer to one increment, from what the committer did with it.
 fn answer(op: Op, result: Outcome) -> Result<IncrementResponse, Status> {
-    let (current_value, replayed) = outcome(&op, result)?;
+    let (current_value, replayed) = status::outcome(&op, result)?;
     let (resource_id, counter_type) = op.key.into_parts();
     Ok(IncrementResponse { resource_id, counter_type, current_value, replayed, error: None })
-}
-
-/// The value after `op` and whether it was a replay, or why it failed.
-pub(crate) fn outcome(op: &Op, result: Outcome) -> Result<(i64, bool), Status> {
-    match result {
-        Outcome::Applied(value) => Ok((value, false)),
-        Outcome::Replayed(value) => Ok((value, true)),
-        Outcome::Overflow => Err(status::overflow(&op.key, op.delta())),
-        Outcome::Failed(err) => Err(status::store(&err)),
-    }
 }

@@ -6,6 +6,7 @@ use tally_proto::contract::WriteOutcome;
 use tally_proto::v1::OperationError;
 use tonic::Status;
 
+use crate::commit::Op;
 use crate::store::Outcome;
 use crate::store::StoreError;
 
@@ -73,6 +74,16 @@ pub fn op_status(result: &Outcome, what: &dyn std::fmt::Display, delta: i64) -> 
 
 pub fn to_operation_error(status: &Status) -> OperationError {
     OperationError { code: status.code() as i32, message: status.message().to_string() }
+}
+
+/// The value after `op` and whether it was a replay, or why it failed.
+pub fn outcome(op: &Op, result: Outcome) -> Result<(i64, bool), Status> {
+    match result {
+        Outcome::Applied(value) => Ok((value, false)),
+        Outcome::Replayed(value) => Ok((value, true)),
+        Outcome::Overflow => Err(overflow(&op.key, op.delta())),
+        Outcome::Failed(err) => Err(store(&err)),
+    }
 }
 
 #[cfg(test)]

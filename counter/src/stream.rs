@@ -12,8 +12,8 @@ use tonic::{Status, Streaming};
 
 use crate::commit::{GroupCommitter, Op};
 use crate::metrics::RpcMetrics;
-use crate::service::outcome;
 use crate::status;
+use crate::status::outcome;
 use crate::store::Change;
 
 /// A streamed request's answers, in request order; `Err` ends the stream.

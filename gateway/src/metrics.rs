@@ -2,12 +2,12 @@
 
 use std::time::Duration;
 
+use prometheus_client::collector::Collector;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
-use prometheus_client::collector::Collector;
 use prometheus_client::registry::Registry;
 use tally_runtime::http::ConnMetrics;
 use tally_runtime::metrics::{latency_histogram, render, size_histogram};

@@ -17,12 +17,11 @@ use kube::{Api, Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::controller::{Error, FIELD_MANAGER};
 use crate::crd::CounterCluster;
 use crate::resources::desired::{Owned, desired};
 use crate::resources::{counter, monitoring, redis};
 
-async fn apply<K>(client: &Client, namespace: &str, object: &K) -> Result<K, Error>
+async fn apply<K>(client: &Client, namespace: &str, object: &K) -> Result<K, ObjectError>
 where
     K: Resource<Scope = k8s_openapi::NamespaceResourceScope> + Clone + DeserializeOwned + Serialize + std::fmt::Debug,
     K::DynamicType: Default,
@@ -38,13 +37,13 @@ where
 /// the object is deleted with its pods orphaned — they keep serving — and
 /// created again; the new one adopts them (their labels still match) and
 /// rolls them as usual.
-async fn apply_selecting<K>(client: &Client, namespace: &str, object: &K) -> Result<K, Error>
+async fn apply_selecting<K>(client: &Client, namespace: &str, object: &K) -> Result<K, ObjectError>
 where
     K: Resource<Scope = k8s_openapi::NamespaceResourceScope> + Clone + DeserializeOwned + Serialize + std::fmt::Debug,
     K::DynamicType: Default,
 {
     match apply(client, namespace, object).await {
-        Err(Error::Kube(kube::Error::Api(status)))
+        Err(ObjectError::Kube(kube::Error::Api(status)))
             if status.code == 422 && status.message.contains("selector") && status.message.contains("immutable") =>
         {
             let name = object.meta().name.clone().unwrap_or_default();
@@ -63,7 +62,7 @@ where
 
 /// Creates `object` unless it exists (an existing one is left as it is: a
 /// generated password must not change on the next reconcile).
-async fn create_once<K>(client: &Client, namespace: &str, object: &K) -> Result<(), Error>
+async fn create_once<K>(client: &Client, namespace: &str, object: &K) -> Result<(), ObjectError>
 where
     K: Resource<Scope = k8s_openapi::NamespaceResourceScope> + Clone + DeserializeOwned + Serialize + std::fmt::Debug,
     K::DynamicType: Default,
@@ -80,11 +79,24 @@ where
 }
 
 /// 32 random bytes, hex: the managed Redis's password.
-fn new_password() -> Result<String, Error> {
+fn new_password() -> Result<String, ObjectError> {
     use ring::rand::SecureRandom;
     let mut bytes = [0u8; 32];
-    ring::rand::SystemRandom::new().fill(&mut bytes).map_err(|_| Error::Random)?;
+    ring::rand::SystemRandom::new().fill(&mut bytes).map_err(|_| ObjectError::Random)?;
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// The field manager of every object the operator applies, and of the
+/// status it writes.
+pub const FIELD_MANAGER: &str = "tally-operator";
+
+/// Why one object could not be applied.
+#[derive(Debug, thiserror::Error)]
+pub enum ObjectError {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("the system's random number generator failed")]
+    Random,
 }
 
 /// An object the API server refused (or that could not be made), and why.
@@ -97,10 +109,12 @@ pub struct ApplyFailure {
 }
 
 impl ApplyFailure {
-    fn new(kind: &'static str, name: &str, err: &Error) -> ApplyFailure {
+    fn new(kind: &'static str, name: &str, err: &ObjectError) -> ApplyFailure {
         // The API server's own words (e.g. a 422's field errors), not kube's wrapping.
         let reason = match err {
-            Error::Kube(kube::Error::Api(status)) => format!("{} ({} {})", status.message, status.code, status.reason),
+            ObjectError::Kube(kube::Error::Api(status)) => {
+                format!("{} ({} {})", status.message, status.code, status.reason)
+            }
             other => other.to_string(),
         };
         ApplyFailure { kind, name: name.to_string(), reason }
@@ -119,7 +133,7 @@ pub async fn apply_all(
     let set = desired(cc);
     for owned in &set {
         let (kind, name) = owned.key();
-        let failed = |err: Error| ApplyFailure::new(kind, &name, &err);
+        let failed = |err: ObjectError| ApplyFailure::new(kind, &name, &err);
         match owned {
             Owned::PasswordSecret(_) => {
                 let secret = redis::password_secret(cc, new_password().map_err(failed)?);
@@ -204,7 +218,7 @@ impl Prune<'_> {
     where
         K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
     {
-        let failed = |name: &str, err: kube::Error| ApplyFailure::new(kind, name, &Error::Kube(err));
+        let failed = |name: &str, err: kube::Error| ApplyFailure::new(kind, name, &ObjectError::Kube(err));
         let found = match api.list(&ListParams::default().labels(self.selector)).await {
             Ok(found) => found,
             Err(kube::Error::Api(status)) if optional_kind && status.code == 404 => return Ok(()),

@@ -15,7 +15,7 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Api, Client, Resource, ResourceExt};
 
-use crate::apply::{ApplyFailure, apply_all};
+use crate::apply::{ApplyFailure, FIELD_MANAGER, apply_all};
 use crate::crd::CounterCluster;
 use crate::metrics::Metrics;
 use crate::resources::{self, config};
@@ -23,16 +23,12 @@ use crate::settings;
 use crate::status::{Problem, Rollout, add_condition, status_for};
 use crate::validate::validate;
 
-pub const FIELD_MANAGER: &str = "tally-operator";
-
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("CounterCluster has no namespace")]
     NoNamespace,
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
-    #[error("the system's random number generator failed")]
-    Random,
     #[error("apply failed: {0}")]
     Apply(#[from] ApplyFailure),
 }

@@ -44,7 +44,7 @@ pub async fn elect(
 /// that the API server refuses (409) only when another *manager* owns the
 /// field — under one shared manager every replica's apply would win.
 pub fn lease_field_manager(identity: &str) -> String {
-    format!("{}-lease-{identity}", crate::controller::FIELD_MANAGER)
+    format!("{}-lease-{identity}", crate::apply::FIELD_MANAGER)
 }
 
 /// This replica's identity: the pod name, else the host name, else one
