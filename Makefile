@@ -39,8 +39,10 @@ openapi:
 	TALLY_UPDATE_OPENAPI=1 cargo test -q -p tally-gateway --lib openapi
 
 ## Regenerates the CounterCluster CRD from the Rust types (a test fails on drift).
+## Through a temporary file: a failed build must not truncate the committed CRD.
 crd:
-	$(CARGO) run -q -p tally-operator --bin crdgen > deploy/crds/countercluster.yaml
+	$(CARGO) run -q -p tally-operator --bin crdgen > deploy/crds/countercluster.yaml.new
+	mv deploy/crds/countercluster.yaml.new deploy/crds/countercluster.yaml
 	cp deploy/crds/countercluster.yaml charts/tally-operator/crds/countercluster.yaml
 
 ## The real-cluster end-to-end test: kind cluster, images, Helm chart, a

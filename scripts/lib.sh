@@ -1,11 +1,13 @@
 # Helpers shared by tally's scripts (sourced, not run).
 
 # Pids of the processes a script started; `kill_started` (the scripts' EXIT
-# trap) stops them all.
+# trap) stops them all, then removes the script's `$work` directory (its
+# reports are written outside it, under bench-results/).
 pids=()
 kill_started() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
+  if [ -n "${work:-}" ] && [ -d "$work" ]; then rm -rf "$work"; fi
 }
 
 # Exits with an install hint unless every tool named is on PATH.
