@@ -208,20 +208,20 @@ pub struct Config {
     #[arg(long, env = "TALLY_RETRY_ATTEMPTS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=10))]
     pub retry_attempts: u32,
 
-    /// Retry budget: retries allowed as a percentage of recent calls.
-    #[arg(long, env = "TALLY_RETRY_BUDGET_PERCENT", default_value_t = 20.0)]
+    /// Retry budget: retries allowed as a percentage of recent calls (0 to 1000).
+    #[arg(long, env = "TALLY_RETRY_BUDGET_PERCENT", default_value_t = 20.0, value_parser = percent)]
     pub retry_budget_percent: f32,
 
     /// Retry budget: retries always allowed per second.
-    #[arg(long, env = "TALLY_RETRY_MIN_PER_SECOND", default_value_t = 10)]
+    #[arg(long, env = "TALLY_RETRY_MIN_PER_SECOND", default_value_t = 10, value_parser = clap::value_parser!(u32).range(0..=100_000))]
     pub retry_min_per_second: u32,
 
-    /// Read cache time-to-live, in milliseconds (0 turns the cache off).
-    #[arg(long, env = "TALLY_CACHE_TTL_MS", default_value_t = 5000)]
+    /// Read cache time-to-live, in milliseconds (0 turns the cache off; at most a day).
+    #[arg(long, env = "TALLY_CACHE_TTL_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(0..=86_400_000))]
     pub cache_ttl_ms: u64,
 
     /// Read cache size, in counters.
-    #[arg(long, env = "TALLY_CACHE_MAX_ENTRIES", default_value_t = 10_000)]
+    #[arg(long, env = "TALLY_CACHE_MAX_ENTRIES", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(0..=100_000_000))]
     pub cache_max_entries: u64,
 
     /// Who may call the API: `none` (anyone who reaches the port) or `api_keys` (a Bearer key
@@ -254,6 +254,14 @@ pub struct Config {
     /// Worker threads and log format (`TALLY_WORKER_THREADS`, `TALLY_LOG_FORMAT`).
     #[command(flatten)]
     pub runtime: RuntimeArgs,
+}
+
+/// A percentage from 0 to 1000 (not NaN, not infinite).
+fn percent(text: &str) -> Result<f32, String> {
+    match text.parse::<f32>() {
+        Ok(value) if (0.0..=1000.0).contains(&value) => Ok(value),
+        _ => Err(format!("{text:?} is not a percentage from 0 to 1000")),
+    }
 }
 
 impl Config {
@@ -297,7 +305,7 @@ impl Config {
             coalesce_max_inflight: self.coalesce_max_inflight as usize,
             coalesce_max_queue: self.coalesce_max_queue as usize,
             retry_attempts: self.retry_attempts,
-            retry_budget_percent: self.retry_budget_percent.clamp(0.0, 1000.0),
+            retry_budget_percent: self.retry_budget_percent,
             retry_min_per_second: self.retry_min_per_second,
             policy: self.lb_policy,
             breaker: BreakerSettings {
@@ -367,5 +375,15 @@ mod tests {
         assert_eq!(config.counter_endpoints, vec!["http://a:1", "http://b:2"]);
         assert!(!config.coalesce);
         assert!(Config::try_parse_from(["tally-gateway", "--pool-size", "0"]).is_err());
+        // Values the budget and the cache would panic on never get past the parser.
+        for (flag, value) in [
+            ("--retry-budget-percent", "NaN"),
+            ("--retry-budget-percent", "-1"),
+            ("--retry-budget-percent", "inf"),
+            ("--retry-min-per-second", "2147483647"),
+            ("--cache-ttl-ms", "99999999999999"),
+        ] {
+            assert!(Config::try_parse_from(["tally-gateway", flag, value]).is_err(), "{flag} {value}");
+        }
     }
 }

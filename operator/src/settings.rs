@@ -10,6 +10,8 @@
 //! get, read-only; no route from the operator to the pods is needed) and
 //! compares it with the digest of the file it wrote.
 
+use std::time::Duration;
+
 use k8s_openapi::api::core::v1::Pod;
 use kube::Client;
 use tally_runtime::live::{SETTINGS_PATH, SettingsState};
@@ -77,22 +79,32 @@ fn is_ready(pod: &Pod) -> bool {
     conditions.is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
-/// Asks every ready pod of each component for its settings view.
+/// How long one pod may take to answer: a hung admin port must not stall
+/// the reconcile (and so the status) for the API client's own timeouts.
+const ASK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What one pod says, within [`ASK_TIMEOUT`].
+async fn ask(client: &Client, path: String) -> Result<SettingsState, String> {
+    let request = http::Request::get(path).body(Vec::new()).map_err(|err| err.to_string())?;
+    match tokio::time::timeout(ASK_TIMEOUT, client.request::<SettingsState>(request)).await {
+        Ok(answer) => answer.map_err(|err| err.to_string()),
+        Err(_) => Err(format!("no answer within {} s", ASK_TIMEOUT.as_secs())),
+    }
+}
+
+/// Asks every ready pod of each component for its settings view, all at once.
 pub async fn observe(client: &Client, namespace: &str, components: &[Expected<'_>]) -> Vec<PodSettings> {
-    let mut reports = Vec::new();
+    let mut asks = Vec::new();
     for expected in components {
         for pod in expected.pods.iter().filter(|pod| is_ready(pod)) {
             let Some(name) = pod.metadata.name.clone() else { continue };
             let path =
                 format!("/api/v1/namespaces/{namespace}/pods/{name}:{}/proxy{SETTINGS_PATH}", expected.admin_port);
-            let report = match http::Request::get(path).body(Vec::new()) {
-                Ok(request) => client.request::<SettingsState>(request).await.map_err(|err| err.to_string()),
-                Err(err) => Err(err.to_string()),
-            };
-            reports.push(PodSettings { pod: name, component: expected.component, report });
+            let component = expected.component;
+            asks.push(async move { PodSettings { pod: name, component, report: ask(client, path).await } });
         }
     }
-    reports
+    futures_util::future::join_all(asks).await
 }
 
 #[cfg(test)]

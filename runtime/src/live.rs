@@ -102,7 +102,22 @@ pub struct LiveSettings<C> {
     live: &'static [&'static str],
     file: Reloading<Parsed<C>, SettingsError>,
     state: Mutex<SettingsState>,
+    problems: Mutex<Problems>,
     metrics: SettingsMetrics,
+}
+
+/// Why the file's latest version is not in force: it did not pass, or it
+/// could not be read (which clears once it can, even with the same bytes).
+#[derive(Default)]
+struct Problems {
+    invalid: Option<String>,
+    unreadable: Option<String>,
+}
+
+impl Problems {
+    fn refused(&self) -> Option<String> {
+        self.unreadable.clone().or_else(|| self.invalid.clone())
+    }
 }
 
 /// Settings the file changed between two versions, among `names` (or
@@ -127,8 +142,11 @@ impl<C: Parser + Send + Sync + 'static> LiveSettings<C> {
         metrics: SettingsMetrics,
     ) -> Result<LiveSettings<C>, ReloadError<SettingsError>> {
         let cli: Vec<OsString> = source.cli.clone();
-        let file = Reloading::load(
+        // From the bytes the process started with: a version written since
+        // is the first reload's, refused or applied like any other.
+        let file = Reloading::load_from(
             vec![SettingFile::new("TALLY_SETTINGS_FILE", &source.path)],
+            vec![source.contents.clone()],
             move |contents: &[Vec<u8>]| {
                 let bytes = contents.first().map(Vec::as_slice).unwrap_or_default();
                 let entries = settings_file::parse_entries(bytes)?;
@@ -141,12 +159,21 @@ impl<C: Parser + Send + Sync + 'static> LiveSettings<C> {
             in_force: Some(source.digest.clone()),
             ..SettingsState::without_file(live)
         };
-        Ok(LiveSettings { source, live, file, state: Mutex::new(state), metrics })
+        Ok(LiveSettings { source, live, file, state: Mutex::new(state), problems: Mutex::default(), metrics })
     }
 
     /// What the admin port shows.
     pub fn state(&self) -> SettingsState {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner).clone()
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        state.refused = self.problems.lock().unwrap_or_else(PoisonError::into_inner).refused();
+        state
+    }
+
+    /// Records a problem (or its end) and sets the gauge.
+    fn set_problems(&self, change: impl FnOnce(&mut Problems)) {
+        let mut problems = self.problems.lock().unwrap_or_else(PoisonError::into_inner);
+        change(&mut problems);
+        self.metrics.refused.set(i64::from(problems.refused().is_some()));
     }
 
     /// Reads the file again; when a new version passes, hands it to `apply`.
@@ -154,31 +181,56 @@ impl<C: Parser + Send + Sync + 'static> LiveSettings<C> {
     pub fn reload(&self, apply: &impl Fn(&C)) -> Result<bool, ReloadError<SettingsError>> {
         let before = self.file.current();
         match self.file.reload() {
-            Ok(false) => Ok(false),
+            Ok(false) => {
+                // Readable again with the bytes it had: nothing to apply.
+                self.set_problems(|p| p.unreadable = None);
+                Ok(false)
+            }
             Ok(true) => {
                 self.applied(&before.entries, apply);
                 Ok(true)
             }
             Err(err) => {
-                self.metrics.reloads.get_or_create(&ResultLabel { result: "refused" }).inc();
-                self.metrics.refused.set(1);
-                tracing::warn!(%err, "{}", crate::log_events::SETTINGS_REFUSED);
-                self.state.lock().unwrap_or_else(PoisonError::into_inner).refused = Some(err.to_string());
+                let message = err.to_string();
+                let unreadable = matches!(err, ReloadError::Unreadable { .. });
+                let mut reported = false;
+                self.set_problems(|p| {
+                    let slot = if unreadable { &mut p.unreadable } else { &mut p.invalid };
+                    reported = unreadable && slot.as_deref() == Some(message.as_str());
+                    *slot = Some(message.clone());
+                    if !unreadable {
+                        p.unreadable = None;
+                    }
+                });
+                // An unreadable file is told once, not every interval.
+                if !reported {
+                    self.metrics.reloads.get_or_create(&ResultLabel { result: "refused" }).inc();
+                    tracing::warn!(%err, "{}", crate::log_events::SETTINGS_REFUSED);
+                }
                 Err(err)
             }
         }
     }
 
     /// Hands the version now read to `apply` and records it; `before`: the
-    /// settings of the version applied until now.
+    /// settings of the version applied until now. A panic while applying
+    /// (a value the parser let through that a component cannot take) is
+    /// reported as a refusal and the watch goes on.
     fn applied(&self, before: &Entries, apply: &impl Fn(&C)) {
         let now = self.file.current();
-        apply(&now.config);
+        let applying = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| apply(&now.config)));
+        if applying.is_err() {
+            let message = format!("applying version {} failed part way; restart the process", now.digest);
+            self.metrics.reloads.get_or_create(&ResultLabel { result: "refused" }).inc();
+            tracing::error!(digest = %now.digest, "{}", crate::log_events::SETTINGS_REFUSED);
+            self.set_problems(|p| p.invalid = Some(message));
+            return;
+        }
         let applied = changed(before, &now.entries, self.live, true);
         let pending = changed(&self.source.entries, &now.entries, self.live, false);
         self.metrics.reloads.get_or_create(&ResultLabel { result: "applied" }).inc();
-        self.metrics.refused.set(0);
         self.metrics.restart_pending.set(i64::try_from(pending.len()).unwrap_or(i64::MAX));
+        self.set_problems(|p| *p = Problems::default());
         tracing::info!(
             digest = %now.digest,
             applied = %applied.join(","),
@@ -188,24 +240,15 @@ impl<C: Parser + Send + Sync + 'static> LiveSettings<C> {
         );
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         state.in_force = Some(now.digest.clone());
-        state.refused = None;
         state.restart_pending = pending;
     }
 
-    /// Applies the version read when watching started if the file changed
-    /// since the process read it at startup (a ConfigMap updated meanwhile).
-    fn catch_up(&self, apply: &impl Fn(&C)) {
-        if self.file.current().digest != self.source.digest {
-            self.applied(&self.source.entries, apply);
-        }
-    }
-
-    /// Re-reads the file every `TALLY_SETTINGS_RELOAD_MS` until the process ends.
+    /// Re-reads the file at once (a version written since startup), then
+    /// every `TALLY_SETTINGS_RELOAD_MS` until the process ends.
     pub async fn watch(self: Arc<Self>, apply: impl Fn(&C)) {
-        self.catch_up(&apply);
         loop {
-            tokio::time::sleep(self.source.reload_every).await;
             let _ = self.reload(&apply);
+            tokio::time::sleep(self.source.reload_every).await;
         }
     }
 }
@@ -268,9 +311,7 @@ pub fn resize_semaphore(semaphore: &Arc<tokio::sync::Semaphore>, from: usize, to
 /// Applies the live settings every service shares: the log filter and the
 /// trace sampling ratio (the first two of [`GATEWAY`] and [`COUNTER`]).
 pub fn apply_runtime(args: &crate::rt::RuntimeArgs) {
-    if let Some(filter) = &args.log_filter
-        && let Err(err) = crate::logging::set_filter(filter)
-    {
+    if let Err(err) = crate::logging::set_filter(args.log_filter.as_deref()) {
         tracing::warn!(%err, "log filter unchanged");
     }
     crate::telemetry::set_ratio(args.telemetry.sampler_arg);
@@ -357,21 +398,20 @@ mod tests {
             path: path.clone(),
             reload_every: std::time::Duration::from_secs(1),
             cli: vec!["demo".into()],
+            contents: startup.to_vec(),
             entries: settings_file::parse_entries(startup).expect("valid"),
             digest: settings_file::digest(startup),
         };
-        // The ConfigMap changed between startup and the first watch.
-        std::fs::write(&path, "DEMO_LIVE_SIZE=3\n").expect("write");
-        let live = LiveSettings::<Demo>::new(source, &["DEMO_LIVE_SIZE"], SettingsMetrics::default()).expect("valid");
+        // The ConfigMap changed to a broken version after startup: the
+        // process keeps its startup settings and says why.
+        std::fs::write(&path, "DEMO_LIVE_SIZE=x\n").expect("write");
+        let live = LiveSettings::<Demo>::new(source, &["DEMO_LIVE_SIZE"], SettingsMetrics::default()).expect("starts");
         let seen = Mutex::new(Vec::new());
         let apply = |demo: &Demo| seen.lock().expect("lock").push((demo.size, demo.port));
-        live.catch_up(&apply);
-        assert_eq!(*seen.lock().expect("lock"), vec![(3, 80)], "caught up with the version read at watch start");
-
-        std::fs::write(&path, "DEMO_LIVE_SIZE=x\n").expect("write");
-        assert!(live.reload(&apply).is_err());
-        assert_eq!(seen.lock().expect("lock").len(), 1, "a refused version is not applied");
+        assert!(live.reload(&apply).is_err(), "the first reload sees the version written since startup");
+        assert!(seen.lock().expect("lock").is_empty(), "a refused version is not applied");
         assert!(live.state().refused.is_some_and(|r| r.starts_with("DEMO_LIVE_SIZE")));
+        assert_eq!(live.state().in_force, Some(settings_file::digest(startup)));
 
         std::fs::write(&path, "DEMO_LIVE_SIZE=4\nDEMO_LIVE_PORT=81\n").expect("write");
         assert!(live.reload(&apply).expect("valid"));
@@ -379,6 +419,26 @@ mod tests {
         let state = live.state();
         assert_eq!((state.refused, state.restart_pending), (None, vec!["DEMO_LIVE_PORT".to_string()]));
         assert_eq!(state.in_force, Some(settings_file::digest(b"DEMO_LIVE_SIZE=4\nDEMO_LIVE_PORT=81\n")));
+
+        // Unreadable for a while, then back with the same bytes: the
+        // refusal ends without a new version.
+        let kept = dir.join("kept");
+        std::fs::rename(&path, &kept).expect("hide");
+        assert!(matches!(live.reload(&apply), Err(ReloadError::Unreadable { .. })));
+        assert!(live.state().refused.is_some());
+        std::fs::rename(&kept, &path).expect("restore");
+        assert!(!live.reload(&apply).expect("readable"), "the same version: nothing to apply");
+        assert_eq!(live.state().refused, None);
+
+        // A version a component cannot take (it panics applying it) is
+        // reported, and the watch goes on.
+        std::fs::write(&path, "DEMO_LIVE_SIZE=9\n").expect("write");
+        let panicking = |demo: &Demo| assert_ne!(demo.size, 9, "cannot take 9");
+        assert!(live.reload(&panicking).expect("parsed"));
+        assert!(live.state().refused.is_some_and(|r| r.contains("failed part way")));
+        std::fs::write(&path, "DEMO_LIVE_SIZE=5\n").expect("write");
+        assert!(live.reload(&apply).expect("valid"));
+        assert_eq!((live.state().refused, seen.lock().expect("lock").last().copied()), (None, Some((5, 80))));
         std::fs::remove_dir_all(&dir).expect("cleanup");
     }
 

@@ -47,9 +47,10 @@ pub fn check_filter(directives: &str) -> Result<(), FilterError> {
     filter(Some(directives)).map(drop)
 }
 
-/// Replaces the log filter of the running process.
-pub fn set_filter(directives: &str) -> Result<(), FilterError> {
-    let new = filter(Some(directives))?;
+/// Replaces the log filter of the running process; `None`: `RUST_LOG` from
+/// the environment, else `info` (a filter removed from the settings file).
+pub fn set_filter(directives: Option<&str>) -> Result<(), FilterError> {
+    let new = filter(directives)?;
     let handle = FILTER.get().ok_or(FilterError::NotInstalled)?;
     handle.reload(new).map_err(|_| FilterError::NotInstalled)
 }

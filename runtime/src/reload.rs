@@ -62,6 +62,23 @@ impl<T, E: std::error::Error + 'static> Reloading<T, E> {
         })
     }
 
+    /// As [`Reloading::load`], from `contents` already read (they must
+    /// parse): what a process started with, so that a change made since is
+    /// seen by the first [`Reloading::reload`] like any other.
+    pub fn load_from(
+        files: Vec<SettingFile>,
+        contents: Vec<Vec<u8>>,
+        parse: impl Fn(&[Vec<u8>]) -> Result<T, E> + Send + Sync + 'static,
+    ) -> Result<Reloading<T, E>, ReloadError<E>> {
+        let value = parse(&contents).map_err(ReloadError::Invalid)?;
+        Ok(Reloading {
+            files,
+            parse: Box::new(parse),
+            read: Mutex::new(contents),
+            current: ArcSwap::from_pointee(value),
+        })
+    }
+
     /// The value in force.
     pub fn current(&self) -> Arc<T> {
         self.current.load_full()

@@ -140,8 +140,9 @@ pub struct Source {
     pub reload_every: std::time::Duration,
     /// The command line, re-applied over every version of the file.
     pub cli: Vec<OsString>,
-    /// The file's settings at startup: the values in force of every setting
-    /// that only a restart changes.
+    /// The file as read at startup, and its settings: the values in force
+    /// of every setting that only a restart changes.
+    pub contents: Vec<u8>,
     pub entries: Entries,
     pub digest: String,
 }
@@ -170,7 +171,7 @@ pub fn load<C: Parser>() -> (C, Option<Source>) {
         Err(err) => fail(format!("TALLY_SETTINGS_FILE {}: {err}", path.display())),
     };
     let reload_every = std::time::Duration::from_millis(reload_ms.unwrap_or(1000));
-    let source = Source { path, reload_every, cli, entries, digest: digest(&contents) };
+    let source = Source { path, reload_every, cli, entries, digest: digest(&contents), contents };
     (config, Some(source))
 }
 

@@ -301,9 +301,14 @@ impl Backends {
             tracing::info!(endpoint = %current[i].name, in_flight = current[i].in_flight(), "{}", tally_runtime::log_events::ENDPOINT_REMOVED);
         }
         if next.len() != current.len() || !plan.remove.is_empty() {
+            let added = next.len() - plan.keep.len();
             self.list.store(Arc::new(next));
             let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
             self.changed_at.store(now, Ordering::Relaxed);
+            // A pool size retuned while these were made applies to them too
+            // (retune resizes only the endpoints already listed).
+            let size = self.settings.load().pool_size;
+            self.all().iter().rev().take(added).for_each(|backend| backend.pool.resize(size));
         }
         skipped
     }
