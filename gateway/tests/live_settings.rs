@@ -147,13 +147,15 @@ async fn live_settings_apply_under_load_and_a_bad_version_is_refused() {
 
     // A restart-only setting keeps its value and is reported pending; the
     // live ones of the same version apply.
-    file.write(&[("TALLY_POOL_SIZE", "4"), ("TALLY_LISTEN", "127.0.0.1:1")]);
+    // A name this gateway does not know (a newer operator's) is ignored.
+    file.write(&[("TALLY_POOL_SIZE", "4"), ("TALLY_LISTEN", "127.0.0.1:1"), ("TALLY_NOT_YET_A_SETTING", "1")]);
     gateway.wait_for_log("the mixed version", |l| {
         l.contains(SETTINGS_APPLIED) && l.contains("restart_pending=TALLY_LISTEN")
     });
     let view = settings_view(&admin).await;
     assert!(view["refused"].is_null(), "a version applied clears the refusal: {view}");
     assert_eq!(view["restart_pending"], json!(["TALLY_LISTEN"]));
+    assert_eq!(view["ignored"], json!(["TALLY_NOT_YET_A_SETTING"]));
     assert_eq!(view["in_force"], json!(tally_runtime::settings_file::digest(&std::fs::read(file.path()).unwrap())));
     assert_eq!(metric(&admin_base, "tally_gateway_settings_refused", &[]).await, 0.0);
     assert_eq!(metric(&admin_base, "tally_gateway_settings_restart_pending", &[]).await, 1.0);

@@ -118,6 +118,7 @@ mod tests {
             refused: refused.map(str::to_string),
             restart_pending: Vec::new(),
             live: Vec::new(),
+            ignored: Vec::new(),
         }
     }
 

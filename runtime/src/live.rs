@@ -34,6 +34,7 @@ impl SettingsState {
             refused: None,
             restart_pending: Vec::new(),
             live: live.iter().map(|name| name.to_string()).collect(),
+            ignored: Vec::new(),
         }
     }
 }
@@ -43,6 +44,7 @@ struct Parsed<C> {
     config: C,
     entries: Entries,
     digest: String,
+    ignored: Vec<String>,
 }
 
 /// What the admin port shows about the settings file.
@@ -60,6 +62,9 @@ pub struct SettingsState {
     pub restart_pending: Vec<String>,
     /// The settings this process applies live.
     pub live: Vec<String>,
+    /// Names in the file that are not settings of this program (ignored).
+    #[serde(default)]
+    pub ignored: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -150,13 +155,14 @@ impl<C: Parser + Send + Sync + 'static> LiveSettings<C> {
             move |contents: &[Vec<u8>]| {
                 let bytes = contents.first().map(Vec::as_slice).unwrap_or_default();
                 let entries = settings_file::parse_entries(bytes)?;
-                let config = settings_file::parse::<C>(&cli, &entries)?;
-                Ok(Parsed { config, entries, digest: settings_file::digest(bytes) })
+                let settings_file::Parsed { config, ignored } = settings_file::parse::<C>(&cli, &entries)?;
+                Ok(Parsed { config, entries, digest: settings_file::digest(bytes), ignored })
             },
         )?;
         let state = SettingsState {
             file: Some(source.path.display().to_string()),
             in_force: Some(source.digest.clone()),
+            ignored: source.ignored.clone(),
             ..SettingsState::without_file(live)
         };
         Ok(LiveSettings { source, live, file, state: Mutex::new(state), problems: Mutex::default(), metrics })
@@ -227,7 +233,8 @@ impl<C: Parser + Send + Sync + 'static> LiveSettings<C> {
             return;
         }
         let applied = changed(before, &now.entries, self.live, true);
-        let pending = changed(&self.source.entries, &now.entries, self.live, false);
+        let mut pending = changed(&self.source.entries, &now.entries, self.live, false);
+        pending.retain(|name| !now.ignored.contains(name));
         self.metrics.reloads.get_or_create(&ResultLabel { result: "applied" }).inc();
         self.metrics.restart_pending.set(i64::try_from(pending.len()).unwrap_or(i64::MAX));
         self.set_problems(|p| *p = Problems::default());
@@ -238,9 +245,13 @@ impl<C: Parser + Send + Sync + 'static> LiveSettings<C> {
             "{}",
             crate::log_events::SETTINGS_APPLIED
         );
+        if !now.ignored.is_empty() {
+            tracing::warn!(ignored = %now.ignored.join(","), "settings file names settings this program does not have; ignored");
+        }
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         state.in_force = Some(now.digest.clone());
         state.restart_pending = pending;
+        state.ignored = now.ignored.clone();
     }
 
     /// Re-reads the file at once (a version written since startup), then
@@ -282,6 +293,9 @@ pub fn start<C: Parser + Send + Sync + 'static>(
     let Some(source) = source else {
         return Ok(SettingsView(Arc::new(move || SettingsState::without_file(live))));
     };
+    if !source.ignored.is_empty() {
+        tracing::warn!(ignored = %source.ignored.join(","), "settings file names settings this program does not have; ignored");
+    }
     let settings = Arc::new(LiveSettings::<C>::new(source, live, metrics)?);
     tokio::spawn(settings.clone().watch(apply));
     Ok(SettingsView(Arc::new(move || settings.state())))
@@ -401,6 +415,7 @@ mod tests {
             contents: startup.to_vec(),
             entries: settings_file::parse_entries(startup).expect("valid"),
             digest: settings_file::digest(startup),
+            ignored: Vec::new(),
         };
         // The ConfigMap changed to a broken version after startup: the
         // process keeps its startup settings and says why.

@@ -42,8 +42,6 @@ pub enum SettingsError {
     Syntax { line: usize },
     #[error("line {line}: {key} is set twice")]
     Duplicate { line: usize, key: String },
-    #[error("{0} is not a setting of this program")]
-    Unknown(String),
     #[error("{key}: {message}")]
     Invalid { key: String, message: String },
     #[error("{0}")]
@@ -91,20 +89,32 @@ fn given_on_command_line(cmd: &Command, cli: &[OsString]) -> HashSet<String> {
         .collect()
 }
 
+/// `C` as parsed from a settings file, and the names in it that are not
+/// settings of this program.
+#[derive(Debug)]
+pub struct Parsed<C> {
+    pub config: C,
+    /// Ignored, not refused: a newer operator may write a setting an older
+    /// image does not have, and a pod must not crash-loop on it (as with
+    /// environment variables). They are logged and shown by the admin port.
+    pub ignored: Vec<String>,
+}
+
 /// `C` from the command line `cli` (program name first), the settings file's
 /// `entries` and the environment. `RUST_LOG` is checked as a log filter here,
 /// so a bad one is refused like any other bad value.
-pub fn parse<C: Parser>(cli: &[OsString], entries: &Entries) -> Result<C, SettingsError> {
+pub fn parse<C: Parser>(cli: &[OsString], entries: &Entries) -> Result<Parsed<C>, SettingsError> {
     let cmd = C::command();
     let given = given_on_command_line(&cmd, cli);
     let program = cli.first().cloned().unwrap_or_else(|| OsString::from(cmd.get_name()));
     let mut argv = vec![program];
+    let mut ignored = Vec::new();
     for (key, value) in entries {
-        let arg = cmd
-            .get_arguments()
-            .find(|arg| arg.get_env() == Some(OsStr::new(key)))
-            .ok_or_else(|| SettingsError::Unknown(key.clone()))?;
-        let long = arg.get_long().ok_or_else(|| SettingsError::Unknown(key.clone()))?;
+        let flag = cmd.get_arguments().find(|arg| arg.get_env() == Some(OsStr::new(key)));
+        let Some((arg, long)) = flag.and_then(|arg| Some((arg, arg.get_long()?))) else {
+            ignored.push(key.clone());
+            continue;
+        };
         if key == "RUST_LOG" {
             crate::logging::check_filter(value)
                 .map_err(|err| SettingsError::Invalid { key: key.clone(), message: err.to_string() })?;
@@ -115,7 +125,8 @@ pub fn parse<C: Parser>(cli: &[OsString], entries: &Entries) -> Result<C, Settin
     }
     argv.extend(cli.iter().skip(1).cloned());
     let matches = cmd.clone().try_get_matches_from(argv).map_err(|err| refused(&cmd, &err))?;
-    <C as clap::FromArgMatches>::from_arg_matches(&matches).map_err(|err| refused(&cmd, &err))
+    let config = <C as clap::FromArgMatches>::from_arg_matches(&matches).map_err(|err| refused(&cmd, &err))?;
+    Ok(Parsed { config, ignored })
 }
 
 /// A clap error as a settings error naming the variable, not the flag.
@@ -145,6 +156,8 @@ pub struct Source {
     pub contents: Vec<u8>,
     pub entries: Entries,
     pub digest: String,
+    /// Names in the file that are not settings of this program.
+    pub ignored: Vec<String>,
 }
 
 /// `C` as the process starts: from the command line and the environment,
@@ -164,14 +177,16 @@ pub fn load<C: Parser>() -> (C, Option<Source>) {
         std::fs::read(&path).unwrap_or_else(|err| fail(format!("TALLY_SETTINGS_FILE {}: {err}", path.display())));
     let entries =
         parse_entries(&contents).unwrap_or_else(|err| fail(format!("TALLY_SETTINGS_FILE {}: {err}", path.display())));
-    let config = match parse::<C>(&cli, &entries) {
-        Ok(config) => config,
+    let Parsed { config, ignored } = match parse::<C>(&cli, &entries) {
+        Ok(parsed) => parsed,
         // --help and --version print and exit as usual.
-        Err(_) if C::command().try_get_matches_from(&cli).is_err() => C::parse_from(&cli),
+        Err(_) if C::command().try_get_matches_from(&cli).is_err() => {
+            Parsed { config: C::parse_from(&cli), ignored: Vec::new() }
+        }
         Err(err) => fail(format!("TALLY_SETTINGS_FILE {}: {err}", path.display())),
     };
     let reload_every = std::time::Duration::from_millis(reload_ms.unwrap_or(1000));
-    let source = Source { path, reload_every, cli, entries, digest: digest(&contents), contents };
+    let source = Source { path, reload_every, cli, entries, digest: digest(&contents), contents, ignored };
     (config, Some(source))
 }
 
@@ -210,16 +225,16 @@ mod tests {
     #[test]
     fn the_file_sets_values_and_the_command_line_wins_over_it() {
         let entries = parse_entries(b"DEMO_SIZE=7\nDEMO_NAME=file").expect("valid");
-        let demo: Demo = parse(&cli(&[]), &entries).expect("valid");
+        let demo: Demo = parse(&cli(&[]), &entries).expect("valid").config;
         assert_eq!((demo.size, demo.name.as_str()), (7, "file"));
-        let demo: Demo = parse(&cli(&["--name", "cli"]), &entries).expect("valid");
+        let demo: Demo = parse(&cli(&["--name", "cli"]), &entries).expect("valid").config;
         assert_eq!((demo.size, demo.name.as_str()), (7, "cli"));
-        let demo: Demo = parse(&cli(&[]), &Entries::new()).expect("defaults");
+        let demo: Demo = parse(&cli(&[]), &Entries::new()).expect("defaults").config;
         assert_eq!(demo.size, 4);
     }
 
     #[test]
-    fn bad_values_and_unknown_names_are_refused_naming_the_variable() {
+    fn bad_values_are_refused_naming_the_variable_and_unknown_names_ignored() {
         let out_of_range = parse_entries(b"DEMO_SIZE=11").expect("syntax");
         match parse::<Demo>(&cli(&[]), &out_of_range) {
             Err(SettingsError::Invalid { key, message }) => {
@@ -228,8 +243,9 @@ mod tests {
             }
             other => panic!("expected an invalid value, got {other:?}"),
         }
-        let unknown = parse_entries(b"DEMO_SIZ=3").expect("syntax");
-        assert_eq!(parse::<Demo>(&cli(&[]), &unknown).err(), Some(SettingsError::Unknown("DEMO_SIZ".into())));
+        let unknown = parse_entries(b"DEMO_SIZ=3\nDEMO_SIZE=5").expect("syntax");
+        let parsed = parse::<Demo>(&cli(&[]), &unknown).expect("an unknown name is not a refusal");
+        assert_eq!((parsed.config.size, parsed.ignored), (5, vec!["DEMO_SIZ".to_string()]));
     }
 
     #[test]
