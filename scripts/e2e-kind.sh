@@ -5,9 +5,14 @@
 # deploy/tryout/countercluster.yaml running the images just built. It then
 #   1. sends 200 increments through the gateway's HTTP API (port-forward) and
 #      checks each got its own value and the stored count is 200;
-#   2. changes a tunable (counter.batchSize 100 -> 250) and checks the operator
-#      rolls the counter Deployment (and only it) and the new pods get
-#      TALLY_BATCH_SIZE=250, and that the count survived the roll;
+#   2. changes a live tunable (counter.batchSize 100 -> 250) and checks the
+#      operator changes only the counters' ConfigMap — no pod restarts — and
+#      every counter pod runs the new settings file (the SHA-256 it shows at
+#      /api/v1/system/settings, read through the API server, equals the
+#      ConfigMap's; SettingsApplied=True); then a restart-only one
+#      (counter.commitMaxOps) and checks the operator rolls the counter
+#      Deployment (and only it), the new pods' settings file has it, and the
+#      count survived the roll;
 #   3. deletes the CounterCluster and checks what it owned is garbage-collected.
 #
 #   4. runs a second CounterCluster on the operator's managed Redis
@@ -172,21 +177,31 @@ crd_has_spec_field() {
   [ -n "$type" ]
 }
 
-# The value of env var $2 the first container of pod $1 starts with: its own
-# `env` entry, else the ConfigMaps it loads with `envFrom` (later ones win).
-pod_env_value() {
-  local pod=$1 name=$2 value cm cms from_cm
-  value=$(k -n "$NS" get pod "$pod" -o jsonpath="{.spec.containers[0].env[?(@.name==\"$name\")].value}")
-  if [ -n "$value" ]; then
-    echo "$value"
-    return
-  fi
-  cms=$(k -n "$NS" get pod "$pod" -o jsonpath='{.spec.containers[0].envFrom[*].configMapRef.name}')
-  for cm in $cms; do
-    from_cm=$(k -n "$NS" get configmap "$cm" -o jsonpath="{.data.$name}")
-    [ -z "$from_cm" ] || value=$from_cm
+# The value of setting $2 in the settings file of the ConfigMap $1 mounts.
+configmap_setting() {
+  k -n "$NS" get configmap "$1" -o jsonpath='{.data.settings\.env}' | sed -n "s/^$2=//p"
+}
+
+# The running counter pods (terminating ones left out), one name a line.
+counter_pods() {
+  k -n "$NS" get pods -l app.kubernetes.io/instance=demo,app.kubernetes.io/component=counter \
+    -o go-template='{{range .items}}{{if not .metadata.deletionTimestamp}}{{.metadata.name}}{{"\n"}}{{end}}{{end}}'
+}
+
+# Whether every counter pod runs the settings file now in ConfigMap $1: the
+# digest each shows on its admin port (through the API server's pod proxy,
+# as the operator reads it) equals the file's SHA-256.
+counters_run_configmap() {
+  local want pod view
+  want=$(k -n "$NS" get configmap "$1" -o jsonpath='{.data.settings\.env}' | sha256sum | cut -d' ' -f1)
+  for pod in $(counter_pods); do
+    view=$(k get --raw "/api/v1/namespaces/$NS/pods/$pod:8081/proxy/api/v1/system/settings") || return 1
+    case $view in *"\"in_force\":\"$want\""*) ;; *) return 1 ;; esac
   done
-  echo "$value"
+}
+
+settings_applied() {
+  [ "$(k -n "$NS" get tcc demo -o jsonpath='{.status.conditions[?(@.type=="SettingsApplied")].status}')" = True ]
 }
 
 generation_above() {
@@ -309,30 +324,40 @@ seq "$N" | cmp -s - "$work/values.txt" || fail "the $N increments did not return
 wait_until 30 "GET $rid/likes to read $N" count_is "$N"
 step "count is $N"
 
-# --- 2. change a tunable ----------------------------------------------------
+# --- 2. change a live tunable, then a restart-only one -----------------------
 counter_gen=$(k -n "$NS" get deploy demo-counter -o jsonpath='{.metadata.generation}')
 gateway_gen=$(k -n "$NS" get deploy demo-gateway -o jsonpath='{.metadata.generation}')
-step "patching counter.batchSize to 250"
+pods_before=$(counter_pods | sort)
+step "patching counter.batchSize to 250 (live)"
 k -n "$NS" patch tcc demo --type merge -p '{"spec":{"counter":{"batchSize":250}}}'
+wait_until 120 "status.observedGeneration to catch up with the patch" observed_generation_is_current
+[ "$(configmap_setting demo-counter-config TALLY_BATCH_SIZE)" = 250 ] ||
+  fail "the counters' ConfigMap does not carry TALLY_BATCH_SIZE=250"
+# The kubelet updates a mounted ConfigMap within about a minute.
+wait_until 180 "every counter pod to run the new settings file" counters_run_configmap demo-counter-config
+wait_until 120 "SettingsApplied=True" settings_applied
+[ "$(k -n "$NS" get deploy demo-counter -o jsonpath='{.metadata.generation}')" = "$counter_gen" ] ||
+  fail "deploy/demo-counter changed for a live tunable"
+[ "$(counter_pods | sort)" = "$pods_before" ] || fail "counter pods restarted for a live tunable"
+step "batchSize 250 applied live: same pods, same Deployment generation"
+
+step "patching counter.commitMaxOps to 1024 (restart-only)"
+k -n "$NS" patch tcc demo --type merge -p '{"spec":{"counter":{"commitMaxOps":1024}}}'
 wait_until 120 "the operator to update deploy/demo-counter after the patch" generation_above demo-counter "$counter_gen"
 k -n "$NS" rollout status deploy/demo-counter --timeout="${TIMEOUT}s" ||
   fail "deploy/demo-counter did not finish rolling out within ${TIMEOUT}s"
 wait_until 120 "status.observedGeneration to catch up with the patch" observed_generation_is_current
 k -n "$NS" wait --for=condition=Ready tcc/demo --timeout="${TIMEOUT}s" ||
   fail "tcc/demo not Ready again within ${TIMEOUT}s after the patch"
-
-# The pods of the rolled Deployment (terminating old ones left out).
-pods=$(k -n "$NS" get pods -l app.kubernetes.io/instance=demo,app.kubernetes.io/component=counter \
-  -o go-template='{{range .items}}{{if not .metadata.deletionTimestamp}}{{.metadata.name}}{{"\n"}}{{end}}{{end}}')
+[ "$(configmap_setting demo-counter-config TALLY_COMMIT_MAX_OPS)" = 1024 ] ||
+  fail "the counters' ConfigMap does not carry TALLY_COMMIT_MAX_OPS=1024"
+wait_until 180 "the new counter pods to run the new settings file" counters_run_configmap demo-counter-config
+pods=$(counter_pods)
 [ -n "$pods" ] || fail "no running counter pods after the roll"
-for pod in $pods; do
-  value=$(pod_env_value "$pod" TALLY_BATCH_SIZE)
-  [ "$value" = 250 ] || fail "pod $pod starts with TALLY_BATCH_SIZE='$value', expected 250"
-done
-step "counter pods rolled with TALLY_BATCH_SIZE=250: $(echo "$pods" | tr '\n' ' ')"
+step "counter pods rolled with TALLY_COMMIT_MAX_OPS=1024: $(echo "$pods" | tr '\n' ' ')"
 now_gateway_gen=$(k -n "$NS" get deploy demo-gateway -o jsonpath='{.metadata.generation}')
 [ "$now_gateway_gen" = "$gateway_gen" ] ||
-  fail "deploy/demo-gateway changed (generation $gateway_gen -> $now_gateway_gen) though only a counter tunable did"
+  fail "deploy/demo-gateway changed (generation $gateway_gen -> $now_gateway_gen) though only counter tunables did"
 
 ensure_port_forward
 wait_until 120 "the count to read $N after the counters rolled" count_is "$N"
