@@ -326,14 +326,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_setting_is_documented_with_its_default() {
-        tally_testkit::docs::assert_settings_documented(&<Config as clap::CommandFactory>::command());
-    }
-
-    #[test]
-    fn live_settings_are_settings_of_this_binary_and_documented() {
+    fn every_setting_is_documented_with_its_default_and_the_live_ones_listed() {
         let command = <Config as clap::CommandFactory>::command();
-        tally_testkit::docs::assert_live_settings_documented(
+        tally_testkit::docs::assert_service_settings_documented(
             &command,
             tally_runtime::live::GATEWAY,
             "| live in `tally-gateway`",

@@ -94,13 +94,16 @@ async fn live_settings_apply_under_load_and_a_bad_version_is_refused() {
         let series = |name| tally_testkit::prometheus::sum(&text, name, &[]).unwrap_or(0.0);
         (series("tally_gateway_coalesced_operations_count"), series("tally_gateway_coalesced_operations_sum"))
     };
+    // Batches keep coming while the loaders run; a stalled load fails here.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
     let settled = batches().await.0 + 10.0;
     while batches().await.0 < settled {
-        tokio::task::yield_now().await;
+        assert!(tokio::time::Instant::now() < deadline, "no batches sent after the change");
     }
     let before = batches().await;
     let mut after = batches().await;
     while after.0 < before.0 + 50.0 {
+        assert!(tokio::time::Instant::now() < deadline, "no batches sent after the change");
         after = batches().await;
     }
     assert_eq!(after.1 - before.1, after.0 - before.0, "one increment per batch: {before:?} → {after:?}");

@@ -106,9 +106,17 @@ pub struct LiveSettings<C> {
     source: Source,
     live: &'static [&'static str],
     file: Reloading<Parsed<C>, SettingsError>,
-    state: Mutex<SettingsState>,
-    problems: Mutex<Problems>,
+    /// What the view shows but the settings file does not say by itself.
+    seen: Mutex<Seen>,
     metrics: SettingsMetrics,
+}
+
+/// The version in force and what came of the latest reads.
+struct Seen {
+    in_force: String,
+    restart_pending: Vec<String>,
+    ignored: Vec<String>,
+    problems: Problems,
 }
 
 /// Why the file's latest version is not in force: it did not pass, or it
@@ -122,6 +130,12 @@ struct Problems {
 impl Problems {
     fn refused(&self) -> Option<String> {
         self.unreadable.clone().or_else(|| self.invalid.clone())
+    }
+}
+
+fn warn_ignored(ignored: &[String]) {
+    if !ignored.is_empty() {
+        tracing::warn!(ignored = %ignored.join(","), "settings file names settings this program does not have; ignored");
     }
 }
 
@@ -159,27 +173,37 @@ impl<C: Parser + Send + Sync + 'static> LiveSettings<C> {
                 Ok(Parsed { config, entries, digest: settings_file::digest(bytes), ignored })
             },
         )?;
-        let state = SettingsState {
-            file: Some(source.path.display().to_string()),
-            in_force: Some(source.digest.clone()),
+        let seen = Seen {
+            in_force: source.digest.clone(),
+            restart_pending: Vec::new(),
             ignored: source.ignored.clone(),
-            ..SettingsState::without_file(live)
+            problems: Problems::default(),
         };
-        Ok(LiveSettings { source, live, file, state: Mutex::new(state), problems: Mutex::default(), metrics })
+        Ok(LiveSettings { source, live, file, seen: Mutex::new(seen), metrics })
+    }
+
+    fn seen(&self) -> std::sync::MutexGuard<'_, Seen> {
+        self.seen.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// What the admin port shows.
     pub fn state(&self) -> SettingsState {
-        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner).clone();
-        state.refused = self.problems.lock().unwrap_or_else(PoisonError::into_inner).refused();
-        state
+        let seen = self.seen();
+        SettingsState {
+            file: Some(self.source.path.display().to_string()),
+            in_force: Some(seen.in_force.clone()),
+            refused: seen.problems.refused(),
+            restart_pending: seen.restart_pending.clone(),
+            live: self.live.iter().map(|name| name.to_string()).collect(),
+            ignored: seen.ignored.clone(),
+        }
     }
 
     /// Records a problem (or its end) and sets the gauge.
     fn set_problems(&self, change: impl FnOnce(&mut Problems)) {
-        let mut problems = self.problems.lock().unwrap_or_else(PoisonError::into_inner);
-        change(&mut problems);
-        self.metrics.refused.set(i64::from(problems.refused().is_some()));
+        let mut seen = self.seen();
+        change(&mut seen.problems);
+        self.metrics.refused.set(i64::from(seen.problems.refused().is_some()));
     }
 
     /// Reads the file again; when a new version passes, hands it to `apply`.
@@ -245,13 +269,11 @@ impl<C: Parser + Send + Sync + 'static> LiveSettings<C> {
             "{}",
             crate::log_events::SETTINGS_APPLIED
         );
-        if !now.ignored.is_empty() {
-            tracing::warn!(ignored = %now.ignored.join(","), "settings file names settings this program does not have; ignored");
-        }
-        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        state.in_force = Some(now.digest.clone());
-        state.restart_pending = pending;
-        state.ignored = now.ignored.clone();
+        warn_ignored(&now.ignored);
+        let mut seen = self.seen();
+        seen.in_force = now.digest.clone();
+        seen.restart_pending = pending;
+        seen.ignored = now.ignored.clone();
     }
 
     /// Re-reads the file at once (a version written since startup), then
@@ -293,9 +315,7 @@ pub fn start<C: Parser + Send + Sync + 'static>(
     let Some(source) = source else {
         return Ok(SettingsView(Arc::new(move || SettingsState::without_file(live))));
     };
-    if !source.ignored.is_empty() {
-        tracing::warn!(ignored = %source.ignored.join(","), "settings file names settings this program does not have; ignored");
-    }
+    warn_ignored(&source.ignored);
     let settings = Arc::new(LiveSettings::<C>::new(source, live, metrics)?);
     tokio::spawn(settings.clone().watch(apply));
     Ok(SettingsView(Arc::new(move || settings.state())))

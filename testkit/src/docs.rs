@@ -67,6 +67,13 @@ pub fn assert_settings_documented(command: &clap::Command) {
     assert!(problems.is_empty(), "docs/configuration.md and the code disagree:\n{}", problems.join("\n"));
 }
 
+/// Both checks of a service's settings against docs/configuration.md:
+/// [`assert_settings_documented`] and [`assert_live_settings_documented`].
+pub fn assert_service_settings_documented(command: &clap::Command, live: &[&str], table: &str) {
+    assert_settings_documented(command);
+    assert_live_settings_documented(command, live, table);
+}
+
 /// Asserts every name of a service's `live` list is one of `command`'s
 /// settings, and is named in docs/configuration.md's "Live settings"
 /// tables, and that those tables name no other setting of the service as

@@ -62,15 +62,24 @@ impl<R> Call<R> {
 pub enum AttemptError {
     /// No endpoint serves what the call needs (or every breaker is open).
     NoBackend,
-    /// The endpoint answered with an error, or the call to it failed.
-    Status { status: tonic::Status, backend: Arc<Backend> },
+    /// The endpoint answered with an error, or the call to it failed;
+    /// `failure` is what that says ([`retry::classify`], made once).
+    Status { status: tonic::Status, backend: Arc<Backend>, failure: retry::Failure },
+}
+
+impl AttemptError {
+    /// The failed attempt on `backend`, classified.
+    pub fn status(status: tonic::Status, backend: Arc<Backend>) -> AttemptError {
+        let failure = retry::classify(&status);
+        AttemptError::Status { status, backend, failure }
+    }
 }
 
 impl std::fmt::Debug for AttemptError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             AttemptError::NoBackend => f.write_str("NoBackend"),
-            AttemptError::Status { status, backend } => write!(f, "{status:?} from {}", backend.name),
+            AttemptError::Status { status, backend, .. } => write!(f, "{status:?} from {}", backend.name),
         }
     }
 }
@@ -167,11 +176,13 @@ where
                     Ok(response.into_inner())
                 }
                 Err(status) => {
-                    // Refusals say nothing about the endpoint's health.
-                    let failed = retry::classify(&status) != retry::Failure::Refused;
-                    let jitter = f64::from(started.elapsed().subsec_nanos() % 1000) / 1000.0;
-                    backends.report(&backend, failed, jitter);
-                    Err(AttemptError::Status { status, backend })
+                    let err = AttemptError::status(status, backend);
+                    if let AttemptError::Status { backend, failure, .. } = &err {
+                        // Refusals say nothing about the endpoint's health.
+                        let jitter = f64::from(started.elapsed().subsec_nanos() % 1000) / 1000.0;
+                        backends.report(backend, *failure != retry::Failure::Refused, jitter);
+                    }
+                    Err(err)
                 }
             }
         })
@@ -213,7 +224,7 @@ mod tests {
             if answers.is_empty() {
                 return ready(Ok(call.request));
             }
-            ready(Err(AttemptError::Status { status: answers.remove(0), backend }))
+            ready(Err(AttemptError::status(answers.remove(0), backend)))
         }
     }
 

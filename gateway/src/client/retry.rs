@@ -135,8 +135,8 @@ impl<R: Clone, T> tower::retry::Policy<Call<R>, T, AttemptError> for RetryPolicy
     type Future = std::future::Ready<()>;
 
     fn retry(&mut self, call: &mut Call<R>, result: &mut Result<T, AttemptError>) -> Option<Self::Future> {
-        let Err(AttemptError::Status { status, backend }) = result else { return None };
-        let failure = classify(status);
+        let Err(AttemptError::Status { backend, failure, .. }) = result else { return None };
+        let failure = *failure;
         if !may_retry(call.kind, failure, call.attempt, self.tuning.max_attempts()) {
             return None;
         }
