@@ -24,14 +24,12 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use futures_util::future::{Either, Ready, ready};
-use tally_proto::v1::counter_service_client::CounterServiceClient;
 use tonic::Code;
-use tonic::transport::Channel;
 use tower::Service;
 use tracing::Instrument;
 
 use super::CallError;
-use super::backends::{Backend, Backends, Need};
+use super::backends::{Backend, Backends, CounterClient, Need};
 use super::retry::{self, CallKind};
 use crate::metrics::Metrics;
 use crate::spans;
@@ -144,7 +142,7 @@ type BoxFuture<T> = Pin<Box<dyn Future<Output = Result<T, AttemptError>> + Send>
 
 impl<F, Fut, R, T> Service<(Arc<Backend>, Call<R>)> for Attempt<F>
 where
-    F: Fn(CounterServiceClient<Channel>, tonic::Request<R>) -> Fut,
+    F: Fn(CounterClient, tonic::Request<R>) -> Fut,
     Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>> + Send + 'static,
     T: Send + 'static,
 {

@@ -14,6 +14,10 @@ use tally_runtime::redact;
 
 use tally_proto::v1::counter_service_client::CounterServiceClient;
 use tonic::transport::Channel;
+
+/// A client of one counter endpoint: its channel, each unary request sent
+/// as one DATA frame ([`WholeBody`]).
+pub type CounterClient = CounterServiceClient<WholeBody<Channel>>;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
@@ -24,6 +28,7 @@ use super::ClientSettings;
 use super::balance::{self, Candidate, Policy};
 use super::breaker::{Breaker, BreakerSettings};
 use super::pool::ChannelPool;
+use super::whole_body::WholeBody;
 
 /// The URI an endpoint is dialled at: with TLS to the counters configured,
 /// every endpoint is TLS (discovery yields `http://` addresses; they are
@@ -107,8 +112,8 @@ impl Backend {
         self.pool.channel()
     }
 
-    pub fn client(&self) -> CounterServiceClient<Channel> {
-        CounterServiceClient::new(self.channel())
+    pub fn client(&self) -> CounterClient {
+        CounterServiceClient::new(WholeBody(self.channel()))
     }
 
     /// Whether its store-backed service is SERVING (reads, sync writes).

@@ -20,6 +20,7 @@ pub mod pool;
 pub mod retry;
 mod single;
 pub mod tuning;
+pub mod whole_body;
 
 pub use single::{Incrementer, Reader};
 
@@ -27,17 +28,15 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tally_proto::v1::counter_service_client::CounterServiceClient;
 use tally_proto::v1::{
     BatchGetRequest, BatchGetResponse, BatchIncrementRequest, BatchIncrementResponse, GetRequest, GetResourceRequest,
     GetResourceResponse, GetResponse, IncrementRequest, OperationResult, ResetRequest, ResetResponse,
 };
 use tonic::Code;
-use tonic::transport::Channel;
 
 use crate::metrics::Metrics;
 use attempt::{Attempt, Call, Pick};
-use backends::{Backends, Need};
+use backends::{Backends, CounterClient, Need};
 use balance::Policy;
 use batching::CallSlots;
 use breaker::BreakerSettings;
@@ -166,7 +165,7 @@ impl Counter {
     ) -> Result<T, CallError>
     where
         R: Clone,
-        F: Fn(CounterServiceClient<Channel>, tonic::Request<R>) -> Fut + Clone,
+        F: Fn(CounterClient, tonic::Request<R>) -> Fut + Clone,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>> + Send + 'static,
         T: Send + 'static,
     {
