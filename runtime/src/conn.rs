@@ -173,8 +173,16 @@ impl<H: Held> AsyncWrite for HeldConn<H> {
         Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
     }
 
+    /// Reported as not vectored, whatever the transport: h2 then copies a
+    /// DATA payload of up to 1 KiB into its frame buffer (beyond 256 bytes
+    /// it otherwise writes the payload from where it lies, and must flush
+    /// it before buffering the next frame), so a gRPC response's headers,
+    /// message and trailers leave in one write instead of two. hyper's
+    /// HTTP/1 does the same for a response's head and body (one `write`
+    /// rather than a two-part `writev`). Larger payloads are written in two
+    /// parts, head and payload: a cost per large batch, not per increment.
     fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
+        false
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
