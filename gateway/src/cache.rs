@@ -24,8 +24,8 @@
 //! cached the same way with their own stripes, by resource: any write
 //! through this gateway to a counter of the resource drops its listing.
 
-use std::hash::{BuildHasher, RandomState};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -56,6 +56,9 @@ pub type Listing = Arc<[(String, i64)]>;
 struct Caches {
     entries: Cache<CounterKey, i64>,
     listings: Cache<String, Listing>,
+    /// Whether a listing was ever stored here: until then a write has no
+    /// listing to drop (most gateways serve no listings at all).
+    has_listings: AtomicBool,
 }
 
 impl Caches {
@@ -71,7 +74,8 @@ impl Caches {
             .weigher(|_: &String, listing: &Listing| u32::try_from(listing.len().max(1)).unwrap_or(u32::MAX))
             .time_to_live(ttl)
             .build();
-        Some(Caches { entries: Cache::builder().max_capacity(max_entries).time_to_live(ttl).build(), listings })
+        let entries = Cache::builder().max_capacity(max_entries).time_to_live(ttl).build();
+        Some(Caches { entries, listings, has_listings: AtomicBool::new(false) })
     }
 }
 
@@ -82,7 +86,10 @@ pub struct ReadCache {
     stripes: Vec<Mutex<Stripe>>,
     /// The listings' write bookkeeping.
     resource_stripes: Vec<Mutex<Stripe>>,
-    hasher: RandomState,
+    /// Picks a counter's stripe. foldhash rather than SipHash: a stripe
+    /// shared by chosen keys only ever means "do not cache" for them, and
+    /// hashing was a measurable part of every write.
+    hasher: foldhash::fast::RandomState,
     clock: AtomicU64,
 }
 
@@ -98,7 +105,7 @@ impl ReadCache {
             bounds: Mutex::new((ttl, max_entries)),
             stripes: (0..STRIPES).map(|_| Mutex::default()).collect(),
             resource_stripes: (0..STRIPES).map(|_| Mutex::default()).collect(),
-            hasher: RandomState::new(),
+            hasher: foldhash::fast::RandomState::default(),
             clock: AtomicU64::new(0),
         }
     }
@@ -140,6 +147,9 @@ impl ReadCache {
         let Some(caches) = caches.as_ref() else { return };
         let stripe = self.resource_stripe(resource_id);
         if stripe.in_flight == 0 && stripe.last_write <= stamp.0 {
+            // Set before the insert, both under the stripe: a write that
+            // sees it unset has no listing of this resource to drop.
+            caches.has_listings.store(true, Ordering::Release);
             caches.listings.insert(resource_id.to_string(), listing);
         }
     }
@@ -218,7 +228,9 @@ impl ReadCache {
         let mut stripe = self.resource_stripe(key.resource_id());
         stripe.in_flight = stripe.in_flight.saturating_sub(1);
         stripe.last_write = now;
-        if let Some(caches) = caches.as_ref() {
+        if let Some(caches) = caches.as_ref()
+            && caches.has_listings.load(Ordering::Acquire)
+        {
             caches.listings.invalidate(key.resource_id());
         }
     }
