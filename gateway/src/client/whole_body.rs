@@ -19,7 +19,8 @@ use std::collections::VecDeque;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 
-use http_body::Body as HttpBody;
+use bytes::Bytes;
+use http_body::{Body as HttpBody, Frame};
 use http_body_util::Full;
 use tonic::Status;
 use tonic::body::Body;
@@ -46,54 +47,47 @@ where
     }
 }
 
-/// Frames read from a body before it was handed on.
-type Taken = VecDeque<Result<http_body::Frame<bytes::Bytes>, Status>>;
-
-/// `body` as one frame of known length when it is complete now (all data,
-/// no trailers); else the same frames as `body`.
+/// `body` as one frame of known length when it is one data frame that is
+/// there now; else the same frames as `body`. Polls it at most twice, so a
+/// stream is never read ahead.
 fn whole(mut body: Body) -> Body {
     let mut cx = Context::from_waker(Waker::noop());
-    let mut taken = Taken::new();
-    let mut data = bytes::BytesMut::new();
-    loop {
-        match Pin::new(&mut body).poll_frame(&mut cx) {
-            Poll::Ready(None) if taken.is_empty() => return Body::new(Full::new(data.freeze())),
-            Poll::Ready(Some(Ok(frame))) if frame.is_data() && taken.is_empty() => {
-                if let Ok(chunk) = frame.into_data() {
-                    data.extend_from_slice(&chunk);
-                }
-            }
-            Poll::Ready(None) => return Body::new(Prefixed { taken, rest: None }),
-            Poll::Ready(Some(frame)) => {
-                if !data.is_empty() {
-                    taken.push_back(Ok(http_body::Frame::data(data.split().freeze())));
-                }
-                taken.push_back(frame);
-            }
-            Poll::Pending => {
-                if !data.is_empty() {
-                    taken.push_back(Ok(http_body::Frame::data(data.split().freeze())));
-                }
-                return Body::new(Prefixed { taken, rest: Some(body) });
-            }
-        }
+    let first = match Pin::new(&mut body).poll_frame(&mut cx) {
+        Poll::Ready(None) => return Body::new(Full::new(Bytes::new())),
+        Poll::Pending => return body,
+        Poll::Ready(Some(first)) => first,
+    };
+    let data = match first {
+        Ok(frame) if frame.is_data() => frame.into_data().unwrap_or_default(),
+        other => return Body::new(Prefixed::new([other], body)),
+    };
+    match Pin::new(&mut body).poll_frame(&mut cx) {
+        Poll::Ready(None) => Body::new(Full::new(data)),
+        Poll::Ready(Some(second)) => Body::new(Prefixed::new([Ok(Frame::data(data)), second], body)),
+        Poll::Pending => Body::new(Prefixed::new([Ok(Frame::data(data))], body)),
     }
 }
 
 /// The frames already read, then the rest of the body (if any).
 struct Prefixed {
-    taken: Taken,
+    taken: VecDeque<Result<Frame<Bytes>, Status>>,
     rest: Option<Body>,
 }
 
+impl Prefixed {
+    /// `taken`, then what is left of `body`: nothing after an error (the
+    /// body failed, and polling it again may repeat the error for ever).
+    fn new<const N: usize>(taken: [Result<Frame<Bytes>, Status>; N], body: Body) -> Prefixed {
+        let failed = taken.last().is_some_and(Result::is_err);
+        Prefixed { taken: VecDeque::from(taken), rest: (!failed).then_some(body) }
+    }
+}
+
 impl HttpBody for Prefixed {
-    type Data = bytes::Bytes;
+    type Data = Bytes;
     type Error = Status;
 
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, Status>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
         if let Some(frame) = self.taken.pop_front() {
             return Poll::Ready(Some(frame));
         }
@@ -127,41 +121,54 @@ mod tests {
         seen
     }
 
+    fn body<const N: usize>(frames: [Result<Frame<Bytes>, Status>; N]) -> Body {
+        Body::new(StreamBody::new(futures_util::stream::iter(frames)))
+    }
+
+    fn data(text: &'static str) -> Result<Frame<Bytes>, Status> {
+        Ok(Frame::data(Bytes::from(text)))
+    }
+
     #[tokio::test]
-    async fn a_complete_body_becomes_one_frame_that_ends_it() {
-        let chunks = [
-            Ok::<_, Status>(http_body::Frame::data(bytes::Bytes::from("ab"))),
-            Ok(http_body::Frame::data("cd".into())),
-        ];
-        let body = whole(Body::new(StreamBody::new(futures_util::stream::iter(chunks))));
-        assert_eq!(body.size_hint().exact(), Some(4), "its length is known, so its DATA frame ends the stream");
-        assert_eq!(frames(body).await, ["data abcd"]);
+    async fn one_data_frame_there_now_becomes_a_body_of_known_length() {
+        let sent = whole(body([data("abcd")]));
+        assert_eq!(sent.size_hint().exact(), Some(4), "its length is known, so its DATA frame ends the stream");
+        assert_eq!(frames(sent).await, ["data abcd"]);
         assert_eq!(whole(Body::empty()).size_hint().exact(), Some(0));
     }
 
     #[tokio::test]
-    async fn a_body_not_complete_at_once_keeps_its_frames_in_order() {
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Result<http_body::Frame<bytes::Bytes>, Status>>();
-        tx.send(Ok(http_body::Frame::data("ab".into()))).expect("send");
-        let body = whole(Body::new(StreamBody::new(tokio_stream_like(rx))));
-        assert_eq!(body.size_hint().exact(), None, "not complete: handed on as a stream");
-        tx.send(Ok(http_body::Frame::data("cd".into()))).expect("send");
-        tx.send(Err(Status::internal("gone"))).expect("send");
-        drop(tx);
-        assert_eq!(frames(body).await, ["data ab", "data cd", "error gone"]);
+    async fn anything_else_keeps_its_frames_in_order() {
+        let sent = whole(body([data("ab"), data("cd"), data("ef")]));
+        assert_eq!(sent.size_hint().exact(), None, "more than one frame: handed on as it is");
+        assert_eq!(frames(sent).await, ["data ab", "data cd", "data ef"]);
+        let sent = whole(body([data("ab"), Ok(Frame::trailers(http::HeaderMap::new()))]));
+        assert_eq!(frames(sent).await, ["data ab", "trailers"]);
+        let sent = whole(body([Ok(Frame::trailers(http::HeaderMap::new())), data("late")]));
+        assert_eq!(frames(sent).await, ["trailers", "data late"]);
     }
 
     #[tokio::test]
-    async fn trailers_and_errors_are_kept() {
-        let chunks = [
-            Ok::<_, Status>(http_body::Frame::data(bytes::Bytes::from("ab"))),
-            Ok(http_body::Frame::trailers(http::HeaderMap::new())),
-        ];
-        let body = whole(Body::new(StreamBody::new(futures_util::stream::iter(chunks))));
-        assert_eq!(frames(body).await, ["data ab", "trailers"]);
-        let chunks = [Err::<http_body::Frame<bytes::Bytes>, _>(Status::internal("too large"))];
-        let body = whole(Body::new(StreamBody::new(futures_util::stream::iter(chunks))));
-        assert_eq!(frames(body).await, ["error too large"]);
+    async fn a_body_not_complete_at_once_is_read_no_further_than_it_goes() {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Result<Frame<Bytes>, Status>>();
+        tx.send(data("ab")).expect("send");
+        let sent = whole(Body::new(StreamBody::new(tokio_stream_like(rx))));
+        assert_eq!(sent.size_hint().exact(), None, "not complete: handed on as a stream");
+        tx.send(data("cd")).expect("send");
+        tx.send(Err(Status::internal("gone"))).expect("send");
+        drop(tx);
+        assert_eq!(frames(sent).await, ["data ab", "data cd", "error gone"]);
+    }
+
+    #[tokio::test]
+    async fn a_body_is_not_polled_after_its_error() {
+        // A body whose error repeats for ever (tonic's after cancellation).
+        let failing = Body::new(StreamBody::new(futures_util::stream::repeat_with(|| {
+            Err::<Frame<Bytes>, _>(Status::cancelled("cancelled"))
+        })));
+        assert_eq!(frames(whole(failing)).await, ["error cancelled"]);
+        let sent = whole(body([data("ab"), Err(Status::internal("too large")), data("leftover")]));
+        assert_eq!(frames(sent).await, ["data ab", "error too large"]);
     }
 
     fn tokio_stream_like<T>(mut rx: tokio::sync::mpsc::UnboundedReceiver<T>) -> impl futures_util::Stream<Item = T> {
