@@ -3,7 +3,7 @@
 
 CARGO ?= cargo
 
-.PHONY: build release run test lint fmt crd openapi e2e-kind bench bench-counter bench-gateway bench-scale bench-tracing bench-markers bench-compare chaos
+.PHONY: build release run test lint fmt crd openapi e2e-kind bench bench-counter bench-gateway bench-scale bench-tracing bench-markers bench-compare bench-ab chaos
 
 build:
 	$(CARGO) build --workspace --all-targets
@@ -67,6 +67,11 @@ bench-scale:
 ## settings, same run: req/s, p50/p99 and server CPU per request.
 bench-compare:
 	scripts/bench-compare.sh
+
+## Two builds of the chain taking turns with the reference on one Redis:
+## make bench-ab A=<dir> B=<dir> (each holding release tally-counter and tally-gateway).
+bench-ab:
+	scripts/bench-ab.sh $(A) $(B)
 
 ## Redis memory of the write-behind batch markers under steady async load.
 bench-markers:

@@ -20,15 +20,6 @@ work=$(mktemp -d)
 trap kill_started EXIT
 tick_us=$((1000000 / $(getconf CLK_TCK)))
 
-# CPU time (clock ticks, user+sys) of the given pids, summed.
-cpu_ticks() {
-  local total=0 pid
-  for pid in "$@"; do
-    total=$((total + $(awk '{print $14 + $15}' "/proc/$pid/stat")))
-  done
-  echo "$total"
-}
-
 # run_wrk <name> <url> [lua] -- pids...: one wrk run; appends a CSV row
 # name,requests,rps,p50_ms,p99_ms,cpu_us_per_request to $work/rows.csv.
 run_wrk() {

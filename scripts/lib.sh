@@ -59,27 +59,37 @@ start_redis() {
   echo "$pid"
 }
 
-# Starts the release tally-counter on Redis port $1, gRPC port $2, admin
-# port $3, logging to $4 (extra settings come from the environment); waits
-# until it listens and prints its pid.
+# Starts the release tally-counter ($BIN_DIR, default target/release) on
+# Redis port $1, gRPC port $2, admin port $3, logging to $4 (extra settings
+# come from the environment); waits until it listens and prints its pid.
 start_counter() {
   TALLY_STORE="redis://127.0.0.1:$1" TALLY_LISTEN="127.0.0.1:$2" TALLY_ADMIN_LISTEN="127.0.0.1:$3" \
-    target/release/tally-counter >"$4" 2>&1 &
+    "${BIN_DIR:-target/release}/tally-counter" >"$4" 2>&1 &
   local pid=$!
   wait_for_log "$4" "tally-counter listening" >&2
   echo "$pid"
 }
 
-# Starts the release tally-gateway on HTTP port $1 in front of the counter
+# Starts the release tally-gateway ($BIN_DIR, default target/release) on
+# HTTP port $1 in front of the counter
 # endpoints $2 (comma-separated), logging to $3 (extra settings come from the
 # environment); waits until $4 endpoints (default 1) warmed up and prints
 # its pid.
 start_gateway() {
   TALLY_LISTEN="127.0.0.1:$1" TALLY_ADMIN_LISTEN="${GATEWAY_ADMIN_LISTEN:-127.0.0.1:0}" TALLY_COUNTER_ENDPOINTS="$2" \
-    target/release/tally-gateway >"$3" 2>&1 &
+    "${BIN_DIR:-target/release}/tally-gateway" >"$3" 2>&1 &
   local pid=$!
   wait_for_log "$3" "healthy=true" "${4:-1}" >&2
   echo "$pid"
+}
+
+# CPU time (clock ticks, user+sys) of the given pids, summed.
+cpu_ticks() {
+  local total=0 pid
+  for pid in "$@"; do
+    total=$((total + $(awk '{print $14 + $15}' "/proc/$pid/stat")))
+  done
+  echo "$total"
 }
 
 # SIGTERMs the given pids and waits (up to 30 s) until they are gone; works

@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# Two builds of the chain, measured interleaved: the reference, chain A and
+# chain B take turns on one Redis for ROUNDS rounds, so every pair of runs
+# sees the same machine. On the shared 2-core development machine the speed
+# drifts by ±15 % within minutes (see docs/bench/performance-log.md), more
+# than most single changes; separate runs cannot tell such a change, turns
+# taken minutes apart can. Per run: req/s and server CPU per request of each
+# process (user+sys from /proc, wrk excluded); then the means and B ÷ A.
+#
+#   scripts/bench-ab.sh A_DIR B_DIR
+#     A_DIR, B_DIR: directories holding release tally-counter and tally-gateway
+#     (keep a copy of target/release before rebuilding); the reference is
+#     target/release/tally-reference.
+#   ROUNDS=4 SECONDS_PER_RUN=8 SCENARIO=hot|keys (wrk script scripts/wrk/<SCENARIO>.lua)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/lib.sh
+
+[ $# -eq 2 ] || { echo "usage: $0 A_DIR B_DIR" >&2; exit 2; }
+a_dir=$1 b_dir=$2
+rounds=${ROUNDS:-4} seconds=${SECONDS_PER_RUN:-8} scenario=${SCENARIO:-hot}
+require_tools redis-server wrk python3
+work=$(mktemp -d)
+trap 'kill_started; rm -rf "$work"' EXIT
+tick_us=$((1000000 / $(getconf CLK_TCK)))
+
+redis_port=$(free_port)
+redis_pid=$(start_redis "$redis_port" "$work/redis.log")
+pids+=("$redis_pid")
+ref_port=$(free_port)
+TALLY_REFERENCE_LISTEN="127.0.0.1:$ref_port" TALLY_STORE="redis://127.0.0.1:$redis_port" \
+  target/release/tally-reference >"$work/reference.log" 2>&1 &
+ref_pid=$!
+pids+=("$ref_pid")
+wait_for_log "$work/reference.log" "tally-reference listening"
+
+# chain <name> <dir>: starts a counter and a gateway from <dir>; prints "http_port gateway_pid counter_pid".
+chain() {
+  local grpc admin http counter gateway
+  grpc=$(free_port); admin=$(free_port); http=$(free_port)
+  counter=$(BIN_DIR=$2 start_counter "$redis_port" "$grpc" "$admin" "$work/counter-$1.log")
+  gateway=$(BIN_DIR=$2 start_gateway "$http" "http://127.0.0.1:$grpc" "$work/gateway-$1.log")
+  echo "$http $gateway $counter"
+}
+read -r a_port a_gateway a_counter < <(chain a "$a_dir")
+pids+=("$a_gateway" "$a_counter")
+read -r b_port b_gateway b_counter < <(chain b "$b_dir")
+pids+=("$b_gateway" "$b_counter")
+
+# run <system> <port> <pids...>: one wrk run; appends system,rps,cpu µs/req of each pid to rows.csv.
+run() {
+  local system=$1 port=$2; shift 2
+  local before=() pid i=0 row
+  for pid in "$@"; do before+=("$(cpu_ticks "$pid")"); done
+  wrk -t2 -c100 -d"${seconds}s" -s "scripts/wrk/$scenario.lua" "http://127.0.0.1:$port/api/v1/counter/increment" >"$work/wrk.txt"
+  row="$system,$(grep -oP 'Requests/sec:\s+\K[\d.]+' "$work/wrk.txt"),$(grep -oP '\d+(?= requests in)' "$work/wrk.txt")"
+  for pid in "$@"; do row+=",$(($(cpu_ticks "$pid") - before[i]))"; i=$((i + 1)); done
+  echo "$row" >>"$work/rows.csv"
+}
+for port in "$ref_port" "$a_port" "$b_port"; do # warm-up
+  wrk -t2 -c100 -d2s -s "scripts/wrk/$scenario.lua" "http://127.0.0.1:$port/api/v1/counter/increment" >/dev/null
+done
+for _ in $(seq "$rounds"); do
+  run reference "$ref_port" "$ref_pid" "$redis_pid"
+  run A "$a_port" "$a_gateway" "$a_counter" "$redis_pid"
+  run B "$b_port" "$b_gateway" "$b_counter" "$redis_pid"
+done
+
+python3 - "$work/rows.csv" "$tick_us" "$scenario" "$a_dir" "$b_dir" <<'PY'
+import sys
+from collections import defaultdict
+path, tick_us, scenario, a_dir, b_dir = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
+print(f"# A/B, increments ({scenario}.lua), interleaved: A = {a_dir}, B = {b_dir}\n")
+print("| run | system | req/s | server CPU µs/req | per process µs/req |")
+print("|---:|---|---:|---:|---|")
+totals = defaultdict(list)
+for n, line in enumerate(open(path)):
+    system, rps, requests, *ticks = line.strip().split(",")
+    per = [int(t) * tick_us / max(int(requests), 1) for t in ticks]
+    totals[system].append(sum(per))
+    names = ["reference", "Redis"] if system == "reference" else ["gateway", "counter", "Redis"]
+    detail = ", ".join(f"{name} {v:.1f}" for name, v in zip(names, per))
+    print(f"| {n // 3 + 1} | {system} | {float(rps):,.0f} | {sum(per):.1f} | {detail} |")
+mean = {s: sum(v) / len(v) for s, v in totals.items()}
+print()
+for s in ("reference", "A", "B"):
+    print(f"- {s}: mean {mean[s]:.1f} µs/req" + ("" if s == "reference" else f" ({mean[s] / mean['reference']:.2f} × the reference)"))
+print(f"- B ÷ A: {mean['B'] / mean['A']:.3f}")
+PY
