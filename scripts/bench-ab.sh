@@ -28,11 +28,8 @@ redis_port=$(free_port)
 redis_pid=$(start_redis "$redis_port" "$work/redis.log")
 pids+=("$redis_pid")
 ref_port=$(free_port)
-TALLY_REFERENCE_LISTEN="127.0.0.1:$ref_port" TALLY_STORE="redis://127.0.0.1:$redis_port" \
-  target/release/tally-reference >"$work/reference.log" 2>&1 &
-ref_pid=$!
+ref_pid=$(start_reference "$redis_port" "$ref_port" "$work/reference.log")
 pids+=("$ref_pid")
-wait_for_log "$work/reference.log" "tally-reference listening"
 
 # chain <name> <dir>: starts a counter and a gateway from <dir>; prints "http_port gateway_pid counter_pid".
 chain() {

@@ -73,11 +73,8 @@ pids+=("$redis_pid")
 
 # The reference alone with Redis.
 ref_port=$(free_port)
-TALLY_REFERENCE_LISTEN="127.0.0.1:$ref_port" TALLY_STORE="redis://127.0.0.1:$redis_port" \
-  target/release/tally-reference >"$work/reference.log" 2>&1 &
-ref_pid=$!
+ref_pid=$(start_reference "$redis_port" "$ref_port" "$work/reference.log")
 pids+=("$ref_pid")
-wait_for_log "$work/reference.log" "tally-reference listening"
 ref="http://127.0.0.1:$ref_port/api/v1/counter"
 run_wrk reference-inc-hot "$ref/increment" hot.lua -- "$ref_pid" "$redis_pid"
 run_wrk reference-inc-keys "$ref/increment" keys.lua -- "$ref_pid" "$redis_pid"
