@@ -55,6 +55,12 @@ where
 {
     let first = queue.next().await?;
     let slot = slot().await?;
+    // Let the tasks that are ready on this thread run once first (and the
+    // reactor be polled): under load they are requests about to queue an
+    // item, which then join this batch rather than wait for the next one,
+    // as Netty's flush consolidation ends a batch with the event-loop
+    // iteration. An idle thread comes straight back.
+    tokio::task::yield_now().await;
     let max = max();
     let mut taken = weight(&first);
     let mut batch = vec![first];
