@@ -38,7 +38,8 @@ impl<T: Send> Queue<T> for mpsc::UnboundedReceiver<T> {
 }
 
 /// The next batch and the slot it holds: the first item queued, a slot
-/// from `slot` (taken only once there is work), then every item queued
+/// from `slot` (taken only once there is work), one pass of the other
+/// tasks ready on this thread, then every item queued
 /// meanwhile while the batch's `weight` stays under `max()` (at least one
 /// item is always taken). `max` is read once the slot is held, so a bound
 /// changed live while the loop waited applies to this batch. `None` when

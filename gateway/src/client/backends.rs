@@ -14,10 +14,6 @@ use tally_runtime::redact;
 
 use tally_proto::v1::counter_service_client::CounterServiceClient;
 use tonic::transport::Channel;
-
-/// A client of one counter endpoint: its channel, each unary request sent
-/// as one DATA frame ([`WholeBody`]).
-pub type CounterClient = CounterServiceClient<WholeBody<Channel>>;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
@@ -29,6 +25,10 @@ use super::balance::{self, Candidate, Policy};
 use super::breaker::{Breaker, BreakerSettings};
 use super::pool::ChannelPool;
 use super::whole_body::WholeBody;
+
+/// A client of one counter endpoint: its channel, each unary request sent
+/// as one DATA frame ([`WholeBody`]).
+pub type CounterClient = CounterServiceClient<WholeBody<Channel>>;
 
 /// The URI an endpoint is dialled at: with TLS to the counters configured,
 /// every endpoint is TLS (discovery yields `http://` addresses; they are

@@ -152,7 +152,7 @@ mod tests {
     async fn a_body_not_complete_at_once_is_read_no_further_than_it_goes() {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Result<Frame<Bytes>, Status>>();
         tx.send(data("ab")).expect("send");
-        let sent = whole(Body::new(StreamBody::new(tokio_stream_like(rx))));
+        let sent = whole(Body::new(StreamBody::new(receiver_stream(rx))));
         assert_eq!(sent.size_hint().exact(), None, "not complete: handed on as a stream");
         tx.send(data("cd")).expect("send");
         tx.send(Err(Status::internal("gone"))).expect("send");
@@ -171,7 +171,7 @@ mod tests {
         assert_eq!(frames(sent).await, ["data ab", "error too large"]);
     }
 
-    fn tokio_stream_like<T>(mut rx: tokio::sync::mpsc::UnboundedReceiver<T>) -> impl futures_util::Stream<Item = T> {
+    fn receiver_stream<T>(mut rx: tokio::sync::mpsc::UnboundedReceiver<T>) -> impl futures_util::Stream<Item = T> {
         futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
     }
 }
