@@ -21,7 +21,7 @@ a_dir=$1 b_dir=$2
 rounds=${ROUNDS:-4} seconds=${SECONDS_PER_RUN:-8} scenario=${SCENARIO:-hot}
 require_tools redis-server wrk python3
 work=$(mktemp -d)
-trap 'kill_started; rm -rf "$work"' EXIT
+trap kill_started EXIT
 tick_us=$((1000000 / $(getconf CLK_TCK)))
 
 redis_port=$(free_port)
@@ -44,19 +44,22 @@ pids+=("$a_gateway" "$a_counter")
 read -r b_port b_gateway b_counter < <(chain b "$b_dir")
 pids+=("$b_gateway" "$b_counter")
 
+# load <port> <seconds>: wrk's increments on the chain or reference at <port>.
+load() {
+  wrk -t2 -c100 -d"$2s" -s "scripts/wrk/$scenario.lua" "http://127.0.0.1:$1/api/v1/counter/increment"
+}
+
 # run <system> <port> <pids...>: one wrk run; appends system,rps,cpu µs/req of each pid to rows.csv.
 run() {
   local system=$1 port=$2; shift 2
   local before=() pid i=0 row
   for pid in "$@"; do before+=("$(cpu_ticks "$pid")"); done
-  wrk -t2 -c100 -d"${seconds}s" -s "scripts/wrk/$scenario.lua" "http://127.0.0.1:$port/api/v1/counter/increment" >"$work/wrk.txt"
+  load "$port" "$seconds" >"$work/wrk.txt"
   row="$system,$(grep -oP 'Requests/sec:\s+\K[\d.]+' "$work/wrk.txt"),$(grep -oP '\d+(?= requests in)' "$work/wrk.txt")"
   for pid in "$@"; do row+=",$(($(cpu_ticks "$pid") - before[i]))"; i=$((i + 1)); done
   echo "$row" >>"$work/rows.csv"
 }
-for port in "$ref_port" "$a_port" "$b_port"; do # warm-up
-  wrk -t2 -c100 -d2s -s "scripts/wrk/$scenario.lua" "http://127.0.0.1:$port/api/v1/counter/increment" >/dev/null
-done
+for port in "$ref_port" "$a_port" "$b_port"; do load "$port" 2 >/dev/null; done # warm-up
 for _ in $(seq "$rounds"); do
   run reference "$ref_port" "$ref_pid" "$redis_pid"
   run A "$a_port" "$a_gateway" "$a_counter" "$redis_pid"

@@ -5,8 +5,10 @@
 # reports are written outside it, under bench-results/).
 pids=()
 kill_started() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
+  # stop_pids, not `wait`: most are started in $(...) subshells, so they are
+  # not this shell's children, and would otherwise still write their logs
+  # into $work while it is removed.
+  stop_pids "${pids[@]}"
   if [ -n "${work:-}" ] && [ -d "$work" ]; then rm -rf "$work"; fi
 }
 
