@@ -89,23 +89,43 @@ pub async fn serve(
     serve_on(listener, vec![Worker::here(router)], limits, metrics, None, shutdown).await
 }
 
-/// Where connections are served: a runtime, and the router of the requests
-/// served there.
-pub struct Worker {
-    /// `None`: the runtime that accepts.
-    runtime: Option<Handle>,
-    router: Router,
+/// What serves a listener's requests: an axum `Router`, or any service
+/// like it (always ready, never failing).
+pub trait HttpService:
+    Service<axum::extract::Request, Response = axum::response::Response, Error = Infallible, Future: Send + 'static>
+    + Clone
+    + Send
+    + Sync
+    + 'static
+{
 }
 
-impl Worker {
+impl<S> HttpService for S where
+    S: Service<axum::extract::Request, Response = axum::response::Response, Error = Infallible, Future: Send + 'static>
+        + Clone
+        + Send
+        + Sync
+        + 'static
+{
+}
+
+/// Where connections are served: a runtime, and the service of the
+/// requests served there.
+pub struct Worker<S = Router> {
+    /// `None`: the runtime that accepts.
+    runtime: Option<Handle>,
+    service: S,
+}
+
+impl<S: HttpService> Worker<S> {
     /// Connections served where they are accepted.
-    pub fn here(router: Router) -> Worker {
-        Worker { runtime: None, router }
+    pub fn here(service: S) -> Worker<S> {
+        Worker { runtime: None, service }
     }
 
     /// Connections handed over to `runtime` (a thread-per-core worker).
-    pub fn on(runtime: Handle, router: Router) -> Worker {
-        Worker { runtime: Some(runtime), router }
+    pub fn on(runtime: Handle, service: S) -> Worker<S> {
+        Worker { runtime: Some(runtime), service }
     }
 }
 
@@ -115,9 +135,9 @@ impl Worker {
 /// socket did not do (measured 41/59 % between two). With `tls`, every
 /// connection is HTTPS: the handshake runs on the worker and must finish
 /// within the header timeout.
-pub async fn serve_on(
+pub async fn serve_on<S: HttpService>(
     listener: TcpListener,
-    workers: Vec<Worker>,
+    workers: Vec<Worker<S>>,
     limits: HttpLimits,
     metrics: ConnMetrics,
     tls: Option<Arc<ServerTls>>,
@@ -151,12 +171,12 @@ pub async fn serve_on(
         let (index, open) = busy.pick();
         let Some(worker) = workers.get(index) else { return };
         let _ = stream.set_nodelay(true);
-        let (router, builder, metrics, stop, tls) =
-            (worker.router.clone(), builder.clone(), metrics.clone(), stop_rx.clone(), tls.clone());
+        let (service, builder, metrics, stop, tls) =
+            (worker.service.clone(), builder.clone(), metrics.clone(), stop_rx.clone(), tls.clone());
         let serve = move |stream| async move {
             metrics.open.inc();
             match handshake(stream, tls.as_deref(), limits.header_timeout).await {
-                Ok(stream) => serve_connection(stream, router, &builder, limits, &metrics, stop).await,
+                Ok(stream) => serve_connection(stream, service, &builder, limits, &metrics, stop).await,
                 Err(err) => {
                     metrics.tls_handshake_failures.inc();
                     tracing::debug!(%err, "HTTPS connection closed");
@@ -207,9 +227,9 @@ fn builder(limits: &HttpLimits) -> auto::Builder<TokioExecutor> {
     builder
 }
 
-async fn serve_connection(
+async fn serve_connection<S: HttpService>(
     stream: Transport,
-    router: Router,
+    service: S,
     builder: &auto::Builder<TokioExecutor>,
     limits: HttpLimits,
     metrics: &ConnMetrics,
@@ -219,10 +239,10 @@ async fn serve_connection(
     let io = TokioIo::new(HeldConn::new(stream, io::Watched::new(activity.clone())));
     let tracked = activity.clone();
     let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
-        let mut router = router.clone();
+        let response = service.clone().call(request.map(Body::new));
         let request_done = RequestGuard::new(tracked.clone());
         async move {
-            let response = router.call(request.map(Body::new)).await;
+            let response = response.await;
             drop(request_done);
             Ok::<_, Infallible>(response.unwrap_or_else(|never| match never {}))
         }
