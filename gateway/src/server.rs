@@ -149,7 +149,7 @@ pub async fn run(config: Config, settings_file: Option<Source>) -> Result<(), St
         tally_runtime::live::start(settings_file, tally_runtime::live::GATEWAY, metrics.settings.clone(), apply)?;
     let public_workers = (workers.handles().iter().zip(&apps))
         .map(|(worker, app)| {
-            http::Worker::on(worker.clone(), api::public_router(app.clone(), request_limits, in_flight.clone()))
+            http::Worker::on(worker.clone(), api::public_api(app.clone(), request_limits, in_flight.clone()))
         })
         .collect();
     let public_conns = metrics.public_connections.clone();

@@ -357,3 +357,48 @@ async fn the_original_projects_requests_get_the_answers_its_scripts_expect() {
     let (status, body) = stack.http.send("POST", "/api/v1/counter/batch", Some(br#"{"Itemz": []}"#.to_vec())).await;
     assert_eq!(status, 400, "{body}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_answer_head_name_their_methods_and_label_metrics_by_template() {
+    let stack = Stack::start(&[]);
+    let client = reqwest::Client::new();
+    let url = |path: &str| format!("{}{path}", stack.http.base);
+
+    // HEAD on a GET route: the GET answer's status and length, no body.
+    let response = client.head(url("/api/v1/health")).send().await.expect("HEAD");
+    assert_eq!(response.status(), 200);
+    let length: usize = response.headers()["content-length"].to_str().expect("ascii").parse().expect("a length");
+    assert!(length > 0, "the GET body's length");
+    assert!(response.bytes().await.expect("body").is_empty());
+
+    // A method the route does not serve: 405, and what it does serve.
+    let cases = [
+        ("GET", "/api/v1/counter/increment", "POST"),
+        ("PUT", "/api/v1/counter/post:1/likes", "GET,HEAD,DELETE"),
+        ("POST", "/api/v1/openapi.json", "GET,HEAD"),
+    ];
+    for (method, path, allow) in cases {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let response = client.request(method.clone(), url(path)).send().await.expect("send");
+        assert_eq!(response.status(), 405, "{method} {path}");
+        assert_eq!(response.headers()["allow"], allow, "{method} {path}");
+    }
+
+    // Metrics name the route template, never the raw path.
+    let resource = unique("routes");
+    assert_eq!(stack.http.get(&format!("/api/v1/counter/{resource}/likes")).await.0, 200);
+    assert_eq!(stack.http.get("/api/v1/counter/").await.0, 404, "the counter routes need a path");
+    let admin = stack.gateway.admin_base();
+    assert_eq!(requests(&admin, "/api/v1/counter/{*path}", "GET", "200").await, 1.0);
+    assert_eq!(requests(&admin, "/api/v1/counter/{*path}", "PUT", "405").await, 1.0);
+    assert_eq!(requests(&admin, "/api/v1/counter/increment", "GET", "405").await, 1.0);
+    assert_eq!(requests(&admin, "unmatched", "GET", "404").await, 1.0);
+    assert_eq!(requests(&admin, "/api/v1/health", "HEAD", "200").await, 1.0);
+}
+
+/// Requests the gateway at `admin` counted with these labels.
+async fn requests(admin: &str, route: &str, method: &str, status: &str) -> f64 {
+    let filters = [format!("route=\"{route}\""), format!("method=\"{method}\""), format!("status=\"{status}\"")];
+    let filters: Vec<&str> = filters.iter().map(String::as_str).collect();
+    common::metric(admin, "tally_gateway_http_requests_total", &filters).await
+}
