@@ -3,6 +3,7 @@
 //! `main.rs` only wires; the parts live here so they can be tested alone.
 
 pub mod admin;
+pub mod batch_stream;
 pub mod buffer;
 pub mod commit;
 pub mod config;

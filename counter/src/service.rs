@@ -41,6 +41,7 @@ pub struct CounterApi {
 }
 
 type ResponseStream = Pin<Box<dyn Stream<Item = Result<IncrementResponse, Status>> + Send>>;
+type BatchResponseStream = Pin<Box<dyn Stream<Item = Result<BatchIncrementResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl CounterService for CounterApi {
@@ -158,6 +159,35 @@ impl CounterService for CounterApi {
         ));
         let answers = ReceiverStream::new(rx).flat_map(futures_util::stream::iter);
         Ok(Response::new(Box::pin(answers)))
+    }
+
+    type StreamBatchIncrementsStream = BatchResponseStream;
+
+    async fn stream_batch_increments(
+        &self,
+        request: Request<Streaming<BatchIncrementRequest>>,
+    ) -> Result<Response<Self::StreamBatchIncrementsStream>, Status> {
+        let (tx, rx) = mpsc::channel(crate::batch_stream::QUEUED_ANSWERS);
+        let api = self.clone();
+        let apply = move |request: BatchIncrementRequest| {
+            let api = api.clone();
+            async move {
+                // Counted as BatchIncrement calls: the same work, per batch.
+                let started = Instant::now();
+                let result = api.batch_increment_inner(request).await;
+                api.metrics.rpc.batch_increment.observe(started, code_of(&result));
+                result
+            }
+        };
+        let pump = tokio::spawn(crate::batch_stream::pump(request.into_inner(), tx, apply, self.shutdown.clone()));
+        // Ending OK promises that every batch read was answered: a pump that
+        // failed (panicked) ends the stream with an error instead.
+        let failed = futures_util::stream::once(pump).filter_map(|joined| async move {
+            joined
+                .err()
+                .map(|_| Err(Status::internal("the stream's task failed; unanswered batches may have been applied")))
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx).chain(failed))))
     }
 }
 

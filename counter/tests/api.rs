@@ -116,6 +116,29 @@ async fn round_trips(backend: Backend) {
     let (invalid, overflow) = (Some(Code::InvalidArgument as i32), Some(Code::OutOfRange as i32));
     assert_eq!(seen, vec![(2, None), (0, invalid), (5, None), (0, overflow)]);
 
+    // StreamBatchIncrements: one answer per batch, in order; a batch refused
+    // as a whole ends the stream with its status, and the batch sent after
+    // it is neither answered nor applied.
+    let batch = |operations: Vec<IncrementOperation>, omit_names| BatchIncrementRequest {
+        operations,
+        r#async: false,
+        omit_names,
+    };
+    let batches = vec![
+        batch(vec![op(&post, "saves", 2), op(&post, "saves", 3)], true),
+        batch(vec![op(&post, "saves", 10)], false),
+        batch(vec![op(&post, "", 1)], true),
+        batch(vec![op(&post, "saves", 100)], true),
+    ];
+    let mut answers = client.stream_batch_increments(tokio_stream::iter(batches)).await.expect("stream").into_inner();
+    let first = answers.message().await.expect("first answer").expect("answered");
+    assert_eq!(first.results.iter().map(|r| r.current_value).collect::<Vec<_>>(), vec![2, 5]);
+    let second = answers.message().await.expect("second answer").expect("answered");
+    assert_eq!((second.results[0].resource_id.as_str(), second.results[0].current_value), (post.as_str(), 15));
+    let refused = answers.message().await.expect_err("the refused batch ends the stream");
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+    assert_eq!(get(&mut client, &post, "saves").await, 15, "the batch after the refused one was not applied");
+
     // Async batch: accepted at once, visible after the next flush.
     let accepted = client
         .batch_increment(BatchIncrementRequest {

@@ -241,3 +241,39 @@ async fn full_buffer_rejects_with_the_reject_policy() {
             .is_ok()
     );
 }
+
+/// SIGTERM ends a `StreamBatchIncrements` stream with OK once every batch
+/// it read is answered; a batch left unanswered was not applied, so a
+/// client may send it elsewhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_ends_a_batch_stream_cleanly_and_unanswered_batches_were_not_applied() {
+    let redis = RedisServer::start();
+    let counter = common::start_counter(&redis.url(), &[]);
+    let resource = unique("stream-end");
+    let batch = |delta| BatchIncrementRequest { operations: vec![op(&resource, "views", delta)], ..Default::default() };
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let requests = tokio_stream::wrappers::UnboundedReceiverStream::new(rx);
+    let mut client = common::client(&counter).await;
+    let mut answers = client.stream_batch_increments(requests).await.expect("stream opened").into_inner();
+    tx.send(batch(1)).expect("send");
+    let first = answers.message().await.expect("answer").expect("answered");
+    assert_eq!(first.results[0].current_value, 1);
+
+    counter.signal("-TERM");
+    // Sent while the counter stops: it is either read and answered, or never read.
+    for delta in [10, 100] {
+        let _ = tx.send(batch(delta));
+    }
+    // The value after the last answered batch.
+    let mut answered = 1;
+    loop {
+        match answers.message().await {
+            Ok(Some(answer)) => answered = answer.results[0].current_value,
+            Ok(None) => break,
+            Err(status) => panic!("the stream should end OK on shutdown, not with {status:?}"),
+        }
+    }
+    let (status, _) = tokio::task::spawn_blocking(move || counter.wait()).await.expect("exit");
+    assert!(status.success(), "{status:?}");
+    assert_eq!(stored(&redis, &resource), Some(answered), "exactly the answered batches were applied");
+}
