@@ -29,7 +29,7 @@ use tower::Service;
 use tracing::Instrument;
 
 use super::CallError;
-use super::backends::{Backend, Backends, CounterClient, Need};
+use super::backends::{Backend, Backends, Need};
 use super::retry::{self, CallKind};
 use crate::metrics::Metrics;
 use crate::spans;
@@ -124,7 +124,8 @@ where
     }
 }
 
-/// One gRPC call (`rpc`) on the endpoint [`Pick`] chose.
+/// One gRPC call (`rpc`) on the endpoint [`Pick`] chose: a unary call on
+/// its client, or a message on one of its streams.
 #[derive(Clone)]
 pub struct Attempt<F> {
     rpc: F,
@@ -142,7 +143,7 @@ type BoxFuture<T> = Pin<Box<dyn Future<Output = Result<T, AttemptError>> + Send>
 
 impl<F, Fut, R, T> Service<(Arc<Backend>, Call<R>)> for Attempt<F>
 where
-    F: Fn(CounterClient, tonic::Request<R>) -> Fut,
+    F: Fn(&Arc<Backend>, tonic::Request<R>) -> Fut,
     Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>> + Send + 'static,
     T: Send + 'static,
 {
@@ -160,7 +161,7 @@ where
         spans::inject(&span, &mut request);
         let in_flight = backend.start_call();
         let started = Instant::now();
-        let response = (self.rpc)(backend.client(), request);
+        let response = (self.rpc)(&backend, request);
         let (backends, metrics, method) = (self.backends.clone(), self.metrics.clone(), call.method);
         Box::pin(async move {
             let result = response.instrument(span.clone()).await;

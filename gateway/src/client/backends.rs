@@ -13,6 +13,7 @@ use tally_proto::health;
 use tally_runtime::redact;
 
 use tally_proto::v1::counter_service_client::CounterServiceClient;
+use tally_proto::v1::{BatchIncrementRequest, BatchIncrementResponse};
 use tonic::transport::Channel;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -22,6 +23,7 @@ use arc_swap::ArcSwap;
 
 use super::ClientSettings;
 use super::balance::{self, Candidate, Policy};
+use super::batch_stream::BatchStreams;
 use super::breaker::{Breaker, BreakerSettings};
 use super::pool::ChannelPool;
 use super::whole_body::WholeBody;
@@ -71,6 +73,8 @@ pub struct Backend {
     /// Share of traffic under the `weighted` policy.
     pub weight: u32,
     pool: ChannelPool,
+    /// The coalescer's batches, one stream per worker.
+    batch_streams: BatchStreams,
     healthy: AtomicBool,
     takes_async: AtomicBool,
     in_flight: AtomicUsize,
@@ -98,6 +102,7 @@ impl Backend {
             weight,
             breaker: Breaker::new(breaker.clone()),
             pool,
+            batch_streams: BatchStreams::new(settings.workers.len(), settings.request_timeout),
             healthy: AtomicBool::new(false),
             takes_async: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
@@ -114,6 +119,15 @@ impl Backend {
 
     pub fn client(&self) -> CounterClient {
         CounterServiceClient::new(WholeBody(self.channel()))
+    }
+
+    /// Sends a batch on the calling worker's `StreamBatchIncrements` stream
+    /// to this endpoint ([`super::batch_stream`]).
+    pub async fn stream_batch(
+        &self,
+        request: BatchIncrementRequest,
+    ) -> Result<tonic::Response<BatchIncrementResponse>, tonic::Status> {
+        self.batch_streams.call(|| self.channel(), request).await.map(tonic::Response::new)
     }
 
     /// Whether its store-backed service is SERVING (reads, sync writes).

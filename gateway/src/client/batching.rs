@@ -63,7 +63,7 @@ impl Batched for Increments {
 
     async fn call(counter: &Counter, operations: Vec<IncrementOperation>) -> Result<Vec<OperationResult>, CallError> {
         let request = BatchIncrementRequest { operations, r#async: false, omit_names: true };
-        Ok(counter.batch_increment(request).await?.results)
+        Ok(counter.coalesced_batch(request).await?.results)
     }
 
     fn observe(counter: &Counter, items: usize) {

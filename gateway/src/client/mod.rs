@@ -11,6 +11,7 @@
 pub mod attempt;
 pub mod backends;
 pub mod balance;
+pub mod batch_stream;
 pub mod batching;
 pub mod breaker;
 pub mod discovery;
@@ -36,7 +37,7 @@ use tonic::Code;
 
 use crate::metrics::Metrics;
 use attempt::{Attempt, Call, Pick};
-use backends::{Backends, CounterClient, Need};
+use backends::{Backend, Backends, Need};
 use balance::Policy;
 use batching::CallSlots;
 use breaker::BreakerSettings;
@@ -165,7 +166,7 @@ impl Counter {
     ) -> Result<T, CallError>
     where
         R: Clone,
-        F: Fn(CounterClient, tonic::Request<R>) -> Fut + Clone,
+        F: Fn(&Arc<Backend>, tonic::Request<R>) -> Fut + Clone,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>> + Send + 'static,
         T: Send + 'static,
     {
@@ -178,8 +179,12 @@ impl Counter {
 
     pub async fn increment(&self, request: IncrementRequest) -> Result<Applied, CallError> {
         let kind = CallKind::Write { idempotent: !request.idempotency_key.is_empty() };
-        let response =
-            self.call("Increment", kind, Need::Store, request, |mut c, r| async move { c.increment(r).await }).await?;
+        let response = self
+            .call("Increment", kind, Need::Store, request, |b, r| {
+                let mut c = b.client();
+                async move { c.increment(r).await }
+            })
+            .await?;
         Ok(Applied { value: response.current_value, replayed: response.replayed })
     }
 
@@ -188,8 +193,26 @@ impl Counter {
         // An async batch only needs the counter's buffer, which takes it
         // while the counter's store is down.
         let need = if request.r#async { Need::AsyncWrites } else { Need::Store };
-        self.call("BatchIncrement", CallKind::Write { idempotent }, need, request, |mut c, r| async move {
-            c.batch_increment(r).await
+        self.call("BatchIncrement", CallKind::Write { idempotent }, need, request, |b, r| {
+            let mut c = b.client();
+            async move { c.batch_increment(r).await }
+        })
+        .await
+    }
+
+    /// A batch of coalesced increments: as [`Counter::batch_increment`],
+    /// sent on a long-lived stream ([`batch_stream`]) unless its trace is
+    /// sampled (a stream message carries no trace context; the unary call
+    /// does).
+    pub async fn coalesced_batch(&self, request: BatchIncrementRequest) -> Result<BatchIncrementResponse, CallError> {
+        if !tracing::Span::current().is_disabled() {
+            return self.batch_increment(request).await;
+        }
+        let idempotent = request.operations.iter().all(|op| !op.idempotency_key.is_empty());
+        let kind = CallKind::Write { idempotent };
+        self.call("BatchIncrement", kind, Need::Store, request, |b, r| {
+            let b = b.clone();
+            async move { b.stream_batch(r.into_inner()).await }
         })
         .await
     }
@@ -198,27 +221,35 @@ impl Counter {
     /// failure only when it carries an idempotency key.
     pub async fn reset(&self, request: ResetRequest) -> Result<ResetResponse, CallError> {
         let kind = CallKind::Write { idempotent: !request.idempotency_key.is_empty() };
-        self.call("Reset", kind, Need::Store, request, |mut c, r| async move { c.reset(r).await }).await
+        self.call("Reset", kind, Need::Store, request, |b, r| {
+            let mut c = b.client();
+            async move { c.reset(r).await }
+        })
+        .await
     }
 
     pub async fn get_resource(&self, request: GetResourceRequest) -> Result<GetResourceResponse, CallError> {
-        self.call(
-            "GetResource",
-            CallKind::Read,
-            Need::Store,
-            request,
-            |mut c, r| async move { c.get_resource(r).await },
-        )
+        self.call("GetResource", CallKind::Read, Need::Store, request, |b, r| {
+            let mut c = b.client();
+            async move { c.get_resource(r).await }
+        })
         .await
     }
 
     pub async fn get(&self, request: GetRequest) -> Result<GetResponse, CallError> {
-        self.call("Get", CallKind::Read, Need::Store, request, |mut c, r| async move { c.get(r).await }).await
+        self.call("Get", CallKind::Read, Need::Store, request, |b, r| {
+            let mut c = b.client();
+            async move { c.get(r).await }
+        })
+        .await
     }
 
     pub async fn batch_get(&self, request: BatchGetRequest) -> Result<BatchGetResponse, CallError> {
-        self.call("BatchGet", CallKind::Read, Need::Store, request, |mut c, r| async move { c.batch_get(r).await })
-            .await
+        self.call("BatchGet", CallKind::Read, Need::Store, request, |b, r| {
+            let mut c = b.client();
+            async move { c.batch_get(r).await }
+        })
+        .await
     }
 }
 
