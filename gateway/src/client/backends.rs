@@ -121,12 +121,16 @@ impl Backend {
         CounterServiceClient::new(WholeBody(self.channel()))
     }
 
-    /// Sends a batch on the calling worker's `StreamBatchIncrements` stream
-    /// to this endpoint ([`super::batch_stream`]).
+    /// Sends a batch on one of the calling worker's `StreamBatchIncrements`
+    /// streams to this endpoint ([`super::batch_stream`]), or as a unary
+    /// `BatchIncrement` to an endpoint that does not serve them.
     pub async fn stream_batch(
         &self,
         request: BatchIncrementRequest,
     ) -> Result<tonic::Response<BatchIncrementResponse>, tonic::Status> {
+        if !self.batch_streams.supported() {
+            return self.client().batch_increment(request).await;
+        }
         self.batch_streams.call(|| self.channel(), request).await.map(tonic::Response::new)
     }
 

@@ -1,5 +1,5 @@
-//! The coalescer's batches over one long-lived `StreamBatchIncrements` call
-//! per endpoint and worker, instead of one unary `BatchIncrement` each.
+//! The coalescer's batches over long-lived `StreamBatchIncrements` calls,
+//! instead of one unary `BatchIncrement` each.
 //!
 //! Why: a unary call costs both ends an HTTP/2 stream, request headers,
 //! response headers and trailers, and the call stack's setup per batch;
@@ -8,13 +8,19 @@
 //! still one attempt of the call stack ([`super::attempt`]): picked, broken,
 //! retried and counted like a unary call.
 //!
+//! Each worker keeps its own streams to an endpoint and sends a batch on
+//! one that has none in flight, opening another when all are busy: batches
+//! never wait behind each other (the counter applies a stream's batches one
+//! at a time), and there are at most as many streams as the worker ever had
+//! batches in flight to the endpoint (bounded by the call slots).
+//!
 //! What a batch's failure says (the counter answers every batch it read
 //! before it ends a stream, in order): a stream that ends OK (the counter
-//! shutting down) leaves its unanswered batches not applied, safe to send
-//! again. Any other end fails the first unanswered batch with the stream's
-//! status (a batch refused as a whole carries the counter's own verdict)
-//! and the others as of unknown outcome. A batch that times out closes its
-//! stream: its answer could no longer be told from the next batch's.
+//! shutting down) leaves its unanswered batch not applied, safe to send
+//! again. Any other end fails it with the stream's status (a batch refused
+//! as a whole carries the counter's own verdict). A batch that times out
+//! ends its stream: nothing more is sent on it. A counter that does not
+//! serve the stream (an older version) gets unary calls from then on.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -26,63 +32,79 @@ use tally_proto::v1::counter_service_client::CounterServiceClient;
 use tally_proto::v1::{BatchIncrementRequest, BatchIncrementResponse};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::AbortHandle;
-use tonic::Status;
 use tonic::transport::Channel;
+use tonic::{Code, Status};
 
 type Reply = oneshot::Sender<Result<BatchIncrementResponse, Status>>;
 
-/// One endpoint's streams: one per worker, opened on first use and again
-/// after one ends.
+/// One endpoint's streams, per worker.
 pub struct BatchStreams {
-    per_worker: Vec<Mutex<Option<Arc<Open>>>>,
+    per_worker: Vec<Mutex<Vec<Arc<Open>>>>,
     timeout: Duration,
+    /// The endpoint answered a stream `UNIMPLEMENTED`: it predates them.
+    unsupported: AtomicBool,
 }
 
 impl BatchStreams {
     /// Streams for `workers` workers (at least one); each batch waits at
     /// most `timeout` for its answer.
     pub fn new(workers: usize, timeout: Duration) -> BatchStreams {
-        BatchStreams { per_worker: (0..workers.max(1)).map(|_| Mutex::new(None)).collect(), timeout }
+        BatchStreams {
+            per_worker: (0..workers.max(1)).map(|_| Mutex::new(Vec::new())).collect(),
+            timeout,
+            unsupported: AtomicBool::new(false),
+        }
     }
 
-    /// Sends `request` on the calling worker's stream (opened on `channel`
-    /// when it has none) and waits for its answer.
+    /// Whether the endpoint serves `StreamBatchIncrements` (as far as known).
+    pub fn supported(&self) -> bool {
+        !self.unsupported.load(Ordering::Relaxed)
+    }
+
+    /// Sends `request` on one of the calling worker's streams with no batch
+    /// in flight (a new one, opened on `channel`, when there is none) and
+    /// waits for its answer.
     pub async fn call(
         &self,
         channel: impl FnOnce() -> Channel,
         request: BatchIncrementRequest,
     ) -> Result<BatchIncrementResponse, Status> {
-        let open = self.stream(channel);
+        let open = self.idle_stream(channel);
         let answer = open.send(request)?;
-        match tokio::time::timeout(self.timeout, answer).await {
+        let result = match tokio::time::timeout(self.timeout, answer).await {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(Status::unavailable("the stream to the counter ended without an answer")),
             Err(_) => {
                 open.close(End::Failed(Status::deadline_exceeded("an earlier batch on this stream timed out")));
                 Err(Status::deadline_exceeded(format!("no answer from the counter within {:?}", self.timeout)))
             }
+        };
+        if let Err(status) = &result
+            && status.code() == Code::Unimplemented
+        {
+            self.unsupported.store(true, Ordering::Relaxed);
         }
+        result
     }
 
-    /// The calling worker's open stream, or a new one.
-    fn stream(&self, channel: impl FnOnce() -> Channel) -> Arc<Open> {
+    /// A stream of the calling worker with no batch in flight, or a new one.
+    fn idle_stream(&self, channel: impl FnOnce() -> Channel) -> Arc<Open> {
         let worker = tally_runtime::workers::current().unwrap_or(0) % self.per_worker.len();
-        let mut slot = self.per_worker[worker].lock().unwrap_or_else(PoisonError::into_inner);
-        match slot.as_ref() {
-            Some(open) if !open.closed.load(Ordering::Acquire) => open.clone(),
-            _ => {
-                let open = Open::start(CounterServiceClient::new(channel()));
-                *slot = Some(open.clone());
-                open
-            }
+        let mut streams = self.per_worker[worker].lock().unwrap_or_else(PoisonError::into_inner);
+        streams.retain(|open| !open.is_closed());
+        if let Some(idle) = streams.iter().find(|open| open.is_idle()) {
+            return idle.clone();
         }
+        let open = Open::start(CounterServiceClient::new(channel()));
+        streams.push(open.clone());
+        open
     }
 }
 
 impl Drop for BatchStreams {
     fn drop(&mut self) {
-        for slot in &self.per_worker {
-            if let Some(open) = slot.lock().unwrap_or_else(PoisonError::into_inner).take() {
+        for streams in &self.per_worker {
+            for open in streams.lock().unwrap_or_else(PoisonError::into_inner).drain(..) {
                 open.close(End::Failed(Status::unavailable("the endpoint was removed")));
             }
         }
@@ -91,7 +113,8 @@ impl Drop for BatchStreams {
 
 /// One open stream: batches sent and not yet answered, in order.
 struct Open {
-    outbound: mpsc::UnboundedSender<BatchIncrementRequest>,
+    /// Taken when the stream is closed, which ends the request side.
+    outbound: Mutex<Option<mpsc::UnboundedSender<BatchIncrementRequest>>>,
     /// Bounded by the coalescer's call slots: one entry per batch in flight.
     waiting: Mutex<VecDeque<Reply>>,
     /// Set (under `waiting`) once nothing more is answered on it.
@@ -103,7 +126,7 @@ impl Open {
     fn start(mut client: CounterServiceClient<Channel>) -> Arc<Open> {
         let (outbound, mut rx) = mpsc::unbounded_channel();
         let open = Arc::new(Open {
-            outbound,
+            outbound: Mutex::new(Some(outbound)),
             waiting: Mutex::new(VecDeque::new()),
             closed: AtomicBool::new(false),
             driver: Mutex::new(None),
@@ -111,14 +134,32 @@ impl Open {
         let driven = open.clone();
         let task = tokio::spawn(async move {
             let requests = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
-            let end = match client.stream_batch_increments(requests).await {
+            let mut request = tonic::Request::new(requests);
+            // Not traced: without this the counter could start a trace of
+            // its own that lasts as long as the stream.
+            crate::spans::inject(&tracing::Span::none(), &mut request);
+            let end = match client.stream_batch_increments(request).await {
                 Ok(response) => driven.answer_all(response.into_inner()).await,
+                Err(status) if status.code() == Code::Unimplemented => {
+                    // Nothing was read: a counter that predates the stream.
+                    let mut status = Status::unimplemented("the counter does not serve StreamBatchIncrements");
+                    WriteOutcome::NotApplied.mark(&mut status);
+                    End::Failed(status)
+                }
                 Err(status) => End::Failed(status),
             };
             driven.close(end);
         });
         *open.driver.lock().unwrap_or_else(PoisonError::into_inner) = Some(task.abort_handle());
         open
+    }
+
+    fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    fn is_idle(&self) -> bool {
+        self.waiting.lock().unwrap_or_else(PoisonError::into_inner).is_empty()
     }
 
     /// Queues `request`; its answer arrives on the receiver.
@@ -128,7 +169,9 @@ impl Open {
     ) -> Result<oneshot::Receiver<Result<BatchIncrementResponse, Status>>, Status> {
         let (reply, answer) = oneshot::channel();
         let mut waiting = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
-        if self.closed.load(Ordering::Acquire) || self.outbound.send(request).is_err() {
+        let outbound = self.outbound.lock().unwrap_or_else(PoisonError::into_inner);
+        let sent = outbound.as_ref().is_some_and(|outbound| outbound.send(request).is_ok());
+        if self.is_closed() || !sent {
             return Err(not_applied("the stream to the counter had closed; the batch was not sent"));
         }
         waiting.push_back(reply);
@@ -146,19 +189,22 @@ impl Open {
                         None => return End::Failed(Status::internal("the counter answered a batch never sent")),
                     }
                 }
+                // tonic reports an end without a grpc-status trailer (a
+                // reset, say) as an error: this is the counter's own OK.
                 Ok(None) => return End::Clean,
                 Err(status) => return End::Failed(status),
             }
         }
     }
 
-    /// Ends the stream: nothing more is sent on it, and every batch still
-    /// waiting is failed as [`unanswered`] says. Stops the driver (which
-    /// resets the HTTP/2 stream) when it is still running.
+    /// Ends the stream: nothing more is sent on it (its request side ends),
+    /// every batch still waiting is failed as [`unanswered`] says, and the
+    /// driver stops reading answers.
     fn close(&self, first: End) {
         let waiting = {
             let mut waiting = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
             self.closed.store(true, Ordering::Release);
+            self.outbound.lock().unwrap_or_else(PoisonError::into_inner).take();
             std::mem::take(&mut *waiting)
         };
         for (reply, status) in waiting.into_iter().zip(unanswered(first)) {
@@ -225,6 +271,27 @@ mod tests {
         let mut status = Status::unavailable("store down");
         WriteOutcome::NotApplied.mark(&mut status);
         assert_eq!(failures(End::Failed(status)), vec![Failure::NotSent; 3]);
+    }
+
+    /// An older counter: tonic answers a method it does not serve
+    /// `UNIMPLEMENTED`, here a server with only the health service.
+    #[tokio::test]
+    async fn a_counter_without_the_stream_gets_the_batch_unsent_and_unary_calls_after() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let incoming = futures_util::stream::unfold(listener, |listener| async move {
+            Some((listener.accept().await.map(|(stream, _)| stream), listener))
+        });
+        let (_reporter, health) = tonic_health::server::health_reporter();
+        tokio::spawn(tonic::transport::Server::builder().add_service(health).serve_with_incoming(incoming));
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).expect("uri").connect_lazy();
+
+        let streams = BatchStreams::new(1, Duration::from_secs(5));
+        assert!(streams.supported());
+        let status = streams.call(|| channel, BatchIncrementRequest::default()).await.expect_err("not served");
+        assert_eq!(status.code(), Code::Unimplemented, "{status:?}");
+        assert_eq!(classify(&status), Failure::NotSent, "nothing was read: safe to send again");
+        assert!(!streams.supported(), "later batches go as unary calls");
     }
 
     #[test]
