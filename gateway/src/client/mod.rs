@@ -189,7 +189,7 @@ impl Counter {
     }
 
     pub async fn batch_increment(&self, request: BatchIncrementRequest) -> Result<BatchIncrementResponse, CallError> {
-        let idempotent = request.operations.iter().all(|op| !op.idempotency_key.is_empty());
+        let idempotent = every_operation_keyed(&request);
         // An async batch only needs the counter's buffer, which takes it
         // while the counter's store is down.
         let need = if request.r#async { Need::AsyncWrites } else { Need::Store };
@@ -208,8 +208,7 @@ impl Counter {
         if !tracing::Span::current().is_disabled() {
             return self.batch_increment(request).await;
         }
-        let idempotent = request.operations.iter().all(|op| !op.idempotency_key.is_empty());
-        let kind = CallKind::Write { idempotent };
+        let kind = CallKind::Write { idempotent: every_operation_keyed(&request) };
         self.call("BatchIncrement", kind, Need::Store, request, |b, r| {
             let b = b.clone();
             async move { b.stream_batch(r.into_inner()).await }
@@ -261,6 +260,12 @@ pub struct Applied {
     /// The idempotency key was seen before: `value` is the first result and
     /// nothing was applied now.
     pub replayed: bool,
+}
+
+/// Whether a batch may be resent after an ambiguous failure: every
+/// operation carries an idempotency key, so the store applies each once.
+fn every_operation_keyed(request: &BatchIncrementRequest) -> bool {
+    request.operations.iter().all(|op| !op.idempotency_key.is_empty())
 }
 
 /// The per-operation view of a batch result, for handlers.
