@@ -56,10 +56,7 @@ impl CounterService for CounterApi {
         &self,
         request: Request<BatchIncrementRequest>,
     ) -> Result<Response<BatchIncrementResponse>, Status> {
-        let started = Instant::now();
-        let result = self.batch_increment_inner(request.into_inner()).await;
-        self.metrics.rpc.batch_increment.observe(started, code_of(&result));
-        result.map(Response::new)
+        self.batch_increment_counted(request.into_inner()).await.map(Response::new)
     }
 
     async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
@@ -171,13 +168,8 @@ impl CounterService for CounterApi {
         let api = self.clone();
         let apply = move |request: BatchIncrementRequest| {
             let api = api.clone();
-            async move {
-                // Counted as BatchIncrement calls: the same work, per batch.
-                let started = Instant::now();
-                let result = api.batch_increment_inner(request).await;
-                api.metrics.rpc.batch_increment.observe(started, code_of(&result));
-                result
-            }
+            // Counted as BatchIncrement calls: the same work, per batch.
+            async move { api.batch_increment_counted(request).await }
         };
         let pump = tokio::spawn(crate::batch_stream::pump(request.into_inner(), tx, apply, self.shutdown.clone()));
         // Ending OK promises that every batch read was answered: a pump that
@@ -192,6 +184,15 @@ impl CounterService for CounterApi {
 }
 
 impl CounterApi {
+    /// A batch applied and counted in the `BatchIncrement` metrics, whether
+    /// it came as a unary call or on a stream.
+    async fn batch_increment_counted(&self, request: BatchIncrementRequest) -> Result<BatchIncrementResponse, Status> {
+        let started = Instant::now();
+        let result = self.batch_increment_inner(request).await;
+        self.metrics.rpc.batch_increment.observe(started, code_of(&result));
+        result
+    }
+
     async fn batch_increment_inner(&self, request: BatchIncrementRequest) -> Result<BatchIncrementResponse, Status> {
         let ops = parse_operations(request.operations)?;
         // Operations with idempotency keys need the store's check-and-apply,

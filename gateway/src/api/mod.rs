@@ -15,11 +15,10 @@ mod resource;
 pub mod routes;
 mod system;
 
-use std::sync::Arc;
-use std::time::{Duration, Instant};
-
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::Request;
@@ -65,9 +64,9 @@ pub fn admin_router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// The public port's service: every request through [`edge`], then to its
-/// handler ([`routes::dispatch`]). Cloned per connection: one reference
-/// count, on the worker's own state.
+/// The public port's service: every request through [`Edge::serve`], then
+/// to its handler ([`routes::dispatch`]). A clone is one reference count,
+/// on the worker's own state.
 #[derive(Clone)]
 pub struct PublicApi(Arc<Edge>);
 

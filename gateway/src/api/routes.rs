@@ -41,7 +41,7 @@ pub enum Route {
     OpenApi,
 }
 
-/// Every route, for tests and docs that list them.
+/// Every route; a path is matched against the static ones in this order.
 pub const ALL: [Route; 10] = [
     Route::Increment,
     Route::BatchIncrement,
@@ -93,7 +93,7 @@ pub fn route(path: &str) -> Option<Route> {
 /// What serves a request: a route's handler, or one of the refusals.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Target {
-    /// `Some`: the route and method match; `HEAD` is a `GET` without body.
+    /// The route serves this method (`HEAD` as a `GET` without body).
     Serve(Route),
     /// The path has a route that does not serve this method.
     MethodNotAllowed(Route),

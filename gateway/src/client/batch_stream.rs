@@ -218,7 +218,7 @@ impl Open {
 
 /// How a stream ended.
 #[derive(Debug)]
-pub enum End {
+enum End {
     /// OK: the counter answered every batch it read.
     Clean,
     Failed(Status),
@@ -230,7 +230,7 @@ pub enum End {
 /// counter ended the stream itself — cleanly, or with a status saying the
 /// batch it failed was not applied, after which it reads nothing more —
 /// and are of unknown outcome otherwise (the transport failed).
-pub fn unanswered(end: End) -> impl Iterator<Item = Status> {
+fn unanswered(end: End) -> impl Iterator<Item = Status> {
     let first = match end {
         End::Clean => not_applied("the counter closed the stream before reading the batch"),
         End::Failed(status) => status,
