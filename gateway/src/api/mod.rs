@@ -64,7 +64,7 @@ pub fn admin_router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// The public port's service: every request through [`Edge::serve`], then
+/// The public port's service: every request through the edge (`Edge::serve`), then
 /// to its handler ([`routes::dispatch`]). A clone is one reference count,
 /// on the worker's own state.
 #[derive(Clone)]
