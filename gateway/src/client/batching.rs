@@ -1,7 +1,7 @@
 //! Coalescing of concurrent single calls into batch calls,
 //! so a busy gateway does not pay one gRPC round trip per HTTP request:
 //! single increments become `BatchIncrement` calls, single reads `BatchGet`
-//! calls ([`Batched`] says how for each).
+//! calls, each counter read once per batch ([`Batched`] says how for each).
 //!
 //! The same loop as the counter's group committer
 //! (`tally_runtime::batch_loop`): one per worker thread takes every item
@@ -32,7 +32,7 @@ use tally_proto::v1::{
 use tokio::sync::{Notify, mpsc, oneshot};
 use tracing::{Instrument, Span};
 
-use super::{CallError, Counter};
+use super::{CallError, Counter, collapse};
 use crate::spans;
 
 /// A kind of call that can be batched: one item per caller in, one output
@@ -82,8 +82,14 @@ impl Batched for Reads {
     type Item = CounterRef;
     type Output = GetResponse;
 
+    /// Each counter once, however many callers read it ([`collapse`]).
     async fn call(counter: &Counter, items: Vec<CounterRef>) -> Result<Vec<GetResponse>, CallError> {
-        Ok(counter.batch_get(BatchGetRequest { items, omit_names: true }).await?.results)
+        let (items, positions) = collapse::distinct(items);
+        let asked = items.len();
+        let answers = counter.batch_get(BatchGetRequest { items, omit_names: true }).await?.results;
+        let got = answers.len();
+        collapse::spread(answers, &positions, asked)
+            .ok_or_else(|| CallError::Protocol(format!("asked for {asked} counters, got {got} results")))
     }
 
     fn observe(counter: &Counter, items: usize) {

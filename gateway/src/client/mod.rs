@@ -14,6 +14,7 @@ pub mod balance;
 pub mod batch_stream;
 pub mod batching;
 pub mod breaker;
+mod collapse;
 pub mod discovery;
 pub mod endpoint_metrics;
 pub mod kubernetes;
