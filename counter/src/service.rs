@@ -20,6 +20,7 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::batch_stream::{self, Answers};
 use crate::buffer::{BufferFullPolicy, Offer, WriteBuffer};
 use crate::commit::{GroupCommitter, Op};
 use crate::metrics::Metrics;
@@ -41,7 +42,6 @@ pub struct CounterApi {
 }
 
 type ResponseStream = Pin<Box<dyn Stream<Item = Result<IncrementResponse, Status>> + Send>>;
-type BatchResponseStream = Pin<Box<dyn Stream<Item = Result<BatchIncrementResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl CounterService for CounterApi {
@@ -77,32 +77,7 @@ impl CounterService for CounterApi {
     }
 
     async fn batch_get(&self, request: Request<BatchGetRequest>) -> Result<Response<BatchGetResponse>, Status> {
-        let started = Instant::now();
-        let BatchGetRequest { items, omit_names } = request.into_inner();
-        let result = async {
-            validate::batch_len("items", items.len()).map_err(status::invalid)?;
-            let keys = items
-                .into_iter()
-                .enumerate()
-                .map(|(i, item)| {
-                    CounterKey::new(item.resource_id, item.counter_type).map_err(|e| e.in_batch("items", i))
-                })
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(status::invalid)?;
-            let values = self.read(&keys).await?;
-            let results = keys
-                .into_iter()
-                .zip(values)
-                .map(|(key, value)| {
-                    let (resource_id, counter_type) = names(key, omit_names);
-                    GetResponse { resource_id, counter_type, current_value: value }
-                })
-                .collect();
-            Ok(BatchGetResponse { results })
-        }
-        .await;
-        self.metrics.rpc.batch_get.observe(started, code_of(&result));
-        result.map(Response::new)
+        self.batch_get_counted(request.into_inner()).await.map(Response::new)
     }
 
     async fn reset(&self, request: Request<ResetRequest>) -> Result<Response<ResetResponse>, Status> {
@@ -158,32 +133,69 @@ impl CounterService for CounterApi {
         Ok(Response::new(Box::pin(answers)))
     }
 
-    type StreamBatchIncrementsStream = BatchResponseStream;
+    type StreamBatchIncrementsStream = Answers<BatchIncrementResponse>;
 
     async fn stream_batch_increments(
         &self,
         request: Request<Streaming<BatchIncrementRequest>>,
     ) -> Result<Response<Self::StreamBatchIncrementsStream>, Status> {
-        let (tx, rx) = mpsc::channel(crate::batch_stream::QUEUED_ANSWERS);
         let api = self.clone();
         let apply = move |request: BatchIncrementRequest| {
             let api = api.clone();
             // Counted as BatchIncrement calls: the same work, per batch.
             async move { api.batch_increment_counted(request).await }
         };
-        let pump = tokio::spawn(crate::batch_stream::pump(request.into_inner(), tx, apply, self.shutdown.clone()));
-        // Ending OK promises that every batch read was answered: a pump that
-        // failed (panicked) ends the stream with an error instead.
-        let failed = futures_util::stream::once(pump).filter_map(|joined| async move {
-            joined
-                .err()
-                .map(|_| Err(Status::internal("the stream's task failed; unanswered batches may have been applied")))
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx).chain(failed))))
+        Ok(Response::new(batch_stream::serve(request.into_inner(), apply, self.shutdown.clone())))
+    }
+
+    type StreamBatchGetStream = Answers<BatchGetResponse>;
+
+    async fn stream_batch_get(
+        &self,
+        request: Request<Streaming<BatchGetRequest>>,
+    ) -> Result<Response<Self::StreamBatchGetStream>, Status> {
+        let api = self.clone();
+        let apply = move |request: BatchGetRequest| {
+            let api = api.clone();
+            // Counted as BatchGet calls, as above.
+            async move { api.batch_get_counted(request).await }
+        };
+        Ok(Response::new(batch_stream::serve(request.into_inner(), apply, self.shutdown.clone())))
     }
 }
 
 impl CounterApi {
+    /// A batch of reads answered and counted in the `BatchGet` metrics,
+    /// whether it came as a unary call or on a stream.
+    async fn batch_get_counted(&self, request: BatchGetRequest) -> Result<BatchGetResponse, Status> {
+        let started = Instant::now();
+        let BatchGetRequest { items, omit_names } = request;
+        let result = async {
+            validate::batch_len("items", items.len()).map_err(status::invalid)?;
+            let keys = items
+                .into_iter()
+                .enumerate()
+                .map(|(i, item)| {
+                    CounterKey::new(item.resource_id, item.counter_type).map_err(|e| e.in_batch("items", i))
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(status::invalid)?;
+            let values = self.read(&keys).await?;
+            let results = keys
+                .into_iter()
+                .zip(values)
+                .map(|(key, value)| {
+                    let (resource_id, counter_type) = names(key, omit_names);
+                    GetResponse { resource_id, counter_type, current_value: value }
+                })
+                .collect();
+            Ok(BatchGetResponse { results })
+        }
+        .await;
+        self.metrics.rpc.batch_get.observe(started, code_of(&result));
+        result
+    }
+
     /// A batch applied and counted in the `BatchIncrement` metrics, whether
     /// it came as a unary call or on a stream.
     async fn batch_increment_counted(&self, request: BatchIncrementRequest) -> Result<BatchIncrementResponse, Status> {

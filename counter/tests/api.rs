@@ -139,6 +139,23 @@ async fn round_trips(backend: Backend) {
     assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
     assert_eq!(get(&mut client, &post, "saves").await, 15, "the batch after the refused one was not applied");
 
+    // StreamBatchGet: one answer per batch of reads, in order, names kept or
+    // omitted as asked; a batch refused as a whole ends the stream.
+    let reads = |types: &[&str], omit_names| BatchGetRequest {
+        items: types.iter().map(|t| CounterRef { resource_id: post.clone(), counter_type: t.to_string() }).collect(),
+        omit_names,
+    };
+    let batches =
+        vec![reads(&["saves", "shares"], true), reads(&["saves"], false), reads(&[""], true), reads(&["saves"], true)];
+    let mut answers = client.stream_batch_get(tokio_stream::iter(batches)).await.expect("stream").into_inner();
+    let first = answers.message().await.expect("first answer").expect("answered");
+    let values: Vec<_> = first.results.iter().map(|r| (r.counter_type.as_str(), r.current_value)).collect();
+    assert_eq!(values, vec![("", 15), ("", 5)]);
+    let second = answers.message().await.expect("second answer").expect("answered");
+    assert_eq!((second.results[0].counter_type.as_str(), second.results[0].current_value), ("saves", 15));
+    let refused = answers.message().await.expect_err("the refused batch ends the stream");
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+
     // Async batch: accepted at once, visible after the next flush.
     let accepted = client
         .batch_increment(BatchIncrementRequest {
