@@ -13,7 +13,7 @@ use tally_proto::health;
 use tally_runtime::redact;
 
 use tally_proto::v1::counter_service_client::CounterServiceClient;
-use tally_proto::v1::{BatchIncrementRequest, BatchIncrementResponse};
+use tally_proto::v1::{BatchGetRequest, BatchGetResponse, BatchIncrementRequest, BatchIncrementResponse};
 use tonic::transport::Channel;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -23,7 +23,7 @@ use arc_swap::ArcSwap;
 
 use super::ClientSettings;
 use super::balance::{self, Candidate, Policy};
-use super::batch_stream::BatchStreams;
+use super::batch_stream::{BatchStreams, IncrementBatches, ReadBatches};
 use super::breaker::{Breaker, BreakerSettings};
 use super::pool::ChannelPool;
 use super::whole_body::WholeBody;
@@ -73,8 +73,9 @@ pub struct Backend {
     /// Share of traffic under the `weighted` policy.
     pub weight: u32,
     pool: ChannelPool,
-    /// The coalescer's batches, one stream per worker.
-    batch_streams: BatchStreams,
+    /// The coalescers' batches, on streams per worker.
+    increment_streams: BatchStreams<IncrementBatches>,
+    read_streams: BatchStreams<ReadBatches>,
     healthy: AtomicBool,
     takes_async: AtomicBool,
     in_flight: AtomicUsize,
@@ -102,7 +103,8 @@ impl Backend {
             weight,
             breaker: Breaker::new(breaker.clone()),
             pool,
-            batch_streams: BatchStreams::new(settings.workers.len(), settings.request_timeout),
+            increment_streams: BatchStreams::new(settings.workers.len(), settings.request_timeout),
+            read_streams: BatchStreams::new(settings.workers.len(), settings.request_timeout),
             healthy: AtomicBool::new(false),
             takes_async: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
@@ -121,17 +123,24 @@ impl Backend {
         CounterServiceClient::new(WholeBody(self.channel()))
     }
 
-    /// Sends a batch on one of the calling worker's `StreamBatchIncrements`
-    /// streams to this endpoint ([`super::batch_stream`]), or as a unary
-    /// `BatchIncrement` to an endpoint that does not serve them.
+    /// Sends a batch of increments on one of the calling worker's
+    /// `StreamBatchIncrements` streams to this endpoint
+    /// ([`super::batch_stream`]), or as a unary `BatchIncrement` to an
+    /// endpoint that does not serve them.
     pub async fn stream_batch(
         &self,
         request: BatchIncrementRequest,
     ) -> Result<tonic::Response<BatchIncrementResponse>, tonic::Status> {
-        if !self.batch_streams.supported() {
-            return self.client().batch_increment(request).await;
-        }
-        self.batch_streams.call(|| self.channel(), request).await.map(tonic::Response::new)
+        self.increment_streams.send(|| self.channel(), || self.client(), request).await
+    }
+
+    /// Sends a batch of reads as [`Backend::stream_batch`] does increments,
+    /// on `StreamBatchGet` streams.
+    pub async fn stream_batch_get(
+        &self,
+        request: BatchGetRequest,
+    ) -> Result<tonic::Response<BatchGetResponse>, tonic::Status> {
+        self.read_streams.send(|| self.channel(), || self.client(), request).await
     }
 
     /// Whether its store-backed service is SERVING (reads, sync writes).

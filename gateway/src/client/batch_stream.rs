@@ -1,5 +1,6 @@
-//! The coalescer's batches over long-lived `StreamBatchIncrements` calls,
-//! instead of one unary `BatchIncrement` each.
+//! The coalescer's batches over long-lived `StreamBatchIncrements` and
+//! `StreamBatchGet` calls, instead of one unary `BatchIncrement` or
+//! `BatchGet` each ([`Streamed`] names the two).
 //!
 //! Why: a unary call costs both ends an HTTP/2 stream, request headers,
 //! response headers and trailers, and the call stack's setup per batch;
@@ -23,32 +24,103 @@
 //! serve the stream (an older version) gets unary calls from then on.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use futures_util::Stream;
 use tally_proto::contract::WriteOutcome;
 use tally_proto::v1::counter_service_client::CounterServiceClient;
-use tally_proto::v1::{BatchIncrementRequest, BatchIncrementResponse};
+use tally_proto::v1::{BatchGetRequest, BatchGetResponse, BatchIncrementRequest, BatchIncrementResponse};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::AbortHandle;
 use tonic::transport::Channel;
-use tonic::{Code, Status};
+use tonic::{Code, Status, Streaming};
 
-type Reply = oneshot::Sender<Result<BatchIncrementResponse, Status>>;
+use super::backends::CounterClient;
 
-/// One endpoint's streams, per worker.
-pub struct BatchStreams {
-    per_worker: Vec<Mutex<Vec<Arc<Open>>>>,
+/// A kind of batch sent on a stream: its messages, the stream's method, and
+/// the unary call that carries it to a counter without the stream.
+pub trait Streamed: Send + Sync + 'static {
+    type Request: Send + 'static;
+    type Response: Send + 'static;
+    /// The stream's gRPC method, named when a counter does not serve it.
+    const METHOD: &'static str;
+
+    /// Opens the stream with `requests` as its request side.
+    fn open<S: Stream<Item = Self::Request> + Send + 'static>(
+        client: CounterServiceClient<Channel>,
+        requests: tonic::Request<S>,
+    ) -> impl Future<Output = Result<tonic::Response<Streaming<Self::Response>>, Status>> + Send;
+
+    /// The same batch as one unary call.
+    fn unary(
+        client: CounterClient,
+        request: Self::Request,
+    ) -> impl Future<Output = Result<tonic::Response<Self::Response>, Status>> + Send;
+}
+
+/// Coalesced increments: `StreamBatchIncrements`, else `BatchIncrement`.
+pub struct IncrementBatches;
+
+impl Streamed for IncrementBatches {
+    type Request = BatchIncrementRequest;
+    type Response = BatchIncrementResponse;
+    const METHOD: &'static str = "StreamBatchIncrements";
+
+    async fn open<S: Stream<Item = BatchIncrementRequest> + Send + 'static>(
+        mut client: CounterServiceClient<Channel>,
+        requests: tonic::Request<S>,
+    ) -> Result<tonic::Response<Streaming<BatchIncrementResponse>>, Status> {
+        client.stream_batch_increments(requests).await
+    }
+
+    async fn unary(
+        mut client: CounterClient,
+        request: BatchIncrementRequest,
+    ) -> Result<tonic::Response<BatchIncrementResponse>, Status> {
+        client.batch_increment(request).await
+    }
+}
+
+/// Coalesced reads: `StreamBatchGet`, else `BatchGet`.
+pub struct ReadBatches;
+
+impl Streamed for ReadBatches {
+    type Request = BatchGetRequest;
+    type Response = BatchGetResponse;
+    const METHOD: &'static str = "StreamBatchGet";
+
+    async fn open<S: Stream<Item = BatchGetRequest> + Send + 'static>(
+        mut client: CounterServiceClient<Channel>,
+        requests: tonic::Request<S>,
+    ) -> Result<tonic::Response<Streaming<BatchGetResponse>>, Status> {
+        client.stream_batch_get(requests).await
+    }
+
+    async fn unary(
+        mut client: CounterClient,
+        request: BatchGetRequest,
+    ) -> Result<tonic::Response<BatchGetResponse>, Status> {
+        client.batch_get(request).await
+    }
+}
+
+type Reply<K> = oneshot::Sender<Result<<K as Streamed>::Response, Status>>;
+
+/// One endpoint's streams of one kind, per worker.
+pub struct BatchStreams<K: Streamed> {
+    per_worker: Vec<Mutex<Vec<Arc<Open<K>>>>>,
     timeout: Duration,
     /// The endpoint answered a stream `UNIMPLEMENTED`: it predates them.
     unsupported: AtomicBool,
 }
 
-impl BatchStreams {
+impl<K: Streamed> BatchStreams<K> {
     /// Streams for `workers` workers (at least one); each batch waits at
     /// most `timeout` for its answer.
-    pub fn new(workers: usize, timeout: Duration) -> BatchStreams {
+    pub fn new(workers: usize, timeout: Duration) -> BatchStreams<K> {
         BatchStreams {
             per_worker: (0..workers.max(1)).map(|_| Mutex::new(Vec::new())).collect(),
             timeout,
@@ -56,19 +128,29 @@ impl BatchStreams {
         }
     }
 
-    /// Whether the endpoint serves `StreamBatchIncrements` (as far as known).
+    /// Whether the endpoint serves the stream (as far as known).
     pub fn supported(&self) -> bool {
         !self.unsupported.load(Ordering::Relaxed)
     }
 
     /// Sends `request` on one of the calling worker's streams with no batch
     /// in flight (a new one, opened on `channel`, when there is none) and
-    /// waits for its answer.
-    pub async fn call(
+    /// waits for its answer; to an endpoint that does not serve the stream,
+    /// as a unary call on `client`.
+    pub async fn send(
         &self,
         channel: impl FnOnce() -> Channel,
-        request: BatchIncrementRequest,
-    ) -> Result<BatchIncrementResponse, Status> {
+        client: impl FnOnce() -> CounterClient,
+        request: K::Request,
+    ) -> Result<tonic::Response<K::Response>, Status> {
+        if !self.supported() {
+            return K::unary(client(), request).await;
+        }
+        self.call(channel, request).await.map(tonic::Response::new)
+    }
+
+    /// Sends `request` on a stream (as [`BatchStreams::send`]).
+    async fn call(&self, channel: impl FnOnce() -> Channel, request: K::Request) -> Result<K::Response, Status> {
         let open = self.idle_stream(channel);
         let answer = open.send(request)?;
         let result = match tokio::time::timeout(self.timeout, answer).await {
@@ -88,7 +170,7 @@ impl BatchStreams {
     }
 
     /// A stream of the calling worker with no batch in flight, or a new one.
-    fn idle_stream(&self, channel: impl FnOnce() -> Channel) -> Arc<Open> {
+    fn idle_stream(&self, channel: impl FnOnce() -> Channel) -> Arc<Open<K>> {
         let worker = tally_runtime::workers::current().unwrap_or(0) % self.per_worker.len();
         let mut streams = self.per_worker[worker].lock().unwrap_or_else(PoisonError::into_inner);
         streams.retain(|open| !open.is_closed());
@@ -101,7 +183,7 @@ impl BatchStreams {
     }
 }
 
-impl Drop for BatchStreams {
+impl<K: Streamed> Drop for BatchStreams<K> {
     fn drop(&mut self) {
         for streams in &self.per_worker {
             for open in streams.lock().unwrap_or_else(PoisonError::into_inner).drain(..) {
@@ -112,18 +194,18 @@ impl Drop for BatchStreams {
 }
 
 /// One open stream: batches sent and not yet answered, in order.
-struct Open {
+struct Open<K: Streamed> {
     /// Taken when the stream is closed, which ends the request side.
-    outbound: Mutex<Option<mpsc::UnboundedSender<BatchIncrementRequest>>>,
+    outbound: Mutex<Option<mpsc::UnboundedSender<K::Request>>>,
     /// Bounded by the coalescer's call slots: one entry per batch in flight.
-    waiting: Mutex<VecDeque<Reply>>,
+    waiting: Mutex<VecDeque<Reply<K>>>,
     /// Set (under `waiting`) once nothing more is answered on it.
     closed: AtomicBool,
     driver: Mutex<Option<AbortHandle>>,
 }
 
-impl Open {
-    fn start(mut client: CounterServiceClient<Channel>) -> Arc<Open> {
+impl<K: Streamed> Open<K> {
+    fn start(client: CounterServiceClient<Channel>) -> Arc<Open<K>> {
         let (outbound, mut rx) = mpsc::unbounded_channel();
         let open = Arc::new(Open {
             outbound: Mutex::new(Some(outbound)),
@@ -138,11 +220,11 @@ impl Open {
             // Not traced: without this the counter could start a trace of
             // its own that lasts as long as the stream.
             crate::spans::inject(&tracing::Span::none(), &mut request);
-            let end = match client.stream_batch_increments(request).await {
+            let end = match K::open(client, request).await {
                 Ok(response) => driven.answer_all(response.into_inner()).await,
                 Err(status) if status.code() == Code::Unimplemented => {
                     // Nothing was read: a counter that predates the stream.
-                    let mut status = Status::unimplemented("the counter does not serve StreamBatchIncrements");
+                    let mut status = Status::unimplemented(format!("the counter does not serve {}", K::METHOD));
                     WriteOutcome::NotApplied.mark(&mut status);
                     End::Failed(status)
                 }
@@ -163,10 +245,7 @@ impl Open {
     }
 
     /// Queues `request`; its answer arrives on the receiver.
-    fn send(
-        &self,
-        request: BatchIncrementRequest,
-    ) -> Result<oneshot::Receiver<Result<BatchIncrementResponse, Status>>, Status> {
+    fn send(&self, request: K::Request) -> Result<oneshot::Receiver<Result<K::Response, Status>>, Status> {
         let (reply, answer) = oneshot::channel();
         let mut waiting = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
         let outbound = self.outbound.lock().unwrap_or_else(PoisonError::into_inner);
@@ -179,7 +258,7 @@ impl Open {
     }
 
     /// Hands each answer to the batch it answers, until the stream ends.
-    async fn answer_all(&self, mut inbound: tonic::Streaming<BatchIncrementResponse>) -> End {
+    async fn answer_all(&self, mut inbound: Streaming<K::Response>) -> End {
         loop {
             match inbound.message().await {
                 Ok(Some(answer)) => {
@@ -275,8 +354,7 @@ mod tests {
 
     /// An older counter: tonic answers a method it does not serve
     /// `UNIMPLEMENTED`, here a server with only the health service.
-    #[tokio::test]
-    async fn a_counter_without_the_stream_gets_the_batch_unsent_and_unary_calls_after() {
+    async fn without_the_stream<K: Streamed>(request: impl Fn() -> K::Request) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("address");
         let incoming = futures_util::stream::unfold(listener, |listener| async move {
@@ -285,13 +363,26 @@ mod tests {
         let (_reporter, health) = tonic_health::server::health_reporter();
         tokio::spawn(tonic::transport::Server::builder().add_service(health).serve_with_incoming(incoming));
         let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).expect("uri").connect_lazy();
+        let client = || CounterServiceClient::new(crate::client::whole_body::WholeBody(channel.clone()));
 
-        let streams = BatchStreams::new(1, Duration::from_secs(5));
+        let streams = BatchStreams::<K>::new(1, Duration::from_secs(5));
         assert!(streams.supported());
-        let status = streams.call(|| channel, BatchIncrementRequest::default()).await.expect_err("not served");
+        let Err(status) = streams.send(|| channel.clone(), client, request()).await else { panic!("not served") };
         assert_eq!(status.code(), Code::Unimplemented, "{status:?}");
+        assert!(status.message().contains(K::METHOD), "{status:?}");
         assert_eq!(classify(&status), Failure::NotSent, "nothing was read: safe to send again");
         assert!(!streams.supported(), "later batches go as unary calls");
+        let Err(unary) = streams.send(|| panic!("no stream is opened"), client, request()).await else {
+            panic!("not served")
+        };
+        assert_eq!(unary.code(), Code::Unimplemented, "the unary call reached the server: {unary:?}");
+        assert!(!unary.message().contains(K::METHOD), "{unary:?}");
+    }
+
+    #[tokio::test]
+    async fn a_counter_without_the_streams_gets_the_batch_unsent_and_unary_calls_after() {
+        without_the_stream::<IncrementBatches>(BatchIncrementRequest::default).await;
+        without_the_stream::<ReadBatches>(BatchGetRequest::default).await;
     }
 
     #[test]

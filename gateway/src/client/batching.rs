@@ -86,7 +86,7 @@ impl Batched for Reads {
     async fn call(counter: &Counter, items: Vec<CounterRef>) -> Result<Vec<GetResponse>, CallError> {
         let (items, positions) = collapse::distinct(items);
         let asked = items.len();
-        let answers = counter.batch_get(BatchGetRequest { items, omit_names: true }).await?.results;
+        let answers = counter.coalesced_batch_get(BatchGetRequest { items, omit_names: true }).await?.results;
         let got = answers.len();
         collapse::spread(answers, &positions, asked)
             .ok_or_else(|| CallError::Protocol(format!("asked for {asked} counters, got {got} results")))

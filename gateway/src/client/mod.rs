@@ -251,6 +251,19 @@ impl Counter {
         })
         .await
     }
+
+    /// A batch of coalesced reads: as [`Counter::batch_get`], on a stream
+    /// unless its trace is sampled (as [`Counter::coalesced_batch`]).
+    pub async fn coalesced_batch_get(&self, request: BatchGetRequest) -> Result<BatchGetResponse, CallError> {
+        if !tracing::Span::current().is_disabled() {
+            return self.batch_get(request).await;
+        }
+        self.call("BatchGet", CallKind::Read, Need::Store, request, |b, r| {
+            let b = b.clone();
+            async move { b.stream_batch_get(r.into_inner()).await }
+        })
+        .await
+    }
 }
 
 /// An increment the counter accepted.
