@@ -55,8 +55,10 @@ pub struct Metrics {
     pub retries: Family<Labels<2>, Counter>,
     /// Retries the budget did not allow.
     pub retries_refused: Counter,
-    /// Read cache lookups by result (`hit`, `miss`).
-    pub cache_lookups: Family<Labels<1>, Counter>,
+    /// Read cache lookups by result (`hit`, `miss`): the two series,
+    /// resolved once (a lookup is on every read's path).
+    cache_hits: Counter,
+    cache_misses: Counter,
     /// API keys in force (`TALLY_AUTH=api_keys`).
     pub auth_keys: Gauge,
     /// Reloads of the keys file by result (`ok`, `failed`).
@@ -100,8 +102,10 @@ impl Metrics {
         }
         let retries_refused = Counter::default();
         registry.register("retries_refused", "Retries refused by the retry budget", retries_refused.clone());
-        let cache_lookups = Family::default();
+        let cache_lookups: Family<[(&'static str, &'static str); 1], Counter> = Family::default();
         registry.register("cache_lookups", "Read cache lookups by result", cache_lookups.clone());
+        let cache_hits = cache_lookups.get_or_create(&[("result", "hit")]).clone();
+        let cache_misses = cache_lookups.get_or_create(&[("result", "miss")]).clone();
         for collector in collectors {
             registry.register_collector(collector);
         }
@@ -151,7 +155,8 @@ impl Metrics {
             coalesced_reads,
             retries,
             retries_refused,
-            cache_lookups,
+            cache_hits,
+            cache_misses,
         }
     }
 
@@ -177,7 +182,7 @@ impl Metrics {
     }
 
     pub fn cache_lookup(&self, hit: bool) {
-        self.cache_lookups.get_or_create(&[("result", if hit { "hit" } else { "miss" }.into())]).inc();
+        if hit { &self.cache_hits } else { &self.cache_misses }.inc();
     }
 
     pub fn render(&self) -> String {
