@@ -11,7 +11,10 @@
 #     A_DIR, B_DIR: directories holding release tally-counter and tally-gateway
 #     (keep a copy of target/release before rebuilding); the reference is
 #     target/release/tally-reference.
-#   ROUNDS=4 SECONDS_PER_RUN=8 SCENARIO=hot|keys (wrk script scripts/wrk/<SCENARIO>.lua)
+#   ROUNDS=4 SECONDS_PER_RUN=8 SCENARIO=hot|keys (increments, wrk script
+#   scripts/wrk/<SCENARIO>.lua) | get-hot|get-keys (GET of one hot counter
+#   or of 10k counters, after 5 s of 100k-key writes); CACHE=off starts
+#   both gateways with the read cache off (TALLY_CACHE_TTL_MS=0).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -19,6 +22,8 @@ cd "$(dirname "$0")/.."
 [ $# -eq 2 ] || { echo "usage: $0 A_DIR B_DIR" >&2; exit 2; }
 a_dir=$1 b_dir=$2
 rounds=${ROUNDS:-4} seconds=${SECONDS_PER_RUN:-8} scenario=${SCENARIO:-hot}
+cache_ttl=5000
+[ "${CACHE:-on}" = off ] && cache_ttl=0
 require_tools redis-server wrk python3
 work=$(mktemp -d)
 trap kill_started EXIT
@@ -36,7 +41,7 @@ chain() {
   local grpc admin http counter gateway
   grpc=$(free_port); admin=$(free_port); http=$(free_port)
   counter=$(BIN_DIR=$2 start_counter "$redis_port" "$grpc" "$admin" "$work/counter-$1.log")
-  gateway=$(BIN_DIR=$2 start_gateway "$http" "http://127.0.0.1:$grpc" "$work/gateway-$1.log")
+  gateway=$(BIN_DIR=$2 TALLY_CACHE_TTL_MS=$cache_ttl start_gateway "$http" "http://127.0.0.1:$grpc" "$work/gateway-$1.log")
   echo "$http $gateway $counter"
 }
 read -r a_port a_gateway a_counter < <(chain a "$a_dir")
@@ -44,10 +49,18 @@ pids+=("$a_gateway" "$a_counter")
 read -r b_port b_gateway b_counter < <(chain b "$b_dir")
 pids+=("$b_gateway" "$b_counter")
 
-# load <port> <seconds>: wrk's increments on the chain or reference at <port>.
+# load <port> <seconds>: the scenario's wrk run on the chain or reference at <port>.
 load() {
-  wrk -t2 -c100 -d"$2s" -s "scripts/wrk/$scenario.lua" "http://127.0.0.1:$1/api/v1/counter/increment"
+  local base="http://127.0.0.1:$1/api/v1/counter"
+  case $scenario in
+    get-hot) wrk -t2 -c100 -d"$2s" "$base/bench:hot/likes" ;;
+    get-keys) wrk -t2 -c100 -d"$2s" -s scripts/wrk/get-keys.lua "$base/" ;;
+    *) wrk -t2 -c100 -d"$2s" -s "scripts/wrk/$scenario.lua" "$base/increment" ;;
+  esac
 }
+case $scenario in
+  get-*) wrk -t2 -c100 -d5s -s scripts/wrk/keys.lua "http://127.0.0.1:$ref_port/api/v1/counter/increment" >/dev/null ;;
+esac
 
 # run <system> <port> <pids...>: one wrk run; appends system,rps,cpu µs/req of each pid to rows.csv.
 run() {
@@ -66,11 +79,13 @@ for _ in $(seq "$rounds"); do
   run B "$b_port" "$b_gateway" "$b_counter" "$redis_pid"
 done
 
-python3 - "$work/rows.csv" "$tick_us" "$scenario" "$a_dir" "$b_dir" <<'PY'
+python3 - "$work/rows.csv" "$tick_us" "$scenario" "$a_dir" "$b_dir" "${CACHE:-on}" <<'PY'
 import sys
 from collections import defaultdict
 path, tick_us, scenario, a_dir, b_dir = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
-print(f"# A/B, increments ({scenario}.lua), interleaved: A = {a_dir}, B = {b_dir}\n")
+cache = ", read cache off" if sys.argv[6] == "off" else ""
+what = f"increments ({scenario}.lua)" if not scenario.startswith("get-") else f"reads ({scenario})"
+print(f"# A/B, {what}{cache}, interleaved: A = {a_dir}, B = {b_dir}\n")
 print("| run | system | req/s | server CPU µs/req | per process µs/req |")
 print("|---:|---|---:|---:|---|")
 totals = defaultdict(list)
