@@ -2,6 +2,7 @@
 //! operations to the group committer or the write-behind buffer, and map the
 //! outcome to a response or status. No store logic lives here.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -139,13 +140,8 @@ impl CounterService for CounterApi {
         &self,
         request: Request<Streaming<BatchIncrementRequest>>,
     ) -> Result<Response<Self::StreamBatchIncrementsStream>, Status> {
-        let api = self.clone();
-        let apply = move |request: BatchIncrementRequest| {
-            let api = api.clone();
-            // Counted as BatchIncrement calls: the same work, per batch.
-            async move { api.batch_increment_counted(request).await }
-        };
-        Ok(Response::new(batch_stream::serve(request.into_inner(), apply, self.shutdown.clone())))
+        // Counted as BatchIncrement calls: the same work, per batch.
+        Ok(self.serve_batches(request, |api, batch| async move { api.batch_increment_counted(batch).await }))
     }
 
     type StreamBatchGetStream = Answers<BatchGetResponse>;
@@ -154,17 +150,25 @@ impl CounterService for CounterApi {
         &self,
         request: Request<Streaming<BatchGetRequest>>,
     ) -> Result<Response<Self::StreamBatchGetStream>, Status> {
-        let api = self.clone();
-        let apply = move |request: BatchGetRequest| {
-            let api = api.clone();
-            // Counted as BatchGet calls, as above.
-            async move { api.batch_get_counted(request).await }
-        };
-        Ok(Response::new(batch_stream::serve(request.into_inner(), apply, self.shutdown.clone())))
+        Ok(self.serve_batches(request, |api, batch| async move { api.batch_get_counted(batch).await }))
     }
 }
 
 impl CounterApi {
+    /// Serves a stream of batches ([`batch_stream::serve`]), each handled by
+    /// `handle` with its own handle on the API.
+    fn serve_batches<Req, Resp, H, Fut>(&self, request: Request<Streaming<Req>>, handle: H) -> Response<Answers<Resp>>
+    where
+        Req: Send + 'static,
+        Resp: Send + 'static,
+        H: Fn(CounterApi, Req) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Resp, Status>> + Send + 'static,
+    {
+        let api = self.clone();
+        let apply = move |batch| handle(api.clone(), batch);
+        Response::new(batch_stream::serve(request.into_inner(), apply, self.shutdown.clone()))
+    }
+
     /// A batch of reads answered and counted in the `BatchGet` metrics,
     /// whether it came as a unary call or on a stream.
     async fn batch_get_counted(&self, request: BatchGetRequest) -> Result<BatchGetResponse, Status> {
