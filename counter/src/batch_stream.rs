@@ -41,9 +41,9 @@ where
     let (tx, rx) = mpsc::channel(QUEUED_ANSWERS);
     let pump = tokio::spawn(pump(inbound, tx, apply, shutdown));
     let failed = futures_util::stream::once(pump).filter_map(|joined| async move {
-        joined
-            .err()
-            .map(|_| Err(Status::internal("the stream's task failed; unanswered batches may have been applied")))
+        joined.err().map(|_| {
+            Err(Status::internal("the stream's task failed; a batch read and not answered may have been applied"))
+        })
     });
     Box::pin(ReceiverStream::new(rx).chain(failed))
 }

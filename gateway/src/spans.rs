@@ -77,17 +77,18 @@ pub fn rpc_status(span: &Span, code: tonic::Code) {
     telemetry::record_grpc_status(span, code as i32);
 }
 
-/// The span of one coalesced `BatchIncrement`: a child of the first
-/// request it carries, linked both ways with every request in it, so each
-/// request's trace leads to the call (and the counter's spans) that served it.
-pub fn coalesced_batch(members: &[Span]) -> Span {
+/// The span of one coalesced batch (`name`: "coalesce BatchIncrement" or
+/// "coalesce BatchGet"): a child of the first request it carries, linked
+/// both ways with every request in it, so each request's trace leads to the
+/// call (and the counter's spans) that served it.
+pub fn coalesced_batch(name: &'static str, members: &[Span]) -> Span {
     let Some(first) = members.iter().find(|m| !m.is_none()).filter(|_| telemetry::enabled()) else {
         return Span::none();
     };
     let span = tracing::info_span!(
         parent: first,
         "coalesce",
-        otel.name = "coalesce BatchIncrement",
+        otel.name = name,
         otel.kind = "internal",
         tally.batch.size = members.len(),
     );

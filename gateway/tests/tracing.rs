@@ -111,6 +111,23 @@ async fn one_request_is_one_trace_from_the_gateway_through_the_counter_to_the_st
     let line: serde_json::Value = serde_json::from_str(&access).expect("a JSON log line");
     assert_eq!(line["span"]["trace_id"], trace.as_str(), "the log line names its trace: {access}");
     assert_eq!(line["fields"]["status"], 200);
+
+    // A read the cache misses: its coalesced batch has a span of its own
+    // kind, and, being traced, goes as a unary BatchGet under it.
+    let (header, trace, _) = traceparent(2);
+    let url = format!("{}/api/v1/counter/{}/likes", gateway.http_base(), unique("traced-read"));
+    let read = reqwest::Client::new().get(url).header("traceparent", &header).send().await.expect("send");
+    assert_eq!(read.status().as_u16(), 200);
+    let spans = receiver
+        .wait_until(Duration::from_secs(20), |spans| {
+            let named = |name: &str| spans.iter().any(|s| s.trace_id == trace && s.name == name);
+            named("tally.counter.v1.CounterService/BatchGet") && named("coalesce BatchGet")
+        })
+        .await;
+    let batch = find(&spans, &trace, "tally-gateway", 1, "coalesce BatchGet").expect("the read batch's span");
+    let call = find(&spans, &trace, "tally-gateway", CLIENT, "tally.counter.v1.CounterService/BatchGet")
+        .expect("the read batch's call");
+    assert_eq!(call.parent_span_id, batch.span_id);
 }
 
 #[tokio::test]

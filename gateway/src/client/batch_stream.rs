@@ -25,7 +25,7 @@
 
 use std::collections::VecDeque;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -43,7 +43,7 @@ use super::backends::CounterClient;
 /// A kind of batch sent on a stream: its messages, the stream's method, and
 /// the unary call that carries it to a counter without the stream.
 pub trait Streamed: Send + Sync + 'static {
-    type Request: Send + 'static;
+    type Request: Clone + Send + 'static;
     type Response: Send + 'static;
     /// The stream's gRPC method, named when a counter does not serve it.
     const METHOD: &'static str;
@@ -113,9 +113,15 @@ type Reply<K> = oneshot::Sender<Result<<K as Streamed>::Response, Status>>;
 pub struct BatchStreams<K: Streamed> {
     per_worker: Vec<Mutex<Vec<Arc<Open<K>>>>>,
     timeout: Duration,
-    /// The endpoint answered a stream `UNIMPLEMENTED`: it predates them.
-    unsupported: AtomicBool,
+    /// Whether the endpoint serves the stream: [`UNKNOWN`] until a stream
+    /// answered a batch ([`SERVED`]) or was answered `UNIMPLEMENTED` (the
+    /// counter predates it: [`NOT_SERVED`]).
+    support: AtomicU8,
 }
+
+const UNKNOWN: u8 = 0;
+const SERVED: u8 = 1;
+const NOT_SERVED: u8 = 2;
 
 impl<K: Streamed> BatchStreams<K> {
     /// Streams for `workers` workers (at least one); each batch waits at
@@ -124,29 +130,43 @@ impl<K: Streamed> BatchStreams<K> {
         BatchStreams {
             per_worker: (0..workers.max(1)).map(|_| Mutex::new(Vec::new())).collect(),
             timeout,
-            unsupported: AtomicBool::new(false),
+            support: AtomicU8::new(UNKNOWN),
         }
     }
 
     /// Whether the endpoint serves the stream (as far as known).
     pub fn supported(&self) -> bool {
-        !self.unsupported.load(Ordering::Relaxed)
+        self.support.load(Ordering::Relaxed) != NOT_SERVED
     }
 
     /// Sends `request` on one of the calling worker's streams with no batch
     /// in flight (a new one, opened on `channel`, when there is none) and
     /// waits for its answer; to an endpoint that does not serve the stream,
     /// as a unary call on `client`.
+    ///
+    /// Until the endpoint is known to serve the stream, a copy of the batch
+    /// is kept: a counter that predates it answers `UNIMPLEMENTED` having
+    /// read nothing, and the batch then goes as a unary call at once, not
+    /// failed back to the call stack (where it would cost a retry and count
+    /// against the endpoint's breaker, once per worker and endpoint during a
+    /// rollout).
     pub async fn send(
         &self,
         channel: impl FnOnce() -> Channel,
         client: impl FnOnce() -> CounterClient,
         request: K::Request,
     ) -> Result<tonic::Response<K::Response>, Status> {
-        if !self.supported() {
-            return K::unary(client(), request).await;
+        match self.support.load(Ordering::Relaxed) {
+            NOT_SERVED => K::unary(client(), request).await,
+            SERVED => self.call(channel, request).await.map(tonic::Response::new),
+            _ => {
+                let copy = request.clone();
+                match self.call(channel, request).await {
+                    Err(status) if status.code() == Code::Unimplemented => K::unary(client(), copy).await,
+                    answered => answered.map(tonic::Response::new),
+                }
+            }
         }
-        self.call(channel, request).await.map(tonic::Response::new)
     }
 
     /// Sends `request` on a stream (as [`BatchStreams::send`]).
@@ -161,10 +181,12 @@ impl<K: Streamed> BatchStreams<K> {
                 Err(Status::deadline_exceeded(format!("no answer from the counter within {:?}", self.timeout)))
             }
         };
-        if let Err(status) = &result
-            && status.code() == Code::Unimplemented
-        {
-            self.unsupported.store(true, Ordering::Relaxed);
+        match &result {
+            Ok(_) => {
+                let _ = self.support.compare_exchange(UNKNOWN, SERVED, Ordering::Relaxed, Ordering::Relaxed);
+            }
+            Err(status) if status.code() == Code::Unimplemented => self.support.store(NOT_SERVED, Ordering::Relaxed),
+            Err(_) => {}
         }
         result
     }
@@ -367,20 +389,25 @@ mod tests {
 
         let streams = BatchStreams::<K>::new(1, Duration::from_secs(5));
         assert!(streams.supported());
+        // The stream is answered UNIMPLEMENTED, and the same batch goes on
+        // as a unary call, which this server does not serve either: the
+        // error is the unary call's.
         let Err(status) = streams.send(|| channel.clone(), client, request()).await else { panic!("not served") };
         assert_eq!(status.code(), Code::Unimplemented, "{status:?}");
-        assert!(status.message().contains(K::METHOD), "{status:?}");
-        assert_eq!(classify(&status), Failure::NotSent, "nothing was read: safe to send again");
+        assert!(!status.message().contains(K::METHOD), "the batch was sent again as a unary call: {status:?}");
         assert!(!streams.supported(), "later batches go as unary calls");
         let Err(unary) = streams.send(|| panic!("no stream is opened"), client, request()).await else {
             panic!("not served")
         };
         assert_eq!(unary.code(), Code::Unimplemented, "the unary call reached the server: {unary:?}");
-        assert!(!unary.message().contains(K::METHOD), "{unary:?}");
+        // What the stream's refusal said, for the call stack.
+        let Err(stream) = streams.call(|| channel.clone(), request()).await else { panic!("not served") };
+        assert!(stream.message().contains(K::METHOD), "{stream:?}");
+        assert_eq!(classify(&stream), Failure::NotSent, "nothing was read: safe to send again");
     }
 
     #[tokio::test]
-    async fn a_counter_without_the_streams_gets_the_batch_unsent_and_unary_calls_after() {
+    async fn a_counter_without_the_streams_gets_the_batch_as_a_unary_call_at_once_and_after() {
         without_the_stream::<IncrementBatches>(BatchIncrementRequest::default).await;
         without_the_stream::<ReadBatches>(BatchGetRequest::default).await;
     }

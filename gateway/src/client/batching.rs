@@ -47,6 +47,9 @@ pub trait Batched: Send + 'static {
         items: Vec<Self::Item>,
     ) -> impl Future<Output = Result<Vec<Self::Output>, CallError>> + Send;
 
+    /// The name of a batch's span.
+    const SPAN_NAME: &'static str;
+
     /// Records the size of one batch.
     fn observe(counter: &Counter, items: usize);
 
@@ -60,6 +63,7 @@ pub struct Increments;
 impl Batched for Increments {
     type Item = IncrementOperation;
     type Output = OperationResult;
+    const SPAN_NAME: &'static str = "coalesce BatchIncrement";
 
     async fn call(counter: &Counter, operations: Vec<IncrementOperation>) -> Result<Vec<OperationResult>, CallError> {
         let request = BatchIncrementRequest { operations, r#async: false, omit_names: true };
@@ -81,6 +85,7 @@ pub struct Reads;
 impl Batched for Reads {
     type Item = CounterRef;
     type Output = GetResponse;
+    const SPAN_NAME: &'static str = "coalesce BatchGet";
 
     /// Each counter once, however many callers read it ([`collapse`]).
     async fn call(counter: &Counter, items: Vec<CounterRef>) -> Result<Vec<GetResponse>, CallError> {
@@ -263,7 +268,7 @@ async fn send<B: Batched>(counter: &Counter, jobs: Vec<Job<B>>) {
         replies.push(job.reply);
         members.push(job.span);
     }
-    let batch = spans::coalesced_batch(&members);
+    let batch = spans::coalesced_batch(B::SPAN_NAME, &members);
     drop(members);
     let expected = items.len();
     match B::call(counter, items).instrument(batch).await {
