@@ -156,39 +156,40 @@ impl<K: Streamed> BatchStreams<K> {
         client: impl FnOnce() -> CounterClient,
         request: K::Request,
     ) -> Result<tonic::Response<K::Response>, Status> {
-        match self.support.load(Ordering::Relaxed) {
-            NOT_SERVED => K::unary(client(), request).await,
-            SERVED => self.call(channel, request).await.map(tonic::Response::new),
-            _ => {
-                let copy = request.clone();
-                match self.call(channel, request).await {
-                    Err(status) if status.code() == Code::Unimplemented => K::unary(client(), copy).await,
-                    answered => answered.map(tonic::Response::new),
+        let support = self.support.load(Ordering::Relaxed);
+        if support == NOT_SERVED {
+            return K::unary(client(), request).await;
+        }
+        let copy = (support == UNKNOWN).then(|| request.clone());
+        let result = self.call(channel, request).await;
+        match (&result, copy) {
+            (Err(status), copy) if status.code() == Code::Unimplemented => {
+                self.support.store(NOT_SERVED, Ordering::Relaxed);
+                if let Some(copy) = copy {
+                    return K::unary(client(), copy).await;
                 }
             }
+            (Ok(_), Some(_)) => {
+                // Unless another batch found it not served meanwhile.
+                let _ = self.support.compare_exchange(UNKNOWN, SERVED, Ordering::Relaxed, Ordering::Relaxed);
+            }
+            _ => {}
         }
+        result.map(tonic::Response::new)
     }
 
     /// Sends `request` on a stream (as [`BatchStreams::send`]).
     async fn call(&self, channel: impl FnOnce() -> Channel, request: K::Request) -> Result<K::Response, Status> {
         let open = self.idle_stream(channel);
         let answer = open.send(request)?;
-        let result = match tokio::time::timeout(self.timeout, answer).await {
+        match tokio::time::timeout(self.timeout, answer).await {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(Status::unavailable("the stream to the counter ended without an answer")),
             Err(_) => {
                 open.close(End::Failed(Status::deadline_exceeded("an earlier batch on this stream timed out")));
                 Err(Status::deadline_exceeded(format!("no answer from the counter within {:?}", self.timeout)))
             }
-        };
-        match &result {
-            Ok(_) => {
-                let _ = self.support.compare_exchange(UNKNOWN, SERVED, Ordering::Relaxed, Ordering::Relaxed);
-            }
-            Err(status) if status.code() == Code::Unimplemented => self.support.store(NOT_SERVED, Ordering::Relaxed),
-            Err(_) => {}
         }
-        result
     }
 
     /// A stream of the calling worker with no batch in flight, or a new one.
