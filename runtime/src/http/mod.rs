@@ -6,6 +6,7 @@
 //! `axum::serve` has none of these: a client sending headers one byte at a
 //! time (slowloris) kept a connection and its buffers forever.
 
+mod attend;
 mod io;
 mod settings;
 pub mod watchdog;
@@ -34,6 +35,7 @@ pub use settings::{HttpArgs, HttpLimits};
 use crate::conn::{HeldConn, Transport, handshake};
 use crate::tls::ServerTls;
 use crate::workers::LeastBusy;
+use attend::{Attended, attend};
 use watchdog::{Activity, Expiry, Verdict};
 
 /// How long an HTTP/2 connection closed by its watchdog may take to finish
@@ -254,13 +256,14 @@ async fn serve_connection<S: HttpService>(
         connection.as_mut().graceful_shutdown();
     }
     loop {
-        tokio::select! {
-            _ = connection.as_mut() => return,
-            _ = stop.changed(), if !stopping => {
+        let side = watch_side(&mut stop, stopping, &activity, limits);
+        match attend(connection.as_mut(), side).await {
+            Attended::Main(_) => return,
+            Attended::Side(Side::Stop) => {
                 stopping = true;
                 connection.as_mut().graceful_shutdown();
             }
-            expiry = expired(&activity, limits) => {
+            Attended::Side(Side::Expired(expiry)) => {
                 metrics.closed_by_timeout.get_or_create(&[("reason", expiry.label())]).inc();
                 // No request is in flight: nothing is lost by closing. HTTP/2
                 // gets a GOAWAY first so its client knows not to retry blind;
@@ -273,6 +276,22 @@ async fn serve_connection<S: HttpService>(
                 return;
             }
         }
+    }
+}
+
+/// What a connection watches beside serving it.
+enum Side {
+    /// The listener is stopping.
+    Stop,
+    Expired(Expiry),
+}
+
+/// The next [`Side`] event: the stop signal (until it was seen) or the
+/// watchdog closing the connection.
+async fn watch_side(stop: &mut watch::Receiver<bool>, stopping: bool, activity: &Activity, limits: HttpLimits) -> Side {
+    tokio::select! {
+        _ = stop.changed(), if !stopping => Side::Stop,
+        expiry = expired(activity, limits) => Side::Expired(expiry),
     }
 }
 
