@@ -21,8 +21,8 @@
 //! value in.
 //!
 //! Listings of whole resources (`GET /api/v1/counter/{resource_id}`) are
-//! cached the same way with their own stripes, by resource: any write
-//! through this gateway to a counter of the resource drops its listing.
+//! cached the same way: any write through this gateway to a counter of the
+//! resource drops its listing.
 
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -33,10 +33,12 @@ use arc_swap::ArcSwapOption;
 use moka::sync::Cache;
 use tally_proto::CounterKey;
 
-/// Write bookkeeping is kept per stripe of counters (hash of the key), not
-/// per counter: no allocation or map update per write, at the price of
-/// treating two writes to different counters of one stripe as related
-/// (which only ever means "do not cache", never a stale value).
+/// Write bookkeeping is kept per stripe of resources (hash of the
+/// resource id), not per counter: no allocation or map update per write,
+/// and one stripe serves a resource's counters and its listing alike (one
+/// lock per write, not two), at the price of treating two writes to
+/// different counters of one stripe as related (which only ever means "do
+/// not cache", never a stale value).
 const STRIPES: usize = 4096;
 
 #[derive(Default)]
@@ -84,9 +86,7 @@ pub struct ReadCache {
     /// The TTL and size `caches` was made with.
     bounds: Mutex<(Duration, u64)>,
     stripes: Vec<Mutex<Stripe>>,
-    /// The listings' write bookkeeping.
-    resource_stripes: Vec<Mutex<Stripe>>,
-    /// Picks a counter's stripe. foldhash rather than SipHash: a stripe
+    /// Picks a resource's stripe. foldhash rather than SipHash: a stripe
     /// shared by chosen keys only ever means "do not cache" for them, and
     /// hashing was a measurable part of every write.
     hasher: foldhash::fast::RandomState,
@@ -104,7 +104,6 @@ impl ReadCache {
             caches: ArcSwapOption::new(Caches::new(ttl, max_entries).map(Arc::new)),
             bounds: Mutex::new((ttl, max_entries)),
             stripes: (0..STRIPES).map(|_| Mutex::default()).collect(),
-            resource_stripes: (0..STRIPES).map(|_| Mutex::default()).collect(),
             hasher: foldhash::fast::RandomState::default(),
             clock: AtomicU64::new(0),
         }
@@ -125,14 +124,10 @@ impl ReadCache {
         self.caches.load().is_some()
     }
 
-    fn stripe(&self, key: &CounterKey) -> std::sync::MutexGuard<'_, Stripe> {
-        let index = (self.hasher.hash_one(key) as usize) % STRIPES;
-        self.stripes[index].lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    fn resource_stripe(&self, resource_id: &str) -> std::sync::MutexGuard<'_, Stripe> {
+    /// The stripe of a resource: of its counters and of its listing.
+    fn stripe(&self, resource_id: &str) -> std::sync::MutexGuard<'_, Stripe> {
         let index = (self.hasher.hash_one(resource_id) as usize) % STRIPES;
-        self.resource_stripes[index].lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.stripes[index].lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// The cached listing of `resource_id`, if known.
@@ -145,7 +140,7 @@ impl ReadCache {
     pub fn fill_listing(&self, resource_id: &str, listing: Listing, stamp: &ReadStamp) {
         let caches = self.caches.load();
         let Some(caches) = caches.as_ref() else { return };
-        let stripe = self.resource_stripe(resource_id);
+        let stripe = self.stripe(resource_id);
         if stripe.in_flight == 0 && stripe.last_write <= stamp.0 {
             // Set before the insert, both under the stripe: a write that
             // sees it unset has no listing of this resource to drop.
@@ -169,7 +164,7 @@ impl ReadCache {
     pub fn fill(&self, key: &CounterKey, value: i64, stamp: &ReadStamp) {
         let caches = self.caches.load();
         let Some(caches) = caches.as_ref() else { return };
-        let stripe = self.stripe(key);
+        let stripe = self.stripe(key.resource_id());
         if stripe.in_flight == 0 && stripe.last_write <= stamp.0 {
             caches.entries.insert(key.clone(), value);
         }
@@ -188,11 +183,9 @@ impl ReadCache {
         let keys = keys.into_iter();
         // Kept with caching off too: it may be turned on while these run.
         for key in keys.clone() {
-            let mut stripe = self.stripe(key);
+            let mut stripe = self.stripe(key.resource_id());
             stripe.overlapped |= stripe.in_flight > 0;
             stripe.in_flight += 1;
-            drop(stripe);
-            self.resource_stripe(key.resource_id()).in_flight += 1;
         }
         WriteGuard { cache: self, keys: Some(keys) }
     }
@@ -205,32 +198,24 @@ impl ReadCache {
     /// fetches the current value anyway.
     fn write_finished(&self, key: &CounterKey, value: Option<i64>) {
         let caches = self.caches.load();
-        let mut stripe = self.stripe(key);
+        let mut stripe = self.stripe(key.resource_id());
         stripe.in_flight = stripe.in_flight.saturating_sub(1);
         let overlapped = stripe.overlapped;
         if stripe.in_flight == 0 {
             stripe.overlapped = false;
         }
-        let now = self.clock.fetch_add(1, Ordering::SeqCst) + 1;
-        stripe.last_write = now;
+        stripe.last_write = self.clock.fetch_add(1, Ordering::SeqCst) + 1;
         // Still holding the stripe: no fill or other write can interleave.
-        if let Some(caches) = caches.as_ref()
-            && caches.entries.contains_key(key)
-        {
+        let Some(caches) = caches.as_ref() else { return };
+        if caches.entries.contains_key(key) {
             match value.filter(|_| !overlapped) {
                 Some(value) => caches.entries.insert(key.clone(), value),
                 None => caches.entries.invalidate(key),
             }
         }
-        drop(stripe);
         // The resource's listing is dropped, not patched: the write may have
         // added a counter type, and the order of overlapping writes is unknown.
-        let mut stripe = self.resource_stripe(key.resource_id());
-        stripe.in_flight = stripe.in_flight.saturating_sub(1);
-        stripe.last_write = now;
-        if let Some(caches) = caches.as_ref()
-            && caches.has_listings.load(Ordering::Acquire)
-        {
+        if caches.has_listings.load(Ordering::Acquire) {
             caches.listings.invalidate(key.resource_id());
         }
     }
@@ -338,6 +323,19 @@ mod tests {
         let stamp = c.read_stamp();
         c.fill(&k, 2, &stamp);
         assert_eq!(c.get(&k), Some(2));
+    }
+
+    #[test]
+    fn writes_to_two_counters_of_one_resource_count_as_overlapping() {
+        let c = cache();
+        let (likes, views) = (key("a"), CounterKey::new("a", "views").unwrap());
+        c.fill(&likes, 1, &c.read_stamp());
+        let other = c.write_started([&views]);
+        c.write_started([&likes]).finish([Some(2)]);
+        assert_eq!(c.get(&likes), None, "one stripe per resource: dropped rather than updated");
+        other.finish([Some(1)]);
+        c.fill(&likes, 2, &c.read_stamp());
+        assert_eq!(c.get(&likes), Some(2), "cached again once the resource has no write in flight");
     }
 
     #[test]
