@@ -114,7 +114,7 @@ pub async fn increment(
     // A replay answers with the first (older) value: not a fresh value to cache.
     write.finish([result.as_ref().ok().filter(|a| !a.replayed).map(|a| a.value)]);
     let applied = result?;
-    let body = Json(success(Incremented {
+    let mut response = success_response(Incremented {
         resource_id: key.resource_id(),
         counter_type: key.counter_type(),
         delta,
@@ -122,11 +122,11 @@ pub async fn increment(
         success: true,
         timestamp: unix_now(),
         replayed: applied.replayed,
-    }));
+    });
     if applied.replayed {
-        return Ok(([("idempotent-replayed", "true")], body).into_response());
+        response.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
     }
-    Ok(body.into_response())
+    Ok(response)
 }
 
 pub async fn batch_increment(
@@ -188,7 +188,7 @@ pub async fn batch_increment(
     let failed = errors.iter().flatten().count();
     let data = BatchResults { processed: ops.len() - failed, results: outcomes, is_async: false };
     match errors.iter().flatten().next() {
-        None => Ok(Json(success(data)).into_response()),
+        None => Ok(success_response(data)),
         // Never a partial write reported as success: the status of the first
         // failure, with every operation's outcome so the client knows exactly
         // which were applied.
@@ -211,7 +211,7 @@ pub(super) async fn get_counter(state: &App, caller: &Caller, key: CounterKey) -
         current_value,
         updated_at: unix_now(),
     };
-    Ok(Json(success(body)).into_response())
+    Ok(success_response(body))
 }
 
 async fn read_one(state: &App, key: &CounterKey) -> Result<i64, ApiError> {
@@ -279,7 +279,7 @@ pub async fn batch_get(
         })
         .collect();
     let total = results.len();
-    Ok(Json(success(Values { results, total })).into_response())
+    Ok(success_response(Values { results, total }))
 }
 
 pub async fn health() -> impl IntoResponse {

@@ -11,7 +11,7 @@ use tally_proto::v1::{GetResourceRequest, ResetRequest};
 use super::ApiError;
 use super::caller::{self, Authenticated};
 use super::handlers::{App, AppState, IdempotencyHeader, get_counter};
-use super::json::{CounterEntry, Reset, ResourceCounters, success, unix_now};
+use super::json::{CounterEntry, Reset, ResourceCounters, success, success_response, unix_now};
 use super::path::{self, Target};
 use crate::auth::{Caller, Scope};
 use crate::cache::Listing;
@@ -65,7 +65,7 @@ async fn get_resource(state: &App, caller: &Caller, resource_id: &str) -> Result
         .map(|(counter_type, current_value)| CounterEntry { counter_type, current_value: *current_value })
         .collect();
     let total = counters.len();
-    Ok(Json(success(ResourceCounters { resource_id, counters, total, updated_at: unix_now() })).into_response())
+    Ok(success_response(ResourceCounters { resource_id, counters, total, updated_at: unix_now() }))
 }
 
 /// `DELETE /api/v1/counter/{resource_id}/{counter_type}`: sets the counter
