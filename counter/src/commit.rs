@@ -220,12 +220,13 @@ async fn flush(store: &Store, jobs: Vec<Job>, retention: Duration, metrics: &Met
     {
         spans::failed(&span, err);
     }
-    let mut results = vec![Outcome::Failed(StoreError::Unknown("operation lost track of".into())); ops.len()];
+    // `None` until answered: no placeholder error (and its message) made per operation.
+    let mut results: Vec<Option<Outcome>> = vec![None; ops.len()];
     for (i, result) in plain_at.into_iter().zip(plain_results).chain(keyed_at.into_iter().zip(keyed_results)) {
-        results[i] = result;
+        results[i] = Some(result);
     }
     drop(ops);
-    let mut results = results.into_iter();
+    let mut results = results.into_iter().map(|r| r.unwrap_or_else(lost));
     for job in jobs {
         let mine: Vec<Outcome> = results.by_ref().take(job.ops.len()).collect();
         // A caller that gave up (cancelled request) no longer listens; its
@@ -287,10 +288,12 @@ pub async fn apply(store: &Store, ops: &[(&CounterKey, i64)], metrics: &Metrics)
             results[index] = Some(outcome);
         }
     }
-    results
-        .into_iter()
-        .map(|r| r.unwrap_or_else(|| Outcome::Failed(StoreError::Unknown("operation lost track of".into()))))
-        .collect()
+    results.into_iter().map(|r| r.unwrap_or_else(lost)).collect()
+}
+
+/// The outcome of an operation no result was matched to (never expected).
+fn lost() -> Outcome {
+    Outcome::Failed(StoreError::Unknown("operation lost track of".into()))
 }
 
 async fn timed_incr(store: &Store, cmds: &[(&CounterKey, i64)], metrics: &Metrics) -> Vec<Outcome> {
