@@ -126,7 +126,7 @@ mod tests {
         let before = polls.load(Ordering::Relaxed);
         assert_eq!(before, 1, "polled once to register, not once per wake-up of the task");
         fire.send(()).expect("side is waiting");
-        assert_eq!(task.await.expect("no panic"), Attended::Side("side"));
+        assert_eq!(finished(task).await, Attended::Side("side"));
         assert_eq!(polls.load(Ordering::Relaxed), 2);
     }
 
@@ -138,6 +138,14 @@ mod tests {
         let task = tokio::spawn(attend(main, counted(polls, side)));
         tokio::task::yield_now().await;
         fire.send(()).expect("side is waiting");
-        assert_eq!(task.await.expect("no panic"), Attended::Side("side"));
+        assert_eq!(finished(task).await, Attended::Side("side"));
+    }
+
+    /// The task's output; a lost wake-up fails here instead of hanging.
+    async fn finished<T>(task: tokio::task::JoinHandle<T>) -> T {
+        tokio::time::timeout(std::time::Duration::from_secs(5), task)
+            .await
+            .expect("a wake-up was lost: the task never finished")
+            .expect("no panic")
     }
 }
