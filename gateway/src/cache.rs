@@ -5,7 +5,7 @@
 //! The hazard is ordering: a read that started before a write may finish
 //! after it and cache the older value, and two concurrent writes to one
 //! counter may finish in the opposite order of how the store applied them.
-//! So writes are tracked (per stripe of counters) with a gateway-wide clock:
+//! So writes are tracked (per stripe of resources) with a gateway-wide clock:
 //! - a finished write updates a cached counter with its value, unless
 //!   another write overlapped it (the order of the two values is not known
 //!   here), in which case the entry is dropped and the next read fetches;
@@ -87,8 +87,8 @@ pub struct ReadCache {
     bounds: Mutex<(Duration, u64)>,
     stripes: Vec<Mutex<Stripe>>,
     /// Picks a resource's stripe. foldhash rather than SipHash: a stripe
-    /// shared by chosen keys only ever means "do not cache" for them, and
-    /// hashing was a measurable part of every write.
+    /// shared by chosen resource ids only ever means "do not cache" for
+    /// them, and hashing was a measurable part of every write.
     hasher: foldhash::fast::RandomState,
     clock: AtomicU64,
 }
@@ -159,8 +159,8 @@ impl ReadCache {
         ReadStamp(self.clock.load(Ordering::SeqCst))
     }
 
-    /// Stores a fetched value unless a write on the counter's stripe is in
-    /// flight or finished since the read started (the value may be older).
+    /// Stores a fetched value unless a write on its resource's stripe is
+    /// in flight or finished since the read started (the value may be older).
     pub fn fill(&self, key: &CounterKey, value: i64, stamp: &ReadStamp) {
         let caches = self.caches.load();
         let Some(caches) = caches.as_ref() else { return };

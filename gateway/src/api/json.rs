@@ -37,7 +37,8 @@ pub fn success_response<T: Serialize>(data: T) -> Response {
             response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
             response
         }
-        // The API's own types always serialize; answered like axum's `Json` would be.
+        // The API's own types always serialize: a failure here is a bug,
+        // answered 500 `internal` in the error envelope (docs/api.md).
         Err(err) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", err.to_string()).into_response(),
     }
 }
