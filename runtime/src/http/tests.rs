@@ -70,3 +70,29 @@ fn each_connection_is_served_on_the_least_busy_worker() {
             .expect("server task");
     });
 }
+
+#[tokio::test]
+async fn stopping_closes_an_idle_keep_alive_connection_at_once() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("address");
+    let router = Router::new().route("/", get(|| async { "{idle}" }));
+    // Timeouts far beyond the test's bound: only the stop signal can close it.
+    let limits =
+        HttpLimits { idle_timeout: Duration::from_secs(600), header_timeout: Duration::from_secs(600), ..limits() };
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server =
+        tokio::spawn(serve_on(listener, vec![Worker::here(router)], limits, ConnMetrics::default(), None, async {
+            let _ = stopped.await;
+        }));
+    let mut conn = TcpStream::connect(addr).await.expect("connect");
+    assert_eq!(which_worker(&mut conn).await, "{idle}", "served, and kept open");
+
+    let _ = stop.send(());
+    let mut rest = [0u8; 64];
+    let read = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut rest)).await;
+    assert_eq!(read.expect("closed by the stop, not left open").expect("read"), 0, "closed without another answer");
+    tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .expect("the server stops once its connections are closed")
+        .expect("server task");
+}
