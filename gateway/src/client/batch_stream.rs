@@ -21,13 +21,14 @@
 //! again. Any other end fails it with the stream's status (a batch refused
 //! as a whole carries the counter's own verdict). A batch that times out
 //! ends its stream: nothing more is sent on it. A counter that does not
-//! serve the stream (an older version) gets unary calls from then on.
+//! serve the stream (an older version) gets unary calls, and a stream is
+//! tried again a minute later (a counter upgraded at the same address).
 
 use std::collections::VecDeque;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::Stream;
 use tally_proto::contract::WriteOutcome;
@@ -117,11 +118,23 @@ pub struct BatchStreams<K: Streamed> {
     /// answered a batch ([`SERVED`]) or was answered `UNIMPLEMENTED` (the
     /// counter predates it: [`NOT_SERVED`]).
     support: AtomicU8,
+    /// While [`NOT_SERVED`]: when (ms after `created`) a stream is tried
+    /// again, `recheck_after` after the last refusal.
+    recheck_at_ms: AtomicU64,
+    recheck_after: Duration,
+    created: Instant,
 }
 
 const UNKNOWN: u8 = 0;
 const SERVED: u8 = 1;
 const NOT_SERVED: u8 = 2;
+
+/// How long an endpoint that refused the stream gets unary calls before a
+/// stream is tried again: a counter upgraded in place (the same address,
+/// e.g. behind a Service name) gets streams back without a gateway restart,
+/// and one still without them costs one refused stream per minute, its
+/// batch resent as a unary call at once.
+const RECHECK_AFTER: Duration = Duration::from_secs(60);
 
 impl<K: Streamed> BatchStreams<K> {
     /// Streams for `workers` workers (at least one); each batch waits at
@@ -131,7 +144,28 @@ impl<K: Streamed> BatchStreams<K> {
             per_worker: (0..workers.max(1)).map(|_| Mutex::new(Vec::new())).collect(),
             timeout,
             support: AtomicU8::new(UNKNOWN),
+            recheck_at_ms: AtomicU64::new(0),
+            recheck_after: RECHECK_AFTER,
+            created: Instant::now(),
         }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.created.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// What is known of the endpoint's support for the stream now: a
+    /// refusal older than `recheck_after` is forgotten (once: the caller
+    /// that forgets it sends the next stream).
+    fn support_now(&self) -> u8 {
+        let support = self.support.load(Ordering::Relaxed);
+        if support == NOT_SERVED
+            && self.now_ms() >= self.recheck_at_ms.load(Ordering::Relaxed)
+            && self.support.compare_exchange(NOT_SERVED, UNKNOWN, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+        {
+            return UNKNOWN;
+        }
+        support
     }
 
     /// Whether the endpoint serves the stream (as far as known).
@@ -156,7 +190,7 @@ impl<K: Streamed> BatchStreams<K> {
         client: impl FnOnce() -> CounterClient,
         request: K::Request,
     ) -> Result<tonic::Response<K::Response>, Status> {
-        let support = self.support.load(Ordering::Relaxed);
+        let support = self.support_now();
         if support == NOT_SERVED {
             return K::unary(client(), request).await;
         }
@@ -164,6 +198,8 @@ impl<K: Streamed> BatchStreams<K> {
         let result = self.call(channel, request).await;
         match (&result, copy) {
             (Err(status), copy) if status.code() == Code::Unimplemented => {
+                let recheck_at = self.now_ms().saturating_add(self.recheck_after.as_millis() as u64);
+                self.recheck_at_ms.store(recheck_at, Ordering::Relaxed);
                 self.support.store(NOT_SERVED, Ordering::Relaxed);
                 if let Some(copy) = copy {
                     return K::unary(client(), copy).await;
@@ -377,7 +413,7 @@ mod tests {
 
     /// An older counter: tonic answers a method it does not serve
     /// `UNIMPLEMENTED`, here a server with only the health service.
-    async fn without_the_stream<K: Streamed>(request: impl Fn() -> K::Request) {
+    async fn older_counter() -> Channel {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("address");
         let incoming = futures_util::stream::unfold(listener, |listener| async move {
@@ -385,8 +421,16 @@ mod tests {
         });
         let (_reporter, health) = tonic_health::server::health_reporter();
         tokio::spawn(tonic::transport::Server::builder().add_service(health).serve_with_incoming(incoming));
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).expect("uri").connect_lazy();
-        let client = || CounterServiceClient::new(crate::client::whole_body::WholeBody(channel.clone()));
+        tonic::transport::Endpoint::from_shared(format!("http://{addr}")).expect("uri").connect_lazy()
+    }
+
+    fn client_on(channel: &Channel) -> CounterClient {
+        CounterServiceClient::new(crate::client::whole_body::WholeBody(channel.clone()))
+    }
+
+    async fn without_the_stream<K: Streamed>(request: impl Fn() -> K::Request) {
+        let channel = older_counter().await;
+        let client = || client_on(&channel);
 
         let streams = BatchStreams::<K>::new(1, Duration::from_secs(5));
         assert!(streams.supported());
@@ -411,6 +455,31 @@ mod tests {
     async fn a_counter_without_the_streams_gets_the_batch_as_a_unary_call_at_once_and_after() {
         without_the_stream::<IncrementBatches>(BatchIncrementRequest::default).await;
         without_the_stream::<ReadBatches>(BatchGetRequest::default).await;
+    }
+
+    #[tokio::test]
+    async fn a_stream_is_tried_again_once_the_recheck_interval_passed() {
+        let channel = older_counter().await;
+        let mut streams = BatchStreams::<IncrementBatches>::new(1, Duration::from_secs(5));
+        streams.recheck_after = Duration::from_secs(3600);
+        let opened = AtomicU64::new(0);
+        let channel_counted = || {
+            opened.fetch_add(1, Ordering::Relaxed);
+            channel.clone()
+        };
+        let send = || streams.send(channel_counted, || client_on(&channel), BatchIncrementRequest::default());
+        assert!(send().await.is_err(), "this counter serves neither the stream nor the unary call");
+        assert!(send().await.is_err());
+        assert_eq!(opened.load(Ordering::Relaxed), 1, "within the interval: unary calls only");
+        // The interval passed: the next batch tries a stream again.
+        streams.recheck_at_ms.store(0, Ordering::Relaxed);
+        assert!(!streams.supported(), "still refused until a stream answers");
+        let Err(status) = send().await else { panic!("not served") };
+        assert_eq!(status.code(), Code::Unimplemented, "resent as a unary call: {status:?}");
+        assert_eq!(opened.load(Ordering::Relaxed), 2, "one stream tried");
+        assert!(!streams.supported(), "refused again: back to unary calls");
+        assert!(send().await.is_err());
+        assert_eq!(opened.load(Ordering::Relaxed), 2, "and no stream until the next interval");
     }
 
     #[test]
