@@ -25,25 +25,13 @@ use super::ClientSettings;
 use super::balance::{self, Candidate, Policy};
 use super::batch_stream::{BatchStreams, IncrementBatches, ReadBatches};
 use super::breaker::{Breaker, BreakerSettings};
+use super::endpoint_spec::{dial_uri, parse_weight, plan_update};
 use super::pool::ChannelPool;
 use super::whole_body::WholeBody;
 
 /// A client of one counter endpoint: its channel, each unary request sent
 /// as one DATA frame ([`WholeBody`]).
 pub type CounterClient = CounterServiceClient<WholeBody<Channel>>;
-
-/// The URI an endpoint is dialled at: with TLS to the counters configured,
-/// every endpoint is TLS (discovery yields `http://` addresses; they are
-/// shown and dialled as `https://`); without it, `https://` cannot work.
-fn dial_uri(uri: &str, tls: bool) -> Result<String, &'static str> {
-    match (uri.strip_prefix("http://"), uri.starts_with("https://"), tls) {
-        (Some(rest), _, true) => Ok(format!("https://{rest}")),
-        (_, true, false) => {
-            Err("https:// endpoints need TALLY_COUNTER_TLS_CA_FILE (the CA the counters' certificates chain to)")
-        }
-        _ => Ok(uri.to_string()),
-    }
-}
 
 /// What a call needs of an endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -405,63 +393,9 @@ impl Backends {
     }
 }
 
-/// How to get from the known endpoints to the wanted ones (indices into
-/// the known list for `keep` and `remove`).
-#[derive(Debug, PartialEq, Eq)]
-struct UpdatePlan<'a> {
-    keep: Vec<usize>,
-    add: Vec<(&'a str, u32)>,
-    remove: Vec<usize>,
-}
-
-fn plan_update<'a>(known: &[(&str, u32)], wanted: &[(&'a str, u32)]) -> UpdatePlan<'a> {
-    let keep: Vec<usize> = (0..known.len()).filter(|&i| wanted.contains(&known[i])).collect();
-    let remove: Vec<usize> = (0..known.len()).filter(|i| !keep.contains(i)).collect();
-    let mut add: Vec<(&'a str, u32)> = Vec::new();
-    for w in wanted {
-        if !known.contains(w) && !add.contains(w) {
-            add.push(*w);
-        }
-    }
-    UpdatePlan { keep, add, remove }
-}
-
-/// `http://h:p;weight=3` → (`http://h:p`, 3); no suffix → weight 1.
-fn parse_weight(spec: &str) -> Result<(&str, u32), BackendError> {
-    match spec.split_once(";weight=") {
-        None => Ok((spec, 1)),
-        Some((uri, weight)) => match weight.parse::<u32>() {
-            Ok(w) if (1..=1000).contains(&w) => Ok((uri, w)),
-            _ => Err(BackendError::InvalidUri {
-                uri: redact::userinfo(spec).into_owned(),
-                reason: "weight must be 1..=1000".into(),
-            }),
-        },
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn endpoints_are_dialled_with_tls_exactly_when_it_is_configured() {
-        assert_eq!(dial_uri("http://10.0.0.1:9001", true).unwrap(), "https://10.0.0.1:9001");
-        assert_eq!(dial_uri("https://c:9001", true).unwrap(), "https://c:9001");
-        assert_eq!(dial_uri("http://c:9001", false).unwrap(), "http://c:9001");
-        assert!(dial_uri("https://c:9001", false).unwrap_err().contains("TALLY_COUNTER_TLS_CA_FILE"));
-    }
-
-    #[test]
-    fn updates_keep_known_endpoints_add_new_and_drop_gone() {
-        let known = [("http://a:1", 1), ("http://b:1", 1), ("http://c:1", 2)];
-        let wanted = [("http://c:1", 2), ("http://d:1", 1), ("http://a:1", 1), ("http://d:1", 1)];
-        let plan = plan_update(&known, &wanted);
-        assert_eq!(plan, UpdatePlan { keep: vec![0, 2], add: vec![("http://d:1", 1)], remove: vec![1] });
-        // A changed weight is a new endpoint.
-        let plan = plan_update(&known, &[("http://a:1", 5)]);
-        assert_eq!(plan, UpdatePlan { keep: vec![], add: vec![("http://a:1", 5)], remove: vec![0, 1, 2] });
-    }
 
     #[tokio::test]
     async fn an_update_keeps_the_state_of_known_endpoints() {
@@ -484,14 +418,6 @@ mod tests {
         assert_eq!(skipped.len(), 2, "{skipped:?}");
         let uris: Vec<String> = backends.all().iter().map(|b| b.uri.clone()).collect();
         assert_eq!(uris, vec!["http://127.0.0.1:1"], "the good entry is applied");
-    }
-
-    #[test]
-    fn weights_in_endpoint_specs() {
-        assert_eq!(parse_weight("http://a:1").unwrap(), ("http://a:1", 1));
-        assert_eq!(parse_weight("http://a:1;weight=7").unwrap(), ("http://a:1", 7));
-        assert!(parse_weight("http://a:1;weight=0").is_err());
-        assert!(parse_weight("http://a:1;weight=x").is_err());
     }
 
     #[tokio::test]

@@ -17,6 +17,7 @@ pub mod breaker;
 mod collapse;
 pub mod discovery;
 pub mod endpoint_metrics;
+mod endpoint_spec;
 pub mod kubernetes;
 pub mod pool;
 pub mod retry;
