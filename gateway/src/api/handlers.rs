@@ -124,7 +124,7 @@ pub async fn increment(
         replayed: applied.replayed,
     });
     if applied.replayed {
-        response.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
+        response.headers_mut().insert(REPLAYED, HeaderValue::from_static("true"));
     }
     Ok(response)
 }
@@ -163,7 +163,9 @@ pub async fn batch_increment(
 
     if batch.is_async {
         let data = Accepted { accepted: ops.len(), is_async: true };
-        return Ok((StatusCode::ACCEPTED, Json(success(data))).into_response());
+        let mut response = success_response(data);
+        *response.status_mut() = StatusCode::ACCEPTED;
+        return Ok(response);
     }
     if response.results.len() != ops.len() {
         let message = format!("counter returned {} results for {} operations", response.results.len(), ops.len());
@@ -326,7 +328,7 @@ pub async fn backends(State(state): State<AppState>) -> impl IntoResponse {
         })
         .collect();
     let policy = state.counter.backends().policy().name();
-    Json(success(json!({ "load_balancing": policy, "endpoints": endpoints })))
+    success_response(json!({ "load_balancing": policy, "endpoints": endpoints }))
 }
 
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {

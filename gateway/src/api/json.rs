@@ -10,6 +10,10 @@ use utoipa::ToSchema;
 
 use super::error::{ApiError, ErrorBody};
 
+/// The header on the answer to a replayed write (the idempotency key was
+/// seen before).
+pub const REPLAYED: &str = "idempotent-replayed";
+
 /// Room for a single counter's answer (about 150–200 bytes): axum's `Json`
 /// starts at 128 bytes and grew its buffer once for nearly every answer.
 const ANSWER_CAPACITY: usize = 256;
@@ -23,12 +27,13 @@ pub struct Success<T> {
     pub data: T,
 }
 
-pub fn success<T>(data: T) -> Success<T> {
+fn success<T>(data: T) -> Success<T> {
     Success { status: "success", data }
 }
 
 /// The 200 answer `{"status":"success","data":…}`, as `Json(success(data))`
-/// would make it, written into a buffer that fits the common answers.
+/// would make it, written into a buffer that fits the common answers: every
+/// success envelope of the API is made here.
 pub fn success_response<T: Serialize>(data: T) -> Response {
     let mut body = Vec::with_capacity(ANSWER_CAPACITY);
     match serde_json::to_writer(&mut body, &success(data)) {

@@ -2,16 +2,15 @@
 //! counter or a whole resource (`GET`), and resetting one counter
 //! (`DELETE`). Which one a path addresses is decided by [`super::path`].
 
-use axum::Json;
 use axum::extract::State;
-use axum::http::Uri;
-use axum::response::{IntoResponse, Response};
+use axum::http::{HeaderValue, Uri};
+use axum::response::Response;
 use tally_proto::v1::{GetResourceRequest, ResetRequest};
 
 use super::ApiError;
 use super::caller::{self, Authenticated};
 use super::handlers::{App, AppState, IdempotencyHeader, get_counter};
-use super::json::{CounterEntry, Reset, ResourceCounters, success, success_response, unix_now};
+use super::json::{CounterEntry, REPLAYED, Reset, ResourceCounters, success_response, unix_now};
 use super::path::{self, Target};
 use crate::auth::{Caller, Scope};
 use crate::cache::Listing;
@@ -95,7 +94,7 @@ pub async fn reset(
     // After a fresh reset the counter is 0; a replay says nothing about now.
     write.finish([result.as_ref().ok().filter(|r| !r.replayed).map(|_| 0)]);
     let reset = result?;
-    let body = Json(success(Reset {
+    let mut response = success_response(Reset {
         resource_id: key.resource_id(),
         counter_type: key.counter_type(),
         previous_value: reset.previous_value,
@@ -103,9 +102,9 @@ pub async fn reset(
         success: true,
         timestamp: unix_now(),
         replayed: reset.replayed,
-    }));
+    });
     if reset.replayed {
-        return Ok(([("idempotent-replayed", "true")], body).into_response());
+        response.headers_mut().insert(REPLAYED, HeaderValue::from_static("true"));
     }
-    Ok(body.into_response())
+    Ok(response)
 }

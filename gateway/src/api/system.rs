@@ -12,7 +12,7 @@ use utoipa::ToSchema;
 
 use super::error::ApiError;
 use super::handlers::AppState;
-use super::json::{success, unix_now};
+use super::json::{success_response, unix_now};
 
 /// The counters, under the name the original listed its service by.
 #[derive(Serialize, ToSchema)]
@@ -77,7 +77,7 @@ pub async fn grpc_pools(State(state): State<AppState>) -> impl IntoResponse {
         load_balancing: backends.policy().name(),
         last_update: backends.changed_at(),
     };
-    Json(success(ByService { counter_service: view }))
+    success_response(ByService { counter_service: view })
 }
 
 /// `GET /api/v1/system/services/health`: 200 while the counters can serve
@@ -100,11 +100,11 @@ pub async fn services_health(State(state): State<AppState>) -> Response {
 
 /// `GET /api/v1/system/metrics/stats`: where the metrics are.
 pub async fn metrics_stats() -> impl IntoResponse {
-    Json(success(MetricsStats {
+    success_response(MetricsStats {
         metrics_enabled: true,
         namespace: "tally_gateway",
         endpoint: "/metrics on the admin port (TALLY_ADMIN_LISTEN)",
-    }))
+    })
 }
 
 /// `GET /api/v1/system/object-pools`: the original reported its Go
