@@ -1,6 +1,8 @@
 //! The gateway's read cache: counter values for `GET` and
-//! batch get, with a TTL and a size bound (moka), kept consistent with the
+//! batch get, with a TTL and a size bound, kept consistent with the
 //! gateway's own writes so a client always reads its own increment.
+//! The entries themselves live in [`expiring::Expiring`] maps (quick_cache,
+//! with an expiry per entry).
 //!
 //! The hazard is ordering: a read that started before a write may finish
 //! after it and cache the older value, and two concurrent writes to one
@@ -13,7 +15,8 @@
 //!   flight and none finished since the read started.
 //!
 //! Values written by *other* gateways become visible when the entry expires
-//! (TTL, 5 s by default).
+//! (TTL, 5 s by default; each entry's lifetime is cut by up to an eighth of
+//! it, so entries filled together do not all expire together).
 //!
 //! The TTL and size change live ([`ReadCache::retune`]): the cache starts
 //! over empty with the new bounds, while the write bookkeeping (kept
@@ -30,8 +33,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
-use moka::sync::Cache;
 use tally_proto::CounterKey;
+use tally_proto::limits::MAX_RESOURCE_COUNTERS;
+
+mod expiring;
+use expiring::Expiring;
 
 /// Write bookkeeping is kept per stripe of resources (hash of the
 /// resource id), not per counter: no allocation or map update per write,
@@ -56,8 +62,8 @@ pub type Listing = Arc<[(String, i64)]>;
 
 /// The cached values, and listings by resource id.
 struct Caches {
-    entries: Cache<CounterKey, i64>,
-    listings: Cache<String, Listing>,
+    entries: Expiring<CounterKey, i64>,
+    listings: Expiring<String, Listing>,
     /// Whether a listing was ever stored here: until then a write has no
     /// listing to drop (most gateways serve no listings at all).
     has_listings: AtomicBool,
@@ -70,13 +76,12 @@ impl Caches {
             return None;
         }
         // A listing holds up to 1,000 counters: weighed by its counters, so
-        // the bound stays one of values held, as for single counters.
-        let listings = Cache::builder()
-            .max_capacity(max_entries)
-            .weigher(|_: &String, listing: &Listing| u32::try_from(listing.len().max(1)).unwrap_or(u32::MAX))
-            .time_to_live(ttl)
-            .build();
-        let entries = Cache::builder().max_capacity(max_entries).time_to_live(ttl).build();
+        // the bound stays one of values held, as for single counters. Few
+        // enough shards that a shard holds the largest listing, where the
+        // size allows it.
+        let listing_shards = usize::try_from(max_entries / MAX_RESOURCE_COUNTERS as u64).unwrap_or(1).clamp(1, 64);
+        let listings = Expiring::new(ttl, max_entries, |listing: &Listing| listing.len() as u64, Some(listing_shards));
+        let entries = Expiring::new(ttl, max_entries, |_| 1, None);
         Some(Caches { entries, listings, has_listings: AtomicBool::new(false) })
     }
 }
@@ -110,7 +115,7 @@ impl ReadCache {
     }
 
     /// New bounds: when they differ from those in force, the cache starts
-    /// over empty with them (moka's bounds are fixed when it is built).
+    /// over empty with them (no entry keeps a lifetime of the old TTL).
     pub fn retune(&self, ttl: Duration, max_entries: u64) {
         let mut bounds = self.bounds.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if *bounds != (ttl, max_entries) {
@@ -210,13 +215,13 @@ impl ReadCache {
         if caches.entries.contains_key(key) {
             match value.filter(|_| !overlapped) {
                 Some(value) => caches.entries.insert(key.clone(), value),
-                None => caches.entries.invalidate(key),
+                None => caches.entries.remove(key),
             }
         }
         // The resource's listing is dropped, not patched: the write may have
         // added a counter type, and the order of overlapping writes is unknown.
         if caches.has_listings.load(Ordering::Acquire) {
-            caches.listings.invalidate(key.resource_id());
+            caches.listings.remove(key.resource_id());
         }
     }
 }
@@ -252,164 +257,4 @@ impl<'c, I: Iterator<Item = &'c CounterKey> + Clone> Drop for WriteGuard<'c, I> 
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn key(r: &str) -> CounterKey {
-        CounterKey::new(r, "likes").unwrap()
-    }
-
-    fn cache() -> ReadCache {
-        ReadCache::new(Duration::from_secs(60), 100)
-    }
-
-    #[test]
-    fn a_write_updates_a_cached_value() {
-        let c = cache();
-        let k = key("a");
-        c.fill(&k, 3, &c.read_stamp());
-        c.write_started([&k]).finish([Some(7)]);
-        assert_eq!(c.get(&k), Some(7));
-    }
-
-    #[test]
-    fn a_write_to_an_uncached_counter_leaves_it_uncached() {
-        let c = cache();
-        let k = key("a");
-        c.write_started([&k]).finish([Some(7)]);
-        assert_eq!(c.get(&k), None, "the next read fetches it");
-    }
-
-    #[test]
-    fn a_read_that_started_before_a_write_does_not_overwrite_it() {
-        let c = cache();
-        let k = key("a");
-        c.fill(&k, 4, &c.read_stamp());
-        let stamp = c.read_stamp(); // a read starts, fetches 5 …
-        c.write_started([&k]).finish([Some(6)]); // … a write finishes with 6 …
-        c.fill(&k, 5, &stamp); // … and the read's 5 arrives late.
-        assert_eq!(c.get(&k), Some(6));
-
-        let fresh = key("b"); // the same when the counter was not cached
-        let stamp = c.read_stamp();
-        c.write_started([&fresh]).finish([Some(1)]);
-        c.fill(&fresh, 0, &stamp);
-        assert_eq!(c.get(&fresh), None);
-    }
-
-    #[test]
-    fn a_read_does_not_fill_while_a_write_is_in_flight() {
-        let c = cache();
-        let k = key("a");
-        let write = c.write_started([&k]);
-        let stamp = c.read_stamp();
-        c.fill(&k, 5, &stamp);
-        assert_eq!(c.get(&k), None);
-        write.finish([Some(6)]);
-        c.fill(&k, 6, &c.read_stamp());
-        assert_eq!(c.get(&k), Some(6));
-    }
-
-    #[test]
-    fn overlapping_writes_leave_the_value_unknown() {
-        let c = cache();
-        let k = key("a");
-        c.fill(&k, 0, &c.read_stamp());
-        let first = c.write_started([&k]);
-        let second = c.write_started([&k]);
-        first.finish([Some(2)]); // the store may have applied this one last …
-        second.finish([Some(1)]);
-        assert_eq!(c.get(&k), None, "… so neither value may be served");
-        let stamp = c.read_stamp();
-        c.fill(&k, 2, &stamp);
-        assert_eq!(c.get(&k), Some(2));
-    }
-
-    #[test]
-    fn writes_to_two_counters_of_one_resource_count_as_overlapping() {
-        let c = cache();
-        let (likes, views) = (key("a"), CounterKey::new("a", "views").unwrap());
-        c.fill(&likes, 1, &c.read_stamp());
-        let other = c.write_started([&views]);
-        c.write_started([&likes]).finish([Some(2)]);
-        assert_eq!(c.get(&likes), None, "one stripe per resource: dropped rather than updated");
-        other.finish([Some(1)]);
-        c.fill(&likes, 2, &c.read_stamp());
-        assert_eq!(c.get(&likes), Some(2), "cached again once the resource has no write in flight");
-    }
-
-    #[test]
-    fn a_failed_write_invalidates() {
-        let c = cache();
-        let k = key("a");
-        c.fill(&k, 3, &c.read_stamp());
-        c.write_started([&k]).finish([None]);
-        assert_eq!(c.get(&k), None);
-    }
-
-    #[test]
-    fn a_cancelled_write_does_not_stop_caching() {
-        let c = cache();
-        let k = key("a");
-        c.fill(&k, 3, &c.read_stamp());
-        drop(c.write_started([&k])); // the request was cancelled mid-write
-        assert_eq!(c.get(&k), None, "its outcome is unknown: the cached value may be stale");
-        c.fill(&k, 4, &c.read_stamp());
-        assert_eq!(c.get(&k), Some(4), "the stripe is no longer marked in flight");
-    }
-
-    #[test]
-    fn a_write_to_any_counter_of_a_resource_drops_its_listing() {
-        let c = cache();
-        let listing: Listing = vec![("likes".to_string(), 3)].into();
-        c.fill_listing("a", listing.clone(), &c.read_stamp());
-        assert_eq!(c.get_listing("a"), Some(listing.clone()));
-        c.write_started([&CounterKey::new("b", "likes").unwrap()]).finish([Some(1)]);
-        assert_eq!(c.get_listing("a"), Some(listing.clone()), "another resource's write");
-        c.write_started([&CounterKey::new("a", "views").unwrap()]).finish([Some(1)]);
-        assert_eq!(c.get_listing("a"), None, "a new counter type of the resource");
-    }
-
-    #[test]
-    fn a_listing_read_across_a_write_is_not_cached() {
-        let c = cache();
-        let listing: Listing = vec![("likes".to_string(), 3)].into();
-        let (k, stamp) = (key("a"), c.read_stamp());
-        let write = c.write_started([&k]);
-        c.fill_listing("a", listing.clone(), &stamp);
-        assert_eq!(c.get_listing("a"), None, "a write is in flight");
-        write.finish([Some(4)]);
-        c.fill_listing("a", listing.clone(), &stamp);
-        assert_eq!(c.get_listing("a"), None, "the read started before the write finished");
-        c.fill_listing("a", listing.clone(), &c.read_stamp());
-        assert_eq!(c.get_listing("a"), Some(listing));
-    }
-
-    #[test]
-    fn zero_ttl_disables_caching() {
-        let c = ReadCache::new(Duration::ZERO, 100);
-        let k = key("a");
-        c.fill(&k, 3, &c.read_stamp());
-        assert_eq!(c.get(&k), None);
-    }
-
-    #[test]
-    fn new_bounds_start_the_cache_over_and_a_write_across_the_change_still_counts() {
-        let c = ReadCache::new(Duration::ZERO, 100);
-        let (k, stamp) = (key("a"), c.read_stamp());
-        let write = c.write_started([&k]);
-        c.retune(Duration::from_secs(60), 100);
-        assert!(c.is_on());
-        c.fill(&k, 3, &stamp);
-        assert_eq!(c.get(&k), None, "a write that started while caching was off is still in flight");
-        write.finish([Some(4)]);
-        c.fill(&k, 4, &c.read_stamp());
-        assert_eq!(c.get(&k), Some(4));
-        c.retune(Duration::from_secs(60), 100);
-        assert_eq!(c.get(&k), Some(4), "unchanged bounds keep the entries");
-        c.retune(Duration::from_secs(30), 100);
-        assert_eq!(c.get(&k), None, "new bounds start over empty");
-        c.retune(Duration::from_secs(30), 0);
-        assert!(!c.is_on(), "size 0 turns caching off");
-    }
-}
+mod tests;
