@@ -4,8 +4,9 @@
 # sees the same machine. On the shared 2-core development machine the speed
 # drifts by ±15 % within minutes (see docs/bench/performance-log.md), more
 # than most single changes; separate runs cannot tell such a change, turns
-# taken minutes apart can. Per run: req/s and server CPU per request of each
-# process (user+sys from /proc, wrk excluded); then the means and B ÷ A.
+# taken minutes apart can. Per run: req/s, p99 and server CPU per request of
+# each process (user+sys from /proc, wrk excluded); then the means, B ÷ A,
+# and in how many rounds each chain's p99 was at or under the reference's.
 #
 #   scripts/bench-ab.sh A_DIR B_DIR
 #     A_DIR, B_DIR: directories holding release tally-counter and tally-gateway
@@ -53,22 +54,22 @@ pids+=("$b_gateway" "$b_counter")
 load() {
   local base="http://127.0.0.1:$1/api/v1/counter"
   case $scenario in
-    get-hot) wrk -t2 -c100 -d"$2s" "$base/bench:hot/likes" ;;
-    get-keys) wrk -t2 -c100 -d"$2s" -s scripts/wrk/get-keys.lua "$base/" ;;
-    *) wrk -t2 -c100 -d"$2s" -s "scripts/wrk/$scenario.lua" "$base/increment" ;;
+    get-hot) wrk -t2 -c100 -d"$2s" --latency "$base/bench:hot/likes" ;;
+    get-keys) wrk -t2 -c100 -d"$2s" --latency -s scripts/wrk/get-keys.lua "$base/" ;;
+    *) wrk -t2 -c100 -d"$2s" --latency -s "scripts/wrk/$scenario.lua" "$base/increment" ;;
   esac
 }
 case $scenario in
   get-*) wrk -t2 -c100 -d5s -s scripts/wrk/keys.lua "http://127.0.0.1:$ref_port/api/v1/counter/increment" >/dev/null ;;
 esac
 
-# run <system> <port> <pids...>: one wrk run; appends system,rps,cpu µs/req of each pid to rows.csv.
+# run <system> <port> <pids...>: one wrk run; appends system,rps,requests,p99,CPU ticks of each pid to rows.csv.
 run() {
   local system=$1 port=$2; shift 2
   local before=() pid i=0 row
   for pid in "$@"; do before+=("$(cpu_ticks "$pid")"); done
   load "$port" "$seconds" >"$work/wrk.txt"
-  row="$system,$(grep -oP 'Requests/sec:\s+\K[\d.]+' "$work/wrk.txt"),$(grep -oP '\d+(?= requests in)' "$work/wrk.txt")"
+  row="$system,$(grep -oP 'Requests/sec:\s+\K[\d.]+' "$work/wrk.txt"),$(grep -oP '\d+(?= requests in)' "$work/wrk.txt"),$(grep -oP '^\s+99%\s+\K\S+' "$work/wrk.txt")"
   for pid in "$@"; do row+=",$(($(cpu_ticks "$pid") - before[i]))"; i=$((i + 1)); done
   echo "$row" >>"$work/rows.csv"
 }
@@ -86,19 +87,32 @@ path, tick_us, scenario, a_dir, b_dir = sys.argv[1], int(sys.argv[2]), sys.argv[
 cache = ", read cache off" if sys.argv[6] == "off" else ""
 what = f"increments ({scenario}.lua)" if not scenario.startswith("get-") else f"reads ({scenario})"
 print(f"# A/B, {what}{cache}, interleaved: A = {a_dir}, B = {b_dir}\n")
-print("| run | system | req/s | server CPU µs/req | per process µs/req |")
-print("|---:|---|---:|---:|---|")
+print("| run | system | req/s | p99 ms | server CPU µs/req | per process µs/req |")
+print("|---:|---|---:|---:|---:|---|")
 totals = defaultdict(list)
+p99s = defaultdict(list)
+
+def ms(text):
+    """wrk's latency (e.g. 870.00us, 6.10ms, 1.02s) in milliseconds."""
+    for unit, scale in (("us", 0.001), ("ms", 1.0), ("s", 1000.0)):
+        if text.endswith(unit):
+            return float(text[: -len(unit)]) * scale
+    raise ValueError(f"unknown latency {text!r}")
+
 for n, line in enumerate(open(path)):
-    system, rps, requests, *ticks = line.strip().split(",")
+    system, rps, requests, p99, *ticks = line.strip().split(",")
+    p99s[system].append(ms(p99))
     per = [int(t) * tick_us / max(int(requests), 1) for t in ticks]
     totals[system].append(sum(per))
     names = ["reference", "Redis"] if system == "reference" else ["gateway", "counter", "Redis"]
     detail = ", ".join(f"{name} {v:.1f}" for name, v in zip(names, per))
-    print(f"| {n // 3 + 1} | {system} | {float(rps):,.0f} | {sum(per):.1f} | {detail} |")
+    print(f"| {n // 3 + 1} | {system} | {float(rps):,.0f} | {ms(p99):.2f} | {sum(per):.1f} | {detail} |")
 mean = {s: sum(v) / len(v) for s, v in totals.items()}
 print()
 for s in ("reference", "A", "B"):
     print(f"- {s}: mean {mean[s]:.1f} µs/req" + ("" if s == "reference" else f" ({mean[s] / mean['reference']:.2f} × the reference)"))
 print(f"- B ÷ A: {mean['B'] / mean['A']:.3f}")
+for s in ("A", "B"):
+    under = sum(c <= r for c, r in zip(p99s[s], p99s["reference"]))
+    print(f"- {s}: p99 at or under the reference's in {under} of {len(p99s[s])} rounds")
 PY
