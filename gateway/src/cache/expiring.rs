@@ -24,6 +24,10 @@ use quick_cache::{Equivalent, OptionsBuilder, Weighter};
 /// The most a lifetime is cut, as a fraction (1 / `SPREAD`) of the TTL.
 const SPREAD: u32 = 8;
 
+/// quick_cache keeps no entry heavier than this share of its shard's
+/// capacity (its default hot allocation).
+pub const MAX_ENTRY_SHARE: f64 = 0.97;
+
 #[derive(Clone)]
 struct Timed<V> {
     value: V,
@@ -50,22 +54,23 @@ pub struct Expiring<K, V> {
 
 impl<K: Eq + Hash, V: Clone> Expiring<K, V> {
     /// Entries live `ttl` at most; their weights (`weigh`, at least 1 each)
-    /// add up to `capacity` at most, an entry heavier than
-    /// `capacity / shards` is not kept. `shards`: `None` for quick_cache's
+    /// add up to `capacity` at most, and an entry heavier than
+    /// [`MAX_ENTRY_SHARE`] of `capacity / shards` is not kept. `shards`: a
+    /// power of two (quick_cache rounds up to one); `None` for quick_cache's
     /// default (four per core), fewer when single entries are heavy.
     pub fn new(ttl: Duration, capacity: u64, weigh: fn(&V) -> u64, shards: Option<usize>) -> Expiring<K, V> {
         let mut options = OptionsBuilder::new();
-        options.estimated_items_capacity(usize::try_from(capacity).unwrap_or(usize::MAX)).weight_capacity(capacity);
+        options
+            .estimated_items_capacity(usize::try_from(capacity).unwrap_or(usize::MAX))
+            .weight_capacity(capacity)
+            .hot_allocation(MAX_ENTRY_SHARE);
         if let Some(shards) = shards {
             options.shards(shards.max(1));
         }
         let map = match options.build() {
-            Ok(options) => Cache::with_options(
-                options,
-                Weigh(weigh),
-                foldhash::fast::RandomState::default(),
-                Default::default(),
-            ),
+            Ok(options) => {
+                Cache::with_options(options, Weigh(weigh), foldhash::fast::RandomState::default(), Default::default())
+            }
             // Unreachable: both capacities are set above.
             Err(_) => Cache::with(0, 0, Weigh(weigh), foldhash::fast::RandomState::default(), Default::default()),
         };
@@ -93,12 +98,20 @@ impl<K: Eq + Hash, V: Clone> Expiring<K, V> {
         None
     }
 
-    /// Whether `key` has an entry, expired or not.
+    /// Whether `key` has an entry that has not expired (without touching
+    /// its standing in the eviction policy).
     pub fn contains_key<Q>(&self, key: &Q) -> bool
     where
         Q: Hash + Equivalent<K> + ?Sized,
     {
-        self.map.contains_key(key)
+        self.contains_key_at(key, Instant::now())
+    }
+
+    fn contains_key_at<Q>(&self, key: &Q, now: Instant) -> bool
+    where
+        Q: Hash + Equivalent<K> + ?Sized,
+    {
+        self.map.peek(key).is_some_and(|timed| now < timed.until)
     }
 
     /// Stores `value`, for this key's lifetime from now.
@@ -165,8 +178,10 @@ mod tests {
         m.insert_at("a".to_string(), 3, now);
         let lifetime = m.lifetime(&"a".to_string());
         assert_eq!(m.get_at("a", now + lifetime - Duration::from_millis(1)), Some(3));
+        assert!(m.contains_key_at("a", now + lifetime - Duration::from_millis(1)));
+        assert!(!m.contains_key_at("a", now + lifetime), "an expired entry does not count as cached");
         assert_eq!(m.get_at("a", now + lifetime), None);
-        assert!(!m.contains_key("a"), "an expired entry found by a read is removed");
+        assert!(m.map.peek("a").is_none(), "an expired entry found by a read is removed");
     }
 
     #[test]

@@ -76,14 +76,27 @@ impl Caches {
             return None;
         }
         // A listing holds up to 1,000 counters: weighed by its counters, so
-        // the bound stays one of values held, as for single counters. Few
-        // enough shards that a shard holds the largest listing, where the
-        // size allows it.
-        let listing_shards = usize::try_from(max_entries / MAX_RESOURCE_COUNTERS as u64).unwrap_or(1).clamp(1, 64);
-        let listings = Expiring::new(ttl, max_entries, |listing: &Listing| listing.len() as u64, Some(listing_shards));
+        // the bound stays one of values held, as for single counters.
+        let listings = Expiring::new(
+            ttl,
+            max_entries,
+            |listing: &Listing| listing.len() as u64,
+            Some(listing_shards(max_entries)),
+        );
         let entries = Expiring::new(ttl, max_entries, |_| 1, None);
         Some(Caches { entries, listings, has_listings: AtomicBool::new(false) })
     }
+}
+
+/// Shards of the listings map: as many as leave each shard room for the
+/// largest listing (an entry heavier than [`expiring::MAX_ENTRY_SHARE`] of
+/// its shard is not kept), up to 64; one when even the whole size has no
+/// such room (the largest listings are then not cached).
+fn listing_shards(max_entries: u64) -> usize {
+    let room = (MAX_RESOURCE_COUNTERS as f64 / expiring::MAX_ENTRY_SHARE).ceil() as u64;
+    let fitting = usize::try_from(max_entries / room).unwrap_or(usize::MAX).clamp(1, 64);
+    // quick_cache rounds a shard count up to a power of two: round down here.
+    1 << fitting.ilog2()
 }
 
 pub struct ReadCache {

@@ -159,3 +159,22 @@ fn new_bounds_start_the_cache_over_and_a_write_across_the_change_still_counts() 
     c.retune(Duration::from_secs(30), 0);
     assert!(!c.is_on(), "size 0 turns caching off");
 }
+
+#[test]
+fn the_largest_listing_is_cached_at_the_default_size() {
+    let c = ReadCache::new(Duration::from_secs(60), 10_000);
+    let listing: Listing = (0..MAX_RESOURCE_COUNTERS).map(|i| (format!("type{i}"), 1)).collect();
+    c.fill_listing("a", listing.clone(), &c.read_stamp());
+    assert_eq!(c.get_listing("a"), Some(listing));
+}
+
+#[test]
+fn listing_shards_leave_room_for_the_largest_listing() {
+    for max_entries in [1, 1_000, 1_031, 2_062, 10_000, 100_000, 100_000_000] {
+        let shards = listing_shards(max_entries);
+        assert!(shards.is_power_of_two() && (1..=64).contains(&shards), "{max_entries}: {shards}");
+        let room = (max_entries / shards as u64) as f64 * expiring::MAX_ENTRY_SHARE;
+        assert!(shards == 1 || room >= MAX_RESOURCE_COUNTERS as f64, "{max_entries}: {shards} shards");
+    }
+    assert_eq!(listing_shards(10_000), 8);
+}
