@@ -67,13 +67,10 @@ impl<K: Eq + Hash, V: Clone> Expiring<K, V> {
         if let Some(shards) = shards {
             options.shards(shards.max(1));
         }
-        let map = match options.build() {
-            Ok(options) => {
-                Cache::with_options(options, Weigh(weigh), foldhash::fast::RandomState::default(), Default::default())
-            }
-            // Unreachable: both capacities are set above.
-            Err(_) => Cache::with(0, 0, Weigh(weigh), foldhash::fast::RandomState::default(), Default::default()),
-        };
+        // `build` fails only when a capacity is unset; both are set above.
+        let options = options.build().expect("both capacities are set");
+        let map =
+            Cache::with_options(options, Weigh(weigh), foldhash::fast::RandomState::default(), Default::default());
         Expiring { map, ttl, spread: foldhash::fast::RandomState::default() }
     }
 
