@@ -1,7 +1,7 @@
 //! Startup and shutdown of the gateway.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tally_runtime::http::{self, HttpLimits};
@@ -11,7 +11,7 @@ use tally_runtime::settings_file::{SettingsError, Source};
 use tally_runtime::telemetry::Caller;
 use tally_runtime::workers::Workers;
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 
 use crate::api::{self, App, AppState, RequestLimits};
 use crate::auth::Auth;
@@ -132,16 +132,13 @@ pub async fn run(config: Config, settings_file: Option<Source>) -> Result<(), St
         let _ = rx.wait_for(|stop| *stop).await;
     };
     // The in-flight cap is the port's, whichever worker a request lands on.
-    let in_flight = Arc::new(Semaphore::new(request_limits.max_in_flight));
+    let in_flight = Arc::new(api::InFlightGate::new(request_limits.max_in_flight));
     let apply = {
         let (counter, cache, in_flight) = (counter.clone(), cache.clone(), in_flight.clone());
-        let cap = Mutex::new(request_limits.max_in_flight);
         move |new: &Config| {
             counter.retune(&new.client());
             cache.retune(Duration::from_millis(new.cache_ttl_ms), new.cache_max_entries);
-            let mut cap = cap.lock().unwrap_or_else(PoisonError::into_inner);
-            tally_runtime::live::resize_semaphore(&in_flight, *cap, new.max_in_flight as usize);
-            *cap = new.max_in_flight as usize;
+            in_flight.set_cap(new.max_in_flight as usize);
             tally_runtime::live::apply_runtime(&new.runtime);
         }
     };

@@ -321,27 +321,6 @@ pub fn start<C: Parser + Send + Sync + 'static>(
     Ok(SettingsView(Arc::new(move || settings.state())))
 }
 
-/// A semaphore's permits changed from `from` to `to` in all: more are
-/// added at once; fewer are taken out as soon as they are free (a cap on
-/// requests in flight lowered under load lets those in flight finish).
-pub fn resize_semaphore(semaphore: &Arc<tokio::sync::Semaphore>, from: usize, to: usize) {
-    if to >= from {
-        semaphore.add_permits(to - from);
-        return;
-    }
-    let excess = from - to;
-    let taken = semaphore.forget_permits(excess);
-    if taken < excess {
-        let semaphore = semaphore.clone();
-        tokio::spawn(async move {
-            let rest = u32::try_from(excess - taken).unwrap_or(u32::MAX);
-            if let Ok(permits) = semaphore.acquire_many_owned(rest).await {
-                permits.forget();
-            }
-        });
-    }
-}
-
 /// Applies the live settings every service shares: the log filter and the
 /// trace sampling ratio (the first two of [`GATEWAY`] and [`COUNTER`]).
 pub fn apply_runtime(args: &crate::rt::RuntimeArgs) {
@@ -397,21 +376,6 @@ mod tests {
     fn both_services_apply_the_shared_settings_live() {
         assert_eq!(GATEWAY[..2], COUNTER[..2]);
         assert_eq!(GATEWAY[..2], ["RUST_LOG", "OTEL_TRACES_SAMPLER_ARG"]);
-    }
-
-    #[tokio::test]
-    async fn a_semaphore_grows_at_once_and_shrinks_as_permits_come_back() {
-        let semaphore = Arc::new(tokio::sync::Semaphore::new(4));
-        let held = semaphore.clone().acquire_many_owned(3).await.expect("open");
-        resize_semaphore(&semaphore, 4, 2);
-        assert_eq!(semaphore.available_permits(), 0, "the free one is taken out at once");
-        tokio::task::yield_now().await; // the task waiting for one more queues up
-        drop(held);
-        let two = semaphore.clone().acquire_many_owned(2).await.expect("open");
-        assert_eq!(semaphore.available_permits(), 0, "two of the three returned went out");
-        drop(two);
-        resize_semaphore(&semaphore, 2, 5);
-        assert_eq!(semaphore.available_permits(), 5);
     }
 
     #[derive(Debug, Parser)]

@@ -7,6 +7,7 @@
 mod body;
 mod caller;
 mod error;
+mod gate;
 mod handlers;
 mod json;
 pub mod openapi;
@@ -25,7 +26,6 @@ use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use futures_util::future::BoxFuture;
-use tokio::sync::Semaphore;
 use tower::Service;
 use tracing::{Instrument, Span};
 
@@ -33,6 +33,7 @@ use crate::metrics::Metrics;
 use crate::spans;
 
 pub use error::ApiError;
+pub use gate::InFlightGate;
 pub use handlers::{App, AppState, MAX_BODY_BYTES};
 
 /// Per-request bounds of the public port.
@@ -45,10 +46,10 @@ pub struct RequestLimits {
 }
 
 /// The public port: the API and the original project's `/api/v1/health`,
-/// routed by [`routes`]. `in_flight` holds `limits.max_in_flight` permits,
-/// shared by every worker serving the port.
-pub fn public_api(state: AppState, limits: RequestLimits, in_flight: Arc<Semaphore>) -> PublicApi {
-    PublicApi(Arc::new(Edge { state, slots: in_flight, limits }))
+/// routed by [`routes`]. `in_flight` admits `limits.max_in_flight`
+/// requests, shared by every worker serving the port.
+pub fn public_api(state: AppState, limits: RequestLimits, in_flight: Arc<InFlightGate>) -> PublicApi {
+    PublicApi(Arc::new(Edge { state, in_flight, limits }))
 }
 
 /// The admin port: probes, metrics and the detailed backend view (pod
@@ -88,7 +89,7 @@ impl Service<Request> for PublicApi {
 /// What every public request passes through.
 struct Edge {
     state: AppState,
-    slots: Arc<Semaphore>,
+    in_flight: Arc<InFlightGate>,
     limits: RequestLimits,
 }
 
@@ -123,7 +124,7 @@ impl Edge {
         let metrics = &self.state.metrics;
         let mut outcome = Outcome { metrics, route, method, span: span.clone(), started: Instant::now(), status: None };
         let response = async {
-            let Ok(_slot) = self.slots.try_acquire() else {
+            let Some(_pass) = self.in_flight.try_enter() else {
                 metrics.shed("in_flight");
                 return ApiError::overloaded("too many requests in flight; retry later").into_response();
             };
