@@ -1,5 +1,6 @@
 //! Prometheus metrics of the gateway (docs/observability.md, "Metrics").
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus_client::collector::Collector;
@@ -15,9 +16,12 @@ use tally_runtime::metrics::{latency_histogram, render, size_histogram};
 type Labels<const N: usize> = [(&'static str, String); N];
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
+mod requests;
+use requests::RequestMetrics;
+
 /// Labels of the per-request HTTP metrics: static strings and a number, so
 /// recording allocates nothing.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
 pub struct HttpLabels {
     pub route: &'static str,
     pub method: &'static str,
@@ -39,10 +43,8 @@ pub struct Metrics {
     pub public_connections: ConnMetrics,
     /// Connections of the admin listener.
     pub admin_connections: ConnMetrics,
-    /// HTTP requests by route, method and status.
-    pub http_requests: Family<HttpLabels, Counter>,
-    /// HTTP latency by route.
-    pub http_duration: HistogramFamily<RouteLabel>,
+    /// HTTP requests by route, method and status, and their latency by route.
+    requests: Arc<RequestMetrics>,
     /// Calls to counters by gRPC method and status code.
     pub upstream_requests: Family<Labels<2>, Counter>,
     /// Latency of calls to counters by gRPC method.
@@ -79,10 +81,8 @@ impl Metrics {
     /// so this module needs to know nothing of it.
     pub fn with_collectors(collectors: Vec<Box<dyn Collector>>) -> Metrics {
         let mut registry = Registry::with_prefix("tally_gateway");
-        let http_requests = Family::default();
-        registry.register("http_requests", "HTTP requests by route, method and status", http_requests.clone());
-        let http_duration: HistogramFamily<RouteLabel> = Family::new_with_constructor(latency_histogram);
-        registry.register("http_request_duration_seconds", "HTTP request latency", http_duration.clone());
+        let requests = Arc::new(RequestMetrics::new());
+        registry.register_collector(Box::new(requests.clone()));
         let upstream_requests = Family::default();
         registry.register("upstream_requests", "gRPC calls to counters by method and code", upstream_requests.clone());
         let upstream_duration: HistogramFamily<Labels<1>> = Family::new_with_constructor(latency_histogram);
@@ -147,8 +147,7 @@ impl Metrics {
             shed,
             public_connections,
             admin_connections,
-            http_requests,
-            http_duration,
+            requests,
             upstream_requests,
             upstream_duration,
             coalesced_operations,
@@ -161,8 +160,7 @@ impl Metrics {
     }
 
     pub fn record_http(&self, route: &'static str, method: &'static str, status: u16, elapsed: Duration) {
-        self.http_requests.get_or_create(&HttpLabels { route, method, status }).inc();
-        self.http_duration.get_or_create(&RouteLabel { route }).observe(elapsed.as_secs_f64());
+        self.requests.record(HttpLabels { route, method, status }, elapsed);
     }
 
     pub fn observe_upstream(&self, method: &'static str, code: tonic::Code, elapsed: Duration) {

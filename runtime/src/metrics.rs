@@ -7,7 +7,12 @@ use prometheus_client::registry::Registry;
 
 /// Latency buckets from 50 µs to ~6.5 s.
 pub fn latency_histogram() -> Histogram {
-    Histogram::new(exponential_buckets(0.00005, 2.0, 18))
+    Histogram::new(latency_buckets())
+}
+
+/// The upper bounds of [`latency_histogram`]'s buckets (without +Inf).
+pub fn latency_buckets() -> impl Iterator<Item = f64> {
+    exponential_buckets(0.00005, 2.0, 18)
 }
 
 /// Size buckets from 1 to 4096 (operations per batch and the like).
