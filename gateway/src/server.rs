@@ -13,7 +13,7 @@ use tally_runtime::workers::Workers;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::api::{self, App, AppState, RequestLimits};
+use crate::api::{self, App, AppState};
 use crate::auth::Auth;
 use crate::cache::ReadCache;
 use crate::client::backends::{BackendError, Backends};
@@ -61,7 +61,10 @@ pub async fn run(config: Config, settings_file: Option<Source>) -> Result<(), St
     settings.workers = workers.handles().to_vec();
     settings.tls = config.upstream_tls()?;
     let endpoint_metrics = EndpointMetrics::default();
-    let metrics = Arc::new(Metrics::with_collectors(vec![Box::new(endpoint_metrics.clone())]));
+    // The in-flight cap is the port's, whichever worker a request lands on.
+    let in_flight = Arc::new(api::InFlightGate::new(config.max_in_flight as usize));
+    let metrics =
+        Arc::new(Metrics::with_collectors(vec![Box::new(endpoint_metrics.clone()), Box::new(in_flight.clone())]));
     let listener_tls = config.tls.load(tally_runtime::tls::ALPN_HTTP)?.map(Arc::new);
     let reload_every = config.tls.reload_interval();
     if let Some(tls) = &listener_tls {
@@ -123,16 +126,11 @@ pub async fn run(config: Config, settings_file: Option<Source>) -> Result<(), St
     let health = tokio::spawn(backends.health_loop(settings.health_interval, settings.connect_timeout));
 
     let limits = HttpLimits::from(&config.http);
-    let request_limits = RequestLimits {
-        max_in_flight: config.max_in_flight as usize,
-        body_timeout: Duration::from_millis(config.http_body_timeout_ms),
-    };
+    let body_timeout = Duration::from_millis(config.http_body_timeout_ms);
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
-    // The in-flight cap is the port's, whichever worker a request lands on.
-    let in_flight = Arc::new(api::InFlightGate::new(request_limits.max_in_flight));
     let apply = {
         let (counter, cache, in_flight) = (counter.clone(), cache.clone(), in_flight.clone());
         move |new: &Config| {
@@ -146,7 +144,7 @@ pub async fn run(config: Config, settings_file: Option<Source>) -> Result<(), St
         tally_runtime::live::start(settings_file, tally_runtime::live::GATEWAY, metrics.settings.clone(), apply)?;
     let public_workers = (workers.handles().iter().zip(&apps))
         .map(|(worker, app)| {
-            http::Worker::on(worker.clone(), api::public_api(app.clone(), request_limits, in_flight.clone()))
+            http::Worker::on(worker.clone(), api::public_api(app.clone(), in_flight.clone(), body_timeout))
         })
         .collect();
     let public_conns = metrics.public_connections.clone();

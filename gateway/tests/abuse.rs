@@ -351,6 +351,9 @@ async fn requests_beyond_the_in_flight_bound_are_shed_with_retry_after() {
     assert_eq!(shed.headers().get("retry-after").and_then(|v| v.to_str().ok()), Some("1"));
     let body: serde_json::Value = shed.json().await.expect("json");
     assert_eq!(body["error"]["code"], "unavailable", "{body}");
+    // The shed probe is done; the holders' bodies never finish.
+    let admin = stack.gateway.admin_base();
+    assert_eq!(metric(&admin, "tally_gateway_http_requests_in_flight", &[]).await, 2.0, "the two holders in flight");
     drop(holders);
     let mut served = false;
     for _ in 0..100 {

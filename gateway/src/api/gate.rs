@@ -6,8 +6,17 @@
 //! every worker, that mutex and the permit count were cache lines moving
 //! between cores on each request. The gate is one counter: entering is a
 //! compare-and-swap, leaving a decrement.
+//!
+//! The count is exported as `tally_gateway_http_requests_in_flight`, read
+//! when scraped (the per-pod metric the operator's docs suggest for
+//! scaling the gateways through prometheus-adapter).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::gauge::ConstGauge;
 
 /// Admits up to `cap` requests at once; the cap changes live.
 #[derive(Debug)]
@@ -57,6 +66,14 @@ impl Drop for Pass<'_> {
     }
 }
 
+impl Collector for InFlightGate {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let help = "Public requests being served now (TALLY_MAX_IN_FLIGHT bounds them)";
+        let gauge = ConstGauge::new(i64::try_from(self.in_flight()).unwrap_or(i64::MAX));
+        gauge.encode(encoder.encode_descriptor("http_requests_in_flight", help, None, MetricType::Gauge)?)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -93,13 +110,16 @@ mod tests {
     #[test]
     fn no_more_than_the_cap_are_ever_admitted_across_threads() {
         let gate = InFlightGate::new(3);
-        let peak = AtomicUsize::new(0);
+        // Counted apart from the gate: a pass handed out uncounted shows here.
+        let (holders, peak) = (AtomicUsize::new(0), AtomicUsize::new(0));
         std::thread::scope(|scope| {
             for _ in 0..4 {
                 scope.spawn(|| {
                     for _ in 0..20_000 {
-                        if let Some(_pass) = gate.try_enter() {
-                            peak.fetch_max(gate.in_flight(), Ordering::Relaxed);
+                        if let Some(pass) = gate.try_enter() {
+                            peak.fetch_max(holders.fetch_add(1, Ordering::AcqRel) + 1, Ordering::AcqRel);
+                            holders.fetch_sub(1, Ordering::AcqRel);
+                            drop(pass);
                         }
                     }
                 });
@@ -108,5 +128,16 @@ mod tests {
         let peak = peak.into_inner();
         assert!((1..=3).contains(&peak), "peak {peak} within the cap");
         assert_eq!(gate.in_flight(), 0, "every pass left");
+    }
+
+    #[test]
+    fn the_count_is_scraped_as_a_gauge() {
+        let gate = std::sync::Arc::new(InFlightGate::new(4));
+        let mut registry = prometheus_client::registry::Registry::with_prefix("tally_gateway");
+        registry.register_collector(Box::new(gate.clone()));
+        let (_one, _two) = (gate.try_enter(), gate.try_enter());
+        let text = tally_runtime::metrics::render(&registry);
+        assert!(text.contains("# TYPE tally_gateway_http_requests_in_flight gauge"), "{text}");
+        assert!(text.contains("\ntally_gateway_http_requests_in_flight 2\n"), "{text}");
     }
 }

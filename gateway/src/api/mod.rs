@@ -36,20 +36,12 @@ pub use error::ApiError;
 pub use gate::InFlightGate;
 pub use handlers::{App, AppState, MAX_BODY_BYTES};
 
-/// Per-request bounds of the public port.
-#[derive(Debug, Clone, Copy)]
-pub struct RequestLimits {
-    /// Requests served at once; more are shed with 503.
-    pub max_in_flight: usize,
-    /// Time for a body to arrive complete.
-    pub body_timeout: Duration,
-}
-
 /// The public port: the API and the original project's `/api/v1/health`,
-/// routed by [`routes`]. `in_flight` admits `limits.max_in_flight`
-/// requests, shared by every worker serving the port.
-pub fn public_api(state: AppState, limits: RequestLimits, in_flight: Arc<InFlightGate>) -> PublicApi {
-    PublicApi(Arc::new(Edge { state, in_flight, limits }))
+/// routed by [`routes`]. `in_flight` is the bound on requests served at
+/// once, shared by every worker serving the port; `body_timeout` the time
+/// a body has to arrive complete.
+pub fn public_api(state: AppState, in_flight: Arc<InFlightGate>, body_timeout: Duration) -> PublicApi {
+    PublicApi(Arc::new(Edge { state, in_flight, body_timeout }))
 }
 
 /// The admin port: probes, metrics and the detailed backend view (pod
@@ -90,7 +82,7 @@ impl Service<Request> for PublicApi {
 struct Edge {
     state: AppState,
     in_flight: Arc<InFlightGate>,
-    limits: RequestLimits,
+    body_timeout: Duration,
 }
 
 impl Edge {
@@ -128,7 +120,7 @@ impl Edge {
                 metrics.shed("in_flight");
                 return ApiError::overloaded("too many requests in flight; retry later").into_response();
             };
-            match body::read(request, self.limits.body_timeout).await {
+            match body::read(request, self.body_timeout).await {
                 Ok(request) => routes::dispatch(target, request, self.state.clone()).await,
                 Err(refused) => refused,
             }
