@@ -4,11 +4,16 @@
 //!
 //! Why not prometheus-client's `Family` of counters and histograms: every
 //! request then takes the family's lock, the histogram's write lock and
-//! bumps counters that both workers share, each a cache line moved between
-//! cores. Measured on the increment path, those shared writes (with the
-//! in-flight bound's, since replaced by [`crate::api`]'s gate) cost about
-//! 2.5 % of the gateway's CPU per request. Here a request touches only its
-//! worker's shard, whose lock no other thread takes except a scrape.
+//! bumps counters that every worker shares, each a cache line moved between
+//! cores. Leaving those out together with the in-flight bound's semaphore
+//! (since replaced by [`crate::api::InFlightGate`]) saved up to 2.7 % of the
+//! server CPU per increment in turns
+//! (docs/bench/ab-2026-11-30-shared-writes-upper-bound.md). Here a request
+//! touches only its worker's shard, whose lock no other thread takes but a
+//! scrape.
+//!
+//! As prometheus-client does for an empty family, a family with no series
+//! yet is not exported.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
@@ -39,7 +44,7 @@ struct Series {
 }
 
 /// One route's latency histogram: per-bucket (not cumulative) counts.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 struct Durations {
     sum: f64,
     count: u64,
@@ -119,6 +124,9 @@ impl Default for RequestMetrics {
 impl Collector for RequestMetrics {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let (requests, durations) = self.totals();
+        if requests.is_empty() {
+            return Ok(()); // nothing recorded, so no durations either
+        }
         let mut family = encoder.encode_descriptor(
             "http_requests",
             "HTTP requests by route, method and status.",

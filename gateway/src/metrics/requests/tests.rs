@@ -14,11 +14,12 @@ const INCREMENT: &str = "/api/v1/counter/increment";
 const GET: &str = "/api/v1/counter/{resource_id}/{counter_type}";
 
 /// What each worker (and the test's own thread) records: the same mix of
-/// routes, statuses and latencies (from 10 µs, below the first bucket, to
-/// 20 s, above the last).
+/// routes, statuses and latencies, from 10 µs (below the first bound) to
+/// 20 s (above the last), two of them exactly on a bound (50 and 100 µs:
+/// a bucket holds what is at or under its bound).
 fn requests() -> Vec<(HttpLabels, Duration)> {
     let mut requests = Vec::new();
-    for (i, micros) in [10, 60, 240, 3_000, 70_000, 900_000, 20_000_000].into_iter().enumerate() {
+    for (i, micros) in [10, 50, 60, 100, 240, 3_000, 70_000, 900_000, 20_000_000].into_iter().enumerate() {
         let status = if i % 3 == 0 { 400 } else { 200 };
         requests.push((HttpLabels { route: INCREMENT, method: "POST", status }, Duration::from_micros(micros)));
         requests.push((HttpLabels { route: GET, method: "GET", status: 200 }, Duration::from_micros(micros * 2)));
@@ -91,19 +92,18 @@ async fn scraped_as_prometheus_client_families_of_every_worker_together() {
         "{sharded}"
     );
     assert!(
-        sharded.contains(r#"http_request_duration_seconds_bucket{le="+Inf",route="/api/v1/counter/increment"} 21"#)
+        sharded.contains(r#"http_request_duration_seconds_bucket{le="+Inf",route="/api/v1/counter/increment"} 27"#)
     );
 }
 
 #[test]
-fn nothing_recorded_exposes_the_two_families_empty() {
-    let mut registry = Registry::default();
-    registry.register_collector(Box::new(RequestMetrics::new()));
-    let text = render(&registry);
-    assert!(
-        text.contains("# HELP http_requests HTTP requests by route, method and status.\n# TYPE http_requests counter"),
-        "{text}"
-    );
-    assert!(text.contains("# TYPE http_request_duration_seconds histogram"), "{text}");
-    assert!(!text.contains("http_requests_total"), "no series yet: {text}");
+fn nothing_recorded_is_exported_as_prometheus_client_exports_empty_families() {
+    let mut sharded = Registry::default();
+    sharded.register_collector(Box::new(RequestMetrics::new()));
+    let mut expected = Registry::default();
+    expected.register("http_requests", "HTTP requests", Family::<HttpLabels, Counter>::default());
+    let durations: Family<RouteLabel, Histogram, fn() -> Histogram> = Family::new_with_constructor(latency_histogram);
+    expected.register("http_request_duration_seconds", "HTTP request latency", durations);
+    assert_eq!(render(&sharded), render(&expected));
+    assert_eq!(render(&sharded), "# EOF\n", "no family without series");
 }
