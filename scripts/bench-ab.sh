@@ -4,9 +4,12 @@
 # sees the same machine. On the shared 2-core development machine the speed
 # drifts by ±15 % within minutes (see docs/bench/performance-log.md), more
 # than most single changes; separate runs cannot tell such a change, turns
-# taken minutes apart can. Per run: req/s, p99 and server CPU per request of
-# each process (user+sys from /proc, wrk excluded); then the means, B ÷ A,
-# and in how many rounds each chain's p99 was at or under the reference's.
+# taken minutes apart can. Per run: req/s, p99, server CPU per request of
+# each process (user+sys from /proc, wrk excluded) and the share of the
+# machine's CPU time left idle (/proc/stat: a chain whose stages wait on
+# each other leaves the cores idle where a CPU-bound one would not); then
+# the means, B ÷ A, and in how many rounds each chain's p99 was at or under
+# the reference's.
 #
 #   scripts/bench-ab.sh A_DIR B_DIR
 #     A_DIR, B_DIR: directories holding release tally-counter and tally-gateway
@@ -63,13 +66,21 @@ case $scenario in
   get-*) wrk -t2 -c100 -d5s -s scripts/wrk/keys.lua "http://127.0.0.1:$ref_port/api/v1/counter/increment" >/dev/null ;;
 esac
 
-# run <system> <port> <pids...>: one wrk run; appends system,rps,requests,p99,CPU ticks of each pid to rows.csv.
+# The machine's idle and total CPU time so far (/proc/stat, all cores, in ticks).
+machine_ticks() {
+  awk '/^cpu /{print $5 + $6, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9}' /proc/stat
+}
+
+# run <system> <port> <pids...>: one wrk run; appends system,rps,requests,p99,idle %,CPU ticks of each pid to rows.csv.
 run() {
   local system=$1 port=$2; shift 2
-  local before=() pid i=0 row
+  local before=() pid i=0 row idle0 total0 idle1 total1
   for pid in "$@"; do before+=("$(cpu_ticks "$pid")"); done
+  read -r idle0 total0 < <(machine_ticks)
   load "$port" "$seconds" >"$work/wrk.txt"
+  read -r idle1 total1 < <(machine_ticks)
   row="$system,$(grep -oP 'Requests/sec:\s+\K[\d.]+' "$work/wrk.txt"),$(grep -oP '\d+(?= requests in)' "$work/wrk.txt"),$(grep -oP '^\s+99%\s+\K\S+' "$work/wrk.txt")"
+  row+=",$((1000 * (idle1 - idle0) / (total1 - total0)))"
   for pid in "$@"; do row+=",$(($(cpu_ticks "$pid") - before[i]))"; i=$((i + 1)); done
   echo "$row" >>"$work/rows.csv"
 }
@@ -87,10 +98,11 @@ path, tick_us, scenario, a_dir, b_dir = sys.argv[1], int(sys.argv[2]), sys.argv[
 cache = ", read cache off" if sys.argv[6] == "off" else ""
 what = f"increments ({scenario}.lua)" if not scenario.startswith("get-") else f"reads ({scenario})"
 print(f"# A/B, {what}{cache}, interleaved: A = {a_dir}, B = {b_dir}\n")
-print("| run | system | req/s | p99 ms | server CPU µs/req | per process µs/req |")
-print("|---:|---|---:|---:|---:|---|")
+print("| run | system | req/s | p99 ms | idle | server CPU µs/req | per process µs/req |")
+print("|---:|---|---:|---:|---:|---:|---|")
 totals = defaultdict(list)
 p99s = defaultdict(list)
+idles = defaultdict(list)
 
 def ms(text):
     """wrk's latency (e.g. 870.00us, 6.10ms, 1.02s) in milliseconds."""
@@ -100,17 +112,19 @@ def ms(text):
     raise ValueError(f"unknown latency {text!r}")
 
 for n, line in enumerate(open(path)):
-    system, rps, requests, p99, *ticks = line.strip().split(",")
+    system, rps, requests, p99, idle, *ticks = line.strip().split(",")
     p99s[system].append(ms(p99))
     per = [int(t) * tick_us / max(int(requests), 1) for t in ticks]
     totals[system].append(sum(per))
     names = ["reference", "Redis"] if system == "reference" else ["gateway", "counter", "Redis"]
     detail = ", ".join(f"{name} {v:.1f}" for name, v in zip(names, per))
-    print(f"| {n // 3 + 1} | {system} | {float(rps):,.0f} | {ms(p99):.2f} | {sum(per):.1f} | {detail} |")
+    idles[system].append(int(idle) / 10)
+    print(f"| {n // 3 + 1} | {system} | {float(rps):,.0f} | {ms(p99):.2f} | {int(idle) / 10:.1f} % | {sum(per):.1f} | {detail} |")
 mean = {s: sum(v) / len(v) for s, v in totals.items()}
 print()
 for s in ("reference", "A", "B"):
-    print(f"- {s}: mean {mean[s]:.1f} µs/req" + ("" if s == "reference" else f" ({mean[s] / mean['reference']:.2f} × the reference)"))
+    idle = sum(idles[s]) / len(idles[s])
+    print(f"- {s}: mean {mean[s]:.1f} µs/req" + ("" if s == "reference" else f" ({mean[s] / mean['reference']:.2f} × the reference)") + f", machine idle {idle:.1f} %")
 print(f"- B ÷ A: {mean['B'] / mean['A']:.3f}")
 for s in ("A", "B"):
     under = sum(c <= r for c, r in zip(p99s[s], p99s["reference"]))
