@@ -48,7 +48,7 @@ impl<K, V> Weighter<K, Timed<V>> for Weigh<V> {
 pub struct Expiring<K, V> {
     map: Cache<K, Timed<V>, Weigh<V>, foldhash::fast::RandomState>,
     ttl: Duration,
-    /// Picks each key's cut of the TTL.
+    /// Picks each key's cut of the TTL: the map's own hasher.
     spread: foldhash::fast::RandomState,
 }
 
@@ -69,9 +69,9 @@ impl<K: Eq + Hash, V: Clone> Expiring<K, V> {
         }
         // `build` fails only when a capacity is unset; both are set above.
         let options = options.build().expect("both capacities are set");
-        let map =
-            Cache::with_options(options, Weigh(weigh), foldhash::fast::RandomState::default(), Default::default());
-        Expiring { map, ttl, spread: foldhash::fast::RandomState::default() }
+        let hasher = foldhash::fast::RandomState::default();
+        let map = Cache::with_options(options, Weigh(weigh), hasher.clone(), Default::default());
+        Expiring { map, ttl, spread: hasher }
     }
 
     /// The value of `key`, unless absent or expired.

@@ -32,23 +32,28 @@ const SHARDS: usize = 17;
 
 type Map<K, V> = HashMap<K, V, foldhash::fast::FixedState>;
 
-/// One worker's series; aligned so two shards never share a cache line.
+/// One worker's series: a latency histogram per route, method and status,
+/// whose count is also that series' `http_requests_total` (one map lookup
+/// per request; the per-route histograms are summed when scraped). Aligned
+/// so two shards never share a cache line.
 #[repr(align(128))]
 #[derive(Default)]
-struct Shard(Mutex<Series>);
+struct Shard(Mutex<Map<HttpLabels, Durations>>);
 
-#[derive(Default)]
-struct Series {
-    requests: Map<HttpLabels, u64>,
-    durations: Map<&'static str, Durations>,
-}
-
-/// One route's latency histogram: per-bucket (not cumulative) counts.
+/// A latency histogram: per-bucket (not cumulative) counts.
 #[derive(Clone, Debug)]
 struct Durations {
     sum: f64,
     count: u64,
     buckets: Vec<u64>,
+}
+
+impl Durations {
+    fn add(&mut self, other: &Durations) {
+        self.sum += other.sum;
+        self.count += other.count;
+        self.buckets.iter_mut().zip(&other.buckets).for_each(|(total, part)| *total += part);
+    }
 }
 
 /// The HTTP request series of one listener (registered as a collector).
@@ -80,9 +85,7 @@ impl RequestMetrics {
         let seconds = elapsed.as_secs_f64();
         let bucket = self.bounds.iter().position(|bound| seconds <= *bound).unwrap_or(self.bounds.len() - 1);
         let mut series = self.shards[shard].0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let route = labels.route;
-        *series.requests.entry(labels).or_default() += 1;
-        let durations = series.durations.entry(route).or_insert_with(|| Durations {
+        let durations = series.entry(labels).or_insert_with(|| Durations {
             sum: 0.0,
             count: 0,
             buckets: vec![0; self.bounds.len()],
@@ -92,26 +95,27 @@ impl RequestMetrics {
         durations.buckets[bucket] += 1;
     }
 
-    /// Every shard's series summed, in label order.
-    fn totals(&self) -> (BTreeMap<HttpLabels, u64>, BTreeMap<&'static str, Durations>) {
-        let (mut requests, mut durations) = (BTreeMap::new(), BTreeMap::<_, Durations>::new());
+    /// Every shard's series summed, in label order: by route, method and
+    /// status, and by route alone.
+    fn totals(&self) -> (BTreeMap<HttpLabels, Durations>, BTreeMap<&'static str, Durations>) {
+        let mut by_labels = BTreeMap::<HttpLabels, Durations>::new();
         for shard in &self.shards {
             let series = shard.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            for (labels, count) in &series.requests {
-                *requests.entry(labels.clone()).or_default() += count;
-            }
-            for (route, part) in &series.durations {
-                match durations.get_mut(route) {
-                    Some(total) => {
-                        total.sum += part.sum;
-                        total.count += part.count;
-                        total.buckets.iter_mut().zip(&part.buckets).for_each(|(total, part)| *total += part);
-                    }
-                    None => drop(durations.insert(*route, part.clone())),
+            for (labels, part) in series.iter() {
+                match by_labels.get_mut(labels) {
+                    Some(total) => total.add(part),
+                    None => drop(by_labels.insert(labels.clone(), part.clone())),
                 }
             }
         }
-        (requests, durations)
+        let mut by_route = BTreeMap::<&'static str, Durations>::new();
+        for (labels, part) in &by_labels {
+            match by_route.get_mut(labels.route) {
+                Some(total) => total.add(part),
+                None => drop(by_route.insert(labels.route, part.clone())),
+            }
+        }
+        (by_labels, by_route)
     }
 }
 
@@ -133,8 +137,8 @@ impl Collector for RequestMetrics {
             None,
             MetricType::Counter,
         )?;
-        for (labels, count) in &requests {
-            family.encode_family(labels)?.encode_counter::<NoLabelSet, _, u64>(count, None)?;
+        for (labels, histogram) in &requests {
+            family.encode_family(labels)?.encode_counter::<NoLabelSet, _, u64>(&histogram.count, None)?;
         }
         let mut family = encoder.encode_descriptor(
             "http_request_duration_seconds",
