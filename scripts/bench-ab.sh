@@ -8,8 +8,9 @@
 # each process (user+sys from /proc, wrk excluded) and the share of the
 # machine's CPU time left idle (/proc/stat: a chain whose stages wait on
 # each other leaves the cores idle where a CPU-bound one would not); then
-# the means, B ÷ A, and in how many rounds each chain's p99 was at or under
-# the reference's.
+# the means, B ÷ A (of the means and per round: how many rounds B was
+# cheaper and faster), and in how many rounds each chain's p99 was at or
+# under the reference's.
 #
 #   scripts/bench-ab.sh A_DIR B_DIR
 #     A_DIR, B_DIR: directories holding release tally-counter and tally-gateway
@@ -103,6 +104,7 @@ print("|---:|---|---:|---:|---:|---:|---|")
 totals = defaultdict(list)
 p99s = defaultdict(list)
 idles = defaultdict(list)
+rates = defaultdict(list)
 
 def ms(text):
     """wrk's latency (e.g. 870.00us, 6.10ms, 1.02s) in milliseconds."""
@@ -114,6 +116,7 @@ def ms(text):
 for n, line in enumerate(open(path)):
     system, rps, requests, p99, idle, *ticks = line.strip().split(",")
     p99s[system].append(ms(p99))
+    rates[system].append(float(rps))
     per = [int(t) * tick_us / max(int(requests), 1) for t in ticks]
     totals[system].append(sum(per))
     names = ["reference", "Redis"] if system == "reference" else ["gateway", "counter", "Redis"]
@@ -126,6 +129,13 @@ for s in ("reference", "A", "B"):
     idle = sum(idles[s]) / len(idles[s])
     print(f"- {s}: mean {mean[s]:.1f} µs/req" + ("" if s == "reference" else f" ({mean[s] / mean['reference']:.2f} × the reference)") + f", machine idle {idle:.1f} %")
 print(f"- B ÷ A: {mean['B'] / mean['A']:.3f}")
+# Per round, each pair of runs minutes apart on the same machine: a change
+# that is real shows in most rounds, not only in the means.
+ratios = sorted(b / a for a, b in zip(totals["A"], totals["B"]))
+cheaper = sum(r < 1 for r in ratios)
+print(f"- B ÷ A per round: median {ratios[len(ratios) // 2]:.3f}, {ratios[0]:.3f}–{ratios[-1]:.3f}; B cheaper in {cheaper} of {len(ratios)} rounds")
+faster = sum(b >= a for a, b in zip(rates["A"], rates["B"]))
+print(f"- B's req/s at or above A's in {faster} of {len(rates['B'])} rounds")
 for s in ("A", "B"):
     under = sum(c <= r for c, r in zip(p99s[s], p99s["reference"]))
     print(f"- {s}: p99 at or under the reference's in {under} of {len(p99s[s])} rounds")
