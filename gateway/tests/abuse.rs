@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Stack, metric, unique};
+use common::{Stack, metric, metric_reaches, unique};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -278,20 +278,13 @@ async fn a_connection_flood_above_the_cap_is_closed_at_once() {
     let rejected = tally_testkit::prometheus::sum(&text, "tally_gateway_http_connections_rejected_total", &["public"])
         .expect("rejected connections metric");
     assert!(rejected >= 200.0, "{rejected}");
-    // Slots come back when connections close.
+    // Slots come back when connections close (seen asynchronously).
     drop(holders);
+    let open = "tally_gateway_http_connections_open";
+    metric_reaches(&stack.gateway.admin_base(), open, &["public"], "the holders closed", |n| n <= 1.0).await;
     let resource = unique("after-flood");
-    let mut served = false;
-    for _ in 0..50 {
-        let response =
-            reqwest::Client::new().post(format!("{}{INC}", stack.http.base)).json(&increment_body(&resource));
-        if response.send().await.is_ok_and(|r| r.status() == 200) {
-            served = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await; // the server sees the closes asynchronously
-    }
-    assert!(served, "new clients are served once the flood is gone");
+    let response = reqwest::Client::new().post(format!("{}{INC}", stack.http.base)).json(&increment_body(&resource));
+    assert_eq!(response.send().await.expect("send").status(), 200, "new clients are served once the flood is gone");
 }
 
 /// Opens a connection whose request (a head and 1 of its 100 body bytes)
@@ -318,53 +311,35 @@ fn answer(stream: &TcpStream) -> Option<String> {
 async fn requests_beyond_the_in_flight_bound_are_shed_with_retry_after() {
     let stack = Stack::start(&[("TALLY_MAX_IN_FLIGHT", "2"), ("TALLY_HTTP_BODY_TIMEOUT_MS", "30000")]);
     let addr = stack.gateway.addr("http");
-    // Two requests whose bodies never finish hold both slots.
-    let mut holders = vec![hold_a_slot(addr).await, hold_a_slot(addr).await];
+    let admin = stack.gateway.admin_base();
+    const IN_FLIGHT: &str = "tally_gateway_http_requests_in_flight";
+    // Two requests whose bodies never finish hold both slots, once the
+    // gateway has read their heads.
+    let holders = vec![hold_a_slot(addr).await, hold_a_slot(addr).await];
+    metric_reaches(&admin, IN_FLIGHT, &[], "the holders' heads read", |n| n == 2.0).await;
+
     let client = reqwest::Client::new();
     let resource = unique("shed");
-    let mut shed = None;
-    let mut seen = std::collections::BTreeMap::new();
-    // Bounded in time, not tries: a loaded CI machine may take a while to
-    // read the holders' heads.
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    while std::time::Instant::now() < deadline {
-        // A probe read before a holder's head takes the slot for a moment
-        // and the holder is shed instead: open that one again.
-        for holder in &mut holders {
-            if let Some(answer) = answer(holder) {
-                assert!(answer.starts_with("HTTP/1.1 503"), "a holder was answered other than shed: {answer:?}");
-                *holder = hold_a_slot(addr).await;
-            }
-        }
-        let response = client.post(format!("{}{INC}", stack.http.base)).json(&increment_body(&resource)).send();
-        let response = response.await.expect("send");
-        if response.status() == 503 {
-            shed = Some(response);
-            break;
-        }
-        *seen.entry(response.status().as_u16()).or_insert(0) += 1;
-        tokio::time::sleep(Duration::from_millis(20)).await; // until the holders' heads were read
-    }
-    let Some(shed) = shed else {
-        panic!("no request shed while two are in flight; statuses seen: {seen:?}");
-    };
+    let shed = client.post(format!("{}{INC}", stack.http.base)).json(&increment_body(&resource)).send();
+    let shed = shed.await.expect("send");
+    assert_eq!(shed.status(), 503, "a third request while two are in flight is shed");
     assert_eq!(shed.headers().get("retry-after").and_then(|v| v.to_str().ok()), Some("1"));
     let body: serde_json::Value = shed.json().await.expect("json");
     assert_eq!(body["error"]["code"], "unavailable", "{body}");
-    // The shed probe is done; the holders' bodies never finish.
-    let admin = stack.gateway.admin_base();
-    assert_eq!(metric(&admin, "tally_gateway_http_requests_in_flight", &[]).await, 2.0, "the two holders in flight");
-    drop(holders);
-    let mut served = false;
-    for _ in 0..100 {
-        let response = client.post(format!("{}{INC}", stack.http.base)).json(&increment_body(&resource)).send();
-        if response.await.is_ok_and(|r| r.status() == 200) {
-            served = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await; // until the server saw the holders leave
+    for holder in &holders {
+        assert_eq!(answer(holder), None, "the holders keep their slots: shedding the third touched neither");
     }
-    assert!(served, "served again once the slots are free");
+    assert_eq!(metric(&admin, IN_FLIGHT, &[]).await, 2.0, "the shed request never counted in flight");
+
+    drop(holders);
+    metric_reaches(&admin, IN_FLIGHT, &[], "the holders gone", |n| n == 0.0).await;
+    let served = client.post(format!("{}{INC}", stack.http.base)).json(&increment_body(&resource)).send();
+    assert_eq!(served.await.expect("send").status(), 200, "served again once the slots are free");
+    assert_eq!(
+        stack.http.value(&resource, "likes").await,
+        1,
+        "only the served increment was applied, not the shed one"
+    );
 }
 
 /// Clients that give up mid-write (every `wrk` run ends that way) must not
@@ -389,15 +364,10 @@ async fn aborted_writes_do_not_disable_the_read_cache() {
     for task in aborted {
         assert!(task.await.expect("task"), "the client gave up before an answer");
     }
-    let mut seen = 0.0;
-    for _ in 0..100 {
-        seen = metric(&admin, "tally_gateway_http_requests_total", &["status=\"499\""]).await;
-        if seen >= 40.0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await; // the gateway sees the closes asynchronously
-    }
-    assert!(seen >= 40.0, "the cancelled requests are recorded as 499: {seen}");
+    // The gateway sees the closes asynchronously.
+    let requests = "tally_gateway_http_requests_total";
+    metric_reaches(&admin, requests, &["status=\"499\""], "the cancelled requests recorded as 499", |n| n >= 40.0)
+        .await;
     stack.counter.signal("-CONT");
 
     // The first read fills the cache, the next ones hit it.

@@ -3,6 +3,7 @@
 #![allow(dead_code)] // each test binary uses a different part
 
 use std::path::Path;
+use std::time::Duration;
 
 use serde_json::Value;
 #[allow(unused_imports)]
@@ -103,4 +104,26 @@ impl Http {
 pub async fn metric(admin: &str, name: &str, filters: &[&str]) -> f64 {
     let text = reqwest::get(format!("{admin}/metrics")).await.expect("scrape").text().await.expect("text");
     tally_testkit::prometheus::sum(&text, name, filters).unwrap_or(0.0)
+}
+
+/// Scrapes the gateway until `metric` satisfies `reached`, and returns it.
+/// The gateway is another process: no event crosses to the test, so it
+/// polls, bounded in time (a loaded CI machine may be slow to get there),
+/// and panics naming `what` and the last value after 15 s.
+pub async fn metric_reaches(
+    admin: &str,
+    name: &str,
+    filters: &[&str],
+    what: &str,
+    reached: impl Fn(f64) -> bool,
+) -> f64 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let value = metric(admin, name, filters).await;
+        if reached(value) {
+            return value;
+        }
+        assert!(std::time::Instant::now() < deadline, "{what}: {name} stayed at {value}");
+        tokio::time::sleep(Duration::from_millis(20)).await; // the next scrape
+    }
 }
