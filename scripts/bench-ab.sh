@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Two builds of the chain, measured interleaved: the reference, chain A and
-# chain B take turns on one Redis for ROUNDS rounds, so every pair of runs
-# sees the same machine. On the shared 2-core development machine the speed
+# chain B take turns on one Redis for ROUNDS rounds (A and B swapping places
+# every other round), so every pair of runs sees the same machine. On the shared 2-core development machine the speed
 # drifts by ±15 % within minutes (see docs/bench/performance-log.md), more
 # than most single changes; separate runs cannot tell such a change, turns
 # taken minutes apart can. Per run: req/s, p99, server CPU per request of
@@ -86,10 +86,21 @@ run() {
   echo "$row" >>"$work/rows.csv"
 }
 for port in "$ref_port" "$a_port" "$b_port"; do load "$port" 2 >/dev/null; done # warm-up
-for _ in $(seq "$rounds"); do
+# A and B swap places every other round (reference, A, B, then reference,
+# B, A): in a fixed order the place in a round carried an offset of its own
+# in some runs, as large as a change (one build as both A and B: B ÷ A
+# 0.952; one build with and without a setting: 0.958 one way round, 0.955
+# the other), which swapping cancels (one build as both: median per round
+# 1.000).
+for round in $(seq "$rounds"); do
   run reference "$ref_port" "$ref_pid" "$redis_pid"
-  run A "$a_port" "$a_gateway" "$a_counter" "$redis_pid"
-  run B "$b_port" "$b_gateway" "$b_counter" "$redis_pid"
+  if [ $((round % 2)) -eq 1 ]; then
+    run A "$a_port" "$a_gateway" "$a_counter" "$redis_pid"
+    run B "$b_port" "$b_gateway" "$b_counter" "$redis_pid"
+  else
+    run B "$b_port" "$b_gateway" "$b_counter" "$redis_pid"
+    run A "$a_port" "$a_gateway" "$a_counter" "$redis_pid"
+  fi
 done
 
 python3 - "$work/rows.csv" "$tick_us" "$scenario" "$a_dir" "$b_dir" "${CACHE:-on}" <<'PY'
