@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Two builds of the chain, measured interleaved: the reference, chain A and
 # chain B take turns on one Redis for ROUNDS rounds (A and B swapping places
-# every other round), so every pair of runs sees the same machine. On the shared 2-core development machine the speed
-# drifts by ±15 % within minutes (see docs/bench/performance-log.md), more
+# every other round), so every pair of runs sees the same machine. On the
+# shared 2-core development machine the speed drifts by ±15 % within minutes (see docs/bench/performance-log.md), more
 # than most single changes; separate runs cannot tell such a change, turns
 # taken minutes apart can. Per run: req/s, p99, server CPU per request of
 # each process (user+sys from /proc, wrk excluded) and the share of the
@@ -90,8 +90,7 @@ for port in "$ref_port" "$a_port" "$b_port"; do load "$port" 2 >/dev/null; done 
 # B, A): in a fixed order the place in a round carried an offset of its own
 # in some runs, as large as a change (one build as both A and B: B ÷ A
 # 0.952; one build with and without a setting: 0.958 one way round, 0.955
-# the other), which swapping cancels (one build as both: median per round
-# 1.000).
+# the other); swapping spreads it over both (one build as both: 0.978).
 for round in $(seq "$rounds"); do
   run reference "$ref_port" "$ref_pid" "$redis_pid"
   if [ $((round % 2)) -eq 1 ]; then
@@ -104,6 +103,7 @@ for round in $(seq "$rounds"); do
 done
 
 python3 - "$work/rows.csv" "$tick_us" "$scenario" "$a_dir" "$b_dir" "${CACHE:-on}" <<'PY'
+import statistics
 import sys
 from collections import defaultdict
 path, tick_us, scenario, a_dir, b_dir = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
@@ -142,9 +142,9 @@ for s in ("reference", "A", "B"):
 print(f"- B ÷ A: {mean['B'] / mean['A']:.3f}")
 # Per round, each pair of runs minutes apart on the same machine: a change
 # that is real shows in most rounds, not only in the means.
-ratios = sorted(b / a for a, b in zip(totals["A"], totals["B"]))
+ratios = [b / a for a, b in zip(totals["A"], totals["B"])]
 cheaper = sum(r < 1 for r in ratios)
-print(f"- B ÷ A per round: median {ratios[len(ratios) // 2]:.3f}, {ratios[0]:.3f}–{ratios[-1]:.3f}; B cheaper in {cheaper} of {len(ratios)} rounds")
+print(f"- B ÷ A per round: median {statistics.median(ratios):.3f}, {min(ratios):.3f}–{max(ratios):.3f}; B cheaper in {cheaper} of {len(ratios)} rounds")
 faster = sum(b >= a for a, b in zip(rates["A"], rates["B"]))
 print(f"- B's req/s at or above A's in {faster} of {len(rates['B'])} rounds")
 for s in ("A", "B"):
