@@ -48,12 +48,13 @@ struct Durations {
     buckets: Vec<u64>,
 }
 
-impl Durations {
-    fn add(&mut self, other: &Durations) {
-        self.sum += other.sum;
-        self.count += other.count;
-        self.buckets.iter_mut().zip(&other.buckets).for_each(|(total, part)| *total += part);
-    }
+/// Adds `part` to the histogram of `key` in `totals`.
+fn sum_into<K: Ord>(totals: &mut BTreeMap<K, Durations>, key: K, part: &Durations) {
+    let total =
+        totals.entry(key).or_insert_with(|| Durations { sum: 0.0, count: 0, buckets: vec![0; part.buckets.len()] });
+    total.sum += part.sum;
+    total.count += part.count;
+    total.buckets.iter_mut().zip(&part.buckets).for_each(|(total, part)| *total += part);
 }
 
 /// The HTTP request series of one listener (registered as a collector).
@@ -98,22 +99,16 @@ impl RequestMetrics {
     /// Every shard's series summed, in label order: by route, method and
     /// status, and by route alone.
     fn totals(&self) -> (BTreeMap<HttpLabels, Durations>, BTreeMap<&'static str, Durations>) {
-        let mut by_labels = BTreeMap::<HttpLabels, Durations>::new();
+        let mut by_labels = BTreeMap::new();
         for shard in &self.shards {
             let series = shard.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             for (labels, part) in series.iter() {
-                match by_labels.get_mut(labels) {
-                    Some(total) => total.add(part),
-                    None => drop(by_labels.insert(labels.clone(), part.clone())),
-                }
+                sum_into(&mut by_labels, labels.clone(), part);
             }
         }
-        let mut by_route = BTreeMap::<&'static str, Durations>::new();
+        let mut by_route = BTreeMap::new();
         for (labels, part) in &by_labels {
-            match by_route.get_mut(labels.route) {
-                Some(total) => total.add(part),
-                None => drop(by_route.insert(labels.route, part.clone())),
-            }
+            sum_into(&mut by_route, labels.route, part);
         }
         (by_labels, by_route)
     }

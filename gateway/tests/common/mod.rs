@@ -3,7 +3,7 @@
 #![allow(dead_code)] // each test binary uses a different part
 
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 #[allow(unused_imports)]
@@ -117,13 +117,13 @@ pub async fn metric_reaches(
     what: &str,
     reached: impl Fn(f64) -> bool,
 ) -> f64 {
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let value = metric(admin, name, filters).await;
         if reached(value) {
             return value;
         }
-        assert!(std::time::Instant::now() < deadline, "{what}: {name} stayed at {value}");
+        assert!(Instant::now() < deadline, "{what}: {name} stayed at {value}");
         tokio::time::sleep(Duration::from_millis(20)).await; // the next scrape
     }
 }
