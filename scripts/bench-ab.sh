@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Two builds of the chain, measured interleaved: the reference, chain A and
-# chain B take turns on one Redis for ROUNDS rounds (A and B swapping places
-# every other round), so every pair of runs sees the same machine. On the
+# chain B take turns on one Redis for ROUNDS rounds (each round in another
+# order of the three), so every pair of runs sees the same machine. On the
 # shared 2-core development machine the speed drifts by ±15 % within minutes (see docs/bench/performance-log.md), more
 # than most single changes; separate runs cannot tell such a change, turns
 # taken minutes apart can. Per run: req/s, p99, server CPU per request of
@@ -9,14 +9,15 @@
 # machine's CPU time left idle (/proc/stat: a chain whose stages wait on
 # each other leaves the cores idle where a CPU-bound one would not); then
 # the means, B ÷ A (of the means and per round: how many rounds B was
-# cheaper and faster), and in how many rounds each chain's p99 was at or
-# under the reference's.
+# cheaper and faster), and for each chain against the reference in the
+# same round (the issue's targets): CPU per request, and in how many
+# rounds its req/s was at or above and its p99 at or under the reference's.
 #
 #   scripts/bench-ab.sh A_DIR B_DIR
 #     A_DIR, B_DIR: directories holding release tally-counter and tally-gateway
 #     (keep a copy of target/release before rebuilding); the reference is
 #     target/release/tally-reference.
-#   ROUNDS=4 SECONDS_PER_RUN=8 SCENARIO=hot|keys (increments, wrk script
+#   ROUNDS=6 (a multiple of six: every order once) SECONDS_PER_RUN=8 SCENARIO=hot|keys (increments, wrk script
 #   scripts/wrk/<SCENARIO>.lua) | get-hot|get-keys (GET of one hot counter
 #   or of 10k counters, after 5 s of 100k-key writes); CACHE=off starts
 #   both gateways with the read cache off (TALLY_CACHE_TTL_MS=0).
@@ -26,7 +27,7 @@ cd "$(dirname "$0")/.."
 
 [ $# -eq 2 ] || { echo "usage: $0 A_DIR B_DIR" >&2; exit 2; }
 a_dir=$1 b_dir=$2
-rounds=${ROUNDS:-4} seconds=${SECONDS_PER_RUN:-8} scenario=${SCENARIO:-hot}
+rounds=${ROUNDS:-6} seconds=${SECONDS_PER_RUN:-8} scenario=${SCENARIO:-hot}
 cache_ttl=5000
 [ "${CACHE:-on}" = off ] && cache_ttl=0
 require_tools redis-server wrk python3
@@ -86,20 +87,23 @@ run() {
   echo "$row" >>"$work/rows.csv"
 }
 for port in "$ref_port" "$a_port" "$b_port"; do load "$port" 2 >/dev/null; done # warm-up
-# A and B swap places every other round (reference, A, B, then reference,
-# B, A): in a fixed order the place in a round carried an offset of its own
-# in some runs, as large as a change (one build as both A and B: B ÷ A
-# 0.952; one build with and without a setting: 0.958 one way round, 0.955
-# the other); swapping spreads it over both (one build as both: 0.978).
+# Every round runs the three in another order, through all six (reference,
+# A, B; reference, B, A; A, B, reference; B, A, reference; A, reference,
+# B; B, reference, A), so in six rounds each takes each place, and follows
+# each other, equally often. In a fixed order the place carried an offset
+# of its own, as large as a change (one build as both A and B: B ÷ A 0.952;
+# one build with and without a setting: 0.958 one way round, 0.955 the
+# other); A and B swapping alone brought one build as both to 0.978, and
+# left the reference always first.
+orders=("reference A B" "reference B A" "A B reference" "B A reference" "A reference B" "B reference A")
 for round in $(seq "$rounds"); do
-  run reference "$ref_port" "$ref_pid" "$redis_pid"
-  if [ $((round % 2)) -eq 1 ]; then
-    run A "$a_port" "$a_gateway" "$a_counter" "$redis_pid"
-    run B "$b_port" "$b_gateway" "$b_counter" "$redis_pid"
-  else
-    run B "$b_port" "$b_gateway" "$b_counter" "$redis_pid"
-    run A "$a_port" "$a_gateway" "$a_counter" "$redis_pid"
-  fi
+  for system in ${orders[$(((round - 1) % 6))]}; do
+    case $system in
+      reference) run reference "$ref_port" "$ref_pid" "$redis_pid" ;;
+      A) run A "$a_port" "$a_gateway" "$a_counter" "$redis_pid" ;;
+      B) run B "$b_port" "$b_gateway" "$b_counter" "$redis_pid" ;;
+    esac
+  done
 done
 
 python3 - "$work/rows.csv" "$tick_us" "$scenario" "$a_dir" "$b_dir" "${CACHE:-on}" <<'PY'
@@ -148,6 +152,12 @@ print(f"- B ÷ A per round: median {statistics.median(ratios):.3f}, {min(ratios)
 faster = sum(b >= a for a, b in zip(rates["A"], rates["B"]))
 print(f"- B's req/s at or above A's in {faster} of {len(rates['B'])} rounds")
 for s in ("A", "B"):
+    cpu = [c / r for c, r in zip(totals[s], totals["reference"])]
+    rate = [c / r for c, r in zip(rates[s], rates["reference"])]
     under = sum(c <= r for c, r in zip(p99s[s], p99s["reference"]))
-    print(f"- {s}: p99 at or under the reference's in {under} of {len(p99s[s])} rounds")
+    print(
+        f"- {s} ÷ the reference per round: CPU median {statistics.median(cpu):.3f}, req/s median"
+        f" {statistics.median(rate):.3f}; req/s at or above the reference's in {sum(r >= 1 for r in rate)} of"
+        f" {len(rate)} rounds, p99 at or under it in {under} of {len(p99s[s])}"
+    )
 PY
