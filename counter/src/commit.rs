@@ -192,20 +192,20 @@ async fn run(
 /// the store, so the values handed out (prefix sums of a summed group, a
 /// reset's value before) all fit one serial order of the operations.
 async fn flush(store: &Store, jobs: Vec<Job>, retention: Duration, metrics: &Metrics) {
-    let ops: Vec<(&Op, bool)> = jobs
-        .iter()
-        .flat_map(|job| {
-            let ordered = job.ops.iter().any(Op::is_ordered);
-            job.ops.iter().map(move |op| (op, ordered))
-        })
-        .collect();
-    let (keyed_at, plain_at): (Vec<usize>, Vec<usize>) = (0..ops.len()).partition(|&i| ops[i].1);
-    let plain: Vec<(&CounterKey, i64)> = plain_at.iter().map(|&i| (&ops[i].0.key, ops[i].0.delta())).collect();
-    let keyed: Vec<KeyedCmd<'_>> =
-        keyed_at.iter().map(|&i| (&ops[i].0.key, ops[i].0.change, ops[i].0.idempotency_key.as_deref())).collect();
+    // A job with any ordered operation goes the ordered way whole.
+    let ordered: Vec<bool> = jobs.iter().map(|job| job.ops.iter().any(Op::is_ordered)).collect();
+    let mut plain: Vec<(&CounterKey, i64)> = Vec::new();
+    let mut keyed: Vec<KeyedCmd<'_>> = Vec::new();
+    for (job, &ordered) in jobs.iter().zip(&ordered) {
+        if ordered {
+            keyed.extend(job.ops.iter().map(|op| (&op.key, op.change, op.idempotency_key.as_deref())));
+        } else {
+            plain.extend(job.ops.iter().map(|op| (&op.key, op.delta())));
+        }
+    }
     let span = if tally_runtime::telemetry::enabled() {
         let members: Vec<Span> = jobs.iter().map(|job| job.span.clone()).collect();
-        spans::group_commit(spans::db_system(store.kind()), &members, ops.len())
+        spans::group_commit(spans::db_system(store.kind()), &members, plain.len() + keyed.len())
     } else {
         Span::none()
     };
@@ -213,6 +213,7 @@ async fn flush(store: &Store, jobs: Vec<Job>, retention: Duration, metrics: &Met
         async { tokio::join!(apply(store, &plain, metrics), apply_keyed(store, &keyed, retention)) }
             .instrument(span.clone())
             .await;
+    drop((plain, keyed));
     let replays = keyed_results.iter().filter(|r| matches!(r, Outcome::Replayed(_))).count();
     metrics.idempotency_replays.inc_by(replays as u64);
     if let Some(Outcome::Failed(err)) =
@@ -220,15 +221,11 @@ async fn flush(store: &Store, jobs: Vec<Job>, retention: Duration, metrics: &Met
     {
         spans::failed(&span, err);
     }
-    // `None` until answered: no placeholder error (and its message) made per operation.
-    let mut results: Vec<Option<Outcome>> = vec![None; ops.len()];
-    for (i, result) in plain_at.into_iter().zip(plain_results).chain(keyed_at.into_iter().zip(keyed_results)) {
-        results[i] = Some(result);
-    }
-    drop(ops);
-    let mut results = results.into_iter().map(|r| r.unwrap_or_else(lost));
-    for job in jobs {
-        let mine: Vec<Outcome> = results.by_ref().take(job.ops.len()).collect();
+    // Each way answers its jobs' operations in the jobs' order.
+    let (mut plain_results, mut keyed_results) = (plain_results.into_iter(), keyed_results.into_iter());
+    for (job, ordered) in jobs.into_iter().zip(ordered) {
+        let results = if ordered { &mut keyed_results } else { &mut plain_results };
+        let mine: Vec<Outcome> = (0..job.ops.len()).map(|_| results.next().unwrap_or_else(lost)).collect();
         // A caller that gave up (cancelled request) no longer listens; its
         // operations were applied all the same, as for any cancelled write.
         let _ = job.reply.send((job.ops, mine));
@@ -247,8 +244,8 @@ pub async fn apply(store: &Store, ops: &[(&CounterKey, i64)], metrics: &Metrics)
     if ops.is_empty() {
         return Vec::new();
     }
-    let groups = plan(ops.iter().copied());
-    let cmds: Vec<(&CounterKey, i64)> = groups.iter().map(|g| (g.key, g.total)).collect();
+    let plan = plan(ops);
+    let cmds: Vec<(&CounterKey, i64)> = plan.groups.iter().map(|g| (g.key, g.total)).collect();
     metrics.commit_ops.observe(ops.len() as f64);
     metrics.commit_commands.observe(cmds.len() as f64);
     let outcomes = timed_incr(store, &cmds, metrics).await;
@@ -257,25 +254,24 @@ pub async fn apply(store: &Store, ops: &[(&CounterKey, i64)], metrics: &Metrics)
     // Members of a summed command that overflowed: retried one by one, so only
     // the operations that really overflow are refused.
     let mut one_by_one: Vec<usize> = Vec::new();
-    for (group, outcome) in groups.iter().zip(outcomes) {
+    for (group, outcome) in plan.groups.iter().zip(outcomes) {
+        let members = plan.members(group);
         match outcome {
             Outcome::Applied(after) => {
                 let before = after.wrapping_sub(group.total); // exact: both ends fit in i64
-                for (index, value) in values_after(before, &group.members) {
-                    results[index] = Some(Outcome::Applied(value));
-                }
+                values_after(before, members, |index, value| results[index] = Some(Outcome::Applied(value)));
             }
-            Outcome::Overflow if group.members.len() > 1 => {
-                one_by_one.extend(group.members.iter().map(|&(index, _)| index));
+            Outcome::Overflow if members.len() > 1 => {
+                one_by_one.extend(members.iter().map(|&(index, _)| index));
             }
-            Outcome::Overflow => results[group.members[0].0] = Some(Outcome::Overflow),
+            Outcome::Overflow => results[members[0].0] = Some(Outcome::Overflow),
             // A summed command carries no idempotency key: never replayed.
             Outcome::Replayed(_) | Outcome::Failed(_) => {
                 let err = match outcome {
                     Outcome::Failed(err) => err,
                     _ => StoreError::Unknown("a plain increment answered as a replay".into()),
                 };
-                for &(index, _) in &group.members {
+                for &(index, _) in members {
                     results[index] = Some(Outcome::Failed(err.clone()));
                 }
             }
