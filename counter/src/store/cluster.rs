@@ -43,6 +43,7 @@ impl ClusterStore {
         let mut builder = ClusterClientBuilder::new(nodes)
             .connection_timeout(options.timeouts.connect)
             .response_timeout(options.timeouts.response)
+            .tcp_settings(super::tcp_settings())
             .retries(0);
         if tls {
             builder = builder.tls(redis::TlsMode::Secure);

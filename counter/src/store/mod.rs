@@ -100,6 +100,17 @@ pub struct StoreOptions {
     pub tls: StoreTls,
 }
 
+/// The socket settings of every connection to Redis: `TCP_NODELAY` on.
+/// redis-rs 1.x leaves Nagle's algorithm on unless told otherwise (Redis
+/// turns it off on its side, as Jedis, Lettuce and go-redis do on theirs).
+/// With it on, a pipeline written while an earlier one is unacknowledged (a
+/// second flush on the connection, or the tail of one too large for a
+/// single write) waits for that acknowledgement, which Redis may hold back
+/// (delayed ACK, up to 40 ms on Linux) while it waits for the rest.
+fn tcp_settings() -> ::redis::io::tcp::TcpSettings {
+    ::redis::io::tcp::TcpSettings::default().set_nodelay(true)
+}
+
 /// TLS material for `rediss://` beyond the system's root certificates, as
 /// read from `TALLY_STORE_TLS_*` (PEM).
 #[derive(Clone, Default)]

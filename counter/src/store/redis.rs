@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Pipeline, RedisResult, Value};
+use redis::{ConnectionInfo, IntoConnectionInfo, Pipeline, RedisResult, Value};
 use tally_proto::CounterKey;
 
 use futures_util::future::join_all;
@@ -25,10 +25,11 @@ impl RedisStore {
     /// certificate is presented when one is given.
     pub fn new(url: &str, options: &StoreOptions) -> Result<RedisStore, StoreError> {
         let timeouts = options.timeouts;
+        let info = connection_info(url)?;
         let client = if !options.tls.is_empty() {
-            redis::Client::build_with_tls(url, options.tls.certificates())
+            redis::Client::build_with_tls(info, options.tls.certificates())
         } else {
-            redis::Client::open(url)
+            redis::Client::open(info)
         }
         .map_err(|e| StoreError::config(format!("{url}: {e}")))?;
         // One reconnect attempt per failed request keeps "Redis is down" fast
@@ -91,6 +92,13 @@ impl RedisStore {
     }
 }
 
+/// Where and how to connect: the URL's address and credentials, with the
+/// store's socket settings ([`super::tcp_settings`]).
+fn connection_info(url: &str) -> Result<ConnectionInfo, StoreError> {
+    let info = url.into_connection_info().map_err(|e| StoreError::config(format!("{url}: {e}")))?;
+    Ok(info.set_tcp_settings(super::tcp_settings()))
+}
+
 /// One `HINCRBY` per command, in order, with per-command errors kept (so one
 /// overflowing counter does not fail its neighbours).
 pub(super) fn incr_pipeline<'a, 'k: 'a>(cmds: impl ExactSizeIterator<Item = &'a Cmd<'k>>) -> Pipeline {
@@ -141,4 +149,24 @@ pub(super) fn outcomes(replies: Vec<RedisResult<i64>>, expected: usize) -> Vec<O
             Err(err) => Outcome::Failed(StoreError::from_redis(&err)),
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connections_turn_nagle_off() {
+        for url in ["redis://127.0.0.1:6379/0", "rediss://:secret@redis.example:6380"] {
+            let info = connection_info(url).expect("valid URL");
+            assert!(info.tcp_settings().nodelay(), "{url}: TCP_NODELAY");
+        }
+    }
+
+    #[test]
+    fn a_bad_url_is_a_configuration_error_without_its_password() {
+        let err = connection_info("redis://:secret@").expect_err("refused");
+        assert!(matches!(err, StoreError::Config(_)), "{err:?}");
+        assert!(!err.to_string().contains("secret"), "{err}");
+    }
 }
