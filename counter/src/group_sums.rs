@@ -54,18 +54,19 @@ pub fn plan<'a>(ops: &[(&'a CounterKey, i64)]) -> Plan<'a> {
     // First pass: each operation's group; a group's range holds its size.
     let mut group_of: Vec<usize> = Vec::with_capacity(ops.len());
     for &(key, delta) in ops {
-        let joined = open.get(key).copied().filter(|&g| match groups[g].total.checked_add(delta) {
-            Some(total) => {
+        // The counter's open group and its sum with this delta, if that fits.
+        let summed = open.get(key).and_then(|&g| Some((g, groups[g].total.checked_add(delta)?)));
+        let g = match summed {
+            Some((g, total)) => {
                 groups[g].total = total;
-                true
+                g
             }
-            None => false,
-        });
-        let g = joined.unwrap_or_else(|| {
-            open.insert(key, groups.len());
-            groups.push(Group { key, total: delta, members: 0..0 });
-            groups.len() - 1
-        });
+            None => {
+                open.insert(key, groups.len());
+                groups.push(Group { key, total: delta, members: 0..0 });
+                groups.len() - 1
+            }
+        };
         groups[g].members.end += 1;
         group_of.push(g);
     }
