@@ -194,7 +194,8 @@ async fn run(
 async fn flush(store: &Store, jobs: Vec<Job>, retention: Duration, metrics: &Metrics) {
     // A job with any ordered operation goes the ordered way whole.
     let ordered: Vec<bool> = jobs.iter().map(|job| job.ops.iter().any(Op::is_ordered)).collect();
-    let mut plain: Vec<(&CounterKey, i64)> = Vec::new();
+    // Sized for every operation: the summed way is the common one.
+    let mut plain: Vec<(&CounterKey, i64)> = Vec::with_capacity(jobs.iter().map(|job| job.ops.len()).sum());
     let mut keyed: Vec<KeyedCmd<'_>> = Vec::new();
     for (job, &ordered) in jobs.iter().zip(&ordered) {
         if ordered {
