@@ -17,7 +17,8 @@
 #     A_DIR, B_DIR: directories holding release tally-counter and tally-gateway
 #     (keep a copy of target/release before rebuilding); the reference is
 #     target/release/tally-reference.
-#   ROUNDS=6 (a multiple of six: every order once) SECONDS_PER_RUN=8 SCENARIO=hot|keys (increments, wrk script
+#   ROUNDS=6 (a multiple of six: every order once) SECONDS_PER_RUN=8
+#   SCENARIO=hot|keys (increments, wrk script
 #   scripts/wrk/<SCENARIO>.lua) | get-hot|get-keys (GET of one hot counter
 #   or of 10k counters, after 5 s of 100k-key writes); CACHE=off starts
 #   both gateways with the read cache off (TALLY_CACHE_TTL_MS=0).
