@@ -5,7 +5,12 @@
 # reads. For each scenario: req/s, p50/p99 and the SERVER CPU PER REQUEST —
 # user+sys from /proc/<pid>/stat of every server process (Redis included,
 # the load generator excluded), the figure to optimise: throughput on a
-# shared 2-core machine is noisy, CPU per request much less so.
+# shared 2-core machine is noisy, CPU per request much less so. The
+# reference and the chain take each scenario in turns, reference, chain,
+# chain, reference, and each is reported over its two runs: the place in
+# the order carried an offset of its own (the reference cost 7–10 % more
+# when it ran first in `make bench-ab`), and a steady drift falls equally
+# on both.
 #
 #   SECONDS_PER_RUN=10 scripts/bench-compare.sh
 set -euo pipefail
@@ -21,7 +26,8 @@ trap kill_started EXIT
 tick_us=$((1000000 / $(getconf CLK_TCK)))
 
 # run_wrk <name> <url> [lua] -- pids...: one wrk run; appends a CSV row
-# name,requests,rps,p50_ms,p99_ms,cpu_us_per_request to $work/rows.csv.
+# name,requests,rps,p50_ms,p99_ms,cpu_us_per_request to $work/rows.csv
+# (the report pools the rows of one name: see `turns`).
 run_wrk() {
   local name=$1 url=$2 script=$3; shift 4
   local before after args=(-t2 -c100 -d"${SECONDS_PER_RUN}s" --latency)
@@ -85,23 +91,34 @@ pids+=("$counter_pid")
 gateway_pid=$(start_gateway "$http_port" "http://127.0.0.1:$grpc_port" "$work/gateway.log")
 pids+=("$gateway_pid")
 chain="http://127.0.0.1:$http_port/api/v1/counter"
-run_wrk reference-inc-hot "$ref/increment" hot.lua -- "$ref_pid" "$redis_pid"
-run_wrk chain-inc-hot "$chain/increment" hot.lua -- "$gateway_pid" "$counter_pid" "$redis_pid"
-run_wrk reference-inc-keys "$ref/increment" keys.lua -- "$ref_pid" "$redis_pid"
-run_wrk chain-inc-keys "$chain/increment" keys.lua -- "$gateway_pid" "$counter_pid" "$redis_pid"
-run_wrk reference-get-hot "$ref/bench:hot/likes" "" -- "$ref_pid" "$redis_pid"
-run_wrk chain-get-hot "$chain/bench:hot/likes" "" -- "$gateway_pid" "$counter_pid" "$redis_pid"
-# The same reads at once on a fresh gateway (started now, nothing written
-# through it), to tell what the write runs left in the gateway from the
-# machine's drift, which a fresh run minutes earlier could not.
+# reference <scenario> <path> [lua] / on_chain <scenario> <path> [lua]: one
+# run of a scenario on the reference or on the chain.
+reference() { run_wrk "reference-$1" "$ref$2" "${3:-}" -- "$ref_pid" "$redis_pid"; }
+on_chain() { run_wrk "chain-$1" "$chain$2" "${3:-}" -- "$gateway_pid" "$counter_pid" "$redis_pid"; }
+# turns <scenario> <path> [lua]: the scenario in turns, reference, chain,
+# chain, reference.
+turns() { reference "$@"; on_chain "$@"; on_chain "$@"; reference "$@"; }
+turns inc-hot /increment hot.lua
+turns inc-keys /increment keys.lua
+# The hot reads also on a fresh gateway (started now, nothing written
+# through it), in turns with the write-worn one, to tell what the write
+# runs left in the gateway from the machine's drift, which a fresh run
+# minutes earlier could not.
 fresh_port=$(free_port)
 fresh_pid=$(start_gateway "$fresh_port" "http://127.0.0.1:$grpc_port" "$work/fresh.log")
 pids+=("$fresh_pid")
-run_wrk chain-get-hot-fresh "http://127.0.0.1:$fresh_port/api/v1/counter/bench:hot/likes" "" -- \
-  "$fresh_pid" "$counter_pid" "$redis_pid"
+fresh() {
+  run_wrk chain-get-hot-fresh "http://127.0.0.1:$fresh_port/api/v1/counter/bench:hot/likes" "" -- \
+    "$fresh_pid" "$counter_pid" "$redis_pid"
+}
+reference get-hot /bench:hot/likes
+on_chain get-hot /bench:hot/likes
+fresh
+fresh
+on_chain get-hot /bench:hot/likes
+reference get-hot /bench:hot/likes
 stop_pids "$fresh_pid"
-run_wrk reference-get-keys "$ref/" get-keys.lua -- "$ref_pid" "$redis_pid"
-run_wrk chain-get-keys "$chain/" get-keys.lua -- "$gateway_pid" "$counter_pid" "$redis_pid"
+turns get-keys / get-keys.lua
 ref_rss=$(peak_rss_mib "$ref_pid")
 stop_pids "$ref_pid"
 # HTTP/2 without TLS (h2c, prior knowledge) to the same gateway.
@@ -167,14 +184,25 @@ mkdir -p bench-results
 report="bench-results/compare-$(date -u +%Y%m%d-%H%M%S).md"
 python3 - "$work/rows.csv" "$SECONDS_PER_RUN" "$ref_rss" "$gateway_rss" "$counter_rss" >"$report" <<'PY'
 import sys
-rows = {}
+runs = {}
 for line in open(sys.argv[1]):
     name, requests, rps, p50, p99, cpu, bad = line.strip().split(",")
-    rows[name] = dict(requests=int(requests), rps=float(rps), p50=float(p50), p99=float(p99), cpu=float(cpu), bad=int(bad))
+    runs.setdefault(name, []).append(
+        dict(requests=int(requests), rps=float(rps), p50=float(p50), p99=float(p99), cpu=float(cpu), bad=int(bad)))
+def pooled(group):
+    """The runs of one name as one: req/s and latencies averaged, CPU per request over every request."""
+    requests = sum(r["requests"] for r in group)
+    mean = lambda field: sum(r[field] for r in group) / len(group)
+    cpu = sum(r["cpu"] * r["requests"] for r in group) / max(requests, 1)
+    return dict(requests=requests, rps=mean("rps"), p50=mean("p50"), p99=mean("p99"), cpu=cpu,
+                bad=sum(r["bad"] for r in group), runs=len(group))
+rows = {name: pooled(group) for name, group in runs.items()}
 seconds, ref_rss, gw_rss, counter_rss = sys.argv[2:]
 print("# Chain vs one-process reference — default settings, same run\n")
 print(f"wrk -t2 -c100 -d{seconds}s --latency on loopback; CPU per request = user+sys of every server process")
-print("(Redis included, wrk excluded) over the run ÷ requests. Lower is better.\n")
+print("(Redis included, wrk excluded) over the run ÷ requests. Lower is better. The first four scenarios ran")
+print("in turns (reference, chain, chain, reference); each of their rows is over its two runs (req/s and")
+print("latencies their mean, CPU over every request of both).\n")
 print("| scenario | system | req/s | p50 ms | p99 ms | server CPU µs/req | chain ÷ reference (CPU) | chain ÷ reference (req/s) | non-2xx |")
 print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
 pairs = [("inc-hot", "increment, one hot key"), ("inc-keys", "increment, 100k keys"), ("get-hot", "GET, one hot key"),
@@ -217,7 +245,7 @@ for name, title, base in [("chain-inc-hot-h2c", "without TLS (h2c, prior knowled
           f"({row['cpu'] / http1['cpu']:.2f} x HTTP/1.1), non-2xx {row['bad']}.")
 fresh, after = rows["chain-get-hot-fresh"], rows["chain-get-hot"]
 print(f"\nGET, one hot key, the gateway after the write runs: {after['rps']:,.0f} req/s, {after['cpu']:.1f} µs/req; "
-      f"a fresh gateway right after it (nothing written through it): {fresh['rps']:,.0f} req/s, "
+      f"a fresh gateway in turns with it (worn, fresh, fresh, worn; nothing written through the fresh one): {fresh['rps']:,.0f} req/s, "
       f"{fresh['cpu']:.1f} µs/req; after ÷ fresh: {after['rps'] / fresh['rps']:.2f} × its req/s.")
 print(f"\nPeak RSS: reference {ref_rss} MiB, gateway {gw_rss} MiB, counter {counter_rss} MiB.")
 PY
