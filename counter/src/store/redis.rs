@@ -31,7 +31,7 @@ impl RedisStore {
         } else {
             redis::Client::open(info)
         }
-        .map_err(|e| StoreError::config(format!("{url}: {e}")))?;
+        .map_err(config_error(url))?;
         // One reconnect attempt per failed request keeps "Redis is down" fast
         // (connection refused → UNAVAILABLE) instead of queueing callers
         // behind a long backoff; the next request tries again.
@@ -40,8 +40,7 @@ impl RedisStore {
             .set_response_timeout(Some(timeouts.response))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(100));
-        let conn = ConnectionManager::new_lazy_with_config(client, config)
-            .map_err(|e| StoreError::config(format!("{url}: {e}")))?;
+        let conn = ConnectionManager::new_lazy_with_config(client, config).map_err(config_error(url))?;
         Ok(RedisStore { conn })
     }
 
@@ -95,8 +94,13 @@ impl RedisStore {
 /// Where and how to connect: the URL's address and credentials, with the
 /// store's socket settings ([`super::tcp_settings`]).
 fn connection_info(url: &str) -> Result<ConnectionInfo, StoreError> {
-    let info = url.into_connection_info().map_err(|e| StoreError::config(format!("{url}: {e}")))?;
+    let info = url.into_connection_info().map_err(config_error(url))?;
     Ok(info.set_tcp_settings(super::tcp_settings()))
+}
+
+/// A configuration error about `url` (its password masked by [`StoreError::config`]).
+fn config_error(url: &str) -> impl Fn(redis::RedisError) -> StoreError + '_ {
+    move |e| StoreError::config(format!("{url}: {e}"))
 }
 
 /// One `HINCRBY` per command, in order, with per-command errors kept (so one
