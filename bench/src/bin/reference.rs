@@ -95,7 +95,21 @@ async fn main() {
     let listener = tokio::net::TcpListener::bind(args.listen).await.unwrap_or_else(|e| panic!("listen: {e}"));
     let addr = listener.local_addr().unwrap_or(args.listen);
     println!("tally-reference listening http={addr}");
-    if let Err(err) = axum::serve(listener, app).await {
+    // SIGTERM (or Ctrl-C) ends it cleanly: a profiling build
+    // (`scripts/release-pgo.sh`) writes its profile only on a normal exit.
+    if let Err(err) = axum::serve(listener, app).with_graceful_shutdown(terminated()).await {
         eprintln!("tally-reference: {err}");
+    }
+}
+
+/// Completes on SIGTERM or Ctrl-C.
+async fn terminated() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(err) => panic!("SIGTERM handler: {err}"),
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
     }
 }
