@@ -3,13 +3,20 @@
 
 CARGO ?= cargo
 
-.PHONY: build release run test lint fmt crd openapi e2e-kind bench bench-counter bench-gateway bench-scale bench-tracing bench-markers bench-compare bench-ab chaos
+.PHONY: build release release-pgo run test lint fmt crd openapi e2e-kind bench bench-counter bench-gateway bench-scale bench-tracing bench-markers bench-compare bench-ab chaos
 
 build:
 	$(CARGO) build --workspace --all-targets
 
 release:
 	$(CARGO) build --release -p tally-counter -p tally-gateway -p tally-bench
+
+## The build that ships (the images use it): the release build optimised
+## with the profile of its own hot paths (PGO), into target/pgo/release/.
+## Two full builds and a short training run on loopback (redis-server, wrk,
+## rustup's llvm-tools); docs/benchmarks.md#profile-guided-build.
+release-pgo:
+	scripts/release-pgo.sh
 
 ## Starts the local stack: a redis-server if one is installed (else the
 ## in-memory store), the counter on :9001 and the gateway on :8080.

@@ -16,7 +16,7 @@
 #   scripts/bench-ab.sh A_DIR B_DIR
 #     A_DIR, B_DIR: directories holding release tally-counter and tally-gateway
 #     (keep a copy of target/release before rebuilding); the reference is
-#     target/release/tally-reference.
+#     target/release/tally-reference, or the binary REFERENCE names.
 #   ROUNDS=6 (a multiple of six: every order once) SECONDS_PER_RUN=8
 #   SCENARIO=hot|keys (increments, wrk script
 #   scripts/wrk/<SCENARIO>.lua) | get-hot|get-keys (GET of one hot counter
@@ -107,14 +107,14 @@ for round in $(seq "$rounds"); do
   done
 done
 
-python3 - "$work/rows.csv" "$tick_us" "$scenario" "$a_dir" "$b_dir" "${CACHE:-on}" <<'PY'
+python3 - "$work/rows.csv" "$tick_us" "$scenario" "$a_dir" "$b_dir" "${CACHE:-on}" "${REFERENCE:-target/release/tally-reference}" <<'PY'
 import statistics
 import sys
 from collections import defaultdict
 path, tick_us, scenario, a_dir, b_dir = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
 cache = ", read cache off" if sys.argv[6] == "off" else ""
 what = f"increments ({scenario}.lua)" if not scenario.startswith("get-") else f"reads ({scenario})"
-print(f"# A/B, {what}{cache}, interleaved: A = {a_dir}, B = {b_dir}\n")
+print(f"# A/B, {what}{cache}, interleaved: A = {a_dir}, B = {b_dir}, reference = {sys.argv[7]}\n")
 print("| run | system | req/s | p99 ms | idle | server CPU µs/req | per process µs/req |")
 print("|---:|---|---:|---:|---:|---:|---|")
 totals = defaultdict(list)

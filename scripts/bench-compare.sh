@@ -12,7 +12,13 @@
 # when it ran first in `make bench-ab`), and a steady drift falls equally
 # on both.
 #
-#   SECONDS_PER_RUN=10 scripts/bench-compare.sh
+# The binaries measured are the build that ships, the profile-guided one
+# (scripts/release-pgo.sh, about 25 minutes on two cores), for the chain
+# and the reference alike; BUILD=plain measures the plain release build
+# (target/release) instead, and BIN_DIR=<dir> the binaries already in
+# <dir> (tally-counter, tally-gateway, tally-reference), building nothing.
+#
+#   SECONDS_PER_RUN=10 BUILD=pgo|plain [BIN_DIR=dir] scripts/bench-compare.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -20,7 +26,13 @@ cd "$(dirname "$0")/.."
 SECONDS_PER_RUN=${SECONDS_PER_RUN:-10}
 require_tools redis-server redis-cli wrk python3 openssl
 
-cargo build --release -q -p tally-counter -p tally-gateway -p tally-bench
+build=${BUILD:-pgo}
+case $build in
+  pgo) [ -n "${BIN_DIR:-}" ] || { scripts/release-pgo.sh; BIN_DIR=target/pgo/release; } ;;
+  plain) [ -n "${BIN_DIR:-}" ] || { cargo build --release -q -p tally-counter -p tally-gateway -p tally-bench; BIN_DIR=target/release; } ;;
+  *) echo "BUILD must be pgo or plain" >&2; exit 2 ;;
+esac
+export BIN_DIR REFERENCE=$BIN_DIR/tally-reference
 work=$(mktemp -d)
 trap kill_started EXIT
 tick_us=$((1000000 / $(getconf CLK_TCK)))
@@ -164,7 +176,7 @@ TALLY_STORE="rediss://127.0.0.1:$tls_redis_port" TALLY_STORE_TLS_CA_FILE="$certs
   TALLY_STORE_TLS_CERT_FILE="$certs/client.crt" TALLY_STORE_TLS_KEY_FILE="$certs/client.key" \
   TALLY_TLS_CERT_FILE="$certs/server.crt" TALLY_TLS_KEY_FILE="$certs/server.key" TALLY_TLS_CLIENT_CA_FILE="$certs/ca.crt" \
   TALLY_LISTEN="127.0.0.1:$tls_grpc_port" TALLY_ADMIN_LISTEN="127.0.0.1:0" \
-  target/release/tally-counter >"$work/counter-tls.log" 2>&1 &
+  "$BIN_DIR/tally-counter" >"$work/counter-tls.log" 2>&1 &
 tls_counter_pid=$!
 pids+=("$tls_counter_pid")
 wait_for_log "$work/counter-tls.log" "tally-counter listening"
@@ -182,7 +194,7 @@ run_h2load chain-inc-hot-h2-tls "https://127.0.0.1:$tls_http_port/api/v1/counter
 
 mkdir -p bench-results
 report="bench-results/compare-$(date -u +%Y%m%d-%H%M%S).md"
-python3 - "$work/rows.csv" "$SECONDS_PER_RUN" "$ref_rss" "$gateway_rss" "$counter_rss" >"$report" <<'PY'
+python3 - "$work/rows.csv" "$SECONDS_PER_RUN" "$ref_rss" "$gateway_rss" "$counter_rss" "$build" >"$report" <<'PY'
 import sys
 runs = {}
 for line in open(sys.argv[1]):
@@ -197,8 +209,10 @@ def pooled(group):
     return dict(requests=requests, rps=mean("rps"), p50=mean("p50"), p99=mean("p99"), cpu=cpu,
                 bad=sum(r["bad"] for r in group), runs=len(group))
 rows = {name: pooled(group) for name, group in runs.items()}
-seconds, ref_rss, gw_rss, counter_rss = sys.argv[2:]
+seconds, ref_rss, gw_rss, counter_rss, build = sys.argv[2:]
 print("# Chain vs one-process reference — default settings, same run\n")
+print("Build: " + ("profile-guided (`scripts/release-pgo.sh`), the chain and the reference alike"
+                   if build == "pgo" else "plain release build (`BUILD=plain`), the chain and the reference alike") + ".\n")
 print(f"wrk -t2 -c100 -d{seconds}s --latency on loopback; CPU per request = user+sys of every server process")
 print("(Redis included, wrk excluded) over the run ÷ requests. Lower is better. The first four scenarios ran")
 print("in turns (reference, chain, chain, reference); each of their rows is over its two runs (req/s and")

@@ -73,11 +73,12 @@ start_counter() {
 }
 
 # Starts the release tally-reference (the one-process service the chain is
-# measured against) on HTTP port $2 in front of Redis port $1, logging to
-# $3; waits until it listens and prints its pid.
+# measured against; $REFERENCE, default target/release/tally-reference) on
+# HTTP port $2 in front of Redis port $1, logging to $3; waits until it
+# listens and prints its pid.
 start_reference() {
   TALLY_REFERENCE_LISTEN="127.0.0.1:$2" TALLY_STORE="redis://127.0.0.1:$1" \
-    target/release/tally-reference >"$3" 2>&1 &
+    "${REFERENCE:-target/release/tally-reference}" >"$3" 2>&1 &
   local pid=$!
   wait_for_log "$3" "tally-reference listening" >&2
   echo "$pid"
