@@ -7,8 +7,11 @@
 #   2. Run them on loopback under the benchmark's loads for a few seconds
 #      each: HTTP increments of one hot key and of 100k keys, GETs of one
 #      counter and of 10k, the chain on a throwaway redis-server (the
-#      reference beside it on the same Redis, under the same loads). Each
-#      process is stopped with SIGTERM and writes its profile as it exits.
+#      reference beside it on the same Redis, under the same loads); then
+#      the chain alone under increments with idempotency keys and batch
+#      increments, so that those paths are not left without a profile.
+#      Each process is stopped with SIGTERM and writes its profile as it
+#      exits.
 #   3. Merge the profiles (`llvm-profdata`, from rustup's `llvm-tools`).
 #   4. Build again with `-Cprofile-use`: the compiler lays out, inlines and
 #      orders branches by what the hot paths did.
@@ -66,6 +69,9 @@ for port in "$http" "$ref_port"; do
   wrk -t2 -c100 -d"${seconds}s" "$base/bench:hot/likes" >/dev/null
   wrk -t2 -c100 -d"${seconds}s" -s scripts/wrk/get-keys.lua "$base/" >/dev/null
 done
+chain="http://127.0.0.1:$http/api/v1/counter"
+wrk -t2 -c100 -d"${seconds}s" -s scripts/wrk/keyed.lua "$chain/increment" >/dev/null
+wrk -t2 -c20 -d"${seconds}s" -s scripts/wrk/batch.lua "$chain/batch-increment" >/dev/null
 stop_pids "$gateway_pid" "$counter_pid" "$ref_pid"
 
 echo "PGO 3/4: merging the profiles" >&2
