@@ -6,9 +6,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Backend, store_url, unique};
+use common::{Backend, RedisCluster, store_url, unique};
 use tally_counter::store::batch::{DEFAULT_MARKER_TTL, new_batch_id};
-use tally_counter::store::{Outcome, Store, StoreOptions, StoreTimeouts};
+use tally_counter::store::{Change, Outcome, Store, StoreOptions, StoreTimeouts, slot_of_resource};
 use tally_proto::CounterKey;
 
 const TIMEOUTS: StoreTimeouts = StoreTimeouts { connect: Duration::from_secs(1), response: Duration::from_secs(2) };
@@ -80,4 +80,67 @@ async fn many_resources_in_one_call(backend: Backend) {
     assert!(outcomes[500..].iter().all(|o| *o == Outcome::Applied(11)));
     assert!(store.get(&keys).await.expect("get").iter().all(|&v| v == 11));
     store.ping().await.expect("ping");
+}
+
+/// A slot half-way through a resharding: a plain increment of two resources
+/// of that slot, one still on the slot's master and one already moved, is
+/// reported as it happened to each — applied for the first, not applied for
+/// the second — and never "not applied" for an increment that was (a
+/// resend would count it twice).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn increments_during_a_slot_migration_report_what_each_did() {
+    let cluster = RedisCluster::start();
+    let store = Store::from_url(&cluster.url(), &options()).expect("store");
+    let stays = unique("stays");
+    let slot = slot_of_resource(&stays);
+    let moves = (0..)
+        .map(|i| format!("{stays}-{i}"))
+        .find(|r| slot_of_resource(r) == slot)
+        .expect("another resource in the slot");
+    let (stays_key, moves_key) = (key(&stays, "views"), key(&moves, "views"));
+    let both = [(&stays_key, 1), (&moves_key, 1)];
+    assert_eq!(store.incr(&both).await, vec![Outcome::Applied(1), Outcome::Applied(1)]);
+
+    let moved_hash = format!("tally:{{{moves}}}");
+    let (source, importing) = cluster.migrate_keys(slot, &[&moved_hash]);
+    let outcomes = store.incr(&both).await;
+    assert_eq!(outcomes[0], Outcome::Applied(2), "the resource still on its node: {outcomes:?}");
+    match &outcomes[1] {
+        Outcome::Failed(err) => assert!(err.is_not_applied(), "redirected, so not applied: {err}"),
+        other => panic!("the moved resource cannot be reached without ASKING: {other:?}"),
+    }
+    // What the store holds agrees with each report.
+    let stays_hash = format!("tally:{{{stays}}}");
+    assert_eq!(source.cli(&["hget", &stays_hash, "views"]), "2");
+
+    // The ordered path: an increment without a key next to one with a key
+    // (whose marker, a second key, is not on the node yet: its script is
+    // refused with TRYAGAIN after the first command ran).
+    let ordered = [(&stays_key, Change::Add(1), None), (&stays_key, Change::Add(1), Some("k1"))];
+    let outcomes = store.apply_ordered(&ordered, Duration::from_secs(60)).await;
+    assert_eq!(source.cli(&["hget", &stays_hash, "views"]), "3", "the unkeyed increment ran");
+    match &outcomes[0] {
+        Outcome::Failed(err) => assert!(!err.is_not_applied(), "applied, so never reported not applied: {err}"),
+        other => panic!("the pipeline failed as a whole: {other:?}"),
+    }
+    match &outcomes[1] {
+        Outcome::Failed(err) => assert!(err.is_not_applied(), "the keyed one did not run: {err}"),
+        other => panic!("the keyed one was refused: {other:?}"),
+    }
+    let mut asking = std::process::Command::new("redis-cli")
+        .args(["-p", &importing.port.to_string()])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("redis-cli");
+    use std::io::Write;
+    asking
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(format!("ASKING\nHGET {moved_hash} views\n").as_bytes())
+        .expect("write");
+    let out = asking.wait_with_output().expect("redis-cli output");
+    let lines: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect();
+    assert_eq!(lines, ["OK", "1"], "the moved resource kept its one increment");
 }

@@ -10,6 +10,7 @@ mod lease;
 mod otlp;
 mod procs;
 pub mod prometheus;
+mod resharding;
 pub mod serial;
 mod settings;
 mod tls;

@@ -1,6 +1,6 @@
-//! Redis Cluster. A batch is split by slot into single-slot pipelines that run
-//! concurrently; redis-rs routes each to the slot's master and follows
-//! topology changes.
+//! Redis Cluster. A batch is split into pipelines that run concurrently, each
+//! on one slot (increments and resets: on one resource, [`by_resource`] says why);
+//! redis-rs routes each to the slot's master and follows topology changes.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,7 +14,7 @@ use redis::{RedisResult, Value};
 use tally_proto::CounterKey;
 
 use super::batch;
-use super::ordered::{each_outcomes, each_pipeline};
+use super::ordered::{each_outcomes, each_pipeline, pipeline_failed};
 use super::redis::{get_pipeline, incr_pipeline, outcomes};
 use super::slot::slot_of_resource;
 use super::{Cmd, KeyedCmd, Listing, Outcome, StoreError, StoreOptions};
@@ -120,7 +120,7 @@ impl ClusterStore {
             Ok(conn) => conn,
             Err(err) => return vec![Outcome::Failed(err); cmds.len()],
         };
-        let groups = by_slot(cmds.iter().map(|(key, _)| *key));
+        let groups = by_resource(cmds.iter().map(|(key, _)| *key));
         let groups: Vec<&[usize]> = groups.values().map(Vec::as_slice).collect();
         let missing = Outcome::Failed(StoreError::Unknown("no reply".into()));
         let outcomes = scatter(&groups, cmds.len(), missing, |_, indices| {
@@ -163,16 +163,17 @@ impl ClusterStore {
             Ok(conn) => conn,
             Err(err) => return vec![Outcome::Failed(err); cmds.len()],
         };
-        let groups = by_slot(cmds.iter().map(|(key, _, _)| *key));
+        let groups = by_resource(cmds.iter().map(|(key, _, _)| *key));
         let groups: Vec<&[usize]> = groups.values().map(Vec::as_slice).collect();
         let missing = Outcome::Failed(StoreError::Unknown("no reply".into()));
         let outcomes = scatter(&groups, cmds.len(), missing, |_, indices| {
             let mut conn = conn.clone();
-            let pipe = each_pipeline(indices.iter().map(|&i| &cmds[i]), retention);
+            let group: Vec<&KeyedCmd<'_>> = indices.iter().map(|&i| &cmds[i]).collect();
+            let pipe = each_pipeline(group.iter().copied(), retention);
             async move {
                 match pipe.query_async::<Vec<RedisResult<Value>>>(&mut conn).await {
-                    Ok(replies) => each_outcomes(indices.iter().map(|&i| &cmds[i]), replies, indices.len()),
-                    Err(err) => vec![Outcome::Failed(StoreError::from_redis(&err)); indices.len()],
+                    Ok(replies) => each_outcomes(group.iter().copied(), replies, group.len()),
+                    Err(err) => pipeline_failed(&group, StoreError::from_redis(&err)),
                 }
             }
         })
@@ -261,9 +262,33 @@ where
 /// Indices of `keys` grouped by cluster slot, order kept within each slot
 /// (so commands on one key still apply in order).
 fn by_slot<'a>(keys: impl Iterator<Item = &'a CounterKey>) -> BTreeMap<u16, Vec<usize>> {
-    let mut groups: BTreeMap<u16, Vec<usize>> = BTreeMap::new();
+    grouped(keys, |key| slot_of_resource(key.resource_id()))
+}
+
+/// Indices of `keys` grouped by resource, that is by Redis key (one hash per
+/// resource), order kept within each.
+///
+/// Why increments and resets go one pipeline per key and not per slot: while a
+/// slot is being migrated its keys move one at a time, so a pipeline over
+/// two keys of one slot can be applied for the key still on the node and
+/// redirected (`ASK`) for the one already moved. redis-rs answers a
+/// redirect anywhere in a pipeline as the error of the whole pipeline, which
+/// would report the applied increment as not applied, and its resend would
+/// count it twice. A key moves whole, between two commands the node runs,
+/// so the pipeline of one key is applied or redirected as a whole. (The
+/// batch scripts of `incr_batch_once` keep one pipeline per slot: a script
+/// runs whole or not at all, and its markers make a resend apply once.)
+fn by_resource<'a>(keys: impl Iterator<Item = &'a CounterKey>) -> BTreeMap<&'a str, Vec<usize>> {
+    grouped(keys, CounterKey::resource_id)
+}
+
+fn grouped<'a, K: Ord>(
+    keys: impl Iterator<Item = &'a CounterKey>,
+    group_of: impl Fn(&'a CounterKey) -> K,
+) -> BTreeMap<K, Vec<usize>> {
+    let mut groups: BTreeMap<K, Vec<usize>> = BTreeMap::new();
     for (i, key) in keys.enumerate() {
-        groups.entry(slot_of_resource(key.resource_id())).or_default().push(i);
+        groups.entry(group_of(key)).or_default().push(i);
     }
     groups
 }
@@ -302,5 +327,19 @@ mod tests {
         let groups = by_slot(keys.iter());
         assert_eq!(groups[&12182], vec![0, 2, 3]);
         assert_eq!(groups[&5061], vec![1]);
+    }
+
+    #[test]
+    fn plain_increments_group_by_resource_even_within_one_slot() {
+        let k = |r: &str| CounterKey::new(r, "likes").unwrap();
+        let same_slot = (0..)
+            .map(|i| format!("r{i}"))
+            .find(|r| r != "foo" && slot_of_resource(r) == slot_of_resource("foo"))
+            .expect("another resource in foo's slot");
+        let keys = [k("foo"), k(&same_slot), k("foo")];
+        assert_eq!(by_slot(keys.iter()).len(), 1, "one slot");
+        let groups = by_resource(keys.iter());
+        assert_eq!(groups["foo"], vec![0, 2]);
+        assert_eq!(groups[same_slot.as_str()], vec![1]);
     }
 }

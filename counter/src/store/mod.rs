@@ -25,6 +25,7 @@ use std::time::Duration;
 use tally_proto::CounterKey;
 
 pub use error::StoreError;
+pub use slot::slot_of_resource;
 
 /// One increment command for a store: add the delta to the counter.
 pub type Cmd<'a> = (&'a CounterKey, i64);

@@ -1,0 +1,69 @@
+//! A Redis Cluster caught half-way through a resharding, as
+//! `redis-cli --cluster reshard` leaves a slot between two `MIGRATE`s: the
+//! slot marked migrating on its master and importing on another, some of
+//! its keys already moved. The node that owns the slot then still serves
+//! the keys it has and redirects (`ASK`) for the others.
+
+use crate::procs::{RedisCluster, RedisServer};
+
+/// One master as `CLUSTER NODES` lists it.
+struct Master {
+    id: String,
+    port: u16,
+    /// Slot ranges, inclusive.
+    slots: Vec<(u16, u16)>,
+}
+
+impl RedisCluster {
+    /// Starts moving `slot` from its master to another one and moves the
+    /// given Redis keys of that slot there (with `MIGRATE`), leaving the
+    /// slot half-migrated. Returns the slot's master and the node importing it.
+    pub fn migrate_keys(&self, slot: u16, keys: &[&str]) -> (&RedisServer, &RedisServer) {
+        let masters = self.masters();
+        let owner = masters
+            .iter()
+            .find(|m| m.slots.iter().any(|&(from, to)| (from..=to).contains(&slot)))
+            .unwrap_or_else(|| panic!("no master serves slot {slot}"));
+        let target = masters.iter().find(|m| m.id != owner.id).expect("a second master");
+        let (source, importing) = (self.node(owner.port), self.node(target.port));
+        let slot = slot.to_string();
+        let reply = importing.cli(&["cluster", "setslot", &slot, "importing", &owner.id]);
+        assert_eq!(reply, "OK", "setslot importing");
+        let reply = source.cli(&["cluster", "setslot", &slot, "migrating", &target.id]);
+        assert_eq!(reply, "OK", "setslot migrating");
+        for key in keys {
+            let reply = source.cli(&["migrate", "127.0.0.1", &target.port.to_string(), key, "0", "5000"]);
+            assert_eq!(reply, "OK", "migrate {key}");
+        }
+        (source, importing)
+    }
+
+    fn node(&self, port: u16) -> &RedisServer {
+        self.nodes.iter().find(|n| n.port == port).expect("a node of this cluster")
+    }
+
+    /// The masters and their slots, from `CLUSTER NODES` (lines of `id
+    /// ip:port@bus flags master ping pong epoch state slot…`).
+    fn masters(&self) -> Vec<Master> {
+        let listing = self.nodes[0].cli(&["cluster", "nodes"]);
+        listing
+            .lines()
+            .filter_map(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                if fields.len() < 8 || !fields[2].contains("master") {
+                    return None;
+                }
+                let port = fields[1].split('@').next()?.rsplit(':').next()?.parse().ok()?;
+                let slots = fields[8..]
+                    .iter()
+                    .filter(|s| !s.starts_with('['))
+                    .filter_map(|range| match range.split_once('-') {
+                        Some((from, to)) => Some((from.parse().ok()?, to.parse().ok()?)),
+                        None => range.parse().ok().map(|slot| (slot, slot)),
+                    })
+                    .collect();
+                Some(Master { id: fields[0].to_string(), port, slots })
+            })
+            .collect()
+    }
+}
