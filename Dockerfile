@@ -4,8 +4,8 @@
 #   docker build --build-arg BIN=tally-operator -t tally-operator .
 # Built with the pinned toolchain; the counter and the gateway are the
 # profile-guided build (scripts/release-pgo.sh: trained on loopback under
-# the benchmark's loads, which is why the build stage has redis-server and
-# wrk), the operator a plain release build. The runtime image is distroless
+# the benchmark's loads, which is why the build stage has redis-server,
+# wrk, h2load and openssl), the operator a plain release build. The runtime image is distroless
 # and runs as a non-root user with nothing but the binary (no shell, no
 # package manager).
 # (Not built on the development machines: they have no Docker engine.)
@@ -13,7 +13,7 @@
 FROM rust:1.95-bookworm AS build
 ARG BIN
 RUN apt-get update \
- && apt-get install -y --no-install-recommends redis-server wrk python3 \
+ && apt-get install -y --no-install-recommends redis-server redis-tools wrk nghttp2-client openssl python3 \
  && rm -rf /var/lib/apt/lists/* \
  && rustup component add llvm-tools
 WORKDIR /src

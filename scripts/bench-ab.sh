@@ -22,6 +22,12 @@
 #   scripts/wrk/<SCENARIO>.lua) | get-hot|get-keys (GET of one hot counter
 #   or of 10k counters, after 5 s of 100k-key writes); CACHE=off starts
 #   both gateways with the read cache off (TALLY_CACHE_TTL_MS=0).
+#   TLS=on: both chains with TLS on every hop (HTTPS, mutual TLS to the
+#   counter, TLS to Redis), each on its own TLS redis-server;
+#   STORE=cluster: both counters on one Redis Cluster of three masters.
+#   The reference stays on plain HTTP and one plain Redis either way: its
+#   rows are then a yardstick of the machine's drift, not a like-for-like
+#   comparison.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -31,7 +37,7 @@ a_dir=$1 b_dir=$2
 rounds=${ROUNDS:-6} seconds=${SECONDS_PER_RUN:-8} scenario=${SCENARIO:-hot}
 cache_ttl=5000
 [ "${CACHE:-on}" = off ] && cache_ttl=0
-require_tools redis-server wrk python3
+require_tools redis-server redis-cli wrk python3 openssl
 work=$(mktemp -d)
 trap kill_started EXIT
 tick_us=$((1000000 / $(getconf CLK_TCK)))
@@ -43,22 +49,48 @@ ref_port=$(free_port)
 ref_pid=$(start_reference "$redis_port" "$ref_port" "$work/reference.log")
 pids+=("$ref_pid")
 
-# chain <name> <dir>: starts a counter and a gateway from <dir>; prints "http_port gateway_pid counter_pid".
-chain() {
-  local grpc admin http counter gateway
-  grpc=$(free_port); admin=$(free_port); http=$(free_port)
-  counter=$(BIN_DIR=$2 start_counter "$redis_port" "$grpc" "$admin" "$work/counter-$1.log")
-  gateway=$(BIN_DIR=$2 TALLY_CACHE_TTL_MS=$cache_ttl start_gateway "$http" "http://127.0.0.1:$grpc" "$work/gateway-$1.log")
-  echo "$http $gateway $counter"
-}
-read -r a_port a_gateway a_counter < <(chain a "$a_dir")
-pids+=("$a_gateway" "$a_counter")
-read -r b_port b_gateway b_counter < <(chain b "$b_dir")
-pids+=("$b_gateway" "$b_counter")
+# The chains' store: the reference's Redis, a Redis Cluster, or (TLS=on)
+# a TLS redis-server per chain. chain_store_pids: the store's pids, comma-
+# separated (their CPU is one column of the report).
+store=$redis_port chain_scheme=http
+case ${STORE:-redis} in
+  redis) ;;
+  cluster)
+    read -r store cluster_pids < <(start_redis_cluster "$work/cluster")
+    read -ra cluster_pids <<<"$cluster_pids"
+    pids+=("${cluster_pids[@]}")
+    ;;
+  *) echo "STORE must be redis or cluster" >&2; exit 2 ;;
+esac
+[ "${TLS:-off}" = on ] && { make_test_certs "$work/certs"; chain_scheme=https; }
 
-# load <port> <seconds>: the scenario's wrk run on the chain or reference at <port>.
+# chain <name> <dir>: starts a counter and a gateway from <dir>; prints
+# "http_port gateway_pid counter_pid store_pids".
+chain() {
+  local grpc admin http counter gateway tls_port tls_redis
+  if [ "${TLS:-off}" = on ]; then
+    tls_port=$(free_port)
+    tls_redis=$(start_tls_redis "$work/certs" "$tls_port" "$work/redis-tls-$1.log")
+    read -r http gateway counter < <(BIN_DIR=$2 TALLY_CACHE_TTL_MS=$cache_ttl \
+      start_tls_chain "$work/certs" "$tls_port" "$work/tls-$1")
+    echo "$http $gateway $counter $tls_redis"
+    return
+  fi
+  grpc=$(free_port); admin=$(free_port); http=$(free_port)
+  counter=$(BIN_DIR=$2 start_counter "$store" "$grpc" "$admin" "$work/counter-$1.log")
+  gateway=$(BIN_DIR=$2 TALLY_CACHE_TTL_MS=$cache_ttl start_gateway "$http" "http://127.0.0.1:$grpc" "$work/gateway-$1.log")
+  local store_pids=$redis_pid
+  [ "${STORE:-redis}" = cluster ] && store_pids=$(IFS=,; echo "${cluster_pids[*]}")
+  echo "$http $gateway $counter $store_pids"
+}
+read -r a_port a_gateway a_counter a_store < <(chain a "$a_dir")
+pids+=("$a_gateway" "$a_counter" ${a_store//,/ })
+read -r b_port b_gateway b_counter b_store < <(chain b "$b_dir")
+pids+=("$b_gateway" "$b_counter" ${b_store//,/ })
+
+# load <port> <seconds> [scheme]: the scenario's wrk run on the chain or reference at <port>.
 load() {
-  local base="http://127.0.0.1:$1/api/v1/counter"
+  local base="${3:-http}://127.0.0.1:$1/api/v1/counter"
   case $scenario in
     get-hot) wrk -t2 -c100 -d"$2s" --latency "$base/bench:hot/likes" ;;
     get-keys) wrk -t2 -c100 -d"$2s" --latency -s scripts/wrk/get-keys.lua "$base/" ;;
@@ -78,16 +110,20 @@ machine_ticks() {
 run() {
   local system=$1 port=$2; shift 2
   local before=() pid i=0 row idle0 total0 idle1 total1
-  for pid in "$@"; do before+=("$(cpu_ticks "$pid")"); done
+  local scheme=$chain_scheme
+  [ "$system" = reference ] && scheme=http
+  # A pid argument may be several, comma-separated: one column, summed.
+  for pid in "$@"; do before+=("$(cpu_ticks ${pid//,/ })"); done
   read -r idle0 total0 < <(machine_ticks)
-  load "$port" "$seconds" >"$work/wrk.txt"
+  load "$port" "$seconds" "$scheme" >"$work/wrk.txt"
   read -r idle1 total1 < <(machine_ticks)
   row="$system,$(grep -oP 'Requests/sec:\s+\K[\d.]+' "$work/wrk.txt"),$(grep -oP '\d+(?= requests in)' "$work/wrk.txt"),$(grep -oP '^\s+99%\s+\K\S+' "$work/wrk.txt")"
   row+=",$((1000 * (idle1 - idle0) / (total1 - total0)))"
-  for pid in "$@"; do row+=",$(($(cpu_ticks "$pid") - before[i]))"; i=$((i + 1)); done
+  for pid in "$@"; do row+=",$(($(cpu_ticks ${pid//,/ }) - before[i]))"; i=$((i + 1)); done
   echo "$row" >>"$work/rows.csv"
 }
-for port in "$ref_port" "$a_port" "$b_port"; do load "$port" 2 >/dev/null; done # warm-up
+load "$ref_port" 2 >/dev/null # warm-up
+for port in "$a_port" "$b_port"; do load "$port" 2 "$chain_scheme" >/dev/null; done
 # Every round runs the three in another order, through all six (reference,
 # A, B; reference, B, A; A, B, reference; B, A, reference; A, reference,
 # B; B, reference, A), so in six rounds each takes each place, and follows
@@ -101,18 +137,21 @@ for round in $(seq "$rounds"); do
   for system in ${orders[$(((round - 1) % 6))]}; do
     case $system in
       reference) run reference "$ref_port" "$ref_pid" "$redis_pid" ;;
-      A) run A "$a_port" "$a_gateway" "$a_counter" "$redis_pid" ;;
-      B) run B "$b_port" "$b_gateway" "$b_counter" "$redis_pid" ;;
+      A) run A "$a_port" "$a_gateway" "$a_counter" "$a_store" ;;
+      B) run B "$b_port" "$b_gateway" "$b_counter" "$b_store" ;;
     esac
   done
 done
 
-python3 - "$work/rows.csv" "$tick_us" "$scenario" "$a_dir" "$b_dir" "${CACHE:-on}" "${REFERENCE:-target/release/tally-reference}" <<'PY'
+python3 - "$work/rows.csv" "$tick_us" "$scenario" "$a_dir" "$b_dir" "${CACHE:-on}" "$(reference_binary)" \
+  "${TLS:-off}" "${STORE:-redis}" <<'PY'
 import statistics
 import sys
 from collections import defaultdict
 path, tick_us, scenario, a_dir, b_dir = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
 cache = ", read cache off" if sys.argv[6] == "off" else ""
+cache += ", chains with TLS on every hop" if sys.argv[8] == "on" else ""
+cache += ", chains on a Redis Cluster of three masters" if sys.argv[9] == "cluster" else ""
 what = f"increments ({scenario}.lua)" if not scenario.startswith("get-") else f"reads ({scenario})"
 print(f"# A/B, {what}{cache}, interleaved: A = {a_dir}, B = {b_dir}, reference = {sys.argv[7]}\n")
 print("| run | system | req/s | p99 ms | idle | server CPU µs/req | per process µs/req |")

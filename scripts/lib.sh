@@ -61,24 +61,104 @@ start_redis() {
   echo "$pid"
 }
 
+# Starts a Redis Cluster of three masters on loopback (cluster-enabled
+# redis-servers joined by `redis-cli --cluster create`), their files and
+# logs in directory $1; waits until every node reports cluster_state:ok and
+# prints "url pid pid pid", url being the counter's redis+cluster:// store.
+start_redis_cluster() {
+  local dir=$1 port nodes=() node_pids=() ok
+  mkdir -p "$dir"
+  for _ in 1 2 3; do
+    port=$(free_port)
+    redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no --cluster-enabled yes \
+      --cluster-config-file "$dir/nodes-$port.conf" --logfile "$dir/redis-$port.log" --daemonize no >/dev/null 2>&1 &
+    node_pids+=("$!")
+    wait_for_log "$dir/redis-$port.log" "Ready to accept connections" >&2
+    nodes+=("127.0.0.1:$port")
+  done
+  if ! redis-cli --cluster create "${nodes[@]}" --cluster-replicas 0 --cluster-yes >"$dir/create.log" 2>&1; then
+    cat "$dir/create.log" >&2
+    return 1
+  fi
+  # Each node flips to cluster_state:ok shortly after the create returns;
+  # nothing to wait on but the state itself.
+  for node in "${nodes[@]}"; do
+    ok=
+    for _ in $(seq 300); do
+      redis-cli -p "${node#*:}" cluster info | grep -q "cluster_state:ok" && { ok=1; break; }
+      sleep 0.1
+    done
+    [ -n "$ok" ] || { echo "Redis Cluster node $node never reached cluster_state:ok" >&2; return 1; }
+  done
+  echo "redis+cluster://$(IFS=,; echo "${nodes[*]}") ${node_pids[*]}"
+}
+
+# Starts a redis-server with TLS only, on port $2, requiring client
+# certificates signed by the CA in directory $1 (make_test_certs), logging
+# to $3; prints its pid.
+start_tls_redis() {
+  local certs=$1 port=$2 log=$3
+  redis-server --port 0 --bind 127.0.0.1 --save "" --appendonly no --logfile "$log" --daemonize no \
+    --tls-port "$port" --tls-cert-file "$certs/server.crt" --tls-key-file "$certs/server.key" \
+    --tls-ca-cert-file "$certs/ca.crt" --tls-auth-clients yes >/dev/null 2>&1 &
+  local pid=$!
+  wait_for_log "$log" "Ready to accept connections" >&2
+  echo "$pid"
+}
+
+# Starts a counter and a gateway ($BIN_DIR) with TLS on every hop, the
+# certificates from directory $1 (make_test_certs): the counter stores in
+# the TLS redis-server on port $2 with a client certificate and serves
+# gRPC over mutual TLS; the gateway serves HTTPS (HTTP/1.1, and h2 by ALPN)
+# and calls the counter with its client certificate. Logs go to
+# $3-counter.log and $3-gateway.log. Prints "http_port gateway_pid counter_pid".
+start_tls_chain() {
+  local certs=$1 redis_port=$2 logs=$3 grpc admin http counter gateway
+  grpc=$(free_port); admin=$(free_port); http=$(free_port)
+  counter=$(TALLY_STORE_TLS_CA_FILE="$certs/ca.crt" TALLY_STORE_TLS_CERT_FILE="$certs/client.crt" \
+    TALLY_STORE_TLS_KEY_FILE="$certs/client.key" TALLY_TLS_CERT_FILE="$certs/server.crt" \
+    TALLY_TLS_KEY_FILE="$certs/server.key" TALLY_TLS_CLIENT_CA_FILE="$certs/ca.crt" \
+    start_counter "rediss://127.0.0.1:$redis_port" "$grpc" "$admin" "$logs-counter.log")
+  gateway=$(TALLY_COUNTER_TLS_CA_FILE="$certs/ca.crt" TALLY_COUNTER_TLS_CERT_FILE="$certs/client.crt" \
+    TALLY_COUNTER_TLS_KEY_FILE="$certs/client.key" TALLY_TLS_CERT_FILE="$certs/server.crt" \
+    TALLY_TLS_KEY_FILE="$certs/server.key" \
+    start_gateway "$http" "https://127.0.0.1:$grpc" "$logs-gateway.log")
+  echo "$http $gateway $counter"
+}
+
+# Writes the gateway's API-key file $1 (TALLY_AUTH_KEYS_FILE) with one key,
+# $2, allowed to read and write (stored as its SHA-256, as the gateway wants).
+write_api_keys() {
+  printf 'keys:\n  - name: bench\n    sha256: %s\n    scopes: [read, write]\n' \
+    "$(printf %s "$2" | sha256sum | cut -d' ' -f1)" >"$1"
+}
+
 # Starts the release tally-counter ($BIN_DIR, default target/release) on
-# Redis port $1, gRPC port $2, admin port $3, logging to $4 (extra settings
-# come from the environment); waits until it listens and prints its pid.
+# the store $1 (a Redis port on loopback, or a store URL), gRPC port $2,
+# admin port $3, logging to $4 (extra settings come from the environment);
+# waits until it listens and prints its pid.
 start_counter() {
-  TALLY_STORE="redis://127.0.0.1:$1" TALLY_LISTEN="127.0.0.1:$2" TALLY_ADMIN_LISTEN="127.0.0.1:$3" \
+  local store=$1
+  [[ $store == *://* ]] || store="redis://127.0.0.1:$store"
+  TALLY_STORE="$store" TALLY_LISTEN="127.0.0.1:$2" TALLY_ADMIN_LISTEN="127.0.0.1:$3" \
     "${BIN_DIR:-target/release}/tally-counter" >"$4" 2>&1 &
   local pid=$!
   wait_for_log "$4" "tally-counter listening" >&2
   echo "$pid"
 }
 
+# The reference binary start_reference runs: $REFERENCE, by default the
+# plain release build's.
+reference_binary() {
+  echo "${REFERENCE:-target/release/tally-reference}"
+}
+
 # Starts the release tally-reference (the one-process service the chain is
-# measured against; $REFERENCE, default target/release/tally-reference) on
-# HTTP port $2 in front of Redis port $1, logging to $3; waits until it
-# listens and prints its pid.
+# measured against; reference_binary) on HTTP port $2 in front of Redis
+# port $1, logging to $3; waits until it listens and prints its pid.
 start_reference() {
   TALLY_REFERENCE_LISTEN="127.0.0.1:$2" TALLY_STORE="redis://127.0.0.1:$1" \
-    "${REFERENCE:-target/release/tally-reference}" >"$3" 2>&1 &
+    "$(reference_binary)" >"$3" 2>&1 &
   local pid=$!
   wait_for_log "$3" "tally-reference listening" >&2
   echo "$pid"

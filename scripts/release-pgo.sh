@@ -8,8 +8,12 @@
 #      each: HTTP increments of one hot key and of 100k keys, GETs of one
 #      counter and of 10k, the chain on a throwaway redis-server (the
 #      reference beside it on the same Redis, under the same loads); then
-#      the chain alone under increments with idempotency keys and batch
-#      increments, so that those paths are not left without a profile.
+#      the chain alone under increments with idempotency keys, batch
+#      increments, HTTP/2 (h2c), API keys, TLS on every hop (HTTPS with
+#      HTTP/1.1 and h2, mutual TLS to the counter, TLS to Redis) and the
+#      counter on a Redis Cluster of three masters: a path left without a
+#      profile is compiled as cold code, and the first PGO build gave TLS
+#      and HTTP/2 nothing of what it gave plain HTTP/1.1.
 #      Each process is stopped with SIGTERM and writes its profile as it
 #      exits.
 #   3. Merge the profiles (`llvm-profdata`, from rustup's `llvm-tools`).
@@ -22,14 +26,15 @@
 # `make bench-ab`, `make bench-compare` and `BIN_DIR=…` take them from
 # there. Takes two full release builds (about 25 minutes on two cores).
 #
-#   scripts/release-pgo.sh        (needs redis-server, wrk and rustup's llvm-tools)
+#   scripts/release-pgo.sh        (needs redis-server, redis-cli, wrk, h2load, openssl
+#                                  and rustup's llvm-tools)
 #   SECONDS_PER_LOAD=5 (how long each training load runs)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
 
 seconds=${SECONDS_PER_LOAD:-5}
-require_tools redis-server wrk python3
+require_tools redis-server redis-cli wrk h2load openssl python3
 host=$(rustc -vV | sed -n 's/^host: //p')
 profdata="$(rustc --print sysroot)/lib/rustlib/$host/bin/llvm-profdata"
 if [ ! -x "$profdata" ]; then
@@ -72,7 +77,48 @@ done
 chain="http://127.0.0.1:$http/api/v1/counter"
 wrk -t2 -c100 -d"${seconds}s" -s scripts/wrk/keyed.lua "$chain/increment" >/dev/null
 wrk -t2 -c20 -d"${seconds}s" -s scripts/wrk/batch.lua "$chain/batch-increment" >/dev/null
-stop_pids "$gateway_pid" "$counter_pid" "$ref_pid"
+printf '{"resource_id":"bench:hot","counter_type":"likes","delta":1}' >"$work/h2.json"
+h2() { h2load -D "$seconds" -t 2 -c 100 -m 10 -d "$work/h2.json" -H 'content-type: application/json' "$1" >/dev/null; }
+h2 "$chain/increment"
+stop_pids "$gateway_pid" "$ref_pid"
+
+# Every request with an API key (TALLY_AUTH=api_keys).
+key="train-key-$$-$RANDOM"
+write_api_keys "$work/keys.yaml" "$key"
+auth=$(free_port)
+auth_pid=$(BIN_DIR=$trained TALLY_AUTH=api_keys TALLY_AUTH_KEYS_FILE="$work/keys.yaml" \
+  start_gateway "$auth" "http://127.0.0.1:$grpc" "$work/auth.log")
+pids+=("$auth_pid")
+wrk -t2 -c100 -d"${seconds}s" -H "Authorization: Bearer $key" -s scripts/wrk/keys.lua \
+  "http://127.0.0.1:$auth/api/v1/counter/increment" >/dev/null
+stop_pids "$auth_pid" "$counter_pid"
+
+# TLS on every hop, as production runs it: HTTPS (HTTP/1.1 and h2) to the
+# gateway, mutual TLS to the counter, TLS to Redis.
+make_test_certs "$work/certs"
+tls_redis_port=$(free_port)
+pids+=("$(start_tls_redis "$work/certs" "$tls_redis_port" "$work/redis-tls.log")")
+read -r tls_http tls_gateway tls_counter < <(BIN_DIR=$trained start_tls_chain "$work/certs" "$tls_redis_port" "$work/tls")
+pids+=("$tls_gateway" "$tls_counter")
+tls="https://127.0.0.1:$tls_http/api/v1/counter"
+wrk -t2 -c100 -d"${seconds}s" -s scripts/wrk/hot.lua "$tls/increment" >/dev/null
+wrk -t2 -c100 -d"${seconds}s" -s scripts/wrk/keys.lua "$tls/increment" >/dev/null
+wrk -t2 -c100 -d"${seconds}s" "$tls/bench:hot/likes" >/dev/null
+h2 "$tls/increment"
+stop_pids "$tls_gateway" "$tls_counter"
+
+# The counter on a Redis Cluster of three masters.
+read -r cluster_url cluster_pids < <(start_redis_cluster "$work/cluster")
+read -ra cluster_pids <<<"$cluster_pids"
+pids+=("${cluster_pids[@]}")
+grpc=$(free_port); admin=$(free_port); http=$(free_port)
+counter_pid=$(BIN_DIR=$trained start_counter "$cluster_url" "$grpc" "$admin" "$work/counter-cluster.log")
+pids+=("$counter_pid")
+gateway_pid=$(BIN_DIR=$trained start_gateway "$http" "http://127.0.0.1:$grpc" "$work/gateway-cluster.log")
+pids+=("$gateway_pid")
+wrk -t2 -c100 -d"${seconds}s" -s scripts/wrk/keys.lua "http://127.0.0.1:$http/api/v1/counter/increment" >/dev/null
+wrk -t2 -c100 -d"${seconds}s" -s scripts/wrk/get-keys.lua "http://127.0.0.1:$http/api/v1/counter/" >/dev/null
+stop_pids "$gateway_pid" "$counter_pid"
 
 echo "PGO 3/4: merging the profiles" >&2
 shopt -s nullglob
