@@ -69,7 +69,9 @@ start_redis_cluster() {
   local dir=$1 port nodes=() node_pids=() ok
   mkdir -p "$dir"
   for _ in 1 2 3; do
+    # A node also listens on its port + 10000 (the cluster bus).
     port=$(free_port)
+    while [ "$port" -gt 55535 ]; do port=$(free_port); done
     redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no --cluster-enabled yes \
       --cluster-config-file "$dir/nodes-$port.conf" --logfile "$dir/redis-$port.log" --daemonize no >/dev/null 2>&1 &
     node_pids+=("$!")
