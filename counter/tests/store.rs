@@ -112,21 +112,6 @@ async fn increments_during_a_slot_migration_report_what_each_did() {
     // What the store holds agrees with each report.
     let stays_hash = format!("tally:{{{stays}}}");
     assert_eq!(source.cli(&["hget", &stays_hash, "views"]), "2");
-
-    // The ordered path: an increment without a key next to one with a key
-    // (whose marker, a second key, is not on the node yet: its script is
-    // refused with TRYAGAIN after the first command ran).
-    let ordered = [(&stays_key, Change::Add(1), None), (&stays_key, Change::Add(1), Some("k1"))];
-    let outcomes = store.apply_ordered(&ordered, Duration::from_secs(60)).await;
-    assert_eq!(source.cli(&["hget", &stays_hash, "views"]), "3", "the unkeyed increment ran");
-    match &outcomes[0] {
-        Outcome::Failed(err) => assert!(!err.is_not_applied(), "applied, so never reported not applied: {err}"),
-        other => panic!("the pipeline failed as a whole: {other:?}"),
-    }
-    match &outcomes[1] {
-        Outcome::Failed(err) => assert!(err.is_not_applied(), "the keyed one did not run: {err}"),
-        other => panic!("the keyed one was refused: {other:?}"),
-    }
     let mut asking = std::process::Command::new("redis-cli")
         .args(["-p", &importing.port.to_string()])
         .stdin(std::process::Stdio::piped())
@@ -143,4 +128,48 @@ async fn increments_during_a_slot_migration_report_what_each_did() {
     let out = asking.wait_with_output().expect("redis-cli output");
     let lines: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect();
     assert_eq!(lines, ["OK", "1"], "the moved resource kept its one increment");
+
+    // The ordered path: an increment without a key next to one with a key
+    // (whose marker, a second key, is not on the node yet: its script is
+    // refused with TRYAGAIN after the first command ran).
+    let ordered = [(&stays_key, Change::Add(1), None), (&stays_key, Change::Add(1), Some("k1"))];
+    let outcomes = store.apply_ordered(&ordered, Duration::from_secs(60)).await;
+    assert_eq!(source.cli(&["hget", &stays_hash, "views"]), "3", "the unkeyed increment ran");
+    match &outcomes[0] {
+        Outcome::Failed(err) => assert!(!err.is_not_applied(), "applied, so never reported not applied: {err}"),
+        other => panic!("the pipeline failed as a whole: {other:?}"),
+    }
+    match &outcomes[1] {
+        Outcome::Failed(err) => assert!(err.is_not_applied(), "the keyed one did not run: {err}"),
+        other => panic!("the keyed one was refused: {other:?}"),
+    }
+
+    // The migration completes: every node hands the slot to the importing
+    // one. Increments on the old map are redirected (MOVED), reported not
+    // applied, and the counter fetches the map again; no report is ever
+    // wrong meanwhile, and the increments reach the new master.
+    let stays_moved = cluster.migrate_keys(slot, &[&stays_hash]);
+    assert_eq!(stays_moved.1.port, importing.port, "the same migration");
+    cluster.finish_migration(slot, importing);
+    let mut applied = None;
+    for _ in 0..100 {
+        let outcomes = store.incr(&both).await;
+        for outcome in &outcomes {
+            assert!(
+                matches!(outcome, Outcome::Applied(_)) || matches!(outcome, Outcome::Failed(e) if e.is_not_applied()),
+                "{outcomes:?}"
+            );
+        }
+        if outcomes.iter().all(|o| matches!(o, Outcome::Applied(_))) {
+            applied = Some(outcomes);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Each counter once more than before the loop: the increments reported
+    // not applied on the way were not.
+    let applied = applied.expect("the increments reach the slot's new master");
+    assert_eq!(applied, vec![Outcome::Applied(4), Outcome::Applied(2)]);
+    assert_eq!(importing.cli(&["hget", &stays_hash, "views"]), "4");
+    assert_eq!(importing.cli(&["hget", &moved_hash, "views"]), "2");
 }

@@ -38,6 +38,18 @@ impl RedisCluster {
         (source, importing)
     }
 
+    /// Ends the migration of `slot` to `importing` (whose keys must all have
+    /// been moved there): every node is told the slot is now its, as
+    /// `redis-cli --cluster reshard` does last, the new master first.
+    pub fn finish_migration(&self, slot: u16, importing: &RedisServer) {
+        let id = importing.cli(&["cluster", "myid"]);
+        let slot = slot.to_string();
+        let others = self.nodes.iter().filter(|n| n.port != importing.port);
+        for node in std::iter::once(importing).chain(others) {
+            assert_eq!(node.cli(&["cluster", "setslot", &slot, "node", &id]), "OK", "setslot node");
+        }
+    }
+
     fn node(&self, port: u16) -> &RedisServer {
         self.nodes.iter().find(|n| n.port == port).expect("a node of this cluster")
     }

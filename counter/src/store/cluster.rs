@@ -1,6 +1,9 @@
-//! Redis Cluster. A batch is split into pipelines that run concurrently, each
-//! on one slot (increments and resets: on one resource, [`by_resource`] says why);
-//! redis-rs routes each to the slot's master and follows topology changes.
+//! Redis Cluster. Plain increments, the hot path, go one pipeline per master
+//! on connections of their own ([`super::node_pipelines`]). The rest goes
+//! through redis-rs's cluster connection, split into pipelines that run
+//! concurrently, each on one slot (increments and resets: on one resource,
+//! [`by_resource`] says why); redis-rs routes each to the slot's master and
+//! follows topology changes.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,6 +17,7 @@ use redis::{RedisResult, Value};
 use tally_proto::CounterKey;
 
 use super::batch;
+use super::node_pipelines::{NodePipelines, map_may_be_stale};
 use super::ordered::{each_outcomes, each_pipeline, pipeline_failed};
 use super::redis::{get_pipeline, incr_pipeline, outcomes};
 use super::slot::slot_of_resource;
@@ -29,6 +33,8 @@ pub struct ClusterStore {
     reconnecting: Arc<AtomicBool>,
     /// Limit on making a connection (the library's own can hang).
     connect_timeout: Duration,
+    /// Plain increments, one pipeline per master.
+    nodes: Arc<NodePipelines>,
 }
 
 impl ClusterStore {
@@ -52,8 +58,10 @@ impl ClusterStore {
             }
         }
         let client = builder.build().map_err(|e| StoreError::config(format!("TALLY_STORE (Redis Cluster): {e}")))?;
+        let (url_prefix, _) = split_seeds(seeds, tls);
         Ok(ClusterStore {
             client,
+            nodes: Arc::new(NodePipelines::new(url_prefix, options.clone())),
             conn: Arc::default(),
             connecting: tokio::sync::Mutex::new(()),
             reconnecting: Arc::default(),
@@ -115,11 +123,42 @@ impl ClusterStore {
         lock(&self.conn).clone()
     }
 
+    /// One pipeline per master ([`NodePipelines`]); through the cluster
+    /// connection until the slot map is known, and for slots it has no
+    /// master for.
     pub async fn incr(&self, cmds: &[Cmd<'_>]) -> Vec<Outcome> {
         let (conn, generation) = match self.conn().await {
             Ok(conn) => conn,
             Err(err) => return vec![Outcome::Failed(err); cmds.len()],
         };
+        let Some(map) = self.nodes.map(&conn).await else {
+            return self.incr_through(&conn, generation, cmds).await;
+        };
+        let routed = map.route(cmds);
+        let groups: Vec<&[usize]> = routed.by_master.iter().map(|(_, indices)| indices.as_slice()).collect();
+        let missing = Outcome::Failed(StoreError::Unknown("no reply".into()));
+        let mut outcomes = scatter(&groups, cmds.len(), missing, |n, indices| {
+            let master = routed.by_master[n].0.clone();
+            let group: Vec<Cmd<'_>> = indices.iter().map(|&i| cmds[i]).collect();
+            async move { master.incr(&group).await }
+        })
+        .await;
+        if map_may_be_stale(&outcomes) {
+            self.nodes.refresh(&conn);
+        }
+        if !routed.unmapped.is_empty() {
+            let unmapped: Vec<Cmd<'_>> = routed.unmapped.iter().map(|&i| cmds[i]).collect();
+            let through = self.incr_through(&conn, generation, &unmapped).await;
+            for (&i, outcome) in routed.unmapped.iter().zip(through) {
+                outcomes[i] = outcome;
+            }
+        }
+        outcomes
+    }
+
+    /// Plain increments through the cluster connection: one pipeline per
+    /// resource ([`by_resource`]).
+    async fn incr_through(&self, conn: &ClusterConnection, generation: u64, cmds: &[Cmd<'_>]) -> Vec<Outcome> {
         let groups = by_resource(cmds.iter().map(|(key, _)| *key));
         let groups: Vec<&[usize]> = groups.values().map(Vec::as_slice).collect();
         let missing = Outcome::Failed(StoreError::Unknown("no reply".into()));
@@ -293,15 +332,21 @@ fn grouped<'a, K: Ord>(
     groups
 }
 
+/// `[:password@]h1:p1,h2:p2` → the URL of any node without its address
+/// (`redis://` or `rediss://`, and the credentials), and the hosts.
+fn split_seeds(seeds: &str, tls: bool) -> (String, &str) {
+    let scheme = if tls { "rediss" } else { "redis" };
+    match seeds.rsplit_once('@') {
+        Some((auth, hosts)) => (format!("{scheme}://{auth}@"), hosts),
+        None => (format!("{scheme}://"), seeds),
+    }
+}
+
 /// `[:password@]h1:p1,h2:p2` → one `redis://` URL per seed node.
 fn seed_urls(seeds: &str, tls: bool) -> Result<Vec<String>, StoreError> {
-    let scheme = if tls { "rediss" } else { "redis" };
-    let (auth, hosts) = match seeds.rsplit_once('@') {
-        Some((auth, hosts)) => (format!("{auth}@"), hosts),
-        None => (String::new(), seeds),
-    };
+    let (prefix, hosts) = split_seeds(seeds, tls);
     let nodes: Vec<String> =
-        hosts.split(',').map(str::trim).filter(|h| !h.is_empty()).map(|h| format!("{scheme}://{auth}{h}")).collect();
+        hosts.split(',').map(str::trim).filter(|h| !h.is_empty()).map(|h| format!("{prefix}{h}")).collect();
     if nodes.is_empty() {
         return Err(StoreError::Config("redis+cluster:// needs at least one host:port".into()));
     }

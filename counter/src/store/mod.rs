@@ -14,6 +14,7 @@ pub mod batch;
 mod cluster;
 mod error;
 mod memory;
+mod node_pipelines;
 mod ordered;
 mod redis;
 mod resource;
