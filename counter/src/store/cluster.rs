@@ -307,7 +307,9 @@ fn by_slot<'a>(keys: impl Iterator<Item = &'a CounterKey>) -> BTreeMap<u16, Vec<
 /// Indices of `keys` grouped by resource, that is by Redis key (one hash per
 /// resource), order kept within each.
 ///
-/// Why increments and resets go one pipeline per key and not per slot: while a
+/// Why increments and resets through the cluster connection go one pipeline
+/// per key and not per slot (plain increments go per master when the slot
+/// map is known, [`super::node_pipelines`], exact per command): while a
 /// slot is being migrated its keys move one at a time, so a pipeline over
 /// two keys of one slot can be applied for the key still on the node and
 /// redirected (`ASK`) for the one already moved. redis-rs answers a
