@@ -133,7 +133,7 @@ pub struct Config {
     #[arg(long, env = "TALLY_CONSUL_SERVICE", default_value = "counter-service")]
     pub consul_service: String,
 
-    /// Address registered in Consul (default: the gRPC listen IP; required when that is unspecified, e.g. [::]).
+    /// Address registered in Consul (default: the gRPC listen IP; required when that is unspecified, e.g. `[::]`).
     #[arg(long, env = "TALLY_CONSUL_SERVICE_ADDRESS")]
     pub consul_service_address: Option<String>,
 
