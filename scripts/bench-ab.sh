@@ -50,9 +50,13 @@ ref_pid=$(start_reference "$redis_port" "$ref_port" "$work/reference.log")
 pids+=("$ref_pid")
 
 # The chains' store: the reference's Redis, a Redis Cluster, or (TLS=on)
-# a TLS redis-server per chain. chain_store_pids: the store's pids, comma-
-# separated (their CPU is one column of the report).
+# a TLS redis-server per chain; `chain` prints its pids comma-separated
+# (their CPU is one column of the report).
 store=$redis_port chain_scheme=http
+if [ "${TLS:-off}" = on ] && [ "${STORE:-redis}" = cluster ]; then
+  echo "TLS=on and STORE=cluster cannot be combined (the TLS chains each get their own TLS redis-server)" >&2
+  exit 2
+fi
 case ${STORE:-redis} in
   redis) ;;
   cluster)

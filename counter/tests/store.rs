@@ -112,22 +112,11 @@ async fn increments_during_a_slot_migration_report_what_each_did() {
     // What the store holds agrees with each report.
     let stays_hash = format!("tally:{{{stays}}}");
     assert_eq!(source.cli(&["hget", &stays_hash, "views"]), "2");
-    let mut asking = std::process::Command::new("redis-cli")
-        .args(["-p", &importing.port.to_string()])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("redis-cli");
-    use std::io::Write;
-    asking
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(format!("ASKING\nHGET {moved_hash} views\n").as_bytes())
-        .expect("write");
-    let out = asking.wait_with_output().expect("redis-cli output");
-    let lines: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect();
-    assert_eq!(lines, ["OK", "1"], "the moved resource kept its one increment");
+    assert_eq!(
+        RedisCluster::hget_importing(importing, &moved_hash, "views"),
+        "1",
+        "the moved resource kept its one increment"
+    );
 
     // The ordered path: an increment without a key next to one with a key
     // (whose marker, a second key, is not on the node yet: its script is

@@ -4,6 +4,9 @@
 //! its keys already moved. The node that owns the slot then still serves
 //! the keys it has and redirects (`ASK`) for the others.
 
+use std::io::Write;
+use std::process::{Command, Stdio};
+
 use crate::procs::{RedisCluster, RedisServer};
 
 /// One master as `CLUSTER NODES` lists it.
@@ -48,6 +51,26 @@ impl RedisCluster {
         for node in std::iter::once(importing).chain(others) {
             assert_eq!(node.cli(&["cluster", "setslot", &slot, "node", &id]), "OK", "setslot node");
         }
+    }
+
+    /// `HGET key field` on `importing` while it imports the key's slot:
+    /// sent after `ASKING` on the same connection, as a client follows an
+    /// `ASK` redirect (a plain read there is redirected back).
+    pub fn hget_importing(importing: &RedisServer, key: &str, field: &str) -> String {
+        let mut cli = Command::new("redis-cli")
+            .args(["-p", &importing.port.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("redis-cli");
+        let mut stdin = cli.stdin.take().expect("redis-cli stdin");
+        stdin.write_all(format!("ASKING\nHGET {key} {field}\n").as_bytes()).expect("write to redis-cli");
+        drop(stdin);
+        let out = cli.wait_with_output().expect("redis-cli output");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mut lines = text.lines();
+        assert_eq!(lines.next(), Some("OK"), "ASKING: {text}");
+        lines.next().unwrap_or_default().to_string()
     }
 
     fn node(&self, port: u16) -> &RedisServer {
