@@ -10,14 +10,25 @@ use super::backends::BackendError;
 /// The URI an endpoint is dialled at: with TLS to the counters configured,
 /// every endpoint is TLS (discovery yields `http://` addresses; they are
 /// shown and dialled as `https://`); without it, `https://` cannot work.
+/// A bare `host:port` is taken as `http://host:port`, the way Envoy and
+/// Linkerd take addresses; any other scheme is refused here, at startup or
+/// discovery, rather than failing every connection attempt later.
 pub(super) fn dial_uri(uri: &str, tls: bool) -> Result<String, &'static str> {
-    match (uri.strip_prefix("http://"), uri.starts_with("https://"), tls) {
-        (Some(rest), _, true) => Ok(format!("https://{rest}")),
-        (_, true, false) => {
-            Err("https:// endpoints need TALLY_COUNTER_TLS_CA_FILE (the CA the counters' certificates chain to)")
+    let rest = match uri.split_once("://") {
+        None => uri,
+        Some(("http", rest)) => rest,
+        Some(("https", rest)) if tls => rest,
+        Some(("https", _)) => {
+            return Err(
+                "https:// endpoints need TALLY_COUNTER_TLS_CA_FILE (the CA the counters' certificates chain to)",
+            );
         }
-        _ => Ok(uri.to_string()),
+        Some(_) => return Err("the scheme must be http:// or https:// (or none: host:port)"),
+    };
+    if rest.is_empty() || rest.contains('/') {
+        return Err("expected host:port (optionally after http:// or https://)");
     }
+    Ok(format!("{}://{rest}", if tls { "https" } else { "http" }))
 }
 
 /// How to get from the known endpoints to the wanted ones (indices into
@@ -65,6 +76,15 @@ mod tests {
         assert_eq!(dial_uri("https://c:9001", true).unwrap(), "https://c:9001");
         assert_eq!(dial_uri("http://c:9001", false).unwrap(), "http://c:9001");
         assert!(dial_uri("https://c:9001", false).unwrap_err().contains("TALLY_COUNTER_TLS_CA_FILE"));
+    }
+
+    #[test]
+    fn bare_addresses_are_http_and_other_schemes_are_refused() {
+        assert_eq!(dial_uri("127.0.0.1:9001", false).unwrap(), "http://127.0.0.1:9001");
+        assert_eq!(dial_uri("c:9001", true).unwrap(), "https://c:9001");
+        assert!(dial_uri("grpc://c:9001", false).unwrap_err().contains("scheme"));
+        assert!(dial_uri("http://", false).is_err());
+        assert!(dial_uri("http://c:9001/path", false).is_err());
     }
 
     #[test]
