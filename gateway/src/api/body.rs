@@ -8,10 +8,10 @@ use std::pin::pin;
 use std::task::Poll;
 use std::time::Duration;
 
-use axum::body::Body;
-use axum::extract::Request;
-use axum::http::Method;
+use axum::body::{Body, Bytes};
 use axum::http::header::CONTENT_LENGTH;
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, Method};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
@@ -22,13 +22,14 @@ use super::handlers::MAX_BODY_BYTES;
 /// How much of an oversized body is read (and discarded) before answering 413.
 const DRAIN_LIMIT: usize = 16 << 20;
 
-/// The request with its body read in full, or the error response.
-pub async fn read(request: Request, timeout: Duration) -> Result<Request, Response> {
-    let announced = request.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    if announced == Some(0) || (announced.is_none() && request.method() == Method::GET) {
-        return Ok(request);
+/// The body's bytes, read within [`MAX_BODY_BYTES`] and `timeout`, or the
+/// error response (413, 408 or 400). A `GET` without `Content-Length` has
+/// none: its body is not read.
+pub async fn bytes(parts: &Parts, body: Body, timeout: Duration) -> Result<Bytes, Response> {
+    let announced = announced(&parts.headers);
+    if announced == Some(0) || (announced.is_none() && parts.method == Method::GET) {
+        return Ok(Bytes::new());
     }
-    let (parts, body) = request.into_parts();
     if announced.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
         // Read and discard what the client sends (bounded in size and time)
         // before answering: a server that closes on unread data makes the
@@ -50,8 +51,13 @@ pub async fn read(request: Request, timeout: Duration) -> Result<Request, Respon
         }
         Ok(Err(err)) if err.downcast_ref::<LengthLimitError>().is_some() => Err(too_large().into_response()),
         Ok(Err(err)) => Err(ApiError::bad_request(format!("failed to read the request body: {err}")).into_response()),
-        Ok(Ok(collected)) => Ok(Request::from_parts(parts, Body::from(collected.to_bytes()))),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
     }
+}
+
+/// The `Content-Length` the client announced, when it sent a valid one.
+fn announced(headers: &HeaderMap) -> Option<u64> {
+    headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
 }
 
 fn too_large() -> ApiError {

@@ -64,6 +64,8 @@ fn operation(key: &CounterKey, delta: i64, idempotency_key: Option<&str>) -> Inc
     }
 }
 
+const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
 /// The `Idempotency-Key` request header, taken alone (axum's `HeaderMap`
 /// extractor would copy every header of every request).
 pub struct IdempotencyHeader(Option<HeaderValue>);
@@ -72,7 +74,7 @@ impl<S: Send + Sync> FromRequestParts<S> for IdempotencyHeader {
     type Rejection = std::convert::Infallible;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        Ok(IdempotencyHeader(parts.headers.get("idempotency-key").cloned()))
+        Ok(IdempotencyHeader(parts.headers.get(IDEMPOTENCY_KEY).cloned()))
     }
 }
 
@@ -96,15 +98,14 @@ fn idempotency_key<'a>(header: &'a IdempotencyHeader, body: Option<&'a str>) -> 
     }
 }
 
-pub async fn increment(
-    State(state): State<AppState>,
-    Authenticated(caller): Authenticated,
-    header: IdempotencyHeader,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
-    let Increment { key, delta, idempotency_key: body_key } = request::increment(&bytes(body)?)?;
+/// `POST /api/v1/counter/increment`, called directly by the routes (the
+/// hot path: no extractors, no boxed future of its own).
+pub async fn increment(state: &AppState, parts: &mut Parts, body: Bytes) -> Result<Response, ApiError> {
+    let Authenticated(caller) = Authenticated::from_request_parts(parts, state).await?;
+    let header = IdempotencyHeader(parts.headers.get(IDEMPOTENCY_KEY).cloned());
+    let Increment { key, delta, idempotency_key: body_key } = request::increment(&body)?;
     let idempotency_key = idempotency_key(&header, body_key.as_deref())?;
-    caller::permit(&state, &caller, Scope::Write, [key.resource_id()], 1)?;
+    caller::permit(state, &caller, Scope::Write, [key.resource_id()], 1)?;
     let idempotency_key = caller.scoped_idempotency_key(idempotency_key);
     let write = state.cache.write_started([&key]);
     let result = state.incrementer.increment(operation(&key, delta, idempotency_key.as_deref())).await;

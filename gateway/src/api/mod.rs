@@ -58,7 +58,7 @@ pub fn admin_router(state: AppState) -> Router {
 }
 
 /// The public port's service: every request through the edge (`Edge::serve`), then
-/// to its handler ([`routes::dispatch`]). A clone is one reference count,
+/// to its handler ([`routes::serve`]). A clone is one reference count,
 /// on the worker's own state.
 #[derive(Clone)]
 pub struct PublicApi(Arc<Edge>);
@@ -120,10 +120,7 @@ impl Edge {
                 metrics.shed("in_flight");
                 return ApiError::overloaded("too many requests in flight; retry later").into_response();
             };
-            match body::read(request, self.body_timeout).await {
-                Ok(request) => routes::dispatch(target, request, self.state.clone()).await,
-                Err(refused) => refused,
-            }
+            routes::serve(target, request, &self.state, self.body_timeout).await
         }
         .instrument(span)
         .await;

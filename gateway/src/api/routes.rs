@@ -10,16 +10,19 @@
 //! for a method the route does not serve, `GET` routes answering `HEAD`
 //! without a body.
 
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
 use axum::extract::Request;
 use axum::handler::Handler;
 use axum::http::header::{ALLOW, CONTENT_LENGTH};
+use axum::http::request::Parts;
 use axum::http::{HeaderValue, Method};
 use axum::response::{IntoResponse, Response};
-use futures_util::future::BoxFuture;
 use http_body::Body as _;
 
 use super::handlers::{self, AppState};
-use super::{openapi, resource, system};
+use super::{body, openapi, resource, system};
 
 /// Where the paths of the counter routes start.
 const COUNTER_PREFIX: &str = "/api/v1/counter/";
@@ -111,9 +114,19 @@ pub fn target(method: &Method, path: &str) -> Target {
     if serves { Target::Serve(route) } else { Target::MethodNotAllowed(route) }
 }
 
-/// Runs the handler `target` names on `request`.
-pub async fn dispatch(target: Target, request: Request, state: AppState) -> Response {
-    let head = request.method() == Method::HEAD;
+/// Serves `request` on `target`: its body read within its limits, then
+/// its handler, with the request's parts and the body's bytes. Single
+/// increments and `GET`s of a counter, the hot paths, are called directly;
+/// the other handlers through axum's `Handler` (a boxed future, the request
+/// rebuilt around its body). Going through axum for every route copied the
+/// request and its futures about 13 KB per increment (measured with a
+/// uprobe on `memmove`).
+pub async fn serve(target: Target, request: Request, state: &AppState, body_timeout: Duration) -> Response {
+    let (mut parts, body) = request.into_parts();
+    let bytes = match body::bytes(&parts, body, body_timeout).await {
+        Ok(bytes) => bytes,
+        Err(refused) => return refused,
+    };
     let route = match target {
         Target::Serve(route) => route,
         Target::MethodNotAllowed(route) => {
@@ -123,24 +136,29 @@ pub async fn dispatch(target: Target, request: Request, state: AppState) -> Resp
         }
         Target::NotFound => return handlers::not_found().await.into_response(),
     };
-    let response = handler(route, request.method() == Method::DELETE, request, state).await;
+    let head = parts.method == Method::HEAD;
+    let response = match route {
+        Route::Increment => handlers::increment(state, &mut parts, bytes).await.into_response(),
+        Route::Counter if parts.method == Method::DELETE => via_axum(resource::reset, parts, bytes, state).await,
+        Route::Counter => resource::get(state, &mut parts).await.into_response(),
+        Route::BatchIncrement => via_axum(handlers::batch_increment, parts, bytes, state).await,
+        Route::BatchGet => via_axum(handlers::batch_get, parts, bytes, state).await,
+        Route::Health => via_axum(handlers::health, parts, bytes, state).await,
+        Route::GrpcPools => via_axum(system::grpc_pools, parts, bytes, state).await,
+        Route::ServicesHealth => via_axum(system::services_health, parts, bytes, state).await,
+        Route::MetricsStats => via_axum(system::metrics_stats, parts, bytes, state).await,
+        Route::ObjectPools => via_axum(system::object_pools, parts, bytes, state).await,
+        Route::OpenApi => via_axum(openapi::serve, parts, bytes, state).await,
+    };
     if head { without_body(response) } else { response }
 }
 
-fn handler(route: Route, delete: bool, request: Request, state: AppState) -> BoxFuture<'static, Response> {
-    match route {
-        Route::Increment => handlers::increment.call(request, state),
-        Route::BatchIncrement => handlers::batch_increment.call(request, state),
-        Route::BatchGet => handlers::batch_get.call(request, state),
-        Route::Counter if delete => resource::reset.call(request, state),
-        Route::Counter => resource::get.call(request, state),
-        Route::Health => handlers::health.call(request, state),
-        Route::GrpcPools => system::grpc_pools.call(request, state),
-        Route::ServicesHealth => system::services_health.call(request, state),
-        Route::MetricsStats => system::metrics_stats.call(request, state),
-        Route::ObjectPools => system::object_pools.call(request, state),
-        Route::OpenApi => openapi::serve.call(request, state),
-    }
+/// An axum handler called on the request rebuilt from its parts and body.
+fn via_axum<H, T>(handler: H, parts: Parts, bytes: Bytes, state: &AppState) -> H::Future
+where
+    H: Handler<T, AppState>,
+{
+    handler.call(Request::from_parts(parts, Body::from(bytes)), state.clone())
 }
 
 /// The answer to a `HEAD`: the `GET` answer's head, its length kept.
