@@ -52,7 +52,8 @@ pub struct NodePipelines {
     url_prefix: String,
     options: StoreOptions,
     map: ArcSwapOption<SlotMap>,
-    /// Connections by `host:port`, kept across map refreshes.
+    /// Connections to the current masters by `host:port`, kept across map
+    /// refreshes ([`build_map`]).
     connections: Mutex<HashMap<String, Arc<RedisStore>>>,
     refreshing: Arc<AtomicBool>,
 }
@@ -134,35 +135,49 @@ impl NodePipelines {
         let ranges = parse_slots(&reply)
             .ok_or_else(|| StoreError::Unknown("CLUSTER SLOTS answered in an unexpected shape".into()))?;
         let mut connections = self.connections.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let mut masters: Vec<Arc<RedisStore>> = Vec::new();
-        let mut index: HashMap<&str, u16> = HashMap::new();
-        let mut owner = vec![None; SLOTS];
-        for (from, to, addr) in &ranges {
-            let at = match index.get(addr.as_str()) {
-                Some(&at) => at,
-                None => {
-                    let store = match connections.get(addr) {
-                        Some(store) => store.clone(),
-                        None => {
-                            let url = format!("{}{addr}", self.url_prefix);
-                            let store = Arc::new(RedisStore::new(&url, &self.options)?);
-                            connections.insert(addr.clone(), store.clone());
-                            store
-                        }
-                    };
-                    let at =
-                        u16::try_from(masters.len()).map_err(|_| StoreError::Unknown("too many masters".into()))?;
-                    masters.push(store);
-                    index.insert(addr, at);
-                    at
-                }
-            };
-            for slot in owner.iter_mut().take(usize::from(*to) + 1).skip(usize::from(*from)) {
-                *slot = Some(at);
-            }
-        }
-        Ok(Arc::new(SlotMap { owner, masters }))
+        let connect = |addr: &str| RedisStore::new(&format!("{}{addr}", self.url_prefix), &self.options).map(Arc::new);
+        build_map(&ranges, &mut connections, connect).map(Arc::new)
     }
+}
+
+/// The slot map of `ranges` (`CLUSTER SLOTS`: first slot, last slot, master
+/// address). A master already in `connections` keeps its connection;
+/// `connect` opens one to a new master; a connection to a node that is no
+/// longer a master is dropped from `connections` (closed once the calls
+/// still routed by an older map are done with it), so a cluster that
+/// loses or replaces nodes does not leave idle connections behind.
+fn build_map(
+    ranges: &[(u16, u16, String)],
+    connections: &mut HashMap<String, Arc<RedisStore>>,
+    mut connect: impl FnMut(&str) -> Result<Arc<RedisStore>, StoreError>,
+) -> Result<SlotMap, StoreError> {
+    let mut masters: Vec<Arc<RedisStore>> = Vec::new();
+    let mut index: HashMap<&str, u16> = HashMap::new();
+    let mut owner = vec![None; SLOTS];
+    for (from, to, addr) in ranges {
+        let at = match index.get(addr.as_str()) {
+            Some(&at) => at,
+            None => {
+                let store = match connections.get(addr) {
+                    Some(store) => store.clone(),
+                    None => {
+                        let store = connect(addr)?;
+                        connections.insert(addr.clone(), store.clone());
+                        store
+                    }
+                };
+                let at = u16::try_from(masters.len()).map_err(|_| StoreError::Unknown("too many masters".into()))?;
+                masters.push(store);
+                index.insert(addr, at);
+                at
+            }
+        };
+        for slot in owner.iter_mut().take(usize::from(*to) + 1).skip(usize::from(*from)) {
+            *slot = Some(at);
+        }
+    }
+    connections.retain(|addr, _| index.contains_key(addr.as_str()));
+    Ok(SlotMap { owner, masters })
 }
 
 impl SlotMap {
@@ -260,5 +275,37 @@ mod tests {
         assert!(!map_may_be_stale(&[Outcome::Applied(1), Outcome::Overflow, refused]));
         assert!(map_may_be_stale(&[Outcome::Applied(1), Outcome::Failed(StoreError::NotApplied("MOVED".into()))]));
         assert!(map_may_be_stale(&[Outcome::Failed(StoreError::Unknown("timed out".into()))]));
+    }
+
+    #[tokio::test]
+    async fn a_refreshed_map_keeps_known_masters_and_drops_departed_ones() {
+        let timeouts =
+            super::super::StoreTimeouts { connect: Duration::from_secs(1), response: Duration::from_secs(1) };
+        let options = StoreOptions { timeouts, tls: Default::default() };
+        let mut connections = HashMap::new();
+        let mut opened = Vec::new();
+        // Lazy connections: nothing is dialled by this test.
+        let mut connect = |addr: &str| {
+            opened.push(addr.to_string());
+            RedisStore::new(&format!("redis://{addr}"), &options).map(Arc::new)
+        };
+        let ranges = [(0, 8191, "a:1".to_string()), (8192, 16383, "b:1".to_string())];
+        let first = build_map(&ranges, &mut connections, &mut connect).expect("map");
+        assert_eq!(first.masters.len(), 2);
+        assert_eq!(first.owner[8191], Some(0));
+        assert_eq!(first.owner[8192], Some(1));
+        let kept = connections["b:1"].clone();
+
+        // a:1 left the cluster; its slots went to b:1 and a new master c:1.
+        let ranges = [(0, 99, "c:1".to_string()), (100, 16383, "b:1".to_string())];
+        let second = build_map(&ranges, &mut connections, &mut connect).expect("map");
+        assert_eq!(opened, ["a:1", "b:1", "c:1"], "b:1 was not dialled again");
+        let mut known: Vec<&str> = connections.keys().map(String::as_str).collect();
+        known.sort_unstable();
+        assert_eq!(known, ["b:1", "c:1"], "the departed master's connection is dropped");
+        assert!(Arc::ptr_eq(&connections["b:1"], &kept));
+        assert_eq!(second.owner[0], Some(0));
+        assert!(Arc::ptr_eq(&second.masters[1], &kept));
+        assert_eq!(second.owner[16383], Some(1));
     }
 }
