@@ -246,10 +246,12 @@ async fn run<B: Batched>(
 /// answered [`CallError::Overloaded`]: neither was sent, so nothing of them
 /// was applied.
 fn sendable<B: Batched>(jobs: Vec<Job<B>>, max_wait: Duration) -> Vec<Job<B>> {
+    // One clock read per batch, not per job.
+    let now = Instant::now();
     jobs.into_iter()
         .filter(|job| !job.reply.is_closed())
         .filter_map(|job| {
-            if job.queued.elapsed() <= max_wait {
+            if now.saturating_duration_since(job.queued) <= max_wait {
                 return Some(job);
             }
             let _ = job.reply.send(Err(CallError::Overloaded));
