@@ -1,7 +1,7 @@
 //! The gateway's read cache: counter values for `GET` and
 //! batch get, with a TTL and a size bound, kept consistent with the
 //! gateway's own writes so a client always reads its own increment.
-//! The entries themselves live in [`expiring::Expiring`] maps (quick_cache,
+//! The entries themselves live in `expiring::Expiring` maps (quick_cache,
 //! with an expiry per entry).
 //!
 //! The hazard is ordering: a read that started before a write may finish

@@ -87,7 +87,7 @@ impl Batched for Reads {
     type Output = GetResponse;
     const SPAN_NAME: &'static str = "coalesce BatchGet";
 
-    /// Each counter once, however many callers read it ([`collapse`]).
+    /// Each counter once, however many callers read it (`collapse`).
     async fn call(counter: &Counter, items: Vec<CounterRef>) -> Result<Vec<GetResponse>, CallError> {
         let (items, positions) = collapse::distinct(items);
         let asked = items.len();
