@@ -101,8 +101,19 @@ load() {
     *) wrk -t2 -c100 -d"$2s" --latency -s "scripts/wrk/$scenario.lua" "$base/increment" ;;
   esac
 }
+# The read scenarios read counters written first, in every store read: the
+# reference's Redis, and the chains' own when they have one (TLS: one each;
+# a Redis Cluster: shared by both).
+write_counters() {
+  wrk -t2 -c100 -d5s -s scripts/wrk/keys.lua "$1://127.0.0.1:$2/api/v1/counter/increment" >/dev/null
+}
 case $scenario in
-  get-*) wrk -t2 -c100 -d5s -s scripts/wrk/keys.lua "http://127.0.0.1:$ref_port/api/v1/counter/increment" >/dev/null ;;
+  get-*)
+    write_counters http "$ref_port"
+    if [ "${TLS:-off}" = on ] || [ "${STORE:-redis}" = cluster ]; then
+      for port in "$a_port" "$b_port"; do write_counters "$chain_scheme" "$port"; done
+    fi
+    ;;
 esac
 
 # The machine's idle and total CPU time so far (/proc/stat, all cores, in ticks).
