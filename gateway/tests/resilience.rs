@@ -102,3 +102,27 @@ async fn kubernetes_discovery_without_a_cluster_refuses_to_start_clearly() {
     let log = String::from_utf8_lossy(&output.stdout);
     assert!(log.contains("no usable Kubernetes client configuration"), "{log}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_counter_endpoint_without_a_scheme_is_dialled_over_http() {
+    let counter = start_counter("memory", &[]);
+    let gateway = start_gateway(&counter.addr("grpc").to_string(), &[]);
+    let http = Http::new(gateway.http_base());
+    let body = json!({"resource_id": unique("bare"), "counter_type": "likes", "delta": 2});
+    let (status, response) = http.post("/api/v1/counter/increment", body).await;
+    assert_eq!(status, 200, "{response}");
+    assert_eq!(response["data"]["current_value"], 2, "{response}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_counter_endpoint_of_another_scheme_refuses_to_start_clearly() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_tally-gateway"))
+        .env("TALLY_LISTEN", "127.0.0.1:0")
+        .env("TALLY_ADMIN_LISTEN", "127.0.0.1:0")
+        .env("TALLY_COUNTER_ENDPOINTS", "grpc://127.0.0.1:9001")
+        .output()
+        .expect("run tally-gateway");
+    assert!(!output.status.success());
+    let log = String::from_utf8_lossy(&output.stdout);
+    assert!(log.contains("the scheme must be http:// or https://"), "{log}");
+}
