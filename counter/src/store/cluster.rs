@@ -143,6 +143,8 @@ impl ClusterStore {
             async move { master.incr(&group).await }
         })
         .await;
+        // Unmapped commands still hold the "no reply" placeholder here, so
+        // they too ask for a new map: a slot without a master is news.
         if map_may_be_stale(&outcomes) {
             self.nodes.refresh(&conn);
         }

@@ -228,6 +228,7 @@ fn parse_slots(reply: &Value) -> Option<Vec<(u16, u16, String)>> {
             _ => return None,
         };
         let Some(Value::Int(port)) = master.get(1) else { return None };
+        let port = u16::try_from(*port).ok()?;
         let (from, to) = (u16::try_from(*from).ok()?, u16::try_from(*to).ok()?);
         if from > to || usize::from(to) >= SLOTS {
             return None;
@@ -266,6 +267,7 @@ mod tests {
         assert_eq!(ranges, vec![(0, 5460, "127.0.0.1:7001".into()), (10923, 16383, "[::1]:7003".into())]);
         assert!(parse_slots(&Value::Array(vec![entry(5, 3, "h", 1)])).is_none(), "a range backwards");
         assert!(parse_slots(&Value::Array(vec![entry(0, 16384, "h", 1)])).is_none(), "a slot past the last");
+        assert!(parse_slots(&Value::Array(vec![entry(0, 1, "h", 70000)])).is_none(), "a port past 65535");
         assert!(parse_slots(&Value::Int(1)).is_none());
     }
 

@@ -64,8 +64,6 @@ fn operation(key: &CounterKey, delta: i64, idempotency_key: Option<&str>) -> Inc
     }
 }
 
-const IDEMPOTENCY_KEY: &str = "idempotency-key";
-
 /// The `Idempotency-Key` request header, taken alone (axum's `HeaderMap`
 /// extractor would copy every header of every request).
 pub struct IdempotencyHeader(Option<HeaderValue>);
@@ -74,11 +72,16 @@ impl<S: Send + Sync> FromRequestParts<S> for IdempotencyHeader {
     type Rejection = std::convert::Infallible;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        Ok(IdempotencyHeader(parts.headers.get(IDEMPOTENCY_KEY).cloned()))
+        Ok(IdempotencyHeader::of(parts))
     }
 }
 
 impl IdempotencyHeader {
+    /// The header of the request with these parts, if it has one.
+    pub(super) fn of(parts: &Parts) -> IdempotencyHeader {
+        IdempotencyHeader(parts.headers.get("idempotency-key").cloned())
+    }
+
     /// The header's key, validated like every other input.
     pub(super) fn validated(&self) -> Result<Option<&str>, ApiError> {
         let Some(value) = &self.0 else { return Ok(None) };
@@ -102,7 +105,7 @@ fn idempotency_key<'a>(header: &'a IdempotencyHeader, body: Option<&'a str>) -> 
 /// hot path: no extractors, no boxed future of its own).
 pub async fn increment(state: &AppState, parts: &mut Parts, body: Bytes) -> Result<Response, ApiError> {
     let Authenticated(caller) = Authenticated::from_request_parts(parts, state).await?;
-    let header = IdempotencyHeader(parts.headers.get(IDEMPOTENCY_KEY).cloned());
+    let header = IdempotencyHeader::of(parts);
     let Increment { key, delta, idempotency_key: body_key } = request::increment(&body)?;
     let idempotency_key = idempotency_key(&header, body_key.as_deref())?;
     caller::permit(state, &caller, Scope::Write, [key.resource_id()], 1)?;
