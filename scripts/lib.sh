@@ -22,9 +22,30 @@ require_tools() {
   fi
 }
 
-# A free TCP port on loopback.
+# A free TCP port on loopback, chosen at random below the kernel's ephemeral
+# range: a port from that range, once released, can become the local port of
+# the next outgoing connection before the service meant to listen on it binds
+# it (testkit's free_port says the same).
 free_port() {
-  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+  python3 - <<'PY'
+import random, socket
+try:
+    start = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+except (OSError, ValueError, IndexError):
+    start = 32768
+high = max(start, 11000)
+for _ in range(1000):
+    port = random.randrange(10000, high)
+    try:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", port))
+        print(port)
+        break
+    except OSError:
+        pass
+else:
+    raise SystemExit("no free loopback port below %d" % high)
+PY
 }
 
 # Waits (up to 30 s) until a log file contains a pattern (at least $3 times,

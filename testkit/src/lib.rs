@@ -8,6 +8,7 @@ pub mod docs;
 mod kubernetes;
 mod lease;
 mod otlp;
+mod ports;
 mod procs;
 pub mod prometheus;
 mod resharding;
@@ -20,7 +21,8 @@ pub use kubernetes::KubernetesDouble;
 pub use lease::LeaseDouble;
 pub use otlp::{OtlpReceiver, ReceivedSpan};
 
-pub use procs::{RedisCluster, RedisServer, Service, free_port, redis_cli, rss_bytes, workspace_binary};
+pub use ports::free_port;
+pub use procs::{RedisCluster, RedisServer, Service, redis_cli, rss_bytes, workspace_binary};
 pub use settings::SettingsFile;
 pub use tls::TestCerts;
 

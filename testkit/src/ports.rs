@@ -1,0 +1,58 @@
+//! Loopback ports for the processes the tests start.
+
+use std::net::TcpListener;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// A free loopback port for a process to bind later.
+///
+/// Chosen below the kernel's ephemeral range, never from it: a port the OS
+/// handed out for `:0` is back in that pool once released, and the next
+/// outgoing connection (a counter dialling Redis, say) may take it as its
+/// local port before the process meant to listen on it binds it, which failed
+/// CI with "Address already in use". Below the range, only another
+/// `free_port` can take it: within this process each port is handed out once,
+/// and the starting point varies with the process id so concurrent test
+/// binaries start far apart. A port is checked free by binding it first.
+pub fn free_port() -> u16 {
+    static NEXT: OnceLock<AtomicU32> = OnceLock::new();
+    let (low, high) = reserved_port_span();
+    let span = u32::from(high - low);
+    let next = NEXT.get_or_init(|| AtomicU32::new(std::process::id().wrapping_mul(7919) % span));
+    for _ in 0..span {
+        let offset = next.fetch_add(1, Ordering::Relaxed) % span;
+        let port = low + offset as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in {low}..{high}");
+}
+
+/// The ports `free_port` chooses from: from 10000 up to the start of the
+/// kernel's ephemeral range (32768 when it cannot be read).
+fn reserved_port_span() -> (u16, u16) {
+    const LOW: u16 = 10_000;
+    let ephemeral_start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
+    (LOW, ephemeral_start.max(LOW + 1_000))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports_are_distinct_free_and_below_the_ephemeral_range() {
+        let (_, ephemeral_start) = reserved_port_span();
+        let ports: Vec<u16> = (0..50).map(|_| free_port()).collect();
+        let mut unique = ports.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), ports.len(), "a port handed out twice: {ports:?}");
+        assert!(ports.iter().all(|&p| p < ephemeral_start), "{ports:?} reach {ephemeral_start}");
+        assert!(ports.iter().all(|&p| TcpListener::bind(("127.0.0.1", p)).is_ok()));
+    }
+}
