@@ -2,8 +2,8 @@
 //! on connections of their own ([`super::node_pipelines`]). The rest goes
 //! through redis-rs's cluster connection, split into pipelines that run
 //! concurrently, each on one slot (increments and resets: on one resource,
-//! [`by_resource`] says why); redis-rs routes each to the slot's master and
-//! follows topology changes.
+//! as one transaction, [`by_resource`] says why); redis-rs routes each to
+//! the slot's master and follows topology changes.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,7 +18,7 @@ use tally_proto::CounterKey;
 
 use super::batch;
 use super::node_pipelines::{NodePipelines, map_may_be_stale};
-use super::ordered::{each_outcomes, each_pipeline, pipeline_failed};
+use super::ordered::{each_outcomes, each_pipeline};
 use super::redis::{get_pipeline, incr_pipeline, outcomes};
 use super::slot::slot_of_resource;
 use super::{Cmd, KeyedCmd, Listing, Outcome, StoreError, StoreOptions};
@@ -166,7 +166,8 @@ impl ClusterStore {
         let missing = Outcome::Failed(StoreError::Unknown("no reply".into()));
         let outcomes = scatter(&groups, cmds.len(), missing, |_, indices| {
             let mut conn = conn.clone();
-            let pipe = incr_pipeline(indices.iter().map(|&i| &cmds[i]));
+            let mut pipe = incr_pipeline(indices.iter().map(|&i| &cmds[i]));
+            all_or_nothing(&mut pipe);
             async move {
                 match pipe.query_async::<Vec<RedisResult<i64>>>(&mut conn).await {
                     Ok(replies) => outcomes(replies, indices.len()),
@@ -210,11 +211,12 @@ impl ClusterStore {
         let outcomes = scatter(&groups, cmds.len(), missing, |_, indices| {
             let mut conn = conn.clone();
             let group: Vec<&KeyedCmd<'_>> = indices.iter().map(|&i| &cmds[i]).collect();
-            let pipe = each_pipeline(group.iter().copied(), retention);
+            let mut pipe = each_pipeline(group.iter().copied(), retention);
+            all_or_nothing(&mut pipe);
             async move {
                 match pipe.query_async::<Vec<RedisResult<Value>>>(&mut conn).await {
                     Ok(replies) => each_outcomes(group.iter().copied(), replies, group.len()),
-                    Err(err) => pipeline_failed(&group, StoreError::from_redis(&err)),
+                    Err(err) => vec![Outcome::Failed(StoreError::from_redis(&err)); group.len()],
                 }
             }
         })
@@ -317,12 +319,32 @@ fn by_slot<'a>(keys: impl Iterator<Item = &'a CounterKey>) -> BTreeMap<u16, Vec<
 /// redirected (`ASK`) for the one already moved. redis-rs answers a
 /// redirect anywhere in a pipeline as the error of the whole pipeline, which
 /// would report the applied increment as not applied, and its resend would
-/// count it twice. A key moves whole, between two commands the node runs,
-/// so the pipeline of one key is applied or redirected as a whole. (The
-/// batch scripts of `incr_batch_once` keep one pipeline per slot: a script
-/// runs whole or not at all, and its markers make a resend apply once.)
+/// count it twice. A key moves whole; [`all_or_nothing`] covers the rest.
+/// (The batch scripts of `incr_batch_once` keep one pipeline per slot: a
+/// script runs whole or not at all, and its markers make a resend apply
+/// once.)
 fn by_resource<'a>(keys: impl Iterator<Item = &'a CounterKey>) -> BTreeMap<&'a str, Vec<usize>> {
     grouped(keys, CounterKey::resource_id)
+}
+
+/// Makes a pipeline of more than one command a transaction (`MULTI` …
+/// `EXEC`), so it runs whole or not at all, and a failure of the pipeline
+/// is exact for each command in it.
+///
+/// Without it, one resource's pipeline could still be applied in part. An
+/// idempotency marker is a key of its own (it shares the hash's slot), and
+/// during a migration a script over the hash and a marker that is not on
+/// the node is refused (`TRYAGAIN`) after the commands before it ran. And
+/// Redis reads a long pipeline in parts: a `MIGRATE` can run between them
+/// and move the hash after the first commands ran. Either way redis-rs
+/// reports the redirect as the error of the whole pipeline. A transaction
+/// has no such gap: a redirect while it is queued aborts it
+/// (`EXECABORT`), and `EXEC` itself is redirected, and the transaction
+/// discarded, unless every key it touches is on the node.
+fn all_or_nothing(pipe: &mut redis::Pipeline) {
+    if pipe.cmd_iter().nth(1).is_some() {
+        pipe.atomic();
+    }
 }
 
 fn grouped<'a, K: Ord>(
@@ -360,6 +382,19 @@ fn seed_urls(seeds: &str, tls: bool) -> Result<Vec<String>, StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pipelines_of_several_commands_become_transactions() {
+        let key = CounterKey::new("r", "likes").expect("valid");
+        let one = [(&key, 1)];
+        let mut pipe = incr_pipeline(one.iter());
+        all_or_nothing(&mut pipe);
+        assert!(!pipe.is_transaction(), "one command runs whole by itself");
+        let two = [(&key, 1), (&key, 2)];
+        let mut pipe = incr_pipeline(two.iter());
+        all_or_nothing(&mut pipe);
+        assert!(pipe.is_transaction());
+    }
 
     #[test]
     fn seed_list_with_and_without_password() {

@@ -35,17 +35,20 @@ impl StoreError {
     pub fn from_redis(err: &RedisError) -> StoreError {
         let text = tally_runtime::redact::userinfo(&err.to_string()).into_owned();
         match err.kind() {
-            ErrorKind::Server(
-                ServerErrorKind::Moved
-                | ServerErrorKind::Ask
-                | ServerErrorKind::TryAgain
-                | ServerErrorKind::ClusterDown
-                | ServerErrorKind::MasterDown
-                | ServerErrorKind::BusyLoading
-                | ServerErrorKind::ReadOnly,
-            )
-            | ErrorKind::ClusterConnectionNotFound
-            | ErrorKind::AuthenticationFailed => StoreError::NotApplied(text),
+            ErrorKind::Server(kind) if refused_before_running(kind) => StoreError::NotApplied(text),
+            // A transaction aborted because a command was refused as it was
+            // queued: nothing ran. Not applied when the refusal was of the
+            // kind above (a redirect during a resharding), so it may be
+            // sent again; rejected otherwise.
+            ErrorKind::Server(ServerErrorKind::ExecAbort)
+                if err
+                    .clone()
+                    .into_server_errors()
+                    .is_some_and(|errors| errors.iter().any(|(_, e)| e.kind().is_some_and(refused_before_running))) =>
+            {
+                StoreError::NotApplied(text)
+            }
+            ErrorKind::ClusterConnectionNotFound | ErrorKind::AuthenticationFailed => StoreError::NotApplied(text),
             ErrorKind::Server(_) | ErrorKind::Extension => StoreError::Rejected(text),
             ErrorKind::InvalidClientConfig => StoreError::Config(text),
             _ if err.is_connection_refusal() => StoreError::NotApplied(text),
@@ -67,6 +70,22 @@ impl StoreError {
     pub fn is_not_applied(&self) -> bool {
         matches!(self, StoreError::NotApplied(_) | StoreError::Rejected(_) | StoreError::Config(_))
     }
+}
+
+/// Server errors that refuse a command before it runs, for a reason that
+/// passes (a redirect, a cluster or node not ready): nothing applied, and a
+/// resend is safe.
+fn refused_before_running(kind: ServerErrorKind) -> bool {
+    matches!(
+        kind,
+        ServerErrorKind::Moved
+            | ServerErrorKind::Ask
+            | ServerErrorKind::TryAgain
+            | ServerErrorKind::ClusterDown
+            | ServerErrorKind::MasterDown
+            | ServerErrorKind::BusyLoading
+            | ServerErrorKind::ReadOnly
+    )
 }
 
 /// True when a Redis error reply means "increment would overflow": the only

@@ -103,32 +103,6 @@ pub(super) fn each_outcomes<'a, 'k: 'a>(
         .collect()
 }
 
-/// The outcomes of a pipeline of [`each_pipeline`] (one resource's
-/// operations) that failed as a whole with `err`.
-///
-/// In a cluster a redirect or `TRYAGAIN` can fail one command after others
-/// of the pipeline ran: a resharding moves a resource's hash and its
-/// idempotency markers one key at a time, and a script over the hash and a
-/// marker is refused while they are apart. redis-rs reports that as the
-/// error of the whole pipeline. An operation without an idempotency key
-/// next to ones with a key (commands on other keys) may then have been
-/// applied, so "not applied" becomes unknown for it: not to be resent
-/// blindly. One with a key stays safe to resend (its marker makes it apply
-/// once), and a pipeline of unkeyed operations alone touches the hash only,
-/// which moves whole.
-pub(super) fn pipeline_failed(cmds: &[&KeyedCmd<'_>], err: StoreError) -> Vec<Outcome> {
-    let keyed = |(_, _, key): &&KeyedCmd<'_>| key.is_some();
-    let mixed = cmds.iter().any(keyed) && !cmds.iter().all(keyed);
-    cmds.iter()
-        .map(|cmd| match &err {
-            StoreError::NotApplied(text) if mixed && !keyed(cmd) => Outcome::Failed(StoreError::Unknown(format!(
-                "{text} (a pipeline over several keys: the operation may have been applied)"
-            ))),
-            _ => Outcome::Failed(err.clone()),
-        })
-        .collect()
-}
-
 /// A script's `{status, text}`: 0 applied, 1 replayed (text is the value),
 /// 2 refused (text is Redis's error, e.g. an overflow).
 fn script_outcome(status: i64, text: String) -> Outcome {
@@ -143,8 +117,6 @@ fn script_outcome(status: i64, text: String) -> Outcome {
 
 #[cfg(test)]
 mod tests {
-    use tally_proto::CounterKey;
-
     use super::*;
 
     #[test]
@@ -153,22 +125,5 @@ mod tests {
         assert_eq!(script_outcome(1, "-3".into()), Outcome::Replayed(-3));
         assert_eq!(script_outcome(2, "ERR increment or decrement would overflow".into()), Outcome::Overflow);
         assert!(matches!(script_outcome(0, "abc".into()), Outcome::Failed(StoreError::Rejected(_))));
-    }
-
-    #[test]
-    fn a_failed_pipeline_over_several_keys_leaves_unkeyed_operations_unknown() {
-        let key = CounterKey::new("r", "likes").expect("valid");
-        let plain: KeyedCmd<'_> = (&key, Change::Add(1), None);
-        let keyed: KeyedCmd<'_> = (&key, Change::Add(1), Some("k1"));
-        let redirected = || StoreError::NotApplied("TRYAGAIN".into());
-
-        let mixed = pipeline_failed(&[&plain, &keyed], redirected());
-        assert!(matches!(&mixed[0], Outcome::Failed(StoreError::Unknown(_))), "{mixed:?}");
-        assert_eq!(mixed[1], Outcome::Failed(redirected()), "a keyed operation is safe to resend");
-
-        let alone = pipeline_failed(&[&plain, &plain], redirected());
-        assert!(alone.iter().all(|o| *o == Outcome::Failed(redirected())), "the hash alone moves whole");
-        let timed_out = StoreError::Unknown("timed out".into());
-        assert_eq!(pipeline_failed(&[&plain, &keyed], timed_out.clone())[0], Outcome::Failed(timed_out));
     }
 }
