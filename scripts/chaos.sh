@@ -7,10 +7,14 @@
 # non-zero when a check fails; the Markdown report goes to bench-results/.
 #
 #   CHAOS_SECONDS=60 CHAOS_SEED=42 scripts/chaos.sh
+#   CHAOS_STORE=cluster scripts/chaos.sh
 #
 # CHAOS_SECONDS: length of the fault phase (default 300, at most 600).
 # CHAOS_SEED: seed of the fault schedule (default random; the report prints
 # it so a run can be repeated).
+# CHAOS_STORE: redis (default: one redis-server, killed and paused) or
+# cluster (a Redis Cluster of three masters; the faults move the written
+# resources' slots between masters and pause masters).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -21,5 +25,6 @@ require_tools redis-server redis-cli
 cargo build --release -q -p tally-counter -p tally-gateway -p tally-bench
 args=(--seconds "$CHAOS_SECONDS" --out-dir bench-results --bin-dir target/release)
 [ -n "${CHAOS_SEED:-}" ] && args+=(--seed "$CHAOS_SEED")
+args+=(--store "${CHAOS_STORE:-redis}")
 # tally-chaos starts and stops every process itself.
 exec target/release/tally-chaos "${args[@]}"

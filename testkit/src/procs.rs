@@ -128,6 +128,11 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
+    /// The redis-server process's id.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
     /// Sends a signal (`-KILL`, `-STOP`, `-CONT`, …) to redis-server itself.
     pub fn signal(&self, sig: &str) {
         let ok = Command::new("kill").arg(sig).arg(self.pid.to_string()).status().expect("kill").success();

@@ -6,8 +6,12 @@
 
 use std::io::Write;
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use crate::procs::{RedisCluster, RedisServer};
+
+/// Bound on the `MIGRATE` batches of one [`RedisCluster::reshard_slot`].
+const MAX_MIGRATE_BATCHES: usize = 10_000;
 
 /// One master as `CLUSTER NODES` lists it.
 struct Master {
@@ -22,20 +26,9 @@ impl RedisCluster {
     /// given Redis keys of that slot there (with `MIGRATE`), leaving the
     /// slot half-migrated. Returns the slot's master and the node importing it.
     pub fn migrate_keys(&self, slot: u16, keys: &[&str]) -> (&RedisServer, &RedisServer) {
-        let masters = self.masters();
-        let owner = masters
-            .iter()
-            .find(|m| m.slots.iter().any(|&(from, to)| (from..=to).contains(&slot)))
-            .unwrap_or_else(|| panic!("no master serves slot {slot}"));
-        let target = masters.iter().find(|m| m.id != owner.id).expect("a second master");
-        let (source, importing) = (self.node(owner.port), self.node(target.port));
-        let slot = slot.to_string();
-        let reply = importing.cli(&["cluster", "setslot", &slot, "importing", &owner.id]);
-        assert_eq!(reply, "OK", "setslot importing");
-        let reply = source.cli(&["cluster", "setslot", &slot, "migrating", &target.id]);
-        assert_eq!(reply, "OK", "setslot migrating");
+        let (source, importing) = self.begin_migration(slot).unwrap_or_else(|e| panic!("{e}"));
         for key in keys {
-            let reply = source.cli(&["migrate", "127.0.0.1", &target.port.to_string(), key, "0", "5000"]);
+            let reply = source.cli(&["migrate", "127.0.0.1", &importing.port.to_string(), key, "0", "5000"]);
             assert_eq!(reply, "OK", "migrate {key}");
         }
         (source, importing)
@@ -45,12 +38,79 @@ impl RedisCluster {
     /// been moved there): every node is told the slot is now its, as
     /// `redis-cli --cluster reshard` does last, the new master first.
     pub fn finish_migration(&self, slot: u16, importing: &RedisServer) {
+        self.try_finish_migration(slot, importing).unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    /// Moves `slot` to another master while clients use it, as
+    /// `redis-cli --cluster reshard` does: the slot marked importing and
+    /// migrating, its keys moved in about `batches` batches
+    /// (`MIGRATE … KEYS`) with `pause` after each, so clients meet it
+    /// half-moved, then every node told its new master. Returns the ports
+    /// of the old and the new master; a failed step is an error, not a
+    /// panic (a soak logs it).
+    pub fn reshard_slot(&self, slot: u16, batches: usize, pause: Duration) -> Result<(u16, u16), String> {
+        let (source, importing) = self.begin_migration(slot)?;
+        let slot_arg = slot.to_string();
+        let count = source.cli(&["cluster", "countkeysinslot", &slot_arg]);
+        let count: usize = count.parse().map_err(|_| format!("COUNTKEYSINSLOT {slot}: {count:?}"))?;
+        let batch_arg = count.div_ceil(batches.max(1)).max(1).to_string();
+        let port = importing.port.to_string();
+        // Bounded: keys written into the slot while it moves join the
+        // batches, but not without end.
+        for _ in 0..MAX_MIGRATE_BATCHES {
+            let listing = source.cli(&["cluster", "getkeysinslot", &slot_arg, &batch_arg]);
+            let keys: Vec<&str> = listing.lines().filter(|k| !k.is_empty()).collect();
+            if keys.is_empty() {
+                self.try_finish_migration(slot, importing)?;
+                return Ok((source.port, importing.port));
+            }
+            let mut args = vec!["migrate", "127.0.0.1", port.as_str(), "", "0", "5000", "keys"];
+            args.extend(&keys);
+            let reply = source.cli(&args);
+            if reply != "OK" && reply != "NOKEY" {
+                return Err(format!("MIGRATE of {} keys of slot {slot}: {reply}", keys.len()));
+            }
+            std::thread::sleep(pause);
+        }
+        Err(format!("slot {slot} still had keys after {MAX_MIGRATE_BATCHES} batches"))
+    }
+
+    /// Marks `slot` importing on another master and migrating on its own;
+    /// returns the slot's master and the node importing it.
+    fn begin_migration(&self, slot: u16) -> Result<(&RedisServer, &RedisServer), String> {
+        let masters = self.masters();
+        let owner = serving(&masters, slot).ok_or_else(|| format!("no master serves slot {slot}"))?;
+        let target = masters.iter().find(|m| m.id != owner.id).ok_or("no second master")?;
+        let (source, importing) = (self.node(owner.port), self.node(target.port));
+        let slot = slot.to_string();
+        let reply = importing.cli(&["cluster", "setslot", &slot, "importing", &owner.id]);
+        if reply != "OK" {
+            return Err(format!("setslot {slot} importing: {reply}"));
+        }
+        let reply = source.cli(&["cluster", "setslot", &slot, "migrating", &target.id]);
+        if reply != "OK" {
+            return Err(format!("setslot {slot} migrating: {reply}"));
+        }
+        Ok((source, importing))
+    }
+
+    fn try_finish_migration(&self, slot: u16, importing: &RedisServer) -> Result<(), String> {
         let id = importing.cli(&["cluster", "myid"]);
         let slot = slot.to_string();
         let others = self.nodes.iter().filter(|n| n.port != importing.port);
         for node in std::iter::once(importing).chain(others) {
-            assert_eq!(node.cli(&["cluster", "setslot", &slot, "node", &id]), "OK", "setslot node");
+            let reply = node.cli(&["cluster", "setslot", &slot, "node", &id]);
+            if reply != "OK" {
+                return Err(format!("setslot {slot} node on {}: {reply}", node.port));
+            }
         }
+        Ok(())
+    }
+
+    /// The master serving `slot` now, by port.
+    pub fn master_of(&self, slot: u16) -> Option<&RedisServer> {
+        let port = serving(&self.masters(), slot)?.port;
+        Some(self.node(port))
     }
 
     /// `HGET key field` on `importing` while it imports the key's slot:
@@ -101,4 +161,9 @@ impl RedisCluster {
             })
             .collect()
     }
+}
+
+/// The master among `masters` that serves `slot`.
+fn serving(masters: &[Master], slot: u16) -> Option<&Master> {
+    masters.iter().find(|m| m.slots.iter().any(|&(from, to)| (from..=to).contains(&slot)))
 }

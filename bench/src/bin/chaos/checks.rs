@@ -15,7 +15,7 @@ use std::time::Duration;
 use crate::faults::Fault;
 use crate::load::Load;
 use crate::slow::CLOSE_MARGIN;
-use crate::stack::HEADER_TIMEOUT;
+use crate::stack::{HEADER_TIMEOUT, StoreKind};
 use crate::stats::{Outcome, Tally, get};
 
 /// Values read from Redis at the end (None: could not be read).
@@ -27,6 +27,7 @@ pub struct Stored {
 
 /// Everything measured in a run.
 pub struct Figures<'a> {
+    pub store: StoreKind,
     pub seconds: u64,
     pub clean_seconds: u64,
     pub seed: u64,

@@ -4,8 +4,9 @@
 //! around it is timing-dependent and cannot be replayed exactly).
 //!
 //! Faults run one at a time and each one ends with the stack whole again
-//! (restarted or resumed), so the phase after it starts from a full stack.
-//! It runs on its own thread: process starts block for up to a few seconds.
+//! (restarted, resumed, or the slot's move finished), so the phase after
+//! it starts from a full stack. It runs on its own thread: process starts
+//! and slot moves block for up to a few seconds.
 
 use std::fmt;
 use std::sync::Mutex;
@@ -14,8 +15,9 @@ use std::time::{Duration, Instant};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
+use crate::load::Resources;
 use crate::report::{elapsed, utc_clock};
-use crate::stack::Stack;
+use crate::stack::{Stack, StoreKind};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Kind {
@@ -27,9 +29,27 @@ pub enum Kind {
     RedisRestart,
     /// SIGSTOP of redis-server for 1–3 s, then SIGCONT.
     RedisStop,
+    /// A Redis Cluster resharding of one resource's slot to another
+    /// master, its keys moved a batch at a time while it is written.
+    Reshard,
+    /// SIGSTOP of the master serving one resource's slot for 1–3 s, then SIGCONT.
+    MasterStop,
 }
 
-pub const KINDS: [Kind; 4] = [Kind::CounterKill, Kind::CounterStop, Kind::RedisRestart, Kind::RedisStop];
+/// The faults of a run on one redis-server.
+const ON_REDIS: [Kind; 4] = [Kind::CounterKill, Kind::CounterStop, Kind::RedisRestart, Kind::RedisStop];
+/// The faults of a run on a Redis Cluster (its masters are not restarted:
+/// without replicas a killed master's slots are down, which the standalone
+/// run's Redis restarts already cover).
+const ON_CLUSTER: [Kind; 4] = [Kind::CounterKill, Kind::CounterStop, Kind::Reshard, Kind::MasterStop];
+
+/// The kinds of fault a run on `store` draws from.
+pub fn kinds(store: StoreKind) -> &'static [Kind] {
+    match store {
+        StoreKind::Redis => &ON_REDIS,
+        StoreKind::Cluster => &ON_CLUSTER,
+    }
+}
 
 impl fmt::Display for Kind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -38,6 +58,8 @@ impl fmt::Display for Kind {
             Kind::CounterStop => "counter SIGSTOP/SIGCONT",
             Kind::RedisRestart => "redis kill -9 + restart",
             Kind::RedisStop => "redis SIGSTOP/SIGCONT",
+            Kind::Reshard => "slot moved to another master",
+            Kind::MasterStop => "master SIGSTOP/SIGCONT",
         })
     }
 }
@@ -58,9 +80,11 @@ pub struct Fault {
 
 /// Injects faults from now until `until`, adding each to `log` (shared, so
 /// what was done survives a panic here). A fault in progress at `until` is
-/// finished (the process restarted or resumed).
-pub fn run(stack: &Stack, seed: u64, started: Instant, until: Instant, log: &Mutex<Vec<Fault>>) {
+/// finished (the process restarted or resumed, the slot moved).
+pub fn run(stack: &Stack, resources: &Resources, seed: u64, started: Instant, until: Instant, log: &Mutex<Vec<Fault>>) {
     let mut rng = StdRng::seed_from_u64(seed);
+    let kinds = kinds(stack.store_kind());
+    let resources = resources.labelled();
     loop {
         let gap = Duration::from_millis(rng.random_range(3000..=8000));
         if Instant::now() + gap >= until {
@@ -68,56 +92,72 @@ pub fn run(stack: &Stack, seed: u64, started: Instant, until: Instant, log: &Mut
             return;
         }
         std::thread::sleep(gap);
-        let kind = KINDS[rng.random_range(0..KINDS.len())];
+        let kind = kinds[rng.random_range(0..kinds.len())];
         let counter = rng.random_range(0..2usize);
+        let (label, resource) = resources[rng.random_range(0..resources.len())];
         let hold = Duration::from_millis(match kind {
             Kind::CounterKill => rng.random_range(1000..=3000),
             Kind::CounterStop => rng.random_range(1000..=4000),
             Kind::RedisRestart => rng.random_range(1000..=2000),
-            Kind::RedisStop => rng.random_range(1000..=3000),
+            Kind::RedisStop | Kind::MasterStop => rng.random_range(1000..=3000),
+            Kind::Reshard => 0, // as long as the keys take to move
         });
         let target = match kind {
             Kind::CounterKill | Kind::CounterStop => stack.counters[counter].name,
             Kind::RedisRestart | Kind::RedisStop => "redis",
+            Kind::Reshard | Kind::MasterStop => label,
         };
         let at = started.elapsed();
         let wall = utc_clock();
         println!("[{} {wall}] fault: {kind} of {target} for {:.1} s", elapsed(at), hold.as_secs_f64());
-        let error = inject(stack, kind, counter, hold).err();
-        if let Some(err) = &error {
-            println!("[{} {}] fault FAILED: {kind} of {target}: {err}", elapsed(started.elapsed()), utc_clock());
-        }
+        let began = Instant::now();
+        let result = inject(stack, kind, counter, resource, hold);
+        let hold = if kind == Kind::Reshard { began.elapsed() } else { hold };
+        let error = match result {
+            Ok(Some(detail)) => {
+                println!("[{} {}] {kind} of {target}: {detail}", elapsed(started.elapsed()), utc_clock());
+                None
+            }
+            Ok(None) => None,
+            Err(err) => {
+                println!("[{} {}] fault FAILED: {kind} of {target}: {err}", elapsed(started.elapsed()), utc_clock());
+                Some(err)
+            }
+        };
         log.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).push(Fault { at, wall, kind, target, hold, error });
     }
 }
 
 /// One fault, start to end; every step is attempted even when an earlier
-/// one failed, so a paused process is always resumed.
-fn inject(stack: &Stack, kind: Kind, counter: usize, hold: Duration) -> Result<(), String> {
+/// one failed, so a paused process is always resumed. Some faults say what
+/// they did (a slot's move: from which master to which).
+fn inject(stack: &Stack, kind: Kind, counter: usize, resource: &str, hold: Duration) -> Result<Option<String>, String> {
     match kind {
         Kind::CounterKill => {
             let killed = stack.kill_counter(counter);
             std::thread::sleep(hold);
             let started = stack.start_counter(counter);
-            killed.and(started).map(drop)
+            killed.and(started).map(|_| None)
         }
         Kind::CounterStop => {
             let stopped = stack.signal_counter(counter, "-STOP");
             std::thread::sleep(hold);
             let resumed = stack.signal_counter(counter, "-CONT");
-            stopped.and(resumed).map(drop)
+            stopped.and(resumed).map(|_| None)
         }
         Kind::RedisRestart => {
             let killed = stack.kill_redis();
             std::thread::sleep(hold);
             let started = stack.start_redis();
-            killed.and(started).map(drop)
+            killed.and(started).map(|_| None)
         }
         Kind::RedisStop => {
             let stopped = stack.signal_redis("-STOP");
             std::thread::sleep(hold);
             let resumed = stack.signal_redis("-CONT");
-            stopped.and(resumed).map(drop)
+            stopped.and(resumed).map(|_| None)
         }
+        Kind::Reshard => stack.reshard(resource).map(Some),
+        Kind::MasterStop => stack.pause_master_of(resource, hold).map(|_| None),
     }
 }

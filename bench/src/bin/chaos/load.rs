@@ -38,10 +38,30 @@ pub enum Phase {
 }
 
 /// The counters the clients write, one per kind, named after the run.
+#[derive(Debug, Clone)]
 pub struct Resources {
     pub keyed: String,
     pub plain: String,
     pub abort: String,
+}
+
+impl Resources {
+    pub fn of(run_id: &str) -> Resources {
+        Resources {
+            keyed: format!("chaos-keyed-{run_id}"),
+            plain: format!("chaos-plain-{run_id}"),
+            abort: format!("chaos-abort-{run_id}"),
+        }
+    }
+
+    /// Each resource with a label for the fault log.
+    pub fn labelled(&self) -> [(&'static str, &str); 3] {
+        [
+            ("the keyed resource", &self.keyed),
+            ("the unkeyed resource", &self.plain),
+            ("the aborted resource", &self.abort),
+        ]
+    }
 }
 
 pub struct Load {
@@ -71,11 +91,7 @@ impl Load {
         let base = format!("http://{http_addr}");
         Load {
             stats: Stats::default(),
-            resources: Resources {
-                keyed: format!("chaos-keyed-{run_id}"),
-                plain: format!("chaos-plain-{run_id}"),
-                abort: format!("chaos-abort-{run_id}"),
-            },
+            resources: Resources::of(run_id),
             http_addr,
             phase: AtomicU8::new(Phase::Faults as u8),
             client: client(),

@@ -29,13 +29,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use tally_testkit::redis_cli;
 
 use crate::checks::{Figures, Stored};
 use crate::load::{KEYED_GIVE_UP, Load, Phase, Resources};
 use crate::memory::Memory;
 use crate::report::{elapsed, utc_clock};
-use crate::stack::Stack;
+use crate::stack::{Stack, StoreKind};
 
 const MAX_SECONDS: u64 = 600;
 const MAX_CLEAN_SECONDS: u64 = 120;
@@ -73,6 +72,10 @@ struct Args {
     /// (default: the workspace's target/release).
     #[arg(long)]
     bin_dir: Option<PathBuf>,
+    /// The counters' store: one redis-server, or a Redis Cluster of three
+    /// masters whose slots the faults move while they are written.
+    #[arg(long, value_enum, default_value = "redis")]
+    store: StoreKind,
 }
 
 fn main() {
@@ -85,9 +88,12 @@ fn main() {
     let seed = args.seed.unwrap_or_else(rand::random);
     let run_id = format!("{}-{:04x}", report::utc_stamp(), seed & 0xffff);
     let bin_dir = args.bin_dir.unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release"));
-    println!("chaos: seed {seed} (repeat with --seed {seed}); faults {seconds} s, clean phase {clean_seconds} s");
+    println!(
+        "chaos: seed {seed} (repeat with --seed {seed}); store {:?}; faults {seconds} s, clean phase {clean_seconds} s",
+        args.store
+    );
 
-    let stack = Arc::new(Stack::start(&bin_dir, &run_id));
+    let stack = Arc::new(Stack::start(&bin_dir, &run_id, args.store));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -136,8 +142,8 @@ async fn soak(stack: Arc<Stack>, plan: Plan) -> (String, bool) {
     let until = Instant::now() + Duration::from_secs(plan.seconds);
     let fault_log = Arc::new(Mutex::new(Vec::new()));
     let injector = {
-        let (stack, log, seed) = (stack.clone(), fault_log.clone(), plan.seed);
-        tokio::task::spawn_blocking(move || faults::run(&stack, seed, started, until, &log))
+        let (stack, log, seed, resources) = (stack.clone(), fault_log.clone(), plan.seed, load.resources.clone());
+        tokio::task::spawn_blocking(move || faults::run(&stack, &resources, seed, started, until, &log))
     };
     tokio::time::sleep_until(until.into()).await;
     load.set_phase(Phase::Recovery);
@@ -167,7 +173,7 @@ async fn soak(stack: Arc<Stack>, plan: Plan) -> (String, bool) {
     }
 
     say("waiting for the stored values to settle");
-    let stored = settled(stack.redis_port(), &load.resources).await;
+    let stored = settled(stack.clone(), &load.resources).await;
     stop_sampling.store(true, std::sync::atomic::Ordering::SeqCst);
     let _ = sampler.await;
     memory.sample(&stack);
@@ -175,6 +181,7 @@ async fn soak(stack: Arc<Stack>, plan: Plan) -> (String, bool) {
 
     let faults = fault_log.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
     let figures = Figures {
+        store: stack.store_kind(),
         seconds: plan.seconds,
         clean_seconds: plan.clean_seconds,
         seed: plan.seed,
@@ -222,11 +229,11 @@ async fn all_healthy_within(admin: &str, bound: Duration) -> bool {
 
 /// Reads the three counters until two reads a second apart agree (or the
 /// bound passes: then the last read).
-async fn settled(port: u16, resources: &Resources) -> Stored {
+async fn settled(stack: Arc<Stack>, resources: &Resources) -> Stored {
     let names = [resources.keyed.clone(), resources.plain.clone(), resources.abort.clone()];
     let read = || {
-        let names = names.clone();
-        tokio::task::spawn_blocking(move || names.map(|name| hget(port, &name)))
+        let (names, stack) = (names.clone(), stack.clone());
+        tokio::task::spawn_blocking(move || names.map(|name| stack.read_count(&name)))
     };
     let deadline = Instant::now() + SETTLE_BOUND;
     let mut last = read().await.unwrap_or([None; 3]);
@@ -239,14 +246,4 @@ async fn settled(port: u16, resources: &Resources) -> Stored {
         last = now;
     }
     Stored { keyed: last[0], plain: last[1], abort: last[2] }
-}
-
-/// `HGET tally:{resource} likes`; a missing field is 0, an unreachable
-/// Redis is None (redis-cli prints nothing for both, hence the PING).
-fn hget(port: u16, resource: &str) -> Option<i64> {
-    if redis_cli(port, &["PING"]) != "PONG" {
-        return None;
-    }
-    let value = redis_cli(port, &["HGET", &format!("tally:{{{resource}}}"), "likes"]);
-    if value.is_empty() { Some(0) } else { value.parse().ok() }
 }

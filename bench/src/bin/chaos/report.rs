@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::checks::{Check, Figures};
-use crate::faults::KINDS;
+use crate::faults::kinds;
 use crate::stats::{Tally, get};
 
 /// `+12.345s`: time since the start of the run.
@@ -78,6 +78,7 @@ pub fn render(f: &Figures, checks: &[Check]) -> String {
     let _ = writeln!(w, "# tally chaos soak — {}\n", f.started_utc);
     let _ = writeln!(w, "**Result: {}** ({} of {} checks passed)\n", verdict(pass), passed(checks), checks.len());
     let _ = writeln!(w, "| | |\n|---|---|");
+    let _ = writeln!(w, "| store | {:?} |", f.store);
     let _ = writeln!(w, "| fault phase | {} s |", f.seconds);
     let _ = writeln!(w, "| clean phase | {} s |", f.clean_seconds);
     let _ = writeln!(w, "| seed | {} (repeat with `--seed {}`) |", f.seed, f.seed);
@@ -87,7 +88,7 @@ pub fn render(f: &Figures, checks: &[Check]) -> String {
     let _ = writeln!(w, "| wall time | {:.0} s |\n", f.wall.as_secs_f64());
 
     let _ = writeln!(w, "## Faults\n\n| kind | injected | failed |\n|---|---:|---:|");
-    for kind in KINDS {
+    for &kind in kinds(f.store) {
         let of_kind: Vec<_> = f.faults.iter().filter(|x| x.kind == kind).collect();
         let failed = of_kind.iter().filter(|x| x.error.is_some()).count();
         let _ = writeln!(w, "| {kind} | {} | {failed} |", of_kind.len());

@@ -1,6 +1,6 @@
 //! The stack under test, as real processes on loopback: redis-server with an
-//! fsync-always AOF, two `tally-counter`s and one `tally-gateway` in front of
-//! both.
+//! fsync-always AOF (or, with `--store cluster`, a Redis Cluster of three
+//! masters), two `tally-counter`s and one `tally-gateway` in front of both.
 //!
 //! Every process that a fault may kill listens on a port fixed at startup,
 //! so that after a restart it is back at the same address and its clients
@@ -16,7 +16,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use tally_testkit::{RedisServer, Service, free_port, redis_cli};
+use tally_testkit::{RedisCluster, RedisServer, Service, free_port, redis_cli};
 
 /// Gateway's limit for a request head: slow clients must be cut after it.
 pub const HEADER_TIMEOUT: Duration = Duration::from_millis(2000);
@@ -33,12 +33,48 @@ pub struct Counter {
     pid: AtomicU32,
 }
 
+/// Where the counters keep their counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StoreKind {
+    /// One redis-server; faults kill and restart it, and pause it.
+    Redis,
+    /// A Redis Cluster of three masters, no replicas; faults move the
+    /// resources' slots between masters while they are written, and pause
+    /// a master.
+    Cluster,
+}
+
+enum Store {
+    Redis {
+        port: u16,
+        dir: PathBuf,
+        server: Mutex<Option<RedisServer>>,
+        pid: AtomicU32,
+    },
+    Cluster {
+        /// Taken out at shutdown; held while a slot moves.
+        cluster: Mutex<Option<RedisCluster>>,
+        /// The masters' pids and ports (fixed: no fault restarts a master),
+        /// readable while a resharding holds the cluster.
+        pids: Vec<u32>,
+        first_port: u16,
+        url: String,
+    },
+}
+
+/// Names of the cluster's masters in the report.
+const MASTER_NAMES: [&str; 3] = ["redis-1", "redis-2", "redis-3"];
+
+/// `MIGRATE` batches and the pause after each in a resharding: a slot
+/// stays half-moved for a second or more however many keys it holds (the
+/// keyed resource's slot: one idempotency marker per increment), while
+/// every client keeps writing.
+const RESHARD_BATCHES: usize = 100;
+const RESHARD_PAUSE: Duration = Duration::from_millis(10);
+
 pub struct Stack {
     bin_dir: PathBuf,
-    redis_port: u16,
-    redis_dir: PathBuf,
-    redis: Mutex<Option<RedisServer>>,
-    redis_pid: AtomicU32,
+    store: Store,
     pub counters: [Counter; 2],
     gateway: Mutex<Option<Service>>,
     pub gateway_pid: u32,
@@ -49,13 +85,27 @@ pub struct Stack {
 impl Stack {
     /// Starts everything; panics with the reason when a process cannot be
     /// started (a setup failure, not a finding).
-    pub fn start(bin_dir: &Path, run_id: &str) -> Stack {
+    pub fn start(bin_dir: &Path, run_id: &str, kind: StoreKind) -> Stack {
         for name in ["tally-counter", "tally-gateway"] {
             let path = bin_dir.join(name);
             assert!(path.is_file(), "{} not found: build it first (cargo build --release -p {name})", path.display());
         }
-        let redis_dir = std::env::temp_dir().join(format!("tally-chaos-{run_id}-{}", std::process::id()));
-        std::fs::create_dir_all(&redis_dir).unwrap_or_else(|e| panic!("create {}: {e}", redis_dir.display()));
+        let store = match kind {
+            StoreKind::Redis => {
+                let dir = std::env::temp_dir().join(format!("tally-chaos-{run_id}-{}", std::process::id()));
+                std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
+                Store::Redis { port: free_port(), dir, server: Mutex::new(None), pid: AtomicU32::new(0) }
+            }
+            StoreKind::Cluster => {
+                let cluster = RedisCluster::start();
+                Store::Cluster {
+                    pids: cluster.nodes.iter().map(RedisServer::pid).collect(),
+                    first_port: cluster.nodes[0].port,
+                    url: cluster.url(),
+                    cluster: Mutex::new(Some(cluster)),
+                }
+            }
+        };
         let counter = |name| Counter {
             name,
             grpc_port: free_port(),
@@ -65,17 +115,16 @@ impl Stack {
         };
         let mut stack = Stack {
             bin_dir: bin_dir.to_path_buf(),
-            redis_port: free_port(),
-            redis_dir,
-            redis: Mutex::new(None),
-            redis_pid: AtomicU32::new(0),
+            store,
             counters: [counter("counter-a"), counter("counter-b")],
             gateway: Mutex::new(None),
             gateway_pid: 0,
             gateway_http: SocketAddr::from(([127, 0, 0, 1], 0)),
             gateway_admin: String::new(),
         };
-        stack.start_redis().unwrap_or_else(|e| panic!("{e}"));
+        if kind == StoreKind::Redis {
+            stack.start_redis().unwrap_or_else(|e| panic!("{e}"));
+        }
         for i in 0..2 {
             stack.start_counter(i).unwrap_or_else(|e| panic!("{e}"));
         }
@@ -98,51 +147,113 @@ impl Stack {
         stack
     }
 
-    pub fn redis_port(&self) -> u16 {
-        self.redis_port
+    pub fn store_kind(&self) -> StoreKind {
+        match self.store {
+            Store::Redis { .. } => StoreKind::Redis,
+            Store::Cluster { .. } => StoreKind::Cluster,
+        }
     }
 
     /// The processes' current pids by name (0 while one is down).
     pub fn pids(&self) -> Vec<(&'static str, u32)> {
-        let mut pids = vec![("redis", self.redis_pid.load(Ordering::SeqCst))];
+        let mut pids = match &self.store {
+            Store::Redis { pid, .. } => vec![("redis", pid.load(Ordering::SeqCst))],
+            Store::Cluster { pids, .. } => MASTER_NAMES.iter().copied().zip(pids.iter().copied()).collect(),
+        };
         pids.extend(self.counters.iter().map(|c| (c.name, c.pid.load(Ordering::SeqCst))));
         pids.push(("gateway", self.gateway_pid));
         pids
     }
 
+    /// `HGET tally:{resource} likes` from the store: a missing field is 0,
+    /// an unreachable store None (redis-cli prints nothing for both, hence
+    /// the PING). In a cluster, redis-cli follows the slot's redirect.
+    pub fn read_count(&self, resource: &str) -> Option<i64> {
+        let (port, follow) = match &self.store {
+            Store::Redis { port, .. } => (*port, None),
+            Store::Cluster { first_port, .. } => (*first_port, Some("-c")),
+        };
+        if redis_cli(port, &["PING"]) != "PONG" {
+            return None;
+        }
+        let key = hash_key(resource);
+        let mut args: Vec<&str> = follow.into_iter().collect();
+        args.extend(["HGET", key.as_str(), "likes"]);
+        let value = redis_cli(port, &args);
+        if value.is_empty() { Some(0) } else { value.parse().ok() }
+    }
+
     /// Starts (or restarts) redis-server on its port and directory: the AOF
     /// there brings back every acknowledged write.
     pub fn start_redis(&self) -> Result<u32, String> {
-        let port = self.redis_port;
-        let dir = self.redis_dir.to_string_lossy().to_string();
+        let Store::Redis { port, dir, server, pid: current } = &self.store else {
+            return Err("no standalone redis-server in a cluster run".into());
+        };
+        let port = *port;
+        let dir = dir.to_string_lossy().to_string();
         let args = ["--appendonly", "yes", "--appendfsync", "always", "--dir", dir.as_str()];
         let redis = retry_start("redis-server", || RedisServer::start_on(port, &args))?;
-        // The testkit keeps redis-server's pid to itself; Redis reports it.
-        let info = redis_cli(port, &["INFO", "server"]);
-        let pid = info
-            .lines()
-            .find_map(|l| l.strip_prefix("process_id:"))
-            .and_then(|p| p.trim().parse::<u32>().ok())
-            .ok_or_else(|| format!("redis-server on {port}: no process_id in INFO"))?;
-        *lock(&self.redis) = Some(redis);
-        self.redis_pid.store(pid, Ordering::SeqCst);
+        let pid = redis.pid();
+        *lock(server) = Some(redis);
+        current.store(pid, Ordering::SeqCst);
         Ok(pid)
     }
 
     /// SIGKILLs redis-server (dropping it makes the testkit's watchdog kill it
     /// and waits until it is gone, so its port is free for the restart).
     pub fn kill_redis(&self) -> Result<u32, String> {
-        kill(&self.redis, &self.redis_pid, "redis-server")
+        match &self.store {
+            Store::Redis { server, pid, .. } => kill(server, pid, "redis-server"),
+            Store::Cluster { .. } => Err("no standalone redis-server in a cluster run".into()),
+        }
     }
 
     pub fn signal_redis(&self, sig: &str) -> Result<u32, String> {
-        signal(self.redis_pid.load(Ordering::SeqCst), sig)
+        match &self.store {
+            Store::Redis { pid, .. } => signal(pid.load(Ordering::SeqCst), sig),
+            Store::Cluster { .. } => Err("no standalone redis-server in a cluster run".into()),
+        }
+    }
+
+    /// Moves the slot of `resource` to another master while the clients
+    /// write it ([`RedisCluster::reshard_slot`]); returns "from → to" ports.
+    pub fn reshard(&self, resource: &str) -> Result<String, String> {
+        let Store::Cluster { cluster, first_port, .. } = &self.store else {
+            return Err("resharding needs a cluster run".into());
+        };
+        let slot = slot_of(*first_port, resource)?;
+        let guard = lock(cluster);
+        let cluster = guard.as_ref().ok_or("the cluster is shut down")?;
+        let (from, to) = cluster.reshard_slot(slot, RESHARD_BATCHES, RESHARD_PAUSE)?;
+        Ok(format!("slot {slot}: {from} → {to}"))
+    }
+
+    /// Pauses the master serving `resource`'s slot (SIGSTOP) for `hold`,
+    /// then resumes it; its pid. The pid is found first: while it is
+    /// paused, that master answers nothing, `CLUSTER NODES` included.
+    pub fn pause_master_of(&self, resource: &str, hold: Duration) -> Result<u32, String> {
+        let Store::Cluster { cluster, first_port, .. } = &self.store else {
+            return Err("no cluster masters in a standalone run".into());
+        };
+        let slot = slot_of(*first_port, resource)?;
+        let pid = {
+            let guard = lock(cluster);
+            let cluster = guard.as_ref().ok_or("the cluster is shut down")?;
+            cluster.master_of(slot).ok_or_else(|| format!("no master serves slot {slot}"))?.pid()
+        };
+        let stopped = signal(pid, "-STOP");
+        std::thread::sleep(hold);
+        let resumed = signal(pid, "-CONT");
+        stopped.and(resumed)
     }
 
     /// Starts (or restarts) counter `i` on its fixed gRPC and admin ports.
     pub fn start_counter(&self, i: usize) -> Result<u32, String> {
         let c = &self.counters[i];
-        let store = format!("redis://127.0.0.1:{}", self.redis_port);
+        let store = match &self.store {
+            Store::Redis { port, .. } => format!("redis://127.0.0.1:{port}"),
+            Store::Cluster { url, .. } => url.clone(),
+        };
         let grpc = format!("127.0.0.1:{}", c.grpc_port);
         let admin = format!("127.0.0.1:{}", c.admin_port);
         let bin = self.bin_dir.join("tally-counter");
@@ -178,9 +289,14 @@ impl Stack {
             c.pid.store(0, Ordering::SeqCst);
             drop(lock(&c.service).take());
         }
-        self.redis_pid.store(0, Ordering::SeqCst);
-        drop(lock(&self.redis).take());
-        let _ = std::fs::remove_dir_all(&self.redis_dir);
+        match &self.store {
+            Store::Redis { server, pid, dir, .. } => {
+                pid.store(0, Ordering::SeqCst);
+                drop(lock(server).take());
+                let _ = std::fs::remove_dir_all(dir);
+            }
+            Store::Cluster { cluster, .. } => drop(lock(cluster).take()),
+        }
     }
 }
 
@@ -188,6 +304,17 @@ impl Drop for Stack {
     fn drop(&mut self) {
         self.shutdown();
     }
+}
+
+/// The Redis key of a resource's counters.
+fn hash_key(resource: &str) -> String {
+    format!("tally:{{{resource}}}")
+}
+
+/// The cluster slot of a resource's counters (`CLUSTER KEYSLOT`).
+fn slot_of(port: u16, resource: &str) -> Result<u16, String> {
+    let reply = redis_cli(port, &["cluster", "keyslot", &hash_key(resource)]);
+    reply.parse().map_err(|_| format!("CLUSTER KEYSLOT of {resource}: {reply:?}"))
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
