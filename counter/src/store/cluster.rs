@@ -137,15 +137,18 @@ impl ClusterStore {
         let routed = map.route(cmds);
         let groups: Vec<&[usize]> = routed.by_master.iter().map(|(_, indices)| indices.as_slice()).collect();
         let missing = Outcome::Failed(StoreError::Unknown("no reply".into()));
+        let moved = AtomicBool::new(false);
         let mut outcomes = scatter(&groups, cmds.len(), missing, |n, indices| {
             let master = routed.by_master[n].0.clone();
             let group: Vec<Cmd<'_>> = indices.iter().map(|&i| cmds[i]).collect();
-            async move { master.incr(&group).await }
+            let (nodes, moved) = (&self.nodes, &moved);
+            async move { nodes.incr_on(&master, &group, moved).await }
         })
         .await;
         // Unmapped commands still hold the "no reply" placeholder here, so
-        // they too ask for a new map: a slot without a master is news.
-        if map_may_be_stale(&outcomes) {
+        // they too ask for a new map: a slot without a master is news. So
+        // does a `MOVED`, even when following it applied the command.
+        if moved.load(Ordering::Relaxed) || map_may_be_stale(&outcomes) {
             self.nodes.refresh(&conn);
         }
         if !routed.unmapped.is_empty() {
@@ -166,7 +169,7 @@ impl ClusterStore {
         let missing = Outcome::Failed(StoreError::Unknown("no reply".into()));
         let outcomes = scatter(&groups, cmds.len(), missing, |_, indices| {
             let mut conn = conn.clone();
-            let mut pipe = incr_pipeline(indices.iter().map(|&i| &cmds[i]));
+            let mut pipe = incr_pipeline(indices.iter().map(|&i| &cmds[i]), false);
             all_or_nothing(&mut pipe);
             async move {
                 match pipe.query_async::<Vec<RedisResult<i64>>>(&mut conn).await {
@@ -387,11 +390,11 @@ mod tests {
     fn pipelines_of_several_commands_become_transactions() {
         let key = CounterKey::new("r", "likes").expect("valid");
         let one = [(&key, 1)];
-        let mut pipe = incr_pipeline(one.iter());
+        let mut pipe = incr_pipeline(one.iter(), false);
         all_or_nothing(&mut pipe);
         assert!(!pipe.is_transaction(), "one command runs whole by itself");
         let two = [(&key, 1), (&key, 2)];
-        let mut pipe = incr_pipeline(two.iter());
+        let mut pipe = incr_pipeline(two.iter(), false);
         all_or_nothing(&mut pipe);
         assert!(pipe.is_transaction());
     }

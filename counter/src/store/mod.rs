@@ -16,6 +16,7 @@ mod error;
 mod memory;
 mod node_pipelines;
 mod ordered;
+mod redirect;
 mod redis;
 mod resource;
 mod slot;

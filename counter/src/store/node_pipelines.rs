@@ -11,11 +11,13 @@
 //! on any of its slots in one pipeline and answers each on its own.
 //!
 //! Exact per command: a command refused with a redirect (`MOVED`, `ASK`:
-//! its slot moved or is moving), `CLUSTERDOWN` or `TRYAGAIN` did not run
-//! and is reported not applied, while its neighbours stand as applied —
-//! where a redirect through the cluster connection fails the whole
-//! pipeline. A pipeline that fails as a whole (connection lost, timeout) is
-//! classified as for a standalone Redis.
+//! its slot moved or is moving) did not run, and is sent once more to the
+//! node the redirect names ([`super::redirect`]); one refused with
+//! `CLUSTERDOWN` or `TRYAGAIN`, or redirected twice, is reported not
+//! applied, while its neighbours stand as applied — where a redirect
+//! through the cluster connection fails the whole pipeline. A pipeline that
+//! fails as a whole (connection lost, timeout) is classified as for a
+//! standalone Redis.
 //!
 //! The slot map comes from `CLUSTER SLOTS`, asked through the cluster
 //! connection when first needed, and again (in the background, at most one
@@ -23,7 +25,7 @@
 //! than its own refusal: a slot moved, a master failed over, a node went
 //! away. A slot no master serves in the map takes the cluster connection.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -32,7 +34,8 @@ use arc_swap::ArcSwapOption;
 use redis::Value;
 use redis::cluster_async::ClusterConnection;
 
-use super::redis::RedisStore;
+use super::redirect::Redirect;
+use super::redis::{RedisStore, outcome, outcomes};
 use super::slot::slot_of_resource;
 use super::{Cmd, Outcome, StoreError, StoreOptions};
 
@@ -134,9 +137,67 @@ impl NodePipelines {
             redis::cmd("CLUSTER").arg("SLOTS").query_async(&mut conn).await.map_err(|e| StoreError::from_redis(&e))?;
         let ranges = parse_slots(&reply)
             .ok_or_else(|| StoreError::Unknown("CLUSTER SLOTS answered in an unexpected shape".into()))?;
-        let mut connections = self.connections.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let connect = |addr: &str| RedisStore::new(&format!("{}{addr}", self.url_prefix), &self.options).map(Arc::new);
-        build_map(&ranges, &mut connections, connect).map(Arc::new)
+        let mut connections = self.connections();
+        build_map(&ranges, &mut connections, |addr| self.connect(addr)).map(Arc::new)
+    }
+
+    /// Plain increments on `master` as one pipeline; the commands it
+    /// redirects are sent once more, to the node each redirect names,
+    /// grouped by node ([`super::redirect`]). Sets `moved` when a slot has
+    /// another master: the map is stale.
+    pub async fn incr_on(&self, master: &RedisStore, cmds: &[Cmd<'_>], moved: &AtomicBool) -> Vec<Outcome> {
+        let replies = match master.incr_replies(cmds, false).await {
+            Ok(replies) if replies.len() == cmds.len() => replies,
+            Ok(replies) => return outcomes(replies, cmds.len()),
+            Err(err) => return vec![Outcome::Failed(StoreError::from_redis(&err)); cmds.len()],
+        };
+        let mut redirected: BTreeMap<Redirect, Vec<usize>> = BTreeMap::new();
+        let mut result = Vec::with_capacity(cmds.len());
+        for (i, reply) in replies.into_iter().enumerate() {
+            if let Err(err) = &reply
+                && let Some(to) = Redirect::of(err)
+            {
+                if !to.ask {
+                    moved.store(true, Ordering::Relaxed);
+                }
+                redirected.entry(to).or_default().push(i);
+            }
+            result.push(outcome(reply));
+        }
+        for (to, indices) in redirected {
+            // Not reachable: the commands stay reported not applied.
+            let Ok(node) = self.node(&to.addr) else { continue };
+            let group: Vec<Cmd<'_>> = indices.iter().map(|&i| cmds[i]).collect();
+            let followed = match node.incr_replies(&group, to.ask).await {
+                Ok(replies) => outcomes(replies, group.len()),
+                Err(err) => vec![Outcome::Failed(StoreError::from_redis(&err)); group.len()],
+            };
+            for (i, outcome) in indices.into_iter().zip(followed) {
+                result[i] = outcome;
+            }
+        }
+        result
+    }
+
+    /// The connection to the node at `addr`: a master's, or a new one
+    /// (dropped again at the next map fetch unless it is then a master).
+    fn node(&self, addr: &str) -> Result<Arc<RedisStore>, StoreError> {
+        let mut connections = self.connections();
+        if let Some(store) = connections.get(addr) {
+            return Ok(store.clone());
+        }
+        let store = self.connect(addr)?;
+        connections.insert(addr.to_string(), store.clone());
+        Ok(store)
+    }
+
+    /// A new (lazy) connection to the node at `addr`.
+    fn connect(&self, addr: &str) -> Result<Arc<RedisStore>, StoreError> {
+        RedisStore::new(&format!("{}{addr}", self.url_prefix), &self.options).map(Arc::new)
+    }
+
+    fn connections(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<RedisStore>>> {
+        self.connections.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 

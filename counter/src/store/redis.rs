@@ -45,12 +45,28 @@ impl RedisStore {
     }
 
     pub async fn incr(&self, cmds: &[Cmd<'_>]) -> Vec<Outcome> {
-        let mut conn = self.conn.clone();
-        let pipe = incr_pipeline(cmds.iter());
-        match pipe.query_async::<Vec<RedisResult<i64>>>(&mut conn).await {
+        match self.incr_replies(cmds, false).await {
             Ok(replies) => outcomes(replies, cmds.len()),
             Err(err) => vec![Outcome::Failed(StoreError::from_redis(&err)); cmds.len()],
         }
+    }
+
+    /// Each `HINCRBY`'s reply as Redis gave it ([`incr_pipeline`]; with
+    /// `asking`, each after an `ASKING`, whose replies are left out); an
+    /// error of the pipeline as a whole (a lost connection) is the `Err`.
+    pub(super) async fn incr_replies(&self, cmds: &[Cmd<'_>], asking: bool) -> RedisResult<Vec<RedisResult<i64>>> {
+        let mut conn = self.conn.clone();
+        let pipe = incr_pipeline(cmds.iter(), asking);
+        if !asking {
+            return pipe.query_async::<Vec<RedisResult<i64>>>(&mut conn).await;
+        }
+        let replies = pipe.query_async::<Vec<RedisResult<Value>>>(&mut conn).await?;
+        Ok(replies
+            .into_iter()
+            .skip(1)
+            .step_by(2)
+            .map(|reply| reply.and_then(|value| Ok(redis::from_redis_value(value)?)))
+            .collect())
     }
 
     pub async fn incr_batch_once(&self, batch_id: &str, cmds: &[Cmd<'_>], marker_ttl: Duration) -> Vec<Outcome> {
@@ -104,11 +120,16 @@ fn config_error(url: &str) -> impl Fn(redis::RedisError) -> StoreError + '_ {
 }
 
 /// One `HINCRBY` per command, in order, with per-command errors kept (so one
-/// overflowing counter does not fail its neighbours).
-pub(super) fn incr_pipeline<'a, 'k: 'a>(cmds: impl ExactSizeIterator<Item = &'a Cmd<'k>>) -> Pipeline {
-    let mut pipe = Pipeline::with_capacity(cmds.len());
+/// overflowing counter does not fail its neighbours). With `asking`, each
+/// follows an `ASKING`: sent to the node a cluster's `ASK` redirect named,
+/// for a slot it is importing.
+pub(super) fn incr_pipeline<'a, 'k: 'a>(cmds: impl ExactSizeIterator<Item = &'a Cmd<'k>>, asking: bool) -> Pipeline {
+    let mut pipe = Pipeline::with_capacity(cmds.len() * if asking { 2 } else { 1 });
     pipe.ignore_errors();
     for (key, delta) in cmds {
+        if asking {
+            pipe.add_command(redis::cmd("ASKING"));
+        }
         let mut cmd = sized("HINCRBY", key, 4);
         cmd.arg(hash_key(key.resource_id())).arg(key.counter_type()).arg(*delta);
         pipe.add_command(cmd);
@@ -145,14 +166,16 @@ pub(super) fn outcomes(replies: Vec<RedisResult<i64>>, expected: usize) -> Vec<O
         let err = StoreError::Unknown(format!("expected {expected} replies, got {}", replies.len()));
         return vec![Outcome::Failed(err); expected];
     }
-    replies
-        .into_iter()
-        .map(|reply| match reply {
-            Ok(value) => Outcome::Applied(value),
-            Err(err) if is_overflow(&err) => Outcome::Overflow,
-            Err(err) => Outcome::Failed(StoreError::from_redis(&err)),
-        })
-        .collect()
+    replies.into_iter().map(outcome).collect()
+}
+
+/// The outcome of one `HINCRBY` reply.
+pub(super) fn outcome(reply: RedisResult<i64>) -> Outcome {
+    match reply {
+        Ok(value) => Outcome::Applied(value),
+        Err(err) if is_overflow(&err) => Outcome::Overflow,
+        Err(err) => Outcome::Failed(StoreError::from_redis(&err)),
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,60 @@
+//! Following a Redis Cluster redirect once, for plain increments on the
+//! node pipelines ([`super::node_pipelines`]).
+//!
+//! A command refused with `MOVED` (its slot has another master) or `ASK`
+//! (its slot is being migrated and its key has already moved) did not run.
+//! Sent once more, to the node the redirect names (after `ASKING` for
+//! `ASK`), it runs there or is refused again: either way it runs at most
+//! once, so following is as safe as the first send, as every Redis Cluster
+//! client does. Without it, every increment of a moved resource was
+//! reported not applied until its slot's migration ended and the slot map
+//! was fetched again: a resharding was an outage of the slots it moved.
+
+use redis::{ErrorKind, RedisError, ServerErrorKind};
+
+/// Where a refused command goes next.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Redirect {
+    /// `host:port`, as the slot map names nodes (an IPv6 host in brackets).
+    pub addr: String,
+    /// `ASK`: this command only, after `ASKING`. `MOVED`: the slot's master
+    /// is another node, so the slot map is stale.
+    pub ask: bool,
+}
+
+impl Redirect {
+    /// The redirect in a command's error, if it is one with a usable address.
+    pub fn of(err: &RedisError) -> Option<Redirect> {
+        let ask = matches!(err.kind(), ErrorKind::Server(ServerErrorKind::Ask));
+        let (addr, _slot) = err.redirect_node()?;
+        Some(Redirect { addr: node_address(addr)?, ask })
+    }
+}
+
+/// `host:port` from a redirect's address, an IPv6 host put in brackets. An
+/// empty host ("the node you asked", when the cluster announces no
+/// endpoint) or a bad port is not followed.
+fn node_address(addr: &str) -> Option<String> {
+    let (host, port) = addr.rsplit_once(':')?;
+    port.parse::<u16>().ok()?;
+    if host.is_empty() {
+        return None;
+    }
+    let bare_v6 = host.contains(':') && !host.starts_with('[');
+    Some(if bare_v6 { format!("[{host}]:{port}") } else { addr.to_string() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redirect_addresses_name_nodes_as_the_slot_map_does() {
+        assert_eq!(node_address("127.0.0.1:7001").as_deref(), Some("127.0.0.1:7001"));
+        assert_eq!(node_address("redis-2.redis:6379").as_deref(), Some("redis-2.redis:6379"));
+        assert_eq!(node_address("::1:7003").as_deref(), Some("[::1]:7003"));
+        assert_eq!(node_address(":7003"), None, "no endpoint announced");
+        assert_eq!(node_address("10.0.0.1:70000"), None);
+        assert_eq!(node_address("10.0.0.1"), None);
+    }
+}
