@@ -10,6 +10,7 @@ kill_started() {
   # into $work while it is removed.
   stop_pids "${pids[@]}"
   if [ -n "${work:-}" ] && [ -d "$work" ]; then rm -rf "$work"; fi
+  rm -f "${TMPDIR:-/tmp}/tally-ports-$$"
 }
 
 # Exits with an install hint unless every tool named is on PATH.
@@ -23,26 +24,37 @@ require_tools() {
 }
 
 # A free TCP port on loopback, chosen at random below the kernel's ephemeral
-# range: a port from that range, once released, can become the local port of
-# the next outgoing connection before the service meant to listen on it binds
-# it (testkit's free_port says the same).
+# range minus 10000 (a Redis Cluster node also listens on its port + 10000):
+# a port from that range, once released, can become the local port of the
+# next outgoing connection before the service meant to listen on it binds
+# it (testkit's free_port says the same). The ports this script was given
+# are kept in a file (removed by kill_started), so none is given twice.
 free_port() {
-  python3 - <<'PY'
-import random, socket
+  python3 - "${TMPDIR:-/tmp}/tally-ports-$$" <<'PY'
+import random, socket, sys
+taken_file = sys.argv[1]
 try:
     start = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
 except (OSError, ValueError, IndexError):
     start = 32768
-high = max(start, 11000)
+try:
+    taken = set(open(taken_file).read().split())
+except OSError:
+    taken = set()
+high = max(start - 10000, 11000)
 for _ in range(1000):
     port = random.randrange(10000, high)
+    if str(port) in taken:
+        continue
     try:
         with socket.socket() as s:
             s.bind(("127.0.0.1", port))
-        print(port)
-        break
     except OSError:
-        pass
+        continue
+    with open(taken_file, "a") as f:
+        f.write("%d\n" % port)
+    print(port)
+    break
 else:
     raise SystemExit("no free loopback port below %d" % high)
 PY
@@ -90,9 +102,9 @@ start_redis_cluster() {
   local dir=$1 port nodes=() node_pids=() ok
   mkdir -p "$dir"
   for _ in 1 2 3; do
-    # A node also listens on its port + 10000 (the cluster bus).
+    # A node also listens on its port + 10000 (the cluster bus): free_port
+    # keeps both below the ephemeral range.
     port=$(free_port)
-    while [ "$port" -gt 55535 ]; do port=$(free_port); done
     redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no --cluster-enabled yes \
       --cluster-config-file "$dir/nodes-$port.conf" --logfile "$dir/redis-$port.log" --daemonize no >/dev/null 2>&1 &
     node_pids+=("$!")

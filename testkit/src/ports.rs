@@ -6,14 +6,15 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 /// A free loopback port for a process to bind later.
 ///
-/// Chosen below the kernel's ephemeral range, never from it: a port the OS
-/// handed out for `:0` is back in that pool once released, and the next
-/// outgoing connection (a counter dialling Redis, say) may take it as its
-/// local port before the process meant to listen on it binds it, which failed
-/// CI with "Address already in use". Below the range, only another
-/// `free_port` can take it: within this process each port is handed out once,
-/// and the starting point varies with the process id so concurrent test
-/// binaries start far apart. A port is checked free by binding it first.
+/// Chosen below the kernel's ephemeral range: a port the OS handed out for
+/// `:0` is back in that pool once released, and the next outgoing
+/// connection (a counter dialling Redis, say) may take it as its local port
+/// before the process meant to listen on it binds it, which failed CI with
+/// "Address already in use". The ports chosen end 10000 below the range, so
+/// a Redis Cluster node's bus port (its port + 10000) stays out of it too.
+/// Within this process each port is handed out once, from a starting point
+/// that varies with the process id, and checked free by binding it first;
+/// a listener of another program on it is the remaining chance of a clash.
 pub fn free_port() -> u16 {
     static NEXT: OnceLock<AtomicU32> = OnceLock::new();
     let (low, high) = reserved_port_span();
@@ -29,15 +30,18 @@ pub fn free_port() -> u16 {
     panic!("no free loopback port in {low}..{high}");
 }
 
-/// The ports `free_port` chooses from: from 10000 up to the start of the
-/// kernel's ephemeral range (32768 when it cannot be read).
+/// The ports `free_port` chooses from: from 10000 up to 10000 below the
+/// start of the kernel's ephemeral range (32768 when it cannot be read), so
+/// 10000..22768 by default. On a machine whose range starts below 21000 the
+/// span is 10000..11000 and a bus port can fall in the range.
 fn reserved_port_span() -> (u16, u16) {
     const LOW: u16 = 10_000;
+    const BUS_OFFSET: u16 = 10_000;
     let ephemeral_start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
         .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
         .unwrap_or(32_768);
-    (LOW, ephemeral_start.max(LOW + 1_000))
+    (LOW, ephemeral_start.saturating_sub(BUS_OFFSET).max(LOW + 1_000))
 }
 
 #[cfg(test)]
@@ -46,13 +50,17 @@ mod tests {
 
     #[test]
     fn ports_are_distinct_free_and_below_the_ephemeral_range() {
-        let (_, ephemeral_start) = reserved_port_span();
+        let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap_or_default();
+        let ephemeral_start: u32 = range.split_whitespace().next().and_then(|s| s.parse().ok()).unwrap_or(32_768);
         let ports: Vec<u16> = (0..50).map(|_| free_port()).collect();
         let mut unique = ports.clone();
         unique.sort_unstable();
         unique.dedup();
         assert_eq!(unique.len(), ports.len(), "a port handed out twice: {ports:?}");
-        assert!(ports.iter().all(|&p| p < ephemeral_start), "{ports:?} reach {ephemeral_start}");
+        if ephemeral_start >= 21_000 {
+            let with_bus_port_below = |p: u16| u32::from(p) + 10_000 < ephemeral_start;
+            assert!(ports.iter().all(|&p| with_bus_port_below(p)), "{ports:?}: + 10000 reaches {ephemeral_start}");
+        }
         assert!(ports.iter().all(|&p| TcpListener::bind(("127.0.0.1", p)).is_ok()));
     }
 }
