@@ -3,7 +3,10 @@
 //! through redis-rs's cluster connection, split into pipelines that run
 //! concurrently, each on one slot (increments and resets: on one resource,
 //! as one transaction, [`by_resource`] says why); redis-rs routes each to
-//! the slot's master and follows topology changes.
+//! the slot's master. With no library retries it follows no redirect: a
+//! redirected command there is reported not applied, redis-rs rebuilds its
+//! slot map after a `MOVED` reply, and [`ClusterStore::check`] reconnects
+//! after failures that may mean the topology changed.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};

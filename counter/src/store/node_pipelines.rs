@@ -21,9 +21,10 @@
 //!
 //! The slot map comes from `CLUSTER SLOTS`, asked through the cluster
 //! connection when first needed, and again (in the background, at most one
-//! at a time and one a second) after any command failed for a reason other
-//! than its own refusal: a slot moved, a master failed over, a node went
-//! away. A slot no master serves in the map takes the cluster connection.
+//! at a time and one a second) after a `MOVED`, followed or not, and after
+//! any command failed for a reason other than its own refusal: a slot
+//! moved, a master failed over, a node went away. A slot no master serves
+//! in the map takes the cluster connection.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -31,6 +32,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
+use futures_util::future::join_all;
 use redis::Value;
 use redis::cluster_async::ClusterConnection;
 
@@ -164,14 +166,20 @@ impl NodePipelines {
             }
             result.push(outcome(reply));
         }
-        for (to, indices) in redirected {
-            // Not reachable: the commands stay reported not applied.
-            let Ok(node) = self.node(&to.addr) else { continue };
-            let group: Vec<Cmd<'_>> = indices.iter().map(|&i| cmds[i]).collect();
-            let followed = match node.incr_replies(&group, to.ask).await {
-                Ok(replies) => outcomes(replies, group.len()),
-                Err(err) => vec![Outcome::Failed(StoreError::from_redis(&err)); group.len()],
-            };
+        // Concurrently: one unreachable node does not hold up the others.
+        let follows = redirected.into_iter().filter_map(|(to, indices)| {
+            // A node that cannot be dialled: its commands stay not applied.
+            let node = self.node(&to.addr).ok()?;
+            Some(async move {
+                let group: Vec<Cmd<'_>> = indices.iter().map(|&i| cmds[i]).collect();
+                let followed = match node.incr_replies(&group, to.ask).await {
+                    Ok(replies) => outcomes(replies, group.len()),
+                    Err(err) => vec![Outcome::Failed(StoreError::from_redis(&err)); group.len()],
+                };
+                (indices, followed)
+            })
+        });
+        for (indices, followed) in join_all(follows).await {
             for (i, outcome) in indices.into_iter().zip(followed) {
                 result[i] = outcome;
             }
@@ -270,6 +278,17 @@ pub fn map_may_be_stale(outcomes: &[Outcome]) -> bool {
     outcomes.iter().any(|o| matches!(o, Outcome::Failed(err) if !matches!(err, StoreError::Rejected(_))))
 }
 
+/// A node's `host:port` as the map names it (an IPv6 host in brackets), or
+/// `None` for a host Redis does not know (`?`, or empty: "the node you
+/// asked" when the cluster announces no endpoint).
+pub(super) fn node_addr(host: &str, port: u16) -> Option<String> {
+    if host.is_empty() || host == "?" {
+        return None;
+    }
+    let bare_v6 = host.contains(':') && !host.starts_with('[');
+    Some(if bare_v6 { format!("[{host}]:{port}") } else { format!("{host}:{port}") })
+}
+
 /// `CLUSTER SLOTS` → (first slot, last slot, master `host:port`) per range:
 /// each entry is `[first, last, [host, port, id, …], replicas…]`. Entries
 /// whose master has no known address (`?` or empty) are left out.
@@ -294,11 +313,9 @@ fn parse_slots(reply: &Value) -> Option<Vec<(u16, u16, String)>> {
         if from > to || usize::from(to) >= SLOTS {
             return None;
         }
-        if host.is_empty() || host == "?" {
-            continue;
-        }
-        let host = if host.contains(':') { format!("[{host}]") } else { host };
-        ranges.push((from, to, format!("{host}:{port}")));
+        // A master with no known address is left out.
+        let Some(addr) = node_addr(&host, port) else { continue };
+        ranges.push((from, to, addr));
     }
     Some(ranges)
 }

@@ -12,6 +12,8 @@
 
 use redis::{ErrorKind, RedisError, ServerErrorKind};
 
+use super::node_pipelines::node_addr;
+
 /// Where a refused command goes next.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Redirect {
@@ -31,17 +33,11 @@ impl Redirect {
     }
 }
 
-/// `host:port` from a redirect's address, an IPv6 host put in brackets. An
-/// empty host ("the node you asked", when the cluster announces no
-/// endpoint) or a bad port is not followed.
+/// `host:port` from a redirect's address (`host:port`, the host possibly a
+/// bare IPv6 address), named as the slot map names nodes ([`node_addr`]).
 fn node_address(addr: &str) -> Option<String> {
     let (host, port) = addr.rsplit_once(':')?;
-    port.parse::<u16>().ok()?;
-    if host.is_empty() {
-        return None;
-    }
-    let bare_v6 = host.contains(':') && !host.starts_with('[');
-    Some(if bare_v6 { format!("[{host}]:{port}") } else { addr.to_string() })
+    node_addr(host, port.parse().ok()?)
 }
 
 #[cfg(test)]
@@ -54,6 +50,7 @@ mod tests {
         assert_eq!(node_address("redis-2.redis:6379").as_deref(), Some("redis-2.redis:6379"));
         assert_eq!(node_address("::1:7003").as_deref(), Some("[::1]:7003"));
         assert_eq!(node_address(":7003"), None, "no endpoint announced");
+        assert_eq!(node_address("?:7003"), None, "an unknown endpoint");
         assert_eq!(node_address("10.0.0.1:70000"), None);
         assert_eq!(node_address("10.0.0.1"), None);
     }
