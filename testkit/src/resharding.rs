@@ -44,17 +44,21 @@ impl RedisCluster {
     /// Moves `slot` to another master while clients use it, as
     /// `redis-cli --cluster reshard` does: the slot marked importing and
     /// migrating, its keys moved in about `batches` batches
-    /// (`MIGRATE … KEYS`) with `pause` after each, so clients meet it
-    /// half-moved, then every node told its new master. Returns the ports
-    /// of the old and the new master; a failed step is an error, not a
-    /// panic (a soak logs it).
-    pub fn reshard_slot(&self, slot: u16, batches: usize, pause: Duration) -> Result<(u16, u16), String> {
+    /// (`MIGRATE … KEYS`) spread over about `over` (a slot of one key waits
+    /// `over` after it moved), so clients meet it half-moved, then every
+    /// node told its new master. Returns the ports of the old and the new
+    /// master. A failed step is an error, not a panic (a soak logs it); a
+    /// `MIGRATE` is tried three times first. After a failed `MIGRATE` the
+    /// slot stays half-moved: its keys are on two nodes, and neither can
+    /// be given the slot without losing the other's.
+    pub fn reshard_slot(&self, slot: u16, batches: usize, over: Duration) -> Result<(u16, u16), String> {
         let (source, importing) = self.begin_migration(slot)?;
         let slot_arg = slot.to_string();
         let count = source.cli(&["cluster", "countkeysinslot", &slot_arg]);
         let count: usize = count.parse().map_err(|_| format!("COUNTKEYSINSLOT {slot}: {count:?}"))?;
-        let batch_arg = count.div_ceil(batches.max(1)).max(1).to_string();
-        let port = importing.port.to_string();
+        let batch = count.div_ceil(batches.max(1)).max(1);
+        let pause = over / u32::try_from(count.div_ceil(batch).max(1)).unwrap_or(u32::MAX);
+        let (batch_arg, port) = (batch.to_string(), importing.port.to_string());
         // Bounded: keys written into the slot while it moves join the
         // batches, but not without end.
         for _ in 0..MAX_MIGRATE_BATCHES {
@@ -66,13 +70,22 @@ impl RedisCluster {
             }
             let mut args = vec!["migrate", "127.0.0.1", port.as_str(), "", "0", "5000", "keys"];
             args.extend(&keys);
-            let reply = source.cli(&args);
+            let mut reply = String::new();
+            for _ in 0..3 {
+                reply = source.cli(&args);
+                if reply == "OK" || reply == "NOKEY" {
+                    break;
+                }
+            }
             if reply != "OK" && reply != "NOKEY" {
-                return Err(format!("MIGRATE of {} keys of slot {slot}: {reply}", keys.len()));
+                return Err(format!(
+                    "MIGRATE of {} keys of slot {slot}: {reply} (the slot is left half-moved)",
+                    keys.len()
+                ));
             }
             std::thread::sleep(pause);
         }
-        Err(format!("slot {slot} still had keys after {MAX_MIGRATE_BATCHES} batches"))
+        Err(format!("slot {slot} still had keys after {MAX_MIGRATE_BATCHES} batches (the slot is left half-moved)"))
     }
 
     /// Marks `slot` importing on another master and migrating on its own;

@@ -65,12 +65,12 @@ enum Store {
 /// Names of the cluster's masters in the report.
 const MASTER_NAMES: [&str; 3] = ["redis-1", "redis-2", "redis-3"];
 
-/// `MIGRATE` batches and the pause after each in a resharding: a slot
-/// stays half-moved for a second or more however many keys it holds (the
-/// keyed resource's slot: one idempotency marker per increment), while
-/// every client keeps writing.
+/// `MIGRATE` batches of a resharding and the time they are spread over: a
+/// slot stays half-moved for about a second or more however many keys it
+/// holds (one for the unkeyed resource; the keyed resource's idempotency
+/// markers, one per increment, besides), while every client keeps writing.
 const RESHARD_BATCHES: usize = 100;
-const RESHARD_PAUSE: Duration = Duration::from_millis(10);
+const RESHARD_SPREAD: Duration = Duration::from_secs(1);
 
 pub struct Stack {
     bin_dir: PathBuf,
@@ -224,7 +224,7 @@ impl Stack {
         let slot = slot_of(*first_port, resource)?;
         let guard = lock(cluster);
         let cluster = guard.as_ref().ok_or("the cluster is shut down")?;
-        let (from, to) = cluster.reshard_slot(slot, RESHARD_BATCHES, RESHARD_PAUSE)?;
+        let (from, to) = cluster.reshard_slot(slot, RESHARD_BATCHES, RESHARD_SPREAD)?;
         Ok(format!("slot {slot}: {from} → {to}"))
     }
 
