@@ -16,12 +16,13 @@ use std::time::Duration;
 use futures_util::future::join_all;
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
-use redis::{RedisResult, Value};
+use redis::{FromRedisValue, Pipeline, RedisResult, Value};
 use tally_proto::CounterKey;
 
 use super::batch;
 use super::node_pipelines::{NodePipelines, map_may_be_stale};
 use super::ordered::{each_outcomes, each_pipeline};
+use super::redirect::moved_to;
 use super::redis::{get_pipeline, incr_pipeline, outcomes};
 use super::slot::slot_of_resource;
 use super::{Cmd, KeyedCmd, Listing, Outcome, StoreError, StoreOptions};
@@ -99,7 +100,15 @@ impl ClusterStore {
     fn check<'a>(&self, generation: u64, errors: impl IntoIterator<Item = Option<&'a StoreError>>) {
         let broken =
             errors.into_iter().flatten().any(|e| matches!(e, StoreError::Unknown(_) | StoreError::NotApplied(_)));
-        if !broken || self.reconnecting.swap(true, Ordering::AcqRel) {
+        if broken {
+            self.reconnect(generation);
+        }
+    }
+
+    /// Replaces connection `generation` in the background (at most one
+    /// attempt at a time, and one a second): [`ClusterStore::check`].
+    fn reconnect(&self, generation: u64) {
+        if self.reconnecting.swap(true, Ordering::AcqRel) {
             return;
         }
         let (client, slot, reconnecting, limit) =
@@ -120,6 +129,26 @@ impl ClusterStore {
             tokio::time::sleep(Duration::from_secs(1)).await;
             reconnecting.store(false, Ordering::Release);
         });
+    }
+
+    /// Runs `pipe` (on one slot) through the cluster connection and, when
+    /// the slot has moved (`MOVED`: it did not run), once more on the node
+    /// the redirect names ([`moved_to`]); the slot maps are then fetched
+    /// again, since redis-rs follows no redirect without retries.
+    async fn query_on_slot<T: FromRedisValue>(
+        &self,
+        conn: &ClusterConnection,
+        generation: u64,
+        pipe: &Pipeline,
+    ) -> RedisResult<T> {
+        let err = match pipe.query_async(&mut conn.clone()).await {
+            Ok(replies) => return Ok(replies),
+            Err(err) => err,
+        };
+        let Some(node) = moved_to(&err).and_then(|addr| self.nodes.node(&addr).ok()) else { return Err(err) };
+        self.nodes.refresh(conn);
+        self.reconnect(generation);
+        node.query(pipe).await
     }
 
     fn current(&self) -> Option<(ClusterConnection, u64)> {
@@ -171,11 +200,10 @@ impl ClusterStore {
         let groups: Vec<&[usize]> = groups.values().map(Vec::as_slice).collect();
         let missing = Outcome::Failed(StoreError::Unknown("no reply".into()));
         let outcomes = scatter(&groups, cmds.len(), missing, |_, indices| {
-            let mut conn = conn.clone();
             let mut pipe = incr_pipeline(indices.iter().map(|&i| &cmds[i]), false);
             all_or_nothing(&mut pipe);
             async move {
-                match pipe.query_async::<Vec<RedisResult<i64>>>(&mut conn).await {
+                match self.query_on_slot::<Vec<RedisResult<i64>>>(conn, generation, &pipe).await {
                     Ok(replies) => outcomes(replies, indices.len()),
                     Err(err) => vec![Outcome::Failed(StoreError::from_redis(&err)); indices.len()],
                 }
@@ -215,12 +243,12 @@ impl ClusterStore {
         let groups: Vec<&[usize]> = groups.values().map(Vec::as_slice).collect();
         let missing = Outcome::Failed(StoreError::Unknown("no reply".into()));
         let outcomes = scatter(&groups, cmds.len(), missing, |_, indices| {
-            let mut conn = conn.clone();
             let group: Vec<&KeyedCmd<'_>> = indices.iter().map(|&i| &cmds[i]).collect();
             let mut pipe = each_pipeline(group.iter().copied(), retention);
             all_or_nothing(&mut pipe);
+            let conn = &conn;
             async move {
-                match pipe.query_async::<Vec<RedisResult<Value>>>(&mut conn).await {
+                match self.query_on_slot::<Vec<RedisResult<Value>>>(conn, generation, &pipe).await {
                     Ok(replies) => each_outcomes(group.iter().copied(), replies, group.len()),
                     Err(err) => vec![Outcome::Failed(StoreError::from_redis(&err)); group.len()],
                 }
@@ -244,9 +272,9 @@ impl ClusterStore {
         let (conn, generation) = self.conn().await?;
         let groups = by_slot(keys.iter());
         let replies = join_all(groups.values().map(|indices| {
-            let mut conn = conn.clone();
             let pipe = get_pipeline(indices.iter().map(|&i| &keys[i]));
-            async move { pipe.query_async::<Vec<Option<i64>>>(&mut conn).await }
+            let conn = &conn;
+            async move { self.query_on_slot::<Vec<Option<i64>>>(conn, generation, &pipe).await }
         }))
         .await;
         let mut result = vec![0; keys.len()];

@@ -189,7 +189,7 @@ impl NodePipelines {
 
     /// The connection to the node at `addr`: a master's, or a new one
     /// (dropped again at the next map fetch unless it is then a master).
-    fn node(&self, addr: &str) -> Result<Arc<RedisStore>, StoreError> {
+    pub fn node(&self, addr: &str) -> Result<Arc<RedisStore>, StoreError> {
         let mut connections = self.connections();
         if let Some(store) = connections.get(addr) {
             return Ok(store.clone());

@@ -33,6 +33,25 @@ impl Redirect {
     }
 }
 
+/// The node a `MOVED` in `err` names: in the error itself, or, for a
+/// transaction aborted while it was queued, in the error of one of its
+/// commands. A `MOVED` means the node serves the whole slot now, so a
+/// pipeline on one slot (a resource's transaction, reads of one slot) can
+/// be sent there whole; it did not run where it was refused.
+pub fn moved_to(err: &RedisError) -> Option<String> {
+    if let Some(redirect) = Redirect::of(err) {
+        return (!redirect.ask).then_some(redirect.addr);
+    }
+    if !matches!(err.kind(), ErrorKind::Server(ServerErrorKind::ExecAbort)) {
+        return None;
+    }
+    let errors = err.clone().into_server_errors()?;
+    let (_, moved) = errors.iter().find(|(_, e)| e.kind() == Some(ServerErrorKind::Moved))?;
+    let mut details = moved.details()?.split_ascii_whitespace();
+    let _slot = details.next()?;
+    node_address(details.next()?)
+}
+
 /// `host:port` from a redirect's address (`host:port`, the host possibly a
 /// bare IPv6 address), named as the slot map names nodes ([`node_addr`]).
 fn node_address(addr: &str) -> Option<String> {

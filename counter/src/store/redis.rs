@@ -69,6 +69,13 @@ impl RedisStore {
             .collect())
     }
 
+    /// Runs `pipe` as it is (a cluster store sends a pipeline a `MOVED`
+    /// refused elsewhere once more here).
+    pub(super) async fn query<T: redis::FromRedisValue>(&self, pipe: &Pipeline) -> RedisResult<T> {
+        let mut conn = self.conn.clone();
+        pipe.query_async(&mut conn).await
+    }
+
     pub async fn incr_batch_once(&self, batch_id: &str, cmds: &[Cmd<'_>], marker_ttl: Duration) -> Vec<Outcome> {
         let indices: Vec<usize> = (0..cmds.len()).collect();
         let runs = join_all(batch::chunks(&indices).enumerate().map(|(chunk_no, chunk)| {
