@@ -12,6 +12,7 @@
 
 pub mod batch;
 mod cluster;
+mod cluster_groups;
 mod error;
 mod memory;
 mod node_pipelines;

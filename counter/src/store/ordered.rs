@@ -27,7 +27,7 @@ return {0, value}
 /// Reset of one counter, atomic in Redis: the value before (a bulk string,
 /// as above), then the field deleted (a counter never written reads 0, and
 /// the hash holds no zeros); a field holding no integer is refused and
-/// left alone. With a marker key (KEYS[2]), a reset already
+/// left alone. With a marker key (`KEYS[2]`), a reset already
 /// done under it answers with the first reset's value and changes nothing.
 const RESET: &str = r#"
 -- KEYS[1] hash, KEYS[2] idempotency marker (optional); ARGV field, retention seconds
