@@ -37,11 +37,15 @@ pub fn free_port() -> u16 {
 fn reserved_port_span() -> (u16, u16) {
     const LOW: u16 = 10_000;
     const BUS_OFFSET: u16 = 10_000;
-    let ephemeral_start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+    (LOW, ephemeral_start().saturating_sub(BUS_OFFSET).max(LOW + 1_000))
+}
+
+/// The first port of the kernel's ephemeral range (32768 when it cannot be read).
+fn ephemeral_start() -> u16 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
-        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
-        .unwrap_or(32_768);
-    (LOW, ephemeral_start.saturating_sub(BUS_OFFSET).max(LOW + 1_000))
+        .and_then(|range| range.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32_768)
 }
 
 #[cfg(test)]
@@ -50,8 +54,7 @@ mod tests {
 
     #[test]
     fn ports_are_distinct_free_and_below_the_ephemeral_range() {
-        let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap_or_default();
-        let ephemeral_start: u32 = range.split_whitespace().next().and_then(|s| s.parse().ok()).unwrap_or(32_768);
+        let ephemeral_start = u32::from(ephemeral_start());
         let ports: Vec<u16> = (0..50).map(|_| free_port()).collect();
         let mut unique = ports.clone();
         unique.sort_unstable();

@@ -1,5 +1,6 @@
-//! Following a Redis Cluster redirect once, for plain increments on the
-//! node pipelines ([`super::node_pipelines`]).
+//! Following a Redis Cluster redirect once: `MOVED` and `ASK` for plain
+//! increments on the node pipelines ([`super::node_pipelines`]), `MOVED`
+//! for one-slot pipelines through the cluster connection ([`moved_to`]).
 //!
 //! A command refused with `MOVED` (its slot has another master) or `ASK`
 //! (its slot is being migrated and its key has already moved) did not run.
@@ -46,10 +47,7 @@ pub fn moved_to(err: &RedisError) -> Option<String> {
         return None;
     }
     let errors = err.clone().into_server_errors()?;
-    let (_, moved) = errors.iter().find(|(_, e)| e.kind() == Some(ServerErrorKind::Moved))?;
-    let mut details = moved.details()?.split_ascii_whitespace();
-    let _slot = details.next()?;
-    node_address(details.next()?)
+    errors.iter().find_map(|(_, e)| Redirect::of(&RedisError::from(e.clone())).filter(|r| !r.ask)).map(|r| r.addr)
 }
 
 /// `host:port` from a redirect's address (`host:port`, the host possibly a
