@@ -321,7 +321,7 @@ mod tests {
         let limits = CommitLimits::new(&settings);
         let timeouts =
             crate::store::StoreTimeouts { connect: Duration::from_secs(1), response: Duration::from_secs(1) };
-        let options = crate::store::StoreOptions { timeouts, tls: Default::default() };
+        let options = crate::store::StoreOptions { timeouts, tls: Default::default(), wait: None };
         let store = Arc::new(Store::from_url("memory", &options).expect("memory store"));
         let metrics = Arc::new(Metrics::new());
         let committers: Vec<GroupCommitter> =

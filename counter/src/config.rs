@@ -11,7 +11,7 @@ use clap::Parser;
 use crate::buffer::{BufferFullPolicy, BufferSettings};
 use crate::commit::CommitSettings;
 use crate::incoming::ConnectionLimits;
-use crate::store::{StoreError, StoreOptions, StoreTimeouts, StoreTls};
+use crate::store::{ReplicaWait, StoreError, StoreOptions, StoreTimeouts, StoreTls};
 use tally_runtime::consul::ConsulAccess;
 use tally_runtime::http::HttpArgs;
 use tally_runtime::reload::SettingFile;
@@ -54,6 +54,16 @@ pub struct Config {
     /// Limit on one store round trip, in milliseconds; a hung store fails requests after this.
     #[arg(long, env = "TALLY_STORE_TIMEOUT_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=60_000))]
     pub store_timeout_ms: u64,
+
+    /// Replicas that must confirm every write before it is acknowledged (Redis `WAIT` after each
+    /// flush); a write the master applied but too few replicas confirmed answers UNAVAILABLE,
+    /// outcome unknown. 0: acknowledged once the master applied it.
+    #[arg(long, env = "TALLY_STORE_WAIT_REPLICAS", default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=16))]
+    pub store_wait_replicas: u32,
+
+    /// How long a write waits for `TALLY_STORE_WAIT_REPLICAS` replicas, in milliseconds; under `TALLY_STORE_TIMEOUT_MS`.
+    #[arg(long, env = "TALLY_STORE_WAIT_TIMEOUT_MS", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    pub store_wait_timeout_ms: u64,
 
     /// Most operations one group-commit flush carries.
     #[arg(long, env = "TALLY_COMMIT_MAX_OPS", default_value_t = 2048, value_parser = clap::value_parser!(u64).range(1..=100_000))]
@@ -192,7 +202,9 @@ impl Config {
         let ca = read("TALLY_STORE_TLS_CA_FILE", &self.store_tls_ca_file)?;
         let cert = read("TALLY_STORE_TLS_CERT_FILE", &self.store_tls_cert_file)?;
         let key = read("TALLY_STORE_TLS_KEY_FILE", &self.store_tls_key_file)?;
-        Ok(StoreOptions { timeouts: self.store_timeouts(), tls: StoreTls { ca, client: cert.zip(key) } })
+        let timeouts = self.store_timeouts();
+        let wait = ReplicaWait::from_settings(self.store_wait_replicas, self.store_wait_timeout_ms, timeouts.response)?;
+        Ok(StoreOptions { timeouts, tls: StoreTls { ca, client: cert.zip(key) }, wait })
     }
 
     pub fn store_timeouts(&self) -> StoreTimeouts {
@@ -255,6 +267,20 @@ mod tests {
         assert_eq!(config.store, "memory");
         assert_eq!(config.buffer().batch_size, 100);
         assert_eq!(config.buffer().flush_interval, Duration::from_millis(100));
+    }
+
+    #[test]
+    fn waiting_for_replicas_is_off_by_default_and_must_fit_in_a_store_round_trip() {
+        let options = |args: &[&str]| {
+            let config = Config::try_parse_from([&["tally-counter"], args].concat()).expect("parses");
+            config.store_options()
+        };
+        assert_eq!(options(&[]).expect("defaults").wait, None);
+        let wait = options(&["--store-wait-replicas", "1"]).expect("valid").wait.expect("waits");
+        assert_eq!((wait.replicas, wait.timeout), (1, Duration::from_millis(100)));
+        let err = options(&["--store-wait-replicas", "1", "--store-wait-timeout-ms", "1000"]).expect_err("too long");
+        assert!(err.to_string().contains("TALLY_STORE_WAIT_TIMEOUT_MS"), "{err}");
+        assert!(Config::try_parse_from(["tally-counter", "--store-wait-replicas", "17"]).is_err());
     }
 
     #[test]

@@ -14,7 +14,7 @@ use tally_proto::CounterKey;
 const TIMEOUTS: StoreTimeouts = StoreTimeouts { connect: Duration::from_secs(1), response: Duration::from_secs(2) };
 
 fn options() -> StoreOptions {
-    StoreOptions { timeouts: TIMEOUTS, tls: Default::default() }
+    StoreOptions { timeouts: TIMEOUTS, tls: Default::default(), wait: None }
 }
 
 fn key(resource: &str, counter_type: &str) -> CounterKey {

@@ -11,6 +11,7 @@ mod otlp;
 mod ports;
 mod procs;
 pub mod prometheus;
+mod replicas;
 mod resharding;
 pub mod serial;
 mod settings;

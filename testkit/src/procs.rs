@@ -188,14 +188,15 @@ pub fn redis_cli(port: u16, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-/// A real Redis Cluster: three masters, no replicas, on loopback ports.
+/// A real Redis Cluster on loopback ports: three masters, no replicas
+/// ([`RedisCluster::start_replicated`]: one replica each).
 pub struct RedisCluster {
     pub nodes: Vec<RedisServer>,
 }
 
 impl RedisCluster {
     pub fn start() -> RedisCluster {
-        Self::start_with(|_| Vec::new())
+        Self::start_with(0, |_| Vec::new())
     }
 
     /// A cluster whose nodes keep every acknowledged write across a crash
@@ -203,7 +204,7 @@ impl RedisCluster {
     /// so a node can be restarted ([`RedisServer::restarted`]) with its
     /// data and its cluster configuration.
     pub fn start_durable(dir: &Path) -> RedisCluster {
-        Self::start_with(|port| {
+        Self::start_with(0, |port| {
             let node_dir = dir.join(port.to_string());
             std::fs::create_dir_all(&node_dir).expect("node directory");
             RedisServer::durable_args(&node_dir)
@@ -218,7 +219,7 @@ impl RedisCluster {
         // Node port → its TLS port (a node retried on fresh ports gets new ones).
         let tls_ports = std::sync::Mutex::new(HashMap::new());
         let path = |p: &Path| p.to_string_lossy().to_string();
-        let cluster = Self::start_with(|port| {
+        let cluster = Self::start_with(0, |port| {
             let tls_port = free_port();
             tls_ports.lock().unwrap().insert(port, tls_port);
             [
@@ -247,9 +248,10 @@ impl RedisCluster {
         (cluster, format!("rediss+cluster://{}", seeds.join(",")))
     }
 
-    /// Three masters, each started with the arguments `extra` gives for its port.
-    fn start_with(extra: impl Fn(u16) -> Vec<String>) -> RedisCluster {
-        let nodes: Vec<RedisServer> = (0..3)
+    /// Three masters with `replicas` replicas each, every node started with
+    /// the arguments `extra` gives for its port.
+    pub(crate) fn start_with(replicas: usize, extra: impl Fn(u16) -> Vec<String>) -> RedisCluster {
+        let nodes: Vec<RedisServer> = (0..3 * (1 + replicas))
             .map(|_| {
                 // Fresh ports (and TLS ports from `extra`) on every try: a
                 // port chosen here may be taken by another test before binding.
@@ -272,7 +274,7 @@ impl RedisCluster {
         let out = Command::new("redis-cli")
             .args(["--cluster", "create"])
             .args(&addrs)
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .output()
             .expect("redis-cli --cluster create");
         let text = String::from_utf8_lossy(&out.stdout);

@@ -150,10 +150,12 @@ impl RedisCluster {
         self.nodes.iter().find(|n| n.port == port).expect("a node of this cluster")
     }
 
-    /// The masters and their slots, from `CLUSTER NODES` (lines of `id
-    /// ip:port@bus flags master ping pong epoch state slot…`).
+    /// The masters and their slots, from `CLUSTER NODES` of the first node
+    /// that answers (lines of `id ip:port@bus flags master ping pong epoch
+    /// state slot…`). A failed master is listed without slots.
     fn masters(&self) -> Vec<Master> {
-        let listing = self.nodes[0].cli(&["cluster", "nodes"]);
+        let listing =
+            self.nodes.iter().map(|n| n.cli(&["cluster", "nodes"])).find(|l| !l.is_empty()).unwrap_or_default();
         listing
             .lines()
             .filter_map(|line| {

@@ -15,6 +15,7 @@ use std::time::Duration;
 use futures_util::future::join_all;
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
 use redis::{FromRedisValue, Pipeline, RedisResult, Value};
 use tally_proto::CounterKey;
 
@@ -24,7 +25,8 @@ use super::node_pipelines::{NodePipelines, map_may_be_stale};
 use super::ordered::{each_outcomes, each_pipeline};
 use super::redirect::moved_to;
 use super::redis::{get_pipeline, incr_pipeline, outcomes};
-use super::{Cmd, KeyedCmd, Listing, Outcome, StoreError, StoreOptions};
+use super::replication::{ReplicaWait, has_writes, mark_unconfirmed};
+use super::{Cmd, KeyedCmd, Listing, Outcome, StoreError, StoreOptions, slot_of_resource};
 
 pub struct ClusterStore {
     client: ClusterClient,
@@ -38,6 +40,8 @@ pub struct ClusterStore {
     connect_timeout: Duration,
     /// Plain increments, one pipeline per master.
     nodes: Arc<NodePipelines>,
+    /// Replicas every write waits for ([`super::replication`]).
+    wait: Option<ReplicaWait>,
 }
 
 impl ClusterStore {
@@ -69,6 +73,7 @@ impl ClusterStore {
             connecting: tokio::sync::Mutex::new(()),
             reconnecting: Arc::default(),
             connect_timeout: options.timeouts.connect * 2,
+            wait: options.wait,
         })
     }
 
@@ -139,15 +144,36 @@ impl ClusterStore {
         conn: &ClusterConnection,
         generation: u64,
         pipe: &Pipeline,
-    ) -> RedisResult<T> {
+    ) -> (RedisResult<T>, Ran) {
         let err = match pipe.query_async(&mut conn.clone()).await {
-            Ok(replies) => return Ok(replies),
+            Ok(replies) => return (Ok(replies), Ran::OnSlot),
             Err(err) => err,
         };
-        let Some(node) = moved_to(&err).and_then(|addr| self.nodes.node(&addr).ok()) else { return Err(err) };
+        let Some(node) = moved_to(&err).and_then(|addr| self.nodes.node(&addr).ok()) else {
+            return (Err(err), Ran::OnSlot);
+        };
         self.nodes.refresh(conn);
         self.reconnect(generation);
-        node.query(pipe).await
+        (node.query(pipe).await, Ran::On(node))
+    }
+
+    /// With replicas to wait for, waits on the connection that ran a
+    /// pipeline on `slot` (`ran`) for the replicas of that node, and marks
+    /// the writes in `outcomes` unknown when they do not confirm them
+    /// ([`super::replication`]). Through the cluster connection, `WAIT` is
+    /// routed to the slot's master explicitly: redis-rs would send a
+    /// keyless `WAIT` to every master.
+    async fn confirm(&self, conn: &ClusterConnection, slot: u16, ran: Ran, outcomes: &mut [Outcome]) {
+        let Some(wait) = self.wait.filter(|_| has_writes(outcomes)) else { return };
+        let node = match ran {
+            Ran::On(node) => return node.confirm(outcomes).await,
+            Ran::OnSlot => {
+                RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(Route::new(slot, SlotAddr::Master)))
+            }
+        };
+        let reply = conn.clone().route_command(wait.command(), node).await;
+        let reply = reply.and_then(|value| Ok(redis::from_redis_value::<i64>(value)?));
+        mark_unconfirmed(outcomes, wait.verdict(reply));
     }
 
     fn current(&self) -> Option<(ClusterConnection, u64)> {
@@ -201,11 +227,15 @@ impl ClusterStore {
         let outcomes = scatter(&groups, cmds.len(), missing, |_, indices| {
             let mut pipe = incr_pipeline(indices.iter().map(|&i| &cmds[i]), false);
             all_or_nothing(&mut pipe);
+            let slot = slot_of_resource(cmds[indices[0]].0.resource_id());
             async move {
-                match self.query_on_slot::<Vec<RedisResult<i64>>>(conn, generation, &pipe).await {
+                let (replies, ran) = self.query_on_slot::<Vec<RedisResult<i64>>>(conn, generation, &pipe).await;
+                let mut group = match replies {
                     Ok(replies) => outcomes(replies, indices.len()),
                     Err(err) => vec![Outcome::Failed(StoreError::from_redis(&err)); indices.len()],
-                }
+                };
+                self.confirm(conn, slot, ran, &mut group).await;
+                group
             }
         })
         .await;
@@ -224,9 +254,15 @@ impl ClusterStore {
         // Chunk numbers follow the deterministic slot/chunk order, so a resend
         // of the same commands claims the same markers.
         let outcomes = scatter(&chunks, cmds.len(), missing, |chunk_no, chunk| {
-            let mut conn = conn.clone();
             let chunk_cmds: Vec<&Cmd<'_>> = chunk.iter().map(|&i| &cmds[i]).collect();
-            async move { batch::apply_chunk(&mut conn, batch_id, chunk_no, &chunk_cmds, marker_ttl).await }
+            let slot = slot_of_resource(cmds[chunk[0]].0.resource_id());
+            let conn = &conn;
+            async move {
+                let mut outcomes =
+                    batch::apply_chunk(&mut conn.clone(), batch_id, chunk_no, &chunk_cmds, marker_ttl).await;
+                self.confirm(conn, slot, Ran::OnSlot, &mut outcomes).await;
+                outcomes
+            }
         })
         .await;
         self.check(generation, outcomes.iter().map(|o| if let Outcome::Failed(e) = o { Some(e) } else { None }));
@@ -245,12 +281,16 @@ impl ClusterStore {
             let group: Vec<&KeyedCmd<'_>> = indices.iter().map(|&i| &cmds[i]).collect();
             let mut pipe = each_pipeline(group.iter().copied(), retention);
             all_or_nothing(&mut pipe);
+            let slot = slot_of_resource(cmds[indices[0]].0.resource_id());
             let conn = &conn;
             async move {
-                match self.query_on_slot::<Vec<RedisResult<Value>>>(conn, generation, &pipe).await {
+                let (replies, ran) = self.query_on_slot::<Vec<RedisResult<Value>>>(conn, generation, &pipe).await;
+                let mut outcomes = match replies {
                     Ok(replies) => each_outcomes(group.iter().copied(), replies, group.len()),
                     Err(err) => vec![Outcome::Failed(StoreError::from_redis(&err)); group.len()],
-                }
+                };
+                self.confirm(conn, slot, ran, &mut outcomes).await;
+                outcomes
             }
         })
         .await;
@@ -273,7 +313,7 @@ impl ClusterStore {
         let replies = join_all(groups.values().map(|indices| {
             let pipe = get_pipeline(indices.iter().map(|&i| &keys[i]));
             let conn = &conn;
-            async move { self.query_on_slot::<Vec<Option<i64>>>(conn, generation, &pipe).await }
+            async move { self.query_on_slot::<Vec<Option<i64>>>(conn, generation, &pipe).await.0 }
         }))
         .await;
         let mut result = vec![0; keys.len()];
@@ -296,6 +336,13 @@ impl ClusterStore {
         self.check(generation, [pong.as_ref().err()]);
         pong
     }
+}
+
+/// Where a one-slot pipeline ran: through the cluster connection, on the
+/// slot's master as it knows it, or on the node a `MOVED` named.
+enum Ran {
+    OnSlot,
+    On(Arc<super::redis::RedisStore>),
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

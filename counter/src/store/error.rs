@@ -44,11 +44,14 @@ impl StoreError {
                 if err
                     .clone()
                     .into_server_errors()
-                    .is_some_and(|errors| errors.iter().any(|(_, e)| e.kind().is_some_and(refused_before_running))) =>
+                    .is_some_and(|errors| errors.iter().any(|(_, e)| refused_while_queued(e))) =>
             {
                 StoreError::NotApplied(text)
             }
             ErrorKind::ClusterConnectionNotFound | ErrorKind::AuthenticationFailed => StoreError::NotApplied(text),
+            // `min-replicas-to-write` on the server: refused before running
+            // while too few replicas are connected.
+            ErrorKind::Extension if err.code() == Some(NO_REPLICAS) => StoreError::NotApplied(text),
             ErrorKind::Server(_) | ErrorKind::Extension => StoreError::Rejected(text),
             ErrorKind::InvalidClientConfig => StoreError::Config(text),
             _ if err.is_connection_refusal() => StoreError::NotApplied(text),
@@ -72,6 +75,15 @@ impl StoreError {
     }
 }
 
+/// The refusal of `min-replicas-to-write`: too few replicas are connected.
+const NO_REPLICAS: &str = "NOREPLICAS";
+
+/// A command of a transaction refused as it was queued, for a reason of
+/// [`refused_before_running`] or for want of replicas.
+fn refused_while_queued(err: &::redis::ServerError) -> bool {
+    err.kind().is_some_and(refused_before_running) || err.code() == NO_REPLICAS
+}
+
 /// Server errors that refuse a command before it runs, for a reason that
 /// passes (a redirect, a cluster or node not ready): nothing applied, and a
 /// resend is safe.
@@ -92,4 +104,18 @@ fn refused_before_running(kind: ServerErrorKind) -> bool {
 /// per-command error tally expects, reported to the caller as OUT_OF_RANGE.
 pub fn is_overflow(err: &RedisError) -> bool {
     matches!(err.kind(), ErrorKind::Server(_)) && err.to_string().contains("would overflow")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_write_refused_for_want_of_replicas_was_not_applied() {
+        let refused =
+            ::redis::make_extension_error(NO_REPLICAS.into(), Some("Not enough good replicas to write.".into()));
+        assert!(matches!(StoreError::from_redis(&refused), StoreError::NotApplied(_)));
+        let other = ::redis::make_extension_error("WRONGPASS".into(), None);
+        assert!(matches!(StoreError::from_redis(&other), StoreError::Rejected(_)));
+    }
 }

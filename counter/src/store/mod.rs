@@ -19,6 +19,7 @@ mod node_pipelines;
 mod ordered;
 mod redirect;
 mod redis;
+mod replication;
 mod resource;
 mod slot;
 
@@ -28,6 +29,7 @@ use std::time::Duration;
 use tally_proto::CounterKey;
 
 pub use error::StoreError;
+pub use replication::ReplicaWait;
 pub use slot::slot_of_resource;
 
 /// One increment command for a store: add the delta to the counter.
@@ -102,6 +104,9 @@ pub struct StoreTimeouts {
 pub struct StoreOptions {
     pub timeouts: StoreTimeouts,
     pub tls: StoreTls,
+    /// Replicas every write waits for (`TALLY_STORE_WAIT_REPLICAS`); `None`:
+    /// acknowledged once the master applied it ([`replication`]).
+    pub wait: Option<ReplicaWait>,
 }
 
 /// The socket settings of every connection to Redis: `TCP_NODELAY` on.
@@ -214,6 +219,11 @@ impl Store {
             ));
         }
         if url == "memory" {
+            if options.wait.is_some() {
+                return Err(StoreError::config(
+                    "TALLY_STORE_WAIT_REPLICAS is set, but the in-memory store has no replicas".to_string(),
+                ));
+            }
             Ok(Store::Memory(memory::MemoryStore::default()))
         } else if url.starts_with("redis://") || url.starts_with("rediss://") {
             Ok(Store::Redis(redis::RedisStore::new(url, options)?))

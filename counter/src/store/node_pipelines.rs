@@ -166,16 +166,20 @@ impl NodePipelines {
             }
             result.push(outcome(reply));
         }
+        // Redirected commands hold a refusal here, so this waits (when
+        // waiting) for the master's replicas only if something ran on it.
+        master.confirm(&mut result).await;
         // Concurrently: one unreachable node does not hold up the others.
         let follows = redirected.into_iter().filter_map(|(to, indices)| {
             // A node that cannot be dialled: its commands stay not applied.
             let node = self.node(&to.addr).ok()?;
             Some(async move {
                 let group: Vec<Cmd<'_>> = indices.iter().map(|&i| cmds[i]).collect();
-                let followed = match node.incr_replies(&group, to.ask).await {
+                let mut followed = match node.incr_replies(&group, to.ask).await {
                     Ok(replies) => outcomes(replies, group.len()),
                     Err(err) => vec![Outcome::Failed(StoreError::from_redis(&err)); group.len()],
                 };
+                node.confirm(&mut followed).await;
                 (indices, followed)
             })
         });
@@ -361,7 +365,7 @@ mod tests {
     async fn a_refreshed_map_keeps_known_masters_and_drops_departed_ones() {
         let timeouts =
             super::super::StoreTimeouts { connect: Duration::from_secs(1), response: Duration::from_secs(1) };
-        let options = StoreOptions { timeouts, tls: Default::default() };
+        let options = StoreOptions { timeouts, tls: Default::default(), wait: None };
         let mut connections = HashMap::new();
         let mut opened = Vec::new();
         // Lazy connections: nothing is dialled by this test.

@@ -13,10 +13,13 @@ use futures_util::future::join_all;
 use super::batch;
 use super::error::is_overflow;
 use super::ordered::{each_outcomes, each_pipeline};
+use super::replication::{ReplicaWait, has_writes, mark_unconfirmed};
 use super::{Cmd, KeyedCmd, Listing, Outcome, StoreError, StoreOptions, hash_key};
 
 pub struct RedisStore {
     conn: ConnectionManager,
+    /// Replicas every write waits for ([`super::replication`]).
+    wait: Option<ReplicaWait>,
 }
 
 impl RedisStore {
@@ -41,14 +44,26 @@ impl RedisStore {
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(100));
         let conn = ConnectionManager::new_lazy_with_config(client, config).map_err(config_error(url))?;
-        Ok(RedisStore { conn })
+        Ok(RedisStore { conn, wait: options.wait })
     }
 
     pub async fn incr(&self, cmds: &[Cmd<'_>]) -> Vec<Outcome> {
-        match self.incr_replies(cmds, false).await {
+        let mut outcomes = match self.incr_replies(cmds, false).await {
             Ok(replies) => outcomes(replies, cmds.len()),
             Err(err) => vec![Outcome::Failed(StoreError::from_redis(&err)); cmds.len()],
-        }
+        };
+        self.confirm(&mut outcomes).await;
+        outcomes
+    }
+
+    /// With replicas to wait for, waits for them to confirm what this
+    /// connection wrote (`outcomes` among it), and marks the writes in
+    /// `outcomes` unknown when they do not ([`super::replication`]).
+    pub(super) async fn confirm(&self, outcomes: &mut [Outcome]) {
+        let Some(wait) = self.wait.filter(|_| has_writes(outcomes)) else { return };
+        let mut conn = self.conn.clone();
+        let reply = wait.command().query_async::<i64>(&mut conn).await;
+        mark_unconfirmed(outcomes, wait.verdict(reply));
     }
 
     /// Each `HINCRBY`'s reply as Redis gave it ([`incr_pipeline`]; with
@@ -84,16 +99,20 @@ impl RedisStore {
             async move { batch::apply_chunk(&mut conn, batch_id, chunk_no, &chunk_cmds, marker_ttl).await }
         }))
         .await;
-        runs.into_iter().flatten().collect()
+        let mut outcomes: Vec<Outcome> = runs.into_iter().flatten().collect();
+        self.confirm(&mut outcomes).await;
+        outcomes
     }
 
     pub async fn apply_ordered(&self, cmds: &[KeyedCmd<'_>], retention: Duration) -> Vec<Outcome> {
         let mut conn = self.conn.clone();
         let pipe = each_pipeline(cmds.iter(), retention);
-        match pipe.query_async::<Vec<RedisResult<Value>>>(&mut conn).await {
+        let mut outcomes = match pipe.query_async::<Vec<RedisResult<Value>>>(&mut conn).await {
             Ok(replies) => each_outcomes(cmds.iter(), replies, cmds.len()),
             Err(err) => vec![Outcome::Failed(StoreError::from_redis(&err)); cmds.len()],
-        }
+        };
+        self.confirm(&mut outcomes).await;
+        outcomes
     }
 
     pub async fn get_resource(&self, resource_id: &str) -> Result<Listing, StoreError> {

@@ -1,0 +1,168 @@
+//! Writes that wait for replicas (`TALLY_STORE_WAIT_REPLICAS`), and a Redis
+//! Cluster master failing over, on real replicas: an acknowledged write is
+//! on the replica when it is acknowledged; one the replica did not confirm
+//! is reported unknown, and its resend under the same idempotency key or
+//! batch id applies once; a master killed after its writes were confirmed
+//! loses none of them, the store finds the promoted replica by itself, and
+//! writes there are unknown until the promoted master has a replica again.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{RedisCluster, RedisServer, unique};
+use tally_counter::store::batch::{DEFAULT_MARKER_TTL, new_batch_id};
+use tally_counter::store::{
+    Change, Outcome, ReplicaWait, Store, StoreError, StoreOptions, StoreTimeouts, slot_of_resource,
+};
+use tally_proto::CounterKey;
+
+const TIMEOUTS: StoreTimeouts = StoreTimeouts { connect: Duration::from_secs(1), response: Duration::from_secs(2) };
+const RETENTION: Duration = Duration::from_secs(600);
+
+fn options(wait_for: u32) -> StoreOptions {
+    let wait = ReplicaWait::from_settings(wait_for, 200, TIMEOUTS.response).expect("valid wait");
+    StoreOptions { timeouts: TIMEOUTS, tls: Default::default(), wait }
+}
+
+fn key(resource: &str, counter_type: &str) -> CounterKey {
+    CounterKey::new(resource, counter_type).expect("valid key")
+}
+
+fn hget(redis: &RedisServer, key: &CounterKey) -> String {
+    redis.cli(&["hget", &format!("tally:{{{}}}", key.resource_id()), key.counter_type()])
+}
+
+fn unknown(outcomes: &[Outcome]) -> bool {
+    outcomes.iter().all(|o| matches!(o, Outcome::Failed(StoreError::Unknown(m)) if m.contains("replicas")))
+}
+
+#[tokio::test]
+async fn an_acknowledged_write_is_on_the_replica() {
+    let master = RedisServer::start();
+    let replica = RedisServer::start_replica_of(&master);
+    let store = Store::from_url(&master.url(), &options(1)).expect("store");
+    let resource = unique("acked");
+    let (views, likes) = (key(&resource, "views"), key(&resource, "likes"));
+
+    // Each read of the replica comes right after the acknowledgement: WAIT
+    // returned once the replica had applied the write.
+    assert_eq!(store.incr(&[(&views, 5), (&likes, 1)]).await, vec![Outcome::Applied(5), Outcome::Applied(1)]);
+    assert_eq!((hget(&replica, &views), hget(&replica, &likes)), ("5".into(), "1".into()));
+    let ordered = [(&views, Change::Add(2), Some("k1")), (&likes, Change::Reset, None)];
+    assert_eq!(store.apply_ordered(&ordered, RETENTION).await, vec![Outcome::Applied(7), Outcome::Applied(1)]);
+    assert_eq!((hget(&replica, &views), hget(&replica, &likes)), ("7".into(), String::new()));
+    let chunk = store.incr_batch_once(&new_batch_id(), &[(&views, 1)], DEFAULT_MARKER_TTL).await;
+    assert_eq!(chunk, vec![Outcome::Applied(0)]);
+    assert_eq!(hget(&replica, &views), "8");
+
+    // Nothing written, nothing waited for: an overflow keeps its own report.
+    let big = key(&resource, "big");
+    assert_eq!(store.incr(&[(&big, i64::MAX)]).await, vec![Outcome::Applied(i64::MAX)]);
+    assert_eq!(store.incr(&[(&big, 1)]).await, vec![Outcome::Overflow]);
+}
+
+#[tokio::test]
+async fn a_write_the_replica_did_not_confirm_is_unknown_and_its_resend_applies_once() {
+    let master = RedisServer::start();
+    let replica = RedisServer::start_replica_of(&master);
+    let waiting = Store::from_url(&master.url(), &options(1)).expect("store");
+    let not_waiting = Store::from_url(&master.url(), &options(0)).expect("store");
+    let resource = unique("unconfirmed");
+    let (views, likes) = (key(&resource, "views"), key(&resource, "likes"));
+
+    replica.signal("-STOP");
+    // Without waiting, acknowledged though the replica has nothing.
+    assert_eq!(not_waiting.incr(&[(&views, 1)]).await, vec![Outcome::Applied(1)]);
+    // Waiting: applied on the master, reported unknown on every path.
+    let plain = waiting.incr(&[(&views, 1)]).await;
+    assert!(unknown(&plain), "{plain:?}");
+    let keyed = waiting.apply_ordered(&[(&views, Change::Add(10), Some("retry-me"))], RETENTION).await;
+    assert!(unknown(&keyed), "{keyed:?}");
+    let batch_id = new_batch_id();
+    let chunk = waiting.incr_batch_once(&batch_id, &[(&likes, 3)], DEFAULT_MARKER_TTL).await;
+    assert!(unknown(&chunk), "{chunk:?}");
+    assert_eq!((hget(&master, &views), hget(&master, &likes)), ("12".into(), "3".into()), "applied on the master");
+    replica.signal("-CONT");
+
+    // Resent under the same key and batch id: nothing applied twice, and
+    // now confirmed.
+    let keyed = waiting.apply_ordered(&[(&views, Change::Add(10), Some("retry-me"))], RETENTION).await;
+    assert_eq!(keyed, vec![Outcome::Replayed(12)]);
+    let chunk = waiting.incr_batch_once(&batch_id, &[(&likes, 3)], DEFAULT_MARKER_TTL).await;
+    assert_eq!(chunk, vec![Outcome::Applied(0)]);
+    assert_eq!(waiting.get(&[views.clone(), likes.clone()]).await.expect("read"), vec![12, 3]);
+    assert_eq!((hget(&replica, &views), hget(&replica, &likes)), ("12".into(), "3".into()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_failing_over_loses_no_confirmed_write() {
+    let mut cluster = RedisCluster::start_replicated();
+    let store = Store::from_url(&cluster.url(), &options(1)).expect("store");
+    let prefix = unique("failover");
+    // Enough resources for every master to hold some.
+    let keys: Vec<CounterKey> = (0..30).map(|i| key(&format!("{prefix}-{i}"), "views")).collect();
+    let plain: Vec<(&CounterKey, i64)> = keys.iter().map(|k| (k, 1)).collect();
+    let keyed: Vec<_> = keys.iter().map(|k| (k, Change::Add(1), Some("first"))).collect();
+    // Plain increments (on the masters' own pipelines), keyed ones (through
+    // the cluster connection) and a write-behind batch, every one confirmed
+    // by a replica.
+    for (round, want) in [(0, 1), (1, 2)] {
+        assert!(store.incr(&plain).await.iter().all(|o| *o == Outcome::Applied(want)), "round {round}");
+    }
+    assert!(store.apply_ordered(&keyed, RETENTION).await.iter().all(|o| *o == Outcome::Applied(3)));
+    let chunk = store.incr_batch_once(&new_batch_id(), &plain, DEFAULT_MARKER_TTL).await;
+    assert!(chunk.iter().all(|o| *o == Outcome::Applied(0)), "{chunk:?}");
+
+    let slot = slot_of_resource(keys[0].resource_id());
+    let old_master = cluster.master_of(slot).expect("a master").port;
+    let new_master = cluster.fail_over(slot).port;
+    assert_ne!(new_master, old_master);
+
+    // The store finds the new master by itself. Until it does, reads fail
+    // (there is no event to await: polled, bounded); then every confirmed
+    // write is there.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let values = loop {
+        match store.get(&keys).await {
+            Ok(values) => break values,
+            Err(err) => assert!(Instant::now() < deadline, "the store did not find the new master: {err}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(values, vec![4; keys.len()], "a confirmed write was lost in the failover");
+
+    // The new master has no replica yet: a write reaching it is applied
+    // but not confirmed, so not acknowledged (polled until one reaches it).
+    let after = [(&keys[0], Change::Add(1), Some("after-failover"))];
+    loop {
+        match store.apply_ordered(&after, RETENTION).await.remove(0) {
+            Outcome::Failed(StoreError::Unknown(m)) if m.contains("replicas") => break,
+            Outcome::Failed(err) => assert!(Instant::now() < deadline, "no write reached the new master: {err}"),
+            other => panic!("a write on a master without replicas: {other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The old master comes back as the new one's replica: the resend under
+    // the same key is then confirmed, and was applied once.
+    cluster.restart_node(old_master);
+    assert_eq!(store.apply_ordered(&after, RETENTION).await, vec![Outcome::Replayed(5)]);
+    // Plain increments reach the new master too, once the masters' own
+    // pipelines fetched the slot map again. Until then they are refused
+    // (not applied), or unknown when sent on the dead master's broken
+    // connection: not resent by tally, since a plain increment has no key
+    // that would make a resend safe.
+    let mut unknown = 0;
+    let value = loop {
+        match store.incr(&[(&keys[0], 1)]).await.remove(0) {
+            Outcome::Applied(v) => break v,
+            Outcome::Failed(StoreError::NotApplied(_)) => {}
+            Outcome::Failed(StoreError::Unknown(_)) => unknown += 1,
+            other => panic!("a plain increment after the failover: {other:?}"),
+        }
+        assert!(Instant::now() < deadline, "plain increments did not reach the new master");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!((6..=6 + unknown).contains(&value), "{value} after {unknown} unknown attempts");
+    assert_eq!(store.get(&keys[1..]).await.expect("read"), vec![4; keys.len() - 1], "other resources untouched");
+}
