@@ -50,11 +50,15 @@ pub use security::{AuthSpec, StoreTlsSpec, TlsSpec};
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!(has(self.store.managed) && self.store.managed) || self.counter.storeWaitReplicas == 0")
+    .message("counter.storeWaitReplicas needs a Redis with replicas; the managed Redis has none"))]
 pub struct CounterClusterSpec {
     /// Pull policy for both images.
     #[serde(default)]
     pub image_pull_policy: PullPolicy,
     #[serde(default)]
+    #[x_kube(validation = Rule::new("self.storeWaitReplicas == 0 || self.storeWaitTimeoutMs < self.storeTimeoutMs")
+        .message("storeWaitTimeoutMs must be under storeTimeoutMs: a write waits for its replicas within one store call"))]
     pub counter: CounterSpec,
     // The relations between fields, as CEL rules on the object holding them.
     #[serde(default)]
@@ -112,6 +116,14 @@ pub struct CounterSpec {
     /// Store call timeout, ms (`TALLY_STORE_TIMEOUT_MS`).
     #[schemars(range(min = 1, max = 60000))]
     pub store_timeout_ms: i32,
+    /// Redis replicas that must confirm every write before it is acknowledged
+    /// (`TALLY_STORE_WAIT_REPLICAS`); 0: acknowledged once the master applied it.
+    #[schemars(range(min = 0, max = 16))]
+    pub store_wait_replicas: i32,
+    /// How long a write waits for `storeWaitReplicas` replicas, ms
+    /// (`TALLY_STORE_WAIT_TIMEOUT_MS`); under `storeTimeoutMs`.
+    #[schemars(range(min = 1, max = 60000))]
+    pub store_wait_timeout_ms: i32,
     /// Most operations in one group commit (`TALLY_COMMIT_MAX_OPS`).
     #[schemars(range(min = 1, max = 100000))]
     pub commit_max_ops: i32,
@@ -307,6 +319,8 @@ impl Default for CounterSpec {
             resources: resources("250m", "128Mi", "512Mi"),
             store_connect_timeout_ms: 500,
             store_timeout_ms: 1000,
+            store_wait_replicas: 0,
+            store_wait_timeout_ms: 100,
             commit_max_ops: 2048,
             commit_max_inflight: 4,
             batch_size: 100,

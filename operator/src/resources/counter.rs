@@ -26,6 +26,8 @@ pub fn settings(cc: &CounterCluster) -> Settings {
         ("TALLY_ADMIN_LISTEN", format!("[::]:{ADMIN_PORT}")),
         ("TALLY_STORE_CONNECT_TIMEOUT_MS", spec.store_connect_timeout_ms.to_string()),
         ("TALLY_STORE_TIMEOUT_MS", spec.store_timeout_ms.to_string()),
+        ("TALLY_STORE_WAIT_REPLICAS", spec.store_wait_replicas.to_string()),
+        ("TALLY_STORE_WAIT_TIMEOUT_MS", spec.store_wait_timeout_ms.to_string()),
         ("TALLY_COMMIT_MAX_OPS", spec.commit_max_ops.to_string()),
         ("TALLY_COMMIT_MAX_INFLIGHT", spec.commit_max_inflight.to_string()),
         ("TALLY_BATCH_SIZE", spec.batch_size.to_string()),
