@@ -10,12 +10,14 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{RedisCluster, RedisServer, unique};
+use common::{RedisCluster, RedisServer, start_counter, unique};
 use tally_counter::store::batch::{DEFAULT_MARKER_TTL, new_batch_id};
 use tally_counter::store::{
     Change, Outcome, ReplicaWait, Store, StoreError, StoreOptions, StoreTimeouts, slot_of_resource,
 };
 use tally_proto::CounterKey;
+use tally_proto::v1::IncrementRequest;
+use tonic::Code;
 
 const TIMEOUTS: StoreTimeouts = StoreTimeouts { connect: Duration::from_secs(1), response: Duration::from_secs(2) };
 const RETENTION: Duration = Duration::from_secs(600);
@@ -165,4 +167,49 @@ async fn a_master_failing_over_loses_no_confirmed_write() {
     };
     assert!((6..=6 + unknown).contains(&value), "{value} after {unknown} unknown attempts");
     assert_eq!(store.get(&keys[1..]).await.expect("read"), vec![4; keys.len() - 1], "other resources untouched");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_counter_answers_an_unconfirmed_increment_unavailable_with_its_outcome_unknown() {
+    let master = RedisServer::start();
+    let replica = RedisServer::start_replica_of(&master);
+    let counter = start_counter(&master.url(), &[("TALLY_STORE_WAIT_REPLICAS", "1")]);
+    let mut client = common::client(&counter).await;
+    let resource = unique("grpc-wait");
+    let inc = || IncrementRequest {
+        resource_id: resource.clone(),
+        counter_type: "likes".into(),
+        delta: Some(1),
+        ..Default::default()
+    };
+    assert_eq!(client.increment(inc()).await.expect("confirmed").into_inner().current_value, 1);
+
+    replica.signal("-STOP");
+    let status = client.increment(inc()).await.expect_err("not confirmed");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert_eq!(status.metadata().get("tally-write-outcome").and_then(|v| v.to_str().ok()), Some("unknown"));
+    assert!(status.message().contains("replicas"), "{status:?}");
+    assert_eq!(master.cli(&["hget", &format!("tally:{{{resource}}}"), "likes"]), "2", "applied on the master");
+    replica.signal("-CONT");
+}
+
+#[test]
+fn a_replica_wait_that_cannot_fit_in_a_store_call_stops_startup_with_the_setting_named() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tally-counter"))
+        .envs([("TALLY_LISTEN", "127.0.0.1:0"), ("TALLY_ADMIN_LISTEN", "127.0.0.1:0")])
+        .envs([("TALLY_STORE", "redis://127.0.0.1:1"), ("TALLY_STORE_WAIT_REPLICAS", "1")])
+        .envs([("TALLY_STORE_WAIT_TIMEOUT_MS", "1000"), ("TALLY_STORE_TIMEOUT_MS", "1000")])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run tally-counter");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(!out.status.success() && text.contains("TALLY_STORE_WAIT_TIMEOUT_MS"), "{text}");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tally-counter"))
+        .envs([("TALLY_LISTEN", "127.0.0.1:0"), ("TALLY_ADMIN_LISTEN", "127.0.0.1:0")])
+        .envs([("TALLY_STORE", "memory"), ("TALLY_STORE_WAIT_REPLICAS", "1")])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run tally-counter");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(!out.status.success() && text.contains("no replicas"), "{text}");
 }
