@@ -12,9 +12,11 @@
 # CHAOS_SECONDS: length of the fault phase (default 300, at most 600).
 # CHAOS_SEED: seed of the fault schedule (default random; the report prints
 # it so a run can be repeated).
-# CHAOS_STORE: redis (default: one redis-server, killed and paused) or
+# CHAOS_STORE: redis (default: one redis-server, killed and paused),
 # cluster (a Redis Cluster of three masters; the faults move the written
-# resources' slots between masters and pause masters).
+# resources' slots between masters and pause masters) or cluster-replicated
+# (the same with a replica per master, waited for on every write; the faults
+# also crash masters, which their replicas replace).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh

@@ -118,7 +118,7 @@ async fn a_master_failing_over_loses_no_confirmed_write() {
 
     let slot = slot_of_resource(keys[0].resource_id());
     let old_master = cluster.master_of(slot).expect("a master").port;
-    let new_master = cluster.fail_over(slot).port;
+    let new_master = cluster.fail_over(slot).expect("a failover").port;
     assert_ne!(new_master, old_master);
 
     // The store finds the new master by itself. Until it does, reads fail
@@ -147,7 +147,7 @@ async fn a_master_failing_over_loses_no_confirmed_write() {
     }
     // The old master comes back as the new one's replica: the resend under
     // the same key is then confirmed, and was applied once.
-    cluster.restart_node(old_master);
+    cluster.restart_node(old_master).expect("the old master back as a replica");
     assert_eq!(store.apply_ordered(&after, RETENTION).await, vec![Outcome::Replayed(5)]);
     // Plain increments reach the new master too, once the masters' own
     // pipelines fetched the slot map again. Until then they are refused

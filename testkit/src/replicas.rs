@@ -29,21 +29,21 @@ impl RedisServer {
         let replica = RedisServer::start_with(|| {
             ["--replicaof", "127.0.0.1", &port].into_iter().chain(DISKLESS_LOAD).map(String::from).collect()
         });
-        replica.wait_until_synced();
+        replica.wait_until_synced().unwrap_or_else(|e| panic!("{e}"));
         replica
     }
 
     /// Waits until this replica's sync is done and its master streams
     /// writes to it: the master's view (`state=online`), which comes with
     /// the replica's first acknowledgement, after the replica's own.
-    pub fn wait_until_synced(&self) {
+    pub fn wait_until_synced(&self) -> Result<(), String> {
         poll(&format!("replica on {} to sync", self.port), || {
             let info = self.cli(&["info", "replication"]);
             let master = info.lines().find_map(|l| l.trim().strip_prefix("master_port:")?.parse::<u16>().ok());
             let online = format!("port={},state=online", self.port);
             info.contains("master_link_status:up")
                 && master.is_some_and(|port| crate::redis_cli(port, &["info", "replication"]).contains(&online))
-        });
+        })
     }
 
     /// True while this server is a master (`ROLE`).
@@ -60,7 +60,7 @@ impl RedisCluster {
             ["--cluster-node-timeout", NODE_TIMEOUT_MS].into_iter().chain(DISKLESS_LOAD).map(String::from).collect()
         });
         for node in cluster.nodes.iter().filter(|node| !node.is_master()) {
-            node.wait_until_synced();
+            node.wait_until_synced().unwrap_or_else(|e| panic!("{e}"));
         }
         cluster
     }
@@ -79,14 +79,14 @@ impl RedisCluster {
 
     /// Kills the master serving `slot` (SIGKILL: a crash) and waits until its
     /// replica has taken over the slot; returns the new master.
-    pub fn fail_over(&self, slot: u16) -> &RedisServer {
+    pub fn fail_over(&self, slot: u16) -> Result<&RedisServer, String> {
         let replica = self.replica_for(slot);
-        let master = self.master_of(slot).expect("a master serves the slot");
+        let master = self.master_of(slot).ok_or_else(|| format!("no master serves slot {slot}"))?;
         master.signal("-KILL");
         poll(&format!("replica {} to take over slot {slot}", replica.port), || {
             replica.is_master() && replica.cli(&["cluster", "info"]).contains("cluster_state:ok")
-        });
-        replica
+        })?;
+        Ok(replica)
     }
 }
 
@@ -95,20 +95,23 @@ impl RedisCluster {
     /// configuration but none of its data, as a master that failed over
     /// comes back: a replica of the node that took its place, returned
     /// once synced from it.
-    pub fn restart_node(&mut self, port: u16) -> &RedisServer {
-        let i = self.nodes.iter().position(|n| n.port == port).expect("a node of this cluster");
+    pub fn restart_node(&mut self, port: u16) -> Result<&RedisServer, String> {
+        let i = self.nodes.iter().position(|n| n.port == port).ok_or_else(|| format!("no node on {port}"))?;
         let node = self.nodes.remove(i).restarted();
-        node.wait_until_synced();
+        let synced = node.wait_until_synced();
         self.nodes.insert(i, node);
-        &self.nodes[i]
+        synced.map(|()| &self.nodes[i])
     }
 }
 
 /// Polls `done` until it holds, at most [`REPLICATION_TIMEOUT`].
-fn poll(what: &str, done: impl Fn() -> bool) {
+fn poll(what: &str, done: impl Fn() -> bool) -> Result<(), String> {
     let deadline = Instant::now() + REPLICATION_TIMEOUT;
     while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        if Instant::now() >= deadline {
+            return Err(format!("timed out waiting for {what}"));
+        }
         thread::sleep(Duration::from_millis(50));
     }
+    Ok(())
 }

@@ -34,6 +34,10 @@ pub enum Kind {
     Reshard,
     /// SIGSTOP of the master serving one resource's slot for 1–3 s, then SIGCONT.
     MasterStop,
+    /// `kill -9` of the master serving one resource's slot; its replica
+    /// takes over; the old master is started again 1–3 s later and rejoins
+    /// as the new one's replica.
+    MasterCrash,
 }
 
 /// The faults of a run on one redis-server.
@@ -42,12 +46,16 @@ const ON_REDIS: [Kind; 4] = [Kind::CounterKill, Kind::CounterStop, Kind::RedisRe
 /// without replicas a killed master's slots are down, which the standalone
 /// run's Redis restarts already cover).
 const ON_CLUSTER: [Kind; 4] = [Kind::CounterKill, Kind::CounterStop, Kind::Reshard, Kind::MasterStop];
+/// The faults of a run on a Redis Cluster with replicas: masters crash too.
+const ON_REPLICATED_CLUSTER: [Kind; 5] =
+    [Kind::CounterKill, Kind::CounterStop, Kind::Reshard, Kind::MasterStop, Kind::MasterCrash];
 
 /// The kinds of fault a run on `store` draws from.
 pub fn kinds(store: StoreKind) -> &'static [Kind] {
     match store {
         StoreKind::Redis => &ON_REDIS,
         StoreKind::Cluster => &ON_CLUSTER,
+        StoreKind::ClusterReplicated => &ON_REPLICATED_CLUSTER,
     }
 }
 
@@ -60,6 +68,7 @@ impl fmt::Display for Kind {
             Kind::RedisStop => "redis SIGSTOP/SIGCONT",
             Kind::Reshard => "slot moved to another master",
             Kind::MasterStop => "master SIGSTOP/SIGCONT",
+            Kind::MasterCrash => "master kill -9, failover, back as replica",
         })
     }
 }
@@ -99,13 +108,13 @@ pub fn run(stack: &Stack, resources: &Resources, seed: u64, started: Instant, un
             Kind::CounterKill => rng.random_range(1000..=3000),
             Kind::CounterStop => rng.random_range(1000..=4000),
             Kind::RedisRestart => rng.random_range(1000..=2000),
-            Kind::RedisStop | Kind::MasterStop => rng.random_range(1000..=3000),
+            Kind::RedisStop | Kind::MasterStop | Kind::MasterCrash => rng.random_range(1000..=3000),
             Kind::Reshard => 0, // as long as the keys take to move
         });
         let target = match kind {
             Kind::CounterKill | Kind::CounterStop => stack.counters[counter].name,
             Kind::RedisRestart | Kind::RedisStop => "redis",
-            Kind::Reshard | Kind::MasterStop => label,
+            Kind::Reshard | Kind::MasterStop | Kind::MasterCrash => label,
         };
         let at = started.elapsed();
         let wall = utc_clock();
@@ -159,5 +168,6 @@ fn inject(stack: &Stack, kind: Kind, counter: usize, resource: &str, hold: Durat
         }
         Kind::Reshard => stack.reshard(resource).map(Some),
         Kind::MasterStop => stack.pause_master_of(resource, hold).map(|_| None),
+        Kind::MasterCrash => stack.crash_master_of(resource, hold).map(Some),
     }
 }

@@ -72,8 +72,9 @@ struct Args {
     /// (default: the workspace's target/release).
     #[arg(long)]
     bin_dir: Option<PathBuf>,
-    /// The counters' store: one redis-server, or a Redis Cluster of three
-    /// masters whose slots the faults move while they are written.
+    /// The counters' store: one redis-server, a Redis Cluster of three
+    /// masters whose slots the faults move while they are written, or such
+    /// a cluster with a replica per master whose masters the faults crash.
     #[arg(long, value_enum, default_value = "redis")]
     store: StoreKind,
 }

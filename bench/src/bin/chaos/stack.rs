@@ -1,6 +1,7 @@
 //! The stack under test, as real processes on loopback: redis-server with an
 //! fsync-always AOF (or, with `--store cluster`, a Redis Cluster of three
-//! masters), two `tally-counter`s and one `tally-gateway` in front of both.
+//! masters; with `--store cluster-replicated`, each with a replica), two
+//! `tally-counter`s and one `tally-gateway` in front of both.
 //!
 //! Every process that a fault may kill listens on a port fixed at startup,
 //! so that after a restart it is back at the same address and its clients
@@ -17,6 +18,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use tally_testkit::{RedisCluster, RedisServer, Service, free_port, redis_cli};
+
+mod masters;
 
 /// Gateway's limit for a request head: slow clients must be cut after it.
 pub const HEADER_TIMEOUT: Duration = Duration::from_millis(2000);
@@ -42,6 +45,10 @@ pub enum StoreKind {
     /// resources' slots between masters while they are written, and pause
     /// a master.
     Cluster,
+    /// The same with a replica per master, which the counters wait for on
+    /// every write (`TALLY_STORE_WAIT_REPLICAS=1`); faults also crash a
+    /// master, which its replica replaces, and bring it back as a replica.
+    ClusterReplicated,
 }
 
 enum Store {
@@ -54,16 +61,17 @@ enum Store {
     Cluster {
         /// Taken out at shutdown; held while a slot moves.
         cluster: Mutex<Option<RedisCluster>>,
-        /// The masters' pids and ports (fixed: no fault restarts a master),
-        /// readable while a resharding holds the cluster.
-        pids: Vec<u32>,
+        /// The nodes' pids in start order (a crashed master comes back
+        /// with a new one), readable while a resharding holds the cluster.
+        pids: Vec<AtomicU32>,
         first_port: u16,
         url: String,
+        replicated: bool,
     },
 }
 
-/// Names of the cluster's masters in the report.
-const MASTER_NAMES: [&str; 3] = ["redis-1", "redis-2", "redis-3"];
+/// Names of the cluster's nodes in the report, in start order.
+const NODE_NAMES: [&str; 6] = ["redis-1", "redis-2", "redis-3", "redis-4", "redis-5", "redis-6"];
 
 /// `MIGRATE` batches of a resharding and the time they are spread over: a
 /// slot stays half-moved for about a second or more however many keys it
@@ -96,13 +104,15 @@ impl Stack {
                 std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
                 Store::Redis { port: free_port(), dir, server: Mutex::new(None), pid: AtomicU32::new(0) }
             }
-            StoreKind::Cluster => {
-                let cluster = RedisCluster::start();
+            StoreKind::Cluster | StoreKind::ClusterReplicated => {
+                let replicated = kind == StoreKind::ClusterReplicated;
+                let cluster = if replicated { RedisCluster::start_replicated() } else { RedisCluster::start() };
                 Store::Cluster {
-                    pids: cluster.nodes.iter().map(RedisServer::pid).collect(),
+                    pids: cluster.nodes.iter().map(|n| AtomicU32::new(n.pid())).collect(),
                     first_port: cluster.nodes[0].port,
                     url: cluster.url(),
                     cluster: Mutex::new(Some(cluster)),
+                    replicated,
                 }
             }
         };
@@ -150,7 +160,8 @@ impl Stack {
     pub fn store_kind(&self) -> StoreKind {
         match self.store {
             Store::Redis { .. } => StoreKind::Redis,
-            Store::Cluster { .. } => StoreKind::Cluster,
+            Store::Cluster { replicated: false, .. } => StoreKind::Cluster,
+            Store::Cluster { replicated: true, .. } => StoreKind::ClusterReplicated,
         }
     }
 
@@ -158,7 +169,9 @@ impl Stack {
     pub fn pids(&self) -> Vec<(&'static str, u32)> {
         let mut pids = match &self.store {
             Store::Redis { pid, .. } => vec![("redis", pid.load(Ordering::SeqCst))],
-            Store::Cluster { pids, .. } => MASTER_NAMES.iter().copied().zip(pids.iter().copied()).collect(),
+            Store::Cluster { pids, .. } => {
+                NODE_NAMES.iter().copied().zip(pids.iter().map(|pid| pid.load(Ordering::SeqCst))).collect()
+            }
         };
         pids.extend(self.counters.iter().map(|c| (c.name, c.pid.load(Ordering::SeqCst))));
         pids.push(("gateway", self.gateway_pid));
@@ -215,38 +228,6 @@ impl Stack {
         }
     }
 
-    /// Moves the slot of `resource` to another master while the clients
-    /// write it ([`RedisCluster::reshard_slot`]); returns "from → to" ports.
-    pub fn reshard(&self, resource: &str) -> Result<String, String> {
-        let Store::Cluster { cluster, first_port, .. } = &self.store else {
-            return Err("resharding needs a cluster run".into());
-        };
-        let slot = slot_of(*first_port, resource)?;
-        let guard = lock(cluster);
-        let cluster = guard.as_ref().ok_or("the cluster is shut down")?;
-        let (from, to) = cluster.reshard_slot(slot, RESHARD_BATCHES, RESHARD_SPREAD)?;
-        Ok(format!("slot {slot}: {from} → {to}"))
-    }
-
-    /// Pauses the master serving `resource`'s slot (SIGSTOP) for `hold`,
-    /// then resumes it; its pid. The pid is found first: while it is
-    /// paused, that master answers nothing, `CLUSTER NODES` included.
-    pub fn pause_master_of(&self, resource: &str, hold: Duration) -> Result<u32, String> {
-        let Store::Cluster { cluster, first_port, .. } = &self.store else {
-            return Err("no cluster masters in a standalone run".into());
-        };
-        let slot = slot_of(*first_port, resource)?;
-        let pid = {
-            let guard = lock(cluster);
-            let cluster = guard.as_ref().ok_or("the cluster is shut down")?;
-            cluster.master_of(slot).ok_or_else(|| format!("no master serves slot {slot}"))?.pid()
-        };
-        let stopped = signal(pid, "-STOP");
-        std::thread::sleep(hold);
-        let resumed = signal(pid, "-CONT");
-        stopped.and(resumed)
-    }
-
     /// Starts (or restarts) counter `i` on its fixed gRPC and admin ports.
     pub fn start_counter(&self, i: usize) -> Result<u32, String> {
         let c = &self.counters[i];
@@ -257,11 +238,13 @@ impl Stack {
         let grpc = format!("127.0.0.1:{}", c.grpc_port);
         let admin = format!("127.0.0.1:{}", c.admin_port);
         let bin = self.bin_dir.join("tally-counter");
+        let replicas = if self.store_kind() == StoreKind::ClusterReplicated { "1" } else { "0" };
         let env = [
             ("TALLY_STORE", store.as_str()),
             ("TALLY_LISTEN", grpc.as_str()),
             ("TALLY_ADMIN_LISTEN", admin.as_str()),
             ("TALLY_HEALTH_INTERVAL_MS", "200"),
+            ("TALLY_STORE_WAIT_REPLICAS", replicas),
         ];
         let service = retry_start(c.name, || Service::start(&bin, &env))?;
         let pid = service.pid();
