@@ -107,10 +107,13 @@ impl RedisCluster {
         Ok((source, importing))
     }
 
+    /// Tells every master (replicas refuse `SETSLOT`) that `slot` is now
+    /// `importing`'s, that node first.
     fn try_finish_migration(&self, slot: u16, importing: &RedisServer) -> Result<(), String> {
         let id = importing.cli(&["cluster", "myid"]);
         let slot = slot.to_string();
-        let others = self.nodes.iter().filter(|n| n.port != importing.port);
+        let masters = self.masters();
+        let others = masters.iter().filter(|m| m.port != importing.port).map(|m| self.node(m.port));
         for node in std::iter::once(importing).chain(others) {
             let reply = node.cli(&["cluster", "setslot", &slot, "node", &id]);
             if reply != "OK" {
@@ -150,9 +153,9 @@ impl RedisCluster {
         self.nodes.iter().find(|n| n.port == port).expect("a node of this cluster")
     }
 
-    /// The masters and their slots, from `CLUSTER NODES` of the first node
-    /// that answers (lines of `id ip:port@bus flags master ping pong epoch
-    /// state slot…`). A failed master is listed without slots.
+    /// The live masters and their slots, from `CLUSTER NODES` of the first
+    /// node that answers (lines of `id ip:port@bus flags master ping pong
+    /// epoch state slot…`); a master flagged failed is left out.
     fn masters(&self) -> Vec<Master> {
         let listing =
             self.nodes.iter().map(|n| n.cli(&["cluster", "nodes"])).find(|l| !l.is_empty()).unwrap_or_default();
@@ -160,7 +163,7 @@ impl RedisCluster {
             .lines()
             .filter_map(|line| {
                 let fields: Vec<&str> = line.split_whitespace().collect();
-                if fields.len() < 8 || !fields[2].contains("master") {
+                if fields.len() < 8 || !fields[2].contains("master") || fields[2].contains("fail") {
                     return None;
                 }
                 let port = fields[1].split('@').next()?.rsplit(':').next()?.parse().ok()?;

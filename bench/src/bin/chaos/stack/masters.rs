@@ -54,12 +54,13 @@ impl Stack {
         let mut guard = lock(cluster);
         let cluster = guard.as_mut().ok_or("the cluster is shut down")?;
         let old = cluster.master_of(slot).ok_or_else(|| format!("no master serves slot {slot}"))?.port;
+        let i = cluster.nodes.iter().position(|n| n.port == old).ok_or("the master is not a node of the stack")?;
+        // Down for the fault: the memory sampler does not report it dead.
+        pids[i].store(0, Ordering::SeqCst);
         let new = cluster.fail_over(slot).map(|node| node.port);
         std::thread::sleep(hold);
         let back = cluster.restart_node(old).map(|node| node.pid());
-        if let Some(i) = cluster.nodes.iter().position(|n| n.port == old) {
-            pids[i].store(cluster.nodes[i].pid(), Ordering::SeqCst);
-        }
+        pids[i].store(cluster.nodes[i].pid(), Ordering::SeqCst);
         let (new, _) = (new?, back?);
         Ok(format!("slot {slot}: {old} crashed, {new} took over, {old} back as its replica"))
     }
