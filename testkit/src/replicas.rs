@@ -5,6 +5,7 @@
 //! Replication and failover have no event a client can subscribe to, so
 //! their states are polled (`INFO replication`, `ROLE`), bounded.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -17,17 +18,28 @@ const REPLICATION_TIMEOUT: Duration = Duration::from_secs(30);
 /// answer, and a replica then takes over (Redis's default is 15 s).
 const NODE_TIMEOUT_MS: &str = "1000";
 
-/// A replica loads its first sync straight from the socket: by default it
-/// writes it to `dump.rdb` in the working directory, which every server
-/// started there later would load.
-const DISKLESS_LOAD: [&str; 2] = ["--repl-diskless-load", "on-empty-db"];
+/// Arguments of every server that replicates (or may become a replica): a
+/// sync is loaded straight from the socket when the replica is empty, and
+/// otherwise (a master demoted after a failover) through an RDB file in a
+/// directory of its own. By default that file is `dump.rdb` in the working
+/// directory, which every server started there later would load.
+fn replication_args() -> Vec<String> {
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "tally-test-replica-{}-{}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&dir).expect("a directory for a replica's sync file");
+    ["--repl-diskless-load", "on-empty-db", "--dir", &dir.to_string_lossy()].map(String::from).to_vec()
+}
 
 impl RedisServer {
     /// A replica of `master`, returned once its first sync is done.
     pub fn start_replica_of(master: &RedisServer) -> RedisServer {
         let port = master.port.to_string();
         let replica = RedisServer::start_with(|| {
-            ["--replicaof", "127.0.0.1", &port].into_iter().chain(DISKLESS_LOAD).map(String::from).collect()
+            ["--replicaof", "127.0.0.1", &port].map(String::from).into_iter().chain(replication_args()).collect()
         });
         replica.wait_until_synced().unwrap_or_else(|e| panic!("{e}"));
         replica
@@ -57,7 +69,11 @@ impl RedisCluster {
     /// that stops answering for a second is replaced by its replica.
     pub fn start_replicated() -> RedisCluster {
         let cluster = RedisCluster::start_with(1, |_| {
-            ["--cluster-node-timeout", NODE_TIMEOUT_MS].into_iter().chain(DISKLESS_LOAD).map(String::from).collect()
+            ["--cluster-node-timeout", NODE_TIMEOUT_MS]
+                .map(String::from)
+                .into_iter()
+                .chain(replication_args())
+                .collect()
         });
         for node in cluster.nodes.iter().filter(|node| !node.is_master()) {
             node.wait_until_synced().unwrap_or_else(|e| panic!("{e}"));
