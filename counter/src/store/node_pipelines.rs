@@ -37,7 +37,8 @@ use redis::Value;
 use redis::cluster_async::ClusterConnection;
 
 use super::redirect::Redirect;
-use super::redis::{RedisStore, outcome, outcomes};
+use super::redis::{RedisStore, outcome};
+use super::replication::mark_unconfirmed;
 use super::slot::slot_of_resource;
 use super::{Cmd, Outcome, StoreError, StoreOptions};
 
@@ -148,9 +149,9 @@ impl NodePipelines {
     /// grouped by node ([`super::redirect`]). Sets `moved` when a slot has
     /// another master: the map is stale.
     pub async fn incr_on(&self, master: &RedisStore, cmds: &[Cmd<'_>], moved: &AtomicBool) -> Vec<Outcome> {
-        let replies = match master.incr_replies(cmds, false).await {
-            Ok(replies) if replies.len() == cmds.len() => replies,
-            Ok(replies) => return outcomes(replies, cmds.len()),
+        let (replies, wait) = match master.incr_replies(cmds, false).await {
+            Ok(replies) if replies.each.len() == cmds.len() => (replies.each, replies.wait),
+            Ok(replies) => return replies.outcomes(cmds.len()),
             Err(err) => return vec![Outcome::Failed(StoreError::from_redis(&err)); cmds.len()],
         };
         let mut redirected: BTreeMap<Redirect, Vec<usize>> = BTreeMap::new();
@@ -166,20 +167,21 @@ impl NodePipelines {
             }
             result.push(outcome(reply));
         }
-        // Redirected commands hold a refusal here, so this waits (when
-        // waiting) for the master's replicas only if something ran on it.
-        master.confirm(&mut result).await;
+        // Redirected commands hold a refusal here: only what ran on the
+        // master is confirmed or not by its replicas.
+        if let Some((wait, reply)) = wait {
+            mark_unconfirmed(&mut result, wait.verdict(reply));
+        }
         // Concurrently: one unreachable node does not hold up the others.
         let follows = redirected.into_iter().filter_map(|(to, indices)| {
             // A node that cannot be dialled: its commands stay not applied.
             let node = self.node(&to.addr).ok()?;
             Some(async move {
                 let group: Vec<Cmd<'_>> = indices.iter().map(|&i| cmds[i]).collect();
-                let mut followed = match node.incr_replies(&group, to.ask).await {
-                    Ok(replies) => outcomes(replies, group.len()),
+                let followed = match node.incr_replies(&group, to.ask).await {
+                    Ok(replies) => replies.outcomes(group.len()),
                     Err(err) => vec![Outcome::Failed(StoreError::from_redis(&err)); group.len()],
                 };
-                node.confirm(&mut followed).await;
                 (indices, followed)
             })
         });

@@ -48,12 +48,10 @@ impl RedisStore {
     }
 
     pub async fn incr(&self, cmds: &[Cmd<'_>]) -> Vec<Outcome> {
-        let mut outcomes = match self.incr_replies(cmds, false).await {
-            Ok(replies) => outcomes(replies, cmds.len()),
+        match self.incr_replies(cmds, false).await {
+            Ok(replies) => replies.outcomes(cmds.len()),
             Err(err) => vec![Outcome::Failed(StoreError::from_redis(&err)); cmds.len()],
-        };
-        self.confirm(&mut outcomes).await;
-        outcomes
+        }
     }
 
     /// With replicas to wait for, waits for them to confirm what this
@@ -67,21 +65,28 @@ impl RedisStore {
     }
 
     /// Each `HINCRBY`'s reply as Redis gave it ([`incr_pipeline`]; with
-    /// `asking`, each after an `ASKING`, whose replies are left out); an
+    /// `asking`, each after an `ASKING`, whose replies are left out), and
+    /// when waiting for replicas, `WAIT`'s, sent last in the same pipeline
+    /// (one round trip to the master fewer than a `WAIT` of its own); an
     /// error of the pipeline as a whole (a lost connection) is the `Err`.
-    pub(super) async fn incr_replies(&self, cmds: &[Cmd<'_>], asking: bool) -> RedisResult<Vec<RedisResult<i64>>> {
+    pub(super) async fn incr_replies(&self, cmds: &[Cmd<'_>], asking: bool) -> RedisResult<IncrReplies> {
         let mut conn = self.conn.clone();
-        let pipe = incr_pipeline(cmds.iter(), asking);
-        if !asking {
-            return pipe.query_async::<Vec<RedisResult<i64>>>(&mut conn).await;
+        let mut pipe = incr_pipeline(cmds.iter(), asking);
+        if let Some(wait) = self.wait {
+            pipe.add_command(wait.command());
         }
-        let replies = pipe.query_async::<Vec<RedisResult<Value>>>(&mut conn).await?;
-        Ok(replies
-            .into_iter()
-            .skip(1)
-            .step_by(2)
-            .map(|reply| reply.and_then(|value| Ok(redis::from_redis_value(value)?)))
-            .collect())
+        let mut each = if asking {
+            let replies = pipe.query_async::<Vec<RedisResult<Value>>>(&mut conn).await?;
+            let mut replies =
+                replies.into_iter().map(|reply| reply.and_then(|value| Ok(redis::from_redis_value(value)?)));
+            let wait_reply = self.wait.and_then(|_| replies.next_back());
+            let each: Vec<RedisResult<i64>> = replies.skip(1).step_by(2).collect();
+            return Ok(IncrReplies { each, wait: self.wait.zip(wait_reply) });
+        } else {
+            pipe.query_async::<Vec<RedisResult<i64>>>(&mut conn).await?
+        };
+        let wait_reply = self.wait.and_then(|_| each.pop());
+        Ok(IncrReplies { each, wait: self.wait.zip(wait_reply) })
     }
 
     /// Runs `pipe` as it is (a cluster store sends a pipeline a `MOVED`
@@ -143,6 +148,26 @@ fn connection_info(url: &str) -> Result<ConnectionInfo, StoreError> {
 /// A configuration error about `url` (its password masked by [`StoreError::config`]).
 fn config_error(url: &str) -> impl Fn(redis::RedisError) -> StoreError + '_ {
     move |e| StoreError::config(format!("{url}: {e}"))
+}
+
+/// The replies of one increment pipeline ([`RedisStore::incr_replies`]).
+pub(super) struct IncrReplies {
+    /// Each `HINCRBY`'s, in order.
+    pub each: Vec<RedisResult<i64>>,
+    /// The replicas waited for and `WAIT`'s reply.
+    pub wait: Option<(ReplicaWait, RedisResult<i64>)>,
+}
+
+impl IncrReplies {
+    /// The outcome of each of `expected` commands, those applied but not
+    /// confirmed by the replicas waited for marked unknown.
+    pub fn outcomes(self, expected: usize) -> Vec<Outcome> {
+        let mut result = outcomes(self.each, expected);
+        if let Some((wait, reply)) = self.wait {
+            mark_unconfirmed(&mut result, wait.verdict(reply));
+        }
+        result
+    }
 }
 
 /// One `HINCRBY` per command, in order, with per-command errors kept (so one
