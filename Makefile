@@ -3,7 +3,7 @@
 
 CARGO ?= cargo
 
-.PHONY: build release release-pgo run test lint fmt crd openapi e2e-kind bench bench-counter bench-gateway bench-scale bench-tracing bench-markers bench-compare bench-ab chaos
+.PHONY: build release release-pgo run test lint fmt crd openapi e2e-kind bench bench-counter bench-gateway bench-scale bench-tracing bench-markers bench-compare bench-ab bench-replica-wait chaos
 
 build:
 	$(CARGO) build --workspace --all-targets
@@ -83,6 +83,10 @@ bench-ab:
 ## Redis memory of the write-behind batch markers under steady async load.
 bench-markers:
 	scripts/bench-markers.sh
+
+## What waiting for a Redis replica on every write costs (TALLY_STORE_WAIT_REPLICAS).
+bench-replica-wait:
+	scripts/bench-replica-wait.sh
 
 ## Request latency with trace export off, on with the collector refusing or
 ## hanging, and at the default sampling ratio.
