@@ -40,7 +40,7 @@ pub struct Metrics {
     pub commit_commands: Histogram,
     /// Store round-trip latency by operation (`incr`, `get`).
     pub store_duration: HistogramFamily<Labels>,
-    /// Store failures by kind (`not_applied`, `unknown`, `rejected`, `config`).
+    /// Store failures by kind (`not_applied`, `unknown`, `unconfirmed`, `rejected`, `config`).
     pub store_errors: Family<Labels, Counter>,
     /// 1 while the last readiness probe of the store succeeded.
     pub store_up: Gauge,
@@ -101,7 +101,7 @@ impl Metrics {
         let help = "Keyed operations answered from their first application";
         registry.register("idempotency_replays", help, idempotency_replays.clone());
         // Present at zero from the start, so `rate()` and alerts work before the first event.
-        for kind in ["not_applied", "unknown", "rejected", "config"] {
+        for kind in ["not_applied", "unknown", "unconfirmed", "rejected", "config"] {
             let _ = store_errors.get_or_create(&[("kind", kind)]);
         }
         for outcome in ["buffered", "applied_sync", "rejected"] {

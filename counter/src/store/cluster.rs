@@ -24,7 +24,7 @@ use super::cluster_groups::{all_or_nothing, by_resource, by_slot, scatter};
 use super::node_pipelines::{NodePipelines, map_may_be_stale};
 use super::ordered::{each_outcomes, each_pipeline};
 use super::redirect::moved_to;
-use super::redis::{get_pipeline, incr_pipeline, outcomes};
+use super::redis::{get_pipeline, incr_pipeline, integer, outcomes};
 use super::replication::{ReplicaWait, has_writes, mark_unconfirmed};
 use super::{Cmd, KeyedCmd, Listing, Outcome, StoreError, StoreOptions, slot_of_resource};
 
@@ -100,7 +100,8 @@ impl ClusterStore {
     /// library reconnects by itself in most cases, but a node killed and
     /// restarted on the same address was measured to leave its slots timing
     /// out for good; a fresh connection (with a fresh view of the slots)
-    /// heals that. Refusals of a command keep the connection as it is.
+    /// heals that. Refusals of a command keep the connection as it is, and
+    /// so do writes its replicas did not confirm (the connection answered).
     fn check<'a>(&self, generation: u64, errors: impl IntoIterator<Item = Option<&'a StoreError>>) {
         let broken =
             errors.into_iter().flatten().any(|e| matches!(e, StoreError::Unknown(_) | StoreError::NotApplied(_)));
@@ -172,7 +173,7 @@ impl ClusterStore {
             }
         };
         let reply = conn.clone().route_command(wait.command(), node).await;
-        let reply = reply.and_then(|value| Ok(redis::from_redis_value::<i64>(value)?));
+        let reply = reply.and_then(integer);
         mark_unconfirmed(outcomes, wait.verdict(reply));
     }
 

@@ -15,6 +15,12 @@ pub enum StoreError {
     /// after it was sent.
     #[error("store did not answer, the write may or may not have been applied: {0}")]
     Unknown(String),
+    /// Applied on the Redis master, but fewer replicas than waited for
+    /// (`TALLY_STORE_WAIT_REPLICAS`) confirmed it: a failover may lose it.
+    /// Reported as [`StoreError::Unknown`] is, but a sign of a lagging or
+    /// missing replica, not of a broken connection.
+    #[error("write not confirmed by the store's replicas: {0}")]
+    Unconfirmed(String),
     /// The store answered with an error for this command (e.g. a hash field
     /// that is not an integer); nothing was applied.
     #[error("store rejected the command: {0}")]
@@ -64,6 +70,7 @@ impl StoreError {
         match self {
             StoreError::NotApplied(_) => "not_applied",
             StoreError::Unknown(_) => "unknown",
+            StoreError::Unconfirmed(_) => "unconfirmed",
             StoreError::Rejected(_) => "rejected",
             StoreError::Config(_) => "config",
         }

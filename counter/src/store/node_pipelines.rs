@@ -278,10 +278,12 @@ impl SlotMap {
 }
 
 /// Whether `outcomes` say the map may be stale: a command failed for a
-/// reason other than its own refusal (a redirect, a cluster down, a lost
-/// connection).
+/// reason other than its own refusal or its replicas' silence (a redirect,
+/// a cluster down, a lost connection).
 pub fn map_may_be_stale(outcomes: &[Outcome]) -> bool {
-    outcomes.iter().any(|o| matches!(o, Outcome::Failed(err) if !matches!(err, StoreError::Rejected(_))))
+    outcomes.iter().any(
+        |o| matches!(o, Outcome::Failed(err) if !matches!(err, StoreError::Rejected(_) | StoreError::Unconfirmed(_))),
+    )
 }
 
 /// A node's `host:port` as the map names it (an IPv6 host in brackets), or
@@ -358,7 +360,8 @@ mod tests {
     #[test]
     fn only_failures_other_than_refusals_call_for_a_new_map() {
         let refused = Outcome::Failed(StoreError::Rejected("WRONGTYPE".into()));
-        assert!(!map_may_be_stale(&[Outcome::Applied(1), Outcome::Overflow, refused]));
+        let unconfirmed = Outcome::Failed(StoreError::Unconfirmed("0 of 1 replicas".into()));
+        assert!(!map_may_be_stale(&[Outcome::Applied(1), Outcome::Overflow, refused, unconfirmed]));
         assert!(map_may_be_stale(&[Outcome::Applied(1), Outcome::Failed(StoreError::NotApplied("MOVED".into()))]));
         assert!(map_may_be_stale(&[Outcome::Failed(StoreError::Unknown("timed out".into()))]));
     }

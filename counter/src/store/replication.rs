@@ -11,7 +11,7 @@
 //! over (with one replica per master, the one Redis Cluster promotes).
 //!
 //! A write the master applied but too few replicas confirmed is reported
-//! [`StoreError::Unknown`]: it is in the master now and may be gone after a
+//! [`StoreError::Unconfirmed`] (to the caller, an unknown outcome): it is in the master now and may be gone after a
 //! failover, so it is neither acknowledged nor safe to resend blindly (a
 //! resend with the same idempotency key, or of the same write-behind batch,
 //! is: the master remembers the first application).
@@ -39,8 +39,9 @@ pub struct ReplicaWait {
 
 impl ReplicaWait {
     /// The wait `replicas` and `timeout_ms` configure: `None` for 0
-    /// replicas. Refused when the wait could outlast a store round trip
-    /// (`response`): the connection would be reported hung first.
+    /// replicas. Refused when the wait is more than half a store round trip
+    /// (`response`): a flush's `WAIT` may queue behind the one before it on
+    /// the connection, and the connection would be reported hung first.
     pub fn from_settings(
         replicas: u32,
         timeout_ms: u64,
@@ -50,10 +51,10 @@ impl ReplicaWait {
             return Ok(None);
         }
         let timeout = Duration::from_millis(timeout_ms.max(1));
-        if timeout >= response {
+        if timeout * 2 > response {
             return Err(StoreError::config(format!(
-                "TALLY_STORE_WAIT_TIMEOUT_MS ({timeout_ms}) must be under TALLY_STORE_TIMEOUT_MS ({} ms): a write \
-                 waits for its replicas within one store round trip",
+                "TALLY_STORE_WAIT_TIMEOUT_MS ({timeout_ms}) must be at most half of TALLY_STORE_TIMEOUT_MS ({} ms): \
+                 a write waits for its replicas within one store round trip, possibly behind another write's wait",
                 response.as_millis()
             )));
         }
@@ -72,13 +73,13 @@ impl ReplicaWait {
     pub fn verdict(&self, reply: RedisResult<i64>) -> Result<(), StoreError> {
         match reply {
             Ok(acked) if acked >= i64::from(self.replicas) => Ok(()),
-            Ok(acked) => Err(StoreError::Unknown(format!(
+            Ok(acked) => Err(StoreError::Unconfirmed(format!(
                 "applied on the master, but only {acked} of the {} replicas waited for confirmed it within {} ms; \
                  it may be lost if the master fails",
                 self.replicas,
                 self.timeout.as_millis()
             ))),
-            Err(err) => Err(StoreError::Unknown(format!(
+            Err(err) => Err(StoreError::Unconfirmed(format!(
                 "applied on the master, but waiting for its replicas failed: {}",
                 StoreError::from_redis(&err)
             ))),
@@ -86,17 +87,21 @@ impl ReplicaWait {
     }
 }
 
-/// True when some outcome is a write the master applied (or had applied
-/// before: a replay), so its replicas are worth waiting for.
-pub fn has_writes(outcomes: &[Outcome]) -> bool {
-    outcomes.iter().any(|o| matches!(o, Outcome::Applied(_) | Outcome::Replayed(_)))
+/// A write the master applied, now or before (a replay).
+fn is_write(outcome: &Outcome) -> bool {
+    matches!(outcome, Outcome::Applied(_) | Outcome::Replayed(_))
 }
 
-/// Marks every applied (or replayed) outcome with the failed verdict;
-/// outcomes that applied nothing keep their own report.
+/// True when some outcome is a write, so its replicas are worth waiting for.
+pub fn has_writes(outcomes: &[Outcome]) -> bool {
+    outcomes.iter().any(is_write)
+}
+
+/// Marks every write among `outcomes` with the failed verdict; outcomes
+/// that applied nothing keep their own report.
 pub fn mark_unconfirmed(outcomes: &mut [Outcome], verdict: Result<(), StoreError>) {
     let Err(err) = verdict else { return };
-    for outcome in outcomes.iter_mut().filter(|o| matches!(o, Outcome::Applied(_) | Outcome::Replayed(_))) {
+    for outcome in outcomes.iter_mut().filter(|o| is_write(o)) {
         *outcome = Outcome::Failed(err.clone());
     }
 }
@@ -115,7 +120,8 @@ mod tests {
     fn no_replicas_means_no_wait_and_the_wait_fits_in_a_round_trip() {
         assert_eq!(ReplicaWait::from_settings(0, 100, SECOND), Ok(None));
         assert_eq!(ReplicaWait::from_settings(2, 100, SECOND), Ok(Some(wait())));
-        let err = ReplicaWait::from_settings(1, 1000, SECOND).expect_err("as long as a round trip");
+        assert!(ReplicaWait::from_settings(1, 500, SECOND).is_ok(), "half a round trip");
+        let err = ReplicaWait::from_settings(1, 501, SECOND).expect_err("more than half a round trip");
         assert!(matches!(err, StoreError::Config(_)) && err.to_string().contains("TALLY_STORE_WAIT_TIMEOUT_MS"));
     }
 
@@ -130,10 +136,10 @@ mod tests {
         assert_eq!(wait().verdict(Ok(2)), Ok(()));
         assert_eq!(wait().verdict(Ok(3)), Ok(()));
         let short = wait().verdict(Ok(1)).expect_err("one of two");
-        assert!(matches!(&short, StoreError::Unknown(m) if m.contains("1 of the 2")), "{short}");
+        assert!(matches!(&short, StoreError::Unconfirmed(m) if m.contains("1 of the 2")), "{short}");
         let failed =
             wait().verdict(Err(redis::RedisError::from(std::io::Error::other("reset")))).expect_err("no reply");
-        assert!(matches!(failed, StoreError::Unknown(_)), "{failed}");
+        assert!(matches!(failed, StoreError::Unconfirmed(_)), "{failed}");
     }
 
     #[test]
@@ -143,7 +149,7 @@ mod tests {
         assert!(has_writes(&outcomes));
         mark_unconfirmed(&mut outcomes, Ok(()));
         assert_eq!(outcomes[0], Outcome::Applied(3), "confirmed: unchanged");
-        let short = StoreError::Unknown("1 of 2".into());
+        let short = StoreError::Unconfirmed("1 of 2".into());
         mark_unconfirmed(&mut outcomes, Err(short.clone()));
         assert_eq!(
             outcomes,
