@@ -5,6 +5,7 @@
 
 mod consul;
 pub mod docs;
+mod exit;
 mod kubernetes;
 mod lease;
 mod otlp;
@@ -18,6 +19,7 @@ mod settings;
 mod tls;
 
 pub use consul::ConsulDouble;
+pub use exit::output_on_exit;
 pub use kubernetes::KubernetesDouble;
 pub use lease::LeaseDouble;
 pub use otlp::{OtlpReceiver, ReceivedSpan};

@@ -7,6 +7,8 @@
 //! with `SET NX EX`: a resend of the same chunk finds the marker and applies
 //! nothing, returning the first attempt's per-command failures (stored in the
 //! marker). The flusher can therefore resend a failed flush until it succeeds.
+//! A resend that finds the marker rewrites it unchanged, a write, so that a
+//! `WAIT` after it covers the first attempt ([`super::replication`]).
 //!
 //! The marker carries the hash tag of the chunk's first resource, and in a
 //! cluster a chunk never spans slots, so each script touches one slot.
@@ -38,7 +40,9 @@ pub fn resend_window(marker_ttl: Duration) -> Duration {
 const APPLY_ONCE: &str = r#"
 -- KEYS[1] marker; KEYS[2..] hashes; ARGV[1] ttl; then (field, delta) per hash.
 if not redis.call('SET', KEYS[1], '', 'NX', 'EX', ARGV[1]) then
-  return {0, redis.call('GET', KEYS[1]) or ''}
+  local failed = redis.call('GET', KEYS[1]) or ''
+  redis.call('SET', KEYS[1], failed, 'KEEPTTL')
+  return {0, failed}
 end
 local failed = {}
 for i = 2, #KEYS do

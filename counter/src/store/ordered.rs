@@ -12,11 +12,16 @@ use super::{Change, KeyedCmd, Outcome, StoreError, hash_key, idempotency_marker}
 
 /// Check-and-apply of one idempotent increment, atomic in Redis. The value
 /// is read back with HGET (a bulk string) because Lua numbers are doubles and
-/// would round counters beyond 2^53.
+/// would round counters beyond 2^53. A replay rewrites its marker unchanged:
+/// a write, so a `WAIT` after it on any connection covers the first
+/// application too ([`super::replication`]).
 const INCR_ONCE: &str = r#"
 -- KEYS[1] hash, KEYS[2] idempotency marker; ARGV field, delta, retention seconds
 local first = redis.call('GET', KEYS[2])
-if first then return {1, first} end
+if first then
+  redis.call('SET', KEYS[2], first, 'KEEPTTL')
+  return {1, first}
+end
 local r = redis.pcall('HINCRBY', KEYS[1], ARGV[1], ARGV[2])
 if type(r) == 'table' and r.err then return {2, r.err} end
 local value = redis.call('HGET', KEYS[1], ARGV[1])
@@ -28,12 +33,16 @@ return {0, value}
 /// as above), then the field deleted (a counter never written reads 0, and
 /// the hash holds no zeros); a field holding no integer is refused and
 /// left alone. With a marker key (`KEYS[2]`), a reset already
-/// done under it answers with the first reset's value and changes nothing.
+/// done under it answers with the first reset's value and changes nothing
+/// but its marker, rewritten unchanged (as [`INCR_ONCE`]'s).
 const RESET: &str = r#"
 -- KEYS[1] hash, KEYS[2] idempotency marker (optional); ARGV field, retention seconds
 if KEYS[2] then
   local first = redis.call('GET', KEYS[2])
-  if first then return {1, first} end
+  if first then
+    redis.call('SET', KEYS[2], first, 'KEEPTTL')
+    return {1, first}
+  end
 end
 local before = redis.call('HGET', KEYS[1], ARGV[1]) or '0'
 if not string.match(before, '^-?%d+$') then return {2, 'ERR hash value is not an integer'} end
@@ -110,6 +119,8 @@ fn script_outcome(status: i64, text: String) -> Outcome {
         (0, Ok(value)) => Outcome::Applied(value),
         (1, Ok(value)) => Outcome::Replayed(value),
         (2, _) if text.contains("overflow") => Outcome::Overflow,
+        // `min-replicas-to-write`: refused before it ran.
+        (2, _) if text.starts_with("NOREPLICAS") => Outcome::Failed(StoreError::NotApplied(text)),
         // e.g. a reset of a field that holds no integer: reported, not applied.
         _ => Outcome::Failed(StoreError::Rejected(text)),
     }
@@ -124,6 +135,8 @@ mod tests {
         assert_eq!(script_outcome(0, "12".into()), Outcome::Applied(12));
         assert_eq!(script_outcome(1, "-3".into()), Outcome::Replayed(-3));
         assert_eq!(script_outcome(2, "ERR increment or decrement would overflow".into()), Outcome::Overflow);
+        let refused = script_outcome(2, "NOREPLICAS Not enough good replicas to write.".into());
+        assert!(matches!(refused, Outcome::Failed(StoreError::NotApplied(_))), "{refused:?}");
         assert!(matches!(script_outcome(0, "abc".into()), Outcome::Failed(StoreError::Rejected(_))));
     }
 }

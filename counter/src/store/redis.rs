@@ -77,8 +77,7 @@ impl RedisStore {
         }
         let mut each = if asking {
             let replies = pipe.query_async::<Vec<RedisResult<Value>>>(&mut conn).await?;
-            let mut replies =
-                replies.into_iter().map(|reply| reply.and_then(|value| Ok(redis::from_redis_value(value)?)));
+            let mut replies = replies.into_iter().map(|reply| reply.and_then(integer));
             let wait_reply = self.wait.and_then(|_| replies.next_back());
             let each: Vec<RedisResult<i64>> = replies.skip(1).step_by(2).collect();
             return Ok(IncrReplies { each, wait: self.wait.zip(wait_reply) });
@@ -109,15 +108,26 @@ impl RedisStore {
         outcomes
     }
 
+    /// With replicas to wait for, `WAIT` goes last in the same pipeline, so
+    /// it runs on the connection that wrote even if that connection is
+    /// replaced right after.
     pub async fn apply_ordered(&self, cmds: &[KeyedCmd<'_>], retention: Duration) -> Vec<Outcome> {
         let mut conn = self.conn.clone();
-        let pipe = each_pipeline(cmds.iter(), retention);
-        let mut outcomes = match pipe.query_async::<Vec<RedisResult<Value>>>(&mut conn).await {
-            Ok(replies) => each_outcomes(cmds.iter(), replies, cmds.len()),
+        let mut pipe = each_pipeline(cmds.iter(), retention);
+        if let Some(wait) = self.wait {
+            pipe.add_command(wait.command());
+        }
+        match pipe.query_async::<Vec<RedisResult<Value>>>(&mut conn).await {
+            Ok(mut replies) => {
+                let wait_reply = self.wait.and_then(|_| replies.pop()).map(|reply| reply.and_then(integer));
+                let mut outcomes = each_outcomes(cmds.iter(), replies, cmds.len());
+                if let Some((wait, reply)) = self.wait.zip(wait_reply) {
+                    mark_unconfirmed(&mut outcomes, wait.verdict(reply));
+                }
+                outcomes
+            }
             Err(err) => vec![Outcome::Failed(StoreError::from_redis(&err)); cmds.len()],
-        };
-        self.confirm(&mut outcomes).await;
-        outcomes
+        }
     }
 
     pub async fn get_resource(&self, resource_id: &str) -> Result<Listing, StoreError> {
@@ -148,6 +158,11 @@ fn connection_info(url: &str) -> Result<ConnectionInfo, StoreError> {
 /// A configuration error about `url` (its password masked by [`StoreError::config`]).
 fn config_error(url: &str) -> impl Fn(redis::RedisError) -> StoreError + '_ {
     move |e| StoreError::config(format!("{url}: {e}"))
+}
+
+/// An integer reply (`HINCRBY`'s, `WAIT`'s) out of a pipeline read as values.
+pub(super) fn integer(value: Value) -> RedisResult<i64> {
+    Ok(redis::from_redis_value(value)?)
 }
 
 /// The replies of one increment pipeline ([`RedisStore::incr_replies`]).
