@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -177,14 +177,13 @@ async fn store_passwords_stay_out_of_the_logs() {
         ("rediss+cluster://user:S3cret@", false),
     ];
     for (url, repeats_url) in cases {
-        let out = Command::new(binary)
-            .env("TALLY_STORE", url)
-            .env("TALLY_LISTEN", "127.0.0.1:0")
-            .env("TALLY_ADMIN_LISTEN", "127.0.0.1:0")
-            .env("RUST_LOG", "debug")
-            .stdin(Stdio::null())
-            .output()
-            .expect("run tally-counter");
+        let out = tally_testkit::output_on_exit(
+            Command::new(binary)
+                .env("TALLY_STORE", url)
+                .env("TALLY_LISTEN", "127.0.0.1:0")
+                .env("TALLY_ADMIN_LISTEN", "127.0.0.1:0")
+                .env("RUST_LOG", "debug"),
+        );
         let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
         assert!(!out.status.success(), "{url}: an unusable store URL must stop the counter:\n{text}");
         assert!(!text.contains("S3cret"), "{url}: the password was logged:\n{text}");

@@ -129,11 +129,11 @@ async fn a_server_certificate_from_another_ca_is_refused_and_nothing_is_written(
 fn tls_settings_that_cannot_work_stop_startup_with_the_setting_named() {
     let bin = std::path::Path::new(env!("CARGO_BIN_EXE_tally-counter"));
     let run = |env: &[(&str, &str)]| {
-        let output = std::process::Command::new(bin)
-            .envs([("TALLY_LISTEN", "127.0.0.1:0"), ("TALLY_ADMIN_LISTEN", "127.0.0.1:0")])
-            .envs(env.iter().copied())
-            .output()
-            .expect("run");
+        let output = tally_testkit::output_on_exit(
+            std::process::Command::new(bin)
+                .envs([("TALLY_LISTEN", "127.0.0.1:0"), ("TALLY_ADMIN_LISTEN", "127.0.0.1:0")])
+                .envs(env.iter().copied()),
+        );
         (
             output.status.success(),
             format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr)),

@@ -91,13 +91,13 @@ async fn dns_discovery_finds_counters_behind_a_name() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubernetes_discovery_without_a_cluster_refuses_to_start_clearly() {
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_tally-gateway"))
-        .env("TALLY_DISCOVERY", "kubernetes")
-        .env("TALLY_LISTEN", "127.0.0.1:0")
-        .env("KUBECONFIG", "/nonexistent/kubeconfig")
-        .env_remove("KUBERNETES_SERVICE_HOST")
-        .output()
-        .expect("run tally-gateway");
+    let output = tally_testkit::output_on_exit(
+        std::process::Command::new(env!("CARGO_BIN_EXE_tally-gateway"))
+            .env("TALLY_DISCOVERY", "kubernetes")
+            .env("TALLY_LISTEN", "127.0.0.1:0")
+            .env("KUBECONFIG", "/nonexistent/kubeconfig")
+            .env_remove("KUBERNETES_SERVICE_HOST"),
+    );
     assert!(!output.status.success());
     let log = String::from_utf8_lossy(&output.stdout);
     assert!(log.contains("no usable Kubernetes client configuration"), "{log}");
@@ -116,12 +116,12 @@ async fn a_counter_endpoint_without_a_scheme_is_dialled_over_http() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_counter_endpoint_of_another_scheme_refuses_to_start_clearly() {
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_tally-gateway"))
-        .env("TALLY_LISTEN", "127.0.0.1:0")
-        .env("TALLY_ADMIN_LISTEN", "127.0.0.1:0")
-        .env("TALLY_COUNTER_ENDPOINTS", "grpc://127.0.0.1:9001")
-        .output()
-        .expect("run tally-gateway");
+    let output = tally_testkit::output_on_exit(
+        std::process::Command::new(env!("CARGO_BIN_EXE_tally-gateway"))
+            .env("TALLY_LISTEN", "127.0.0.1:0")
+            .env("TALLY_ADMIN_LISTEN", "127.0.0.1:0")
+            .env("TALLY_COUNTER_ENDPOINTS", "grpc://127.0.0.1:9001"),
+    );
     assert!(!output.status.success());
     let log = String::from_utf8_lossy(&output.stdout);
     assert!(log.contains("the scheme must be http:// or https://"), "{log}");
