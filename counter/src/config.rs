@@ -61,7 +61,7 @@ pub struct Config {
     #[arg(long, env = "TALLY_STORE_WAIT_REPLICAS", default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=16))]
     pub store_wait_replicas: u32,
 
-    /// How long a write waits for `TALLY_STORE_WAIT_REPLICAS` replicas, in milliseconds; under `TALLY_STORE_TIMEOUT_MS`.
+    /// How long a write waits for `TALLY_STORE_WAIT_REPLICAS` replicas, in milliseconds; at most half of `TALLY_STORE_TIMEOUT_MS`.
     #[arg(long, env = "TALLY_STORE_WAIT_TIMEOUT_MS", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=60_000))]
     pub store_wait_timeout_ms: u64,
 
@@ -278,7 +278,7 @@ mod tests {
         assert_eq!(options(&[]).expect("defaults").wait, None);
         let wait = options(&["--store-wait-replicas", "1"]).expect("valid").wait.expect("waits");
         assert_eq!((wait.replicas, wait.timeout), (1, Duration::from_millis(100)));
-        let err = options(&["--store-wait-replicas", "1", "--store-wait-timeout-ms", "1000"]).expect_err("too long");
+        let err = options(&["--store-wait-replicas", "1", "--store-wait-timeout-ms", "600"]).expect_err("too long");
         assert!(err.to_string().contains("TALLY_STORE_WAIT_TIMEOUT_MS"), "{err}");
         assert!(Config::try_parse_from(["tally-counter", "--store-wait-replicas", "17"]).is_err());
     }

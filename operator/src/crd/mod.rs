@@ -57,8 +57,8 @@ pub struct CounterClusterSpec {
     #[serde(default)]
     pub image_pull_policy: PullPolicy,
     #[serde(default)]
-    #[x_kube(validation = Rule::new("self.storeWaitReplicas == 0 || self.storeWaitTimeoutMs < self.storeTimeoutMs")
-        .message("storeWaitTimeoutMs must be under storeTimeoutMs: a write waits for its replicas within one store call"))]
+    #[x_kube(validation = Rule::new("self.storeWaitReplicas == 0 || self.storeWaitTimeoutMs * 2 <= self.storeTimeoutMs")
+        .message("storeWaitTimeoutMs must be at most half of storeTimeoutMs: a write waits for its replicas within one store call"))]
     pub counter: CounterSpec,
     // The relations between fields, as CEL rules on the object holding them.
     #[serde(default)]
@@ -121,7 +121,7 @@ pub struct CounterSpec {
     #[schemars(range(min = 0, max = 16))]
     pub store_wait_replicas: i32,
     /// How long a write waits for `storeWaitReplicas` replicas, ms
-    /// (`TALLY_STORE_WAIT_TIMEOUT_MS`); under `storeTimeoutMs`.
+    /// (`TALLY_STORE_WAIT_TIMEOUT_MS`); at most half of `storeTimeoutMs`.
     #[schemars(range(min = 1, max = 60000))]
     pub store_wait_timeout_ms: i32,
     /// Most operations in one group commit (`TALLY_COMMIT_MAX_OPS`).
