@@ -30,16 +30,16 @@ for _ in $(seq 1 300); do
 done
 redis-cli -p "$master" info replication | grep -q "port=$replica,state=online" || { echo "the replica did not sync" >&2; exit 1; }
 
-# chain <replicas to wait for>: a counter and a gateway; prints the HTTP port.
+# chain <replicas to wait for>: a counter and a gateway, their pids added to
+# the ones stopped on exit (so not in a subshell); the HTTP port in $http.
 chain() {
-  local grpc admin http
+  local grpc admin
   grpc=$(free_port); admin=$(free_port); http=$(free_port)
   pids+=("$(TALLY_STORE_WAIT_REPLICAS=$1 start_counter "$master" "$grpc" "$admin" "$work/counter-$1.log")")
   pids+=("$(start_gateway "$http" "http://127.0.0.1:$grpc" "$work/gateway-$1.log")")
-  echo "$http"
 }
-a=$(chain 0)
-b=$(chain 1)
+chain 0; a=$http
+chain 1; b=$http
 
 url() { echo "http://127.0.0.1:$1/api/v1/counter/increment"; }
 # run <label> <port>: one wrk run; prints its line and leaves req/s in $rps.
