@@ -112,6 +112,10 @@ async fn increments_during_a_slot_migration_report_what_each_did() {
     let stays_hash = format!("tally:{{{stays}}}");
     assert_eq!(source.cli(&["hget", &stays_hash, "views"]), "2");
     assert_eq!(RedisCluster::hget_importing(importing, &moved_hash, "views"), "2", "applied once, where it moved");
+    // A read of both: the moved one is refused (ASK) and read, after
+    // ASKING, where it moved.
+    let read = store.get(&[stays_key.clone(), moves_key.clone()]).await.expect("a read of a half-moved slot");
+    assert_eq!(read, vec![2, 2]);
 
     // The ordered path: an increment without a key next to one with a key,
     // whose marker (a second key) is not on the node yet, so its script is

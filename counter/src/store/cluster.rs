@@ -12,21 +12,21 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures_util::future::join_all;
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
 use redis::{FromRedisValue, Pipeline, RedisResult, Value};
-use tally_proto::CounterKey;
 
 use super::batch;
 use super::cluster_groups::{all_or_nothing, by_resource, by_slot, scatter};
 use super::node_pipelines::{NodePipelines, map_may_be_stale};
 use super::ordered::{each_outcomes, each_pipeline};
 use super::redirect::moved_to;
-use super::redis::{get_pipeline, incr_pipeline, integer, outcomes};
+use super::redis::{incr_pipeline, integer, outcomes};
 use super::replication::{ReplicaWait, has_writes, mark_unconfirmed};
 use super::{Cmd, KeyedCmd, Listing, Outcome, StoreError, StoreOptions, slot_of_resource};
+
+mod reads;
 
 pub struct ClusterStore {
     client: ClusterClient,
@@ -306,27 +306,6 @@ impl ClusterStore {
         let listing = super::resource::list(&mut conn, resource_id).await;
         self.check(generation, [listing.as_ref().err()]);
         listing
-    }
-
-    pub async fn get(&self, keys: &[CounterKey]) -> Result<Vec<i64>, StoreError> {
-        let (conn, generation) = self.conn().await?;
-        let groups = by_slot(keys.iter());
-        let replies = join_all(groups.values().map(|indices| {
-            let pipe = get_pipeline(indices.iter().map(|&i| &keys[i]));
-            let conn = &conn;
-            async move { self.query_on_slot::<Vec<Option<i64>>>(conn, generation, &pipe).await.0 }
-        }))
-        .await;
-        let mut result = vec![0; keys.len()];
-        for (indices, group) in groups.values().zip(replies) {
-            let group = group.map_err(|e| StoreError::from_redis(&e));
-            self.check(generation, [group.as_ref().err()]);
-            let group = group?;
-            for (&i, value) in indices.iter().zip(group) {
-                result[i] = value.unwrap_or(0);
-            }
-        }
-        Ok(result)
     }
 
     /// Also heals: a failed probe drops a broken connection (see

@@ -1,6 +1,7 @@
 //! Following a Redis Cluster redirect once: `MOVED` and `ASK` for plain
-//! increments on the node pipelines ([`super::node_pipelines`]), `MOVED`
-//! for one-slot pipelines through the cluster connection ([`moved_to`]).
+//! increments on the node pipelines ([`super::node_pipelines`]) and for
+//! reads ([`follow_reads`]), `MOVED` for one-slot pipelines through the
+//! cluster connection ([`moved_to`]).
 //!
 //! A command refused with `MOVED` (its slot has another master) or `ASK`
 //! (its slot is being migrated and its key has already moved) did not run.
@@ -11,9 +12,14 @@
 //! reported not applied until its slot's migration ended and the slot map
 //! was fetched again: a resharding was an outage of the slots it moved.
 
-use redis::{ErrorKind, RedisError, ServerErrorKind};
+use std::collections::BTreeMap;
 
-use super::node_pipelines::node_addr;
+use futures_util::future::try_join_all;
+use redis::{ErrorKind, RedisError, ServerErrorKind};
+use tally_proto::CounterKey;
+
+use super::StoreError;
+use super::node_pipelines::{NodePipelines, node_addr};
 
 /// Where a refused command goes next.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -48,6 +54,27 @@ pub fn moved_to(err: &RedisError) -> Option<String> {
     }
     let errors = err.clone().into_server_errors()?;
     errors.iter().find_map(|(_, e)| Redirect::of(&RedisError::from(e.clone())).filter(|r| !r.ask)).map(|r| r.addr)
+}
+
+/// Reads `keys[i]` for each index a redirect refused, once more on the
+/// node the redirect names (after `ASKING` for `ASK`), the nodes
+/// concurrently; `(index, value)` pairs, or the first failure (a second
+/// redirect included: a read is answered whole or not at all).
+pub async fn follow_reads(
+    nodes: &NodePipelines,
+    keys: &[CounterKey],
+    redirected: BTreeMap<Redirect, Vec<usize>>,
+) -> Result<Vec<(usize, i64)>, StoreError> {
+    let reads = redirected.into_iter().map(|(to, indices)| async move {
+        let node = nodes.node(&to.addr)?;
+        let group: Vec<&CounterKey> = indices.iter().map(|&i| &keys[i]).collect();
+        let values = node.get_here(&group, to.ask).await.map_err(|e| StoreError::from_redis(&e))?;
+        if values.len() != indices.len() {
+            return Err(StoreError::Unknown(format!("{} replies to {} reads", values.len(), indices.len())));
+        }
+        Ok::<_, StoreError>(indices.into_iter().zip(values).collect::<Vec<_>>())
+    });
+    Ok(try_join_all(reads).await?.into_iter().flatten().collect())
 }
 
 /// `host:port` from a redirect's address (`host:port`, the host possibly a

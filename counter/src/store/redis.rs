@@ -138,8 +138,17 @@ impl RedisStore {
     pub async fn get(&self, keys: &[CounterKey]) -> Result<Vec<i64>, StoreError> {
         let mut conn = self.conn.clone();
         let replies: Vec<Option<i64>> =
-            get_pipeline(keys.iter()).query_async(&mut conn).await.map_err(|e| StoreError::from_redis(&e))?;
+            get_pipeline(keys.iter(), false).query_async(&mut conn).await.map_err(|e| StoreError::from_redis(&e))?;
         Ok(replies.into_iter().map(|v| v.unwrap_or(0)).collect())
+    }
+
+    /// Reads `keys` here, each after an `ASKING` with `asking` (a cluster's
+    /// `ASK` redirect named this node); a counter never written reads 0.
+    pub(super) async fn get_here(&self, keys: &[&CounterKey], asking: bool) -> RedisResult<Vec<i64>> {
+        let mut conn = self.conn.clone();
+        let replies: Vec<Value> = get_pipeline(keys.iter().copied(), asking).query_async(&mut conn).await?;
+        let values = replies.into_iter().skip(usize::from(asking)).step_by(1 + usize::from(asking));
+        values.map(|value| Ok(redis::from_redis_value::<Option<i64>>(value)?.unwrap_or(0))).collect()
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {
@@ -203,9 +212,14 @@ pub(super) fn incr_pipeline<'a, 'k: 'a>(cmds: impl ExactSizeIterator<Item = &'a 
     pipe
 }
 
-pub(super) fn get_pipeline<'a>(keys: impl ExactSizeIterator<Item = &'a CounterKey>) -> Pipeline {
-    let mut pipe = Pipeline::with_capacity(keys.len());
+/// One `HGET` per key, in order; with `asking`, each after an `ASKING` (as
+/// [`incr_pipeline`]).
+pub(super) fn get_pipeline<'a>(keys: impl ExactSizeIterator<Item = &'a CounterKey>, asking: bool) -> Pipeline {
+    let mut pipe = Pipeline::with_capacity(keys.len() * if asking { 2 } else { 1 });
     for key in keys {
+        if asking {
+            pipe.add_command(redis::cmd("ASKING"));
+        }
         let mut cmd = sized("HGET", key, 3);
         cmd.arg(hash_key(key.resource_id())).arg(key.counter_type());
         pipe.add_command(cmd);
