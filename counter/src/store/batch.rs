@@ -8,7 +8,7 @@
 //! nothing, returning the first attempt's per-command failures (stored in the
 //! marker). The flusher can therefore resend a failed flush until it succeeds.
 //! A resend that finds the marker rewrites it unchanged, a write, so that a
-//! `WAIT` after it covers the first attempt ([`super::replication`]).
+//! `WAIT` after it covers the first attempt (see [`super::ReplicaWait`]).
 //!
 //! The marker carries the hash tag of the chunk's first resource, and in a
 //! cluster a chunk never spans slots, so each script touches one slot.

@@ -105,7 +105,7 @@ pub struct StoreOptions {
     pub timeouts: StoreTimeouts,
     pub tls: StoreTls,
     /// Replicas every write waits for (`TALLY_STORE_WAIT_REPLICAS`); `None`:
-    /// acknowledged once the master applied it ([`replication`]).
+    /// acknowledged once the master applied it ([`ReplicaWait`]).
     pub wait: Option<ReplicaWait>,
 }
 
