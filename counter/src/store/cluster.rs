@@ -23,7 +23,7 @@ use super::node_pipelines::{NodePipelines, map_may_be_stale};
 use super::ordered::{each_outcomes, each_pipeline};
 use super::redirect::moved_to;
 use super::redis::{incr_pipeline, integer, outcomes};
-use super::replication::{ReplicaWait, has_writes, mark_unconfirmed};
+use super::replication::{ReplicaWait, has_writes};
 use super::{Cmd, KeyedCmd, Listing, Outcome, StoreError, StoreOptions, slot_of_resource};
 
 mod reads;
@@ -174,7 +174,7 @@ impl ClusterStore {
         };
         let reply = conn.clone().route_command(wait.command(), node).await;
         let reply = reply.and_then(integer);
-        mark_unconfirmed(outcomes, wait.verdict(reply));
+        wait.settle(outcomes, reply);
     }
 
     fn current(&self) -> Option<(ClusterConnection, u64)> {

@@ -38,7 +38,6 @@ use redis::cluster_async::ClusterConnection;
 
 use super::redirect::Redirect;
 use super::redis::{RedisStore, outcome};
-use super::replication::mark_unconfirmed;
 use super::slot::slot_of_resource;
 use super::{Cmd, Outcome, StoreError, StoreOptions};
 
@@ -170,7 +169,7 @@ impl NodePipelines {
         // Redirected commands hold a refusal here: only what ran on the
         // master is confirmed or not by its replicas.
         if let Some((wait, reply)) = wait {
-            mark_unconfirmed(&mut result, wait.verdict(reply));
+            wait.settle(&mut result, reply);
         }
         // Concurrently: one unreachable node does not hold up the others.
         let follows = redirected.into_iter().filter_map(|(to, indices)| {

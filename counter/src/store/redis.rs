@@ -13,7 +13,7 @@ use futures_util::future::join_all;
 use super::batch;
 use super::error::is_overflow;
 use super::ordered::{each_outcomes, each_pipeline};
-use super::replication::{ReplicaWait, has_writes, mark_unconfirmed};
+use super::replication::{ReplicaWait, has_writes};
 use super::{Cmd, KeyedCmd, Listing, Outcome, StoreError, StoreOptions, hash_key};
 
 pub struct RedisStore {
@@ -61,7 +61,7 @@ impl RedisStore {
         let Some(wait) = self.wait.filter(|_| has_writes(outcomes)) else { return };
         let mut conn = self.conn.clone();
         let reply = wait.command().query_async::<i64>(&mut conn).await;
-        mark_unconfirmed(outcomes, wait.verdict(reply));
+        wait.settle(outcomes, reply);
     }
 
     /// Each `HINCRBY`'s reply as Redis gave it ([`incr_pipeline`]; with
@@ -75,17 +75,16 @@ impl RedisStore {
         if let Some(wait) = self.wait {
             pipe.add_command(wait.command());
         }
-        let mut each = if asking {
-            let replies = pipe.query_async::<Vec<RedisResult<Value>>>(&mut conn).await?;
-            let mut replies = replies.into_iter().map(|reply| reply.and_then(integer));
-            let wait_reply = self.wait.and_then(|_| replies.next_back());
-            let each: Vec<RedisResult<i64>> = replies.skip(1).step_by(2).collect();
-            return Ok(IncrReplies { each, wait: self.wait.zip(wait_reply) });
+        let mut replies: Vec<RedisResult<i64>> = if asking {
+            // `ASKING`'s `OK`s are read as values, then left out below.
+            let values = pipe.query_async::<Vec<RedisResult<Value>>>(&mut conn).await?;
+            values.into_iter().map(|reply| reply.and_then(integer)).collect()
         } else {
-            pipe.query_async::<Vec<RedisResult<i64>>>(&mut conn).await?
+            pipe.query_async(&mut conn).await?
         };
-        let wait_reply = self.wait.and_then(|_| each.pop());
-        Ok(IncrReplies { each, wait: self.wait.zip(wait_reply) })
+        let wait = self.wait.and_then(|wait| Some((wait, replies.pop()?)));
+        let each = if asking { replies.into_iter().skip(1).step_by(2).collect() } else { replies };
+        Ok(IncrReplies { each, wait })
     }
 
     /// Runs `pipe` as it is (a cluster store sends a pipeline a `MOVED`
@@ -122,7 +121,7 @@ impl RedisStore {
                 let wait_reply = self.wait.and_then(|_| replies.pop()).map(|reply| reply.and_then(integer));
                 let mut outcomes = each_outcomes(cmds.iter(), replies, cmds.len());
                 if let Some((wait, reply)) = self.wait.zip(wait_reply) {
-                    mark_unconfirmed(&mut outcomes, wait.verdict(reply));
+                    wait.settle(&mut outcomes, reply);
                 }
                 outcomes
             }
@@ -188,7 +187,7 @@ impl IncrReplies {
     pub fn outcomes(self, expected: usize) -> Vec<Outcome> {
         let mut result = outcomes(self.each, expected);
         if let Some((wait, reply)) = self.wait {
-            mark_unconfirmed(&mut result, wait.verdict(reply));
+            wait.settle(&mut result, reply);
         }
         result
     }

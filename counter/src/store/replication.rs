@@ -68,6 +68,12 @@ impl ReplicaWait {
         cmd
     }
 
+    /// Marks the writes among `outcomes` unconfirmed unless `reply` (`WAIT`'s)
+    /// confirms them ([`ReplicaWait::verdict`]).
+    pub fn settle(&self, outcomes: &mut [Outcome], reply: RedisResult<i64>) {
+        mark_unconfirmed(outcomes, self.verdict(reply));
+    }
+
     /// What `WAIT`'s reply means for the writes before it: confirmed, or
     /// applied on the master only (as far as anyone knows).
     pub fn verdict(&self, reply: RedisResult<i64>) -> Result<(), StoreError> {
@@ -99,7 +105,7 @@ pub fn has_writes(outcomes: &[Outcome]) -> bool {
 
 /// Marks every write among `outcomes` with the failed verdict; outcomes
 /// that applied nothing keep their own report.
-pub fn mark_unconfirmed(outcomes: &mut [Outcome], verdict: Result<(), StoreError>) {
+fn mark_unconfirmed(outcomes: &mut [Outcome], verdict: Result<(), StoreError>) {
     let Err(err) = verdict else { return };
     for outcome in outcomes.iter_mut().filter(|o| is_write(o)) {
         *outcome = Outcome::Failed(err.clone());

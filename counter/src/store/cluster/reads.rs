@@ -51,7 +51,11 @@ impl ClusterStore {
                     Ok(value) => result[i] = value.unwrap_or(0),
                     Err(err) => match Redirect::of(&err) {
                         Some(to) => redirected.entry(to).or_default().push(i),
-                        None => return Err(StoreError::from_redis(&err)),
+                        None => {
+                            let err = StoreError::from_redis(&err);
+                            self.check(generation, [Some(&err)]);
+                            return Err(err);
+                        }
                     },
                 }
             }
