@@ -87,8 +87,9 @@ async fn many_resources_in_one_call(backend: Backend) {
 /// already moved, both apply — the redirected one (`ASK`, then `MOVED`)
 /// followed once to the node that holds it — and each report agrees with
 /// what the nodes hold (never "not applied" for an increment that was: a
-/// resend would count it twice). Once the slot has moved, reads and keyed
-/// increments on a stale map follow the `MOVED` too.
+/// resend would count it twice). Once the slot has moved, write-behind
+/// batches, reads and keyed increments on a stale map follow the `MOVED`
+/// too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn increments_during_a_slot_migration_report_what_each_did() {
     let cluster = RedisCluster::start();
@@ -139,14 +140,17 @@ async fn increments_during_a_slot_migration_report_what_each_did() {
     let stays_moved = cluster.migrate_keys(slot, &[&stays_hash]);
     assert_eq!(stays_moved.1.port, importing.port, "the same migration");
     cluster.finish_migration(slot, importing);
-    // Reads and keyed increments go through redis-rs's cluster connection,
-    // whose map still names the old master too: refused there (MOVED, so
-    // not run), sent once more to the new master, answered there.
+    // A write-behind batch (one script for the slot), reads and keyed
+    // increments go to the slot's master as the stale map names it too:
+    // refused there (MOVED, so not run), sent once more to the new master,
+    // answered there.
+    let batch = store.incr_batch_once(&new_batch_id(), &both, DEFAULT_MARKER_TTL).await;
+    assert_eq!(batch, vec![Outcome::Applied(0), Outcome::Applied(0)], "the batch followed the slot");
     let read = store.get(&[stays_key.clone(), moves_key.clone()]).await.expect("read on the new master");
-    assert_eq!(read, vec![2, 2]);
+    assert_eq!(read, vec![3, 3]);
     let keyed = [(&stays_key, Change::Add(1), Some("k2"))];
-    assert_eq!(store.apply_ordered(&keyed, Duration::from_secs(60)).await, vec![Outcome::Applied(3)]);
-    assert_eq!(store.incr(&both).await, vec![Outcome::Applied(4), Outcome::Applied(3)]);
-    assert_eq!(importing.cli(&["hget", &stays_hash, "views"]), "4");
-    assert_eq!(importing.cli(&["hget", &moved_hash, "views"]), "3");
+    assert_eq!(store.apply_ordered(&keyed, Duration::from_secs(60)).await, vec![Outcome::Applied(4)]);
+    assert_eq!(store.incr(&both).await, vec![Outcome::Applied(5), Outcome::Applied(4)]);
+    assert_eq!(importing.cli(&["hget", &stays_hash, "views"]), "5");
+    assert_eq!(importing.cli(&["hget", &moved_hash, "views"]), "4");
 }

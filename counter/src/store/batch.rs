@@ -15,8 +15,8 @@
 
 use std::time::Duration;
 
-use redis::Script;
 use redis::aio::ConnectionLike;
+use redis::{RedisResult, Script};
 
 use super::{Cmd, Outcome, StoreError, hash_key};
 
@@ -57,15 +57,17 @@ if #failed > 0 then redis.call('SET', KEYS[1], list, 'KEEPTTL') end
 return {1, list}
 "#;
 
-/// Applies one chunk (all commands on one cluster slot) at most once for `batch_id`.
+/// Applies one chunk (all commands on one cluster slot) at most once for
+/// `batch_id`: each command's outcome, or the error of the script as a
+/// whole (a Cluster redirect among them: the script did not run).
 pub async fn apply_chunk<C: ConnectionLike>(
     conn: &mut C,
     batch_id: &str,
     chunk_no: usize,
     cmds: &[&Cmd<'_>],
     marker_ttl: Duration,
-) -> Vec<Outcome> {
-    let Some(first) = cmds.first() else { return Vec::new() };
+) -> RedisResult<Vec<Outcome>> {
+    let Some(first) = cmds.first() else { return Ok(Vec::new()) };
     let script = Script::new(APPLY_ONCE);
     let mut call = script.prepare_invoke();
     call.key(format!("tally:batch:{{{}}}:{batch_id}:{chunk_no}", first.0.resource_id()));
@@ -73,15 +75,11 @@ pub async fn apply_chunk<C: ConnectionLike>(
     for (key, delta) in cmds.iter().copied() {
         call.key(hash_key(key.resource_id())).arg(key.counter_type()).arg(*delta);
     }
-    match call.invoke_async::<(i64, String)>(conn).await {
-        Ok((fresh, failures)) => {
-            if fresh == 0 {
-                tracing::info!(batch_id, chunk_no, "batch chunk was already applied by an earlier attempt");
-            }
-            outcomes(cmds.len(), &failures)
-        }
-        Err(err) => vec![Outcome::Failed(StoreError::from_redis(&err)); cmds.len()],
+    let (fresh, failures) = call.invoke_async::<(i64, String)>(conn).await?;
+    if fresh == 0 {
+        tracing::info!(batch_id, chunk_no, "batch chunk was already applied by an earlier attempt");
     }
+    Ok(outcomes(cmds.len(), &failures))
 }
 
 /// Decodes the script's failure list (`o3,e7`: command 3 overflowed, 7 was refused).

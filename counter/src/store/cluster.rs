@@ -1,12 +1,15 @@
 //! Redis Cluster. Plain increments, the hot path, go one pipeline per master
-//! on connections of their own ([`super::node_pipelines`]). The rest goes
-//! through redis-rs's cluster connection, split into pipelines that run
-//! concurrently, each on one slot (increments and resets: on one resource,
-//! as one transaction, [`super::cluster_groups`] says why); redis-rs routes each to
-//! the slot's master. With no library retries it follows no redirect: a
-//! redirected command there is reported not applied, redis-rs rebuilds its
-//! slot map after a `MOVED` reply, and [`ClusterStore::check`] reconnects
-//! after failures that may mean the topology changed.
+//! on connections of their own ([`super::node_pipelines`]). The rest is
+//! split into pipelines that run concurrently, each on one slot (increments
+//! and resets: on one resource, as one transaction, [`super::cluster_groups`]
+//! says why), each on its slot's master over the same connections
+//! ([`ClusterStore::on_slot`]), so that a `WAIT` after it reaches the node
+//! that ran it. Only until the slot map is known, and for slots it names no
+//! master for, do they go through redis-rs's cluster connection, which
+//! routes them by its own map. With no library retries that connection
+//! follows no redirect, so a `MOVED` is followed once here; and
+//! [`ClusterStore::check`] fetches the map again and reconnects after
+//! failures that may mean the topology changed.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -14,19 +17,19 @@ use std::time::Duration;
 
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
-use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
-use redis::{FromRedisValue, Pipeline, RedisResult, Value};
 
 use super::batch;
 use super::cluster_groups::{all_or_nothing, by_resource, by_slot, scatter};
 use super::node_pipelines::{NodePipelines, map_may_be_stale};
 use super::ordered::{each_outcomes, each_pipeline};
-use super::redirect::moved_to;
 use super::redis::{incr_pipeline, integer, outcomes};
-use super::replication::{ReplicaWait, has_writes};
+use super::replication::ReplicaWait;
 use super::{Cmd, KeyedCmd, Listing, Outcome, StoreError, StoreOptions, slot_of_resource};
 
+mod on_slot;
 mod reads;
+
+use on_slot::Ran;
 
 pub struct ClusterStore {
     client: ClusterClient,
@@ -102,10 +105,18 @@ impl ClusterStore {
     /// out for good; a fresh connection (with a fresh view of the slots)
     /// heals that. Refusals of a command keep the connection as it is, and
     /// so do writes its replicas did not confirm (the connection answered).
-    fn check<'a>(&self, generation: u64, errors: impl IntoIterator<Item = Option<&'a StoreError>>) {
+    /// The slot map is fetched again too: the master a call went to may be
+    /// gone.
+    fn check<'a>(
+        &self,
+        conn: &ClusterConnection,
+        generation: u64,
+        errors: impl IntoIterator<Item = Option<&'a StoreError>>,
+    ) {
         let broken =
             errors.into_iter().flatten().any(|e| matches!(e, StoreError::Unknown(_) | StoreError::NotApplied(_)));
         if broken {
+            self.nodes.refresh(conn);
             self.reconnect(generation);
         }
     }
@@ -134,47 +145,6 @@ impl ClusterStore {
             tokio::time::sleep(Duration::from_secs(1)).await;
             reconnecting.store(false, Ordering::Release);
         });
-    }
-
-    /// Runs `pipe` (on one slot) through the cluster connection and, when
-    /// the slot has moved (`MOVED`: it did not run), once more on the node
-    /// the redirect names ([`moved_to`]); the slot maps are then fetched
-    /// again, since redis-rs follows no redirect without retries.
-    async fn query_on_slot<T: FromRedisValue>(
-        &self,
-        conn: &ClusterConnection,
-        generation: u64,
-        pipe: &Pipeline,
-    ) -> (RedisResult<T>, Ran) {
-        let err = match pipe.query_async(&mut conn.clone()).await {
-            Ok(replies) => return (Ok(replies), Ran::OnSlot),
-            Err(err) => err,
-        };
-        let Some(node) = moved_to(&err).and_then(|addr| self.nodes.node(&addr).ok()) else {
-            return (Err(err), Ran::OnSlot);
-        };
-        self.nodes.refresh(conn);
-        self.reconnect(generation);
-        (node.query(pipe).await, Ran::On(node))
-    }
-
-    /// With replicas to wait for, waits on the connection that ran a
-    /// pipeline on `slot` (`ran`) for the replicas of that node, and marks
-    /// the writes in `outcomes` unknown when they do not confirm them
-    /// ([`super::replication`]). Through the cluster connection, `WAIT` is
-    /// routed to the slot's master explicitly: redis-rs would send a
-    /// keyless `WAIT` to every master.
-    async fn confirm(&self, conn: &ClusterConnection, slot: u16, ran: Ran, outcomes: &mut [Outcome]) {
-        let Some(wait) = self.wait.filter(|_| has_writes(outcomes)) else { return };
-        let node = match ran {
-            Ran::On(node) => return node.confirm(outcomes).await,
-            Ran::OnSlot => {
-                RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(Route::new(slot, SlotAddr::Master)))
-            }
-        };
-        let reply = conn.clone().route_command(wait.command(), node).await;
-        let reply = reply.and_then(integer);
-        wait.settle(outcomes, reply);
     }
 
     fn current(&self) -> Option<(ClusterConnection, u64)> {
@@ -230,17 +200,17 @@ impl ClusterStore {
             all_or_nothing(&mut pipe);
             let slot = slot_of_resource(cmds[indices[0]].0.resource_id());
             async move {
-                let (replies, ran) = self.query_on_slot::<Vec<RedisResult<i64>>>(conn, generation, &pipe).await;
+                let (replies, ran) = self.query_on_slot(conn, generation, slot, &pipe).await;
                 let mut group = match replies {
-                    Ok(replies) => outcomes(replies, indices.len()),
-                    Err(err) => vec![Outcome::Failed(StoreError::from_redis(&err)); indices.len()],
+                    Ok(replies) => outcomes(replies.into_iter().map(|r| r.and_then(integer)).collect(), indices.len()),
+                    Err(err) => Outcome::all_failed(&err, indices.len()),
                 };
                 self.confirm(conn, slot, ran, &mut group).await;
                 group
             }
         })
         .await;
-        self.check(generation, outcomes.iter().map(|o| if let Outcome::Failed(e) = o { Some(e) } else { None }));
+        self.check(conn, generation, failures(&outcomes));
         outcomes
     }
 
@@ -259,14 +229,15 @@ impl ClusterStore {
             let slot = slot_of_resource(cmds[chunk[0]].0.resource_id());
             let conn = &conn;
             async move {
-                let mut outcomes =
-                    batch::apply_chunk(&mut conn.clone(), batch_id, chunk_no, &chunk_cmds, marker_ttl).await;
-                self.confirm(conn, slot, Ran::OnSlot, &mut outcomes).await;
+                let run = |ran: Ran| ran.apply_chunk(conn, batch_id, chunk_no, &chunk_cmds, marker_ttl);
+                let (applied, ran) = self.on_slot(conn, generation, slot, run).await;
+                let mut outcomes = applied.unwrap_or_else(|err| Outcome::all_failed(&err, chunk_cmds.len()));
+                self.confirm(conn, slot, ran, &mut outcomes).await;
                 outcomes
             }
         })
         .await;
-        self.check(generation, outcomes.iter().map(|o| if let Outcome::Failed(e) = o { Some(e) } else { None }));
+        self.check(&conn, generation, failures(&outcomes));
         outcomes
     }
 
@@ -285,18 +256,17 @@ impl ClusterStore {
             let slot = slot_of_resource(cmds[indices[0]].0.resource_id());
             let conn = &conn;
             async move {
-                let (replies, ran) = self.query_on_slot::<Vec<RedisResult<Value>>>(conn, generation, &pipe).await;
+                let (replies, ran) = self.query_on_slot(conn, generation, slot, &pipe).await;
                 let mut outcomes = match replies {
                     Ok(replies) => each_outcomes(group.iter().copied(), replies, group.len()),
-                    Err(err) => vec![Outcome::Failed(StoreError::from_redis(&err)); group.len()],
+                    Err(err) => Outcome::all_failed(&err, group.len()),
                 };
                 self.confirm(conn, slot, ran, &mut outcomes).await;
                 outcomes
             }
         })
         .await;
-        let errors = outcomes.iter().map(|o| if let Outcome::Failed(e) = o { Some(e) } else { None });
-        self.check(generation, errors);
+        self.check(&conn, generation, failures(&outcomes));
         outcomes
     }
 
@@ -304,7 +274,7 @@ impl ClusterStore {
     pub async fn get_resource(&self, resource_id: &str) -> Result<Listing, StoreError> {
         let (mut conn, generation) = self.conn().await?;
         let listing = super::resource::list(&mut conn, resource_id).await;
-        self.check(generation, [listing.as_ref().err()]);
+        self.check(&conn, generation, [listing.as_ref().err()]);
         listing
     }
 
@@ -313,16 +283,14 @@ impl ClusterStore {
     pub async fn ping(&self) -> Result<(), StoreError> {
         let (mut conn, generation) = self.conn().await?;
         let pong = redis::cmd("PING").query_async::<()>(&mut conn).await.map_err(|e| StoreError::from_redis(&e));
-        self.check(generation, [pong.as_ref().err()]);
+        self.check(&conn, generation, [pong.as_ref().err()]);
         pong
     }
 }
 
-/// Where a one-slot pipeline ran: through the cluster connection, on the
-/// slot's master as it knows it, or on the node a `MOVED` named.
-enum Ran {
-    OnSlot,
-    On(Arc<super::redis::RedisStore>),
+/// The errors among `outcomes`, for [`ClusterStore::check`].
+fn failures(outcomes: &[Outcome]) -> impl Iterator<Item = Option<&StoreError>> {
+    outcomes.iter().map(|o| if let Outcome::Failed(e) = o { Some(e) } else { None })
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -55,6 +55,13 @@ pub enum Outcome {
     Failed(StoreError),
 }
 
+impl Outcome {
+    /// `len` outcomes of a pipeline or script that failed as a whole with `err`.
+    pub fn all_failed(err: &::redis::RedisError, len: usize) -> Vec<Outcome> {
+        vec![Outcome::Failed(StoreError::from_redis(err)); len]
+    }
+}
+
 /// What one command of the ordered path does to its counter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Change {

@@ -151,7 +151,7 @@ impl NodePipelines {
         let (replies, wait) = match master.incr_replies(cmds, false).await {
             Ok(replies) if replies.each.len() == cmds.len() => (replies.each, replies.wait),
             Ok(replies) => return replies.outcomes(cmds.len()),
-            Err(err) => return vec![Outcome::Failed(StoreError::from_redis(&err)); cmds.len()],
+            Err(err) => return Outcome::all_failed(&err, cmds.len()),
         };
         let mut redirected: BTreeMap<Redirect, Vec<usize>> = BTreeMap::new();
         let mut result = Vec::with_capacity(cmds.len());
@@ -179,7 +179,7 @@ impl NodePipelines {
                 let group: Vec<Cmd<'_>> = indices.iter().map(|&i| cmds[i]).collect();
                 let followed = match node.incr_replies(&group, to.ask).await {
                     Ok(replies) => replies.outcomes(group.len()),
-                    Err(err) => vec![Outcome::Failed(StoreError::from_redis(&err)); group.len()],
+                    Err(err) => Outcome::all_failed(&err, group.len()),
                 };
                 (indices, followed)
             })
@@ -255,6 +255,12 @@ fn build_map(
 }
 
 impl SlotMap {
+    /// The connection to `slot`'s master, if the map names one.
+    pub fn master_of(&self, slot: u16) -> Option<Arc<RedisStore>> {
+        let at = (*self.owner.get(usize::from(slot))?)?;
+        self.masters.get(usize::from(at)).cloned()
+    }
+
     /// Splits `cmds` by the master of each one's slot, order kept per master.
     pub fn route(&self, cmds: &[Cmd<'_>]) -> Routed {
         let mut per_master: Vec<Vec<usize>> = vec![Vec::new(); self.masters.len()];

@@ -38,22 +38,26 @@ impl Redirect {
         let (addr, _slot) = err.redirect_node()?;
         Some(Redirect { addr: node_address(addr)?, ask })
     }
+
+    /// The redirect in `err`, or in the error of one of the commands of the
+    /// pipeline or transaction `err` failed.
+    pub fn first_in(err: &RedisError) -> Option<Redirect> {
+        if let Some(redirect) = Redirect::of(err) {
+            return Some(redirect);
+        }
+        let errors = err.clone().into_server_errors()?;
+        errors.iter().find_map(|(_, e)| Redirect::of(&RedisError::from(e.clone())))
+    }
 }
 
-/// The node a `MOVED` in `err` names: in the error itself, or, for a
-/// transaction aborted while it was queued, in the error of one of its
-/// commands. A `MOVED` means the node serves the whole slot now, so a
-/// pipeline on one slot (a resource's transaction, reads of one slot) can
-/// be sent there whole; it did not run where it was refused.
+/// The node a `MOVED` in `err` names ([`Redirect::first_in`]: in a
+/// transaction aborted while it was queued, or a pipeline, in the error of
+/// one of its commands). A `MOVED` means the node serves the whole slot
+/// now, so a pipeline on one slot that runs whole or not at all (one
+/// command, a transaction, a script) or only reads can be sent there
+/// whole; it did not run where it was refused.
 pub fn moved_to(err: &RedisError) -> Option<String> {
-    if let Some(redirect) = Redirect::of(err) {
-        return (!redirect.ask).then_some(redirect.addr);
-    }
-    if !matches!(err.kind(), ErrorKind::Server(ServerErrorKind::ExecAbort)) {
-        return None;
-    }
-    let errors = err.clone().into_server_errors()?;
-    errors.iter().find_map(|(_, e)| Redirect::of(&RedisError::from(e.clone())).filter(|r| !r.ask)).map(|r| r.addr)
+    Redirect::first_in(err).filter(|redirect| !redirect.ask).map(|redirect| redirect.addr)
 }
 
 /// Reads `keys[i]` for each index a redirect refused, once more on the

@@ -50,7 +50,7 @@ impl RedisStore {
     pub async fn incr(&self, cmds: &[Cmd<'_>]) -> Vec<Outcome> {
         match self.incr_replies(cmds, false).await {
             Ok(replies) => replies.outcomes(cmds.len()),
-            Err(err) => vec![Outcome::Failed(StoreError::from_redis(&err)); cmds.len()],
+            Err(err) => Outcome::all_failed(&err, cmds.len()),
         }
     }
 
@@ -94,12 +94,25 @@ impl RedisStore {
         pipe.query_async(&mut conn).await
     }
 
+    /// One write-behind chunk on this connection ([`batch::apply_chunk`]).
+    pub(super) async fn apply_chunk(
+        &self,
+        batch_id: &str,
+        chunk_no: usize,
+        cmds: &[&Cmd<'_>],
+        marker_ttl: Duration,
+    ) -> RedisResult<Vec<Outcome>> {
+        batch::apply_chunk(&mut self.conn.clone(), batch_id, chunk_no, cmds, marker_ttl).await
+    }
+
     pub async fn incr_batch_once(&self, batch_id: &str, cmds: &[Cmd<'_>], marker_ttl: Duration) -> Vec<Outcome> {
         let indices: Vec<usize> = (0..cmds.len()).collect();
         let runs = join_all(batch::chunks(&indices).enumerate().map(|(chunk_no, chunk)| {
-            let mut conn = self.conn.clone();
             let chunk_cmds: Vec<&Cmd<'_>> = chunk.iter().map(|&i| &cmds[i]).collect();
-            async move { batch::apply_chunk(&mut conn, batch_id, chunk_no, &chunk_cmds, marker_ttl).await }
+            async move {
+                let applied = self.apply_chunk(batch_id, chunk_no, &chunk_cmds, marker_ttl).await;
+                applied.unwrap_or_else(|err| Outcome::all_failed(&err, chunk_cmds.len()))
+            }
         }))
         .await;
         let mut outcomes: Vec<Outcome> = runs.into_iter().flatten().collect();
@@ -125,7 +138,7 @@ impl RedisStore {
                 }
                 outcomes
             }
-            Err(err) => vec![Outcome::Failed(StoreError::from_redis(&err)); cmds.len()],
+            Err(err) => Outcome::all_failed(&err, cmds.len()),
         }
     }
 

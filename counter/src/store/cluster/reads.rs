@@ -1,12 +1,12 @@
-//! Reads on a Redis Cluster: one pipeline per slot through the cluster
-//! connection; a slot half-moved by a resharding read key by key, each key
+//! Reads on a Redis Cluster: one pipeline per slot, on its master
+//! ([`ClusterStore::on_slot`]); a slot half-moved by a resharding read key by key, each key
 //! where it is.
 
 use std::collections::BTreeMap;
 
 use futures_util::future::join_all;
-use redis::RedisResult;
 use redis::cluster_async::ClusterConnection;
+use redis::{RedisResult, Value};
 use tally_proto::CounterKey;
 
 use super::ClusterStore;
@@ -23,14 +23,14 @@ impl ClusterStore {
     pub async fn get(&self, keys: &[CounterKey]) -> Result<Vec<i64>, StoreError> {
         let (conn, generation) = self.conn().await?;
         let groups = by_slot(keys.iter());
-        let replies = join_all(groups.values().map(|indices| {
+        let replies = join_all(groups.iter().map(|(&slot, indices)| {
             let pipe = get_pipeline(indices.iter().map(|&i| &keys[i]), false);
             let conn = &conn;
             async move {
-                match self.query_on_slot::<Vec<Option<i64>>>(conn, generation, &pipe).await.0 {
-                    Ok(values) => Ok(values.into_iter().map(Ok).collect()),
-                    Err(err) if Redirect::of(&err).is_some_and(|to| to.ask) => {
-                        Ok(self.read_each(conn, generation, indices.iter().map(|&i| &keys[i])).await)
+                match self.query_on_slot(conn, generation, slot, &pipe).await.0 {
+                    Ok(values) => Ok(values.into_iter().map(count).collect()),
+                    Err(err) if Redirect::first_in(&err).is_some_and(|to| to.ask) => {
+                        Ok(self.read_each(conn, generation, slot, indices.iter().map(|&i| &keys[i])).await)
                     }
                     Err(err) => Err(err),
                 }
@@ -41,7 +41,7 @@ impl ClusterStore {
         let mut redirected: BTreeMap<Redirect, Vec<usize>> = BTreeMap::new();
         for (indices, group) in groups.values().zip(replies) {
             let group = group.map_err(|e| StoreError::from_redis(&e));
-            self.check(generation, [group.as_ref().err()]);
+            self.check(&conn, generation, [group.as_ref().err()]);
             let group = group?;
             if group.len() != indices.len() {
                 return Err(StoreError::Unknown(format!("{} replies to {} reads", group.len(), indices.len())));
@@ -49,11 +49,11 @@ impl ClusterStore {
             for (&i, reply) in indices.iter().zip(group) {
                 match reply {
                     Ok(value) => result[i] = value.unwrap_or(0),
-                    Err(err) => match Redirect::of(&err) {
+                    Err(err) => match Redirect::first_in(&err) {
                         Some(to) => redirected.entry(to).or_default().push(i),
                         None => {
                             let err = StoreError::from_redis(&err);
-                            self.check(generation, [Some(&err)]);
+                            self.check(&conn, generation, [Some(&err)]);
                             return Err(err);
                         }
                     },
@@ -76,14 +76,20 @@ impl ClusterStore {
         &self,
         conn: &ClusterConnection,
         generation: u64,
+        slot: u16,
         keys: impl Iterator<Item = &'k CounterKey>,
     ) -> Vec<RedisResult<Option<i64>>> {
         join_all(keys.map(|key| async move {
             let pipe = get_pipeline(std::iter::once(key), false);
-            let (values, _) = self.query_on_slot::<Vec<Option<i64>>>(conn, generation, &pipe).await;
-            let value = values?.into_iter().next();
-            value.ok_or_else(|| redis::RedisError::from(std::io::Error::other("no reply to a read")))
+            let (values, _) = self.query_on_slot(conn, generation, slot, &pipe).await;
+            let value = values?.into_iter().next().map(count);
+            value.unwrap_or_else(|| Err(redis::RedisError::from(std::io::Error::other("no reply to a read"))))
         }))
         .await
     }
+}
+
+/// A read's reply: the counter, `None` where it was never written.
+fn count(reply: RedisResult<Value>) -> RedisResult<Option<i64>> {
+    reply.and_then(|value| Ok(redis::from_redis_value(value)?))
 }
