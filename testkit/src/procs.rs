@@ -70,6 +70,10 @@ pub struct RedisServer {
     _log: LogTail,
     /// The arguments it was started with beyond the defaults, for a restart.
     extra: Vec<String>,
+    /// Files and directories its arguments named (a cluster's node file, a
+    /// replica's sync directory), removed once it is gone for good: kept
+    /// across a restart, which needs them.
+    leaves: Vec<PathBuf>,
 }
 
 impl RedisServer {
@@ -119,7 +123,7 @@ impl RedisServer {
             l.contains("Ready to accept connections") || l.contains("Address already in use")
         });
         let extra = extra.iter().map(|s| s.to_string()).collect();
-        let server = RedisServer { port, pid, child, watchdog: Some(stdin), _log: log, extra };
+        let server = RedisServer { port, pid, child, watchdog: Some(stdin), _log: log, extra, leaves: Vec::new() };
         // Dropped when a port was taken: the watchdog kills what is left.
         (!up.contains("Address already in use")).then_some(server)
     }
@@ -153,12 +157,26 @@ impl RedisServer {
     }
 
     /// [`RedisServer::restarted`], down for `down` between the kill and the start.
-    pub fn restarted_after(self, down: Duration) -> RedisServer {
-        let (port, extra) = (self.port, self.extra.clone());
+    pub fn restarted_after(mut self, down: Duration) -> RedisServer {
+        let (port, extra, leaves) = (self.port, self.extra.clone(), std::mem::take(&mut self.leaves));
         drop(self);
         thread::sleep(down); // the outage itself
         let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
-        RedisServer::start_on(port, &extra)
+        let mut server = RedisServer::start_on(port, &extra);
+        server.leaves = leaves;
+        server
+    }
+
+    /// Removes `path` (a file, or a directory and what is in it) once this
+    /// server is gone for good.
+    pub(crate) fn remove_when_gone(&mut self, path: PathBuf) {
+        self.leaves.push(path);
+    }
+
+    /// The value it was started with for `name` (`--dir`, …).
+    pub(crate) fn arg(&self, name: &str) -> Option<&str> {
+        let at = self.extra.iter().position(|arg| arg == name)?;
+        self.extra.get(at + 1).map(String::as_str)
     }
 
     /// Arguments that make a server keep every acknowledged write across a
@@ -180,6 +198,9 @@ impl Drop for RedisServer {
         let _ = Command::new("kill").arg("-CONT").arg(self.pid.to_string()).status();
         drop(self.watchdog.take());
         let _ = self.child.wait();
+        for path in &self.leaves {
+            let _ = if path.is_dir() { std::fs::remove_dir_all(path) } else { std::fs::remove_file(path) };
+        }
     }
 }
 
@@ -260,12 +281,14 @@ impl RedisCluster {
                         let port = free_port();
                         let conf =
                             std::env::temp_dir().join(format!("tally-test-cluster-{port}-{}.conf", std::process::id()));
-                        let conf = conf.to_string_lossy().to_string();
+                        let conf_arg = conf.to_string_lossy().to_string();
                         let mut args: Vec<String> =
-                            ["--cluster-enabled", "yes", "--cluster-config-file", &conf].map(String::from).to_vec();
+                            ["--cluster-enabled", "yes", "--cluster-config-file", &conf_arg].map(String::from).to_vec();
                         args.extend(extra(port));
                         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-                        RedisServer::try_start_on(port, &args)
+                        let mut node = RedisServer::try_start_on(port, &args)?;
+                        node.remove_when_gone(conf);
+                        Some(node)
                     })
                     .expect("a cluster node found its ports taken five times in a row")
             })

@@ -5,6 +5,7 @@
 //! Replication and failover have no event a client can subscribe to, so
 //! their states are polled (`INFO replication`, `ROLE`), bounded.
 
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -38,9 +39,10 @@ impl RedisServer {
     /// A replica of `master`, returned once its first sync is done.
     pub fn start_replica_of(master: &RedisServer) -> RedisServer {
         let port = master.port.to_string();
-        let replica = RedisServer::start_with(|| {
+        let mut replica = RedisServer::start_with(|| {
             ["--replicaof", "127.0.0.1", &port].map(String::from).into_iter().chain(replication_args()).collect()
         });
+        replica.remove_sync_dir_when_gone();
         replica.wait_until_synced().unwrap_or_else(|e| panic!("{e}"));
         replica
     }
@@ -58,6 +60,13 @@ impl RedisServer {
         })
     }
 
+    /// The directory [`replication_args`] made for it goes when it does.
+    fn remove_sync_dir_when_gone(&mut self) {
+        if let Some(dir) = self.arg("--dir").map(PathBuf::from) {
+            self.remove_when_gone(dir);
+        }
+    }
+
     /// True while this server is a master (`ROLE`).
     pub fn is_master(&self) -> bool {
         self.cli(&["role"]).lines().next() == Some("master")
@@ -68,13 +77,14 @@ impl RedisCluster {
     /// Three masters with one replica each, every replica synced. A master
     /// that stops answering for a second is replaced by its replica.
     pub fn start_replicated() -> RedisCluster {
-        let cluster = RedisCluster::start_with(1, |_| {
+        let mut cluster = RedisCluster::start_with(1, |_| {
             ["--cluster-node-timeout", NODE_TIMEOUT_MS]
                 .map(String::from)
                 .into_iter()
                 .chain(replication_args())
                 .collect()
         });
+        cluster.nodes.iter_mut().for_each(RedisServer::remove_sync_dir_when_gone);
         for node in cluster.nodes.iter().filter(|node| !node.is_master()) {
             node.wait_until_synced().unwrap_or_else(|e| panic!("{e}"));
         }
