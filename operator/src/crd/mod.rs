@@ -164,7 +164,7 @@ pub struct CounterSpec {
     #[schemars(range(min = 1000, max = 3600000))]
     pub keepalive_ms: i32,
     /// Drain budget on SIGTERM, ms (`TALLY_SHUTDOWN_TIMEOUT_MS`); the pod's
-    /// grace period is this plus 15 s.
+    /// grace period is a 5 s `preStop` sleep plus this plus 15 s.
     #[schemars(range(min = 1000, max = 600000))]
     pub shutdown_timeout_ms: i32,
 }

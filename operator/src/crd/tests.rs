@@ -151,6 +151,64 @@ fn the_schema_carries_the_defaults() {
     assert_eq!(spec["counter"]["properties"]["batchSize"]["minimum"], 1.0);
 }
 
+/// The operator guide's table (`docs/operator.md`) names every field of
+/// the spec, or an object holding it (`counter.autoscaling`, `store.tls`,
+/// …), and gives each field the CRD's default and range.
+#[test]
+fn the_operator_guide_documents_every_field_with_its_default_and_range() {
+    use kube::CustomResourceExt;
+    let crd = serde_json::to_value(CounterCluster::crd()).expect("crd");
+    let spec = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"];
+    let guide = include_str!("../../../docs/operator.md");
+    // field → (default cell, allowed cell)
+    let rows: BTreeMap<String, (String, String)> = guide
+        .lines()
+        .filter(|line| line.starts_with("| `"))
+        .filter_map(|line| {
+            let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+            let field = tally_testkit::docs::backticked(cells.get(1)?).into_iter().next()?;
+            Some((field, (cells.get(2)?.to_string(), cells.get(3)?.to_string())))
+        })
+        .collect();
+    let mut problems = Vec::new();
+    check_documented(spec, "", &rows, &mut problems);
+    assert!(problems.is_empty(), "docs/operator.md: {problems:#?}");
+}
+
+/// [`the_operator_guide_documents_every_field_with_its_default_and_range`]
+/// for the properties of `schema`, at `prefix`.
+fn check_documented(
+    schema: &serde_json::Value,
+    prefix: &str,
+    rows: &BTreeMap<String, (String, String)>,
+    problems: &mut Vec<String>,
+) {
+    let Some(properties) = schema["properties"].as_object() else { return };
+    for (name, property) in properties {
+        let path = if prefix.is_empty() { name.clone() } else { format!("{prefix}.{name}") };
+        let Some((default, allowed)) = rows.get(&path) else {
+            if property["properties"].is_object() {
+                check_documented(property, &path, rows, problems);
+            } else {
+                problems.push(format!("{path} is not in the table"));
+            }
+            continue;
+        };
+        if let Some(want) = property.get("default").filter(|d| !d.is_object() && !d.is_null()) {
+            let want = want.as_str().map(str::to_string).unwrap_or_else(|| want.to_string());
+            if !tally_testkit::docs::backticked(default).iter().any(|d| same_value(d, &want)) {
+                problems.push(format!("{path}: default {want} in the CRD, {default:?} in the table"));
+            }
+        }
+        if let (Some(min), Some(max)) = (property["minimum"].as_f64(), property["maximum"].as_f64()) {
+            let want = format!("{min}–{max}");
+            if !allowed.contains(&want) {
+                problems.push(format!("{path}: range {want} in the CRD, {allowed:?} in the table"));
+            }
+        }
+    }
+}
+
 fn cel_errors(spec: serde_json::Value) -> String {
     crate::validate::validate(&sample(spec)).err().map(|e| e.0).unwrap_or_default()
 }
