@@ -37,6 +37,13 @@ fn hget(redis: &RedisServer, key: &CounterKey) -> String {
     redis.cli(&["hget", &format!("tally:{{{}}}", key.resource_id()), key.counter_type()])
 }
 
+/// `HGET` on a Cluster replica, which answers reads after `READONLY`.
+fn hget_replica(replica: &RedisServer, key: &CounterKey) -> String {
+    let hget = format!("HGET tally:{{{}}} {}", key.resource_id(), key.counter_type());
+    let replies = replica.cli_session(&["READONLY", &hget]);
+    replies.get(1).cloned().unwrap_or_default()
+}
+
 fn unconfirmed(outcomes: &[Outcome]) -> bool {
     outcomes.iter().all(|o| matches!(o, Outcome::Failed(StoreError::Unconfirmed(m)) if m.contains("replicas")))
 }
@@ -110,6 +117,43 @@ async fn a_write_the_replica_did_not_confirm_is_unknown_and_its_resend_applies_o
     assert_eq!((hget(&replica, &views), hget(&replica, &likes)), ("12".into(), "3".into()));
 }
 
+/// On a Redis Cluster, a resource's transaction (an increment next to a
+/// keyed one) and a write-behind chunk go with their `WAIT` in one pipeline
+/// on their slot master's connection: confirmed by its replica, or unknown
+/// while that replica is paused, and then resent once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_transactions_and_chunks_wait_for_their_master_s_replica() {
+    let cluster = RedisCluster::start_replicated();
+    let store = Store::from_url(&cluster.url(), &options(1)).expect("store");
+    let resource = unique("transaction");
+    let (views, likes) = (key(&resource, "views"), key(&resource, "likes"));
+    let slot = slot_of_resource(&resource);
+    let (master, replica) = (cluster.master_of(slot).expect("a master"), cluster.replica_for(slot));
+
+    let both = [(&views, Change::Add(1), None), (&likes, Change::Add(1), Some("k1"))];
+    assert_eq!(store.apply_ordered(&both, RETENTION).await, vec![Outcome::Applied(1), Outcome::Applied(1)]);
+    let on_replica = (hget_replica(replica, &views), hget_replica(replica, &likes));
+    assert_eq!(on_replica, ("1".into(), "1".into()), "confirmed: on the replica");
+
+    replica.signal("-STOP");
+    let both = [(&views, Change::Add(1), None), (&likes, Change::Add(1), Some("k2"))];
+    let transaction = store.apply_ordered(&both, RETENTION).await;
+    assert!(unconfirmed(&transaction), "{transaction:?}");
+    let batch_id = new_batch_id();
+    let chunk = store.incr_batch_once(&batch_id, &[(&views, 10)], DEFAULT_MARKER_TTL).await;
+    assert!(unconfirmed(&chunk), "{chunk:?}");
+    assert_eq!((hget(master, &views), hget(master, &likes)), ("12".into(), "2".into()), "applied on the master");
+    replica.signal("-CONT");
+
+    // Resent under the same key and batch id: nothing applied twice, and
+    // now confirmed.
+    let keyed = store.apply_ordered(&[(&likes, Change::Add(1), Some("k2"))], RETENTION).await;
+    assert_eq!(keyed, vec![Outcome::Replayed(2)]);
+    let chunk = store.incr_batch_once(&batch_id, &[(&views, 10)], DEFAULT_MARKER_TTL).await;
+    assert_eq!(chunk, vec![Outcome::Applied(0)]);
+    assert_eq!((hget_replica(replica, &views), hget_replica(replica, &likes)), ("12".into(), "2".into()));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_master_failing_over_loses_no_confirmed_write() {
     let mut cluster = RedisCluster::start_replicated();
@@ -119,9 +163,9 @@ async fn a_master_failing_over_loses_no_confirmed_write() {
     let keys: Vec<CounterKey> = (0..30).map(|i| key(&format!("{prefix}-{i}"), "views")).collect();
     let plain: Vec<(&CounterKey, i64)> = keys.iter().map(|k| (k, 1)).collect();
     let keyed: Vec<_> = keys.iter().map(|k| (k, Change::Add(1), Some("first"))).collect();
-    // Plain increments (on the masters' own pipelines), keyed ones (through
-    // the cluster connection) and a write-behind batch, every one confirmed
-    // by a replica.
+    // Plain increments (on the masters' own pipelines), keyed ones and a
+    // write-behind batch (on the same connections, one transaction or
+    // script per resource or slot), every one confirmed by a replica.
     for (round, want) in [(0, 1), (1, 2)] {
         assert!(store.incr(&plain).await.iter().all(|o| *o == Outcome::Applied(want)), "round {round}");
     }

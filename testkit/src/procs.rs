@@ -7,7 +7,7 @@
 //! cluster that lives in a static.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 
 use crate::ports::free_port;
@@ -188,6 +188,23 @@ impl RedisServer {
 
     pub fn cli(&self, args: &[&str]) -> String {
         redis_cli(self.port, args)
+    }
+
+    /// Sends `commands` (one line each) on one redis-cli connection, for
+    /// those that set up the next (`ASKING`, `READONLY`); each reply's
+    /// lines, in order.
+    pub fn cli_session(&self, commands: &[&str]) -> Vec<String> {
+        let mut cli = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("redis-cli");
+        let mut stdin = cli.stdin.take().expect("redis-cli stdin");
+        stdin.write_all(format!("{}\n", commands.join("\n")).as_bytes()).expect("write to redis-cli");
+        drop(stdin);
+        let out = cli.wait_with_output().expect("redis-cli output");
+        String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect()
     }
 }
 

@@ -4,8 +4,6 @@
 //! its keys already moved. The node that owns the slot then still serves
 //! the keys it has and redirects (`ASK`) for the others.
 
-use std::io::Write;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use crate::procs::{RedisCluster, RedisServer};
@@ -133,20 +131,9 @@ impl RedisCluster {
     /// sent after `ASKING` on the same connection, as a client follows an
     /// `ASK` redirect (a plain read there is redirected back).
     pub fn hget_importing(importing: &RedisServer, key: &str, field: &str) -> String {
-        let mut cli = Command::new("redis-cli")
-            .args(["-p", &importing.port.to_string()])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("redis-cli");
-        let mut stdin = cli.stdin.take().expect("redis-cli stdin");
-        stdin.write_all(format!("ASKING\nHGET {key} {field}\n").as_bytes()).expect("write to redis-cli");
-        drop(stdin);
-        let out = cli.wait_with_output().expect("redis-cli output");
-        let text = String::from_utf8_lossy(&out.stdout);
-        let mut lines = text.lines();
-        assert_eq!(lines.next(), Some("OK"), "ASKING: {text}");
-        lines.next().unwrap_or_default().to_string()
+        let replies = importing.cli_session(&["ASKING", &format!("HGET {key} {field}")]);
+        assert_eq!(replies.first().map(String::as_str), Some("OK"), "ASKING: {replies:?}");
+        replies.get(1).cloned().unwrap_or_default()
     }
 
     fn node(&self, port: u16) -> &RedisServer {

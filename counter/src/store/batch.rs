@@ -15,8 +15,7 @@
 
 use std::time::Duration;
 
-use redis::aio::ConnectionLike;
-use redis::{RedisResult, Script};
+use redis::{RedisResult, Value};
 
 use super::{Cmd, Outcome, StoreError, hash_key};
 
@@ -57,29 +56,39 @@ if #failed > 0 then redis.call('SET', KEYS[1], list, 'KEEPTTL') end
 return {1, list}
 "#;
 
-/// Applies one chunk (all commands on one cluster slot) at most once for
-/// `batch_id`: each command's outcome, or the error of the script as a
-/// whole (a Cluster redirect among them: the script did not run).
-pub async fn apply_chunk<C: ConnectionLike>(
-    conn: &mut C,
-    batch_id: &str,
-    chunk_no: usize,
-    cmds: &[&Cmd<'_>],
-    marker_ttl: Duration,
-) -> RedisResult<Vec<Outcome>> {
-    let Some(first) = cmds.first() else { return Ok(Vec::new()) };
-    let script = Script::new(APPLY_ONCE);
-    let mut call = script.prepare_invoke();
-    call.key(format!("tally:batch:{{{}}}:{batch_id}:{chunk_no}", first.0.resource_id()));
+/// The script call that applies one chunk (all commands on one cluster
+/// slot; at least one) at most once for `batch_id`. `EVAL` with the
+/// script's text, so a node that never saw it needs no `SCRIPT LOAD` and
+/// the call can go in a pipeline (Redis keeps the compiled script by its
+/// digest either way).
+pub fn chunk_command(batch_id: &str, chunk_no: usize, cmds: &[&Cmd<'_>], marker_ttl: Duration) -> redis::Cmd {
+    let first = cmds.first().map_or("", |(key, _)| key.resource_id());
+    let mut call = redis::cmd("EVAL");
+    call.arg(APPLY_ONCE).arg(1 + cmds.len()).arg(format!("tally:batch:{{{first}}}:{batch_id}:{chunk_no}"));
+    for (key, _) in cmds {
+        call.arg(hash_key(key.resource_id()));
+    }
     call.arg(marker_ttl.as_secs().max(1));
     for (key, delta) in cmds.iter().copied() {
-        call.key(hash_key(key.resource_id())).arg(key.counter_type()).arg(*delta);
+        call.arg(key.counter_type()).arg(*delta);
     }
-    let (fresh, failures) = call.invoke_async::<(i64, String)>(conn).await?;
+    call
+}
+
+/// The outcomes of chunk `chunk_no` (`len` commands) from its script's
+/// reply, or the error of the call as a whole (a Cluster redirect among
+/// them: the script did not run).
+pub fn chunk_outcomes(
+    reply: RedisResult<Value>,
+    len: usize,
+    batch_id: &str,
+    chunk_no: usize,
+) -> RedisResult<Vec<Outcome>> {
+    let (fresh, failures): (i64, String) = redis::from_redis_value(reply?)?;
     if fresh == 0 {
         tracing::info!(batch_id, chunk_no, "batch chunk was already applied by an earlier attempt");
     }
-    Ok(outcomes(cmds.len(), &failures))
+    Ok(outcomes(len, &failures))
 }
 
 /// Decodes the script's failure list (`o3,e7`: command 3 overflowed, 7 was refused).

@@ -20,6 +20,7 @@ use redis::cluster_async::ClusterConnection;
 
 use super::batch;
 use super::cluster_groups::{all_or_nothing, by_resource, by_slot, scatter};
+use super::confirmed::Replies;
 use super::node_pipelines::{NodePipelines, map_may_be_stale};
 use super::ordered::{each_outcomes, each_pipeline};
 use super::redis::{incr_pipeline, integer, outcomes};
@@ -28,8 +29,6 @@ use super::{Cmd, KeyedCmd, Listing, Outcome, StoreError, StoreOptions, slot_of_r
 
 mod on_slot;
 mod reads;
-
-use on_slot::Ran;
 
 pub struct ClusterStore {
     client: ClusterClient,
@@ -200,13 +199,10 @@ impl ClusterStore {
             all_or_nothing(&mut pipe);
             let slot = slot_of_resource(cmds[indices[0]].0.resource_id());
             async move {
-                let (replies, ran) = self.query_on_slot(conn, generation, slot, &pipe).await;
-                let mut group = match replies {
-                    Ok(replies) => outcomes(replies.into_iter().map(|r| r.and_then(integer)).collect(), indices.len()),
-                    Err(err) => Outcome::all_failed(&err, indices.len()),
+                let parse = |replies: Replies| {
+                    outcomes(replies.into_iter().map(|r| r.and_then(integer)).collect(), indices.len())
                 };
-                self.confirm(conn, slot, ran, &mut group).await;
-                group
+                self.write_on_slot(conn, generation, slot, &pipe, indices.len(), parse).await
             }
         })
         .await;
@@ -226,14 +222,17 @@ impl ClusterStore {
         // of the same commands claims the same markers.
         let outcomes = scatter(&chunks, cmds.len(), missing, |chunk_no, chunk| {
             let chunk_cmds: Vec<&Cmd<'_>> = chunk.iter().map(|&i| &cmds[i]).collect();
+            let mut pipe = redis::pipe();
+            pipe.ignore_errors().add_command(batch::chunk_command(batch_id, chunk_no, &chunk_cmds, marker_ttl));
             let slot = slot_of_resource(cmds[chunk[0]].0.resource_id());
             let conn = &conn;
             async move {
-                let run = |ran: Ran| ran.apply_chunk(conn, batch_id, chunk_no, &chunk_cmds, marker_ttl);
-                let (applied, ran) = self.on_slot(conn, generation, slot, run).await;
-                let mut outcomes = applied.unwrap_or_else(|err| Outcome::all_failed(&err, chunk_cmds.len()));
-                self.confirm(conn, slot, ran, &mut outcomes).await;
-                outcomes
+                let parse = |replies: Replies| {
+                    let reply = replies.into_iter().next().unwrap_or_else(|| Err(io_error("no reply to a chunk")));
+                    let applied = batch::chunk_outcomes(reply, chunk.len(), batch_id, chunk_no);
+                    applied.unwrap_or_else(|err| Outcome::all_failed(&err, chunk.len()))
+                };
+                self.write_on_slot(conn, generation, slot, &pipe, chunk.len(), parse).await
             }
         })
         .await;
@@ -256,13 +255,8 @@ impl ClusterStore {
             let slot = slot_of_resource(cmds[indices[0]].0.resource_id());
             let conn = &conn;
             async move {
-                let (replies, ran) = self.query_on_slot(conn, generation, slot, &pipe).await;
-                let mut outcomes = match replies {
-                    Ok(replies) => each_outcomes(group.iter().copied(), replies, group.len()),
-                    Err(err) => Outcome::all_failed(&err, group.len()),
-                };
-                self.confirm(conn, slot, ran, &mut outcomes).await;
-                outcomes
+                let parse = |replies: Replies| each_outcomes(group.iter().copied(), replies, group.len());
+                self.write_on_slot(conn, generation, slot, &pipe, group.len(), parse).await
             }
         })
         .await;
@@ -291,6 +285,10 @@ impl ClusterStore {
 /// The errors among `outcomes`, for [`ClusterStore::check`].
 fn failures(outcomes: &[Outcome]) -> impl Iterator<Item = Option<&StoreError>> {
     outcomes.iter().map(|o| if let Outcome::Failed(e) = o { Some(e) } else { None })
+}
+
+fn io_error(what: &str) -> redis::RedisError {
+    redis::RedisError::from(std::io::Error::other(what.to_string()))
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

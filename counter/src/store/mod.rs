@@ -13,6 +13,7 @@
 pub mod batch;
 mod cluster;
 mod cluster_groups;
+mod confirmed;
 mod error;
 mod memory;
 mod node_pipelines;

@@ -8,12 +8,11 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{ConnectionInfo, IntoConnectionInfo, Pipeline, RedisResult, Value};
 use tally_proto::CounterKey;
 
-use futures_util::future::join_all;
-
 use super::batch;
+use super::confirmed::{self, Confirmed};
 use super::error::is_overflow;
 use super::ordered::{each_outcomes, each_pipeline};
-use super::replication::{ReplicaWait, has_writes};
+use super::replication::ReplicaWait;
 use super::{Cmd, KeyedCmd, Listing, Outcome, StoreError, StoreOptions, hash_key};
 
 pub struct RedisStore {
@@ -54,16 +53,6 @@ impl RedisStore {
         }
     }
 
-    /// With replicas to wait for, waits for them to confirm what this
-    /// connection wrote (`outcomes` among it), and marks the writes in
-    /// `outcomes` unknown when they do not ([`super::replication`]).
-    pub(super) async fn confirm(&self, outcomes: &mut [Outcome]) {
-        let Some(wait) = self.wait.filter(|_| has_writes(outcomes)) else { return };
-        let mut conn = self.conn.clone();
-        let reply = wait.command().query_async::<i64>(&mut conn).await;
-        wait.settle(outcomes, reply);
-    }
-
     /// Each `HINCRBY`'s reply as Redis gave it ([`incr_pipeline`]; with
     /// `asking`, each after an `ASKING`, whose replies are left out), and
     /// when waiting for replicas, `WAIT`'s, sent last in the same pipeline
@@ -94,29 +83,41 @@ impl RedisStore {
         pipe.query_async(&mut conn).await
     }
 
-    /// One write-behind chunk on this connection ([`batch::apply_chunk`]).
-    pub(super) async fn apply_chunk(
-        &self,
-        batch_id: &str,
-        chunk_no: usize,
-        cmds: &[&Cmd<'_>],
-        marker_ttl: Duration,
-    ) -> RedisResult<Vec<Outcome>> {
-        batch::apply_chunk(&mut self.conn.clone(), batch_id, chunk_no, cmds, marker_ttl).await
+    /// Runs `pipe` (writes) and, with replicas to wait for, `WAIT` in the
+    /// same write on this connection ([`super::confirmed`]).
+    pub(super) async fn query_confirmed(&self, pipe: &Pipeline) -> RedisResult<Confirmed> {
+        let mut conn = self.conn.clone();
+        let Some(wait) = self.wait else {
+            return Ok(Confirmed { each: pipe.query_async(&mut conn).await?, wait: None });
+        };
+        let replies = confirmed::with_wait(pipe, &wait).query_async(&mut conn).await?;
+        confirmed::split(pipe, wait, replies)
     }
 
+    /// Every chunk's script in one pipeline, with the `WAIT` for them all.
     pub async fn incr_batch_once(&self, batch_id: &str, cmds: &[Cmd<'_>], marker_ttl: Duration) -> Vec<Outcome> {
         let indices: Vec<usize> = (0..cmds.len()).collect();
-        let runs = join_all(batch::chunks(&indices).enumerate().map(|(chunk_no, chunk)| {
+        let chunks: Vec<&[usize]> = batch::chunks(&indices).collect();
+        let mut pipe = Pipeline::with_capacity(chunks.len());
+        pipe.ignore_errors();
+        for (chunk_no, chunk) in chunks.iter().enumerate() {
             let chunk_cmds: Vec<&Cmd<'_>> = chunk.iter().map(|&i| &cmds[i]).collect();
-            async move {
-                let applied = self.apply_chunk(batch_id, chunk_no, &chunk_cmds, marker_ttl).await;
-                applied.unwrap_or_else(|err| Outcome::all_failed(&err, chunk_cmds.len()))
+            pipe.add_command(batch::chunk_command(batch_id, chunk_no, &chunk_cmds, marker_ttl));
+        }
+        let replies = match self.query_confirmed(&pipe).await {
+            Ok(replies) if replies.each.len() == chunks.len() => replies,
+            Ok(replies) => {
+                let err = StoreError::Unknown(format!("{} replies to {} chunks", replies.each.len(), chunks.len()));
+                return vec![Outcome::Failed(err); cmds.len()];
             }
-        }))
-        .await;
-        let mut outcomes: Vec<Outcome> = runs.into_iter().flatten().collect();
-        self.confirm(&mut outcomes).await;
+            Err(err) => return Outcome::all_failed(&err, cmds.len()),
+        };
+        let mut outcomes = Vec::with_capacity(cmds.len());
+        for ((chunk_no, chunk), reply) in chunks.iter().enumerate().zip(replies.each) {
+            let applied = batch::chunk_outcomes(reply, chunk.len(), batch_id, chunk_no);
+            outcomes.extend(applied.unwrap_or_else(|err| Outcome::all_failed(&err, chunk.len())));
+        }
+        Confirmed::settle(replies.wait, &mut outcomes);
         outcomes
     }
 
@@ -124,18 +125,10 @@ impl RedisStore {
     /// it runs on the connection that wrote even if that connection is
     /// replaced right after.
     pub async fn apply_ordered(&self, cmds: &[KeyedCmd<'_>], retention: Duration) -> Vec<Outcome> {
-        let mut conn = self.conn.clone();
-        let mut pipe = each_pipeline(cmds.iter(), retention);
-        if let Some(wait) = self.wait {
-            pipe.add_command(wait.command());
-        }
-        match pipe.query_async::<Vec<RedisResult<Value>>>(&mut conn).await {
-            Ok(mut replies) => {
-                let wait_reply = self.wait.and_then(|_| replies.pop()).map(|reply| reply.and_then(integer));
-                let mut outcomes = each_outcomes(cmds.iter(), replies, cmds.len());
-                if let Some((wait, reply)) = self.wait.zip(wait_reply) {
-                    wait.settle(&mut outcomes, reply);
-                }
+        match self.query_confirmed(&each_pipeline(cmds.iter(), retention)).await {
+            Ok(replies) => {
+                let mut outcomes = each_outcomes(cmds.iter(), replies.each, cmds.len());
+                Confirmed::settle(replies.wait, &mut outcomes);
                 outcomes
             }
             Err(err) => Outcome::all_failed(&err, cmds.len()),

@@ -3,18 +3,17 @@
 //! `WAIT` that confirms it on the node that ran it.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
-use redis::{Pipeline, RedisResult, Value};
+use redis::{Pipeline, RedisError, RedisResult, Value};
 
 use super::ClusterStore;
-use crate::store::batch;
+use crate::store::Outcome;
+use crate::store::confirmed::{Confirmed, Replies};
 use crate::store::redirect::moved_to;
 use crate::store::redis::{RedisStore, integer};
-use crate::store::replication::has_writes;
-use crate::store::{Cmd, Outcome};
+use crate::store::replication::{ReplicaWait, has_writes};
 
 impl ClusterStore {
     /// Runs `run` for `slot`: on the slot's master as the slot map names it,
@@ -72,22 +71,55 @@ impl ClusterStore {
         self.on_slot(conn, generation, slot, |ran| ran.query(conn, pipe)).await
     }
 
-    /// With replicas to wait for, waits on the connection that ran a
-    /// pipeline on `slot` (`ran`) for the replicas of that node, and marks
-    /// the writes in `outcomes` unknown when they do not confirm them
-    /// ([`crate::store::replication`]). Through the cluster connection, `WAIT` is
-    /// routed to the slot's master explicitly: redis-rs would send a
-    /// keyless `WAIT` to every master.
-    pub(super) async fn confirm(&self, conn: &ClusterConnection, slot: u16, ran: Ran, outcomes: &mut [Outcome]) {
+    /// `pipe` (writes on `slot`: one command, a transaction or a script)
+    /// where [`ClusterStore::on_slot`] sends it, its replies made `len`
+    /// outcomes by `parse`, the writes among them confirmed by the slot
+    /// master's replicas when waiting for them ([`ClusterStore::confirm`]).
+    pub(super) async fn write_on_slot(
+        &self,
+        conn: &ClusterConnection,
+        generation: u64,
+        slot: u16,
+        pipe: &Pipeline,
+        len: usize,
+        parse: impl FnOnce(Replies) -> Vec<Outcome>,
+    ) -> Vec<Outcome> {
+        let (written, ran) = self.on_slot(conn, generation, slot, |ran| ran.write(conn, pipe)).await;
+        let (mut outcomes, waited) = match written {
+            Ok(Confirmed { each, wait }) => (parse(each), wait),
+            Err(err) => (Outcome::all_failed(&err, len), None),
+        };
+        self.confirm(conn, slot, ran, waited, &mut outcomes).await;
+        outcomes
+    }
+
+    /// With replicas to wait for, settles the writes in `outcomes` with
+    /// the `WAIT` that went in their own pipeline on a node's connection
+    /// (`waited`), or, through the cluster connection, with one routed to
+    /// the slot's master explicitly (redis-rs would send a keyless `WAIT` to
+    /// every master): writes too few replicas confirmed become unknown
+    /// ([`crate::store::replication`]).
+    async fn confirm(
+        &self,
+        conn: &ClusterConnection,
+        slot: u16,
+        ran: Ran,
+        waited: Option<(ReplicaWait, RedisResult<i64>)>,
+        outcomes: &mut [Outcome],
+    ) {
+        if waited.is_some() {
+            return Confirmed::settle(waited, outcomes);
+        }
         let Some(wait) = self.wait.filter(|_| has_writes(outcomes)) else { return };
-        let node = match ran {
-            Ran::On(node) => return node.confirm(outcomes).await,
+        let reply = match ran {
+            // Writes with no `WAIT` answer on a node: nothing confirms them.
+            Ran::On(_) => Err(RedisError::from(std::io::Error::other("no reply to WAIT"))),
             Ran::OnSlot => {
-                RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(Route::new(slot, SlotAddr::Master)))
+                let master = Route::new(slot, SlotAddr::Master);
+                let node = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(master));
+                conn.clone().route_command(wait.command(), node).await.and_then(integer)
             }
         };
-        let reply = conn.clone().route_command(wait.command(), node).await;
-        let reply = reply.and_then(integer);
         wait.settle(outcomes, reply);
     }
 }
@@ -100,9 +132,6 @@ pub(super) enum Ran {
     OnSlot,
     On(Arc<RedisStore>),
 }
-
-/// A one-slot pipeline's replies, each as Redis gave it.
-type Replies = Vec<RedisResult<Value>>;
 
 impl Ran {
     /// Through the cluster connection, a redirect of any command is the
@@ -118,17 +147,15 @@ impl Ran {
         }
     }
 
-    pub(super) async fn apply_chunk(
-        self,
-        conn: &ClusterConnection,
-        batch_id: &str,
-        chunk_no: usize,
-        cmds: &[&Cmd<'_>],
-        marker_ttl: Duration,
-    ) -> RedisResult<Vec<Outcome>> {
+    /// [`Ran::query`] for writes: on a node, `WAIT` goes in the same
+    /// pipeline when waiting for replicas ([`crate::store::confirmed`]).
+    async fn write(self, conn: &ClusterConnection, pipe: &Pipeline) -> RedisResult<Confirmed> {
         match self {
-            Ran::OnSlot => batch::apply_chunk(&mut conn.clone(), batch_id, chunk_no, cmds, marker_ttl).await,
-            Ran::On(node) => node.apply_chunk(batch_id, chunk_no, cmds, marker_ttl).await,
+            Ran::OnSlot => Ok(Confirmed { each: pipe.query_async(&mut conn.clone()).await?, wait: None }),
+            Ran::On(node) => {
+                let Confirmed { each, wait } = node.query_confirmed(pipe).await?;
+                Ok(Confirmed { each: refused_whole(each)?, wait })
+            }
         }
     }
 }
@@ -146,7 +173,7 @@ fn refused_whole(mut replies: Replies) -> RedisResult<Replies> {
 
 #[cfg(test)]
 mod tests {
-    use redis::{ErrorKind, RedisError, ServerErrorKind};
+    use redis::{ErrorKind, ServerErrorKind};
 
     use super::*;
 

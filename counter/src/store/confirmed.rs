@@ -1,0 +1,163 @@
+//! A write and the `WAIT` that confirms it, in one pipeline on one
+//! connection.
+//!
+//! `WAIT` counts the replicas holding what its own connection wrote. Sent
+//! as a command of its own after the write's reply, it may go out on
+//! another connection than the write's: a multiplexed connection replaced
+//! in between (after a reset), where it says nothing documented about the
+//! write (Redis versions differ in what a connection that wrote nothing
+//! waits for). In the write's own pipeline it goes in the same write, on
+//! the same connection, right after it. A transaction is spelled out
+//! (`MULTI` … `EXEC`) so that `WAIT` follows `EXEC`: redis-rs's atomic
+//! pipelines put every command inside, where `WAIT` would not wait.
+
+use redis::{Pipeline, RedisError, RedisResult, Value};
+
+use super::Outcome;
+use super::redis::integer;
+use super::replication::ReplicaWait;
+
+/// A pipeline's replies, each as Redis gave it.
+pub type Replies = Vec<RedisResult<Value>>;
+
+/// A write's replies and, when it waited for replicas, `WAIT`'s.
+pub struct Confirmed {
+    /// Each command's reply, as the pipeline alone would have had them (a
+    /// transaction's: each command's result in it).
+    pub each: Replies,
+    pub wait: Option<(ReplicaWait, RedisResult<i64>)>,
+}
+
+impl Confirmed {
+    /// Marks the writes among `outcomes` unconfirmed unless `WAIT`'s reply
+    /// confirms them ([`ReplicaWait::settle`]); nothing without a wait.
+    pub fn settle(wait: Option<(ReplicaWait, RedisResult<i64>)>, outcomes: &mut [Outcome]) {
+        if let Some((wait, reply)) = wait {
+            wait.settle(outcomes, reply);
+        }
+    }
+}
+
+/// `pipe`'s commands, then `WAIT`, errors kept per command; a transaction
+/// spelled out as `MULTI`, its commands, `EXEC`.
+pub fn with_wait(pipe: &Pipeline, wait: &ReplicaWait) -> Pipeline {
+    let transaction = pipe.is_transaction();
+    let mut out = Pipeline::with_capacity(pipe.len() + if transaction { 3 } else { 1 });
+    out.ignore_errors();
+    if transaction {
+        out.add_command(redis::cmd("MULTI"));
+    }
+    for cmd in pipe.cmd_iter() {
+        out.add_command(cmd.clone());
+    }
+    if transaction {
+        out.add_command(redis::cmd("EXEC"));
+    }
+    out.add_command(wait.command());
+    out
+}
+
+/// The replies of [`with_wait`]`(pipe, wait)` as `pipe`'s and `WAIT`'s. A
+/// transaction that did not run (a command refused while queued, so
+/// `EXEC` aborted it; or `EXEC` itself refused) is the first refusal: a
+/// redirect among them is one the caller can follow.
+pub fn split(pipe: &Pipeline, wait: ReplicaWait, mut replies: Replies) -> RedisResult<Confirmed> {
+    let transaction = pipe.is_transaction();
+    let expected = pipe.len() + if transaction { 3 } else { 1 };
+    if replies.len() != expected {
+        return Err(unexpected(format!("{} replies to a pipeline of {expected}", replies.len())));
+    }
+    let waited = replies.pop().map(|reply| reply.and_then(integer)).unwrap_or_else(|| Err(unexpected("no reply")));
+    let wait = Some((wait, waited));
+    if !transaction {
+        return Ok(Confirmed { each: replies, wait });
+    }
+    let exec = replies.pop().unwrap_or_else(|| Err(unexpected("no reply to EXEC")));
+    // After `MULTI`'s `OK`: each command's `QUEUED`, or its refusal.
+    let refused = replies.into_iter().skip(1).find_map(Result::err);
+    let each = match (exec, refused) {
+        (Ok(Value::Array(results)), _) => results.into_iter().map(Value::extract_error).collect(),
+        (_, Some(refusal)) | (Err(refusal), None) => return Err(refusal),
+        (Ok(other), None) => return Err(unexpected(format!("EXEC answered {other:?}"))),
+    };
+    Ok(Confirmed { each, wait })
+}
+
+fn unexpected(what: impl Into<String>) -> RedisError {
+    RedisError::from(std::io::Error::other(what.into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use redis::{ErrorKind, ServerErrorKind};
+
+    use super::*;
+
+    const WAIT: ReplicaWait = ReplicaWait { replicas: 1, timeout: Duration::from_millis(100) };
+
+    fn names(pipe: &Pipeline) -> Vec<String> {
+        pipe.cmd_iter()
+            .map(|cmd| String::from_utf8_lossy(cmd.args_iter().next().map(arg_bytes).unwrap_or_default()).into_owned())
+            .collect()
+    }
+
+    fn arg_bytes(arg: redis::Arg<&[u8]>) -> &[u8] {
+        match arg {
+            redis::Arg::Simple(bytes) => bytes,
+            _ => b"",
+        }
+    }
+
+    fn two_increments(transaction: bool) -> Pipeline {
+        let mut pipe = redis::pipe();
+        pipe.cmd("HINCRBY").arg("h").arg("a").arg(1).cmd("HINCRBY").arg("h").arg("b").arg(1);
+        if transaction {
+            pipe.atomic();
+        }
+        pipe
+    }
+
+    fn refusal(kind: ServerErrorKind, detail: &str) -> RedisResult<Value> {
+        Err(RedisError::from((ErrorKind::Server(kind), "refused", detail.to_string())))
+    }
+
+    #[test]
+    fn the_wait_follows_the_write_and_a_transaction_s_exec() {
+        assert_eq!(names(&with_wait(&two_increments(false), &WAIT)), ["HINCRBY", "HINCRBY", "WAIT"]);
+        assert_eq!(names(&with_wait(&two_increments(true), &WAIT)), ["MULTI", "HINCRBY", "HINCRBY", "EXEC", "WAIT"]);
+    }
+
+    #[test]
+    fn replies_are_the_pipeline_s_own_and_the_wait_s() {
+        let plain = vec![Ok(Value::Int(3)), refusal(ServerErrorKind::ResponseError, "overflow"), Ok(Value::Int(1))];
+        let confirmed = split(&two_increments(false), WAIT, plain).expect("replies");
+        assert_eq!(confirmed.each.len(), 2);
+        assert_eq!(confirmed.each[0].as_ref().ok(), Some(&Value::Int(3)));
+        assert!(confirmed.each[1].is_err(), "a command's own error stays its own");
+        assert_eq!(confirmed.wait.map(|(_, reply)| reply.ok()), Some(Some(1)));
+
+        let ok = || Ok(Value::Okay);
+        let queued = || Ok(Value::SimpleString("QUEUED".into()));
+        let exec = Ok(Value::Array(vec![Value::Int(4), Value::Int(5)]));
+        let ran = split(&two_increments(true), WAIT, vec![ok(), queued(), queued(), exec, Ok(Value::Int(0))])
+            .expect("a transaction that ran");
+        let values: Vec<Option<Value>> = ran.each.into_iter().map(Result::ok).collect();
+        assert_eq!(values, [Some(Value::Int(4)), Some(Value::Int(5))]);
+        assert_eq!(ran.wait.map(|(_, reply)| reply.ok()), Some(Some(0)), "the wait's own answer");
+    }
+
+    #[test]
+    fn a_transaction_that_did_not_run_is_its_first_refusal() {
+        let ok = || Ok(Value::Okay);
+        let moved = refusal(ServerErrorKind::Moved, "1234 127.0.0.1:7002");
+        let aborted = refusal(ServerErrorKind::ExecAbort, "Transaction discarded");
+        let replies = vec![ok(), moved, Ok(Value::SimpleString("QUEUED".into())), aborted, Ok(Value::Int(1))];
+        let err = split(&two_increments(true), WAIT, replies).err().expect("not run");
+        assert_eq!(err.kind(), ErrorKind::Server(ServerErrorKind::Moved), "the redirect, to follow: {err}");
+
+        let too_few = split(&two_increments(true), WAIT, vec![ok(), Ok(Value::Int(1))]).err().expect("short");
+        assert!(too_few.to_string().contains("2 replies to a pipeline of 5"), "{too_few}");
+    }
+}
