@@ -38,12 +38,17 @@ impl Confirmed {
     }
 }
 
-/// `pipe`'s commands, then `WAIT`, errors kept per command; a transaction
-/// spelled out as `MULTI`, its commands, `EXEC`.
-pub fn with_wait(pipe: &Pipeline, wait: &ReplicaWait) -> Pipeline {
+/// `pipe`'s commands, errors kept per command, a transaction spelled out
+/// as `MULTI`, its commands, `EXEC`; after `ASKING` when `asking` (a Cluster
+/// `ASK` redirect followed: one flag for the command after it, or for a
+/// whole transaction), and then `WAIT` when waiting for replicas.
+pub fn spelled_out(pipe: &Pipeline, asking: bool, wait: Option<&ReplicaWait>) -> Pipeline {
     let transaction = pipe.is_transaction();
-    let mut out = Pipeline::with_capacity(pipe.len() + if transaction { 3 } else { 1 });
+    let mut out = Pipeline::with_capacity(pipe.len() + 4);
     out.ignore_errors();
+    if asking {
+        out.add_command(redis::cmd("ASKING"));
+    }
     if transaction {
         out.add_command(redis::cmd("MULTI"));
     }
@@ -53,22 +58,28 @@ pub fn with_wait(pipe: &Pipeline, wait: &ReplicaWait) -> Pipeline {
     if transaction {
         out.add_command(redis::cmd("EXEC"));
     }
-    out.add_command(wait.command());
+    if let Some(wait) = wait {
+        out.add_command(wait.command());
+    }
     out
 }
 
-/// The replies of [`with_wait`]`(pipe, wait)` as `pipe`'s and `WAIT`'s. A
-/// transaction that did not run (a command refused while queued, so
-/// `EXEC` aborted it; or `EXEC` itself refused) is the first refusal: a
-/// redirect among them is one the caller can follow.
-pub fn split(pipe: &Pipeline, wait: ReplicaWait, mut replies: Replies) -> RedisResult<Confirmed> {
+/// The replies of [`spelled_out`]`(pipe, asking, wait)` as `pipe`'s and
+/// `WAIT`'s. A transaction that did not run (a command refused while
+/// queued, so `EXEC` aborted it; or `EXEC` itself refused) is the first
+/// refusal: a redirect among them is one the caller can follow.
+pub fn split(pipe: &Pipeline, asking: bool, wait: Option<ReplicaWait>, mut replies: Replies) -> RedisResult<Confirmed> {
     let transaction = pipe.is_transaction();
-    let expected = pipe.len() + if transaction { 3 } else { 1 };
+    let expected = pipe.len() + usize::from(asking) + 2 * usize::from(transaction) + usize::from(wait.is_some());
     if replies.len() != expected {
         return Err(unexpected(format!("{} replies to a pipeline of {expected}", replies.len())));
     }
-    let waited = replies.pop().map(|reply| reply.and_then(integer)).unwrap_or_else(|| Err(unexpected("no reply")));
-    let wait = Some((wait, waited));
+    let wait = wait.map(|wait| {
+        (wait, replies.pop().map(|reply| reply.and_then(integer)).unwrap_or_else(|| Err(unexpected("no reply"))))
+    });
+    if asking {
+        replies.remove(0)?;
+    }
     if !transaction {
         return Ok(Confirmed { each: replies, wait });
     }
@@ -125,14 +136,33 @@ mod tests {
 
     #[test]
     fn the_wait_follows_the_write_and_a_transaction_s_exec() {
-        assert_eq!(names(&with_wait(&two_increments(false), &WAIT)), ["HINCRBY", "HINCRBY", "WAIT"]);
-        assert_eq!(names(&with_wait(&two_increments(true), &WAIT)), ["MULTI", "HINCRBY", "HINCRBY", "EXEC", "WAIT"]);
+        assert_eq!(names(&spelled_out(&two_increments(false), false, Some(&WAIT))), ["HINCRBY", "HINCRBY", "WAIT"]);
+        assert_eq!(
+            names(&spelled_out(&two_increments(true), false, Some(&WAIT))),
+            ["MULTI", "HINCRBY", "HINCRBY", "EXEC", "WAIT"]
+        );
+    }
+
+    #[test]
+    fn a_followed_ask_goes_first_and_its_reply_is_left_out() {
+        let asked = spelled_out(&two_increments(true), true, None);
+        assert_eq!(names(&asked), ["ASKING", "MULTI", "HINCRBY", "HINCRBY", "EXEC"]);
+        let queued = || Ok(Value::SimpleString("QUEUED".into()));
+        let exec = Ok(Value::Array(vec![Value::Int(1), Value::Int(2)]));
+        let replies = vec![Ok(Value::Okay), Ok(Value::Okay), queued(), queued(), exec];
+        let ran = split(&two_increments(true), true, None, replies).expect("ran where it was asked");
+        assert_eq!(ran.each.len(), 2);
+        assert!(ran.wait.is_none());
+        assert_eq!(
+            names(&spelled_out(&two_increments(false), true, Some(&WAIT))),
+            ["ASKING", "HINCRBY", "HINCRBY", "WAIT"]
+        );
     }
 
     #[test]
     fn replies_are_the_pipeline_s_own_and_the_wait_s() {
         let plain = vec![Ok(Value::Int(3)), refusal(ServerErrorKind::ResponseError, "overflow"), Ok(Value::Int(1))];
-        let confirmed = split(&two_increments(false), WAIT, plain).expect("replies");
+        let confirmed = split(&two_increments(false), false, Some(WAIT), plain).expect("replies");
         assert_eq!(confirmed.each.len(), 2);
         assert_eq!(confirmed.each[0].as_ref().ok(), Some(&Value::Int(3)));
         assert!(confirmed.each[1].is_err(), "a command's own error stays its own");
@@ -141,8 +171,9 @@ mod tests {
         let ok = || Ok(Value::Okay);
         let queued = || Ok(Value::SimpleString("QUEUED".into()));
         let exec = Ok(Value::Array(vec![Value::Int(4), Value::Int(5)]));
-        let ran = split(&two_increments(true), WAIT, vec![ok(), queued(), queued(), exec, Ok(Value::Int(0))])
-            .expect("a transaction that ran");
+        let ran =
+            split(&two_increments(true), false, Some(WAIT), vec![ok(), queued(), queued(), exec, Ok(Value::Int(0))])
+                .expect("a transaction that ran");
         let values: Vec<Option<Value>> = ran.each.into_iter().map(Result::ok).collect();
         assert_eq!(values, [Some(Value::Int(4)), Some(Value::Int(5))]);
         assert_eq!(ran.wait.map(|(_, reply)| reply.ok()), Some(Some(0)), "the wait's own answer");
@@ -154,10 +185,11 @@ mod tests {
         let moved = refusal(ServerErrorKind::Moved, "1234 127.0.0.1:7002");
         let aborted = refusal(ServerErrorKind::ExecAbort, "Transaction discarded");
         let replies = vec![ok(), moved, Ok(Value::SimpleString("QUEUED".into())), aborted, Ok(Value::Int(1))];
-        let err = split(&two_increments(true), WAIT, replies).err().expect("not run");
+        let err = split(&two_increments(true), false, Some(WAIT), replies).err().expect("not run");
         assert_eq!(err.kind(), ErrorKind::Server(ServerErrorKind::Moved), "the redirect, to follow: {err}");
 
-        let too_few = split(&two_increments(true), WAIT, vec![ok(), Ok(Value::Int(1))]).err().expect("short");
+        let too_few =
+            split(&two_increments(true), false, Some(WAIT), vec![ok(), Ok(Value::Int(1))]).err().expect("short");
         assert!(too_few.to_string().contains("2 replies to a pipeline of 5"), "{too_few}");
     }
 }

@@ -1,7 +1,7 @@
 //! Following a Redis Cluster redirect once: `MOVED` and `ASK` for plain
-//! increments on the node pipelines ([`super::node_pipelines`]) and for
-//! reads ([`follow_reads`]), `MOVED` for one-slot pipelines through the
-//! cluster connection ([`moved_to`]).
+//! increments on the node pipelines ([`super::node_pipelines`]), for reads
+//! ([`follow_reads`]) and for the other one-slot calls (`ASK` for writes
+//! only; `super::cluster`'s `on_slot`).
 //!
 //! A command refused with `MOVED` (its slot has another master) or `ASK`
 //! (its slot is being migrated and its key has already moved) did not run.
@@ -48,16 +48,6 @@ impl Redirect {
         let errors = err.clone().into_server_errors()?;
         errors.iter().find_map(|(_, e)| Redirect::of(&RedisError::from(e.clone())))
     }
-}
-
-/// The node a `MOVED` in `err` names ([`Redirect::first_in`]: in a
-/// transaction aborted while it was queued, or a pipeline, in the error of
-/// one of its commands). A `MOVED` means the node serves the whole slot
-/// now, so a pipeline on one slot that runs whole or not at all (one
-/// command, a transaction, a script) or only reads can be sent there
-/// whole; it did not run where it was refused.
-pub fn moved_to(err: &RedisError) -> Option<String> {
-    Redirect::first_in(err).filter(|redirect| !redirect.ask).map(|redirect| redirect.addr)
 }
 
 /// Reads `keys[i]` for each index a redirect refused, once more on the

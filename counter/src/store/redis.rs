@@ -83,15 +83,16 @@ impl RedisStore {
         pipe.query_async(&mut conn).await
     }
 
-    /// Runs `pipe` (writes) and, with replicas to wait for, `WAIT` in the
-    /// same write on this connection ([`super::confirmed`]).
-    pub(super) async fn query_confirmed(&self, pipe: &Pipeline) -> RedisResult<Confirmed> {
+    /// Runs `pipe` (writes; after `ASKING` when `asking`) and, with
+    /// replicas to wait for, `WAIT` in the same write on this connection
+    /// ([`super::confirmed`]).
+    pub(super) async fn query_confirmed(&self, pipe: &Pipeline, asking: bool) -> RedisResult<Confirmed> {
         let mut conn = self.conn.clone();
-        let Some(wait) = self.wait else {
+        if !asking && self.wait.is_none() {
             return Ok(Confirmed { each: pipe.query_async(&mut conn).await?, wait: None });
-        };
-        let replies = confirmed::with_wait(pipe, &wait).query_async(&mut conn).await?;
-        confirmed::split(pipe, wait, replies)
+        }
+        let replies = confirmed::spelled_out(pipe, asking, self.wait.as_ref()).query_async(&mut conn).await?;
+        confirmed::split(pipe, asking, self.wait, replies)
     }
 
     /// Every chunk's script in one pipeline, with the `WAIT` for them all.
@@ -104,7 +105,7 @@ impl RedisStore {
             let chunk_cmds: Vec<&Cmd<'_>> = chunk.iter().map(|&i| &cmds[i]).collect();
             pipe.add_command(batch::chunk_command(batch_id, chunk_no, &chunk_cmds, marker_ttl));
         }
-        let replies = match self.query_confirmed(&pipe).await {
+        let replies = match self.query_confirmed(&pipe, false).await {
             Ok(replies) if replies.each.len() == chunks.len() => replies,
             Ok(replies) => {
                 let err = StoreError::Unknown(format!("{} replies to {} chunks", replies.each.len(), chunks.len()));
@@ -125,7 +126,7 @@ impl RedisStore {
     /// it runs on the connection that wrote even if that connection is
     /// replaced right after.
     pub async fn apply_ordered(&self, cmds: &[KeyedCmd<'_>], retention: Duration) -> Vec<Outcome> {
-        match self.query_confirmed(&each_pipeline(cmds.iter(), retention)).await {
+        match self.query_confirmed(&each_pipeline(cmds.iter(), retention), false).await {
             Ok(replies) => {
                 let mut outcomes = each_outcomes(cmds.iter(), replies.each, cmds.len());
                 Confirmed::settle(replies.wait, &mut outcomes);

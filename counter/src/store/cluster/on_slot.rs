@@ -11,7 +11,7 @@ use redis::{Pipeline, RedisError, RedisResult, Value};
 use super::ClusterStore;
 use crate::store::Outcome;
 use crate::store::confirmed::{Confirmed, Replies};
-use crate::store::redirect::moved_to;
+use crate::store::redirect::Redirect;
 use crate::store::redis::{RedisStore, integer};
 use crate::store::replication::{ReplicaWait, has_writes};
 
@@ -20,19 +20,25 @@ impl ClusterStore {
     /// over that master's own connection, or through the cluster connection
     /// while there is no map (or it names no master for the slot); and when
     /// refused with `MOVED` (it did not run: the slot has another master),
-    /// once more on the node the redirect names ([`moved_to`]), after which
-    /// the slot map is fetched again. Also says where it ran last, so a
-    /// `WAIT` for it goes to that node ([`ClusterStore::confirm`]).
+    /// once more on the node the redirect names ([`Redirect::first_in`]),
+    /// after which the slot map is fetched again. With `follow_ask`, one
+    /// refused with `ASK` (its slot is being migrated and its key has
+    /// moved) goes once more too, after `ASKING`, to the node importing the
+    /// slot. Also says where it ran last, so a `WAIT` for it goes to that
+    /// node ([`ClusterStore::confirm`]).
     ///
     /// What is sent here runs whole or not at all (one command, a
-    /// transaction, a script) or only reads, so a `MOVED` in the error of
+    /// transaction, a script) or only reads, so a redirect in the error of
     /// any of its commands means none ran, and following it never applies
-    /// a write twice.
+    /// a write twice. Not an `ASK` for reads: there some keys of the slot
+    /// may still be where the read was refused ([`ClusterStore::get`]
+    /// reads such a slot key by key).
     pub(super) async fn on_slot<T, F, Fut>(
         &self,
         conn: &ClusterConnection,
         generation: u64,
         slot: u16,
+        follow_ask: bool,
         run: F,
     ) -> (RedisResult<T>, Ran)
     where
@@ -47,16 +53,21 @@ impl ClusterStore {
             Ok(value) => return (Ok(value), first),
             Err(err) => err,
         };
-        let Some(node) = moved_to(&err).and_then(|addr| self.nodes.node(&addr).ok()) else {
+        let Some(redirect) = Redirect::first_in(&err).filter(|to| follow_ask || !to.ask) else {
             return (Err(err), first);
         };
-        self.nodes.refresh(conn);
-        if matches!(first, Ran::OnSlot) {
-            // redis-rs follows no redirect without retries.
-            self.reconnect(generation);
-        }
-        let node = Ran::On(node);
-        (run(node.clone()).await, node)
+        let Ok(node) = self.nodes.node(&redirect.addr) else { return (Err(err), first) };
+        let next = if redirect.ask {
+            Ran::Asking(node)
+        } else {
+            self.nodes.refresh(conn);
+            if matches!(first, Ran::OnSlot) {
+                // redis-rs follows no redirect without retries.
+                self.reconnect(generation);
+            }
+            Ran::On(node)
+        };
+        (run(next.clone()).await, next)
     }
 
     /// `pipe` (on `slot`) where [`ClusterStore::on_slot`] sends it: each
@@ -68,7 +79,7 @@ impl ClusterStore {
         slot: u16,
         pipe: &Pipeline,
     ) -> (RedisResult<Replies>, Ran) {
-        self.on_slot(conn, generation, slot, |ran| ran.query(conn, pipe)).await
+        self.on_slot(conn, generation, slot, false, |ran| ran.query(conn, pipe)).await
     }
 
     /// `pipe` (writes on `slot`: one command, a transaction or a script)
@@ -84,7 +95,7 @@ impl ClusterStore {
         len: usize,
         parse: impl FnOnce(Replies) -> Vec<Outcome>,
     ) -> Vec<Outcome> {
-        let (written, ran) = self.on_slot(conn, generation, slot, |ran| ran.write(conn, pipe)).await;
+        let (written, ran) = self.on_slot(conn, generation, slot, true, |ran| ran.write(conn, pipe)).await;
         let (mut outcomes, waited) = match written {
             Ok(Confirmed { each, wait }) => (parse(each), wait),
             Err(err) => (Outcome::all_failed(&err, len), None),
@@ -113,7 +124,7 @@ impl ClusterStore {
         let Some(wait) = self.wait.filter(|_| has_writes(outcomes)) else { return };
         let reply = match ran {
             // Writes with no `WAIT` answer on a node: nothing confirms them.
-            Ran::On(_) => Err(RedisError::from(std::io::Error::other("no reply to WAIT"))),
+            Ran::On(_) | Ran::Asking(_) => Err(RedisError::from(std::io::Error::other("no reply to WAIT"))),
             Ran::OnSlot => {
                 let master = Route::new(slot, SlotAddr::Master);
                 let node = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(master));
@@ -126,11 +137,13 @@ impl ClusterStore {
 
 /// Where a one-slot pipeline or script runs ([`ClusterStore::on_slot`]):
 /// through the cluster connection (on the slot's master as redis-rs knows
-/// it), or on one node over its own connection.
+/// it), or on one node over its own connection (after `ASKING` on the
+/// node an `ASK` named).
 #[derive(Clone)]
 pub(super) enum Ran {
     OnSlot,
     On(Arc<RedisStore>),
+    Asking(Arc<RedisStore>),
 }
 
 impl Ran {
@@ -143,27 +156,28 @@ impl Ran {
     async fn query(self, conn: &ClusterConnection, pipe: &Pipeline) -> RedisResult<Replies> {
         match self {
             Ran::OnSlot => pipe.query_async(&mut conn.clone()).await,
-            Ran::On(node) => node.query::<Replies>(pipe).await.and_then(refused_whole),
+            Ran::On(node) | Ran::Asking(node) => node.query::<Replies>(pipe).await.and_then(refused_whole),
         }
     }
 
     /// [`Ran::query`] for writes: on a node, `WAIT` goes in the same
     /// pipeline when waiting for replicas ([`crate::store::confirmed`]).
     async fn write(self, conn: &ClusterConnection, pipe: &Pipeline) -> RedisResult<Confirmed> {
+        let asking = matches!(self, Ran::Asking(_));
         match self {
             Ran::OnSlot => Ok(Confirmed { each: pipe.query_async(&mut conn.clone()).await?, wait: None }),
-            Ran::On(node) => {
-                let Confirmed { each, wait } = node.query_confirmed(pipe).await?;
+            Ran::On(node) | Ran::Asking(node) => {
+                let Confirmed { each, wait } = node.query_confirmed(pipe, asking).await?;
                 Ok(Confirmed { each: refused_whole(each)?, wait })
             }
         }
     }
 }
 
-/// `replies`, or the `MOVED` refusal of every one of them.
+/// `replies`, or the redirect (`MOVED`, `ASK`) of every one of them.
 fn refused_whole(mut replies: Replies) -> RedisResult<Replies> {
-    let moved = |reply: &RedisResult<Value>| reply.as_ref().err().and_then(moved_to).is_some();
-    if replies.iter().all(moved)
+    let redirected = |reply: &RedisResult<Value>| reply.as_ref().err().and_then(Redirect::first_in).is_some();
+    if replies.iter().all(redirected)
         && let Some(Err(refusal)) = replies.pop()
     {
         return Err(refusal);
@@ -182,15 +196,16 @@ mod tests {
     }
 
     #[test]
-    fn a_pipeline_every_command_of_which_moved_is_that_refusal() {
+    fn a_pipeline_every_command_of_which_was_redirected_is_that_refusal() {
         let moved = || redirect(ServerErrorKind::Moved, "127.0.0.1:7002");
         let refusal = refused_whole(vec![moved(), moved()]).expect_err("none ran");
-        assert_eq!(moved_to(&refusal).as_deref(), Some("127.0.0.1:7002"));
+        let to = Redirect::first_in(&refusal).expect("a redirect");
+        assert_eq!((to.addr.as_str(), to.ask), ("127.0.0.1:7002", false));
+        let asked = refused_whole(vec![redirect(ServerErrorKind::Ask, "127.0.0.1:7003")]).expect_err("not run");
+        assert!(Redirect::first_in(&asked).is_some_and(|to| to.ask));
 
         let ran = refused_whole(vec![Ok(Value::Int(3)), moved()]).expect("one ran: each reply stands");
         assert_eq!(ran.len(), 2);
-        let asked = refused_whole(vec![redirect(ServerErrorKind::Ask, "127.0.0.1:7002")]).expect("not a MOVED");
-        assert_eq!(asked.len(), 1, "an ASK is followed per key, not here");
         assert!(refused_whole(Vec::new()).expect("nothing sent").is_empty());
     }
 }
