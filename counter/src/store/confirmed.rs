@@ -44,6 +44,8 @@ impl Confirmed {
 /// whole transaction), and then `WAIT` when waiting for replicas.
 pub fn spelled_out(pipe: &Pipeline, asking: bool, wait: Option<&ReplicaWait>) -> Pipeline {
     let transaction = pipe.is_transaction();
+    // `ASKING` holds for the next command only, or for a whole transaction.
+    debug_assert!(!asking || transaction || pipe.len() == 1, "ASKING before several commands");
     let mut out = Pipeline::with_capacity(pipe.len() + 4);
     out.ignore_errors();
     if asking {
@@ -153,10 +155,9 @@ mod tests {
         let ran = split(&two_increments(true), true, None, replies).expect("ran where it was asked");
         assert_eq!(ran.each.len(), 2);
         assert!(ran.wait.is_none());
-        assert_eq!(
-            names(&spelled_out(&two_increments(false), true, Some(&WAIT))),
-            ["ASKING", "HINCRBY", "HINCRBY", "WAIT"]
-        );
+        let mut one = redis::pipe();
+        one.cmd("HINCRBY").arg("h").arg("a").arg(1);
+        assert_eq!(names(&spelled_out(&one, true, Some(&WAIT))), ["ASKING", "HINCRBY", "WAIT"]);
     }
 
     #[test]
@@ -187,6 +188,14 @@ mod tests {
         let replies = vec![ok(), moved, Ok(Value::SimpleString("QUEUED".into())), aborted, Ok(Value::Int(1))];
         let err = split(&two_increments(true), false, Some(WAIT), replies).err().expect("not run");
         assert_eq!(err.kind(), ErrorKind::Server(ServerErrorKind::Moved), "the redirect, to follow: {err}");
+
+        // Every command queued, then moved before `EXEC` (a `MIGRATE` in
+        // between): `EXEC` itself is refused, and nothing ran.
+        let queued = || Ok(Value::SimpleString("QUEUED".into()));
+        let exec_moved = refusal(ServerErrorKind::Moved, "1234 127.0.0.1:7003");
+        let err = split(&two_increments(true), false, None, vec![ok(), queued(), queued(), exec_moved]).err();
+        let err = err.expect("EXEC refused");
+        assert_eq!(err.kind(), ErrorKind::Server(ServerErrorKind::Moved), "{err}");
 
         let too_few =
             split(&two_increments(true), false, Some(WAIT), vec![ok(), Ok(Value::Int(1))]).err().expect("short");

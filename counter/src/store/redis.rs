@@ -83,12 +83,15 @@ impl RedisStore {
         pipe.query_async(&mut conn).await
     }
 
-    /// Runs `pipe` (writes; after `ASKING` when `asking`) and, with
-    /// replicas to wait for, `WAIT` in the same write on this connection
-    /// ([`super::confirmed`]).
+    /// Runs `pipe` (writes: one command, or a transaction; after `ASKING`
+    /// when `asking`) and, with replicas to wait for, `WAIT` in the same
+    /// write on this connection ([`super::confirmed`]).
     pub(super) async fn query_confirmed(&self, pipe: &Pipeline, asking: bool) -> RedisResult<Confirmed> {
         let mut conn = self.conn.clone();
-        if !asking && self.wait.is_none() {
+        // A transaction is spelled out even without a wait: redis-rs reads a
+        // refused `EXEC` (a redirect after the commands were queued) as a
+        // malformed reply, where the spelled-out form keeps the refusal.
+        if !asking && self.wait.is_none() && !pipe.is_transaction() {
             return Ok(Confirmed { each: pipe.query_async(&mut conn).await?, wait: None });
         }
         let replies = confirmed::spelled_out(pipe, asking, self.wait.as_ref()).query_async(&mut conn).await?;
