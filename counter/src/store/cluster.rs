@@ -21,6 +21,7 @@ use redis::cluster_async::ClusterConnection;
 use super::batch;
 use super::cluster_groups::{all_or_nothing, by_resource, by_slot, scatter};
 use super::confirmed::Replies;
+use super::error::unexpected;
 use super::node_pipelines::{NodePipelines, map_may_be_stale};
 use super::ordered::{each_outcomes, each_pipeline};
 use super::redis::{incr_pipeline, integer, outcomes};
@@ -228,7 +229,7 @@ impl ClusterStore {
             let conn = &conn;
             async move {
                 let parse = |replies: Replies| {
-                    let reply = replies.into_iter().next().unwrap_or_else(|| Err(io_error("no reply to a chunk")));
+                    let reply = replies.into_iter().next().unwrap_or_else(|| Err(unexpected("no reply to a chunk")));
                     let applied = batch::chunk_outcomes(reply, chunk.len(), batch_id, chunk_no);
                     applied.unwrap_or_else(|err| Outcome::all_failed(&err, chunk.len()))
                 };
@@ -285,10 +286,6 @@ impl ClusterStore {
 /// The errors among `outcomes`, for [`ClusterStore::check`].
 fn failures(outcomes: &[Outcome]) -> impl Iterator<Item = Option<&StoreError>> {
     outcomes.iter().map(|o| if let Outcome::Failed(e) = o { Some(e) } else { None })
-}
-
-fn io_error(what: &str) -> redis::RedisError {
-    redis::RedisError::from(std::io::Error::other(what.to_string()))
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -11,11 +11,11 @@
 //! (`MULTI` … `EXEC`) so that `WAIT` follows `EXEC`: redis-rs's atomic
 //! pipelines put every command inside, where `WAIT` would not wait.
 
-use redis::{Pipeline, RedisError, RedisResult, Value};
+use redis::{Pipeline, RedisResult, Value};
 
-use super::Outcome;
+use super::error::unexpected;
 use super::redis::integer;
-use super::replication::ReplicaWait;
+use super::replication::{ReplicaWait, Waited};
 
 /// A pipeline's replies, each as Redis gave it.
 pub type Replies = Vec<RedisResult<Value>>;
@@ -25,17 +25,7 @@ pub struct Confirmed {
     /// Each command's reply, as the pipeline alone would have had them (a
     /// transaction's: each command's result in it).
     pub each: Replies,
-    pub wait: Option<(ReplicaWait, RedisResult<i64>)>,
-}
-
-impl Confirmed {
-    /// Marks the writes among `outcomes` unconfirmed unless `WAIT`'s reply
-    /// confirms them ([`ReplicaWait::settle`]); nothing without a wait.
-    pub fn settle(wait: Option<(ReplicaWait, RedisResult<i64>)>, outcomes: &mut [Outcome]) {
-        if let Some((wait, reply)) = wait {
-            wait.settle(outcomes, reply);
-        }
-    }
+    pub wait: Waited,
 }
 
 /// `pipe`'s commands, errors kept per command, a transaction spelled out
@@ -96,15 +86,11 @@ pub fn split(pipe: &Pipeline, asking: bool, wait: Option<ReplicaWait>, mut repli
     Ok(Confirmed { each, wait })
 }
 
-fn unexpected(what: impl Into<String>) -> RedisError {
-    RedisError::from(std::io::Error::other(what.into()))
-}
-
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
 
-    use redis::{ErrorKind, ServerErrorKind};
+    use redis::{ErrorKind, RedisError, ServerErrorKind};
 
     use super::*;
 

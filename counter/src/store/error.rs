@@ -109,6 +109,12 @@ fn refused_before_running(kind: ServerErrorKind) -> bool {
 
 /// True when a Redis error reply means "increment would overflow": the only
 /// per-command error tally expects, reported to the caller as OUT_OF_RANGE.
+/// A reply missing or of an unexpected shape, as an error of the call
+/// (classified unknown: the write may have been applied).
+pub(super) fn unexpected(what: impl Into<String>) -> RedisError {
+    RedisError::from(std::io::Error::other(what.into()))
+}
+
 pub fn is_overflow(err: &RedisError) -> bool {
     matches!(err.kind(), ErrorKind::Server(_)) && err.to_string().contains("would overflow")
 }

@@ -38,6 +38,7 @@ use redis::cluster_async::ClusterConnection;
 
 use super::redirect::Redirect;
 use super::redis::{RedisStore, outcome};
+use super::replication;
 use super::slot::slot_of_resource;
 use super::{Cmd, Outcome, StoreError, StoreOptions};
 
@@ -168,9 +169,7 @@ impl NodePipelines {
         }
         // Redirected commands hold a refusal here: only what ran on the
         // master is confirmed or not by its replicas.
-        if let Some((wait, reply)) = wait {
-            wait.settle(&mut result, reply);
-        }
+        replication::settle(wait, &mut result);
         // Concurrently: one unreachable node does not hold up the others.
         let follows = redirected.into_iter().filter_map(|(to, indices)| {
             // A node that cannot be dialled: its commands stay not applied.

@@ -12,7 +12,7 @@ use super::batch;
 use super::confirmed::{self, Confirmed};
 use super::error::is_overflow;
 use super::ordered::{each_outcomes, each_pipeline};
-use super::replication::ReplicaWait;
+use super::replication::{self, ReplicaWait, Waited};
 use super::{Cmd, KeyedCmd, Listing, Outcome, StoreError, StoreOptions, hash_key};
 
 pub struct RedisStore {
@@ -121,7 +121,7 @@ impl RedisStore {
             let applied = batch::chunk_outcomes(reply, chunk.len(), batch_id, chunk_no);
             outcomes.extend(applied.unwrap_or_else(|err| Outcome::all_failed(&err, chunk.len())));
         }
-        Confirmed::settle(replies.wait, &mut outcomes);
+        replication::settle(replies.wait, &mut outcomes);
         outcomes
     }
 
@@ -132,7 +132,7 @@ impl RedisStore {
         match self.query_confirmed(&each_pipeline(cmds.iter(), retention), false).await {
             Ok(replies) => {
                 let mut outcomes = each_outcomes(cmds.iter(), replies.each, cmds.len());
-                Confirmed::settle(replies.wait, &mut outcomes);
+                replication::settle(replies.wait, &mut outcomes);
                 outcomes
             }
             Err(err) => Outcome::all_failed(&err, cmds.len()),
@@ -188,7 +188,7 @@ pub(super) struct IncrReplies {
     /// Each `HINCRBY`'s, in order.
     pub each: Vec<RedisResult<i64>>,
     /// The replicas waited for and `WAIT`'s reply.
-    pub wait: Option<(ReplicaWait, RedisResult<i64>)>,
+    pub wait: Waited,
 }
 
 impl IncrReplies {
@@ -196,9 +196,7 @@ impl IncrReplies {
     /// confirmed by the replicas waited for marked unknown.
     pub fn outcomes(self, expected: usize) -> Vec<Outcome> {
         let mut result = outcomes(self.each, expected);
-        if let Some((wait, reply)) = self.wait {
-            wait.settle(&mut result, reply);
-        }
+        replication::settle(self.wait, &mut result);
         result
     }
 }

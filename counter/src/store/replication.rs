@@ -93,6 +93,19 @@ impl ReplicaWait {
     }
 }
 
+/// The replicas a write waited for and `WAIT`'s reply; `None` when it did
+/// not wait.
+pub type Waited = Option<(ReplicaWait, RedisResult<i64>)>;
+
+/// Marks the writes among `outcomes` unconfirmed unless the `WAIT` they
+/// waited for confirms them ([`ReplicaWait::settle`]); nothing when they
+/// did not wait.
+pub fn settle(waited: Waited, outcomes: &mut [Outcome]) {
+    if let Some((wait, reply)) = waited {
+        wait.settle(outcomes, reply);
+    }
+}
+
 /// A write the master applied, now or before (a replay).
 fn is_write(outcome: &Outcome) -> bool {
     matches!(outcome, Outcome::Applied(_) | Outcome::Replayed(_))

@@ -6,14 +6,15 @@ use std::sync::Arc;
 
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
-use redis::{Pipeline, RedisError, RedisResult, Value};
+use redis::{Pipeline, RedisResult, Value};
 
 use super::ClusterStore;
 use crate::store::Outcome;
 use crate::store::confirmed::{Confirmed, Replies};
+use crate::store::error::unexpected;
 use crate::store::redirect::Redirect;
 use crate::store::redis::{RedisStore, integer};
-use crate::store::replication::{ReplicaWait, has_writes};
+use crate::store::replication::{self, Waited, has_writes};
 
 impl ClusterStore {
     /// Runs `run` for `slot`: on the slot's master as the slot map names it,
@@ -110,21 +111,14 @@ impl ClusterStore {
     /// the slot's master explicitly (redis-rs would send a keyless `WAIT` to
     /// every master): writes too few replicas confirmed become unknown
     /// ([`crate::store::replication`]).
-    async fn confirm(
-        &self,
-        conn: &ClusterConnection,
-        slot: u16,
-        ran: Ran,
-        waited: Option<(ReplicaWait, RedisResult<i64>)>,
-        outcomes: &mut [Outcome],
-    ) {
+    async fn confirm(&self, conn: &ClusterConnection, slot: u16, ran: Ran, waited: Waited, outcomes: &mut [Outcome]) {
         if waited.is_some() {
-            return Confirmed::settle(waited, outcomes);
+            return replication::settle(waited, outcomes);
         }
         let Some(wait) = self.wait.filter(|_| has_writes(outcomes)) else { return };
         let reply = match ran {
             // Writes with no `WAIT` answer on a node: nothing confirms them.
-            Ran::On(_) | Ran::Asking(_) => Err(RedisError::from(std::io::Error::other("no reply to WAIT"))),
+            Ran::On(_) | Ran::Asking(_) => Err(unexpected("no reply to WAIT")),
             Ran::OnSlot => {
                 let master = Route::new(slot, SlotAddr::Master);
                 let node = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(master));
@@ -150,9 +144,9 @@ impl Ran {
     /// Through the cluster connection, a redirect of any command is the
     /// error of the whole pipeline (redis-rs's doing); on a node's own
     /// connection, a pipeline that ignores errors has each command's on
-    /// its own, so one whose every command was refused with `MOVED` (none
-    /// ran) is made that refusal here, for [`ClusterStore::on_slot`] to
-    /// follow.
+    /// its own, so one whose every command was refused with a redirect
+    /// (none ran) is made that refusal here, for [`ClusterStore::on_slot`]
+    /// to follow.
     async fn query(self, conn: &ClusterConnection, pipe: &Pipeline) -> RedisResult<Replies> {
         match self {
             Ran::OnSlot => pipe.query_async(&mut conn.clone()).await,
@@ -187,7 +181,7 @@ fn refused_whole(mut replies: Replies) -> RedisResult<Replies> {
 
 #[cfg(test)]
 mod tests {
-    use redis::{ErrorKind, ServerErrorKind};
+    use redis::{ErrorKind, RedisError, ServerErrorKind};
 
     use super::*;
 

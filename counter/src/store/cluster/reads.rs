@@ -12,6 +12,7 @@ use tally_proto::CounterKey;
 use super::ClusterStore;
 use crate::store::StoreError;
 use crate::store::cluster_groups::by_slot;
+use crate::store::error::unexpected;
 use crate::store::redirect::{Redirect, follow_reads};
 use crate::store::redis::get_pipeline;
 
@@ -83,7 +84,7 @@ impl ClusterStore {
             let pipe = get_pipeline(std::iter::once(key), false);
             let (values, _) = self.query_on_slot(conn, generation, slot, &pipe).await;
             let value = values?.into_iter().next().map(count);
-            value.unwrap_or_else(|| Err(redis::RedisError::from(std::io::Error::other("no reply to a read"))))
+            value.unwrap_or_else(|| Err(unexpected("no reply to a read")))
         }))
         .await
     }
