@@ -25,6 +25,10 @@
 #   TLS=on: both chains with TLS on every hop (HTTPS, mutual TLS to the
 #   counter, TLS to Redis), each on its own TLS redis-server;
 #   STORE=cluster: both counters on one Redis Cluster of three masters.
+#   SCHED=on: `perf sched record` for 2 s in the middle of every run, and
+#   the idle share split by scripts/idle_imbalance.py: how much of it a
+#   core idled while another had a task waiting (the recording costs CPU
+#   of its own, so compare such runs only with each other).
 #   The reference stays on plain HTTP and one plain Redis either way: its
 #   rows are then a yardstick of the machine's drift, not a like-for-like
 #   comparison.
@@ -121,19 +125,29 @@ machine_ticks() {
   awk '/^cpu /{print $5 + $6, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9}' /proc/stat
 }
 
-# run <system> <port> <pids...>: one wrk run; appends system,rps,requests,p99,idle %,CPU ticks of each pid to rows.csv.
+[ "${SCHED:-off}" = on ] && require_tools perf
+# run <system> <port> <pids...>: one wrk run; appends system,rps,requests,p99,idle %,
+# the recording's idle and waiting shares (SCHED=on: "idle;waiting", else -),
+# CPU ticks of each pid to rows.csv.
 run() {
   local system=$1 port=$2; shift 2
-  local before=() pid i=0 row idle0 total0 idle1 total1
+  local before=() pid i=0 row idle0 total0 idle1 total1 load_pid imbalanced=-
   local scheme=$chain_scheme
   [ "$system" = reference ] && scheme=http
   # A pid argument may be several, comma-separated: one column, summed.
   for pid in "$@"; do before+=("$(cpu_ticks ${pid//,/ })"); done
   read -r idle0 total0 < <(machine_ticks)
-  load "$port" "$seconds" "$scheme" >"$work/wrk.txt"
+  load "$port" "$seconds" "$scheme" >"$work/wrk.txt" &
+  load_pid=$!
+  if [ "${SCHED:-off}" = on ]; then
+    sleep $((seconds / 2 - 1))
+    perf sched record -q -o "$work/sched.data" -- sleep 2 >/dev/null 2>&1
+    imbalanced=$(scripts/idle_imbalance.py "$work/sched.data" | tr ' ' ';')
+  fi
+  wait "$load_pid"
   read -r idle1 total1 < <(machine_ticks)
   row="$system,$(grep -oP 'Requests/sec:\s+\K[\d.]+' "$work/wrk.txt"),$(grep -oP '\d+(?= requests in)' "$work/wrk.txt"),$(grep -oP '^\s+99%\s+\K\S+' "$work/wrk.txt")"
-  row+=",$((1000 * (idle1 - idle0) / (total1 - total0)))"
+  row+=",$((1000 * (idle1 - idle0) / (total1 - total0))),$imbalanced"
   for pid in "$@"; do row+=",$(($(cpu_ticks ${pid//,/ }) - before[i]))"; i=$((i + 1)); done
   echo "$row" >>"$work/rows.csv"
 }
@@ -159,7 +173,7 @@ for round in $(seq "$rounds"); do
 done
 
 python3 - "$work/rows.csv" "$tick_us" "$scenario" "$a_dir" "$b_dir" "${CACHE:-on}" "$(reference_binary)" \
-  "${TLS:-off}" "${STORE:-redis}" <<'PY'
+  "${TLS:-off}" "${STORE:-redis}" "${SCHED:-off}" <<'PY'
 import statistics
 import sys
 from collections import defaultdict
@@ -169,11 +183,13 @@ cache += ", chains with TLS on every hop" if sys.argv[8] == "on" else ""
 cache += ", chains on a Redis Cluster of three masters" if sys.argv[9] == "cluster" else ""
 what = f"increments ({scenario}.lua)" if not scenario.startswith("get-") else f"reads ({scenario})"
 print(f"# A/B, {what}{cache}, interleaved: A = {a_dir}, B = {b_dir}, reference = {sys.argv[7]}\n")
-print("| run | system | req/s | p99 ms | idle | server CPU µs/req | per process µs/req |")
+idle_head = "idle; in the recording, idle and idle while another core had a task waiting" if sys.argv[10] == "on" else "idle"
+print(f"| run | system | req/s | p99 ms | {idle_head} | server CPU µs/req | per process µs/req |")
 print("|---:|---|---:|---:|---:|---:|---|")
 totals = defaultdict(list)
 p99s = defaultdict(list)
 idles = defaultdict(list)
+imbalances = defaultdict(list)
 rates = defaultdict(list)
 
 def ms(text):
@@ -184,7 +200,7 @@ def ms(text):
     raise ValueError(f"unknown latency {text!r}")
 
 for n, line in enumerate(open(path)):
-    system, rps, requests, p99, idle, *ticks = line.strip().split(",")
+    system, rps, requests, p99, idle, imbalanced, *ticks = line.strip().split(",")
     p99s[system].append(ms(p99))
     rates[system].append(float(rps))
     per = [int(t) * tick_us / max(int(requests), 1) for t in ticks]
@@ -192,12 +208,22 @@ for n, line in enumerate(open(path)):
     names = ["reference", "Redis"] if system == "reference" else ["gateway", "counter", "Redis"]
     detail = ", ".join(f"{name} {v:.1f}" for name, v in zip(names, per))
     idles[system].append(int(idle) / 10)
-    print(f"| {n // 3 + 1} | {system} | {float(rps):,.0f} | {ms(p99):.2f} | {int(idle) / 10:.1f} % | {sum(per):.1f} | {detail} |")
+    shown = f"{int(idle) / 10:.1f} %"
+    if imbalanced != "-":
+        recorded, waiting = (float(v) for v in imbalanced.split(";"))
+        imbalances[system].append((recorded, waiting))
+        shown += f"; recorded {recorded:.1f} %, {waiting:.1f} % with a task waiting"
+    print(f"| {n // 3 + 1} | {system} | {float(rps):,.0f} | {ms(p99):.2f} | {shown} | {sum(per):.1f} | {detail} |")
 mean = {s: sum(v) / len(v) for s, v in totals.items()}
 print()
 for s in ("reference", "A", "B"):
     idle = sum(idles[s]) / len(idles[s])
-    print(f"- {s}: mean {mean[s]:.1f} µs/req" + ("" if s == "reference" else f" ({mean[s] / mean['reference']:.2f} × the reference)") + f", machine idle {idle:.1f} %")
+    waiting = ""
+    if imbalances[s]:
+        recorded = sum(r for r, _ in imbalances[s]) / len(imbalances[s])
+        with_waiting = sum(w for _, w in imbalances[s]) / len(imbalances[s])
+        waiting = f"; in the recordings idle {recorded:.1f} %, {with_waiting:.1f} % while another core had a task waiting"
+    print(f"- {s}: mean {mean[s]:.1f} µs/req" + ("" if s == "reference" else f" ({mean[s] / mean['reference']:.2f} × the reference)") + f", machine idle {idle:.1f} %{waiting}")
 print(f"- B ÷ A: {mean['B'] / mean['A']:.3f}")
 # Per round, each pair of runs minutes apart on the same machine: a change
 # that is real shows in most rounds, not only in the means.
