@@ -6,7 +6,8 @@
 //! ([`ClusterStore::on_slot`]), so that a `WAIT` after it reaches the node
 //! that ran it. Only until the slot map is known, and for slots it names no
 //! master for, do they go through redis-rs's cluster connection, which
-//! routes them by its own map. With no library retries that connection
+//! routes them by its own map — and writes not at all when waiting for
+//! replicas, since a `WAIT` could not go with them. With no library retries that connection
 //! follows no redirect, so a `MOVED` is followed once here; and
 //! [`ClusterStore::check`] fetches the map again and reconnects after
 //! failures that may mean the topology changed.
@@ -153,7 +154,7 @@ impl ClusterStore {
 
     /// One pipeline per master ([`NodePipelines`]); through the cluster
     /// connection until the slot map is known, and for slots it has no
-    /// master for.
+    /// master for (not when waiting for replicas: [`ClusterStore::on_slot`]).
     pub async fn incr(&self, cmds: &[Cmd<'_>]) -> Vec<Outcome> {
         let (conn, generation) = match self.conn().await {
             Ok(conn) => conn,
@@ -275,11 +276,19 @@ impl ClusterStore {
 
     /// Also heals: a failed probe drops a broken connection (see
     /// [`ClusterStore::check`]), so the next probe or call reconnects.
+    /// When waiting for replicas, also fetches the slot map if there is
+    /// none yet, and fails until there is one: writes that wait are sent
+    /// only to masters the map names ([`ClusterStore::on_slot`]), so the
+    /// service is not ready before it has one.
     pub async fn ping(&self) -> Result<(), StoreError> {
         let (mut conn, generation) = self.conn().await?;
         let pong = redis::cmd("PING").query_async::<()>(&mut conn).await.map_err(|e| StoreError::from_redis(&e));
         self.check(&conn, generation, [pong.as_ref().err()]);
-        pong
+        pong?;
+        if self.wait.is_some() && self.nodes.map(&conn).await.is_none() {
+            return Err(StoreError::NotApplied("the Redis Cluster's slot map is not known yet".into()));
+        }
+        Ok(())
     }
 }
 

@@ -203,6 +203,16 @@ impl NodePipelines {
         Ok(store)
     }
 
+    /// Replaces the slot map with one of `ranges`, as a fetch would: for
+    /// tests that need a map the cluster would not give.
+    #[cfg(test)]
+    pub(super) fn set_map(&self, ranges: &[(u16, u16, String)]) -> Result<(), StoreError> {
+        let mut connections = self.connections();
+        let map = build_map(ranges, &mut connections, |addr| self.connect(addr))?;
+        self.map.store(Some(Arc::new(map)));
+        Ok(())
+    }
+
     /// A new (lazy) connection to the node at `addr`.
     fn connect(&self, addr: &str) -> Result<Arc<RedisStore>, StoreError> {
         RedisStore::new(&format!("{}{addr}", self.url_prefix), &self.options).map(Arc::new)

@@ -5,28 +5,26 @@
 use std::sync::Arc;
 
 use redis::cluster_async::ClusterConnection;
-use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
-use redis::{Pipeline, RedisResult, Value};
+use redis::{ErrorKind, Pipeline, RedisError, RedisResult, Value};
 
 use super::ClusterStore;
 use crate::store::Outcome;
 use crate::store::confirmed::{Confirmed, Replies};
 use crate::store::error::unexpected;
 use crate::store::redirect::Redirect;
-use crate::store::redis::{RedisStore, integer};
-use crate::store::replication::{self, Waited, has_writes};
+use crate::store::redis::RedisStore;
+use crate::store::replication::{self, has_writes};
 
 impl ClusterStore {
     /// Runs `run` for `slot`: on the slot's master as the slot map names it,
     /// over that master's own connection, or through the cluster connection
-    /// while there is no map (or it names no master for the slot); and when
+    /// while there is no map (or it names no master for the slot) — but a
+    /// write is then refused unsent when waiting for replicas (below); and when
     /// refused with `MOVED` (it did not run: the slot has another master),
     /// once more on the node the redirect names ([`Redirect::first_in`]),
-    /// after which the slot map is fetched again. With `follow_ask`, one
-    /// refused with `ASK` (its slot is being migrated and its key has
-    /// moved) goes once more too, after `ASKING`, to the node importing the
-    /// slot. Also says where it ran last, so a `WAIT` for it goes to that
-    /// node ([`ClusterStore::confirm`]).
+    /// after which the slot map is fetched again. A write refused with
+    /// `ASK` (its slot is being migrated and its key has moved) goes once
+    /// more too, after `ASKING`, to the node importing the slot.
     ///
     /// What is sent here runs whole or not at all (one command, a
     /// transaction, a script) or only reads, so a redirect in the error of
@@ -34,41 +32,54 @@ impl ClusterStore {
     /// a write twice. Not an `ASK` for reads: there some keys of the slot
     /// may still be where the read was refused ([`ClusterStore::get`]
     /// reads such a slot key by key).
+    ///
+    /// A write's `WAIT` goes in the write's own pipeline on a node's
+    /// connection ([`crate::store::confirmed`]); through the cluster
+    /// connection it could only follow as a command of its own, which that
+    /// connection may route to another node than the write's (its map
+    /// changed in between, or it reconnected) and which would then confirm
+    /// nothing. So with replicas to wait for, a write whose slot has no
+    /// master in the map is not sent: not applied, and safe to resend. The
+    /// map is fetched before the service reports ready
+    /// ([`ClusterStore::ping`]), so this is a slot without a master.
     pub(super) async fn on_slot<T, F, Fut>(
         &self,
         conn: &ClusterConnection,
         generation: u64,
         slot: u16,
-        follow_ask: bool,
+        call: Call,
         run: F,
-    ) -> (RedisResult<T>, Ran)
+    ) -> RedisResult<T>
     where
         F: Fn(Ran) -> Fut,
         Fut: Future<Output = RedisResult<T>>,
     {
         let first = match self.nodes.map(conn).await.and_then(|map| map.master_of(slot)) {
             Some(master) => Ran::On(master),
+            None if call == Call::Write && self.wait.is_some() => return Err(no_master(slot)),
             None => Ran::OnSlot,
         };
-        let err = match run(first.clone()).await {
-            Ok(value) => return (Ok(value), first),
+        let follow_ask = call == Call::Write;
+        let through_cluster = matches!(first, Ran::OnSlot);
+        let err = match run(first).await {
+            Ok(value) => return Ok(value),
             Err(err) => err,
         };
         let Some(redirect) = Redirect::first_in(&err).filter(|to| follow_ask || !to.ask) else {
-            return (Err(err), first);
+            return Err(err);
         };
-        let Ok(node) = self.nodes.node(&redirect.addr) else { return (Err(err), first) };
+        let Ok(node) = self.nodes.node(&redirect.addr) else { return Err(err) };
         let next = if redirect.ask {
             Ran::Asking(node)
         } else {
             self.nodes.refresh(conn);
-            if matches!(first, Ran::OnSlot) {
+            if through_cluster {
                 // redis-rs follows no redirect without retries.
                 self.reconnect(generation);
             }
             Ran::On(node)
         };
-        (run(next.clone()).await, next)
+        run(next).await
     }
 
     /// `pipe` (on `slot`) where [`ClusterStore::on_slot`] sends it: each
@@ -79,14 +90,17 @@ impl ClusterStore {
         generation: u64,
         slot: u16,
         pipe: &Pipeline,
-    ) -> (RedisResult<Replies>, Ran) {
-        self.on_slot(conn, generation, slot, false, |ran| ran.query(conn, pipe)).await
+    ) -> RedisResult<Replies> {
+        self.on_slot(conn, generation, slot, Call::Read, |ran| ran.query(conn, pipe)).await
     }
 
     /// `pipe` (writes on `slot`: one command, a transaction or a script)
     /// where [`ClusterStore::on_slot`] sends it, its replies made `len`
     /// outcomes by `parse`, the writes among them confirmed by the slot
-    /// master's replicas when waiting for them ([`ClusterStore::confirm`]).
+    /// master's replicas when waiting for them: by the `WAIT` in their own
+    /// pipeline, and a write whose reply holds none (one that did not run
+    /// whole is an error already) becomes unknown
+    /// ([`crate::store::replication`]).
     pub(super) async fn write_on_slot(
         &self,
         conn: &ClusterConnection,
@@ -96,44 +110,43 @@ impl ClusterStore {
         len: usize,
         parse: impl FnOnce(Replies) -> Vec<Outcome>,
     ) -> Vec<Outcome> {
-        let (written, ran) = self.on_slot(conn, generation, slot, true, |ran| ran.write(conn, pipe)).await;
+        let written = self.on_slot(conn, generation, slot, Call::Write, |ran| ran.write(conn, pipe)).await;
         let (mut outcomes, waited) = match written {
             Ok(Confirmed { each, wait }) => (parse(each), wait),
             Err(err) => (Outcome::all_failed(&err, len), None),
         };
-        self.confirm(conn, slot, ran, waited, &mut outcomes).await;
+        if waited.is_none()
+            && has_writes(&outcomes)
+            && let Some(wait) = self.wait
+        {
+            // Writes with no `WAIT` answer: nothing confirms them.
+            wait.settle(&mut outcomes, Err(unexpected("no reply to WAIT")));
+        }
+        replication::settle(waited, &mut outcomes);
         outcomes
     }
+}
 
-    /// With replicas to wait for, settles the writes in `outcomes` with
-    /// the `WAIT` that went in their own pipeline on a node's connection
-    /// (`waited`), or, through the cluster connection, with one routed to
-    /// the slot's master explicitly (redis-rs would send a keyless `WAIT` to
-    /// every master): writes too few replicas confirmed become unknown
-    /// ([`crate::store::replication`]).
-    async fn confirm(&self, conn: &ClusterConnection, slot: u16, ran: Ran, waited: Waited, outcomes: &mut [Outcome]) {
-        if waited.is_some() {
-            return replication::settle(waited, outcomes);
-        }
-        let Some(wait) = self.wait.filter(|_| has_writes(outcomes)) else { return };
-        let reply = match ran {
-            // Writes with no `WAIT` answer on a node: nothing confirms them.
-            Ran::On(_) | Ran::Asking(_) => Err(unexpected("no reply to WAIT")),
-            Ran::OnSlot => {
-                let master = Route::new(slot, SlotAddr::Master);
-                let node = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(master));
-                conn.clone().route_command(wait.command(), node).await.and_then(integer)
-            }
-        };
-        wait.settle(outcomes, reply);
-    }
+/// What a call on one slot does: only read, or write ([`ClusterStore::on_slot`]).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Call {
+    Read,
+    Write,
+}
+
+/// The refusal of a write that waits for replicas on a slot the map names
+/// no master for: not sent, so not applied.
+fn no_master(slot: u16) -> RedisError {
+    let detail = format!(
+        "the slot map names no master for slot {slot}; a write waiting for replicas goes to a known master only"
+    );
+    RedisError::from((ErrorKind::ClusterConnectionNotFound, "no master for the slot", detail))
 }
 
 /// Where a one-slot pipeline or script runs ([`ClusterStore::on_slot`]):
 /// through the cluster connection (on the slot's master as redis-rs knows
 /// it), or on one node over its own connection (after `ASKING` on the
 /// node an `ASK` named).
-#[derive(Clone)]
 pub(super) enum Ran {
     OnSlot,
     On(Arc<RedisStore>),
@@ -181,9 +194,56 @@ fn refused_whole(mut replies: Replies) -> RedisResult<Replies> {
 
 #[cfg(test)]
 mod tests {
-    use redis::{ErrorKind, RedisError, ServerErrorKind};
+    use std::time::Duration;
+
+    use redis::ServerErrorKind;
+    use tally_proto::CounterKey;
+    use tally_testkit::RedisCluster;
 
     use super::*;
+    use crate::store::{Change, ReplicaWait, StoreError, StoreOptions, StoreTimeouts, slot_of_resource};
+
+    fn store(cluster: &RedisCluster, wait_for: u32) -> ClusterStore {
+        let timeouts = StoreTimeouts { connect: Duration::from_secs(1), response: Duration::from_secs(2) };
+        let wait = ReplicaWait::from_settings(wait_for, 100, timeouts.response).expect("valid wait");
+        let options = StoreOptions { timeouts, tls: Default::default(), wait };
+        let url = cluster.url();
+        let seeds = url.strip_prefix("redis+cluster://").expect("a cluster URL");
+        let store = ClusterStore::new(seeds, false, &options).expect("store");
+        store.nodes.set_map(&[]).expect("a map naming no master");
+        store
+    }
+
+    fn not_sent(outcomes: &[Outcome]) -> bool {
+        outcomes
+            .iter()
+            .all(|o| matches!(o, Outcome::Failed(StoreError::NotApplied(m)) if m.contains("names no master")))
+    }
+
+    /// A `WAIT` can only confirm a write in the write's own pipeline on a
+    /// node's connection, so a write that waits for replicas is not sent
+    /// through the cluster connection when the map names no master for its
+    /// slot; one that does not wait is. (The shared cluster has no
+    /// replicas: a write that went there and waited would be applied and
+    /// unconfirmed.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_write_that_waits_for_replicas_goes_only_to_a_master_the_map_names() {
+        let cluster = RedisCluster::shared();
+        let resource = format!("no-master-{}", std::process::id());
+        let key = CounterKey::new(&resource, "likes").expect("valid key");
+        let master = cluster.master_of(slot_of_resource(&resource)).expect("a master");
+        let hget = || master.cli(&["hget", &format!("tally:{{{resource}}}"), "likes"]);
+
+        let keyed =
+            store(cluster, 1).apply_ordered(&[(&key, Change::Add(1), Some("k1"))], Duration::from_secs(60)).await;
+        assert!(not_sent(&keyed), "{keyed:?}");
+        let plain = store(cluster, 1).incr(&[(&key, 1)]).await;
+        assert!(not_sent(&plain), "{plain:?}");
+        assert_eq!(hget(), "", "nothing was written");
+
+        let without_wait = store(cluster, 0).incr(&[(&key, 1)]).await;
+        assert_eq!(without_wait, vec![Outcome::Applied(1)], "through the cluster connection");
+    }
 
     fn redirect(kind: ServerErrorKind, to: &str) -> RedisResult<Value> {
         Err(RedisError::from((ErrorKind::Server(kind), "redirect", format!("1234 {to}"))))

@@ -28,7 +28,7 @@ impl ClusterStore {
             let pipe = get_pipeline(indices.iter().map(|&i| &keys[i]), false);
             let conn = &conn;
             async move {
-                match self.query_on_slot(conn, generation, slot, &pipe).await.0 {
+                match self.query_on_slot(conn, generation, slot, &pipe).await {
                     Ok(values) => Ok(values.into_iter().map(count).collect()),
                     Err(err) if Redirect::first_in(&err).is_some_and(|to| to.ask) => {
                         Ok(self.read_each(conn, generation, slot, indices.iter().map(|&i| &keys[i])).await)
@@ -82,7 +82,7 @@ impl ClusterStore {
     ) -> Vec<RedisResult<Option<i64>>> {
         join_all(keys.map(|key| async move {
             let pipe = get_pipeline(std::iter::once(key), false);
-            let (values, _) = self.query_on_slot(conn, generation, slot, &pipe).await;
+            let values = self.query_on_slot(conn, generation, slot, &pipe).await;
             let value = values?.into_iter().next().map(count);
             value.unwrap_or_else(|| Err(unexpected("no reply to a read")))
         }))
