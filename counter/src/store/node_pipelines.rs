@@ -213,6 +213,12 @@ impl NodePipelines {
         Ok(())
     }
 
+    /// Whether a slot map is known (for tests).
+    #[cfg(test)]
+    pub(super) fn has_map(&self) -> bool {
+        self.map.load().is_some()
+    }
+
     /// A new (lazy) connection to the node at `addr`.
     fn connect(&self, addr: &str) -> Result<Arc<RedisStore>, StoreError> {
         RedisStore::new(&format!("{}{addr}", self.url_prefix), &self.options).map(Arc::new)

@@ -209,7 +209,12 @@ mod tests {
         let options = StoreOptions { timeouts, tls: Default::default(), wait };
         let url = cluster.url();
         let seeds = url.strip_prefix("redis+cluster://").expect("a cluster URL");
-        let store = ClusterStore::new(seeds, false, &options).expect("store");
+        ClusterStore::new(seeds, false, &options).expect("store")
+    }
+
+    /// A store whose slot map names no master.
+    fn store_without_masters(cluster: &RedisCluster, wait_for: u32) -> ClusterStore {
+        let store = store(cluster, wait_for);
         store.nodes.set_map(&[]).expect("a map naming no master");
         store
     }
@@ -234,15 +239,28 @@ mod tests {
         let master = cluster.master_of(slot_of_resource(&resource)).expect("a master");
         let hget = || master.cli(&["hget", &format!("tally:{{{resource}}}"), "likes"]);
 
-        let keyed =
-            store(cluster, 1).apply_ordered(&[(&key, Change::Add(1), Some("k1"))], Duration::from_secs(60)).await;
+        let keyed = store_without_masters(cluster, 1)
+            .apply_ordered(&[(&key, Change::Add(1), Some("k1"))], Duration::from_secs(60))
+            .await;
         assert!(not_sent(&keyed), "{keyed:?}");
-        let plain = store(cluster, 1).incr(&[(&key, 1)]).await;
+        let plain = store_without_masters(cluster, 1).incr(&[(&key, 1)]).await;
         assert!(not_sent(&plain), "{plain:?}");
         assert_eq!(hget(), "", "nothing was written");
 
-        let without_wait = store(cluster, 0).incr(&[(&key, 1)]).await;
+        let without_wait = store_without_masters(cluster, 0).incr(&[(&key, 1)]).await;
         assert_eq!(without_wait, vec![Outcome::Applied(1)], "through the cluster connection");
+    }
+
+    /// So the counter reports ready only once writes that wait can go.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn with_replicas_to_wait_for_the_probe_fetches_the_slot_map() {
+        let cluster = RedisCluster::shared();
+        let waiting = store(cluster, 1);
+        waiting.ping().await.expect("the cluster answers");
+        assert!(waiting.nodes.has_map(), "fetched by the probe");
+        let plain = store(cluster, 0);
+        plain.ping().await.expect("the cluster answers");
+        assert!(!plain.nodes.has_map(), "without waits, left to the first write");
     }
 
     fn redirect(kind: ServerErrorKind, to: &str) -> RedisResult<Value> {
