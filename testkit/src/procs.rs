@@ -122,10 +122,19 @@ impl RedisServer {
         let up = log.wait_for(&format!("redis-server on {port}"), |l| {
             l.contains("Ready to accept connections") || l.contains("Address already in use")
         });
-        let extra = extra.iter().map(|s| s.to_string()).collect();
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         let server = RedisServer { port, pid, child, watchdog: Some(stdin), _log: log, extra, leaves: Vec::new() };
-        // Dropped when a port was taken: the watchdog kills what is left.
-        (!up.contains("Address already in use")).then_some(server)
+        if up.contains("Address already in use") {
+            // Dropped: the watchdog kills what is left. A directory made for
+            // this try (a replica's sync directory) is still empty, since
+            // the ports are bound before anything is written; the next try
+            // makes its own. `remove_dir` leaves a directory with files.
+            if let Some(dir) = server.arg("--dir") {
+                let _ = std::fs::remove_dir(dir);
+            }
+            return None;
+        }
+        Some(server)
     }
 
     pub fn url(&self) -> String {
@@ -501,4 +510,20 @@ fn fields(line: &str) -> HashMap<String, String> {
         .filter_map(|token| token.split_once('='))
         .map(|(k, v)| (k.to_string(), v.trim_matches('"').to_string()))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_start_that_finds_its_port_taken_leaves_no_directory_behind() {
+        let running = RedisServer::start();
+        let dir = std::env::temp_dir().join(format!("tally-test-port-taken-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("a directory for the try");
+        let dir_arg = dir.to_string_lossy().to_string();
+        let refused = RedisServer::try_start_on(running.port, &["--dir", &dir_arg]);
+        assert!(refused.is_none(), "the port is taken");
+        assert!(!dir.exists(), "the try's empty directory is removed");
+    }
 }
