@@ -8,6 +8,7 @@ pub mod docs;
 mod exit;
 mod kubernetes;
 mod lease;
+mod leftovers;
 mod otlp;
 mod ports;
 mod procs;

@@ -102,6 +102,7 @@ impl RedisServer {
 
     /// `None` when a port it was given is already in use.
     fn try_start_on(port: u16, extra: &[&str]) -> Option<RedisServer> {
+        crate::leftovers::sweep_once();
         let mut args = vec!["--port".to_string(), port.to_string(), "--bind".into(), "127.0.0.1".into()];
         args.extend(["--save", "", "--appendonly", "no", "--logfile", ""].map(String::from));
         args.extend(extra.iter().map(|s| s.to_string()));
