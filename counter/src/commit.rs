@@ -211,7 +211,7 @@ async fn flush(store: &Store, jobs: Vec<Job>, retention: Duration, metrics: &Met
         Span::none()
     };
     let (plain_results, keyed_results) =
-        async { tokio::join!(apply(store, &plain, metrics), apply_keyed(store, &keyed, retention)) }
+        async { tokio::join!(apply(store, &plain, metrics), apply_keyed(store, &keyed, retention, metrics)) }
             .instrument(span.clone())
             .await;
     drop((plain, keyed));
@@ -233,11 +233,14 @@ async fn flush(store: &Store, jobs: Vec<Job>, retention: Duration, metrics: &Met
     }
 }
 
-async fn apply_keyed(store: &Store, cmds: &[KeyedCmd<'_>], retention: Duration) -> Vec<Outcome> {
+async fn apply_keyed(store: &Store, cmds: &[KeyedCmd<'_>], retention: Duration, metrics: &Metrics) -> Vec<Outcome> {
     if cmds.is_empty() {
         return Vec::new();
     }
-    store.apply_ordered(cmds, retention).await
+    let started = Instant::now();
+    let outcomes = store.apply_ordered(cmds, retention).await;
+    metrics.store_ordered.observe(started.elapsed().as_secs_f64());
+    outcomes
 }
 
 /// Applies `ops` with per-counter summing; one result per op, in order.

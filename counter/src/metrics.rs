@@ -26,9 +26,12 @@ pub struct Metrics {
     pub settings: tally_runtime::live::SettingsMetrics,
     /// Per-method handles of `requests` and `request_duration`.
     pub rpc: RpcSet,
-    /// `store_duration` of `incr`, `get` and `flush`, resolved once.
+    /// `store_duration` of `incr`, `ordered`, `get`, `list` and `flush`,
+    /// resolved once.
     pub store_incr: Histogram,
+    pub store_ordered: Histogram,
     pub store_get: Histogram,
+    pub store_list: Histogram,
     pub store_flush: Histogram,
     /// gRPC requests by method and status code.
     pub requests: Family<Labels2, Counter>,
@@ -138,7 +141,8 @@ impl Metrics {
             get_resource: RpcMetrics::new("GetResource", &requests, &request_duration),
         };
         let store_op = |op| store_duration.get_or_create(&[("op", op)]).clone();
-        let (store_incr, store_get, store_flush) = (store_op("incr"), store_op("get"), store_op("flush"));
+        let (store_incr, store_ordered) = (store_op("incr"), store_op("ordered"));
+        let (store_get, store_list, store_flush) = (store_op("get"), store_op("list"), store_op("flush"));
         let settings = tally_runtime::live::SettingsMetrics::default();
         settings.register(&mut registry);
         Metrics {
@@ -146,7 +150,9 @@ impl Metrics {
             settings,
             rpc,
             store_incr,
+            store_ordered,
             store_get,
+            store_list,
             store_flush,
             commit_shed,
             grpc_connections,

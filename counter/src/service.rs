@@ -96,7 +96,10 @@ impl CounterService for CounterApi {
         let GetResourceRequest { resource_id } = request.into_inner();
         let result = async {
             validate::resource_id(&resource_id).map_err(status::invalid)?;
-            let listing = self.store.get_resource(&resource_id).await.map_err(|err| self.read_failed(&err))?;
+            let listed = Instant::now();
+            let listing = self.store.get_resource(&resource_id).await;
+            self.metrics.store_list.observe(listed.elapsed().as_secs_f64());
+            let listing = listing.map_err(|err| self.read_failed(&err))?;
             match listing {
                 Listing::Counters(counters) => {
                     let counters = counters

@@ -6,7 +6,7 @@ mod common;
 use std::net::SocketAddr;
 
 use common::{Backend, Stack, unique};
-use tally_proto::v1::IncrementRequest;
+use tally_proto::v1::{GetResourceRequest, IncrementRequest};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_stream::StreamExt;
 use tonic_health::pb::HealthCheckRequest;
@@ -83,17 +83,30 @@ async fn health_reflection_and_admin_endpoints() {
         ..Default::default()
     };
     assert!(client.increment(bad).await.is_err());
+    // A keyed increment goes the ordered way, a listing reads the resource.
+    let keyed = IncrementRequest {
+        resource_id: resource.clone(),
+        counter_type: "likes".into(),
+        idempotency_key: unique("key"),
+        ..Default::default()
+    };
+    client.increment(keyed).await.expect("keyed increment");
+    let listing = client.get_resource(GetResourceRequest { resource_id: resource.clone() }).await.expect("listing");
+    assert_eq!(listing.into_inner().counters.len(), 1);
 
     assert_eq!(http_get(stack.counter.addr("admin"), "/health").await, (200, r#"{"status":"healthy"}"#.to_string()));
     assert_eq!(http_get(stack.counter.addr("admin"), "/ready").await.0, 200);
     let (status, metrics) = http_get(stack.counter.addr("admin"), "/metrics").await;
     assert_eq!(status, 200);
     for expected in [
-        r#"tally_counter_grpc_requests_total{method="Increment",code="OK"} 5"#,
+        r#"tally_counter_grpc_requests_total{method="Increment",code="OK"} 6"#,
         r#"tally_counter_grpc_requests_total{method="Increment",code="InvalidArgument"} 1"#,
         "tally_counter_grpc_request_duration_seconds_bucket",
         "tally_counter_commit_batch_operations_count",
         "tally_counter_store_up 1",
+        r#"tally_counter_store_duration_seconds_count{op="incr"} 5"#,
+        r#"tally_counter_store_duration_seconds_count{op="ordered"} 1"#,
+        r#"tally_counter_store_duration_seconds_count{op="list"} 1"#,
         "tally_counter_buffer_keys 0",
     ] {
         assert!(metrics.contains(expected), "missing {expected:?} in\n{metrics}");

@@ -12,7 +12,8 @@ use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabel {
-    /// `applied`, `invalid` (spec rejected) or `error` (API failure, retried).
+    /// `applied`, `invalid` (spec rejected), `error` (API failure, retried)
+    /// or `deleting` (the resource is being deleted).
     pub result: &'static str,
 }
 
