@@ -37,11 +37,14 @@ impl fmt::Debug for Token {
     }
 }
 
+/// Takes any text: a token that is no valid header value is refused when
+/// the client is built ([`Consul::new`]), with a message that leaves it
+/// out. A parse error here would be clap's, which quotes the value it
+/// refused, and so print the token on a failed startup.
 impl std::str::FromStr for Token {
-    type Err = String;
+    type Err = std::convert::Infallible;
 
-    fn from_str(s: &str) -> Result<Token, String> {
-        http::HeaderValue::from_str(s).map_err(|_| "not a valid header value".to_string())?;
+    fn from_str(s: &str) -> Result<Token, Self::Err> {
         Ok(Token(s.to_string()))
     }
 }
@@ -242,6 +245,23 @@ pub fn next_index(previous: u64, returned: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A token that is no valid header value (a trailing newline from a
+    /// Secret written with `echo`) stops startup without being printed.
+    #[test]
+    fn a_malformed_token_is_refused_without_being_shown() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            access: ConsulAccess,
+        }
+        let secret = "s3cret-token\n";
+        let cli = <Cli as clap::Parser>::try_parse_from(["test", "--consul-token", secret])
+            .unwrap_or_else(|err| panic!("clap refused it, quoting it: {}", err.to_string().contains("s3cret")));
+        let refused = Consul::new("http://127.0.0.1:8500", &cli.access).err().expect("not a header value");
+        let text = refused.to_string();
+        assert!(text.contains("TALLY_CONSUL_TOKEN") && !text.contains("s3cret"), "{text}");
+    }
 
     #[test]
     fn index_rules() {
