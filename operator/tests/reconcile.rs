@@ -30,6 +30,7 @@ async fn first_reconcile_applies_everything_with_one_field_manager_and_owner_ref
             "PodDisruptionBudget",
             "PodDisruptionBudget",
             "NetworkPolicy",
+            "NetworkPolicy",
             "Event",
             "CounterCluster",
         ]

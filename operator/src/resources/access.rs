@@ -1,6 +1,7 @@
 //! Who may talk to whom: the gateway's ServiceAccount and the RBAC its
-//! EndpointSlice discovery needs, PodDisruptionBudgets, and a NetworkPolicy
-//! that lets only gateway pods (and Prometheus) reach the counters.
+//! EndpointSlice discovery needs, PodDisruptionBudgets, and NetworkPolicies
+//! that let only gateway pods (and Prometheus) reach the counters, and only
+//! Prometheus the gateways' admin port.
 
 use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::api::networking::v1::{
@@ -70,30 +71,72 @@ pub fn pod_disruption_budget(cc: &CounterCluster, component: &str) -> PodDisrupt
 /// outside), and admin-port scrapes from pods labelled
 /// `app.kubernetes.io/name: prometheus` in any namespace.
 pub fn counter_network_policy(cc: &CounterCluster) -> NetworkPolicy {
-    let port = |p: i32| NetworkPolicyPort { port: Some(IntOrString::Int(p)), ..NetworkPolicyPort::default() };
-    let selector = |labels| Some(LabelSelector { match_labels: Some(labels), ..LabelSelector::default() });
     let gateways =
         NetworkPolicyPeer { pod_selector: selector(selector_labels(cc, "gateway")), ..NetworkPolicyPeer::default() };
-    let prometheus = NetworkPolicyPeer {
-        pod_selector: selector([("app.kubernetes.io/name".to_string(), "prometheus".to_string())].into()),
-        // Every namespace: Prometheus usually runs in its own.
-        namespace_selector: Some(LabelSelector::default()),
-        ..NetworkPolicyPeer::default()
-    };
     // No `from` = any source.
     let grpc_from = (cc.spec.discovery.mode != DiscoveryMode::Consul).then(|| vec![gateways]);
+    ingress_policy(
+        cc,
+        "counter",
+        counter::name(cc),
+        vec![
+            NetworkPolicyIngressRule { from: grpc_from, ports: Some(vec![port(counter::GRPC_PORT)]) },
+            NetworkPolicyIngressRule { from: Some(vec![prometheus()]), ports: Some(vec![port(counter::ADMIN_PORT)]) },
+        ],
+    )
+}
+
+/// Gateways accept the public API from anywhere, and admin-port requests
+/// (scrapes; also `/api/v1/system/backends`, which lists the counter pods'
+/// addresses, and the settings in force) only from Prometheus, as the
+/// counters do.
+pub fn gateway_network_policy(cc: &CounterCluster) -> NetworkPolicy {
+    ingress_policy(
+        cc,
+        "gateway",
+        gateway::name(cc),
+        vec![
+            NetworkPolicyIngressRule { from: None, ports: Some(vec![port(gateway::HTTP_PORT)]) },
+            NetworkPolicyIngressRule { from: Some(vec![prometheus()]), ports: Some(vec![port(gateway::ADMIN_PORT)]) },
+        ],
+    )
+}
+
+/// An ingress-only policy on `component`'s pods; traffic no rule names is
+/// refused.
+fn ingress_policy(
+    cc: &CounterCluster,
+    component: &str,
+    name: String,
+    ingress: Vec<NetworkPolicyIngressRule>,
+) -> NetworkPolicy {
     NetworkPolicy {
-        metadata: owned_meta(cc, counter::name(cc), "counter"),
+        metadata: owned_meta(cc, name, component),
         spec: Some(NetworkPolicySpec {
-            pod_selector: selector(selector_labels(cc, "counter")),
+            pod_selector: selector(selector_labels(cc, component)),
             policy_types: Some(vec!["Ingress".into()]),
-            ingress: Some(vec![
-                NetworkPolicyIngressRule { from: grpc_from, ports: Some(vec![port(counter::GRPC_PORT)]) },
-                NetworkPolicyIngressRule { from: Some(vec![prometheus]), ports: Some(vec![port(counter::ADMIN_PORT)]) },
-            ]),
+            ingress: Some(ingress),
             ..NetworkPolicySpec::default()
         }),
     }
+}
+
+/// Pods labelled `app.kubernetes.io/name: prometheus`, in any namespace
+/// (Prometheus usually runs in its own).
+fn prometheus() -> NetworkPolicyPeer {
+    NetworkPolicyPeer {
+        pod_selector: selector([("app.kubernetes.io/name".to_string(), "prometheus".to_string())].into()),
+        namespace_selector: Some(LabelSelector::default()),
+        ..NetworkPolicyPeer::default()
+    }
+}
+
+fn port(number: i32) -> NetworkPolicyPort {
+    NetworkPolicyPort { port: Some(IntOrString::Int(number)), ..NetworkPolicyPort::default() }
+}
+
+fn selector(labels: std::collections::BTreeMap<String, String>) -> Option<LabelSelector> {
+    Some(LabelSelector { match_labels: Some(labels), ..LabelSelector::default() })
 }
 
 #[cfg(test)]
@@ -133,5 +176,28 @@ mod tests {
         }));
         let rules = counter_network_policy(&consul).spec.unwrap().ingress.unwrap();
         assert_eq!(rules[0].from, None, "Consul's health checks reach the gRPC port");
+    }
+
+    #[test]
+    fn gateways_take_the_api_from_anyone_and_admin_requests_from_prometheus_only() {
+        let cc = sample(serde_json::json!({"store": {"managed": true}}));
+        let policy = gateway_network_policy(&cc);
+        assert_eq!(policy.metadata.name.as_deref(), Some("demo-gateway"));
+        let spec = policy.spec.unwrap();
+        let pods = spec.pod_selector.unwrap().match_labels.unwrap();
+        assert_eq!(pods["app.kubernetes.io/component"], "gateway");
+        let rules = spec.ingress.unwrap();
+        assert_eq!(
+            (rules[0].from.as_ref(), rules[0].ports.as_ref().unwrap()[0].port.clone()),
+            (None, Some(IntOrString::Int(8080)))
+        );
+        let scrapers = rules[1].from.as_ref().unwrap();
+        assert_eq!(scrapers.len(), 1);
+        assert_eq!(
+            scrapers[0].pod_selector.as_ref().unwrap().match_labels.as_ref().unwrap()["app.kubernetes.io/name"],
+            "prometheus"
+        );
+        assert_eq!(rules[1].ports.as_ref().unwrap()[0].port, Some(IntOrString::Int(8082)));
+        assert_eq!(rules.len(), 2, "no other port is open");
     }
 }

@@ -110,6 +110,7 @@ pub fn desired(cc: &CounterCluster) -> Vec<Owned> {
         Owned::PodDisruptionBudget(access::pod_disruption_budget(cc, "counter")),
         Owned::PodDisruptionBudget(access::pod_disruption_budget(cc, "gateway")),
         Owned::NetworkPolicy(access::counter_network_policy(cc)),
+        Owned::NetworkPolicy(access::gateway_network_policy(cc)),
     ]);
     let scaled = [
         autoscaling::hpa(cc, "counter", counter::name(cc), cc.spec.counter.autoscaling.as_ref()),
