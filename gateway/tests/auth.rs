@@ -192,3 +192,33 @@ fn a_missing_or_broken_keys_file_stops_startup_with_the_setting_named() {
     assert!(!ok && out.contains("TALLY_AUTH_KEYS_FILE") && out.contains("sha256"), "{out}");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// With API keys on, a request without a key is refused before its body
+/// is read: a client with no key cannot make the gateway wait for, and
+/// hold, a body. (Read first, this one would get 408 after the 60 s body
+/// timeout: its announced body never comes.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_without_a_key_is_refused_before_its_body_is_read() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let dir = std::env::temp_dir().join(unique("tally-keys"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let file = dir.join("keys.yaml");
+    std::fs::write(&file, format!("keys:\n{}", entry("writer", WRITER, "write", ""))).expect("keys file");
+    let counter = start_counter("memory", &[]);
+    let path = file.to_string_lossy().to_string();
+    let env =
+        [("TALLY_AUTH", "api_keys"), ("TALLY_AUTH_KEYS_FILE", path.as_str()), ("TALLY_HTTP_BODY_TIMEOUT_MS", "60000")];
+    let gateway = start_gateway(&counter.grpc_endpoint(), &env);
+
+    let mut stream = tokio::net::TcpStream::connect(gateway.addr("http")).await.expect("connect");
+    let head = "POST /api/v1/counter/increment HTTP/1.1\r\nHost: tally\r\nContent-Type: application/json\r\n\
+                Content-Length: 900000\r\n\r\n";
+    stream.write_all(head.as_bytes()).await.expect("head");
+    let mut answer = vec![0; 512];
+    let read = tokio::time::timeout(Duration::from_secs(20), stream.read(&mut answer)).await;
+    let n = read.expect("answered before the body timeout").expect("read");
+    let text = String::from_utf8_lossy(&answer[..n]);
+    assert!(text.starts_with("HTTP/1.1 401"), "{text}");
+    let _ = std::fs::remove_dir_all(dir);
+}

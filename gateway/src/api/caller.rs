@@ -18,12 +18,32 @@ impl FromRequestParts<AppState> for Authenticated {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        state
-            .auth
-            .authenticate(parts.headers.get(AUTHORIZATION))
-            .map(Authenticated)
-            .map_err(|refusal| refused(&state.metrics, refusal))
+        if let Some(Early(caller)) = parts.extensions.remove::<Early>() {
+            return Ok(Authenticated(caller));
+        }
+        authenticate(parts, state).map(Authenticated)
     }
+}
+
+/// A caller authenticated before the body was read ([`authenticate_early`]),
+/// kept for the handler's [`Authenticated`].
+#[derive(Clone)]
+struct Early(Caller);
+
+/// With API keys on, authenticates the caller before the request's body is
+/// read, and keeps it for the handler; refused: 401, the body never read.
+/// Without keys, nothing to do (every caller is anyone).
+pub fn authenticate_early(parts: &mut Parts, state: &AppState) -> Result<(), ApiError> {
+    if !state.auth.required() {
+        return Ok(());
+    }
+    let caller = authenticate(parts, state)?;
+    parts.extensions.insert(Early(caller));
+    Ok(())
+}
+
+fn authenticate(parts: &Parts, state: &AppState) -> Result<Caller, ApiError> {
+    state.auth.authenticate(parts.headers.get(AUTHORIZATION)).map_err(|refusal| refused(&state.metrics, refusal))
 }
 
 /// [`Caller::permit`], counted and answered in the JSON envelope.

@@ -23,7 +23,7 @@ use axum::response::{IntoResponse, Response};
 use http_body::Body as _;
 
 use super::handlers::{self, AppState};
-use super::{body, openapi, resource, system};
+use super::{body, caller, openapi, resource, system};
 
 /// Where the paths of the counter routes start.
 const COUNTER_PREFIX: &str = "/api/v1/counter/";
@@ -76,6 +76,12 @@ impl Route {
         }
     }
 
+    /// True for the counter API's routes, which serve only an
+    /// authenticated caller when API keys are on (the others need no key).
+    pub fn needs_key(self) -> bool {
+        matches!(self, Route::Increment | Route::BatchIncrement | Route::BatchGet | Route::Counter)
+    }
+
     /// The methods it serves, as its 405 answers' `Allow` header lists them.
     pub fn allow(self) -> &'static str {
         match self {
@@ -124,6 +130,14 @@ pub fn target(method: &Method, path: &str) -> Target {
 /// (counted with a uprobe on `memmove`).
 pub async fn serve(target: Target, request: Request, state: &AppState, body_timeout: Duration) -> Response {
     let (mut parts, body) = request.into_parts();
+    // With API keys on, the caller is known before its body is read: a
+    // client without a key cannot make the gateway hold a body for it.
+    if let Target::Serve(route) = target
+        && route.needs_key()
+        && let Err(refused) = caller::authenticate_early(&mut parts, state)
+    {
+        return refused.into_response();
+    }
     let bytes = match body::bytes(&parts, body, body_timeout).await {
         Ok(bytes) => bytes,
         Err(refused) => return refused,

@@ -96,6 +96,11 @@ impl Auth {
         keys.with(|keys| keys.find(token)).map(Caller::Key).ok_or(Refusal::Unauthenticated("unknown API key"))
     }
 
+    /// True when API keys are on: a request needs one.
+    pub fn required(&self) -> bool {
+        self.keys.is_some()
+    }
+
     /// Number of keys in force (0 without API keys).
     pub fn key_count(&self) -> usize {
         self.keys.as_ref().map_or(0, |keys| keys.with(KeySet::len))
