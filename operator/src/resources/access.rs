@@ -75,15 +75,7 @@ pub fn counter_network_policy(cc: &CounterCluster) -> NetworkPolicy {
         NetworkPolicyPeer { pod_selector: selector(selector_labels(cc, "gateway")), ..NetworkPolicyPeer::default() };
     // No `from` = any source.
     let grpc_from = (cc.spec.discovery.mode != DiscoveryMode::Consul).then(|| vec![gateways]);
-    ingress_policy(
-        cc,
-        "counter",
-        counter::name(cc),
-        vec![
-            NetworkPolicyIngressRule { from: grpc_from, ports: Some(vec![port(counter::GRPC_PORT)]) },
-            NetworkPolicyIngressRule { from: Some(vec![prometheus()]), ports: Some(vec![port(counter::ADMIN_PORT)]) },
-        ],
-    )
+    ingress_policy(cc, "counter", counter::name(cc), (counter::GRPC_PORT, grpc_from), counter::ADMIN_PORT)
 }
 
 /// Gateways accept the public API from anywhere, and admin-port requests
@@ -91,25 +83,23 @@ pub fn counter_network_policy(cc: &CounterCluster) -> NetworkPolicy {
 /// addresses, and the settings in force) only from Prometheus, as the
 /// counters do.
 pub fn gateway_network_policy(cc: &CounterCluster) -> NetworkPolicy {
-    ingress_policy(
-        cc,
-        "gateway",
-        gateway::name(cc),
-        vec![
-            NetworkPolicyIngressRule { from: None, ports: Some(vec![port(gateway::HTTP_PORT)]) },
-            NetworkPolicyIngressRule { from: Some(vec![prometheus()]), ports: Some(vec![port(gateway::ADMIN_PORT)]) },
-        ],
-    )
+    ingress_policy(cc, "gateway", gateway::name(cc), (gateway::HTTP_PORT, None), gateway::ADMIN_PORT)
 }
 
-/// An ingress-only policy on `component`'s pods; traffic no rule names is
-/// refused.
+/// An ingress-only policy on `component`'s pods: its service port from
+/// `from` (`None`: any source), its admin port from Prometheus; anything
+/// else refused.
 fn ingress_policy(
     cc: &CounterCluster,
     component: &str,
     name: String,
-    ingress: Vec<NetworkPolicyIngressRule>,
+    (service_port, from): (i32, Option<Vec<NetworkPolicyPeer>>),
+    admin_port: i32,
 ) -> NetworkPolicy {
+    let ingress = vec![
+        NetworkPolicyIngressRule { from, ports: Some(vec![port(service_port)]) },
+        NetworkPolicyIngressRule { from: Some(vec![prometheus()]), ports: Some(vec![port(admin_port)]) },
+    ];
     NetworkPolicy {
         metadata: owned_meta(cc, name, component),
         spec: Some(NetworkPolicySpec {
