@@ -66,6 +66,11 @@ pub struct Config {
     #[arg(long, env = "TALLY_MAX_IN_FLIGHT", default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub max_in_flight: u64,
 
+    /// Bytes the bodies of the public requests in flight may hold together; a body that would pass it
+    /// is answered 503 with `Retry-After` at once. At least one largest body (1 MiB).
+    #[arg(long, env = "TALLY_MAX_BODY_BYTES_IN_FLIGHT", default_value_t = 64 << 20, value_parser = clap::value_parser!(u64).range(1 << 20..=1 << 40))]
+    pub max_body_bytes_in_flight: u64,
+
     /// Time for a request body to arrive complete, in milliseconds; slower bodies get 408.
     #[arg(long, env = "TALLY_HTTP_BODY_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(100..=600_000))]
     pub http_body_timeout_ms: u64,

@@ -62,7 +62,7 @@ pub async fn run(config: Config, settings_file: Option<Source>) -> Result<(), St
     settings.tls = config.upstream_tls()?;
     let endpoint_metrics = EndpointMetrics::default();
     // The in-flight cap is the port's, whichever worker a request lands on.
-    let in_flight = Arc::new(api::InFlightGate::new(config.max_in_flight as usize));
+    let in_flight = Arc::new(api::InFlightGate::new(config.max_in_flight as usize, body_budget(&config)));
     let metrics =
         Arc::new(Metrics::with_collectors(vec![Box::new(endpoint_metrics.clone()), Box::new(in_flight.clone())]));
     let listener_tls = config.tls.load(tally_runtime::tls::ALPN_HTTP)?.map(Arc::new);
@@ -137,6 +137,7 @@ pub async fn run(config: Config, settings_file: Option<Source>) -> Result<(), St
             counter.retune(&new.client());
             cache.retune(Duration::from_millis(new.cache_ttl_ms), new.cache_max_entries);
             in_flight.set_cap(new.max_in_flight as usize);
+            in_flight.set_body_cap(body_budget(new));
             tally_runtime::live::apply_runtime(&new.runtime);
         }
     };
@@ -212,4 +213,10 @@ async fn backends(config: &Config, settings: &ClientSettings) -> Result<Arc<Back
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, StartupError> {
     tally_runtime::net::bind(addr).await.map_err(|source| StartupError::Bind { addr, source })
+}
+
+/// The body budget in bytes; on a 32-bit target, a setting above its
+/// address space is as good as no bound beyond that space.
+fn body_budget(config: &Config) -> usize {
+    usize::try_from(config.max_body_bytes_in_flight).unwrap_or(usize::MAX)
 }

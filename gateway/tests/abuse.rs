@@ -7,47 +7,15 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Stack, metric, metric_reaches, unique};
+use common::{PeakRss, Stack, metric, metric_reaches, unique};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 const INC: &str = "/api/v1/counter/increment";
 const MIB: u64 = 1 << 20;
-
-/// Records the peak RSS of a process until dropped.
-struct PeakRss {
-    peak: Arc<AtomicU64>,
-    stop: Arc<AtomicBool>,
-}
-
-impl PeakRss {
-    fn watch(pid: u32) -> PeakRss {
-        let (peak, stop) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicBool::new(false)));
-        let (p, s) = (peak.clone(), stop.clone());
-        tokio::spawn(async move {
-            while !s.load(Ordering::Relaxed) {
-                p.fetch_max(tally_testkit::rss_bytes(pid), Ordering::Relaxed);
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        });
-        PeakRss { peak, stop }
-    }
-
-    fn peak(&self) -> u64 {
-        self.peak.load(Ordering::Relaxed)
-    }
-}
-
-impl Drop for PeakRss {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
-}
 
 /// Reads until the server closes the connection (EOF or reset) or `limit`
 /// passes; everything read, and whether it was closed.

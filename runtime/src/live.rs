@@ -351,6 +351,7 @@ pub const GATEWAY: &[&str] = &[
     "TALLY_CACHE_TTL_MS",
     "TALLY_CACHE_MAX_ENTRIES",
     "TALLY_MAX_IN_FLIGHT",
+    "TALLY_MAX_BODY_BYTES_IN_FLIGHT",
 ];
 
 /// The counter's live settings.

@@ -38,8 +38,8 @@ pub use handlers::{App, AppState, MAX_BODY_BYTES};
 
 /// The public port: the API and the original project's `/api/v1/health`,
 /// routed by [`routes`]. `in_flight` is the bound on requests served at
-/// once, shared by every worker serving the port; `body_timeout` the time
-/// a body has to arrive complete.
+/// once and on the bytes their bodies hold, shared by every worker serving
+/// the port; `body_timeout` the time a body has to arrive complete.
 pub fn public_api(state: AppState, in_flight: Arc<InFlightGate>, body_timeout: Duration) -> PublicApi {
     PublicApi(Arc::new(Edge { state, in_flight, body_timeout }))
 }
@@ -91,7 +91,7 @@ impl Edge {
     /// `max_in_flight` requests, 503 with `Retry-After` at once rather than
     /// queueing without limit (what Envoy's overload manager and
     /// `max_requests` circuit breaker do); the body read within its size and
-    /// time limits; then the handler.
+    /// time limits and the body budget (shed the same way); then the handler.
     async fn serve(&self, request: Request) -> Response {
         let target = routes::target(request.method(), request.uri().path());
         let route = match target {
@@ -116,11 +116,11 @@ impl Edge {
         let metrics = &self.state.metrics;
         let mut outcome = Outcome { metrics, route, method, span: span.clone(), started: Instant::now(), status: None };
         let response = async {
-            let Some(_pass) = self.in_flight.try_enter() else {
+            let Some(mut pass) = self.in_flight.try_enter() else {
                 metrics.shed("in_flight");
                 return ApiError::overloaded("too many requests in flight; retry later").into_response();
             };
-            routes::serve(target, request, &self.state, self.body_timeout).await
+            routes::serve(target, request, &self.state, self.body_timeout, &mut pass).await
         }
         .instrument(span)
         .await;

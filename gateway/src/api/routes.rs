@@ -22,6 +22,9 @@ use axum::http::{HeaderValue, Method};
 use axum::response::{IntoResponse, Response};
 use http_body::Body as _;
 
+use super::body::BodyError;
+use super::error::ApiError;
+use super::gate::Pass;
 use super::handlers::{self, AppState};
 use super::{body, caller, openapi, resource, system};
 
@@ -128,7 +131,13 @@ pub fn target(method: &Method, path: &str) -> Target {
 /// rebuilt around its body). Going through axum for every route copied the
 /// request and its futures 12.4 KB per increment, against 8.7 KB this way
 /// (counted with a uprobe on `memmove`).
-pub async fn serve(target: Target, request: Request, state: &AppState, body_timeout: Duration) -> Response {
+pub async fn serve(
+    target: Target,
+    request: Request,
+    state: &AppState,
+    body_timeout: Duration,
+    pass: &mut Pass<'_>,
+) -> Response {
     let (mut parts, body) = request.into_parts();
     // With API keys on, the caller is known before its body is read: a
     // client without a key cannot make the gateway hold a body for it.
@@ -138,9 +147,14 @@ pub async fn serve(target: Target, request: Request, state: &AppState, body_time
     {
         return refused.into_response();
     }
-    let bytes = match body::bytes(&parts, body, body_timeout).await {
+    let bytes = match body::bytes(&parts, body, body_timeout, pass).await {
         Ok(bytes) => bytes,
-        Err(refused) => return refused,
+        Err(refused) => {
+            if refused == BodyError::OverBudget {
+                state.metrics.shed("body_bytes");
+            }
+            return ApiError::from(refused).into_response();
+        }
     };
     let route = match target {
         Target::Serve(route) => route,

@@ -3,6 +3,8 @@
 #![allow(dead_code)] // each test binary uses a different part
 
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -125,5 +127,35 @@ pub async fn metric_reaches(
         }
         assert!(Instant::now() < deadline, "{what}: {name} stayed at {value}");
         tokio::time::sleep(Duration::from_millis(20)).await; // the next scrape
+    }
+}
+
+/// Records the peak RSS of a process until dropped.
+pub struct PeakRss {
+    peak: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+}
+
+impl PeakRss {
+    pub fn watch(pid: u32) -> PeakRss {
+        let (peak, stop) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicBool::new(false)));
+        let (p, s) = (peak.clone(), stop.clone());
+        tokio::spawn(async move {
+            while !s.load(Ordering::Relaxed) {
+                p.fetch_max(tally_testkit::rss_bytes(pid), Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        });
+        PeakRss { peak, stop }
+    }
+
+    pub fn peak(&self) -> u64 {
+        self.peak.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for PeakRss {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
     }
 }

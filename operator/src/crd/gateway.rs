@@ -85,7 +85,8 @@ pub struct GatewaySpec {
     pub listener: ListenerSpec,
 }
 
-/// What one client may hold of a gateway (`TALLY_HTTP_*`, `TALLY_MAX_IN_FLIGHT`).
+/// What one client may hold of a gateway (`TALLY_HTTP_*`, `TALLY_MAX_IN_FLIGHT`,
+/// `TALLY_MAX_BODY_BYTES_IN_FLIGHT`).
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase", default)]
 pub struct ListenerSpec {
@@ -110,6 +111,10 @@ pub struct ListenerSpec {
     /// Requests served at once per pod; more get 503 with Retry-After (`TALLY_MAX_IN_FLIGHT`).
     #[schemars(range(min = 1, max = 1000000))]
     pub max_in_flight: i32,
+    /// Bytes the bodies of the requests in flight may hold together per pod; a body that would pass it
+    /// gets 503 with Retry-After (`TALLY_MAX_BODY_BYTES_IN_FLIGHT`). Keep it well under the memory limit.
+    #[schemars(range(min = 1048576, max = 1099511627776_i64))]
+    pub max_body_bytes_in_flight: i64,
 }
 
 impl Default for ListenerSpec {
@@ -122,6 +127,7 @@ impl Default for ListenerSpec {
             max_header_bytes: 65_536,
             http2_max_concurrent_streams: 100,
             max_in_flight: 4096,
+            max_body_bytes_in_flight: 64 << 20,
         }
     }
 }

@@ -35,6 +35,7 @@ pub fn settings(cc: &CounterCluster) -> Settings {
         ("TALLY_HTTP_MAX_HEADER_BYTES", spec.listener.max_header_bytes.to_string()),
         ("TALLY_HTTP2_MAX_CONCURRENT_STREAMS", spec.listener.http2_max_concurrent_streams.to_string()),
         ("TALLY_MAX_IN_FLIGHT", spec.listener.max_in_flight.to_string()),
+        ("TALLY_MAX_BODY_BYTES_IN_FLIGHT", spec.listener.max_body_bytes_in_flight.to_string()),
         ("TALLY_COALESCE_MAX_QUEUE", spec.coalesce_max_queue.to_string()),
         ("TALLY_TRACE_TRUST_CALLER", spec.trace_trust_caller.to_string()),
         ("TALLY_POOL_SIZE", spec.pool_size.to_string()),
