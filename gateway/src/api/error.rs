@@ -15,7 +15,8 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
-    /// Seconds for a `Retry-After` header (load shedding, rate limits).
+    /// Seconds for a `Retry-After` header (load shedding, rate limits, a
+    /// write every counter refused before applying it).
     pub retry_after: Option<u32>,
     /// Answer with `WWW-Authenticate: Bearer` (401).
     pub bearer_challenge: bool,
@@ -106,7 +107,16 @@ impl From<CallError> for ApiError {
             }
             CallError::Overloaded => ApiError::overloaded(message),
             CallError::Protocol(_) => ApiError::new(StatusCode::BAD_GATEWAY, "bad_gateway", message),
-            CallError::Status { code, message } => from_grpc(code, message),
+            CallError::Status { code, message, not_applied } => {
+                let answer = from_grpc(code, message);
+                // Nothing was written: as safe to resend as a shed request,
+                // and said the same way.
+                if not_applied && answer.status == StatusCode::SERVICE_UNAVAILABLE {
+                    ApiError { retry_after: Some(RETRY_AFTER_SECONDS), ..answer }
+                } else {
+                    answer
+                }
+            }
         }
     }
 }
@@ -164,7 +174,7 @@ mod tests {
 
     #[test]
     fn grpc_codes_map_to_documented_http_statuses() {
-        let status = |code| ApiError::from(CallError::Status { code, message: "m".into() }).status;
+        let status = |code| ApiError::from(CallError::Status { code, message: "m".into(), not_applied: false }).status;
         assert_eq!(status(Code::InvalidArgument), StatusCode::BAD_REQUEST);
         assert_eq!(status(Code::OutOfRange), StatusCode::UNPROCESSABLE_ENTITY);
         assert_eq!(status(Code::ResourceExhausted), StatusCode::TOO_MANY_REQUESTS);
@@ -174,6 +184,23 @@ mod tests {
         let shed = ApiError::from(CallError::Overloaded).into_response();
         assert_eq!(shed.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(shed.headers()[axum::http::header::RETRY_AFTER], "1");
+    }
+
+    #[test]
+    fn only_a_refusal_that_wrote_nothing_invites_a_retry() {
+        let answer = |code, not_applied| {
+            let response = ApiError::from(CallError::Status { code, message: "m".into(), not_applied }).into_response();
+            (response.status(), response.headers().get(axum::http::header::RETRY_AFTER).cloned())
+        };
+        let one = Some(axum::http::HeaderValue::from_static("1"));
+        assert_eq!(answer(Code::Unavailable, true), (StatusCode::SERVICE_UNAVAILABLE, one));
+        assert_eq!(answer(Code::Unavailable, false), (StatusCode::SERVICE_UNAVAILABLE, None), "outcome unknown");
+        assert_eq!(answer(Code::Unimplemented, true), (StatusCode::BAD_GATEWAY, None), "a retry will not help");
+        let mut marked = tonic::Status::unavailable("commit queue full");
+        tally_proto::contract::WriteOutcome::NotApplied.mark(&mut marked);
+        assert!(matches!(CallError::from(marked), CallError::Status { not_applied: true, .. }));
+        let unmarked = tonic::Status::unavailable("store timed out");
+        assert!(matches!(CallError::from(unmarked), CallError::Status { not_applied: false, .. }));
     }
 
     #[test]

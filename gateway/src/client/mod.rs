@@ -31,6 +31,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tally_proto::contract::WriteOutcome;
 use tally_proto::v1::{
     BatchGetRequest, BatchGetResponse, BatchIncrementRequest, BatchIncrementResponse, GetRequest, GetResourceRequest,
     GetResourceResponse, GetResponse, IncrementRequest, OperationResult, ResetRequest, ResetResponse,
@@ -89,15 +90,19 @@ pub enum CallError {
     /// A bounded queue is full: shed at once instead of queueing.
     #[error("the gateway is overloaded; retry later")]
     Overloaded,
+    /// The counter's answer. `not_applied`: it said nothing was written
+    /// (the `tally-write-outcome: not-applied` trailer), so the caller may
+    /// resend; otherwise a failed write may have been applied.
     #[error("counter answered {code:?}: {message}")]
-    Status { code: Code, message: String },
+    Status { code: Code, message: String, not_applied: bool },
     #[error("unexpected answer from the counter: {0}")]
     Protocol(String),
 }
 
 impl From<tonic::Status> for CallError {
     fn from(status: tonic::Status) -> Self {
-        CallError::Status { code: status.code(), message: status.message().to_string() }
+        let not_applied = WriteOutcome::of(&status) == Some(WriteOutcome::NotApplied);
+        CallError::Status { code: status.code(), message: status.message().to_string(), not_applied }
     }
 }
 
@@ -283,7 +288,13 @@ fn every_operation_keyed(request: &BatchIncrementRequest) -> bool {
     request.operations.iter().all(|op| !op.idempotency_key.is_empty())
 }
 
-/// The per-operation view of a batch result, for handlers.
+/// The per-operation view of a batch result, for handlers. An operation's
+/// error carries no write outcome (only the whole call's status does), so
+/// it is never taken as provably not applied.
 pub fn operation_error(result: &OperationResult) -> Option<CallError> {
-    result.error.as_ref().map(|e| CallError::Status { code: Code::from(e.code), message: e.message.clone() })
+    result.error.as_ref().map(|e| CallError::Status {
+        code: Code::from(e.code),
+        message: e.message.clone(),
+        not_applied: false,
+    })
 }

@@ -4,7 +4,6 @@
 
 use tally_proto::CounterKey;
 use tally_proto::v1::{CounterRef, GetRequest, IncrementOperation, IncrementRequest};
-use tonic::Code;
 
 use super::batching::{Coalescer, Increments, Reads};
 use super::{Applied, CallError, ClientSettings, Counter};
@@ -30,9 +29,9 @@ impl Incrementer {
         match self {
             Incrementer::Coalesced(coalescer) => {
                 let result = coalescer.call(op).await?;
-                match result.error {
+                match super::operation_error(&result) {
                     None => Ok(Applied { value: result.current_value, replayed: result.replayed }),
-                    Some(err) => Err(CallError::Status { code: Code::from(err.code), message: err.message }),
+                    Some(err) => Err(err),
                 }
             }
             Incrementer::Direct(counter) => {

@@ -72,6 +72,17 @@ impl Http {
 
     /// Sends a request with a raw body; returns the status and the body parsed as JSON.
     pub async fn send(&self, method: &str, path: &str, body: Option<Vec<u8>>) -> (u16, Value) {
+        let (status, _, json) = self.exchange(method, path, body).await;
+        (status, json)
+    }
+
+    /// As [`Http::send`], with the answer's headers.
+    pub async fn exchange(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> (u16, reqwest::header::HeaderMap, Value) {
         let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
         let mut request = self.client.request(method, format!("{}{path}", self.base));
         if let Some(body) = body {
@@ -79,10 +90,11 @@ impl Http {
         }
         let response = request.send().await.expect("send");
         let status = response.status().as_u16();
+        let headers = response.headers().clone();
         let bytes = response.bytes().await.expect("body");
         let json = serde_json::from_slice(&bytes)
             .unwrap_or_else(|_| panic!("{path}: non-JSON body ({status}): {}", String::from_utf8_lossy(&bytes)));
-        (status, json)
+        (status, headers, json)
     }
 
     pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {

@@ -1,0 +1,40 @@
+//! A write the store refused before running it was provably not applied:
+//! the gateway resends it, and when every attempt is refused it answers
+//! `503` with `Retry-After` — the same sign as a shed request that resending
+//! is safe. The refusal here is Redis's own `NOREPLICAS` (a master told to
+//! want a replica it does not have). A failure of unknown outcome gets no
+//! such invitation (`partial_failure.rs`).
+
+mod common;
+
+use common::{Stack, metric, unique};
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_every_attempt_saw_refused_is_answered_retry_after_and_nothing_is_written() {
+    let stack = Stack::start(&[]);
+    let admin = stack.gateway.admin_base();
+    let id = unique("refused");
+    let single = json!({"resource_id": id, "counter_type": "likes"});
+    let batch = json!({"operations": [{"resource_id": id, "counter_type": "likes", "delta": 5}]});
+    let (status, body) = stack.http.post("/api/v1/counter/increment", single.clone()).await;
+    assert_eq!(status, 200, "{body}");
+
+    assert_eq!(stack.redis.cli(&["config", "set", "min-replicas-to-write", "1"]), "OK");
+    let retries_before = metric(&admin, "tally_gateway_retries_total", &[]).await;
+    for (path, request) in [("/api/v1/counter/increment", single), ("/api/v1/counter/batch-increment", batch)] {
+        let (status, headers, body) = stack.http.exchange("POST", path, Some(request.to_string().into_bytes())).await;
+        assert_eq!((status, body["error"]["code"].as_str()), (503, Some("unavailable")), "{path}: {body}");
+        let retry_after = headers.get("retry-after").and_then(|v| v.to_str().ok());
+        assert_eq!(retry_after, Some("1"), "{path}: a write that was not applied invites a retry");
+    }
+    let retries = metric(&admin, "tally_gateway_retries_total", &[]).await - retries_before;
+    assert!(retries >= 2.0, "each refused write is resent before the client is told: {retries} retries");
+
+    assert_eq!(stack.redis.cli(&["config", "set", "min-replicas-to-write", "0"]), "OK");
+    let stored = stack.redis.cli(&["hget", &format!("tally:{{{id}}}"), "likes"]);
+    assert_eq!(stored, "1", "only the write acknowledged before the refusals was applied");
+    let (status, body) =
+        stack.http.post("/api/v1/counter/increment", json!({"resource_id": id, "counter_type": "likes"})).await;
+    assert_eq!((status, body["data"]["current_value"].as_i64()), (200, Some(2)), "{body}");
+}
