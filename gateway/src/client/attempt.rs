@@ -47,12 +47,16 @@ pub struct Call<R> {
     pub attempt: u32,
     /// The endpoint the previous attempt failed on.
     pub avoid: Option<Arc<Backend>>,
+    /// An earlier attempt failed in a way that may have applied it (a keyed
+    /// write is resent after such a failure): the call's end can then
+    /// never be reported as not applied.
+    pub earlier_unknown: bool,
 }
 
 impl<R> Call<R> {
     /// The first attempt of `request`.
     pub fn new(method: &'static str, kind: CallKind, need: Need, request: R) -> Call<R> {
-        Call { method, kind, need, request, attempt: 1, avoid: None }
+        Call { method, kind, need, request, attempt: 1, avoid: None, earlier_unknown: false }
     }
 }
 
@@ -279,6 +283,23 @@ mod tests {
         assert_eq!(run(&f, &settings, plain).await.expect("resent"), 7);
         let f = fixture(&settings, 2, vec![unknown()]);
         assert_eq!(run(&f, &settings, CallKind::Write { idempotent: true }).await.expect("keyed: resent"), 7);
+    }
+
+    #[tokio::test]
+    async fn a_call_is_not_applied_only_when_no_attempt_may_have_been() {
+        let settings = crate::config::Config::defaults().client();
+        let outcome = |result: Result<u32, AttemptError>| match result {
+            Err(AttemptError::Status { status, .. }) => WriteOutcome::of(&status),
+            _ => panic!("expected a failed call"),
+        };
+        let plain = CallKind::Write { idempotent: false };
+        let f = fixture(&settings, 2, vec![not_applied(), not_applied(), not_applied()]);
+        assert_eq!(outcome(run(&f, &settings, plain).await), Some(WriteOutcome::NotApplied), "every attempt refused");
+        let keyed = CallKind::Write { idempotent: true };
+        let f = fixture(&settings, 2, vec![unknown(), not_applied(), not_applied()]);
+        let last = outcome(run(&f, &settings, keyed).await);
+        assert_eq!(f.scripted.sent_to.lock().expect("lock").len(), 3, "keyed: resent after the unknown one");
+        assert_eq!(last, Some(WriteOutcome::Unknown), "the first attempt may have been applied");
     }
 
     #[tokio::test]

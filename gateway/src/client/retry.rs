@@ -94,6 +94,14 @@ pub fn may_retry(kind: CallKind, failure: Failure, attempt: u32, max_attempts: u
     }
 }
 
+/// The outcome a call's last failed attempt must be reported with, when it
+/// differs from what that attempt's status says: a refusal that applied
+/// nothing is still of unknown outcome for the call when an earlier attempt
+/// may have applied it.
+pub fn last_outcome(last: &Status, earlier_unknown: bool) -> Option<WriteOutcome> {
+    (earlier_unknown && WriteOutcome::of(last) == Some(WriteOutcome::NotApplied)).then_some(WriteOutcome::Unknown)
+}
+
 /// Retries allowed on top of the traffic: each call deposits, each retry
 /// withdraws (tower's TPS budget: `percent` of recent calls, plus a floor of
 /// `min_per_second`).
@@ -118,7 +126,9 @@ impl RetryBudget {
 /// tower's retry `Policy` for calls to the counters: an attempt that failed
 /// is followed by another when [`classify`] and [`may_retry`] allow it and
 /// the budget has room (every call deposits once, on its first attempt);
-/// the next attempt avoids the endpoint this one failed on.
+/// the next attempt avoids the endpoint this one failed on. A last attempt
+/// refused as not applied is reported so only when no earlier attempt may
+/// have been applied ([`last_outcome`]).
 #[derive(Clone)]
 pub struct RetryPolicy {
     tuning: Arc<super::tuning::Tuning>,
@@ -135,18 +145,23 @@ impl<R: Clone, T> tower::retry::Policy<Call<R>, T, AttemptError> for RetryPolicy
     type Future = std::future::Ready<()>;
 
     fn retry(&mut self, call: &mut Call<R>, result: &mut Result<T, AttemptError>) -> Option<Self::Future> {
-        let Err(AttemptError::Status { backend, failure, .. }) = result else { return None };
+        let Err(AttemptError::Status { status, backend, failure }) = result else { return None };
         let failure = *failure;
-        if !may_retry(call.kind, failure, call.attempt, self.tuning.max_attempts()) {
-            return None;
-        }
-        if !self.tuning.budget().withdraw() {
+        let mut retried = may_retry(call.kind, failure, call.attempt, self.tuning.max_attempts());
+        if retried && !self.tuning.budget().withdraw() {
             self.metrics.retries_refused.inc();
+            retried = false;
+        }
+        if !retried {
+            if let Some(outcome) = last_outcome(status, call.earlier_unknown) {
+                outcome.mark(status);
+            }
             return None;
         }
         self.metrics.retry(call.method, failure.label());
         call.attempt += 1;
         call.avoid = Some(backend.clone());
+        call.earlier_unknown |= failure == Failure::Unknown;
         Some(std::future::ready(()))
     }
 
@@ -189,6 +204,15 @@ mod tests {
         assert!(may_retry(CallKind::Read, Failure::Unknown, 2, 3));
         assert!(!may_retry(CallKind::Read, Failure::Unknown, 3, 3), "attempts are capped");
         assert!(!may_retry(keyed, Failure::Refused, 1, 3));
+    }
+
+    #[test]
+    fn a_refusal_after_an_attempt_of_unknown_outcome_is_unknown() {
+        let refused = with_outcome(Code::Unavailable, WriteOutcome::NotApplied);
+        assert_eq!(last_outcome(&refused, true), Some(WriteOutcome::Unknown));
+        assert_eq!(last_outcome(&refused, false), None, "every attempt refused: not applied");
+        assert_eq!(last_outcome(&with_outcome(Code::Unavailable, WriteOutcome::Unknown), true), None);
+        assert_eq!(last_outcome(&Status::deadline_exceeded("t"), true), None, "unmarked: already unknown");
     }
 
     #[test]
