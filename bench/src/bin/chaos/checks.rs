@@ -3,8 +3,9 @@
 //! did, so a FAIL is a finding (or a harness bug), never bad luck:
 //! - keyed: stored == logical increments acknowledged (idempotency keys
 //!   make retries exact; abandoned ones widen it to a range);
-//! - unkeyed: acknowledged ≤ stored ≤ acknowledged + failed (no ack lost,
-//!   nothing applied twice);
+//! - unkeyed: acknowledged ≤ stored ≤ acknowledged + failed, less the
+//!   failures answered with `Retry-After` (no ack lost, nothing applied
+//!   twice, nothing applied that the gateway said was not);
 //! - every slow client cut in time, reads only 200/503, no 500 anywhere;
 //! - recovery once faults stop, then not a single error in the clean phase;
 //! - bounded memory; no process died that no fault killed.
@@ -60,15 +61,20 @@ fn check(name: impl Into<String>, pass: bool, detail: impl Into<String>) -> Chec
     Check { name: name.into(), pass, detail: detail.into() }
 }
 
-/// `acknowledged ≤ stored ≤ acknowledged + failed`.
+/// `acknowledged ≤ stored ≤ acknowledged + failed − refused`: a failure
+/// answered with `Retry-After` must not have been applied.
 fn unkeyed(name: &str, tally: &Tally, stored: Option<i64>) -> Check {
-    let (ack, failed) = (tally.ok() as i64, tally.failed() as i64);
+    let (ack, failed, refused) = (tally.ok() as i64, tally.failed() as i64, tally.refused() as i64);
+    let most = ack + failed - refused;
     match stored {
         None => check(name, false, "stored value could not be read"),
         Some(s) => check(
             name,
-            ack <= s && s <= ack + failed && tally.requests() > 0,
-            format!("acknowledged {ack} ≤ stored {s} ≤ acknowledged + failed {}", ack + failed),
+            ack <= s && s <= most && tally.requests() > 0,
+            format!(
+                "acknowledged {ack} ≤ stored {s} ≤ acknowledged + failed {} − refused with Retry-After {refused} = {most}",
+                ack + failed
+            ),
         ),
     }
 }
@@ -91,8 +97,8 @@ pub fn evaluate(f: &Figures) -> Vec<Check> {
             format!("{abandoned} abandoned: acknowledged {done} ≤ stored {s} ≤ {}", done + abandoned),
         ),
     });
-    checks.push(unkeyed("unkeyed: ack ≤ stored ≤ ack + failed", &stats.plain, f.stored.plain));
-    checks.push(unkeyed("aborting: ack ≤ stored ≤ ack + failed", &stats.abort, f.stored.abort));
+    checks.push(unkeyed("unkeyed: ack ≤ stored ≤ ack + failed − refused", &stats.plain, f.stored.plain));
+    checks.push(unkeyed("aborting: ack ≤ stored ≤ ack + failed − refused", &stats.abort, f.stored.abort));
 
     let slow = &stats.slow;
     let (started, in_time) = (get(&slow.started), get(&slow.closed_in_time));
@@ -161,4 +167,27 @@ pub fn evaluate(f: &Figures) -> Vec<Check> {
         if gone.is_empty() { "all alive".to_string() } else { gone.join("; ") },
     ));
     checks
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tally(outcomes: &[(Outcome, u64)]) -> Tally {
+        let tally = Tally::default();
+        for &(outcome, n) in outcomes {
+            (0..n).for_each(|_| tally.record(outcome));
+        }
+        tally
+    }
+
+    #[test]
+    fn a_failure_answered_retry_after_must_not_have_been_applied() {
+        let seen = tally(&[(Outcome::Status(200), 10), (Outcome::Status(503), 2), (Outcome::Refused(503), 3)]);
+        let pass = |stored| unkeyed("t", &seen, Some(stored)).pass;
+        assert!(!pass(9), "an acknowledged increment lost");
+        assert!(pass(10) && pass(12), "the two of unknown outcome may or may not be applied");
+        assert!(!pass(13), "one of the refused ones was applied");
+        assert!(!unkeyed("t", &seen, None).pass);
+    }
 }

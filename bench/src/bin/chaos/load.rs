@@ -4,9 +4,10 @@
 //! - keyed writers retry one logical increment under one idempotency key
 //!   until it is acknowledged, so the stored value must equal the count of
 //!   acknowledged logical increments exactly;
-//! - plain writers and aborting clients send unkeyed increments, so every
-//!   failure may or may not have been applied: the stored value must lie
-//!   between the acknowledged count and acknowledged + failed;
+//! - plain writers and aborting clients send unkeyed increments, so a
+//!   failure may or may not have been applied unless the gateway answered
+//!   it with `Retry-After` (nothing written): the stored value must lie
+//!   between the acknowledged count and acknowledged + the other failures;
 //! - readers check that a read is answered 200 or 503, nothing else.
 //!
 //! A shared [`Phase`] drives them: aborting and slow clients stop when the
@@ -143,9 +144,11 @@ impl Load {
             Ok(response) => {
                 let status = response.status().as_u16();
                 let replayed = response.headers().get("idempotent-replayed").is_some();
+                let refused = response.headers().contains_key("retry-after");
                 match response.bytes().await {
                     Err(err) => (Outcome::from_error(&err), false),
                     Ok(body) if status == 200 => (success_envelope(&body), replayed),
+                    Ok(_) if refused => (Outcome::Refused(status), false),
                     Ok(_) => (Outcome::Status(status), false),
                 }
             }

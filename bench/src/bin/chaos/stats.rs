@@ -16,6 +16,10 @@ pub enum Outcome {
     Status(u16),
     /// A 200 whose body was not `{"status":"success",…}`.
     BadBody,
+    /// An error answer with `Retry-After`: the gateway's word that nothing
+    /// of the request was written (shed, or refused unrun by every counter
+    /// tried), so the bounds count it as not applied.
+    Refused(u16),
     /// The client's own time limit passed first.
     Timeout,
     /// The TCP connection could not be made.
@@ -43,6 +47,7 @@ impl Outcome {
         match self {
             Outcome::Status(code) => code.to_string(),
             Outcome::BadBody => "200-bad-body".into(),
+            Outcome::Refused(code) => format!("{code}+retry-after"),
             Outcome::Timeout => "timeout".into(),
             Outcome::Connect => "connect-error".into(),
             Outcome::Transport => "transport-error".into(),
@@ -80,6 +85,11 @@ impl Tally {
 
     pub fn failed(&self) -> u64 {
         self.requests() - self.ok()
+    }
+
+    /// Failed requests the gateway said were not applied.
+    pub fn refused(&self) -> u64 {
+        self.count(|o| matches!(o, Outcome::Refused(_)))
     }
 
     /// Requests that ended in one of `outcomes`.
