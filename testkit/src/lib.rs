@@ -3,6 +3,7 @@
 //! and tally binaries on loopback ports, with readiness awaited on their log
 //! lines and cleanup guaranteed when the test binary exits.
 
+mod cluster;
 mod consul;
 pub mod docs;
 mod exit;
@@ -19,6 +20,7 @@ pub mod serial;
 mod settings;
 mod tls;
 
+pub use cluster::RedisCluster;
 pub use consul::ConsulDouble;
 pub use exit::output_on_exit;
 pub use kubernetes::KubernetesDouble;
@@ -26,7 +28,7 @@ pub use lease::LeaseDouble;
 pub use otlp::{OtlpReceiver, ReceivedSpan};
 
 pub use ports::free_port;
-pub use procs::{RedisCluster, RedisServer, Service, redis_cli, rss_bytes, workspace_binary};
+pub use procs::{RedisServer, Service, redis_cli, rss_bytes, workspace_binary};
 pub use settings::SettingsFile;
 pub use tls::TestCerts;
 

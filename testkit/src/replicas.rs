@@ -10,7 +10,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::procs::{RedisCluster, RedisServer};
+use crate::cluster::RedisCluster;
+use crate::procs::RedisServer;
 
 /// Bound on a replica's first sync and on a failover.
 const REPLICATION_TIMEOUT: Duration = Duration::from_secs(30);

@@ -6,7 +6,8 @@
 
 use std::time::Duration;
 
-use crate::procs::{RedisCluster, RedisServer};
+use crate::cluster::RedisCluster;
+use crate::procs::RedisServer;
 
 /// Bound on the `MIGRATE` batches of one [`RedisCluster::reshard_slot`].
 const MAX_MIGRATE_BATCHES: usize = 10_000;
