@@ -103,7 +103,10 @@ pub async fn serve() -> impl IntoResponse {
         (status = 400, description = "Invalid body; nothing written", body = Envelope),
         (status = 413, description = "Body over 1 MiB", body = Envelope),
         (status = 422, description = "Would overflow a 64-bit counter; nothing written", body = Envelope),
-        (status = 503, description = "Counter or store unavailable, or load shed", body = Envelope),
+        (status = 503, description = "Counter or store unavailable, or load shed. With Retry-After: nothing was \
+written, resend after that many seconds; without it the write may have been applied (resend only under an \
+idempotency key)", body = Envelope,
+         headers(("Retry-After" = u32, description = "Seconds; present when nothing was written"))),
     ))]
 #[allow(dead_code)]
 fn increment() {}
@@ -119,8 +122,9 @@ fn increment() {}
         (status = 413, description = "More than 1000 operations, or body over 1 MiB", body = Envelope),
         (status = 422, description = "An operation would overflow; per-operation outcomes in data", body = BatchFailure),
         (status = 429, description = "Async batch refused: the counter's buffer is full", body = Envelope),
-        (status = 503, description = "Unavailable; per-operation outcomes in data when some were tried",
-         body = Envelope),
+        (status = 503, description = "Unavailable; per-operation outcomes in data when some were tried. With \
+Retry-After: nothing was written, resend after that many seconds", body = Envelope,
+         headers(("Retry-After" = u32, description = "Seconds; present when nothing was written"))),
     ))]
 #[allow(dead_code)]
 fn batch_increment() {}
@@ -131,7 +135,8 @@ fn batch_increment() {}
         (status = 200, description = "One value per item, in order", body = Success<Values>),
         (status = 400, description = "Invalid body", body = Envelope),
         (status = 413, description = "More than 1000 items", body = Envelope),
-        (status = 503, description = "Unavailable", body = Envelope),
+        (status = 503, description = "Unavailable, or load shed (then with Retry-After)", body = Envelope,
+         headers(("Retry-After" = u32, description = "Seconds; present when the request was shed"))),
     ))]
 #[allow(dead_code)]
 fn batch_get() {}
@@ -143,7 +148,8 @@ fn batch_get() {}
          example = json!({"status": "success", "data": {"resource_id": "post:1", "counter_type": "likes",
                           "current_value": 1, "updated_at": 1796000000}})),
         (status = 400, description = "Invalid resource id or counter type", body = Envelope),
-        (status = 503, description = "Unavailable", body = Envelope),
+        (status = 503, description = "Unavailable, or load shed (then with Retry-After)", body = Envelope,
+         headers(("Retry-After" = u32, description = "Seconds; present when the request was shed"))),
     ))]
 #[allow(dead_code)]
 fn get_counter() {}
@@ -156,7 +162,8 @@ fn get_counter() {}
                           "counters": [{"counter_type": "likes", "current_value": 1}]}})),
         (status = 400, description = "Invalid resource id", body = Envelope),
         (status = 409, description = "More than 1000 counters: read them by name", body = Envelope),
-        (status = 503, description = "Unavailable", body = Envelope),
+        (status = 503, description = "Unavailable, or load shed (then with Retry-After)", body = Envelope,
+         headers(("Retry-After" = u32, description = "Seconds; present when the request was shed"))),
     ))]
 #[allow(dead_code)]
 fn get_resource() {}
@@ -170,7 +177,9 @@ fn get_resource() {}
                           "previous_value": 7, "current_value": 0, "success": true, "timestamp": 1796000000}})),
         (status = 400, description = "Invalid path or key; nothing reset", body = Envelope),
         (status = 404, description = "No counter type in the path", body = Envelope),
-        (status = 503, description = "Unavailable", body = Envelope),
+        (status = 503, description = "Unavailable. With Retry-After: nothing was reset, resend after that many \
+seconds; without it the reset may have been applied", body = Envelope,
+         headers(("Retry-After" = u32, description = "Seconds; present when nothing was reset"))),
     ))]
 #[allow(dead_code)]
 fn reset() {}
