@@ -31,8 +31,12 @@ async fn counter_down_gives_a_fast_503_and_recovers_without_restart() {
     let (status, ready) = Http::new(gateway.admin_base()).get("/ready").await;
     assert_eq!((status, ready["status"].clone()), (503, json!("not_ready")));
     let started = Instant::now();
-    assert_eq!(http.post("/api/v1/counter/increment", body.clone()).await.0, 503);
+    let (status, headers, _) =
+        http.exchange("POST", "/api/v1/counter/increment", Some(body.to_string().into_bytes())).await;
+    assert_eq!(status, 503);
     assert!(started.elapsed() < Duration::from_millis(500), "no healthy endpoint: should not even try");
+    let retry_after = headers.get("retry-after").and_then(|v| v.to_str().ok());
+    assert_eq!(retry_after, Some("1"), "nothing was sent: safe to resend");
 
     // Back on the same address: the same gateway serves again.
     let _counter = start_counter("memory", &[("TALLY_LISTEN", &listen)]);

@@ -102,22 +102,24 @@ impl From<CallError> for ApiError {
     fn from(err: CallError) -> Self {
         let message = err.to_string();
         match err {
-            CallError::NoBackend | CallError::ShuttingDown => {
-                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+            CallError::NoBackend { not_applied } => {
+                inviting_retry(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message), not_applied)
             }
+            CallError::ShuttingDown => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message),
             CallError::Overloaded => ApiError::overloaded(message),
             CallError::Protocol(_) => ApiError::new(StatusCode::BAD_GATEWAY, "bad_gateway", message),
-            CallError::Status { code, message, not_applied } => {
-                let answer = from_grpc(code, message);
-                // Nothing was written: as safe to resend as a shed request,
-                // and said the same way.
-                if not_applied && answer.status == StatusCode::SERVICE_UNAVAILABLE {
-                    ApiError { retry_after: Some(RETRY_AFTER_SECONDS), ..answer }
-                } else {
-                    answer
-                }
-            }
+            CallError::Status { code, message, not_applied } => inviting_retry(from_grpc(code, message), not_applied),
         }
+    }
+}
+
+/// A 503 for a call that wrote nothing is as safe to resend as a shed
+/// request, and says so the same way: `Retry-After`.
+fn inviting_retry(answer: ApiError, not_applied: bool) -> ApiError {
+    if not_applied && answer.status == StatusCode::SERVICE_UNAVAILABLE {
+        ApiError { retry_after: Some(RETRY_AFTER_SECONDS), ..answer }
+    } else {
+        answer
     }
 }
 
@@ -180,7 +182,7 @@ mod tests {
         assert_eq!(status(Code::ResourceExhausted), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(status(Code::Unavailable), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(status(Code::DeadlineExceeded), StatusCode::SERVICE_UNAVAILABLE);
-        assert_eq!(ApiError::from(CallError::NoBackend).status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(ApiError::from(CallError::NoBackend { not_applied: false }).status, StatusCode::SERVICE_UNAVAILABLE);
         let shed = ApiError::from(CallError::Overloaded).into_response();
         assert_eq!(shed.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(shed.headers()[axum::http::header::RETRY_AFTER], "1");
@@ -193,14 +195,14 @@ mod tests {
             (response.status(), response.headers().get(axum::http::header::RETRY_AFTER).cloned())
         };
         let one = Some(axum::http::HeaderValue::from_static("1"));
-        assert_eq!(answer(Code::Unavailable, true), (StatusCode::SERVICE_UNAVAILABLE, one));
+        assert_eq!(answer(Code::Unavailable, true), (StatusCode::SERVICE_UNAVAILABLE, one.clone()));
         assert_eq!(answer(Code::Unavailable, false), (StatusCode::SERVICE_UNAVAILABLE, None), "outcome unknown");
         assert_eq!(answer(Code::Unimplemented, true), (StatusCode::BAD_GATEWAY, None), "a retry will not help");
-        let mut marked = tonic::Status::unavailable("commit queue full");
-        tally_proto::contract::WriteOutcome::NotApplied.mark(&mut marked);
-        assert!(matches!(CallError::from(marked), CallError::Status { not_applied: true, .. }));
-        let unmarked = tonic::Status::unavailable("store timed out");
-        assert!(matches!(CallError::from(unmarked), CallError::Status { not_applied: false, .. }));
+        let no_backend = |not_applied| {
+            let response = ApiError::from(CallError::NoBackend { not_applied }).into_response();
+            response.headers().get(axum::http::header::RETRY_AFTER).cloned()
+        };
+        assert_eq!((no_backend(true), no_backend(false)), (one, None));
     }
 
     #[test]

@@ -62,8 +62,10 @@ impl<R> Call<R> {
 
 /// Why an attempt failed.
 pub enum AttemptError {
-    /// No endpoint serves what the call needs (or every breaker is open).
-    NoBackend,
+    /// No endpoint serves what the call needs (or every breaker is open):
+    /// this attempt sent nothing. `not_applied` unless an earlier attempt
+    /// may have applied the call.
+    NoBackend { not_applied: bool },
     /// The endpoint answered with an error, or the call to it failed;
     /// `failure` is what that says ([`retry::classify`], made once).
     Status { status: tonic::Status, backend: Arc<Backend>, failure: retry::Failure },
@@ -80,7 +82,7 @@ impl AttemptError {
 impl std::fmt::Debug for AttemptError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            AttemptError::NoBackend => f.write_str("NoBackend"),
+            AttemptError::NoBackend { .. } => f.write_str("NoBackend"),
             AttemptError::Status { status, backend, .. } => write!(f, "{status:?} from {}", backend.name),
         }
     }
@@ -89,8 +91,12 @@ impl std::fmt::Debug for AttemptError {
 impl From<AttemptError> for CallError {
     fn from(err: AttemptError) -> CallError {
         match err {
-            AttemptError::NoBackend => CallError::NoBackend,
-            AttemptError::Status { status, .. } => status.into(),
+            AttemptError::NoBackend { not_applied } => CallError::NoBackend { not_applied },
+            AttemptError::Status { status, failure, .. } => CallError::Status {
+                code: status.code(),
+                message: status.message().to_string(),
+                not_applied: failure == retry::Failure::NotSent,
+            },
         }
     }
 }
@@ -123,7 +129,7 @@ where
     fn call(&mut self, call: Call<R>) -> Self::Future {
         match self.backends.pick_avoiding(call.avoid.as_ref(), call.need) {
             Some(backend) => Either::Right(self.inner.call((backend, call))),
-            None => Either::Left(ready(Err(AttemptError::NoBackend))),
+            None => Either::Left(ready(Err(AttemptError::NoBackend { not_applied: !call.earlier_unknown }))),
         }
     }
 }
@@ -288,18 +294,18 @@ mod tests {
     #[tokio::test]
     async fn a_call_is_not_applied_only_when_no_attempt_may_have_been() {
         let settings = crate::config::Config::defaults().client();
-        let outcome = |result: Result<u32, AttemptError>| match result {
-            Err(AttemptError::Status { status, .. }) => WriteOutcome::of(&status),
-            _ => panic!("expected a failed call"),
+        let not_applied_call = |result: Result<u32, AttemptError>| match result.map_err(CallError::from) {
+            Err(CallError::Status { not_applied, .. }) => not_applied,
+            other => panic!("expected a failed call, got {other:?}"),
         };
         let plain = CallKind::Write { idempotent: false };
         let f = fixture(&settings, 2, vec![not_applied(), not_applied(), not_applied()]);
-        assert_eq!(outcome(run(&f, &settings, plain).await), Some(WriteOutcome::NotApplied), "every attempt refused");
+        assert!(not_applied_call(run(&f, &settings, plain).await), "every attempt refused");
         let keyed = CallKind::Write { idempotent: true };
         let f = fixture(&settings, 2, vec![unknown(), not_applied(), not_applied()]);
-        let last = outcome(run(&f, &settings, keyed).await);
+        let last = not_applied_call(run(&f, &settings, keyed).await);
         assert_eq!(f.scripted.sent_to.lock().expect("lock").len(), 3, "keyed: resent after the unknown one");
-        assert_eq!(last, Some(WriteOutcome::Unknown), "the first attempt may have been applied");
+        assert!(!last, "the first attempt may have been applied");
     }
 
     #[tokio::test]
@@ -320,7 +326,8 @@ mod tests {
     async fn with_no_usable_endpoint_the_call_fails_at_once() {
         let settings = crate::config::Config::defaults().client();
         let f = fixture(&settings, 0, vec![]);
-        assert!(matches!(run(&f, &settings, CallKind::Read).await, Err(AttemptError::NoBackend)));
+        let result = run(&f, &settings, CallKind::Read).await;
+        assert!(matches!(result, Err(AttemptError::NoBackend { not_applied: true })), "{result:?}");
         assert!(f.scripted.sent_to.lock().expect("lock").is_empty());
     }
 }

@@ -31,7 +31,6 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tally_proto::contract::WriteOutcome;
 use tally_proto::v1::{
     BatchGetRequest, BatchGetResponse, BatchIncrementRequest, BatchIncrementResponse, GetRequest, GetResourceRequest,
     GetResourceResponse, GetResponse, IncrementRequest, OperationResult, ResetRequest, ResetResponse,
@@ -83,27 +82,24 @@ pub struct ClientSettings {
 /// Why a call to the counter service failed.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum CallError {
+    /// No endpoint could take the call. `not_applied` unless an earlier
+    /// attempt (of a keyed write) may have applied it.
     #[error("no healthy counter endpoint")]
-    NoBackend,
+    NoBackend { not_applied: bool },
     #[error("the gateway is shutting down")]
     ShuttingDown,
     /// A bounded queue is full: shed at once instead of queueing.
     #[error("the gateway is overloaded; retry later")]
     Overloaded,
-    /// The counter's answer. `not_applied`: it said nothing was written
-    /// (the `tally-write-outcome: not-applied` trailer), so the caller may
-    /// resend; otherwise a failed write may have been applied.
+    /// The last attempt's failure. `not_applied`: no attempt wrote anything
+    /// (the last was refused unrun — the counter's `tally-write-outcome:
+    /// not-applied`, or a refused connection — and none before it may have
+    /// been applied), so the caller may resend; otherwise a failed write
+    /// may have been applied.
     #[error("counter answered {code:?}: {message}")]
     Status { code: Code, message: String, not_applied: bool },
     #[error("unexpected answer from the counter: {0}")]
     Protocol(String),
-}
-
-impl From<tonic::Status> for CallError {
-    fn from(status: tonic::Status) -> Self {
-        let not_applied = WriteOutcome::of(&status) == Some(WriteOutcome::NotApplied);
-        CallError::Status { code: status.code(), message: status.message().to_string(), not_applied }
-    }
 }
 
 /// The call slots of the coalesced calls, per kind, shared by every worker.

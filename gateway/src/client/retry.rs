@@ -94,12 +94,11 @@ pub fn may_retry(kind: CallKind, failure: Failure, attempt: u32, max_attempts: u
     }
 }
 
-/// The outcome a call's last failed attempt must be reported with, when it
-/// differs from what that attempt's status says: a refusal that applied
-/// nothing is still of unknown outcome for the call when an earlier attempt
-/// may have applied it.
-pub fn last_outcome(last: &Status, earlier_unknown: bool) -> Option<WriteOutcome> {
-    (earlier_unknown && WriteOutcome::of(last) == Some(WriteOutcome::NotApplied)).then_some(WriteOutcome::Unknown)
+/// What the last failed attempt of a call says of the whole call: an
+/// attempt that applied nothing leaves the call of unknown outcome when an
+/// earlier attempt (of a keyed write, resent) may have applied it.
+pub fn call_failure(last: Failure, earlier_unknown: bool) -> Failure {
+    if earlier_unknown && last == Failure::NotSent { Failure::Unknown } else { last }
 }
 
 /// Retries allowed on top of the traffic: each call deposits, each retry
@@ -126,9 +125,8 @@ impl RetryBudget {
 /// tower's retry `Policy` for calls to the counters: an attempt that failed
 /// is followed by another when [`classify`] and [`may_retry`] allow it and
 /// the budget has room (every call deposits once, on its first attempt);
-/// the next attempt avoids the endpoint this one failed on. A last attempt
-/// refused as not applied is reported so only when no earlier attempt may
-/// have been applied ([`last_outcome`]).
+/// the next attempt avoids the endpoint this one failed on. The last
+/// attempt's failure is reported as the call's ([`call_failure`]).
 #[derive(Clone)]
 pub struct RetryPolicy {
     tuning: Arc<super::tuning::Tuning>,
@@ -145,17 +143,15 @@ impl<R: Clone, T> tower::retry::Policy<Call<R>, T, AttemptError> for RetryPolicy
     type Future = std::future::Ready<()>;
 
     fn retry(&mut self, call: &mut Call<R>, result: &mut Result<T, AttemptError>) -> Option<Self::Future> {
-        let Err(AttemptError::Status { status, backend, failure }) = result else { return None };
-        let failure = *failure;
+        let Err(AttemptError::Status { backend, failure: last, .. }) = result else { return None };
+        let failure = *last;
         let mut retried = may_retry(call.kind, failure, call.attempt, self.tuning.max_attempts());
         if retried && !self.tuning.budget().withdraw() {
             self.metrics.retries_refused.inc();
             retried = false;
         }
         if !retried {
-            if let Some(outcome) = last_outcome(status, call.earlier_unknown) {
-                outcome.mark(status);
-            }
+            *last = call_failure(failure, call.earlier_unknown);
             return None;
         }
         self.metrics.retry(call.method, failure.label());
@@ -208,11 +204,10 @@ mod tests {
 
     #[test]
     fn a_refusal_after_an_attempt_of_unknown_outcome_is_unknown() {
-        let refused = with_outcome(Code::Unavailable, WriteOutcome::NotApplied);
-        assert_eq!(last_outcome(&refused, true), Some(WriteOutcome::Unknown));
-        assert_eq!(last_outcome(&refused, false), None, "every attempt refused: not applied");
-        assert_eq!(last_outcome(&with_outcome(Code::Unavailable, WriteOutcome::Unknown), true), None);
-        assert_eq!(last_outcome(&Status::deadline_exceeded("t"), true), None, "unmarked: already unknown");
+        assert_eq!(call_failure(Failure::NotSent, true), Failure::Unknown);
+        assert_eq!(call_failure(Failure::NotSent, false), Failure::NotSent, "every attempt refused: not applied");
+        assert_eq!(call_failure(Failure::Unknown, false), Failure::Unknown);
+        assert_eq!(call_failure(Failure::Refused, true), Failure::Refused, "bad input stays bad input");
     }
 
     #[test]
