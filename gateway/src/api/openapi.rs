@@ -135,8 +135,9 @@ fn batch_increment() {}
         (status = 200, description = "One value per item, in order", body = Success<Values>),
         (status = 400, description = "Invalid body", body = Envelope),
         (status = 413, description = "More than 1000 items", body = Envelope),
-        (status = 503, description = "Unavailable, or load shed (then with Retry-After)", body = Envelope,
-         headers(("Retry-After" = u32, description = "Seconds; present when the request was shed"))),
+        (status = 503, description = "Unavailable. With Retry-After: shed, or no counter to send it to; resend \
+after that many seconds", body = Envelope,
+         headers(("Retry-After" = u32, description = "Seconds; present when the request was not sent"))),
     ))]
 #[allow(dead_code)]
 fn batch_get() {}
@@ -148,8 +149,9 @@ fn batch_get() {}
          example = json!({"status": "success", "data": {"resource_id": "post:1", "counter_type": "likes",
                           "current_value": 1, "updated_at": 1796000000}})),
         (status = 400, description = "Invalid resource id or counter type", body = Envelope),
-        (status = 503, description = "Unavailable, or load shed (then with Retry-After)", body = Envelope,
-         headers(("Retry-After" = u32, description = "Seconds; present when the request was shed"))),
+        (status = 503, description = "Unavailable. With Retry-After: shed, or no counter to send it to; resend \
+after that many seconds", body = Envelope,
+         headers(("Retry-After" = u32, description = "Seconds; present when the request was not sent"))),
     ))]
 #[allow(dead_code)]
 fn get_counter() {}
@@ -162,8 +164,9 @@ fn get_counter() {}
                           "counters": [{"counter_type": "likes", "current_value": 1}]}})),
         (status = 400, description = "Invalid resource id", body = Envelope),
         (status = 409, description = "More than 1000 counters: read them by name", body = Envelope),
-        (status = 503, description = "Unavailable, or load shed (then with Retry-After)", body = Envelope,
-         headers(("Retry-After" = u32, description = "Seconds; present when the request was shed"))),
+        (status = 503, description = "Unavailable. With Retry-After: shed, or no counter to send it to; resend \
+after that many seconds", body = Envelope,
+         headers(("Retry-After" = u32, description = "Seconds; present when the request was not sent"))),
     ))]
 #[allow(dead_code)]
 fn get_resource() {}
