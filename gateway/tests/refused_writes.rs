@@ -3,11 +3,12 @@
 //! `503` with `Retry-After` — the same sign as a shed request that resending
 //! is safe. The refusal here is Redis's own `NOREPLICAS` (a master told to
 //! want a replica it does not have). A failure of unknown outcome gets no
-//! such invitation (`partial_failure.rs`).
+//! such invitation (`partial_failure.rs`). An async batch the counter's
+//! full write-behind buffer refuses is a 429 with `Retry-After`.
 
 mod common;
 
-use common::{Stack, metric, unique};
+use common::{Http, RedisServer, Stack, metric, start_counter, start_gateway, unique};
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -44,4 +45,24 @@ async fn a_write_every_attempt_saw_refused_is_answered_retry_after_and_nothing_i
     let (status, body) =
         stack.http.post("/api/v1/counter/increment", json!({"resource_id": id, "counter_type": "likes"})).await;
     assert_eq!((status, body["data"]["current_value"].as_i64()), (200, Some(2)), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_async_batch_a_full_buffer_refuses_is_answered_429_retry_after_and_nothing_is_written() {
+    let redis = RedisServer::start();
+    // Room for one counter: a batch of two never fits.
+    let full = [("TALLY_BUFFER_CAPACITY", "1"), ("TALLY_BUFFER_FULL_POLICY", "reject")];
+    let counter = start_counter(&redis.url(), &full);
+    let gateway = start_gateway(&counter.grpc_endpoint(), &[]);
+    let http = Http::new(gateway.http_base());
+    let id = unique("full");
+    let batch = json!({"async": true, "operations": [
+        {"resource_id": id, "counter_type": "likes"},
+        {"resource_id": id, "counter_type": "views"},
+    ]});
+    let (status, headers, body) =
+        http.exchange("POST", "/api/v1/counter/batch-increment", Some(batch.to_string().into_bytes())).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (429, Some("resource_exhausted")), "{body}");
+    assert_eq!(headers.get("retry-after").and_then(|v| v.to_str().ok()), Some("1"));
+    assert_eq!(redis.cli(&["exists", &format!("tally:{{{id}}}")]), "0", "nothing written");
 }

@@ -127,7 +127,11 @@ fn from_grpc(code: Code, message: String) -> ApiError {
     match code {
         Code::InvalidArgument => ApiError::bad_request(message),
         Code::OutOfRange => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "out_of_range", message),
-        Code::ResourceExhausted => ApiError::new(StatusCode::TOO_MANY_REQUESTS, "resource_exhausted", message),
+        // The counter's write-behind buffer is full: nothing written, "retry later".
+        Code::ResourceExhausted => ApiError {
+            retry_after: Some(RETRY_AFTER_SECONDS),
+            ..ApiError::new(StatusCode::TOO_MANY_REQUESTS, "resource_exhausted", message)
+        },
         Code::FailedPrecondition => ApiError::new(StatusCode::CONFLICT, "failed_precondition", message),
         Code::DeadlineExceeded => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "deadline_exceeded", message),
         Code::Unavailable | Code::Unknown | Code::Cancelled | Code::Aborted => {
@@ -198,6 +202,7 @@ mod tests {
         assert_eq!(answer(Code::Unavailable, true), (StatusCode::SERVICE_UNAVAILABLE, one.clone()));
         assert_eq!(answer(Code::Unavailable, false), (StatusCode::SERVICE_UNAVAILABLE, None), "outcome unknown");
         assert_eq!(answer(Code::Unimplemented, true), (StatusCode::BAD_GATEWAY, None), "a retry will not help");
+        assert_eq!(answer(Code::ResourceExhausted, false), (StatusCode::TOO_MANY_REQUESTS, one.clone()), "buffer full");
         let no_backend = |not_applied| {
             let response = ApiError::from(CallError::NoBackend { not_applied }).into_response();
             response.headers().get(axum::http::header::RETRY_AFTER).cloned()

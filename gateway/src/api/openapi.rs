@@ -121,7 +121,8 @@ fn increment() {}
         (status = 400, description = "Invalid body; nothing written", body = Envelope),
         (status = 413, description = "More than 1000 operations, or body over 1 MiB", body = Envelope),
         (status = 422, description = "An operation would overflow; per-operation outcomes in data", body = BatchFailure),
-        (status = 429, description = "Async batch refused: the counter's buffer is full", body = Envelope),
+        (status = 429, description = "Async batch refused: the counter's buffer is full; nothing written", body = Envelope,
+         headers(("Retry-After" = u32, description = "Seconds to wait before resending"))),
         (status = 503, description = "Unavailable; per-operation outcomes in data when some were tried. With \
 Retry-After: nothing was written, resend after that many seconds", body = Envelope,
          headers(("Retry-After" = u32, description = "Seconds; present when nothing was written"))),
