@@ -306,6 +306,8 @@ mod tests {
         let last = not_applied_call(run(&f, &settings, keyed).await);
         assert_eq!(f.scripted.sent_to.lock().expect("lock").len(), 3, "keyed: resent after the unknown one");
         assert!(!last, "the first attempt may have been applied");
+        let f = fixture(&settings, 2, vec![unknown(), not_applied(), not_applied()]);
+        assert!(not_applied_call(run(&f, &settings, CallKind::Read).await), "a read leaves nothing behind");
     }
 
     #[tokio::test]

@@ -157,7 +157,9 @@ impl<R: Clone, T> tower::retry::Policy<Call<R>, T, AttemptError> for RetryPolicy
         self.metrics.retry(call.method, failure.label());
         call.attempt += 1;
         call.avoid = Some(backend.clone());
-        call.earlier_unknown |= failure == Failure::Unknown;
+        // Only a write can have been applied; a read resent after a timeout
+        // leaves nothing behind.
+        call.earlier_unknown |= failure == Failure::Unknown && matches!(call.kind, CallKind::Write { .. });
         Some(std::future::ready(()))
     }
 
