@@ -9,7 +9,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::{PeakRss, Stack, metric, metric_reaches, unique};
+use common::{PeakRss, Stack, metric, metric_reaches, retry_after, unique};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -291,7 +291,7 @@ async fn requests_beyond_the_in_flight_bound_are_shed_with_retry_after() {
     let shed = client.post(format!("{}{INC}", stack.http.base)).json(&increment_body(&resource)).send();
     let shed = shed.await.expect("send");
     assert_eq!(shed.status(), 503, "a third request while two are in flight is shed");
-    assert_eq!(shed.headers().get("retry-after").and_then(|v| v.to_str().ok()), Some("1"));
+    assert_eq!(retry_after(shed.headers()), Some("1"));
     let body: serde_json::Value = shed.json().await.expect("json");
     assert_eq!(body["error"]["code"], "unavailable", "{body}");
     for holder in &holders {

@@ -7,7 +7,7 @@ mod common;
 
 use std::net::SocketAddr;
 
-use common::{PeakRss, Stack, metric, metric_reaches, unique};
+use common::{PeakRss, Stack, metric, metric_reaches, retry_after, unique};
 use serde_json::json;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -74,7 +74,7 @@ async fn large_bodies_beyond_the_budget_are_shed_and_memory_stays_bounded() {
     let large = client.post(format!("{}{INC}", stack.http.base)).body(padded_increment(&resource, LARGE));
     let refused = large.header("content-type", "application/json").send().await.expect("send");
     assert_eq!(refused.status(), 503);
-    assert_eq!(refused.headers().get("retry-after").and_then(|v| v.to_str().ok()), Some("1"));
+    assert_eq!(retry_after(refused.headers()), Some("1"));
     let body: serde_json::Value = refused.json().await.expect("the JSON error envelope");
     assert_eq!(body["error"]["code"], "unavailable", "{body}");
 

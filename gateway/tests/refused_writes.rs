@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{Http, RedisServer, Stack, metric, start_counter, start_gateway, unique};
+use common::{Http, RedisServer, Stack, metric, retry_after, start_counter, start_gateway, unique};
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -33,8 +33,7 @@ async fn a_write_every_attempt_saw_refused_is_answered_retry_after_and_nothing_i
         let request = request.map(|r| r.to_string().into_bytes());
         let (status, headers, body) = stack.http.exchange(method, path, request).await;
         assert_eq!((status, body["error"]["code"].as_str()), (503, Some("unavailable")), "{path}: {body}");
-        let retry_after = headers.get("retry-after").and_then(|v| v.to_str().ok());
-        assert_eq!(retry_after, Some("1"), "{path}: a write that was not applied invites a retry");
+        assert_eq!(retry_after(&headers), Some("1"), "{path}: a write that was not applied invites a retry");
     }
     let retries = metric(&admin, "tally_gateway_retries_total", &[]).await - retries_before;
     assert!(retries >= 3.0, "each refused write is resent before the client is told: {retries} retries");
@@ -63,6 +62,6 @@ async fn an_async_batch_a_full_buffer_refuses_is_answered_429_retry_after_and_no
     let (status, headers, body) =
         http.exchange("POST", "/api/v1/counter/batch-increment", Some(batch.to_string().into_bytes())).await;
     assert_eq!((status, body["error"]["code"].as_str()), (429, Some("resource_exhausted")), "{body}");
-    assert_eq!(headers.get("retry-after").and_then(|v| v.to_str().ok()), Some("1"));
+    assert_eq!(retry_after(&headers), Some("1"));
     assert_eq!(redis.cli(&["exists", &format!("tally:{{{id}}}")]), "0", "nothing written");
 }

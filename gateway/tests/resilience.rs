@@ -4,7 +4,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Http, free_port, start_counter, start_gateway, unique};
+use common::{Http, free_port, retry_after, start_counter, start_gateway, unique};
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -35,8 +35,7 @@ async fn counter_down_gives_a_fast_503_and_recovers_without_restart() {
         http.exchange("POST", "/api/v1/counter/increment", Some(body.to_string().into_bytes())).await;
     assert_eq!(status, 503);
     assert!(started.elapsed() < Duration::from_millis(500), "no healthy endpoint: should not even try");
-    let retry_after = headers.get("retry-after").and_then(|v| v.to_str().ok());
-    assert_eq!(retry_after, Some("1"), "nothing was sent: safe to resend");
+    assert_eq!(retry_after(&headers), Some("1"), "nothing was sent: safe to resend");
 
     // Back on the same address: the same gateway serves again.
     let _counter = start_counter("memory", &[("TALLY_LISTEN", &listen)]);

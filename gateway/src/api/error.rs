@@ -15,8 +15,9 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
-    /// Seconds for a `Retry-After` header (load shedding, rate limits, a
-    /// write every counter refused before applying it).
+    /// Seconds for a `Retry-After` header: set only on answers to requests
+    /// that wrote nothing and may be resent (shed, rate limited, refused
+    /// unrun by every counter tried, no counter to send to, buffer full).
     pub retry_after: Option<u32>,
     /// Answer with `WWW-Authenticate: Bearer` (401).
     pub bearer_challenge: bool,

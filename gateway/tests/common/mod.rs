@@ -113,6 +113,11 @@ impl Http {
     }
 }
 
+/// The `Retry-After` header of an answer, if it has a readable one.
+pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<&str> {
+    headers.get("retry-after").and_then(|v| v.to_str().ok())
+}
+
 /// Sum of a gateway metric's samples (scraped from `admin`, the admin base
 /// URL) named exactly `name` whose line contains every `filter` (0 when none).
 pub async fn metric(admin: &str, name: &str, filters: &[&str]) -> f64 {
