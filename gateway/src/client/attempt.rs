@@ -93,7 +93,7 @@ impl From<AttemptError> for CallError {
         match err {
             AttemptError::NoBackend { not_applied } => CallError::NoBackend { not_applied },
             AttemptError::Status { status, failure, .. } => CallError::Status {
-                code: status.code(),
+                code: retry::reported_code(&status),
                 message: status.message().to_string(),
                 not_applied: failure == retry::Failure::NotSent,
             },
@@ -186,7 +186,9 @@ where
                 }
                 Err(status) => {
                     let err = AttemptError::status(status, backend);
-                    if let AttemptError::Status { backend, failure, .. } = &err {
+                    if let AttemptError::Status { status, backend, failure } = &err {
+                        // The whole error chain: what proves (or not) that nothing was applied.
+                        tracing::debug!(endpoint = %backend.name, method, failure = failure.label(), ?status, "counter call failed");
                         // Refusals say nothing about the endpoint's health.
                         let jitter = f64::from(started.elapsed().subsec_nanos() % 1000) / 1000.0;
                         backends.report(backend, *failure != retry::Failure::Refused, jitter);

@@ -21,8 +21,10 @@ use super::attempt::{AttemptError, Call};
 /// What a failure says about whether the request took effect.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Failure {
-    /// Provably not applied: the connection was refused before anything was
-    /// sent, or the counter says so (`tally-write-outcome: not-applied`).
+    /// Provably not applied: the transport shows it never reached the
+    /// counter (no connection, never sent, turned away by HTTP/2:
+    /// [`never_reached_the_counter`]), or the counter says so
+    /// (`tally-write-outcome: not-applied`).
     NotSent,
     /// The counter refused it for what it is (bad input, overflow, full
     /// buffer): resending changes nothing.
@@ -59,25 +61,58 @@ pub fn classify(status: &Status) -> Failure {
         }
         _ => {}
     }
-    if WriteOutcome::of(status) == Some(WriteOutcome::NotApplied) || connection_refused(status) {
+    if WriteOutcome::of(status) == Some(WriteOutcome::NotApplied) || never_reached_the_counter(status) {
         Failure::NotSent
     } else {
         Failure::Unknown
     }
 }
 
-/// True when the error chain ends in "connection refused": nothing was sent.
-fn connection_refused(status: &Status) -> bool {
+/// True when the transport's error chain proves the call never reached the
+/// counter's handler, so resending it cannot count it twice:
+/// - no connection: the TCP connect or TLS handshake failed (tonic's
+///   `ConnectError`, or a refused connection however it is wrapped);
+/// - never handed to the connection: hyper cancels a request it still
+///   held when the connection closed or was not ready;
+/// - refused by HTTP/2 (RFC 9113 §8.7): the stream was above the last
+///   stream id of the counter's GOAWAY (h2 reports those, and any stream
+///   opened after it, as the remote GOAWAY), or was reset with
+///   REFUSED_STREAM. A stream the counter did take that is cut later
+///   fails with a broken pipe instead: unknown.
+fn never_reached_the_counter(status: &Status) -> bool {
     let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
     while let Some(err) = source {
+        if err.is::<tonic::ConnectError>() {
+            return true;
+        }
         if let Some(io) = err.downcast_ref::<std::io::Error>()
             && io.kind() == std::io::ErrorKind::ConnectionRefused
+        {
+            return true;
+        }
+        if err.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_canceled) {
+            return true;
+        }
+        if let Some(h2) = err.downcast_ref::<h2::Error>()
+            && refused_by_http2(h2)
         {
             return true;
         }
         source = err.source();
     }
     false
+}
+
+/// The gRPC code a failed call is reported with: one that never reached
+/// the counter failed for want of a counter, UNAVAILABLE, whatever its
+/// transport error maps to (tonic makes a GOAWAY's NO_ERROR INTERNAL).
+pub fn reported_code(status: &Status) -> Code {
+    if never_reached_the_counter(status) { Code::Unavailable } else { status.code() }
+}
+
+/// The counter's HTTP/2 layer turned the stream away unprocessed.
+fn refused_by_http2(err: &h2::Error) -> bool {
+    err.is_remote() && (err.is_go_away() || (err.is_reset() && err.reason() == Some(h2::Reason::REFUSED_STREAM)))
 }
 
 /// Whether attempt number `attempt` (1-based) that failed with `failure` may
@@ -190,6 +225,67 @@ mod tests {
         assert_eq!(classify(&Status::deadline_exceeded("timeout")), Failure::Unknown);
         let refused = Status::from_error(Box::new(std::io::Error::from(std::io::ErrorKind::ConnectionRefused)));
         assert_eq!(classify(&refused), Failure::NotSent);
+    }
+
+    /// What a counter's HTTP/2 layer does to a call, played by a bare h2
+    /// server on loopback (one connection).
+    #[derive(Clone, Copy)]
+    enum Peer {
+        /// GOAWAY with last stream id 0 at once: no stream is processed.
+        GoesAway,
+        /// RST_STREAM(REFUSED_STREAM) on the call.
+        RefusesTheStream,
+        /// Takes the call, then closes the connection without answering.
+        CutsAfterTaking,
+    }
+
+    async fn h2_peer(peer: Peer) -> std::net::SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            let (socket, _) = listener.accept().await.expect("accept");
+            let mut conn = h2::server::handshake(socket).await.expect("handshake");
+            match peer {
+                Peer::GoesAway => conn.abrupt_shutdown(h2::Reason::NO_ERROR),
+                Peer::RefusesTheStream => {
+                    if let Some(Ok((_, mut respond))) = conn.accept().await {
+                        respond.send_reset(h2::Reason::REFUSED_STREAM);
+                    }
+                }
+                Peer::CutsAfterTaking => {
+                    let _taken = conn.accept().await;
+                    return; // drops the connection with the call taken
+                }
+            }
+            while conn.accept().await.is_some() {}
+        });
+        addr
+    }
+
+    /// A real tonic call to `peer`, as the gateway makes them.
+    async fn call_failure_against(peer: Peer) -> Failure {
+        let addr = h2_peer(peer).await;
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).expect("uri").connect_lazy();
+        let mut client = tally_proto::v1::counter_service_client::CounterServiceClient::new(channel);
+        let status = client.get(tally_proto::v1::GetRequest::default()).await.expect_err("the peer never answers");
+        if classify(&status) == Failure::NotSent {
+            assert_eq!(reported_code(&status), Code::Unavailable, "{status:?}");
+        }
+        classify(&status)
+    }
+
+    #[tokio::test]
+    async fn calls_an_http2_peer_turned_away_are_not_sent_and_one_it_took_is_unknown() {
+        assert_eq!(call_failure_against(Peer::GoesAway).await, Failure::NotSent, "above the GOAWAY's last stream id");
+        assert_eq!(call_failure_against(Peer::RefusesTheStream).await, Failure::NotSent, "REFUSED_STREAM");
+        assert_eq!(call_failure_against(Peer::CutsAfterTaking).await, Failure::Unknown, "taken, then cut");
+    }
+
+    #[test]
+    fn only_the_peers_own_refusals_prove_nothing_was_processed() {
+        assert!(!refused_by_http2(&h2::Error::from(h2::Reason::REFUSED_STREAM)), "not from the peer");
+        let unreachable = Status::from_error(Box::new(std::io::Error::from(std::io::ErrorKind::BrokenPipe)));
+        assert_eq!(classify(&unreachable), Failure::Unknown);
     }
 
     #[test]
