@@ -367,6 +367,27 @@ impl Backends {
         } else {
             backend.breaker.on_success()
         };
+        Self::breaker_changed(backend, change);
+    }
+
+    /// Records a health check's verdict on `backend`. An endpoint that
+    /// comes back after failing its checks is a new process (a restart, a
+    /// rolling update at the same address): the failures that opened its
+    /// breaker were the old one's, so the breaker closes, as Envoy's outlier
+    /// detection un-ejects a host on a passing active health check. Left
+    /// open, it would keep a restarted counter out for a whole recovery time
+    /// while the next one is being restarted.
+    pub fn record_health(&self, backend: &Backend, healthy: bool) {
+        if backend.healthy.swap(healthy, Ordering::Relaxed) == healthy {
+            return;
+        }
+        tracing::info!(endpoint = %backend.name, healthy, "{}", tally_runtime::log_events::ENDPOINT_HEALTH_CHANGED);
+        if healthy {
+            Self::breaker_changed(backend, backend.breaker.on_success());
+        }
+    }
+
+    fn breaker_changed(backend: &Backend, change: Option<super::breaker::State>) {
         if let Some(state) = change {
             let counter = if state.name() == "closed" { &backend.closed } else { &backend.opened };
             counter.fetch_add(1, Ordering::Relaxed);
@@ -381,9 +402,7 @@ impl Backends {
                 let healthy = backend.check(health::COUNTER_SERVICE, timeout).await;
                 // A healthy counter takes async writes too: one call, not two.
                 let takes_async = healthy || backend.check(health::ASYNC_WRITES, timeout).await;
-                if backend.healthy.swap(healthy, Ordering::Relaxed) != healthy {
-                    tracing::info!(endpoint = %backend.name, healthy, "{}", tally_runtime::log_events::ENDPOINT_HEALTH_CHANGED);
-                }
+                self.record_health(backend, healthy);
                 if backend.takes_async.swap(takes_async, Ordering::Relaxed) != takes_async {
                     tracing::info!(endpoint = %backend.name, takes_async, "{}", tally_runtime::log_events::ENDPOINT_ASYNC_CHANGED);
                 }
@@ -408,6 +427,23 @@ mod tests {
         assert!(Arc::ptr_eq(&before, &after[0]), "the known endpoint is the same object");
         assert!(backends.update(&[]).is_empty());
         assert!(backends.all().is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_endpoint_back_from_failed_checks_has_its_breaker_closed() {
+        let mut settings = crate::config::Config::defaults().client();
+        settings.max_ejection_percent = 100;
+        let backends = Backends::new(&["http://127.0.0.1:1".into()], &settings).unwrap();
+        let backend = backends.all()[0].clone();
+        backends.record_health(&backend, true);
+        (0..settings.breaker.failure_threshold).for_each(|_| backends.report(&backend, true, 0.0));
+        assert!(backend.breaker.is_open(), "its calls failed");
+        backends.record_health(&backend, true);
+        assert!(backend.breaker.is_open(), "still passing its checks: the calls' verdict stands");
+        backends.record_health(&backend, false);
+        backends.record_health(&backend, true);
+        assert!(!backend.breaker.is_open(), "down, then back: a new process");
+        assert_eq!(backends.pick_avoiding(None, Need::Store).map(|b| b.uri.clone()), Some(backend.uri.clone()));
     }
 
     #[tokio::test]
