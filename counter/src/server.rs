@@ -70,6 +70,9 @@ pub async fn run(config: Config, settings: Option<Source>) -> Result<(), Startup
         admin_listener.local_addr().map_err(|source| StartupError::Bind { addr: config.admin_listen, source })?;
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    // Set first on SIGTERM: health turns NOT_SERVING while calls are still
+    // served (`TALLY_SHUTDOWN_DELAY_MS`); `shutdown` then stops the servers.
+    let (draining_tx, draining_rx) = watch::channel(false);
     let buffer = Arc::new(WriteBuffer::new(config.buffer(), store.clone(), metrics.clone()));
     let drain_timeout = Duration::from_millis(config.shutdown_timeout_ms);
     let flusher = tokio::spawn(buffer.clone().run(shutdown_rx.clone(), drain_timeout));
@@ -177,7 +180,7 @@ pub async fn run(config: Config, settings: Option<Source>) -> Result<(), Startup
         reporter,
         metrics.clone(),
         Duration::from_millis(config.health_interval_ms),
-        shutdown_rx.clone(),
+        draining_rx,
     ));
     let grpc = async {
         for server in servers {
@@ -190,12 +193,22 @@ pub async fn run(config: Config, settings: Option<Source>) -> Result<(), Startup
     };
 
     tally_runtime::signal::shutdown().await;
-    tracing::info!("shutting down: finishing in-flight requests, then draining the write-behind buffer");
-    let deadline = tokio::time::Instant::now() + drain_timeout;
+    let delay = Duration::from_millis(config.shutdown_delay_ms);
+    tracing::info!(
+        delay_ms = config.shutdown_delay_ms,
+        "shutting down: NOT_SERVING and still serving for the delay, then finishing in-flight requests and draining the write-behind buffer"
+    );
     readiness.set_shutting_down();
+    let _ = draining_tx.send(true);
     if let Some(registration) = registration {
         registration.deregister().await;
     }
+    // Gateways see NOT_SERVING (or Consul the deregistration) at their next
+    // check and stop sending; what they send meanwhile is still served,
+    // where a closed listener would reset connections mid-handshake and
+    // leave their calls' outcome unknown.
+    tokio::time::sleep(delay).await;
+    let deadline = tokio::time::Instant::now() + drain_timeout;
     let _ = shutdown_tx.send(true);
     // Streams stop reading at once; connections that are still open at the
     // deadline (a client that never reads its responses) are cut.

@@ -277,3 +277,29 @@ async fn sigterm_ends_a_batch_stream_cleanly_and_unanswered_batches_were_not_app
     assert!(status.success(), "{status:?}");
     assert_eq!(stored(&redis, &resource), Some(answered), "exactly the answered batches were applied");
 }
+
+/// With `TALLY_SHUTDOWN_DELAY_MS`, SIGTERM first only turns health
+/// NOT_SERVING: calls that clients send before their next health check are
+/// still served and applied, instead of meeting a closed port.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_a_delay_turns_health_off_and_keeps_serving() {
+    let redis = RedisServer::start();
+    // Longer than the test: it is killed at the end, still in its delay.
+    let counter = common::start_counter(&redis.url(), &[("TALLY_SHUTDOWN_DELAY_MS", "60000")]);
+    let mut client = common::client(&counter).await;
+    let mut watch = health_status(&counter).await;
+    wait_for_health(&mut watch, ServingStatus::Serving).await;
+
+    counter.signal("-TERM");
+    wait_for_health(&mut watch, ServingStatus::NotServing).await;
+    let post = unique("delayed-stop");
+    let inc = IncrementRequest {
+        resource_id: post.clone(),
+        counter_type: "views".into(),
+        delta: Some(3),
+        ..Default::default()
+    };
+    let answer = client.increment(inc).await.expect("served during the delay").into_inner();
+    assert_eq!(answer.current_value, 3);
+    assert_eq!(stored(&redis, &post), Some(3), "applied, not only acknowledged");
+}
