@@ -1,0 +1,142 @@
+//! A rolling restart of the counters under load, the way Kubernetes replaces
+//! a Deployment's pods: each counter in turn gets SIGTERM, drains, exits and
+//! comes back on its address while clients keep writing through the gateway.
+//! Users expect no client to notice: no failed request, nothing counted twice.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use common::{Http, RedisServer, Service, free_port, retry_after, start_counter, start_gateway, unique, wait_store_up};
+use serde_json::json;
+use tally_runtime::log_events::ENDPOINT_HEALTH_CHANGED;
+
+/// What the writers saw.
+#[derive(Default)]
+struct Seen {
+    acknowledged: AtomicU64,
+    /// Every answer other than 200 (status, Retry-After, body), counted.
+    failures: Mutex<BTreeMap<String, u64>>,
+}
+
+/// Writers sending plain (unkeyed) increments of `resource` one after another
+/// until `stop`: a write that fails cannot be resent blindly, so each one
+/// must either be acknowledged or be reported.
+fn spawn_writers(
+    http: &Http,
+    resource: &str,
+    writers: usize,
+    stop: &Arc<AtomicBool>,
+    seen: &Arc<Seen>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..writers)
+        .map(|_| {
+            let (http, stop, seen) = (http.clone(), stop.clone(), seen.clone());
+            let body = json!({"resource_id": resource, "counter_type": "likes", "delta": 1}).to_string().into_bytes();
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let (status, headers, answer) =
+                        http.exchange("POST", "/api/v1/counter/increment", Some(body.clone())).await;
+                    if status == 200 {
+                        seen.acknowledged.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        let line = format!("{status} retry-after={:?} {answer}", retry_after(&headers));
+                        *seen.failures.lock().unwrap().entry(line).or_default() += 1;
+                    }
+                }
+            })
+        })
+        .collect()
+}
+
+/// Waits until the writers have had `more` further acknowledgements: the
+/// traffic really flows through the counters as they are now.
+async fn more_acknowledged(seen: &Seen, more: u64) {
+    let target = seen.acknowledged.load(Ordering::Relaxed) + more;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while seen.acknowledged.load(Ordering::Relaxed) < target {
+        assert!(tokio::time::Instant::now() < deadline, "writes stopped flowing: {:?}", seen.failures.lock().unwrap());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn health_line(listen: &str, healthy: bool) -> impl Fn(&str) -> bool + '_ {
+    move |line| {
+        line.contains(ENDPOINT_HEALTH_CHANGED) && line.contains(listen) && line.contains(&format!("healthy={healthy}"))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_of_the_counters_fails_no_write_and_counts_each_once() {
+    let redis = RedisServer::start();
+    let listens: Vec<String> = (0..2).map(|_| format!("127.0.0.1:{}", free_port())).collect();
+    // Outside Kubernetes nothing holds SIGTERM back while the gateway
+    // notices: the counter's own delay does (10× the gateway's check interval).
+    let start =
+        |listen: &str| start_counter(&redis.url(), &[("TALLY_LISTEN", listen), ("TALLY_SHUTDOWN_DELAY_MS", "1000")]);
+    let mut counters: Vec<Option<Service>> = listens.iter().map(|listen| Some(start(listen))).collect();
+    for counter in counters.iter().flatten() {
+        wait_store_up(counter);
+    }
+    let endpoints = listens.iter().map(|listen| format!("http://{listen}")).collect::<Vec<_>>().join(",");
+    // Each failed attempt logged with its error chain, for the assertion's message.
+    let gateway = start_gateway(&endpoints, &[("RUST_LOG", "info,tally_gateway::client=debug")]);
+    // start_gateway already passed the first endpoint's line; each wait
+    // consumes the lines it passes over, so one wait for whichever is left.
+    let seen_healthy = gateway.log_lines();
+    let pending: Vec<String> = listens
+        .iter()
+        .filter(|listen| !seen_healthy.iter().any(|line| health_line(listen, true)(line)))
+        .cloned()
+        .collect();
+    let pending = Mutex::new(pending);
+    if !pending.lock().unwrap().is_empty() {
+        gateway.wait_for_log("both endpoints healthy", |line| {
+            let mut pending = pending.lock().unwrap();
+            pending.retain(|listen| !health_line(listen, true)(line));
+            pending.is_empty()
+        });
+    }
+
+    let resource = unique("rolling");
+    let (stop, seen) = (Arc::new(AtomicBool::new(false)), Arc::new(Seen::default()));
+    let writers = spawn_writers(&Http::new(gateway.http_base()), &resource, 16, &stop, &seen);
+    more_acknowledged(&seen, 500).await;
+
+    for (slot, listen) in counters.iter_mut().zip(&listens) {
+        let old = slot.take().expect("running");
+        let (exit, log) = tokio::task::spawn_blocking(move || old.terminate()).await.expect("terminate");
+        assert!(exit.success(), "the counter on {listen} did not drain cleanly: {exit:?}\n{}", log.join("\n"));
+        gateway.wait_for_log("the draining counter taken out", health_line(listen, false));
+        more_acknowledged(&seen, 200).await; // on the other counter alone
+
+        let new = start(listen);
+        wait_store_up(&new);
+        gateway.wait_for_log("the restarted counter back", health_line(listen, true));
+        *slot = Some(new);
+        more_acknowledged(&seen, 500).await;
+    }
+
+    stop.store(true, Ordering::Relaxed);
+    for writer in writers {
+        writer.await.expect("writer");
+    }
+    let failures = seen.failures.lock().unwrap().clone();
+    let acknowledged = seen.acknowledged.load(Ordering::Relaxed);
+    let stored: u64 = redis.cli(&["HGET", &format!("tally:{{{resource}}}"), "likes"]).parse().expect("a stored count");
+    assert_eq!(
+        stored, acknowledged,
+        "each acknowledged write counted once, nothing else written; failures: {failures:?}"
+    );
+    let failed: u64 = failures.values().sum();
+    assert!(
+        failures.is_empty(),
+        "{failed} of {} writes failed during the restart: {failures:#?}\ngateway log:\n{}",
+        acknowledged + failed,
+        gateway.log_lines().join("\n")
+    );
+}
