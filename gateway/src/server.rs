@@ -89,6 +89,7 @@ pub async fn run(config: Config, settings_file: Option<Source>) -> Result<(), St
         AuthMode::ApiKeys => Auth::api_keys(config.auth_keys_file.clone())?,
     });
     tokio::spawn(auth.clone().watch(Duration::from_millis(config.auth_reload_ms), metrics.clone()));
+    let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
     // One App per worker, made on it: its coalescers run there.
     let apps: Vec<AppState> = workers
         .handles()
@@ -103,6 +104,7 @@ pub async fn run(config: Config, settings_file: Option<Source>) -> Result<(), St
                 metrics: metrics.clone(),
                 trace_caller,
                 auth: auth.clone(),
+                stopping: stopping.clone(),
             })
         })
         .collect();
@@ -167,7 +169,14 @@ pub async fn run(config: Config, settings_file: Option<Source>) -> Result<(), St
     ));
 
     tally_runtime::signal::shutdown().await;
-    tracing::info!("shutting down: finishing in-flight requests");
+    stopping.store(true, std::sync::atomic::Ordering::Relaxed);
+    tracing::info!(
+        delay_ms = config.shutdown_delay_ms,
+        "shutting down: /ready failing and still serving for the delay, then finishing in-flight requests"
+    );
+    // Load balancers see /ready fail at their next probe and stop sending;
+    // what they send meanwhile is still served, not reset by a closed listener.
+    tokio::time::sleep(Duration::from_millis(config.shutdown_delay_ms)).await;
     let _ = stop_tx.send(true);
     // Bound the graceful phase: connections that stay busy past the timeout are cut.
     let shutdown_timeout = Duration::from_millis(config.shutdown_timeout_ms);

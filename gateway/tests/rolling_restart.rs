@@ -2,6 +2,7 @@
 //! a Deployment's pods: each counter in turn gets SIGTERM, drains, exits and
 //! comes back on its address while clients keep writing through the gateway.
 //! Users expect no client to notice: no failed request, nothing counted twice.
+//! And a stopping gateway lets its load balancer take it out first.
 
 mod common;
 
@@ -139,4 +140,27 @@ async fn a_rolling_restart_of_the_counters_fails_no_write_and_counts_each_once()
         acknowledged + failed,
         gateway.log_lines().join("\n")
     );
+}
+
+/// With `TALLY_SHUTDOWN_DELAY_MS`, a stopping gateway fails `/ready` at once
+/// (so a load balancer takes it out) and serves on until the delay ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_gateway_fails_readiness_and_serves_on_during_its_delay() {
+    let redis = RedisServer::start();
+    let counter = start_counter(&redis.url(), &[]);
+    wait_store_up(&counter);
+    // Longer than the test: it is killed at the end, still in its delay.
+    let gateway = start_gateway(&counter.grpc_endpoint(), &[("TALLY_SHUTDOWN_DELAY_MS", "60000")]);
+    let (http, admin) = (Http::new(gateway.http_base()), Http::new(gateway.admin_base()));
+    assert_eq!(admin.exchange("GET", "/ready", None).await.0, 200);
+
+    gateway.signal("-TERM");
+    gateway.wait_for_log("the gateway stopping", |line| line.contains("shutting down"));
+    let (status, _, body) = admin.exchange("GET", "/ready", None).await;
+    assert_eq!(status, 503, "{body}");
+    let resource = unique("stopping-gateway");
+    let increment = json!({"resource_id": resource, "counter_type": "likes", "delta": 2}).to_string().into_bytes();
+    let (status, _, body) = http.exchange("POST", "/api/v1/counter/increment", Some(increment)).await;
+    assert_eq!(status, 200, "served during the delay: {body}");
+    assert_eq!(redis.cli(&["HGET", &format!("tally:{{{resource}}}"), "likes"]), "2");
 }

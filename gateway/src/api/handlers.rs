@@ -40,6 +40,8 @@ pub struct App {
     pub trace_caller: tally_runtime::telemetry::Caller,
     /// Who may call the API (shared by every worker).
     pub auth: Arc<crate::auth::Auth>,
+    /// Set on SIGTERM: `/ready` fails while requests are still served.
+    pub stopping: Arc<std::sync::atomic::AtomicBool>,
 }
 
 pub type AppState = Arc<App>;
@@ -299,13 +301,16 @@ pub async fn health() -> impl IntoResponse {
 
 /// Ready while at least one counter endpoint is warm and takes calls of
 /// some kind: healthy, or taking async writes while its store is down (so
-/// async writes still reach the gateway during a store outage).
+/// async writes still reach the gateway during a store outage); never once
+/// the gateway is stopping.
 pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
     let backends = state.counter.backends();
     let (usable, healthy) = (backends.usable_count(), backends.healthy_count());
-    let status = if usable > 0 { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let stopping = state.stopping.load(std::sync::atomic::Ordering::Relaxed);
+    let ready = usable > 0 && !stopping;
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     let body = json!({
-        "status": if usable > 0 { "ready" } else { "not_ready" },
+        "status": if stopping { "stopping" } else if ready { "ready" } else { "not_ready" },
         "healthy_endpoints": healthy,
         "async_only_endpoints": usable.saturating_sub(healthy),
         "endpoints": backends.all().len(),
