@@ -15,11 +15,14 @@ use std::time::Duration;
 use common::{Http, RedisServer, Service, free_port, retry_after, start_counter, start_gateway, unique, wait_store_up};
 use serde_json::json;
 use tally_runtime::log_events::ENDPOINT_HEALTH_CHANGED;
+use tokio::sync::Notify;
 
 /// What the writers saw.
 #[derive(Default)]
 struct Seen {
     acknowledged: AtomicU64,
+    /// Woken at each acknowledgement.
+    acked: Notify,
     /// Every answer other than 200 (status, Retry-After, body), counted.
     failures: Mutex<BTreeMap<String, u64>>,
 }
@@ -44,6 +47,7 @@ fn spawn_writers(
                         http.exchange("POST", "/api/v1/counter/increment", Some(body.clone())).await;
                     if status == 200 {
                         seen.acknowledged.fetch_add(1, Ordering::Relaxed);
+                        seen.acked.notify_waiters();
                     } else {
                         let line = format!("{status} retry-after={:?} {answer}", retry_after(&headers));
                         *seen.failures.lock().unwrap().entry(line).or_default() += 1;
@@ -58,10 +62,18 @@ fn spawn_writers(
 /// traffic really flows through the counters as they are now.
 async fn more_acknowledged(seen: &Seen, more: u64) {
     let target = seen.acknowledged.load(Ordering::Relaxed) + more;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while seen.acknowledged.load(Ordering::Relaxed) < target {
-        assert!(tokio::time::Instant::now() < deadline, "writes stopped flowing: {:?}", seen.failures.lock().unwrap());
-        tokio::time::sleep(Duration::from_millis(10)).await;
+    let reached = async {
+        loop {
+            // Registered before the check, so no acknowledgement in between is missed.
+            let next = seen.acked.notified();
+            if seen.acknowledged.load(Ordering::Relaxed) >= target {
+                return;
+            }
+            next.await;
+        }
+    };
+    if tokio::time::timeout(Duration::from_secs(30), reached).await.is_err() {
+        panic!("writes stopped flowing: {:?}", seen.failures.lock().unwrap());
     }
 }
 
