@@ -23,6 +23,11 @@ use crate::stack::{Stack, StoreKind};
 pub enum Kind {
     /// `kill -9` of a counter, restarted on the same ports after 1–3 s.
     CounterKill,
+    /// SIGTERM of a counter, as a rolling update stops a pod: NOT_SERVING
+    /// for its shutdown delay while still serving, then it drains and exits
+    /// (an exit other than 0 fails the fault); restarted on the same ports
+    /// after 1–3 s.
+    CounterTerm,
     /// SIGSTOP of a counter for 1–4 s, then SIGCONT.
     CounterStop,
     /// redis-server killed and started again on the same port and AOF after 1–2 s.
@@ -41,14 +46,16 @@ pub enum Kind {
 }
 
 /// The faults of a run on one redis-server.
-const ON_REDIS: [Kind; 4] = [Kind::CounterKill, Kind::CounterStop, Kind::RedisRestart, Kind::RedisStop];
+const ON_REDIS: [Kind; 5] =
+    [Kind::CounterKill, Kind::CounterTerm, Kind::CounterStop, Kind::RedisRestart, Kind::RedisStop];
 /// The faults of a run on a Redis Cluster (its masters are not restarted:
 /// without replicas a killed master's slots are down, which the standalone
 /// run's Redis restarts already cover).
-const ON_CLUSTER: [Kind; 4] = [Kind::CounterKill, Kind::CounterStop, Kind::Reshard, Kind::MasterStop];
+const ON_CLUSTER: [Kind; 5] =
+    [Kind::CounterKill, Kind::CounterTerm, Kind::CounterStop, Kind::Reshard, Kind::MasterStop];
 /// The faults of a run on a Redis Cluster with replicas: masters crash too.
-const ON_REPLICATED_CLUSTER: [Kind; 5] =
-    [Kind::CounterKill, Kind::CounterStop, Kind::Reshard, Kind::MasterStop, Kind::MasterCrash];
+const ON_REPLICATED_CLUSTER: [Kind; 6] =
+    [Kind::CounterKill, Kind::CounterTerm, Kind::CounterStop, Kind::Reshard, Kind::MasterStop, Kind::MasterCrash];
 
 /// The kinds of fault a run on `store` draws from.
 pub fn kinds(store: StoreKind) -> &'static [Kind] {
@@ -63,6 +70,7 @@ impl fmt::Display for Kind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Kind::CounterKill => "counter kill -9 + restart",
+            Kind::CounterTerm => "counter SIGTERM + restart",
             Kind::CounterStop => "counter SIGSTOP/SIGCONT",
             Kind::RedisRestart => "redis kill -9 + restart",
             Kind::RedisStop => "redis SIGSTOP/SIGCONT",
@@ -105,14 +113,14 @@ pub fn run(stack: &Stack, resources: &Resources, seed: u64, started: Instant, un
         let counter = rng.random_range(0..2usize);
         let (label, resource) = resources[rng.random_range(0..resources.len())];
         let hold = Duration::from_millis(match kind {
-            Kind::CounterKill => rng.random_range(1000..=3000),
+            Kind::CounterKill | Kind::CounterTerm => rng.random_range(1000..=3000),
             Kind::CounterStop => rng.random_range(1000..=4000),
             Kind::RedisRestart => rng.random_range(1000..=2000),
             Kind::RedisStop | Kind::MasterStop | Kind::MasterCrash => rng.random_range(1000..=3000),
             Kind::Reshard => 0, // as long as the keys take to move
         });
         let target = match kind {
-            Kind::CounterKill | Kind::CounterStop => stack.counters[counter].name,
+            Kind::CounterKill | Kind::CounterTerm | Kind::CounterStop => stack.counters[counter].name,
             Kind::RedisRestart | Kind::RedisStop => "redis",
             Kind::Reshard | Kind::MasterStop | Kind::MasterCrash => label,
         };
@@ -147,6 +155,12 @@ fn inject(stack: &Stack, kind: Kind, counter: usize, resource: &str, hold: Durat
             std::thread::sleep(hold);
             let started = stack.start_counter(counter);
             killed.and(started).map(|_| None)
+        }
+        Kind::CounterTerm => {
+            let stopped = stack.terminate_counter(counter);
+            std::thread::sleep(hold);
+            let started = stack.start_counter(counter);
+            stopped.and(started).map(|_| None)
         }
         Kind::CounterStop => {
             let stopped = stack.signal_counter(counter, "-STOP");

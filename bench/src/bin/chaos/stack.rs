@@ -245,6 +245,8 @@ impl Stack {
             ("TALLY_ADMIN_LISTEN", admin.as_str()),
             ("TALLY_HEALTH_INTERVAL_MS", "200"),
             ("TALLY_STORE_WAIT_REPLICAS", replicas),
+            // Five of the gateway's health checks: it takes a stopping counter out first.
+            ("TALLY_SHUTDOWN_DELAY_MS", "1000"),
         ];
         let service = retry_start(c.name, || Service::start(&bin, &env))?;
         let pid = service.pid();
@@ -257,6 +259,17 @@ impl Stack {
     pub fn kill_counter(&self, i: usize) -> Result<u32, String> {
         let c = &self.counters[i];
         kill(&c.service, &c.pid, c.name)
+    }
+
+    /// SIGTERMs counter `i` and waits for it to exit, as a rolling update
+    /// stops a pod; an exit other than 0 (a drain that failed) is an error.
+    pub fn terminate_counter(&self, i: usize) -> Result<u32, String> {
+        let c = &self.counters[i];
+        let service = lock(&c.service).take();
+        let pid = c.pid.swap(0, Ordering::SeqCst);
+        let service = service.ok_or_else(|| format!("{} was not running", c.name))?;
+        let (status, _) = service.terminate();
+        if status.success() { Ok(pid) } else { Err(format!("{} exited with {status} after SIGTERM", c.name)) }
     }
 
     pub fn signal_counter(&self, i: usize, sig: &str) -> Result<u32, String> {
