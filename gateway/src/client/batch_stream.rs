@@ -40,6 +40,7 @@ use tonic::transport::Channel;
 use tonic::{Code, Status, Streaming};
 
 use super::backends::CounterClient;
+use super::retry;
 
 /// A kind of batch sent on a stream: its messages, the stream's method, and
 /// the unary call that carries it to a counter without the stream.
@@ -366,17 +367,18 @@ enum End {
 /// order. The first gets the stream's status (after a clean end: not
 /// applied, it was never read). The others were not read either when the
 /// counter ended the stream itself — cleanly, or with a status saying the
-/// batch it failed was not applied, after which it reads nothing more —
-/// and are of unknown outcome otherwise (the transport failed).
+/// batch it failed was not applied, after which it reads nothing more — or
+/// when the stream never reached it (refused by its GOAWAY, say); they are
+/// of unknown outcome otherwise (the transport failed).
 fn unanswered(end: End) -> impl Iterator<Item = Status> {
     let first = match end {
         End::Clean => not_applied("the counter closed the stream before reading the batch"),
         End::Failed(status) => status,
     };
-    let unread = WriteOutcome::of(&first) == Some(WriteOutcome::NotApplied);
+    let unread = WriteOutcome::of(&first) == Some(WriteOutcome::NotApplied) || retry::never_reached_the_counter(&first);
     let rest = move || {
         if unread {
-            not_applied("the counter closed the stream before reading the batch")
+            not_applied("the counter read nothing of this stream")
         } else {
             Status::unavailable("the stream to the counter failed before this batch was answered")
         }

@@ -79,7 +79,7 @@ pub fn classify(status: &Status) -> Failure {
 ///   opened after it, as the remote GOAWAY), or was reset with
 ///   REFUSED_STREAM. A stream the counter did take that is cut later
 ///   fails with a broken pipe instead: unknown.
-fn never_reached_the_counter(status: &Status) -> bool {
+pub fn never_reached_the_counter(status: &Status) -> bool {
     let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
     while let Some(err) = source {
         if err.is::<tonic::ConnectError>() {

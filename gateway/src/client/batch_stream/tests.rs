@@ -17,6 +17,15 @@ fn a_batch_the_counter_failed_unapplied_leaves_the_rest_unread() {
     assert_eq!(failures(End::Failed(status)), vec![Failure::NotSent; 3]);
 }
 
+#[test]
+fn a_stream_that_never_reached_the_counter_leaves_every_batch_on_it_unread() {
+    let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+    let no_connection = Status::from_error(Box::new(tonic::ConnectError(Box::new(refused))));
+    assert_eq!(failures(End::Failed(no_connection)), vec![Failure::NotSent; 3]);
+    let cut = Status::from_error(Box::new(std::io::Error::from(std::io::ErrorKind::BrokenPipe)));
+    assert_eq!(failures(End::Failed(cut)), vec![Failure::Unknown; 3], "taken, then cut: unknown");
+}
+
 /// An older counter: tonic answers a method it does not serve
 /// `UNIMPLEMENTED`, here a server with only the health service.
 async fn older_counter() -> Channel {
