@@ -46,9 +46,9 @@ pub struct GatewaySpec {
     /// Attempts per call, first included (`TALLY_RETRY_ATTEMPTS`).
     #[schemars(range(min = 1, max = 10))]
     pub retry_attempts: i32,
-    /// Retries allowed as a percentage of calls (`TALLY_RETRY_BUDGET_PERCENT`).
-    #[schemars(range(min = 0, max = 100))]
-    pub retry_budget_percent: i32,
+    /// Retries allowed as a percentage of calls, fractions allowed (`TALLY_RETRY_BUDGET_PERCENT`).
+    #[schemars(range(min = 0, max = 1000))]
+    pub retry_budget_percent: f64,
     /// Retries always allowed per second (`TALLY_RETRY_MIN_PER_SECOND`).
     #[schemars(range(min = 0, max = 100000))]
     pub retry_min_per_second: i32,
@@ -68,10 +68,10 @@ pub struct GatewaySpec {
     #[schemars(range(min = 0, max = 100))]
     pub breaker_max_ejection_percent: i32,
     /// Read cache TTL, ms; 0 disables (`TALLY_CACHE_TTL_MS`).
-    #[schemars(range(min = 0, max = 3600000))]
+    #[schemars(range(min = 0, max = 86400000))]
     pub cache_ttl_ms: i32,
     /// Read cache size (`TALLY_CACHE_MAX_ENTRIES`).
-    #[schemars(range(min = 0, max = 10000000))]
+    #[schemars(range(min = 0, max = 100000000))]
     pub cache_max_entries: i32,
     /// Drain budget on SIGTERM, ms (`TALLY_SHUTDOWN_TIMEOUT_MS`).
     #[schemars(range(min = 1000, max = 600000))]
@@ -158,7 +158,7 @@ impl Default for GatewaySpec {
             coalesce: true,
             lb_policy: LbPolicy::RoundRobin,
             retry_attempts: 3,
-            retry_budget_percent: 20,
+            retry_budget_percent: 20.0,
             retry_min_per_second: 10,
             breaker_failures: 5,
             breaker_recovery_ms: 1000,

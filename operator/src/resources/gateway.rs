@@ -153,7 +153,7 @@ mod tests {
             "gateway": {
                 "poolSize": 8, "lbPolicy": "least_request", "cacheTtlMs": 0, "keepaliveMs": 5000,
                 "connectTimeoutMs": 250, "requestTimeoutMs": 900, "coalesce": false, "retryAttempts": 2,
-                "retryBudgetPercent": 5, "retryMinPerSecond": 3, "breakerFailures": 9, "breakerRecoveryMs": 200,
+                "retryBudgetPercent": 2.5, "retryMinPerSecond": 3, "breakerFailures": 9, "breakerRecoveryMs": 200,
                 "breakerMaxRecoveryMs": 4000, "breakerHalfOpenProbes": 2, "breakerMaxEjectionPercent": 30,
                 "cacheMaxEntries": 77, "healthIntervalMs": 300,
             },
@@ -170,7 +170,7 @@ mod tests {
             ("TALLY_REQUEST_TIMEOUT_MS", "900"),
             ("TALLY_COALESCE", "false"),
             ("TALLY_RETRY_ATTEMPTS", "2"),
-            ("TALLY_RETRY_BUDGET_PERCENT", "5"),
+            ("TALLY_RETRY_BUDGET_PERCENT", "2.5"),
             ("TALLY_RETRY_MIN_PER_SECOND", "3"),
             ("TALLY_BREAKER_FAILURES", "9"),
             ("TALLY_BREAKER_RECOVERY_MS", "200"),
