@@ -1,8 +1,10 @@
-//! A rolling restart of the counters under load, the way Kubernetes replaces
-//! a Deployment's pods: each counter in turn gets SIGTERM, drains, exits and
-//! comes back on its address while clients keep writing through the gateway.
-//! Users expect no client to notice: no failed request, nothing counted twice.
-//! And a stopping gateway lets its load balancer take it out first.
+//! Rolling restarts of the counters under load: each counter in turn gets
+//! SIGTERM, drains, exits and comes back on its address (as under systemd or
+//! a StatefulSet), or is replaced by a new pod at a new address (a
+//! Kubernetes Deployment's rolling update, through the EndpointSlice watch),
+//! while clients keep writing through the gateway. Users expect no client to
+//! notice: no failed request, nothing counted twice. And a stopping gateway
+//! lets its load balancer take it out first.
 
 mod common;
 
@@ -14,7 +16,8 @@ use std::time::Duration;
 
 use common::{Http, RedisServer, Service, free_port, retry_after, start_counter, start_gateway, unique, wait_store_up};
 use serde_json::json;
-use tally_runtime::log_events::ENDPOINT_HEALTH_CHANGED;
+use tally_runtime::log_events::{ENDPOINT_HEALTH_CHANGED, ENDPOINT_REMOVED};
+use tally_testkit::KubernetesDouble;
 use tokio::sync::Notify;
 
 /// What the writers saw.
@@ -134,6 +137,19 @@ async fn a_rolling_restart_of_the_counters_fails_no_write_and_counts_each_once()
         more_acknowledged(&seen, 500).await;
     }
 
+    every_write_counted_once(writers, &stop, &seen, &redis, &resource, &gateway).await;
+}
+
+/// Stops the writers, then checks that none failed and that Redis holds
+/// exactly what was acknowledged.
+async fn every_write_counted_once(
+    writers: Vec<tokio::task::JoinHandle<()>>,
+    stop: &AtomicBool,
+    seen: &Seen,
+    redis: &RedisServer,
+    resource: &str,
+    gateway: &Service,
+) {
     stop.store(true, Ordering::Relaxed);
     for writer in writers {
         writer.await.expect("writer");
@@ -152,6 +168,51 @@ async fn a_rolling_restart_of_the_counters_fails_no_write_and_counts_each_once()
         acknowledged + failed,
         gateway.log_lines().join("\n")
     );
+}
+
+/// A Kubernetes rolling update (maxSurge 1, maxUnavailable 0) as the
+/// gateway sees it through its EndpointSlice watch (the API server is a
+/// test double, `tally_testkit::KubernetesDouble`): the new pod starts at a
+/// new address and turns ready; the old one turns not ready (terminating:
+/// its preStop sleep keeps it serving meanwhile), then gets SIGTERM and
+/// exits. Twice, under the same writers: not one write fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kubernetes_rolling_update_of_the_counters_fails_no_write() {
+    let redis = RedisServer::start();
+    let api = KubernetesDouble::start("tally").await;
+    let start = |port: u16| start_counter(&redis.url(), &[("TALLY_LISTEN", &format!("127.0.0.1:{port}"))]);
+    let at = |port: u16| format!("127.0.0.1:{port}");
+    let mut port = free_port();
+    let mut old = start(port);
+    wait_store_up(&old);
+    api.set_slice("counter-0", port, &[("127.0.0.1", true)]);
+    let kubeconfig = api.kubeconfig();
+    let gateway = start_gateway("", &[("TALLY_DISCOVERY", "kubernetes"), ("KUBECONFIG", kubeconfig.as_str())]);
+    api.wait_for_watches(1).await;
+
+    let resource = unique("k8s-rolling");
+    let (stop, seen) = (Arc::new(AtomicBool::new(false)), Arc::new(Seen::default()));
+    let writers = spawn_writers(&Http::new(gateway.http_base()), &resource, 16, &stop, &seen);
+    more_acknowledged(&seen, 500).await;
+
+    for pod in 1..=2 {
+        let new_port = free_port();
+        let new = start(new_port);
+        wait_store_up(&new);
+        api.set_slice(&format!("counter-{pod}"), new_port, &[("127.0.0.1", true)]);
+        gateway.wait_for_log("the new pod warm", health_line(&at(new_port), true));
+        api.set_slice(&format!("counter-{}", pod - 1), port, &[("127.0.0.1", false)]);
+        gateway.wait_for_log("the terminating pod out", |line| {
+            line.contains(&at(port)) && line.contains(ENDPOINT_REMOVED)
+        });
+        more_acknowledged(&seen, 200).await; // on the new pod alone
+
+        let (exit, log) = tokio::task::spawn_blocking(move || old.terminate()).await.expect("terminate");
+        assert!(exit.success(), "the old pod did not drain cleanly: {exit:?}\n{}", log.join("\n"));
+        (old, port) = (new, new_port);
+        more_acknowledged(&seen, 500).await;
+    }
+    every_write_counted_once(writers, &stop, &seen, &redis, &resource, &gateway).await;
 }
 
 /// With `TALLY_SHUTDOWN_DELAY_MS`, a stopping gateway fails `/ready` at once
