@@ -207,7 +207,7 @@ pub async fn run(config: Config, settings: Option<Source>) -> Result<(), Startup
     // check and stop sending; what they send meanwhile is still served,
     // where a closed listener would reset connections mid-handshake and
     // leave their calls' outcome unknown.
-    tokio::time::sleep(delay).await;
+    tally_runtime::signal::shutdown_delay(delay).await;
     let deadline = tokio::time::Instant::now() + drain_timeout;
     let _ = shutdown_tx.send(true);
     // Streams stop reading at once; connections that are still open at the

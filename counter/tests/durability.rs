@@ -280,11 +280,12 @@ async fn sigterm_ends_a_batch_stream_cleanly_and_unanswered_batches_were_not_app
 
 /// With `TALLY_SHUTDOWN_DELAY_MS`, SIGTERM first only turns health
 /// NOT_SERVING: calls that clients send before their next health check are
-/// still served and applied, instead of meeting a closed port.
+/// still served and applied, instead of meeting a closed port. A second
+/// SIGTERM cuts the delay short.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_with_a_delay_turns_health_off_and_keeps_serving() {
     let redis = RedisServer::start();
-    // Longer than the test: it is killed at the end, still in its delay.
+    // Far longer than the test: only the second signal ends it in time.
     let counter = common::start_counter(&redis.url(), &[("TALLY_SHUTDOWN_DELAY_MS", "60000")]);
     let mut client = common::client(&counter).await;
     let mut watch = health_status(&counter).await;
@@ -302,4 +303,11 @@ async fn sigterm_with_a_delay_turns_health_off_and_keeps_serving() {
     let answer = client.increment(inc).await.expect("served during the delay").into_inner();
     assert_eq!(answer.current_value, 3);
     assert_eq!(stored(&redis, &post), Some(3), "applied, not only acknowledged");
+
+    // Its graceful shutdown waits for open streams: this watch among them.
+    drop((watch, client));
+    counter.signal("-TERM");
+    let exited = tokio::time::timeout(Duration::from_secs(20), tokio::task::spawn_blocking(move || counter.wait()));
+    let (status, log) = exited.await.expect("the second SIGTERM ends the delay").expect("exit");
+    assert!(status.success(), "{status:?}\n{}", log.join("\n"));
 }

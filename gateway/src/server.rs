@@ -176,7 +176,7 @@ pub async fn run(config: Config, settings_file: Option<Source>) -> Result<(), St
     );
     // Load balancers see /ready fail at their next probe and stop sending;
     // what they send meanwhile is still served, not reset by a closed listener.
-    tokio::time::sleep(Duration::from_millis(config.shutdown_delay_ms)).await;
+    tally_runtime::signal::shutdown_delay(Duration::from_millis(config.shutdown_delay_ms)).await;
     let _ = stop_tx.send(true);
     // Bound the graceful phase: connections that stay busy past the timeout are cut.
     let shutdown_timeout = Duration::from_millis(config.shutdown_timeout_ms);

@@ -21,3 +21,16 @@ pub async fn shutdown() {
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
 }
+
+/// Waits out a shutdown delay (`TALLY_SHUTDOWN_DELAY_MS`, after the first
+/// signal), cut short by another SIGTERM or SIGINT: whoever signals again
+/// wants the service gone now (Ctrl-C twice).
+pub async fn shutdown_delay(delay: std::time::Duration) {
+    if delay.is_zero() {
+        return;
+    }
+    tokio::select! {
+        _ = tokio::time::sleep(delay) => {}
+        _ = shutdown() => tracing::info!("signalled again: the shutdown delay is cut short"),
+    }
+}
