@@ -48,6 +48,9 @@ pub struct Figures<'a> {
     pub peaks_kib: BTreeMap<&'static str, u64>,
     pub max_rss_mib: u64,
     pub exits: Vec<String>,
+    /// The writers' failures by the fault that last began before each
+    /// ([`crate::faults::failures_after`]).
+    pub writer_failures_after: BTreeMap<Option<crate::faults::Kind>, u64>,
     pub dead_at_end: Vec<&'static str>,
 }
 

@@ -8,6 +8,7 @@
 //! it starts from a full stack. It runs on its own thread: process starts
 //! and slot moves block for up to a few seconds.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -93,6 +94,20 @@ pub struct Fault {
     pub hold: Duration,
     /// Set when a step failed (a signal not delivered, a restart that did not come up).
     pub error: Option<String>,
+}
+
+/// The writers' failures (offsets from the start of the run, in order)
+/// counted against the fault that last began before each: a fault, its
+/// aftermath and the gap after it, until the next begins or the run ends.
+/// Those before the first fault count under `None`.
+pub fn failures_after(faults: &[Fault], failures: &[Duration]) -> BTreeMap<Option<Kind>, u64> {
+    let mut counts = BTreeMap::new();
+    for &failed_at in failures {
+        let began_before = faults.partition_point(|fault| fault.at <= failed_at);
+        let kind = began_before.checked_sub(1).map(|last| faults[last].kind);
+        *counts.entry(kind).or_default() += 1;
+    }
+    counts
 }
 
 /// Injects faults from now until `until`, adding each to `log` (shared, so
@@ -183,5 +198,24 @@ fn inject(stack: &Stack, kind: Kind, counter: usize, resource: &str, hold: Durat
         Kind::Reshard => stack.reshard(resource).map(Some),
         Kind::MasterStop => stack.pause_master_of(resource, hold).map(|_| None),
         Kind::MasterCrash => stack.crash_master_of(resource, hold).map(Some),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fault(at_ms: u64, kind: Kind) -> Fault {
+        let at = Duration::from_millis(at_ms);
+        Fault { at, wall: String::new(), kind, target: "x", hold: Duration::ZERO, error: None }
+    }
+
+    #[test]
+    fn each_failure_counts_against_the_fault_that_last_began_before_it() {
+        let faults = [fault(1000, Kind::CounterKill), fault(5000, Kind::CounterTerm), fault(9000, Kind::CounterKill)];
+        let failures: Vec<Duration> = [500, 1000, 4999, 8000, 9500, 20_000].map(Duration::from_millis).to_vec();
+        let counts = failures_after(&faults, &failures);
+        let expected = BTreeMap::from([(None, 1), (Some(Kind::CounterKill), 4), (Some(Kind::CounterTerm), 1)]);
+        assert_eq!(counts, expected);
     }
 }

@@ -125,6 +125,14 @@ impl Load {
         }
     }
 
+    /// [`Load::record`] for a writer's request, keeping when a failure ended.
+    fn record_write(&self, tally: &Tally, started_in: Phase, outcome: Outcome) {
+        self.record(tally, started_in, outcome);
+        if !outcome.is_ok() {
+            self.stats.writer_failures.record();
+        }
+    }
+
     /// One `POST /api/v1/counter/increment` of +1; returns the outcome and
     /// whether the gateway marked it a replay.
     async fn increment(
@@ -216,7 +224,7 @@ async fn keyed_writer(load: Arc<Load>, task: u64, mut rng: StdRng) {
             let phase = load.phase();
             let (outcome, replayed) =
                 load.increment(&load.client, &load.resources.keyed, Some(&key), ATTEMPT_TIMEOUT).await;
-            load.record(&stats.keyed, phase, outcome);
+            load.record_write(&stats.keyed, phase, outcome);
             if outcome.is_ok() {
                 add(&stats.keyed_completed);
                 if replayed {
@@ -241,7 +249,7 @@ async fn plain_writer(load: Arc<Load>, mut rng: StdRng) {
     while load.phase() != Phase::Stop {
         let phase = load.phase();
         let (outcome, _) = load.increment(&load.client, &load.resources.plain, None, ATTEMPT_TIMEOUT).await;
-        load.record(&load.stats.plain, phase, outcome);
+        load.record_write(&load.stats.plain, phase, outcome);
         let wait = if outcome.is_ok() { 0..=4 } else { 20..=100 };
         pause(&mut rng, wait).await;
     }

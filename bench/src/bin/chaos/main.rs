@@ -181,6 +181,7 @@ async fn soak(stack: Arc<Stack>, plan: Plan) -> (String, bool) {
     let dead_at_end = stack.pids().into_iter().filter(|&(_, pid)| !memory::alive(pid)).map(|(name, _)| name).collect();
 
     let faults = fault_log.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
+    let writer_failures_after = faults::failures_after(&faults, &load.stats.writer_failures.since(started));
     let figures = Figures {
         store: stack.store_kind(),
         seconds: plan.seconds,
@@ -198,6 +199,7 @@ async fn soak(stack: Arc<Stack>, plan: Plan) -> (String, bool) {
         peaks_kib: memory.peaks_kib(),
         max_rss_mib: plan.max_rss_mib,
         exits: memory.exits(),
+        writer_failures_after,
         dead_at_end,
     };
     let checks = checks::evaluate(&figures);

@@ -87,12 +87,17 @@ pub fn render(f: &Figures, checks: &[Check]) -> String {
     let _ = writeln!(w, "| recovery after the faults | {recovery} |");
     let _ = writeln!(w, "| wall time | {:.0} s |\n", f.wall.as_secs_f64());
 
-    let _ = writeln!(w, "## Faults\n\n| kind | injected | failed |\n|---|---:|---:|");
+    let _ = writeln!(
+        w,
+        "## Faults\n\n| kind | injected | failed | writers' failed requests until the next fault |\n|---|---:|---:|---:|"
+    );
+    let after = |kind| f.writer_failures_after.get(&kind).copied().unwrap_or(0);
     for &kind in kinds(f.store) {
         let of_kind: Vec<_> = f.faults.iter().filter(|x| x.kind == kind).collect();
         let failed = of_kind.iter().filter(|x| x.error.is_some()).count();
-        let _ = writeln!(w, "| {kind} | {} | {failed} |", of_kind.len());
+        let _ = writeln!(w, "| {kind} | {} | {failed} | {} |", of_kind.len(), after(Some(kind)));
     }
+    let _ = writeln!(w, "| (before the first fault) | | | {} |", after(None));
     let _ = writeln!(w, "\n<details><summary>fault log</summary>\n");
     for x in &f.faults {
         let error = x.error.as_ref().map_or(String::new(), |e| format!(" — FAILED: {e}"));

@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 /// How one HTTP request ended, as the client saw it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -147,6 +148,34 @@ pub struct Stats {
     pub slow: SlowStats,
     /// Every request started during the clean phase, whatever its kind.
     pub clean: Tally,
+    /// When the writers' failed requests ended, for the report's count of
+    /// failures after each kind of fault.
+    pub writer_failures: FailureTimes,
+}
+
+/// At most this many failure times are kept (the tallies count them all):
+/// a run where everything fails must not grow without bound.
+const FAILURE_TIMES_KEPT: usize = 100_000;
+
+/// When failed requests ended, in order, up to [`FAILURE_TIMES_KEPT`].
+#[derive(Default)]
+pub struct FailureTimes {
+    times: Mutex<Vec<Instant>>,
+}
+
+impl FailureTimes {
+    pub fn record(&self) {
+        let mut times = self.times.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if times.len() < FAILURE_TIMES_KEPT {
+            times.push(Instant::now());
+        }
+    }
+
+    /// The times kept, as offsets from `origin`.
+    pub fn since(&self, origin: Instant) -> Vec<Duration> {
+        let times = self.times.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        times.iter().map(|t| t.saturating_duration_since(origin)).collect()
+    }
 }
 
 pub fn get(counter: &AtomicU64) -> u64 {
