@@ -71,7 +71,7 @@ fn defaults_equal_the_services_defaults_and_every_tunable_is_covered() {
             "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", // collectors requiring client certificates: not in the spec
             "OTEL_EXPORTER_OTLP_CLIENT_KEY",         // idem
             "TALLY_WORKER_THREADS",                  // from the CPU limit, else request (resources/threads.rs)
-            "TALLY_SHUTDOWN_DELAY_MS",               // the pod's preStop sleep does it (resources/config.rs)
+            "TALLY_SHUTDOWN_DELAY_MS",               // the preStop sleep does it; consul mode: resources/counter.rs
             "TALLY_STREAM_WINDOW",                   // per-stream protocol detail, not a deployment tunable
             "TALLY_MAX_CONCURRENT_STREAMS",          // idem
             "TALLY_HTTP_HEADER_TIMEOUT_MS",          // admin port (probes, scrapes): service defaults

@@ -60,6 +60,7 @@ pub fn settings(cc: &CounterCluster) -> Settings {
         let address = cc.spec.discovery.consul_address.clone().unwrap_or_default();
         settings.insert("TALLY_CONSUL_ADDR".into(), address);
         settings.insert("TALLY_CONSUL_SERVICE".into(), consul_service(cc));
+        settings.insert("TALLY_SHUTDOWN_DELAY_MS".into(), CONSUL_SHUTDOWN_DELAY_MS.to_string());
     }
     settings
 }
@@ -67,6 +68,13 @@ pub fn settings(cc: &CounterCluster) -> Settings {
 pub fn config_map(cc: &CounterCluster) -> ConfigMap {
     config::config_map(cc, "counter", &settings(cc))
 }
+
+/// A counter leaves Consul only at SIGTERM, after the preStop sleep (the
+/// EndpointSlice change that sleep waits out is not what the gateways
+/// follow in consul mode), so it serves on this long, NOT_SERVING, while
+/// the gateways' blocking queries and health checks take it out. Within
+/// the grace period's 15 s margin.
+pub const CONSUL_SHUTDOWN_DELAY_MS: u32 = 2000;
 
 /// The Consul service the counters register as and the gateways look up:
 /// one per CounterCluster, so clusters sharing a Consul never mix.
@@ -264,12 +272,14 @@ mod tests {
         }));
         assert_eq!(settings(&cc)["TALLY_CONSUL_ADDR"], "http://consul:8500");
         assert_eq!(settings(&cc)["TALLY_CONSUL_SERVICE"], "tally-demo-counter");
+        assert_eq!(settings(&cc)["TALLY_SHUTDOWN_DELAY_MS"], "2000", "deregistered, then still serving a while");
         let d = deployment(&cc);
         let env = crate::resources::env_map(d.spec.template.spec.unwrap().containers[0].env.clone().unwrap());
         assert_eq!(env["TALLY_CONSUL_SERVICE_ADDRESS"].as_deref(), Some("$(POD_IP)"));
         assert!(env.contains_key("POD_IP"));
         let kubernetes = sample(serde_json::json!({"store": {"managed": true}}));
         assert!(!settings(&kubernetes).contains_key("TALLY_CONSUL_ADDR"));
+        assert!(!settings(&kubernetes).contains_key("TALLY_SHUTDOWN_DELAY_MS"), "the preStop sleep does it");
     }
 
     #[test]
