@@ -135,12 +135,9 @@ pub struct Config {
     #[arg(long, env = "TALLY_SHUTDOWN_TIMEOUT_MS", default_value_t = 25_000)]
     pub shutdown_timeout_ms: u64,
 
-    /// On SIGTERM/SIGINT: how long to keep serving while reporting NOT_SERVING
-    /// (and deregistered from Consul) before closing connections, in
-    /// milliseconds, so clients that check health stop sending first. 0 where
-    /// the platform already does it (Kubernetes: the pod's preStop sleep).
-    #[arg(long, env = "TALLY_SHUTDOWN_DELAY_MS", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=300_000))]
-    pub shutdown_delay_ms: u64,
+    /// Serving on while reporting itself stopping (`TALLY_SHUTDOWN_DELAY_MS`).
+    #[command(flatten)]
+    pub shutdown_delay: tally_runtime::signal::ShutdownDelayArgs,
 
     /// Consul agent to register with (e.g. `http://127.0.0.1:8500`); unset = no registration.
     #[arg(long, env = "TALLY_CONSUL_ADDR")]

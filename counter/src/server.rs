@@ -193,9 +193,8 @@ pub async fn run(config: Config, settings: Option<Source>) -> Result<(), Startup
     };
 
     tally_runtime::signal::shutdown().await;
-    let delay = Duration::from_millis(config.shutdown_delay_ms);
     tracing::info!(
-        delay_ms = config.shutdown_delay_ms,
+        delay_ms = config.shutdown_delay.shutdown_delay_ms,
         "shutting down: NOT_SERVING and still serving for the delay, then finishing in-flight requests and draining the write-behind buffer"
     );
     readiness.set_shutting_down();
@@ -207,7 +206,7 @@ pub async fn run(config: Config, settings: Option<Source>) -> Result<(), Startup
     // check and stop sending; what they send meanwhile is still served,
     // where a closed listener would reset connections mid-handshake and
     // leave their calls' outcome unknown.
-    tally_runtime::signal::shutdown_delay(delay).await;
+    config.shutdown_delay.wait().await;
     let deadline = tokio::time::Instant::now() + drain_timeout;
     let _ = shutdown_tx.send(true);
     // Streams stop reading at once; connections that are still open at the

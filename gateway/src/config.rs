@@ -246,12 +246,9 @@ pub struct Config {
     #[arg(long, env = "TALLY_SHUTDOWN_TIMEOUT_MS", default_value_t = 10_000)]
     pub shutdown_timeout_ms: u64,
 
-    /// On SIGTERM/SIGINT: how long to keep serving while `/ready` answers 503
-    /// before closing the listeners, in milliseconds, so load balancers that
-    /// probe it stop sending first. 0 where the platform already does it
-    /// (Kubernetes: the pod's preStop sleep).
-    #[arg(long, env = "TALLY_SHUTDOWN_DELAY_MS", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=300_000))]
-    pub shutdown_delay_ms: u64,
+    /// Serving on while reporting itself stopping (`TALLY_SHUTDOWN_DELAY_MS`).
+    #[command(flatten)]
+    pub shutdown_delay: tally_runtime::signal::ShutdownDelayArgs,
 
     /// Follow the sampled flag of callers' `traceparent` headers. Off: the gateway's own sampler
     /// decides (a client sending `-01` cannot have every request traced); turn on when the

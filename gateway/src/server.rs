@@ -171,12 +171,12 @@ pub async fn run(config: Config, settings_file: Option<Source>) -> Result<(), St
     tally_runtime::signal::shutdown().await;
     stopping.store(true, std::sync::atomic::Ordering::Relaxed);
     tracing::info!(
-        delay_ms = config.shutdown_delay_ms,
+        delay_ms = config.shutdown_delay.shutdown_delay_ms,
         "shutting down: /ready failing and still serving for the delay, then finishing in-flight requests"
     );
     // Load balancers see /ready fail at their next probe and stop sending;
     // what they send meanwhile is still served, not reset by a closed listener.
-    tally_runtime::signal::shutdown_delay(Duration::from_millis(config.shutdown_delay_ms)).await;
+    config.shutdown_delay.wait().await;
     let _ = stop_tx.send(true);
     // Bound the graceful phase: connections that stay busy past the timeout are cut.
     let shutdown_timeout = Duration::from_millis(config.shutdown_timeout_ms);
