@@ -101,22 +101,10 @@ async fn a_rolling_restart_of_the_counters_fails_no_write_and_counts_each_once()
     let endpoints = listens.iter().map(|listen| format!("http://{listen}")).collect::<Vec<_>>().join(",");
     // Each failed attempt logged with its error chain, for the assertion's message.
     let gateway = start_gateway(&endpoints, &[("RUST_LOG", "info,tally_gateway::client=debug")]);
-    // start_gateway already passed the first endpoint's line; each wait
-    // consumes the lines it passes over, so one wait for whichever is left.
-    let seen_healthy = gateway.log_lines();
-    let pending: Vec<String> = listens
-        .iter()
-        .filter(|listen| !seen_healthy.iter().any(|line| health_line(listen, true)(line)))
-        .cloned()
-        .collect();
-    let pending = Mutex::new(pending);
-    if !pending.lock().unwrap().is_empty() {
-        gateway.wait_for_log("both endpoints healthy", |line| {
-            let mut pending = pending.lock().unwrap();
-            pending.retain(|listen| !health_line(listen, true)(line));
-            pending.is_empty()
-        });
-    }
+    // start_gateway waited for the first endpoint's turn to healthy; the next is the other's.
+    gateway.wait_for_log("both endpoints healthy", |line| {
+        line.contains(ENDPOINT_HEALTH_CHANGED) && line.contains("healthy=true")
+    });
 
     let resource = unique("rolling");
     let (stop, seen) = (Arc::new(AtomicBool::new(false)), Arc::new(Seen::default()));
