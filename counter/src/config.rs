@@ -10,6 +10,7 @@ use clap::Parser;
 
 use crate::buffer::{BufferFullPolicy, BufferSettings};
 use crate::commit::CommitSettings;
+use crate::grpc_serve::GrpcServing;
 use crate::incoming::ConnectionLimits;
 use crate::store::{ReplicaWait, StoreError, StoreOptions, StoreTimeouts, StoreTls};
 use tally_runtime::consul::ConsulAccess;
@@ -17,6 +18,12 @@ use tally_runtime::http::HttpArgs;
 use tally_runtime::reload::SettingFile;
 use tally_runtime::rt::RuntimeArgs;
 use tally_runtime::tls::{ClientFiles, ListenerTlsArgs};
+
+/// An HTTP/2 PING unanswered this long closes the connection (dead peer).
+const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Largest gRPC request head (metadata), in bytes.
+const GRPC_MAX_HEADER_BYTES: u32 = 16 * 1024;
 
 #[derive(Debug, Clone, Parser)]
 #[command(name = "tally-counter", version, about = "tally's gRPC counter service")]
@@ -122,6 +129,11 @@ pub struct Config {
     /// Time for a new gRPC connection to send its HTTP/2 preface, in milliseconds.
     #[arg(long, env = "TALLY_GRPC_HANDSHAKE_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(100..=600_000))]
     pub grpc_handshake_timeout_ms: u64,
+
+    /// A gRPC connection with no call open this long is sent a GOAWAY and closed, in
+    /// milliseconds (also a new connection's wait for its first call).
+    #[arg(long, env = "TALLY_GRPC_IDLE_TIMEOUT_MS", default_value_t = 300_000, value_parser = clap::value_parser!(u64).range(1_000..=86_400_000))]
+    pub grpc_idle_timeout_ms: u64,
 
     /// HTTP/2 PING interval towards clients, in milliseconds (0 turns it off).
     #[arg(long, env = "TALLY_HTTP2_KEEPALIVE_MS", default_value_t = 30_000)]
@@ -244,8 +256,14 @@ impl Config {
         }
     }
 
-    pub fn http2_keepalive(&self) -> Option<Duration> {
-        (self.http2_keepalive_ms > 0).then(|| Duration::from_millis(self.http2_keepalive_ms))
+    pub fn grpc_serving(&self) -> GrpcServing {
+        GrpcServing {
+            keepalive_interval: (self.http2_keepalive_ms > 0).then(|| Duration::from_millis(self.http2_keepalive_ms)),
+            keepalive_timeout: HTTP2_KEEPALIVE_TIMEOUT,
+            max_concurrent_streams: self.max_concurrent_streams,
+            max_header_list_size: GRPC_MAX_HEADER_BYTES,
+            idle_timeout: Duration::from_millis(self.grpc_idle_timeout_ms),
+        }
     }
 }
 

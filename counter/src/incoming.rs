@@ -43,6 +43,8 @@ pub struct GrpcConnMetrics {
     pub handshake_timeouts: Counter,
     /// TLS handshakes that failed (e.g. no or an untrusted client certificate).
     pub tls_failures: Counter,
+    /// Connections sent a GOAWAY after the idle timeout with no call open.
+    pub idle_closed: Counter,
 }
 
 /// The connections one worker serves: handed over by the acceptor, and

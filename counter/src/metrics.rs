@@ -127,6 +127,8 @@ impl Metrics {
         registry.register("grpc_handshake_timeouts", help, grpc_connections.handshake_timeouts.clone());
         let help = "gRPC connections closed because their TLS handshake failed (e.g. a missing or untrusted client certificate) or timed out";
         registry.register("grpc_tls_handshake_failures", help, grpc_connections.tls_failures.clone());
+        let help = "gRPC connections sent a GOAWAY and closed because no call was open on them for the idle timeout";
+        registry.register("grpc_connections_idle_closed", help, grpc_connections.idle_closed.clone());
         let tls_reloads = tally_runtime::tls::ReloadMetrics::default();
         registry.register("tls_reloads", "Reloads of TLS certificate files by result", tls_reloads.clone());
         let admin_connections = ConnMetrics::default();

@@ -16,7 +16,7 @@ use tally_runtime::settings_file::{SettingsError, Source};
 use tally_runtime::workers::Workers;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tonic::transport::Server;
+use tonic::service::Routes;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
@@ -24,16 +24,10 @@ use crate::admin::{self, Readiness};
 use crate::buffer::WriteBuffer;
 use crate::commit::{CommitLimits, GroupCommitter};
 use crate::config::Config;
-use crate::incoming;
 use crate::metrics::Metrics;
 use crate::service::CounterApi;
 use crate::store::{Store, StoreError};
-
-/// An HTTP/2 PING unanswered this long closes the connection (dead peer).
-const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
-
-/// Largest gRPC request head (metadata), in bytes.
-const GRPC_MAX_HEADER_BYTES: u32 = 16 * 1024;
+use crate::{grpc_serve, incoming};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -154,14 +148,7 @@ pub async fn run(config: Config, settings: Option<Source>) -> Result<(), Startup
                 .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         };
         let (reflection_v1, reflection_v1alpha) = (reflection().build_v1()?, reflection().build_v1alpha()?);
-        let mut stop = shutdown_rx.clone();
-        let grpc = Server::builder()
-            .trace_fn(crate::spans::rpc_server)
-            .http2_keepalive_interval(config.http2_keepalive())
-            .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT))
-            .max_concurrent_streams(config.max_concurrent_streams)
-            .http2_max_header_list_size(GRPC_MAX_HEADER_BYTES)
-            .add_service(health_service.clone())
+        let routes = Routes::new(health_service.clone())
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(
@@ -169,9 +156,9 @@ pub async fn run(config: Config, settings: Option<Source>) -> Result<(), Startup
                     .max_decoding_message_size(max_message)
                     .max_encoding_message_size(max_message),
             )
-            .serve_with_incoming_shutdown(conns, async move {
-                let _ = stop.wait_for(|stop| *stop).await;
-            });
+            .prepare();
+        let idle_closed = metrics.grpc_connections.idle_closed.clone();
+        let grpc = grpc_serve::serve(conns, routes, config.grpc_serving(), idle_closed, shutdown_rx.clone());
         servers.push(worker.spawn(grpc));
     }
     tokio::spawn(health_loop(
@@ -184,10 +171,8 @@ pub async fn run(config: Config, settings: Option<Source>) -> Result<(), Startup
     ));
     let grpc = async {
         for server in servers {
-            match server.await {
-                Ok(Err(err)) => tracing::warn!(%err, "gRPC server ended with an error"),
-                Err(err) => tracing::warn!(%err, "gRPC worker failed"),
-                Ok(Ok(())) => {}
+            if let Err(err) = server.await {
+                tracing::warn!(%err, "gRPC worker failed");
             }
         }
     };

@@ -203,3 +203,60 @@ async fn store_passwords_stay_out_of_the_logs() {
     let (_, lines) = tokio::task::spawn_blocking(move || counter.terminate()).await.expect("terminate");
     assert!(lines.iter().all(|l| !l.contains("S3cret")), "the password was logged:\n{}", lines.join("\n"));
 }
+
+/// The HTTP/2 preface and an empty SETTINGS frame: what a client sends
+/// before its first call.
+const H2_HELLO: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
+
+async fn open_grpc_connections(counter: &CounterProcess) -> f64 {
+    let metrics = reqwest::get(format!("{}/metrics", counter.admin_base())).await.expect("scrape");
+    let text = metrics.text().await.expect("text");
+    tally_testkit::prometheus::sum(&text, "tally_counter_grpc_connections_open", &[]).expect("gauge")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quiet_connections_are_sent_away_and_open_calls_keep_theirs() {
+    let counter = start_counter("memory", &[("TALLY_GRPC_IDLE_TIMEOUT_MS", "1000")]);
+    // A call stays open on this connection, sending nothing for a while.
+    let mut client = common::client(&counter).await;
+    let (requests, rx) = tokio::sync::mpsc::channel(4);
+    let resource = unique("kept-open");
+    let increment =
+        || IncrementRequest { resource_id: resource.clone(), counter_type: "likes".into(), ..Default::default() };
+    requests.send(increment()).await.expect("send");
+    let mut answers =
+        client.stream_increments(tokio_stream::wrappers::ReceiverStream::new(rx)).await.expect("stream").into_inner();
+    answers.next().await.expect("an answer").expect("applied");
+
+    // A connection that never opens a call, nor acknowledges the GOAWAY's PING.
+    let mut quiet = TcpStream::connect(counter.addr("grpc")).await.expect("connect");
+    quiet.write_all(H2_HELLO).await.expect("hello");
+    let opened = Instant::now();
+    assert!(closed_within(&mut quiet, Duration::from_secs(10)).await, "a connection with no call stayed open");
+    let took = opened.elapsed();
+    assert!(took >= Duration::from_millis(900), "closed after {took:?}, before the 1 s idle timeout");
+
+    // Much longer than the idle timeout since the stream's last message: still served.
+    requests.send(increment()).await.expect("send");
+    let answer = answers.next().await.expect("an answer").expect("applied on the kept connection");
+    assert_eq!(answer.current_value, 2);
+    assert_eq!(open_grpc_connections(&counter).await, 1.0);
+
+    // The call ends: its connection is quiet from then on, and is closed.
+    drop(requests);
+    assert!(answers.next().await.is_none(), "the stream ends when its requests do");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while open_grpc_connections(&counter).await > 0.0 {
+        assert!(Instant::now() < deadline, "the connection stayed open after its last call");
+        tokio::time::sleep(Duration::from_millis(100)).await; // polling the gauge
+    }
+    let metrics = reqwest::get(format!("{}/metrics", counter.admin_base())).await.expect("scrape");
+    let text = metrics.text().await.expect("text");
+    let closed = tally_testkit::prometheus::sum(&text, "tally_counter_grpc_connections_idle_closed_total", &[]);
+    assert_eq!(closed, Some(2.0));
+    // The client's channel connects again for its next call.
+    let request =
+        IncrementRequest { resource_id: resource.clone(), counter_type: "likes".into(), ..Default::default() };
+    let value = client.increment(request).await.expect("served after the GOAWAY").into_inner().current_value;
+    assert_eq!(value, 3);
+}

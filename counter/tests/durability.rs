@@ -311,3 +311,61 @@ async fn sigterm_with_a_delay_turns_health_off_and_keeps_serving() {
     let (status, log) = exited.await.expect("the second SIGTERM ends the delay").expect("exit");
     assert!(status.success(), "{status:?}\n{}", log.join("\n"));
 }
+
+/// Calls `Increment` over a bare HTTP/2 connection with `grpc-timeout`
+/// set, and returns the `grpc-status` and `grpc-message` answered. (A tonic
+/// client enforces the header's deadline itself, and would answer first.)
+async fn increment_with_grpc_timeout(
+    counter: &CounterProcess,
+    request: &IncrementRequest,
+    timeout: &str,
+) -> (String, String) {
+    use prost::Message;
+    let tcp = tokio::net::TcpStream::connect(counter.addr("grpc")).await.expect("connect");
+    let (mut send, connection) = h2::client::handshake(tcp).await.expect("HTTP/2 handshake");
+    tokio::spawn(connection);
+    let head =
+        http::Request::post(format!("http://{}/tally.counter.v1.CounterService/Increment", counter.addr("grpc")))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .header("grpc-timeout", timeout)
+            .body(())
+            .expect("request");
+    let message = request.encode_to_vec();
+    let mut frame = vec![0u8];
+    frame.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&message);
+    let (response, mut body) = send.send_request(head, false).expect("send");
+    body.send_data(frame.into(), true).expect("send the message");
+    let response = response.await.expect("answered");
+    let (head, mut body) = response.into_parts();
+    let mut fields = head.headers.clone();
+    while let Some(data) = body.data().await {
+        data.expect("body");
+    }
+    if let Some(trailers) = body.trailers().await.expect("trailers") {
+        fields.extend(trailers);
+    }
+    let field = |name: &str| fields.get(name).map(|v| v.to_str().unwrap_or_default().to_string()).unwrap_or_default();
+    (field("grpc-status"), field("grpc-message"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_calls_grpc_timeout_bounds_it_on_the_counter() {
+    let redis = RedisServer::start();
+    let counter = common::start_counter(&redis.url(), &[]);
+    let request =
+        IncrementRequest { resource_id: unique("deadline"), counter_type: "likes".into(), ..Default::default() };
+    let (status, message) = increment_with_grpc_timeout(&counter, &request, "5S").await;
+    assert_eq!(status, "0", "within its deadline: {message}");
+
+    // Hung Redis: the store's own timeout is longer than the call's deadline.
+    redis.signal("-STOP");
+    let started = Instant::now();
+    let (status, message) = increment_with_grpc_timeout(&counter, &request, "300m").await;
+    let took = started.elapsed();
+    redis.signal("-CONT");
+    assert_eq!(status, (Code::DeadlineExceeded as i32).to_string(), "{message}");
+    assert!(message.contains("grpc-timeout"), "{message}");
+    assert!(took >= Duration::from_millis(300) && took < Duration::from_secs(1), "answered after {took:?}");
+}

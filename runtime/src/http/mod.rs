@@ -6,7 +6,7 @@
 //! `axum::serve` has none of these: a client sending headers one byte at a
 //! time (slowloris) kept a connection and its buffers forever.
 
-mod attend;
+pub mod attend;
 mod io;
 mod settings;
 pub mod watchdog;
@@ -36,7 +36,7 @@ use crate::conn::{HeldConn, Transport, handshake};
 use crate::tls::ServerTls;
 use crate::workers::LeastBusy;
 use attend::{Attended, attend};
-use watchdog::{Activity, Expiry, Verdict};
+use watchdog::{Activity, Expiry, expired};
 
 /// How long an HTTP/2 connection closed by its watchdog may take to finish
 /// its GOAWAY exchange before it is dropped.
@@ -291,17 +291,7 @@ enum Side {
 async fn watch_side(stop: &mut watch::Receiver<bool>, stopping: bool, activity: &Activity, limits: HttpLimits) -> Side {
     tokio::select! {
         _ = stop.changed(), if !stopping => Side::Stop,
-        expiry = expired(activity, limits) => Side::Expired(expiry),
-    }
-}
-
-/// Completes when the connection's watchdog says to close it.
-async fn expired(activity: &Activity, limits: HttpLimits) -> Expiry {
-    loop {
-        match activity.verdict(limits.timeouts()) {
-            Verdict::Close(expiry) => return expiry,
-            Verdict::CheckIn(after) => tokio::time::sleep(after).await,
-        }
+        expiry = expired(activity, limits.timeouts()) => Side::Expired(expiry),
     }
 }
 

@@ -128,6 +128,16 @@ impl Activity {
     }
 }
 
+/// Completes when `activity`'s watchdog says to close its connection.
+pub async fn expired(activity: &Activity, timeouts: Timeouts) -> Expiry {
+    loop {
+        match activity.verdict(timeouts) {
+            Verdict::Close(expiry) => return expiry,
+            Verdict::CheckIn(after) => tokio::time::sleep(after).await,
+        }
+    }
+}
+
 impl Default for Activity {
     fn default() -> Self {
         Activity::new()
