@@ -160,6 +160,10 @@ pub struct CounterSpec {
     /// Time for a new gRPC connection's HTTP/2 preface, ms (`TALLY_GRPC_HANDSHAKE_TIMEOUT_MS`).
     #[schemars(range(min = 100, max = 600000))]
     pub grpc_handshake_timeout_ms: i32,
+    /// A gRPC connection with no call open this long is sent a GOAWAY and closed, ms
+    /// (`TALLY_GRPC_IDLE_TIMEOUT_MS`).
+    #[schemars(range(min = 1000, max = 86400000))]
+    pub grpc_idle_timeout_ms: i32,
     /// HTTP/2 keep-alive ping interval, ms (`TALLY_HTTP2_KEEPALIVE_MS`).
     #[schemars(range(min = 1000, max = 3600000))]
     pub keepalive_ms: i32,
@@ -333,6 +337,7 @@ impl Default for CounterSpec {
             grpc_max_message_bytes: 524_288,
             grpc_max_connections: 1024,
             grpc_handshake_timeout_ms: 10_000,
+            grpc_idle_timeout_ms: 300_000,
             keepalive_ms: 30_000,
             shutdown_timeout_ms: 25_000,
         }

@@ -47,6 +47,7 @@ pub fn settings(cc: &CounterCluster) -> Settings {
         ("TALLY_GRPC_MAX_MESSAGE_BYTES", spec.grpc_max_message_bytes.to_string()),
         ("TALLY_GRPC_MAX_CONNECTIONS", spec.grpc_max_connections.to_string()),
         ("TALLY_GRPC_HANDSHAKE_TIMEOUT_MS", spec.grpc_handshake_timeout_ms.to_string()),
+        ("TALLY_GRPC_IDLE_TIMEOUT_MS", spec.grpc_idle_timeout_ms.to_string()),
         ("TALLY_HTTP2_KEEPALIVE_MS", spec.keepalive_ms.to_string()),
         ("TALLY_SHUTDOWN_TIMEOUT_MS", spec.shutdown_timeout_ms.to_string()),
     ];
