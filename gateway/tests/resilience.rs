@@ -129,3 +129,40 @@ async fn a_counter_endpoint_of_another_scheme_refuses_to_start_clearly() {
     let log = String::from_utf8_lossy(&output.stdout);
     assert!(log.contains("the scheme must be http:// or https://"), "{log}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_the_counter_sends_away_when_quiet_are_reopened_without_a_failed_request() {
+    let redis = common::RedisServer::start();
+    let counter = start_counter(&redis.url(), &[("TALLY_GRPC_IDLE_TIMEOUT_MS", "1000")]);
+    common::wait_store_up(&counter);
+    // Coalesced (over batch streams) and unary calls alike; health checks
+    // rare enough to leave connections quiet.
+    let gateway = start_gateway(&counter.grpc_endpoint(), &[("TALLY_HEALTH_INTERVAL_MS", "60000")]);
+    let http = Http::new(gateway.http_base());
+    let post = unique("quiet");
+    let increment = |delta: i64| json!({"resource_id": post, "counter_type": "likes", "delta": delta});
+    for _ in 0..20 {
+        let (status, body) = http.post("/api/v1/counter/increment", increment(1)).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    // The counter sends a quiet connection of the gateway's away.
+    common::metric_reaches(
+        &counter.admin_base(),
+        "tally_counter_grpc_connections_idle_closed_total",
+        &[],
+        "a quiet gateway connection sent away",
+        |closed| closed >= 1.0,
+    )
+    .await;
+    let writes = (0..64).map(|_| {
+        let http = http.clone();
+        let body = increment(2);
+        async move { http.post("/api/v1/counter/increment", body).await }
+    });
+    for (status, body) in futures_util::future::join_all(writes).await {
+        assert_eq!(status, 200, "{body}");
+    }
+    let (status, body) = http.get(&format!("/api/v1/counter/{post}/likes")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(redis.cli(&["HGET", &format!("tally:{{{post}}}"), "likes"]), "148", "each counted exactly once");
+}
