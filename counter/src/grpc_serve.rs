@@ -32,7 +32,7 @@ use hyper::server::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use prometheus_client::metrics::counter::Counter;
 use tally_runtime::http::attend::{Attended, attend};
-use tally_runtime::http::watchdog::{Activity, Timeouts, expired};
+use tally_runtime::http::watchdog::{Activity, InFlight, Timeouts, expired};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::StreamExt;
 use tonic::Status;
@@ -207,7 +207,7 @@ impl hyper::service::Service<Request<Incoming>> for Calls {
     type Future = CallFuture;
 
     fn call(&self, request: Request<Incoming>) -> CallFuture {
-        let open = OpenCall::new(self.activity.clone());
+        let open = InFlight::new(self.activity.clone());
         let (parts, body) = request.into_parts();
         let head = Request::from_parts(parts, ());
         let span = crate::spans::rpc_server(&head);
@@ -234,7 +234,7 @@ impl hyper::service::Service<Request<Incoming>> for Calls {
 /// A response body that keeps its call counted open until it is dropped.
 pub struct Tracked {
     body: Body,
-    _open: OpenCall,
+    _open: InFlight,
 }
 
 impl http_body::Body for Tracked {
@@ -254,21 +254,5 @@ impl http_body::Body for Tracked {
 
     fn size_hint(&self) -> SizeHint {
         self.body.size_hint()
-    }
-}
-
-/// A call open on its connection until dropped.
-struct OpenCall(Arc<Activity>);
-
-impl OpenCall {
-    fn new(activity: Arc<Activity>) -> OpenCall {
-        activity.request_started();
-        OpenCall(activity)
-    }
-}
-
-impl Drop for OpenCall {
-    fn drop(&mut self) {
-        self.0.request_finished();
     }
 }

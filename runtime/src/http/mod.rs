@@ -36,7 +36,7 @@ use crate::conn::{HeldConn, Transport, handshake};
 use crate::tls::ServerTls;
 use crate::workers::LeastBusy;
 use attend::{Attended, attend};
-use watchdog::{Activity, Expiry, expired};
+use watchdog::{Activity, Expiry, InFlight, expired};
 
 /// How long an HTTP/2 connection closed by its watchdog may take to finish
 /// its GOAWAY exchange before it is dropped.
@@ -242,7 +242,7 @@ async fn serve_connection<S: HttpService>(
     let tracked = activity.clone();
     let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
         let response = service.clone().call(request.map(Body::new));
-        let request_done = RequestGuard::new(tracked.clone());
+        let request_done = InFlight::new(tracked.clone());
         async move {
             let response = response.await;
             drop(request_done);
@@ -292,23 +292,6 @@ async fn watch_side(stop: &mut watch::Receiver<bool>, stopping: bool, activity: 
     tokio::select! {
         _ = stop.changed(), if !stopping => Side::Stop,
         expiry = expired(activity, limits.timeouts()) => Side::Expired(expiry),
-    }
-}
-
-/// Marks a request in flight on its connection until dropped (answered or
-/// cancelled).
-struct RequestGuard(Arc<Activity>);
-
-impl RequestGuard {
-    fn new(activity: Arc<Activity>) -> RequestGuard {
-        activity.request_started();
-        RequestGuard(activity)
-    }
-}
-
-impl Drop for RequestGuard {
-    fn drop(&mut self) {
-        self.0.request_finished();
     }
 }
 

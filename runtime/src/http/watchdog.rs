@@ -14,6 +14,7 @@
 //! - a request in flight is bounded by the service itself (body-read
 //!   timeout, upstream deadline), not here.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
@@ -135,6 +136,23 @@ pub async fn expired(activity: &Activity, timeouts: Timeouts) -> Expiry {
             Verdict::Close(expiry) => return expiry,
             Verdict::CheckIn(after) => tokio::time::sleep(after).await,
         }
+    }
+}
+
+/// A request in flight on its connection until dropped (answered, or
+/// cancelled; on the counter, until its response body ends).
+pub struct InFlight(Arc<Activity>);
+
+impl InFlight {
+    pub fn new(activity: Arc<Activity>) -> InFlight {
+        activity.request_started();
+        InFlight(activity)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.request_finished();
     }
 }
 
