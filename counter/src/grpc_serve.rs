@@ -147,7 +147,7 @@ impl Connection {
     async fn serve(mut self, conn: BoundedConn) {
         let activity = Arc::new(Activity::new());
         activity.set_http2();
-        let calls = Calls { routes: self.routes.clone(), activity: activity.clone() };
+        let calls = Calls { routes: self.routes.clone(), activity: activity.clone(), stop: self.stop.clone() };
         let connection = self.builder.serve_connection(TokioIo::new(conn), calls);
         tokio::pin!(connection);
         // After a GOAWAY the connection only finishes its open calls.
@@ -190,6 +190,16 @@ async fn watch_side(stop: &mut watch::Receiver<bool>, closing: bool, activity: &
     }
 }
 
+/// The streams of the health and reflection services, which run until
+/// their client ends them: they are ended (UNAVAILABLE) when the server
+/// stops, or a client's health `Watch` would hold the shutdown up until its
+/// deadline. The counter's own streams end themselves at the stop.
+const ENDED_AT_STOP: [&str; 3] = [
+    "/grpc.health.v1.Health/Watch",
+    "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+];
+
 /// The services, as hyper calls them on one connection: each call is
 /// counted open on the connection's [`Activity`] until its response body
 /// ends or is dropped.
@@ -197,6 +207,7 @@ async fn watch_side(stop: &mut watch::Receiver<bool>, closing: bool, activity: &
 struct Calls {
     routes: Routes,
     activity: Arc<Activity>,
+    stop: watch::Receiver<bool>,
 }
 
 type CallFuture = Pin<Box<dyn Future<Output = Result<Response<Tracked>, Infallible>> + Send>>;
@@ -212,6 +223,7 @@ impl hyper::service::Service<Request<Incoming>> for Calls {
         let head = Request::from_parts(parts, ());
         let span = crate::spans::rpc_server(&head);
         let deadline = grpc_timeout(head.headers());
+        let stop = ENDED_AT_STOP.contains(&head.uri().path()).then(|| stopped(self.stop.clone()));
         let (parts, ()) = head.into_parts();
         let response = self.routes.clone().call(Request::from_parts(parts, Body::new(body)));
         Box::pin(
@@ -224,32 +236,55 @@ impl hyper::service::Service<Request<Incoming>> for Calls {
                     },
                 };
                 let response = response.unwrap_or_else(|never| match never {});
-                Ok(response.map(|body| Tracked { body, _open: open }))
+                Ok(response.map(|body| Tracked { body, _open: open, stop, ended: false }))
             }
             .instrument(span),
         )
     }
 }
 
-/// A response body that keeps its call counted open until it is dropped.
+/// Completes when the server stops.
+fn stopped(mut stop: watch::Receiver<bool>) -> Stopped {
+    Box::pin(async move {
+        let _ = stop.wait_for(|stop| *stop).await;
+    })
+}
+
+type Stopped = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// A response body that keeps its call counted open until it is dropped,
+/// and for the streams [`ENDED_AT_STOP`], ends at the stop.
 pub struct Tracked {
     body: Body,
     _open: InFlight,
+    stop: Option<Stopped>,
+    /// Ended here, at the stop.
+    ended: bool,
 }
 
 impl http_body::Body for Tracked {
     type Data = <Body as http_body::Body>::Data;
     type Error = <Body as http_body::Body>::Error;
 
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        Pin::new(&mut self.body).poll_frame(cx)
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.get_mut();
+        if this.ended {
+            return Poll::Ready(None);
+        }
+        // Between two of the body's frames, so no message is cut.
+        if let Some(stop) = &mut this.stop
+            && stop.as_mut().poll(cx).is_ready()
+        {
+            this.ended = true;
+            let mut trailers = http::HeaderMap::new();
+            let _ = Status::unavailable("the counter is shutting down").add_header(&mut trailers);
+            return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+        }
+        Pin::new(&mut this.body).poll_frame(cx)
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+        self.ended || self.body.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {

@@ -286,7 +286,8 @@ async fn sigterm_ends_a_batch_stream_cleanly_and_unanswered_batches_were_not_app
 async fn sigterm_with_a_delay_turns_health_off_and_keeps_serving() {
     let redis = RedisServer::start();
     // Far longer than the test: only the second signal ends it in time.
-    let counter = common::start_counter(&redis.url(), &[("TALLY_SHUTDOWN_DELAY_MS", "60000")]);
+    let env = [("TALLY_SHUTDOWN_DELAY_MS", "60000"), ("TALLY_SHUTDOWN_TIMEOUT_MS", "20000")];
+    let counter = common::start_counter(&redis.url(), &env);
     let mut client = common::client(&counter).await;
     let mut watch = health_status(&counter).await;
     wait_for_health(&mut watch, ServingStatus::Serving).await;
@@ -304,12 +305,25 @@ async fn sigterm_with_a_delay_turns_health_off_and_keeps_serving() {
     assert_eq!(answer.current_value, 3);
     assert_eq!(stored(&redis, &post), Some(3), "applied, not only acknowledged");
 
-    // Its graceful shutdown waits for open streams: this watch among them.
-    drop((watch, client));
+    // The health watch stays open: it is ended at the stop, and does not
+    // hold the shutdown up to its 20 s deadline.
     counter.signal("-TERM");
+    let started = Instant::now();
+    let ended = loop {
+        match watch.message().await {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("the watch ended without a status"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(ended.code(), Code::Unavailable, "{ended:?}");
+    assert!(ended.message().contains("shutting down"), "{ended:?}");
+    drop(client);
     let exited = tokio::time::timeout(Duration::from_secs(20), tokio::task::spawn_blocking(move || counter.wait()));
     let (status, log) = exited.await.expect("the second SIGTERM ends the delay").expect("exit");
     assert!(status.success(), "{status:?}\n{}", log.join("\n"));
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(10), "stopped after {took:?}, as if waiting for the watch");
 }
 
 /// Calls `Increment` over a bare HTTP/2 connection with `grpc-timeout`
