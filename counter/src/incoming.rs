@@ -1,8 +1,8 @@
-//! The gRPC listener's connections, bounded before tonic sees them: at most
+//! The gRPC listener's connections, bounded before they are served: at most
 //! `max_connections` open (more are closed at once), and each must send the
 //! HTTP/2 connection preface (in plain text) or complete its TLS handshake
 //! within the handshake timeout (a client that connects and says nothing
-//! holds no slot for long). tonic itself has neither bound. One acceptor
+//! holds no slot for long). tonic's own server has neither bound. One acceptor
 //! hands the connections to the thread-per-core workers that serve them,
 //! the least busy first; a TLS handshake runs on the worker that will
 //! serve the connection, with the certificate in force at that moment.
@@ -48,7 +48,8 @@ pub struct GrpcConnMetrics {
 }
 
 /// The connections one worker serves: handed over by the acceptor, and
-/// registered with the worker's own reactor when tonic takes them.
+/// registered with the worker's own reactor there
+/// ([`crate::grpc_serve::serve`]).
 pub type WorkerConns = Box<dyn Stream<Item = io::Result<BoundedConn>> + Send + Unpin>;
 
 /// Accepts on `listener` (on the current runtime) and hands each connection

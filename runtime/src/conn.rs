@@ -3,7 +3,7 @@
 //! cap, a gauge of open connections) and an observer of the bytes it reads.
 //! Both servers use it: the HTTP listeners (`crate::http`), where the
 //! observer feeds the connection's watchdog, and the counter's gRPC
-//! listener (tonic), which is why it also implements tonic's `Connected`.
+//! listener.
 
 use std::io;
 use std::pin::Pin;
@@ -14,7 +14,6 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
-use tonic::transport::server::{Connected, TcpConnectInfo};
 
 use crate::tls::ServerTls;
 
@@ -51,13 +50,6 @@ pub async fn handshake(
 }
 
 impl Transport {
-    fn tcp(&self) -> &TcpStream {
-        match self {
-            Transport::Plain(stream) => stream,
-            Transport::Tls(stream) => stream.get_ref().0,
-        }
-    }
-
     fn io(self: Pin<&mut Self>) -> Pin<&mut dyn Io> {
         match self.get_mut() {
             Transport::Plain(stream) => Pin::new(stream),
@@ -130,14 +122,6 @@ impl<H: Held> HeldConn<H> {
     /// served before anything else `stream` reads.
     pub fn with_unread(stream: Transport, unread: Vec<u8>, held: H) -> HeldConn<H> {
         HeldConn { stream, held, unread }
-    }
-}
-
-impl<H: Held> Connected for HeldConn<H> {
-    type ConnectInfo = TcpConnectInfo;
-
-    fn connect_info(&self) -> TcpConnectInfo {
-        self.stream.tcp().connect_info()
     }
 }
 
