@@ -260,3 +260,36 @@ async fn quiet_connections_are_sent_away_and_open_calls_keep_theirs() {
     let value = client.increment(request).await.expect("served after the GOAWAY").into_inner().current_value;
     assert_eq!(value, 3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_quiet_connections_costs_bounded_memory_and_is_sent_away() {
+    const FLOOD: usize = 300;
+    let counter = start_counter(
+        "memory",
+        &[("TALLY_GRPC_IDLE_TIMEOUT_MS", "2000"), ("TALLY_GRPC_MAX_CONNECTIONS", &FLOOD.to_string())],
+    );
+    increment_ok(&counter, &unique("before-flood")).await; // the runtime warm
+    let baseline = counter.rss_bytes();
+    let mut quiet = Vec::new();
+    for _ in 0..FLOOD {
+        let mut stream = TcpStream::connect(counter.addr("grpc")).await.expect("connect");
+        stream.write_all(H2_HELLO).await.expect("hello");
+        quiet.push(stream);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while open_grpc_connections(&counter).await < FLOOD as f64 {
+        assert!(Instant::now() < deadline, "the flood was not all taken");
+        tokio::time::sleep(Duration::from_millis(50)).await; // polling the gauge
+    }
+    let grown = counter.rss_bytes().saturating_sub(baseline);
+    eprintln!("{FLOOD} quiet HTTP/2 connections: {} KiB more RSS", grown / 1024);
+    assert!(grown < 16 * MIB, "{FLOOD} quiet connections grew the counter by {} MiB", grown / MIB);
+    let closes = quiet.iter_mut().map(|stream| closed_within(stream, Duration::from_secs(15)));
+    let closed = futures_util::future::join_all(closes).await;
+    assert!(
+        closed.iter().all(|closed| *closed),
+        "{} quiet connections stayed open",
+        closed.iter().filter(|c| !**c).count()
+    );
+    increment_ok(&counter, &unique("after-flood")).await; // the slots are free again
+}
