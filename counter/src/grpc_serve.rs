@@ -10,9 +10,8 @@
 //! still served (hyper's two-step GOAWAY), and the connection closes once
 //! its calls end, so no call is cut into an unknown outcome; one that
 //! never completes the exchange is dropped a second later if no call is
-//! open on it. A call counts
-//! as open until its response body ends: a `StreamBatchIncrements` stream
-//! keeps its connection however quiet it is.
+//! open on it. A call counts as open until its response body ends: a
+//! `StreamBatchIncrements` stream keeps its connection however quiet it is.
 //!
 //! What tonic's server did on the way is done here too: each call gets its
 //! span ([`crate::spans::rpc_server`]), and a `grpc-timeout` the client sent
@@ -220,11 +219,9 @@ impl hyper::service::Service<Request<Incoming>> for Calls {
     fn call(&self, request: Request<Incoming>) -> CallFuture {
         let open = InFlight::new(self.activity.clone());
         let (parts, body) = request.into_parts();
-        let head = Request::from_parts(parts, ());
-        let span = crate::spans::rpc_server(&head);
-        let deadline = grpc_timeout(head.headers());
-        let stop = ENDED_AT_STOP.contains(&head.uri().path()).then(|| stopped(self.stop.clone()));
-        let (parts, ()) = head.into_parts();
+        let span = crate::spans::rpc_server(&parts);
+        let deadline = grpc_timeout(&parts.headers);
+        let stop = ENDED_AT_STOP.contains(&parts.uri.path()).then(|| stopped(self.stop.clone()));
         let response = self.routes.clone().call(Request::from_parts(parts, Body::new(body)));
         Box::pin(
             async move {
@@ -254,7 +251,7 @@ type Stopped = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// A response body that keeps its call counted open until it is dropped,
 /// and for the streams [`ENDED_AT_STOP`], ends at the stop.
-pub struct Tracked {
+struct Tracked {
     body: Body,
     _open: InFlight,
     stop: Option<Stopped>,

@@ -9,16 +9,16 @@ use tracing::Span;
 use tracing::field::Empty;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-/// The span of one gRPC request (tonic's `trace_fn`), continuing the
-/// caller's trace from the `traceparent` metadata. Health checks and
-/// reflection are not traced: they would drown the requests.
-pub fn rpc_server(request: &http::Request<()>) -> Span {
-    let path = request.uri().path();
+/// The span of one gRPC request, from its head, continuing the caller's
+/// trace from the `traceparent` metadata. Health checks and reflection are
+/// not traced: they would drown the requests.
+pub fn rpc_server(request: &http::request::Parts) -> Span {
+    let path = request.uri.path();
     let Some((service, method)) = path.trim_start_matches('/').split_once('/') else { return Span::none() };
     if !telemetry::enabled() || !service.starts_with("tally.") {
         return Span::none();
     }
-    let parent = telemetry::extract(request.headers());
+    let parent = telemetry::extract(&request.headers);
     if !telemetry::sample(&parent, telemetry::Caller::Trusted) {
         return Span::none();
     }

@@ -143,10 +143,8 @@ async fn silent_connections_time_out_and_a_flood_above_the_cap_is_closed() {
     assert!(took >= Duration::from_millis(900) && took < Duration::from_secs(4), "closed after {took:?}");
     // Slots are free again: a real client is served.
     increment_ok(&counter, &unique("after-flood")).await;
-    let metrics = reqwest::get(format!("{}/metrics", counter.admin_base())).await.expect("scrape");
-    let text = metrics.text().await.expect("text");
     for name in ["tally_counter_grpc_connections_rejected_total", "tally_counter_grpc_handshake_timeouts_total"] {
-        let value = tally_testkit::prometheus::sum(&text, name, &[]).unwrap_or_else(|| panic!("{name} missing"));
+        let value = metric(&counter, name).await;
         assert!(value >= 10.0, "{name} = {value}");
     }
 }
@@ -208,10 +206,27 @@ async fn store_passwords_stay_out_of_the_logs() {
 /// before its first call.
 const H2_HELLO: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
 
-async fn open_grpc_connections(counter: &CounterProcess) -> f64 {
+/// The value of one of the counter's metrics, scraped now.
+async fn metric(counter: &CounterProcess, name: &str) -> f64 {
     let metrics = reqwest::get(format!("{}/metrics", counter.admin_base())).await.expect("scrape");
     let text = metrics.text().await.expect("text");
-    tally_testkit::prometheus::sum(&text, "tally_counter_grpc_connections_open", &[]).expect("gauge")
+    tally_testkit::prometheus::sum(&text, name, &[]).unwrap_or_else(|| panic!("{name} missing"))
+}
+
+const OPEN_CONNECTIONS: &str = "tally_counter_grpc_connections_open";
+
+/// Scrapes the counter until its open gRPC connections are `wanted`: the
+/// counter is another process, so this polls, bounded in time.
+async fn open_connections_reach(counter: &CounterProcess, wanted: f64, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let open = metric(counter, OPEN_CONNECTIONS).await;
+        if open == wanted {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what}: {open} gRPC connections open, not {wanted}");
+        tokio::time::sleep(Duration::from_millis(50)).await; // the next scrape
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -240,24 +255,15 @@ async fn quiet_connections_are_sent_away_and_open_calls_keep_theirs() {
     requests.send(increment()).await.expect("send");
     let answer = answers.next().await.expect("an answer").expect("applied on the kept connection");
     assert_eq!(answer.current_value, 2);
-    assert_eq!(open_grpc_connections(&counter).await, 1.0);
+    assert_eq!(metric(&counter, OPEN_CONNECTIONS).await, 1.0);
 
     // The call ends: its connection is quiet from then on, and is closed.
     drop(requests);
     assert!(answers.next().await.is_none(), "the stream ends when its requests do");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while open_grpc_connections(&counter).await > 0.0 {
-        assert!(Instant::now() < deadline, "the connection stayed open after its last call");
-        tokio::time::sleep(Duration::from_millis(100)).await; // polling the gauge
-    }
-    let metrics = reqwest::get(format!("{}/metrics", counter.admin_base())).await.expect("scrape");
-    let text = metrics.text().await.expect("text");
-    let closed = tally_testkit::prometheus::sum(&text, "tally_counter_grpc_connections_idle_closed_total", &[]);
-    assert_eq!(closed, Some(2.0));
+    open_connections_reach(&counter, 0.0, "the connection after its last call").await;
+    assert_eq!(metric(&counter, "tally_counter_grpc_connections_idle_closed_total").await, 2.0);
     // The client's channel connects again for its next call.
-    let request =
-        IncrementRequest { resource_id: resource.clone(), counter_type: "likes".into(), ..Default::default() };
-    let value = client.increment(request).await.expect("served after the GOAWAY").into_inner().current_value;
+    let value = client.increment(increment()).await.expect("served after the GOAWAY").into_inner().current_value;
     assert_eq!(value, 3);
 }
 
@@ -276,11 +282,7 @@ async fn a_flood_of_quiet_connections_costs_bounded_memory_and_is_sent_away() {
         stream.write_all(H2_HELLO).await.expect("hello");
         quiet.push(stream);
     }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while open_grpc_connections(&counter).await < FLOOD as f64 {
-        assert!(Instant::now() < deadline, "the flood was not all taken");
-        tokio::time::sleep(Duration::from_millis(50)).await; // polling the gauge
-    }
+    open_connections_reach(&counter, FLOOD as f64, "the flood taken").await;
     let grown = counter.rss_bytes().saturating_sub(baseline);
     eprintln!("{FLOOD} quiet HTTP/2 connections: {} KiB more RSS", grown / 1024);
     assert!(grown < 16 * MIB, "{FLOOD} quiet connections grew the counter by {} MiB", grown / MIB);
